@@ -1,0 +1,48 @@
+# fleetops: `make setup` once (idempotent), then `make test`, `make check`, `make demo`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export FLEETOPS_CACHE ?= $(HOME)/.cache/fleetops
+
+.PHONY: setup venv binaries test check lint proto demo clean
+
+setup: venv binaries
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
+	  echo "make setup: could not create $(VENV); install python3-venv (apt-get install python3-venv)"; exit 1; }
+	@$(BIN)/python -m pip install --quiet --upgrade pip || { \
+	  echo "make setup: pip could not upgrade itself; check that PyPI is reachable"; exit 1; }
+	@$(BIN)/python -m pip install --quiet -e '.[dev]' || { \
+	  echo "make setup: installing the Python dependencies failed (see above); check that PyPI is reachable and rerun"; exit 1; }
+	@touch $@
+
+binaries:
+	@deploy/local/build-binaries.sh
+
+test: setup
+	$(BIN)/pytest
+
+lint: venv
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+	$(BIN)/python proto/codegen.py --check
+
+check: setup lint
+	$(BIN)/pytest
+
+proto: venv
+	$(BIN)/python proto/codegen.py
+
+demo:
+	@echo "make demo: not built yet. It will start 3 local clusters, a sample Git repo, the hub and"
+	@echo "3 agents, wait until the fleet converges and open the TUI (issue #6)."
+	@exit 2
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
