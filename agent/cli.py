@@ -1,14 +1,25 @@
 """`fleetops-agent`: the agent's command line.
 
-Parses arguments and hands over to the agent's modules; it holds no logic of its own.
+Parses arguments, calls the reconciler and prints results; it holds no reconcile logic of
+its own. Output never contains object content, so a Secret's data cannot be printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import pathlib
+import signal
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 import agent
+from agent import errors, health, kube, manifests, reconcile, state
+from agent import status as st
+from proto import bundles
+from proto.fleetops.v1 import types_pb2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,17 +33,307 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--version", action="version", version=f"fleetops-agent {agent.__version__}"
     )
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def cluster_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster service account)")
+        p.add_argument("--context", help="kubeconfig context (default: its current context)")
+        p.add_argument(
+            "--inventory-namespace",
+            default="fleetops-system",
+            help="namespace of the per-app inventory ConfigMaps (default: fleetops-system)",
+        )
+        p.add_argument(
+            "--state",
+            type=pathlib.Path,
+            default=None,
+            help="local state directory (default: $FLEETOPS_AGENT_STATE or "
+            "~/.local/state/fleetops-agent)",
+        )
+        p.add_argument("--output", choices=("text", "json"), default="text")
+
+    apply = sub.add_parser(
+        "apply",
+        help="apply a directory of rendered manifests as one app",
+        description="Apply a directory of rendered manifests (YAML, multi-document, recursive) "
+        "as one app and print the result per resource. Exits 1 when anything failed.",
+    )
+    cluster_args(apply)
+    apply.add_argument("--app", required=True, help="app name (names the inventory)")
+    apply.add_argument("--namespace", default="", help="default namespace for namespaced objects")
+    apply.add_argument("--bundle", required=True, type=pathlib.Path, help="directory or file")
+    apply.add_argument("--revision", default="", help="the Git revision the bundle came from")
+    apply.add_argument("--prune", action="store_true", help="delete what left the bundle")
+    apply.add_argument("--self-heal", action="store_true", help="record that drift is re-applied")
+    apply.add_argument(
+        "--no-force-conflicts",
+        action="store_true",
+        help="report conflicts with other field managers instead of taking the fields",
+    )
+    apply.add_argument(
+        "--allow-empty", action="store_true", help="let an empty bundle prune everything"
+    )
+    apply.add_argument(
+        "--wave-timeout", type=float, default=300.0, help="seconds a wave may take to get healthy"
+    )
+    apply.add_argument(
+        "--wait", type=float, default=0.0, metavar="SECONDS", help="then wait until healthy"
+    )
+
+    status = sub.add_parser(
+        "status",
+        help="print sync, health and drift of an applied app, changing nothing",
+        description="Compare the cluster with the app's last applied bundle (server-side "
+        "dry-run) and print sync, health and drifted fields per resource. Sends no write.",
+    )
+    cluster_args(status)
+    status.add_argument("--app", required=True)
+
+    hl = sub.add_parser(
+        "health",
+        help="print the health of objects in saved YAML, with no cluster",
+        description="Print the health and its reason for every object in saved YAML "
+        "(e.g. `kubectl get -o yaml` output, one object or a List), by the reconciler's rules.",
+    )
+    hl.add_argument("files", nargs="+", type=pathlib.Path, metavar="FILE")
+    hl.add_argument("--output", choices=("text", "json"), default="text")
+
+    rec = sub.add_parser(
+        "reconcile",
+        help="keep the locally stored apps reconciled (drift, self-heal), with no hub",
+        description="Reconcile every app in the local state on an interval: apply what was "
+        "not applied yet, report drift, and self-heal apps whose policy allows it.",
+    )
+    cluster_args(rec)
+    rec.add_argument("--interval", type=float, default=30.0, help="seconds between passes")
+    rec.add_argument("--once", action="store_true", help="one pass, then exit")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
     if ns.command is None:
         parser.print_help(sys.stderr)
         return 2
+    try:
+        if ns.command == "health":
+            return cmd_health(ns)
+        return asyncio.run(_COMMANDS[ns.command](ns))
+    except errors.AgentError as e:
+        print(f"fleetops-agent: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+# ---------------------------------------------------------------- commands
+
+
+def _options(ns: argparse.Namespace) -> reconcile.Options:
+    return reconcile.Options(
+        inventory_namespace=ns.inventory_namespace,
+        wave_timeout=getattr(ns, "wave_timeout", 300.0),
+    )
+
+
+def _local(ns: argparse.Namespace) -> state.LocalState:
+    return state.LocalState(ns.state or state.default_dir())
+
+
+async def cmd_apply(ns: argparse.Namespace) -> int:
+    if not ns.bundle.exists():
+        raise errors.AgentError(f"--bundle {ns.bundle}: no such file or directory")
+    bundle = manifests.bundle_from_dir(
+        ns.bundle, app=ns.app, namespace=ns.namespace, revision=ns.revision
+    )
+    policy = types_pb2.SyncPolicy(
+        auto=True,
+        prune=ns.prune,
+        self_heal=ns.self_heal,
+        force_conflicts=not ns.no_force_conflicts,
+        allow_empty=ns.allow_empty,
+    )
+    client = kube.connect(ns.kubeconfig, context=ns.context)
+    try:
+        rec = reconcile.Reconciler(client, _options(ns))
+        result = await rec.sync(bundle, policy)
+        if ns.wait and not result.failed:
+            result = _merge_actions(result, await rec.wait_healthy(bundle, policy, ns.wait))
+    finally:
+        client.close()
+    assignment = types_pb2.Assignment(
+        app=ns.app,
+        revision=ns.revision,
+        bundle_digest=bundles.digest(bundle),
+        namespace=ns.namespace,
+        policy=policy,
+    )
+    _local(ns).save(assignment, bundle)
+    _print(result, ns.output)
+    return 1 if result.failed else 0
+
+
+def _merge_actions(applied: st.AppResult, checked: st.AppResult) -> st.AppResult:
+    """The health of a later check, with the actions (applied, pruned) of the sync."""
+    actions = {r.key: r for r in applied.resources}
+    merged = [
+        st.ResourceResult(**{**r.__dict__, "action": actions[r.key].action})
+        if r.key in actions
+        else r
+        for r in checked.resources
+    ]
+    merged += [r for r in applied.resources if r.action == "pruned"]
+    return st.finish(
+        app=applied.app,
+        revision=applied.revision,
+        bundle_digest=applied.bundle_digest,
+        results=merged,
+        applied_at=applied.applied_at,
+    )
+
+
+async def cmd_status(ns: argparse.Namespace) -> int:
+    stored = _local(ns).load(ns.app)
+    if stored is None:
+        raise errors.AgentError(
+            f"no local copy of app {ns.app!r} in {_local(ns).root}: apply it with "
+            "`fleetops-agent apply` first, or pass the --state directory it was applied with"
+        )
+    client = kube.connect(ns.kubeconfig, context=ns.context)
+    try:
+        result = await reconcile.Reconciler(client, _options(ns)).check(
+            stored.bundle, stored.assignment.policy
+        )
+    finally:
+        client.close()
+    _print(result, ns.output)
     return 0
+
+
+async def cmd_reconcile(ns: argparse.Namespace) -> int:
+    local = _local(ns)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    client = kube.connect(ns.kubeconfig, context=ns.context)
+    failed = False
+    try:
+        rec = reconcile.Reconciler(client, _options(ns))
+        while not stop.is_set():
+            for stored in local.load_all():
+                result = await rec.reconcile(stored.bundle, stored.assignment.policy)
+                failed = failed or result.failed
+                _print(result, ns.output, brief=True)
+            if ns.once:
+                break
+            try:
+                await asyncio.wait_for(stop.wait(), ns.interval)
+            except TimeoutError:
+                pass
+    finally:
+        client.close()
+    return 1 if (ns.once and failed) else 0
+
+
+def cmd_health(ns: argparse.Namespace) -> int:
+    rows: list[dict[str, str]] = []
+    problems: list[str] = []
+    for path in ns.files:
+        try:
+            text = path.read_text()
+        except OSError as e:
+            problems.append(f"{path}: cannot read: {e.strerror}")
+            continue
+        parsed = manifests.parse(str(path), text)
+        problems += [str(p) for p in parsed.problems]
+        for r in parsed.resources:
+            h = health.assess(r.obj)
+            rows.append(
+                {
+                    "apiVersion": r.api_version,
+                    "kind": r.kind,
+                    "namespace": r.namespace,
+                    "name": r.name,
+                    "health": h.name,
+                    "reason": h.reason,
+                }
+            )
+    if ns.output == "json":
+        print(json.dumps({"objects": rows, "errors": problems}, indent=2))
+    else:
+        width = max((len(_ident(row)) for row in rows), default=0)
+        for row in rows:
+            print(f"{_ident(row):<{width}}  {row['health']:<11}  {row['reason']}")
+        for p in problems:
+            print(f"error: {p}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def _ident(row: dict[str, str]) -> str:
+    where = f"{row['namespace']}/{row['name']}" if row["namespace"] else row["name"]
+    return f"{row['kind']} {where}"
+
+
+_COMMANDS = {"apply": cmd_apply, "status": cmd_status, "reconcile": cmd_reconcile}
+
+
+# ---------------------------------------------------------------- output
+
+
+def result_json(result: st.AppResult) -> dict[str, Any]:
+    return {
+        "app": result.app,
+        "revision": result.revision,
+        "bundleDigest": result.bundle_digest,
+        "sync": st.sync_name(result.sync),
+        "health": health.name(result.health),
+        "reason": result.reason,
+        "healed": result.healed,
+        "resources": [
+            {
+                "group": r.key.group,
+                "version": r.version,
+                "kind": r.key.kind,
+                "namespace": r.key.namespace,
+                "name": r.key.name,
+                "sync": st.sync_name(r.sync),
+                "health": r.health.name if r.health else "",
+                "healthReason": r.health.reason if r.health else "",
+                "action": r.action,
+                "message": r.message,
+                "conflictManager": r.conflict_manager,
+                "drift": [{"path": f.path, "desired": f.desired, "live": f.live} for f in r.drift],
+            }
+            for r in result.resources
+        ],
+    }
+
+
+def _print(result: st.AppResult, output: str, *, brief: bool = False) -> None:
+    if output == "json":
+        print(json.dumps(result_json(result), indent=None if brief else 2), flush=True)
+        return
+    rev = result.revision[:12] or "-"
+    head = (
+        f"app {result.app}  revision {rev}  sync {st.sync_name(result.sync)}  "
+        f"health {health.name(result.health)}"
+    )
+    if brief:
+        extra = f"  healed {result.healed}" if result.healed else ""
+        print(f"{head}{extra}  {result.reason}", flush=True)
+        return
+    print(head)
+    idents = [str(r.key) for r in result.resources]
+    width = max((len(i) for i in idents), default=0)
+    for ident, r in zip(idents, result.resources, strict=True):
+        h = r.health.name if r.health else "-"
+        note = r.message or (r.health.reason if r.health else "")
+        print(f"  {ident:<{width}}  {r.action or '-':<8} {st.sync_name(r.sync):<11} {h:<11} {note}")
+        for f in r.drift:
+            print(f"  {'':<{width}}    {f.path}: Git {f.desired}, live {f.live}")
+    print(f"reason: {result.reason}", flush=True)
 
 
 if __name__ == "__main__":

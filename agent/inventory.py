@@ -1,0 +1,113 @@
+"""What the agent has applied for each app, kept in the cluster itself.
+
+One ConfigMap per app (`fleetops-inventory-<app>` in the agent's namespace) lists the objects
+the agent applied, so a new agent pod, or one whose local disk is gone, still knows what it
+owns. Prune deletes only objects listed here. The inventory holds identities (group, kind,
+namespace, name, version), never object content, so no Secret data is ever copied into it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from agent import errors, kube, manifests
+
+DATA_KEY = "inventory.json"
+_CONFIGMAP = kube.ResourceType("", "v1", "ConfigMap", "configmaps", namespaced=True)
+_NAMESPACE = kube.ResourceType("", "v1", "Namespace", "namespaces", namespaced=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    key: manifests.Key
+    version: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Inventory:
+    app: str
+    revision: str
+    bundle_digest: str
+    entries: tuple[Entry, ...]
+
+    def keys(self) -> set[manifests.Key]:
+        return {e.key for e in self.entries}
+
+
+def configmap_name(app: str) -> str:
+    return f"fleetops-inventory-{app}"
+
+
+class Store:
+    """Inventories of every app in one namespace of one cluster."""
+
+    def __init__(self, client: kube.Kube, namespace: str) -> None:
+        self._client = client
+        self.namespace = namespace
+        self._namespace_exists = False
+
+    async def load(self, app: str) -> Inventory | None:
+        cm = await self._client.get(_CONFIGMAP, self.namespace, configmap_name(app))
+        if cm is None:
+            return None
+        try:
+            doc = json.loads((cm.get("data") or {}).get(DATA_KEY, "{}"))
+            entries = tuple(
+                Entry(manifests.Key(e["group"], e["kind"], e["namespace"], e["name"]), e["version"])
+                for e in doc.get("resources", [])
+            )
+        except (ValueError, KeyError, TypeError) as e:
+            raise errors.StateError(
+                f"inventory ConfigMap {self.namespace}/{configmap_name(app)} is corrupt ({e}); "
+                "delete it and sync again (prune will skip objects it no longer knows)"
+            ) from None
+        return Inventory(app, doc.get("revision", ""), doc.get("bundleDigest", ""), entries)
+
+    async def save(
+        self, *, app: str, revision: str, bundle_digest: str, entries: Iterable[Entry]
+    ) -> None:
+        await self._ensure_namespace()
+        ordered = sorted(
+            set(entries), key=lambda e: (e.key.group, e.key.kind, e.key.namespace, e.key.name)
+        )
+        doc: dict[str, Any] = {
+            "app": app,
+            "revision": revision,
+            "bundleDigest": bundle_digest,
+            "resources": [
+                {
+                    "group": e.key.group,
+                    "version": e.version,
+                    "kind": e.key.kind,
+                    "namespace": e.key.namespace,
+                    "name": e.key.name,
+                }
+                for e in ordered
+            ],
+        }
+        body = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": configmap_name(app),
+                "namespace": self.namespace,
+                "labels": {
+                    "app.kubernetes.io/managed-by": "fleetops",
+                    "fleetops.io/inventory": "true",
+                },
+                "annotations": {"fleetops.io/app": app},
+            },
+            "data": {DATA_KEY: json.dumps(doc, indent=1, sort_keys=True)},
+        }
+        await self._client.apply(_CONFIGMAP, body, force=True)
+
+    async def _ensure_namespace(self) -> None:
+        if self._namespace_exists:
+            return
+        if await self._client.get(_NAMESPACE, "", self.namespace) is None:
+            body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.namespace}}
+            await self._client.apply(_NAMESPACE, body, force=True)
+        self._namespace_exists = True

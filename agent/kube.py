@@ -1,0 +1,269 @@
+"""The agent's only door to the kube-apiserver, and the only module that imports `kubernetes`.
+
+It speaks the REST API directly (server-side apply, get, list, delete) through the client's
+configured connection pool, with lazy per-group-version discovery, and returns plain dicts:
+the reconciler never sees a client model. Blocking calls run on a dedicated thread pool so
+many requests are in flight at once; every method here is async. It counts the requests it
+sends by verb, so tests and benchmarks can prove that a no-op resync writes nothing.
+
+It must never log request or response bodies: they may be Secrets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import dataclasses
+import functools
+import json
+import re
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+from kubernetes import client, config
+from kubernetes.client import exceptions
+
+from agent import errors
+
+FIELD_MANAGER = "fleetops"
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class ResourceType:
+    group: str
+    version: str
+    kind: str
+    plural: str
+    namespaced: bool
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    def path(self, namespace: str = "", name: str = "") -> str:
+        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        if self.namespaced and namespace:
+            base += f"/namespaces/{quote(namespace, safe='')}"
+        base += f"/{self.plural}"
+        if name:
+            base += f"/{quote(name, safe='')}"
+        return base
+
+
+class Kube:
+    """One cluster. Create with `connect`; close with `close`."""
+
+    def __init__(self, api: Any, *, concurrency: int) -> None:
+        self._api = api
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=concurrency, thread_name_prefix="kube"
+        )
+        self._lock = threading.Lock()
+        self._discovery: dict[str, dict[str, ResourceType]] = {}  # group/version -> kind -> type
+        self._preferred: dict[str, str] = {}
+        self.requests: collections.Counter[str] = collections.Counter()
+
+    # ------------------------------------------------------------ plumbing
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kw))
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: list[tuple[str, str]] | None = None,
+        body: str | None = None,
+        content_type: str = "application/json",
+        count_as: str = "",
+    ) -> Any:
+        with self._lock:
+            self.requests[count_as or method] += 1
+        try:
+            resp = self._api.call_api(
+                path,
+                method,
+                query_params=query or [],
+                header_params={"Accept": "application/json", "Content-Type": content_type},
+                body=body,
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _return_http_data_only=True,
+                _request_timeout=60,
+            )
+        except exceptions.ApiException as e:
+            raise _error(e, method, path) from None
+        data = resp.data
+        return json.loads(data) if data else {}
+
+    def writes(self) -> int:
+        """Requests that could change the cluster (dry-runs excluded)."""
+        return sum(
+            n for verb, n in self.requests.items() if verb in ("PATCH", "POST", "PUT", "DELETE")
+        )
+
+    # ------------------------------------------------------------ discovery
+
+    def _group_version(self, group_version: str) -> dict[str, ResourceType]:
+        cached = self._discovery.get(group_version)
+        if cached is not None:
+            return cached
+        group, _, version = group_version.rpartition("/")
+        path = f"/apis/{group_version}" if group else f"/api/{version}"
+        try:
+            doc = self._call("GET", path)
+        except errors.NotFound:
+            doc = {"resources": []}
+        kinds = {}
+        for r in doc.get("resources", []):
+            if "/" in r["name"]:  # subresources such as deployments/scale
+                continue
+            kinds[r["kind"]] = ResourceType(group, version, r["kind"], r["name"], r["namespaced"])
+        self._discovery[group_version] = kinds
+        return kinds
+
+    def _resource_type(self, api_version: str, kind: str) -> ResourceType:
+        found = self._group_version(api_version).get(kind)
+        if found is None:  # maybe a CRD was just established: ask once more
+            self._discovery.pop(api_version, None)
+            found = self._group_version(api_version).get(kind)
+        if found is None:
+            raise errors.UnknownKind(api_version, kind)
+        return found
+
+    async def resource_type(self, api_version: str, kind: str) -> ResourceType:
+        return await self._run(self._resource_type, api_version, kind)
+
+    def _preferred_version(self, group: str) -> str:
+        if not group:
+            return "v1"
+        if group not in self._preferred:
+            try:
+                doc = self._call("GET", f"/apis/{group}")
+                self._preferred[group] = doc["preferredVersion"]["version"]
+            except errors.NotFound:
+                raise errors.UnknownKind(group, "(any)") from None
+        return self._preferred[group]
+
+    async def resource_type_for_group(self, group: str, kind: str) -> ResourceType:
+        """The preferred version's type for (group, kind): what prune and status use."""
+        version = await self._run(self._preferred_version, group)
+        return await self.resource_type(f"{group}/{version}" if group else version, kind)
+
+    def forget_discovery(self) -> None:
+        self._discovery.clear()
+        self._preferred.clear()
+
+    # ------------------------------------------------------------ verbs
+
+    async def get(self, rt: ResourceType, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self._run(self._call, "GET", rt.path(namespace, name))
+        except errors.NotFound:
+            return None
+
+    async def list(
+        self, rt: ResourceType, namespace: str = "", *, label_selector: str = ""
+    ) -> list[dict[str, Any]]:
+        query = [("labelSelector", label_selector)] if label_selector else []
+        doc = await self._run(self._call, "GET", rt.path(namespace), query=query, count_as="LIST")
+        items: list[dict[str, Any]] = doc.get("items", [])
+        for item in items:  # list items carry no apiVersion/kind
+            item.setdefault("apiVersion", rt.api_version)
+            item.setdefault("kind", rt.kind)
+        return items
+
+    async def apply(
+        self, rt: ResourceType, obj: Mapping[str, Any], *, force: bool, dry_run: bool = False
+    ) -> dict[str, Any]:
+        meta = obj["metadata"]
+        query = [("fieldManager", FIELD_MANAGER), ("fieldValidation", "Strict")]
+        if force:
+            query.append(("force", "true"))
+        if dry_run:
+            query.append(("dryRun", "All"))
+        return await self._run(
+            self._call,
+            "PATCH",
+            rt.path(str(meta.get("namespace") or ""), str(meta["name"])),
+            query=query,
+            body=json.dumps(obj),
+            content_type="application/apply-patch+yaml",
+            count_as="PATCH(dry-run)" if dry_run else "PATCH",
+        )
+
+    async def create(self, rt: ResourceType, obj: Mapping[str, Any]) -> dict[str, Any]:
+        ns = str(obj["metadata"].get("namespace") or "")
+        return await self._run(self._call, "POST", rt.path(ns), body=json.dumps(obj))
+
+    async def replace(self, rt: ResourceType, obj: Mapping[str, Any]) -> dict[str, Any]:
+        meta = obj["metadata"]
+        path = rt.path(str(meta.get("namespace") or ""), str(meta["name"]))
+        return await self._run(self._call, "PUT", path, body=json.dumps(obj))
+
+    async def delete(self, rt: ResourceType, namespace: str, name: str) -> bool:
+        """Delete in the background (dependents go too); False when it was already gone."""
+        body = json.dumps(
+            {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
+        )
+        try:
+            await self._run(self._call, "DELETE", rt.path(namespace, name), body=body)
+        except errors.NotFound:
+            return False
+        return True
+
+    async def server_version(self) -> str:
+        doc = await self._run(self._call, "GET", "/version")
+        return str(doc.get("gitVersion", "unknown"))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._api.close()
+
+
+def connect(
+    kubeconfig: str | None = None, *, context: str | None = None, concurrency: int = 16
+) -> Kube:
+    """A client for the cluster in `kubeconfig`, or the in-cluster service account when None."""
+    cfg = client.Configuration()
+    try:
+        if kubeconfig:
+            config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=kubeconfig, context=context, client_configuration=cfg
+            )
+        else:
+            config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+    except (config.ConfigException, OSError) as e:
+        where = kubeconfig or "the in-cluster service account"
+        raise errors.AgentError(f"cannot load cluster credentials from {where}: {e}") from None
+    cfg.connection_pool_maxsize = concurrency
+    return Kube(client.ApiClient(cfg), concurrency=concurrency)
+
+
+_CONFLICT_MANAGER = re.compile(r'conflicts? with "([^"]+)"')
+
+
+def _error(e: Any, method: str, path: str) -> errors.KubeError:
+    message = ""
+    reason = ""
+    try:
+        doc = json.loads(e.body or "{}")
+        message = str(doc.get("message") or "")
+        reason = str(doc.get("reason") or "")
+    except (ValueError, TypeError):
+        message = str(e.reason or "")
+    message = message or f"{method} {path}: HTTP {e.status}"
+    if e.status == 404:
+        return errors.NotFound(message, status=404, reason=reason)
+    if e.status == 409 and reason == "Conflict" and "conflict" in message.lower():
+        managers = sorted(set(_CONFLICT_MANAGER.findall(message)))
+        return errors.Conflict(message, managers=managers)
+    if e.status in (400, 422):
+        return errors.Invalid(message, status=e.status, reason=reason)
+    return errors.KubeError(message, status=int(e.status or 0), reason=reason)

@@ -1,0 +1,568 @@
+"""Makes one cluster match one app's bundle: apply in order, prune, detect drift, self-heal.
+
+`Reconciler.sync` applies a bundle (server-side apply, field manager `fleetops`), in the order
+of `agent.order`, waiting for each wave to be healthy before the next, then prunes what left
+the bundle, and only what the in-cluster inventory says the agent applied. `check` is
+read-only: it compares the cluster with the bundle through server-side dry-run and reports
+health and drifted fields. `heal` is `check` plus re-applying what drifted when self-heal is on.
+
+It must never prune after a partial apply, never delete an object it did not apply, and never
+send a write when nothing drifted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from agent import drift, errors, health, inventory, kube, manifests, order
+from agent import status as st
+from proto import bundles
+from proto.fleetops.v1 import types_pb2
+
+PRUNE_ANNOTATION = "fleetops.io/prune"
+_PASSING = (health.HEALTHY, health.SUSPENDED)
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    inventory_namespace: str = "fleetops-system"
+    wave_timeout: float = 300.0  # how long a wave may take to become healthy
+    crd_timeout: float = 60.0  # how long a CRD may take to become Established
+    poll_interval: float = 1.0
+    full_check_every: int = (
+        10  # every Nth check dry-runs even objects whose resourceVersion is known
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A resource ready to send: its type is known and its namespace is set."""
+
+    resource: manifests.Resource
+    rt: kube.ResourceType
+
+    @property
+    def key(self) -> manifests.Key:
+        return self.resource.key
+
+    @property
+    def obj(self) -> Mapping[str, Any]:
+        return self.resource.obj
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    prepared: list[Prepared]
+    failures: list[st.ResourceResult]
+
+
+def _fingerprint(obj: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else "no message"
+
+
+class Reconciler:
+    def __init__(self, client: kube.Kube, options: Options | None = None) -> None:
+        self.kube = client
+        self.options = options or Options()
+        self.inventories = inventory.Store(client, self.options.inventory_namespace)
+        # app -> key -> (fingerprint of the desired object, live resourceVersion) last seen in sync
+        self._in_sync: dict[str, dict[manifests.Key, tuple[str, str]]] = {}
+        self._checks: dict[str, int] = {}
+
+    # ------------------------------------------------------------ preparing
+
+    async def _prepare(self, bundle: types_pb2.Bundle) -> _Plan:
+        parsed = manifests.parse_bundle(bundle)
+        failures = [
+            st.ResourceResult(
+                key=manifests.Key(
+                    "", p.kind or "(unknown kind)", "", p.name or f"{p.source}:{p.line}"
+                ),
+                version="",
+                sync=st.APPLY_FAILED,
+                health=None,
+                message=str(p),
+                action="failed",
+                source=f"{p.source}:{p.line}",
+            )
+            for p in parsed.problems
+        ]
+        bundle_crds = {
+            (str(c.obj["spec"]["group"]), str(c.obj["spec"]["names"]["kind"])): c.obj
+            for c in parsed.resources
+            if c.kind == "CustomResourceDefinition" and c.group == "apiextensions.k8s.io"
+            and isinstance(c.obj.get("spec"), dict) and "names" in c.obj["spec"]
+        }  # fmt: skip
+        prepared: list[Prepared] = []
+        seen: dict[manifests.Key, manifests.Resource] = {}
+
+        async def prepare(r: manifests.Resource) -> Prepared | st.ResourceResult:
+            def fail(message: str) -> st.ResourceResult:
+                return st.ResourceResult(
+                    r.key, r.version, st.APPLY_FAILED, None, f"{r.where}: {message}", "failed",
+                    source=r.where,
+                )  # fmt: skip
+
+            try:
+                order.wave_of(r)
+            except ValueError as e:
+                return fail(str(e))
+            try:
+                rt = await self.kube.resource_type(r.api_version, r.kind)
+            except errors.UnknownKind as e:
+                crd = bundle_crds.get((r.group, r.kind))
+                if crd is None:
+                    return fail(str(e))
+                rt = kube.ResourceType(
+                    r.group, r.version, r.kind, str(crd["spec"]["names"]["plural"]),
+                    namespaced=crd["spec"].get("scope", "Namespaced") == "Namespaced",
+                )  # fmt: skip
+            except errors.KubeError as e:
+                return fail(f"discovery failed: {_first_line(str(e))}")
+            obj = dict(r.obj)
+            meta = dict(obj["metadata"])
+            if rt.namespaced and not meta.get("namespace"):
+                if not bundle.namespace:
+                    return fail(
+                        "namespaced object without metadata.namespace, and the app has no "
+                        "default namespace: set one of them"
+                    )
+                meta["namespace"] = bundle.namespace
+            elif not rt.namespaced and meta.get("namespace"):
+                del meta["namespace"]  # cluster-scoped objects never get one
+            obj["metadata"] = meta
+            return Prepared(manifests.Resource(obj, r.source, r.line), rt)
+
+        outcomes = await asyncio.gather(*(prepare(r) for r in parsed.resources))
+        for outcome in outcomes:
+            if isinstance(outcome, st.ResourceResult):
+                failures.append(outcome)
+                continue
+            first = seen.get(outcome.key)
+            if first is not None:
+                failures.append(
+                    st.ResourceResult(
+                        outcome.key,
+                        outcome.rt.version,
+                        st.APPLY_FAILED,
+                        None,
+                        f"{outcome.resource.where}: defined twice (also at {first.where}); "
+                        "keep one",
+                        "failed",
+                        source=outcome.resource.where,
+                    )  # fmt: skip
+                )
+                continue
+            seen[outcome.key] = outcome.resource
+            prepared.append(outcome)
+        return _Plan(prepared, failures)
+
+    # ------------------------------------------------------------ sync
+
+    async def reconcile(
+        self, bundle: types_pb2.Bundle, policy: types_pb2.SyncPolicy
+    ) -> st.AppResult:
+        """What the agent's loop calls: sync a bundle the cluster does not have yet, else
+        check it (and self-heal when the policy says so)."""
+        digest = bundles.digest(bundle)
+        previous = await self.inventories.load(bundle.app)
+        if previous is not None and previous.bundle_digest == digest:
+            return await self._heal(bundle, policy, digest=digest, force_heal=False)
+        return await self.sync(bundle, policy)
+
+    async def sync(self, bundle: types_pb2.Bundle, policy: types_pb2.SyncPolicy) -> st.AppResult:
+        """Apply the bundle; prune when the policy allows and everything applied."""
+        digest = bundles.digest(bundle)
+        previous = await self.inventories.load(bundle.app)
+        if previous is not None and previous.bundle_digest == digest:
+            # Same bundle as last applied: re-apply only what drifted, prune nothing new.
+            return await self._heal(bundle, policy, digest=digest, force_heal=True)
+
+        plan = await self._prepare(bundle)
+        by_key = {p.key: p for p in plan.prepared}
+        old_entries = set(previous.entries) if previous else set()
+        new_entries = {inventory.Entry(p.key, p.rt.version) for p in plan.prepared}
+        # Record the union before touching anything: a crash mid-apply must never make the
+        # agent forget an object it applied.
+        await self.inventories.save(
+            app=bundle.app, revision=bundle.revision, bundle_digest="",
+            entries=old_entries | new_entries,
+        )  # fmt: skip
+
+        results: dict[manifests.Key, st.ResourceResult] = {}
+        live: dict[manifests.Key, dict[str, Any]] = {}
+        halted = ""
+        for step in order.plan([p.resource for p in plan.prepared]):
+            if halted:
+                for r in step.resources:
+                    results[r.key] = st.ResourceResult(
+                        r.key, by_key[r.key].rt.version, st.OUT_OF_SYNC, None,
+                        f"not applied: {halted}", "skipped",
+                    )  # fmt: skip
+                continue
+            for tier in step.tiers:
+                outcomes = await asyncio.gather(
+                    *(self._apply(by_key[r.key], policy.force_conflicts) for r in tier)
+                )
+                for r, (result, obj) in zip(tier, outcomes, strict=True):
+                    results[r.key] = result
+                    if obj is not None:
+                        live[r.key] = obj
+            applied = [by_key[r.key] for r in step.resources if r.key in live]
+            crds = [p for p in applied if p.rt.kind == "CustomResourceDefinition"]
+            if crds:
+                halted = await self._wait_established(crds, live)
+                self.kube.forget_discovery()
+            if step.gate and not halted:
+                halted = await self._wait_healthy(step.label, applied, live)
+
+        for key, obj in live.items():
+            p = by_key[key]
+            h = health.assess(obj)
+            results[key] = dataclasses.replace(results[key], health=h)
+            self._remember(bundle.app, p, obj)
+
+        all_results = plan.failures + [results[p.key] for p in plan.prepared]
+        complete = not halted and not any(r.failed for r in all_results)
+        leftovers = [e for e in old_entries if e.key not in by_key]
+        kept: list[inventory.Entry] = []
+        prune_results: list[st.ResourceResult] = []
+        if not complete:
+            kept = leftovers
+            if leftovers:
+                note = (
+                    "not pruned: the sync did not complete, and prune never follows a partial apply"
+                )
+                prune_results = [self._leftover(e, note) for e in leftovers]
+        elif not policy.prune:
+            kept = leftovers
+            prune_results = [
+                self._leftover(e, "no longer in Git; prune is off for this app") for e in leftovers
+            ]
+        elif not plan.prepared and not policy.allow_empty:
+            kept = leftovers
+            prune_results = [
+                self._leftover(e, "not pruned: the bundle is empty and allowEmpty is off")
+                for e in leftovers
+            ]
+        else:
+            prune_results, kept = await self._prune(leftovers)
+
+        await self.inventories.save(
+            app=bundle.app,
+            revision=bundle.revision,
+            bundle_digest=digest if complete else "",
+            entries=(new_entries if complete else old_entries | new_entries) | set(kept),
+        )
+        reason = ""
+        if halted:
+            reason = halted
+        elif not plan.prepared and not plan.failures and old_entries and not policy.allow_empty:
+            reason = "the bundle is empty; nothing was pruned because allowEmpty is off"
+        return st.finish(
+            app=bundle.app,
+            revision=bundle.revision,
+            bundle_digest=digest,
+            results=all_results + prune_results,
+            reason=reason,
+            sync=st.APPLY_FAILED if halted else None,
+            applied_at=time.time(),
+        )
+
+    async def _apply(
+        self, p: Prepared, force: bool
+    ) -> tuple[st.ResourceResult, dict[str, Any] | None]:
+        where = p.resource.where
+        try:
+            obj = await self.kube.apply(p.rt, p.obj, force=force)
+        except errors.Conflict as e:
+            managers = ", ".join(e.managers) or "another field manager"
+            message = (
+                f"conflict with {managers}: {_first_line(str(e))}; let Git win with "
+                "forceConflicts, or drop the field from Git"
+            )
+            return (
+                st.ResourceResult(p.key, p.rt.version, st.APPLY_FAILED, None, message, "failed",
+                                  conflict_manager=managers, source=where),
+                None,
+            )  # fmt: skip
+        except errors.KubeError as e:
+            return (
+                st.ResourceResult(p.key, p.rt.version, st.APPLY_FAILED, None,
+                                  _first_line(str(e)), "failed", source=where),
+                None,
+            )  # fmt: skip
+        return st.ResourceResult(
+            p.key, p.rt.version, st.SYNCED, None, "", "applied", source=where
+        ), obj
+
+    async def _poll(
+        self,
+        what: str,
+        targets: Sequence[Prepared],
+        live: dict[manifests.Key, dict[str, Any]],
+        within: float,
+        passing: Callable[[Prepared, dict[str, Any]], health.Health | None],
+    ) -> str:
+        """Poll until every target passes; return "" or the reason it timed out."""
+        deadline = time.monotonic() + within
+        while True:
+            waiting: list[tuple[Prepared, str]] = []
+            for p in targets:
+                problem = passing(p, live[p.key])
+                if problem is not None:
+                    waiting.append((p, problem.reason))
+            if not waiting:
+                return ""
+            if time.monotonic() >= deadline:
+                p, why = waiting[0]
+                more = f" (and {len(waiting) - 1} more)" if len(waiting) > 1 else ""
+                return f"{what} within {within:.0f} s: {p.key}: {why}{more}"
+            await asyncio.sleep(self.options.poll_interval)
+            fresh = await asyncio.gather(
+                *(self.kube.get(p.rt, p.key.namespace, p.key.name) for p, _ in waiting)
+            )
+            for (p, _), obj in zip(waiting, fresh, strict=True):
+                live[p.key] = obj if obj is not None else {}
+
+    async def _wait_established(
+        self, crds: Sequence[Prepared], live: dict[manifests.Key, dict[str, Any]]
+    ) -> str:
+        def established(_p: Prepared, obj: dict[str, Any]) -> health.Health | None:
+            h = health.assess(obj) if obj else health.missing("the CRD")
+            return None if h.status == health.HEALTHY else h
+
+        reason = await self._poll(
+            "CRDs were not established", crds, live, self.options.crd_timeout, established
+        )
+        return reason
+
+    async def _wait_healthy(
+        self, label: str, applied: Sequence[Prepared], live: dict[manifests.Key, dict[str, Any]]
+    ) -> str:
+        def healthy(_p: Prepared, obj: dict[str, Any]) -> health.Health | None:
+            h = health.assess(obj) if obj else health.missing("the object")
+            return None if h.status in _PASSING else h
+
+        return await self._poll(
+            f"{label} did not become healthy", applied, live, self.options.wave_timeout, healthy
+        )
+
+    def _leftover(self, e: inventory.Entry, message: str) -> st.ResourceResult:
+        return st.ResourceResult(e.key, e.version, st.OUT_OF_SYNC, None, message, "kept")
+
+    async def _prune(
+        self, leftovers: Iterable[inventory.Entry]
+    ) -> tuple[list[st.ResourceResult], list[inventory.Entry]]:
+        """Delete what left the bundle; return the results and the entries still owned."""
+        entries = {e.key: e for e in leftovers}
+        results: list[st.ResourceResult] = []
+        kept: list[inventory.Entry] = []
+        for key in order.prune_order(list(entries)):
+            e = entries[key]
+            try:
+                rt = await self.kube.resource_type_for_group(key.group, key.kind)
+                obj = await self.kube.get(rt, key.namespace, key.name)
+                if obj is None:
+                    continue  # already gone: nothing to do, forget it
+                meta = obj.get("metadata") or {}
+                if (meta.get("annotations") or {}).get(PRUNE_ANNOTATION) == "disabled":
+                    results.append(
+                        st.ResourceResult(key, e.version, st.SYNCED, health.assess(obj),
+                                          f"left in place: {PRUNE_ANNOTATION}: disabled", "kept")
+                    )  # fmt: skip
+                    continue
+                managers = {m.get("manager") for m in meta.get("managedFields") or []}
+                if kube.FIELD_MANAGER not in managers:
+                    results.append(
+                        st.ResourceResult(key, e.version, st.SYNCED, health.assess(obj),
+                                          "left in place: fleetops no longer manages any of its "
+                                          "fields (someone else took it over)", "kept")
+                    )  # fmt: skip
+                    continue
+                await self.kube.delete(rt, key.namespace, key.name)
+                results.append(
+                    st.ResourceResult(key, e.version, st.SYNCED, None, "pruned", "pruned")
+                )
+            except (errors.KubeError, errors.UnknownKind) as err:
+                kept.append(e)
+                results.append(
+                    st.ResourceResult(key, e.version, st.APPLY_FAILED, None,
+                                      f"prune failed: {_first_line(str(err))}", "failed")
+                )  # fmt: skip
+        return results, kept
+
+    def _remember(self, app: str, p: Prepared, live: Mapping[str, Any]) -> None:
+        rv = str((live.get("metadata") or {}).get("resourceVersion") or "")
+        if rv:
+            self._in_sync.setdefault(app, {})[p.key] = (_fingerprint(p.obj), rv)
+
+    # ------------------------------------------------------------ check and heal
+
+    async def check(self, bundle: types_pb2.Bundle, policy: types_pb2.SyncPolicy) -> st.AppResult:
+        """Health and drift of every resource, through dry-run. Never writes."""
+        result, _ = await self._check(bundle, policy, digest=bundles.digest(bundle))
+        return result
+
+    async def heal(self, bundle: types_pb2.Bundle, policy: types_pb2.SyncPolicy) -> st.AppResult:
+        """`check`, then re-apply what drifted when the policy has selfHeal."""
+        return await self._heal(bundle, policy, digest=bundles.digest(bundle), force_heal=False)
+
+    async def _heal(
+        self,
+        bundle: types_pb2.Bundle,
+        policy: types_pb2.SyncPolicy,
+        *,
+        digest: str,
+        force_heal: bool,
+    ) -> st.AppResult:
+        result, by_key = await self._check(bundle, policy, digest=digest)
+        if not (policy.self_heal or force_heal):
+            return result
+        todo = [r for r in result.resources if r.key in by_key and r.sync == st.OUT_OF_SYNC]
+        if not todo:
+            return result
+        fixed = await asyncio.gather(
+            *(self._apply(by_key[r.key], policy.force_conflicts) for r in todo)
+        )
+        replaced: dict[manifests.Key, st.ResourceResult] = {}
+        for r, (applied, obj) in zip(todo, fixed, strict=True):
+            if obj is None:
+                replaced[r.key] = dataclasses.replace(applied, drift=r.drift)
+                continue
+            self._remember(bundle.app, by_key[r.key], obj)
+            fields = ", ".join(f.path for f in r.drift) or "the object was missing"
+            replaced[r.key] = dataclasses.replace(
+                applied, health=health.assess(obj), action="healed",
+                message=f"self-healed: restored {fields}",
+            )  # fmt: skip
+        results = [replaced.get(r.key, r) for r in result.resources]
+        return st.finish(
+            app=bundle.app,
+            revision=bundle.revision,
+            bundle_digest=digest,
+            results=results,
+            healed=sum(1 for r in replaced.values() if r.action == "healed"),
+            applied_at=time.time(),
+        )
+
+    async def _check(
+        self, bundle: types_pb2.Bundle, policy: types_pb2.SyncPolicy, *, digest: str
+    ) -> tuple[st.AppResult, dict[manifests.Key, Prepared]]:
+        plan = await self._prepare(bundle)
+        by_key = {p.key: p for p in plan.prepared}
+        live = await self._fetch_live(plan.prepared)
+        count = self._checks.get(bundle.app, 0) + 1
+        self._checks[bundle.app] = count
+        full = count % self.options.full_check_every == 0
+        known = self._in_sync.get(bundle.app, {})
+
+        async def one(p: Prepared) -> st.ResourceResult:
+            obj = live.get(p.key)
+            if obj is None:
+                return st.ResourceResult(
+                    p.key, p.rt.version, st.OUT_OF_SYNC, health.missing(str(p.key)),
+                    "missing from the cluster", source=p.resource.where,
+                )  # fmt: skip
+            h = health.assess(obj)
+            rv = str(obj["metadata"].get("resourceVersion") or "")
+            if not full and known.get(p.key) == (_fingerprint(p.obj), rv):
+                return st.ResourceResult(
+                    p.key, p.rt.version, st.SYNCED, h, "", source=p.resource.where
+                )
+            try:
+                dry = await self.kube.apply(p.rt, p.obj, force=policy.force_conflicts, dry_run=True)
+            except errors.Conflict as e:
+                managers = ", ".join(e.managers) or "another field manager"
+                return st.ResourceResult(
+                    p.key, p.rt.version, st.OUT_OF_SYNC, h,
+                    f"conflict with {managers}: {_first_line(str(e))}",
+                    conflict_manager=managers, source=p.resource.where,
+                )  # fmt: skip
+            except errors.KubeError as e:
+                return st.ResourceResult(
+                    p.key, p.rt.version, st.APPLY_FAILED, h, _first_line(str(e)),
+                    source=p.resource.where,
+                )  # fmt: skip
+            fields = drift.diff(dry, obj, secret=p.key.kind == "Secret" and not p.key.group)
+            if not fields:
+                self._remember(bundle.app, p, obj)
+                return st.ResourceResult(
+                    p.key, p.rt.version, st.SYNCED, h, "", source=p.resource.where
+                )
+            shown = ", ".join(f.path for f in fields[:3]) + (" ..." if len(fields) > 3 else "")
+            return st.ResourceResult(
+                p.key, p.rt.version, st.OUT_OF_SYNC, h, f"drifted: {shown}",
+                drift=tuple(fields), source=p.resource.where,
+            )  # fmt: skip
+
+        results = list(await asyncio.gather(*(one(p) for p in plan.prepared)))
+        previous = await self.inventories.load(bundle.app)
+        if previous is not None:
+            note = "no longer in Git; " + (
+                "the next sync prunes it" if policy.prune else "prune is off for this app"
+            )
+            results += [self._leftover(e, note) for e in previous.entries if e.key not in by_key]
+        return (
+            st.finish(
+                app=bundle.app,
+                revision=bundle.revision,
+                bundle_digest=digest,
+                results=plan.failures + results,
+            ),
+            by_key,
+        )
+
+    async def _fetch_live(
+        self, prepared: Sequence[Prepared]
+    ) -> dict[manifests.Key, dict[str, Any]]:
+        """Live objects: one list per (type, namespace) with many objects, else single gets."""
+        groups: dict[tuple[kube.ResourceType, str], list[Prepared]] = {}
+        for p in prepared:
+            groups.setdefault((p.rt, p.key.namespace), []).append(p)
+        live: dict[manifests.Key, dict[str, Any]] = {}
+
+        async def fetch(rt: kube.ResourceType, ns: str, members: list[Prepared]) -> None:
+            if len(members) >= 4:
+                try:
+                    items = await self.kube.list(rt, ns)
+                except errors.KubeError:
+                    return  # e.g. the CRD is gone: every member reads as missing
+                names = {p.key.name: p for p in members}
+                for item in items:
+                    match = names.get(item["metadata"]["name"])
+                    if match is not None:
+                        live[match.key] = item
+                return
+            got: list[Awaitable[dict[str, Any] | None]] = [
+                self.kube.get(rt, p.key.namespace, p.key.name) for p in members
+            ]
+            for p, obj in zip(
+                members, await asyncio.gather(*got, return_exceptions=True), strict=True
+            ):
+                if isinstance(obj, dict):
+                    live[p.key] = obj
+
+        await asyncio.gather(*(fetch(rt, ns, m) for (rt, ns), m in groups.items()))
+        return live
+
+    async def wait_healthy(
+        self, bundle: types_pb2.Bundle, policy: types_pb2.SyncPolicy, within: float
+    ) -> st.AppResult:
+        """Re-check until the app is healthy or `within` seconds pass; return the last result."""
+        deadline = time.monotonic() + within
+        while True:
+            result = await self.check(bundle, policy)
+            if result.health in _PASSING or result.failed or time.monotonic() >= deadline:
+                return result
+            await asyncio.sleep(self.options.poll_interval)

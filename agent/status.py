@@ -1,0 +1,163 @@
+"""Per-resource and per-app results of a sync or a status check, rolled up worst-wins, and
+their wire form (`AppReport`). Pure. Every result carries a one-line reason; no result ever
+carries object content, so a Secret's data cannot reach a report."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from typing import TypeAlias
+
+from google.protobuf import timestamp_pb2
+
+from agent import drift, health, manifests
+from proto.fleetops.v1 import types_pb2
+
+Sync: TypeAlias = types_pb2.SyncStatus.ValueType
+SYNCED = types_pb2.SYNC_STATUS_SYNCED
+OUT_OF_SYNC = types_pb2.SYNC_STATUS_OUT_OF_SYNC
+APPLYING = types_pb2.SYNC_STATUS_APPLYING
+APPLY_FAILED = types_pb2.SYNC_STATUS_APPLY_FAILED
+PENDING = types_pb2.SYNC_STATUS_PENDING
+
+_SYNC_SEVERITY = {SYNCED: 0, PENDING: 1, APPLYING: 2, OUT_OF_SYNC: 3, APPLY_FAILED: 4}
+
+
+def sync_name(s: Sync) -> str:
+    """`SYNC_STATUS_OUT_OF_SYNC` -> `OutOfSync`."""
+    words = types_pb2.SyncStatus.Name(s).removeprefix("SYNC_STATUS_").split("_")
+    return "".join(w.title() for w in words)
+
+
+@dataclasses.dataclass(frozen=True)
+class ResourceResult:
+    key: manifests.Key
+    version: str
+    sync: Sync
+    health: health.Health | None  # None: not looked at (e.g. it failed to apply)
+    message: str
+    action: str = ""  # applied, unchanged, pruned, kept, failed, skipped, healed
+    drift: tuple[drift.Field, ...] = ()
+    conflict_manager: str = ""
+    source: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.sync == APPLY_FAILED
+
+
+@dataclasses.dataclass(frozen=True)
+class AppResult:
+    app: str
+    revision: str
+    bundle_digest: str
+    sync: Sync
+    health: health.Status
+    reason: str
+    resources: tuple[ResourceResult, ...]
+    healed: int = 0
+    applied_at: float = 0.0
+    observed_at: float = dataclasses.field(default_factory=time.time)
+
+    @property
+    def failed(self) -> bool:
+        return self.sync == APPLY_FAILED
+
+    @property
+    def drifted(self) -> int:
+        return sum(1 for r in self.resources if r.drift)
+
+
+def rollup_sync(results: Sequence[ResourceResult]) -> Sync:
+    return max((r.sync for r in results), key=lambda s: _SYNC_SEVERITY.get(s, 3), default=SYNCED)
+
+
+def rollup_health(results: Sequence[ResourceResult]) -> health.Status:
+    return health.worst(r.health.status for r in results if r.health is not None)
+
+
+def reason_for(results: Sequence[ResourceResult], sync: Sync, app_health: health.Status) -> str:
+    """One line: the first thing a person should look at."""
+    if sync == APPLY_FAILED:
+        failed = [r for r in results if r.failed]
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        return f"{failed[0].key}: {failed[0].message}{more}"
+    if sync == OUT_OF_SYNC:
+        out = [r for r in results if r.sync == OUT_OF_SYNC]
+        more = f" (and {len(out) - 1} more)" if len(out) > 1 else ""
+        return f"{out[0].key}: {out[0].message}{more}"
+    if app_health != health.HEALTHY:
+        worst = [r for r in results if r.health is not None and r.health.status == app_health]
+        if worst:
+            more = f" (and {len(worst) - 1} more)" if len(worst) > 1 else ""
+            return f"{worst[0].key}: {worst[0].health.reason}{more}"  # type: ignore[union-attr]
+    return f"{len(results)} resources synced and healthy"
+
+
+def finish(
+    *,
+    app: str,
+    revision: str,
+    bundle_digest: str,
+    results: Sequence[ResourceResult],
+    reason: str = "",
+    sync: Sync | None = None,
+    healed: int = 0,
+    applied_at: float = 0.0,
+) -> AppResult:
+    rolled_sync = rollup_sync(results) if sync is None else sync
+    rolled_health = rollup_health(results)
+    return AppResult(
+        app=app,
+        revision=revision,
+        bundle_digest=bundle_digest,
+        sync=rolled_sync,
+        health=rolled_health,
+        reason=reason or reason_for(results, rolled_sync, rolled_health),
+        resources=tuple(results),
+        healed=healed,
+        applied_at=applied_at,
+    )
+
+
+def _ts(t: float) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(t * 1e9))
+    return ts
+
+
+def to_report(result: AppResult, *, generation: int = 0) -> types_pb2.AppReport:
+    report = types_pb2.AppReport(
+        app=result.app,
+        revision=result.revision,
+        bundle_digest=result.bundle_digest,
+        generation=generation,
+        sync=result.sync,
+        health=result.health,
+        reason=result.reason,
+        observed_at=_ts(result.observed_at),
+        drifted_resources=result.drifted,
+        healed_resources=result.healed,
+    )
+    if result.applied_at:
+        report.applied_at.CopyFrom(_ts(result.applied_at))
+    for r in result.resources:
+        version = r.version
+        report.resources.add(
+            ref=types_pb2.ResourceRef(
+                group=r.key.group,
+                version=version,
+                kind=r.key.kind,
+                namespace=r.key.namespace,
+                name=r.key.name,
+            ),
+            sync=r.sync,
+            health=r.health.status if r.health else health.UNKNOWN,
+            message=r.message if r.health is None else (r.message or r.health.reason),
+            drift=[
+                types_pb2.DriftedField(path=f.path, desired=f.desired, live=f.live) for f in r.drift
+            ],
+            conflict_manager=r.conflict_manager,
+        )
+    return report
