@@ -79,27 +79,29 @@ class Kube:
         path: str,
         *,
         query: list[tuple[str, str]] | None = None,
-        body: str | None = None,
+        body: Any = None,
         content_type: str = "application/json",
         count_as: str = "",
     ) -> Any:
         with self._lock:
             self.requests[count_as or method] += 1
+        method, url, headers, body, _ = self._api.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=query or [],
+            header_params={"Accept": "application/json", "Content-Type": content_type},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
         try:
             resp = self._api.call_api(
-                path,
-                method,
-                query_params=query or [],
-                header_params={"Accept": "application/json", "Content-Type": content_type},
-                body=body,
-                auth_settings=["BearerToken"],
-                _preload_content=False,
-                _return_http_data_only=True,
-                _request_timeout=60,
+                method, url, header_params=headers, body=body, _request_timeout=60
             )
-        except exceptions.ApiException as e:
-            raise _error(e, method, path) from None
-        data = resp.data
+        except exceptions.ApiException as e:  # transport-level failures surface here
+            raise _error(e.status, e.body, e.reason, method, path) from None
+        data = resp.read()
+        if not 200 <= resp.status < 300:
+            raise _error(resp.status, data, resp.reason, method, path)
         return json.loads(data) if data else {}
 
     def writes(self) -> int:
@@ -200,18 +202,16 @@ class Kube:
 
     async def create(self, rt: ResourceType, obj: Mapping[str, Any]) -> dict[str, Any]:
         ns = str(obj["metadata"].get("namespace") or "")
-        return await self._run(self._call, "POST", rt.path(ns), body=json.dumps(obj))
+        return await self._run(self._call, "POST", rt.path(ns), body=dict(obj))
 
     async def replace(self, rt: ResourceType, obj: Mapping[str, Any]) -> dict[str, Any]:
         meta = obj["metadata"]
         path = rt.path(str(meta.get("namespace") or ""), str(meta["name"]))
-        return await self._run(self._call, "PUT", path, body=json.dumps(obj))
+        return await self._run(self._call, "PUT", path, body=dict(obj))
 
     async def delete(self, rt: ResourceType, namespace: str, name: str) -> bool:
         """Delete in the background (dependents go too); False when it was already gone."""
-        body = json.dumps(
-            {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
-        )
+        body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
         try:
             await self._run(self._call, "DELETE", rt.path(namespace, name), body=body)
         except errors.NotFound:
@@ -249,21 +249,25 @@ def connect(
 _CONFLICT_MANAGER = re.compile(r'conflicts? with "([^"]+)"')
 
 
-def _error(e: Any, method: str, path: str) -> errors.KubeError:
+def _error(
+    status: int | None, body: Any, http_reason: Any, method: str, path: str
+) -> errors.KubeError:
+    """The Status object the API server sent, as one of our errors."""
     message = ""
     reason = ""
     try:
-        doc = json.loads(e.body or "{}")
+        doc = json.loads(body or "{}")
         message = str(doc.get("message") or "")
         reason = str(doc.get("reason") or "")
-    except (ValueError, TypeError):
-        message = str(e.reason or "")
-    message = message or f"{method} {path}: HTTP {e.status}"
-    if e.status == 404:
+    except (ValueError, TypeError, AttributeError):
+        message = str(http_reason or "")
+    code = int(status or 0)
+    message = message or f"{method} {path}: HTTP {code}"
+    if code == 404:
         return errors.NotFound(message, status=404, reason=reason)
-    if e.status == 409 and reason == "Conflict" and "conflict" in message.lower():
+    if code == 409 and reason == "Conflict" and "conflict" in message.lower():
         managers = sorted(set(_CONFLICT_MANAGER.findall(message)))
         return errors.Conflict(message, managers=managers)
-    if e.status in (400, 422):
-        return errors.Invalid(message, status=e.status, reason=reason)
-    return errors.KubeError(message, status=int(e.status or 0), reason=reason)
+    if code in (400, 422):
+        return errors.Invalid(message, status=code, reason=reason)
+    return errors.KubeError(message, status=code, reason=reason)

@@ -24,7 +24,9 @@ CLUSTER_NAMES = ["c1", "c2", "c3"]
 
 
 @pytest.fixture(scope="session")
-def local_clusters(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[localkube.LocalCluster]]:
+def local_clusters(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[list[localkube.LocalCluster]]:
     reuse = os.environ.get("FLEETOPS_TEST_CLUSTERS")
     if reuse:
         root = pathlib.Path(reuse)

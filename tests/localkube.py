@@ -23,7 +23,9 @@ def binary(name: str) -> str:
     """Path of a pinned binary built by `make setup`; fails loudly when it is missing."""
     path = cache_dir() / "bin" / name
     if not os.access(path, os.X_OK):
-        raise RuntimeError(f"{name} not found at {path}: run `make setup` to build the pinned binaries")
+        raise RuntimeError(
+            f"{name} not found at {path}: run `make setup` to build the pinned binaries"
+        )
     return str(path)
 
 
@@ -33,7 +35,9 @@ class LocalCluster:
     kubeconfig: pathlib.Path
 
 
-def up(state: pathlib.Path, names: list[str], *, owner_pid: int | None = None) -> list[LocalCluster]:
+def up(
+    state: pathlib.Path, names: list[str], *, owner_pid: int | None = None
+) -> list[LocalCluster]:
     cmd = [sys.executable, str(LOCALKUBE), "up", "--names", ",".join(names), "--state", str(state)]
     if owner_pid is not None:
         cmd += ["--owner-pid", str(owner_pid)]

@@ -13,6 +13,8 @@ BIN = pathlib.Path(sys.executable).parent
 
 @pytest.mark.parametrize("command", ["fleetops-hub", "fleetops-agent", "fleetops-tui"])
 def test_console_script_prints_help(command: str) -> None:
-    res = subprocess.run([str(BIN / command), "--help"], capture_output=True, text=True, check=False)
+    res = subprocess.run(
+        [str(BIN / command), "--help"], capture_output=True, text=True, check=False
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith(f"usage: {command}")

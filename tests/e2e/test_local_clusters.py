@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 import pytest
-from kubernetes.client import exceptions  # type: ignore[import-untyped]
+from kubernetes.dynamic import exceptions
 
 from tests import kube, localkube
 
@@ -48,7 +48,9 @@ def test_every_cluster_has_one_ready_node(local_clusters: list[localkube.LocalCl
         ready = [
             n["metadata"]["name"]
             for n in nodes
-            if any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"]["conditions"])
+            if any(
+                c["type"] == "Ready" and c["status"] == "True" for c in n["status"]["conditions"]
+            )
         ]
         assert len(nodes) == 1, f"{cluster.name}: expected one node, got {len(nodes)}"
         assert ready == [nodes[0]["metadata"]["name"]], f"{cluster.name}: node not Ready"

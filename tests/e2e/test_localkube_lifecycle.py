@@ -55,7 +55,9 @@ def test_down_and_a_dead_owner_leave_no_process_behind(
     finally:
         owner.kill()
         owner.wait()
-    kube.eventually("every process of a dead owner's clusters exits", lambda: not processes_of(state))
+    kube.eventually(
+        "every process of a dead owner's clusters exits", lambda: not processes_of(state)
+    )
 
 
 def test_up_without_binaries_names_the_fix(tmp_path: pathlib.Path) -> None:
