@@ -35,8 +35,8 @@ def generate(out: pathlib.Path) -> list[pathlib.Path]:
         f"-I{include}",
         f"--python_out={out}",
         f"--grpc_python_out={out}",
-        f"--mypy_out={out}",
-        f"--mypy_grpc_out={out}",
+        f"--mypy_out=quiet:{out}",
+        f"--mypy_grpc_out=quiet:{out}",
         *protos,
     ]
     # protoc resolves the proto paths against -I; run from the repo root so they match.
