@@ -78,10 +78,22 @@ class Reconciler:
         # app -> key -> (fingerprint of the desired object, live resourceVersion) last seen in sync
         self._in_sync: dict[str, dict[manifests.Key, tuple[str, str]]] = {}
         self._checks: dict[str, int] = {}
+        self._plans: dict[str, tuple[str, _Plan]] = {}  # app -> (digest, plan without failures)
 
     # ------------------------------------------------------------ preparing
 
     async def _prepare(self, bundle: types_pb2.Bundle) -> _Plan:
+        """Parse and resolve a bundle; a plan without failures is kept for the next resync."""
+        digest = bundles.digest(bundle)
+        cached = self._plans.get(bundle.app)
+        if cached is not None and cached[0] == digest:
+            return cached[1]
+        plan = await self._prepare_uncached(bundle)
+        if not plan.failures:
+            self._plans[bundle.app] = (digest, plan)
+        return plan
+
+    async def _prepare_uncached(self, bundle: types_pb2.Bundle) -> _Plan:
         parsed = manifests.parse_bundle(bundle)
         failures = [
             st.ResourceResult(
