@@ -195,16 +195,20 @@ def _merge_actions(applied: st.AppResult, checked: st.AppResult) -> st.AppResult
 
 async def cmd_status(ns: argparse.Namespace) -> int:
     stored = _local(ns).load(ns.app)
-    if stored is None:
-        raise errors.AgentError(
-            f"no local copy of app {ns.app!r} in {_local(ns).root}: apply it with "
-            "`fleetops-agent apply` first, or pass the --state directory it was applied with"
-        )
     client = kube.connect(ns.kubeconfig, context=ns.context)
     try:
-        result = await reconcile.Reconciler(client, _options(ns)).check(
-            stored.bundle, stored.assignment.policy
-        )
+        rec = reconcile.Reconciler(client, _options(ns))
+        if stored is not None:
+            result = await rec.check(stored.bundle, stored.assignment.policy)
+        else:
+            found = await rec.inventory_health(ns.app)
+            if found is None:
+                raise errors.AgentError(
+                    f"app {ns.app!r} was never applied to this cluster (no inventory "
+                    f"{ns.inventory_namespace}/fleetops-inventory-{ns.app}) and {_local(ns).root} "
+                    "has no copy of it: apply it with `fleetops-agent apply` first"
+                )
+            result = found
     finally:
         client.close()
     _print(result, ns.output)

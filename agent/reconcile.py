@@ -568,6 +568,38 @@ class Reconciler:
         await asyncio.gather(*(fetch(rt, ns, m) for (rt, ns), m in groups.items()))
         return live
 
+    async def inventory_health(self, app: str) -> st.AppResult | None:
+        """Health of what the in-cluster inventory lists, when no bundle is at hand (a new
+        agent pod, another machine). Drift cannot be checked without the bundle, and the
+        result says so. None when the cluster has no inventory for the app."""
+        inv = await self.inventories.load(app)
+        if inv is None:
+            return None
+
+        async def one(e: inventory.Entry) -> st.ResourceResult:
+            try:
+                rt = await self.kube.resource_type_for_group(e.key.group, e.key.kind)
+                obj = await self.kube.get(rt, e.key.namespace, e.key.name)
+            except (errors.KubeError, errors.UnknownKind) as err:
+                return st.ResourceResult(e.key, e.version, st.UNKNOWN_SYNC, None,
+                                         f"cannot read: {_first_line(str(err))}")  # fmt: skip
+            h = health.assess(obj) if obj is not None else health.missing(str(e.key))
+            return st.ResourceResult(e.key, e.version, st.UNKNOWN_SYNC, h, "")
+
+        results = list(await asyncio.gather(*(one(e) for e in inv.entries)))
+        reason = (
+            "drift not checked: no local copy of the bundle here (run status where it was "
+            "applied, or apply it again); health is from the live objects"
+        )
+        return st.finish(
+            app=app,
+            revision=inv.revision,
+            bundle_digest=inv.bundle_digest,
+            results=results,
+            reason=reason if inv.bundle_digest else "the last sync did not complete; " + reason,
+            sync=st.UNKNOWN_SYNC,
+        )
+
     async def wait_healthy(
         self, bundle: types_pb2.Bundle, policy: types_pb2.SyncPolicy, within: float
     ) -> st.AppResult:

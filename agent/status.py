@@ -20,12 +20,17 @@ OUT_OF_SYNC = types_pb2.SYNC_STATUS_OUT_OF_SYNC
 APPLYING = types_pb2.SYNC_STATUS_APPLYING
 APPLY_FAILED = types_pb2.SYNC_STATUS_APPLY_FAILED
 PENDING = types_pb2.SYNC_STATUS_PENDING
+UNKNOWN_SYNC = types_pb2.SYNC_STATUS_UNSPECIFIED  # only when the agent cannot compare with Git
 
-_SYNC_SEVERITY = {SYNCED: 0, PENDING: 1, APPLYING: 2, OUT_OF_SYNC: 3, APPLY_FAILED: 4}
+_SYNC_SEVERITY = {
+    SYNCED: 0, UNKNOWN_SYNC: 1, PENDING: 1, APPLYING: 2, OUT_OF_SYNC: 3, APPLY_FAILED: 4
+}  # fmt: skip
 
 
 def sync_name(s: Sync) -> str:
     """`SYNC_STATUS_OUT_OF_SYNC` -> `OutOfSync`."""
+    if s == UNKNOWN_SYNC:
+        return "Unknown"
     words = types_pb2.SyncStatus.Name(s).removeprefix("SYNC_STATUS_").split("_")
     return "".join(w.title() for w in words)
 

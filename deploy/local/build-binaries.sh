@@ -6,7 +6,7 @@
 # the binaries in $FLEETOPS_CACHE/bin, Go's module and build caches under it too, so a warm run
 # only checks version stamps and takes seconds. There are no prebuilt downloads: every binary
 # is built from its Go module through the Go module proxy.
-set -euo pipefail
+set -Eeuo pipefail
 
 K8S_VERSION=${K8S_VERSION:-v1.37.2}
 ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
@@ -51,6 +51,11 @@ timed() { # timed NAME CMD...: run a build step and print how long it took
 }
 
 build_kubernetes() {
+  local all=1
+  for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+    have "$cmd" "$K8S_VERSION" || all=0
+  done
+  [[ $all == 1 ]] && return
   local dir=$SRC/kubernetes-$K8S_VERSION minor gomod
   minor=$(echo "$K8S_VERSION" | cut -d. -f2)
   local patch
@@ -125,6 +130,7 @@ go_install() { # go_install NAME PACKAGE VERSION
 
 kwok_stages() {
   # kwok refuses to start without stages; they ship in its module source.
+  [[ -f $CACHE/kwok-stages/.version && $(cat "$CACHE/kwok-stages/.version") == "$KWOK_VERSION" ]] && return
   local src
   src=$(go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
   mkdir -p "$CACHE/kwok-stages"
@@ -135,6 +141,7 @@ kwok_stages() {
     fi
   done
   chmod -R u+w "$CACHE/kwok-stages"
+  echo "$KWOK_VERSION" >"$CACHE/kwok-stages/.version"
 }
 
 only=${1:-all}

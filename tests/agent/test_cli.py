@@ -125,3 +125,32 @@ def test_reconcile_from_local_state_heals_without_a_hub(
         c1, "-n", unique_name, "get", "configmap", "settings", "-o", "jsonpath={.data.level}"
     )
     assert got.stdout == "info"
+
+
+def test_status_without_local_copy_reads_the_inventory(
+    local_clusters: list[localkube.LocalCluster], tmp_path: pathlib.Path, unique_name: str
+) -> None:
+    c1 = local_clusters[0]
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "all.yaml").write_text(
+        yaml.safe_dump_all([namespace(unique_name), configmap("a"), configmap("b")])
+    )
+    res = agent(
+        "apply", "--kubeconfig", str(c1.kubeconfig), "--app", unique_name, "--namespace",
+        unique_name, "--bundle", str(bundle), state=tmp_path / "state-here",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    kubectl(c1, "-n", unique_name, "delete", "configmap", "b")
+    # another machine, another state dir: only the cluster remembers what was applied
+    res = agent("status", "--kubeconfig", str(c1.kubeconfig), "--app", unique_name, "--output",
+                "json", state=tmp_path / "state-elsewhere")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["sync"] == "Unknown" and "drift not checked" in report["reason"]
+    healths = {r["name"]: r["health"] for r in report["resources"]}
+    assert healths == {unique_name: "Healthy", "a": "Healthy", "b": "Missing"}
+
+    res = agent("status", "--kubeconfig", str(c1.kubeconfig), "--app", "never-applied",
+                state=tmp_path / "state-elsewhere")  # fmt: skip
+    assert res.returncode == 1 and "never applied to this cluster" in res.stderr

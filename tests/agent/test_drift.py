@@ -46,6 +46,11 @@ async def test_scaled_deployment_is_reported_and_self_healed(
     assert web.sync == st.OUT_OF_SYNC
     assert [(f.path, f.desired, f.live) for f in web.drift] == [("spec.replicas", "2", "5")]
     assert checked.sync == st.OUT_OF_SYNC and "spec.replicas" in checked.reason
+    report = st.to_report(checked)  # what goes to the hub
+    [web_report] = [r for r in report.resources if r.ref.name == "web"]
+    assert web_report.ref.kind == "Deployment" and web_report.ref.group == "apps"
+    assert [(d.path, d.desired, d.live) for d in web_report.drift] == [("spec.replicas", "2", "5")]
+    assert report.drifted_resources == 1
 
     healed = await reconciler.heal(bundle, policy(self_heal=True))
     assert healed.healed == 1

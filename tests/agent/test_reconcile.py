@@ -303,3 +303,54 @@ async def test_default_namespace_only_on_namespaced_objects(
     assert keys == {unique_name: "", "a": unique_name, f"{unique_name}-reader": ""}
     rt = await cluster.resource_type("rbac.authorization.k8s.io/v1", "ClusterRole")
     assert await cluster.get(rt, "", f"{unique_name}-reader") is not None
+
+
+async def test_real_workloads_reach_the_health_a_user_expects(
+    reconciler: reconcile.Reconciler, make_bundle: BundleFactory, unique_name: str
+) -> None:
+    labels = {"app": "db"}
+    pod = {"containers": [{"name": "c", "image": "registry.local/c:1"}]}
+    statefulset = {
+        "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db"},
+        "spec": {"replicas": 2, "serviceName": "db", "selector": {"matchLabels": labels},
+                 "template": {"metadata": {"labels": labels}, "spec": pod}},
+    }  # fmt: skip
+    daemonset = {
+        "apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "node-agent"},
+        "spec": {"selector": {"matchLabels": {"app": "node-agent"}},
+                 "template": {"metadata": {"labels": {"app": "node-agent"}}, "spec": pod}},
+    }  # fmt: skip
+    job = {
+        "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "migrate"},
+        "spec": {"template": {"spec": {**pod, "restartPolicy": "Never"}}},
+    }  # fmt: skip
+    pvc = {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    }  # fmt: skip
+    lb = {
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "public"},
+        "spec": {"type": "LoadBalancer", "selector": labels, "ports": [{"port": 80}]},
+    }  # fmt: skip
+    bundle = make_bundle(namespace(unique_name), statefulset, daemonset, job, pvc, lb)
+    await reconciler.sync(bundle, policy())
+
+    async def settled() -> st.AppResult:
+        deadline = asyncio.get_running_loop().time() + 60
+        while True:
+            result = await reconciler.check(bundle, policy())
+            healths = {r.key.name: r.health.name for r in result.resources if r.health}
+            want = {"db": "Healthy", "node-agent": "Healthy", "migrate": "Healthy"}
+            if all(healths.get(k) == v for k, v in want.items()):
+                return result
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"workloads never became healthy: {healths}")
+            await asyncio.sleep(0.5)
+
+    result = await settled()
+    got = {r.key.name: r.health for r in result.resources if r.health}
+    assert got["migrate"].reason == "the job completed"
+    assert got["data"].name == "Progressing" and "waiting for a volume" in got["data"].reason
+    assert got["public"].name == "Progressing" and "load balancer" in got["public"].reason
+    assert result.health == st.health.PROGRESSING
+    assert "waiting for" in result.reason
