@@ -1,5 +1,9 @@
-"""Bundle identity shared by hub and agent: the digest of a Bundle is the sha256 of its
-deterministic serialization, so a bundle rendered twice from the same input has one digest."""
+"""Bundle identity shared by hub and agent.
+
+The digest of a Bundle is the sha256 of its deterministic serialization with the revision
+left out: a commit that does not change an app's rendered manifests keeps its digest, so
+clusters are not asked to re-apply identical content, and identical clusters share one bundle.
+"""
 
 from __future__ import annotations
 
@@ -9,4 +13,7 @@ from proto.fleetops.v1 import types_pb2
 
 
 def digest(bundle: types_pb2.Bundle) -> str:
-    return hashlib.sha256(bundle.SerializeToString(deterministic=True)).hexdigest()
+    content = types_pb2.Bundle()
+    content.CopyFrom(bundle)
+    content.revision = ""
+    return hashlib.sha256(content.SerializeToString(deterministic=True)).hexdigest()

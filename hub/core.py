@@ -1,0 +1,887 @@
+"""The hub's heart: from Git heads to per-cluster assignments, and from agent reports to
+fleet status, with every change recorded as an event.
+
+`Hub` keeps the working set in memory (assignments, latest reports, cluster connectivity,
+render results) and writes every change through the store before it is announced, so a
+restart loses nothing that was acknowledged. gRPC servicers are thin wrappers around it.
+A bad render, a failed fetch or an unknown app affects only that app, target or repo.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import logging
+import pathlib
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from hub import config, errors, plan, render, repo, status, store
+from proto import bundles
+from proto.fleetops.v1 import agent_pb2, fleet_pb2, types_pb2
+
+log = logging.getLogger("fleetops.hub")
+CHUNK = 1024 * 1024
+
+
+@dataclasses.dataclass
+class Stream:
+    """One connected agent: what to send it."""
+
+    cluster: str
+    outbox: asyncio.Queue[agent_pb2.HubMessage]
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderResult:
+    digest: str
+    error: str
+
+
+def _policy(app: config.App) -> types_pb2.SyncPolicy:
+    s = app.sync
+    return types_pb2.SyncPolicy(
+        auto=s.auto,
+        prune=s.prune,
+        self_heal=s.self_heal,
+        force_conflicts=s.force_conflicts,
+        allow_empty=s.allow_empty,
+    )
+
+
+def _overrides_hash(app: config.App, target: config.Target) -> str:
+    doc = {
+        "ns": app.namespace,
+        "path": app.path,
+        "values": target.helm.values,
+        "valuesFiles": list(target.helm.values_files),
+        "kustomize": target.kustomize_dir,
+        "overlays": list(target.yaml_overlays),
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Hub:
+    def __init__(
+        self, *, cfg: config.Config, db: store.Store, data: pathlib.Path, tools: render.Tools
+    ) -> None:
+        self.cfg = cfg
+        self.db = db
+        self.data = data
+        self.tools = tools
+        self.repos: dict[str, repo.RepoCache] = {}
+        self.streams: dict[str, Stream] = {}
+        self.watchers: set[asyncio.Queue[fleet_pb2.FleetChange]] = set()
+        self.version = 0
+        self.config_error = ""
+        self._plan_lock = asyncio.Lock()
+        self._render_lock = asyncio.Lock()
+        self._fetch_now: dict[str, asyncio.Event] = {}
+        self._sync_requests: set[tuple[str, str]] = set()
+        # working set, loaded from the store at start
+        self.clusters: dict[str, dict[str, Any]] = {}
+        self.assignments: dict[tuple[str, str], dict[str, Any]] = {}
+        self.reports: dict[tuple[str, str], types_pb2.AppReport] = {}
+        self.heads: dict[str, str] = {}
+        self.repo_status: dict[str, fleet_pb2.RepoStatus] = {}
+        self.pins: dict[tuple[str, str], str] = {}
+        self.paused: dict[str, str] = {}
+        self.renders: dict[tuple[str, str, str], RenderResult] = {}
+        self._content: dict[tuple[str, str, str], str] = {}  # (app, target, tree key) -> digest
+        self._extra_paths: dict[tuple[str, str], list[str]] = {}
+
+    # ------------------------------------------------------------ start-up
+
+    async def load(self) -> None:
+        def read() -> dict[str, list[dict[str, Any]]]:
+            return {
+                t: self.db.rows(t)
+                for t in (
+                    "clusters",
+                    "assignments",
+                    "reports",
+                    "repos",
+                    "pins",
+                    "app_state",
+                    "renders",
+                )
+            }
+
+        rows = await self.db.run(read)
+        for r in rows["clusters"]:
+            r["connected"] = 0  # nobody is connected to a process that just started
+            self.clusters[r["name"]] = r
+        for r in rows["assignments"]:
+            self.assignments[(r["cluster"], r["app"])] = r
+        for r in rows["reports"]:
+            self.reports[(r["cluster"], r["app"])] = types_pb2.AppReport.FromString(r["data"])
+        for r in rows["repos"]:
+            if r["revision"]:
+                self.heads[r["name"]] = r["revision"]
+            self.repo_status[r["name"]] = fleet_pb2.RepoStatus(
+                name=r["name"],
+                url=repo.redact(r["url"]),
+                branch=r["branch"],
+                revision=r["revision"],
+                error=r["error"] or "",
+            )
+        for r in rows["pins"]:
+            self.pins[(r["app"], r["cluster"])] = r["revision"]
+        for r in rows["app_state"]:
+            if r["paused"]:
+                self.paused[r["app"]] = r["reason"] or ""
+        for r in rows["renders"]:
+            self.renders[(r["app"], r["target"], r["revision"])] = RenderResult(
+                r["digest"] or "", r["error"] or ""
+            )
+        self._sync_repos()
+
+    def _sync_repos(self) -> None:
+        for spec in self.cfg.repos:
+            cache = self.repos.get(spec.name)
+            if cache is None or cache.spec != spec:
+                self.repos[spec.name] = repo.RepoCache(self.data / "repos" / spec.name, spec)
+            self._fetch_now.setdefault(spec.name, asyncio.Event())
+            self.repo_status.setdefault(
+                spec.name,
+                fleet_pb2.RepoStatus(name=spec.name, url=repo.redact(spec.url), branch=spec.branch),
+            )
+
+    async def apply_config(self, cfg: config.Config) -> None:
+        """A new, valid hub.yaml: new repos fetch at once, and everything is re-planned."""
+        self.cfg = cfg
+        self.config_error = ""
+        self._sync_repos()
+        for spec in cfg.repos:
+            self._fetch_now[spec.name].set()
+        await self.replan()
+
+    # ------------------------------------------------------------ Git
+
+    def trigger_fetch(self, repo_name: str) -> bool:
+        ev = self._fetch_now.get(repo_name)
+        if ev is None:
+            return False
+        ev.set()
+        return True
+
+    async def poll(self, repo_name: str, stop: asyncio.Event) -> None:
+        """Fetch on the repo's interval, or at once when a webhook says so."""
+        ev = self._fetch_now[repo_name]
+        while not stop.is_set():
+            spec = next((r for r in self.cfg.repos if r.name == repo_name), None)
+            if spec is None:
+                return  # the repo left hub.yaml
+            ev.clear()
+            await self.refresh(repo_name)
+            waits = [asyncio.ensure_future(ev.wait()), asyncio.ensure_future(stop.wait())]
+            await asyncio.wait(
+                waits, timeout=spec.poll_interval, return_when=asyncio.FIRST_COMPLETED
+            )
+            for w in waits:
+                w.cancel()
+
+    async def refresh(self, repo_name: str) -> None:
+        cache = self.repos[repo_name]
+        st = self.repo_status[repo_name]
+        try:
+            sha = await cache.afetch()
+        except errors.RepoError as e:
+            st.error = str(e)
+            st.fetched_at.GetCurrentTime()
+            await self._save_repo(repo_name)
+            log.warning("%s", e)
+            self._announce(fleet_pb2.FleetChange(repo=st))
+            return
+        st.error = ""
+        st.fetched_at.GetCurrentTime()
+        if sha == self.heads.get(repo_name):
+            await self._save_repo(repo_name)
+            return
+        self.heads[repo_name] = sha
+        st.revision = sha
+        commit = await asyncio.to_thread(cache.commit, sha)
+        await self.db.run(
+            self.db.upsert,
+            "revisions",
+            {
+                "repo": repo_name,
+                "sha": sha,
+                "message": commit.message,
+                "author": commit.author,
+                "time": commit.time,
+                "seen_at": time.time(),
+            },
+            ("repo", "sha"),
+        )
+        await self._save_repo(repo_name)
+        log.info("repo %s: new revision %s (%s)", repo_name, sha[:8], commit.message)
+        self._announce(fleet_pb2.FleetChange(repo=st))
+        await self.replan()
+
+    async def _save_repo(self, name: str) -> None:
+        st = self.repo_status[name]
+        spec = self.cfg.repo(name) if any(r.name == name for r in self.cfg.repos) else None
+        await self.db.run(
+            self.db.upsert,
+            "repos",
+            {
+                "name": name,
+                "url": spec.url if spec else st.url,
+                "branch": st.branch,
+                "revision": self.heads.get(name, ""),
+                "fetched_at": time.time(),
+                "error": st.error,
+            },
+            "name",
+        )
+
+    # ------------------------------------------------------------ rendering
+
+    async def bundle_for(
+        self, app: config.App, target: config.Target, revision: str
+    ) -> RenderResult:
+        """The bundle digest for (app, target, revision), rendering it at most once."""
+        known = self.renders.get((app.name, target.name, revision))
+        if known is not None:
+            return known
+        async with self._render_lock:
+            known = self.renders.get((app.name, target.name, revision))
+            if known is not None:
+                return known
+            result = await self._render(app, target, revision)
+            self.renders[(app.name, target.name, revision)] = result
+            await self.db.run(
+                self.db.upsert,
+                "renders",
+                {
+                    "app": app.name,
+                    "target": target.name,
+                    "revision": revision,
+                    "digest": result.digest,
+                    "error": result.error,
+                    "key": "",
+                    "rendered_at": time.time(),
+                },
+                ("app", "target", "revision"),
+            )
+            return result
+
+    async def _render(self, app: config.App, target: config.Target, revision: str) -> RenderResult:
+        cache = self.repos.get(app.repo)
+        if cache is None:
+            return RenderResult("", f"repo {app.repo!r} is not configured")
+        paths = [app.path, *[f"{app.path}/{f}" for f in target.helm.values_files]]
+        paths += self._extra_paths.get((app.name, target.name), [])
+        try:
+            key = _overrides_hash(app, target) + ":" + await cache.atree_key(revision, paths)
+        except (KeyError, ValueError) as e:
+            return RenderResult("", f"revision {revision[:12]} is not in the repo cache: {e}")
+        digest = self._content.get((app.name, target.name, key))
+        if digest:
+            return RenderResult(digest, "")
+        try:
+            checkout = await cache.acheckout(revision)
+            rendered = await render.arender(
+                checkout=checkout.root,
+                refused_links=checkout.refused_links,
+                app=app,
+                target=target,
+                tools=self.tools,
+            )
+            if render.detect(checkout.root / app.path) == "kustomize" or target.kustomize_dir:
+                build = checkout.root / app.path / target.kustomize_dir
+                refs = render.check_kustomize_refs(
+                    checkout.root.resolve(), build.resolve(), checkout.refused_links
+                )
+                root = checkout.root.resolve()
+                self._extra_paths[(app.name, target.name)] = sorted(
+                    {str(p.relative_to(root)) for p in refs} - {app.path}
+                )
+        except errors.RenderError as e:
+            log.warning("app %s target %s at %s: %s", app.name, target.name, revision[:8], e)
+            return RenderResult("", str(e))
+        bundle = types_pb2.Bundle(app=app.name, namespace=app.namespace)
+        for source, text in rendered.manifests:
+            bundle.manifests.add(source=source, yaml=text)
+        digest = bundles.digest(bundle)
+        data = bundle.SerializeToString(deterministic=True)
+        await self.db.run(
+            self.db.upsert,
+            "bundles",
+            {
+                "digest": digest,
+                "app": app.name,
+                "size": len(data),
+                "data": data,
+                "created_at": time.time(),
+            },
+            "digest",
+        )
+        self._content[(app.name, target.name, key)] = digest
+        return RenderResult(digest, "")
+
+    async def bundle_bytes(self, digest: str) -> bytes:
+        row = await self.db.run(self.db.get, "bundles", digest)
+        if row is None:
+            raise errors.NotFound(f"no bundle {digest[:12]}")
+        return bytes(row["data"])
+
+    # ------------------------------------------------------------ planning
+
+    def labels_of(self, cluster: str) -> dict[str, str]:
+        row = self.clusters.get(cluster) or {}
+        return plan.cluster_labels(self.cfg, cluster, store.loads(row.get("agent_labels")))
+
+    def target_of(self, app: config.App, cluster: str) -> config.Target | None:
+        return plan.target_for(self.cfg, app, cluster, self.labels_of(cluster))
+
+    async def replan(self, *, cause: int = types_pb2.CAUSE_AUTO, actor: str = "auto") -> None:
+        async with self._plan_lock:
+            changed: set[str] = set()
+            events: list[dict[str, Any]] = []
+            for app in self.cfg.apps:
+                for cluster in sorted(self.clusters):
+                    ev = await self._plan_one(app, cluster, cause, actor)
+                    if ev is not None:
+                        changed.add(cluster)
+                        events.append(ev)
+            gone = [(c, a) for (c, a) in self.assignments if self.cfg.app(a) is None]
+            for c, a in gone:
+                await self._drop(c, a)
+                changed.add(c)
+                events.append(
+                    {
+                        "app": a,
+                        "cluster": c,
+                        "kind": "unassigned",
+                        "cause": cause,
+                        "actor": actor,
+                        "message": f"app {a} left hub.yaml; the agent stops managing it",
+                    }
+                )
+            self._sync_requests.clear()
+            for e in await self.db.run(self.db.append_events, events):
+                self._announce(fleet_pb2.FleetChange(event=_event_pb(e)))
+            for cluster in changed:
+                self.push_assignments(cluster)
+                for app in self.cfg.apps:
+                    self._announce_status(cluster, app.name)
+
+    async def _plan_one(
+        self, app: config.App, cluster: str, cause: int, actor: str
+    ) -> dict[str, Any] | None:
+        key = (cluster, app.name)
+        cur = self.assignments.get(key)
+        target = self.target_of(app, cluster)
+        if target is None:
+            if cur is None:
+                return None
+            await self._drop(cluster, app.name)
+            return {
+                "app": app.name,
+                "cluster": cluster,
+                "kind": "unassigned",
+                "cause": cause,
+                "actor": actor,
+                "previous_revision": cur["revision"],
+                "message": f"no target of app {app.name} matches cluster {cluster} any more",
+            }
+        head = self.heads.get(app.repo, "")
+        paused = app.name in self.paused
+        wanted = plan.desired_revision(
+            head=head,
+            auto=app.sync.auto and not paused,
+            current=cur["revision"] if cur else "",
+            pin_app=self.pins.get((app.name, ""), ""),
+            pin_cluster=self.pins.get((app.name, cluster), ""),
+            sync_requested=not paused
+            and (
+                (app.name, cluster) in self._sync_requests or (app.name, "") in self._sync_requests
+            ),
+        )
+        if wanted is None:
+            return None
+        if paused and cur is not None:
+            wanted = plan.Wanted(cur["revision"], "hold")
+        result = await self.bundle_for(app, target, wanted.revision)
+        if result.error:
+            return None  # the cluster keeps what it has; the error shows on the target
+        policy = store.dumps(json.loads(_policy_json(app)))
+        row = {
+            "cluster": cluster,
+            "app": app.name,
+            "target": target.name,
+            "revision": wanted.revision,
+            "digest": result.digest,
+            "namespace": app.namespace,
+            "policy": policy,
+            "paused": int(paused),
+            "reason": wanted.why,
+        }
+        if cur is not None and all(cur.get(k) == v for k, v in row.items() if k != "reason"):
+            return None
+        row["generation"] = (cur["generation"] if cur else 0) + 1
+        row["updated_at"] = time.time()
+        await self.db.run(self.db.upsert, "assignments", row, ("cluster", "app"))
+        self.assignments[key] = row
+        if (
+            cur is not None
+            and cur["revision"] == row["revision"]
+            and cur["digest"] == row["digest"]
+        ):
+            return None  # only the policy or pause flag changed: no history entry
+        why = {"pin": types_pb2.CAUSE_ROLLBACK, "sync": types_pb2.CAUSE_USER}.get(wanted.why, cause)
+        return {
+            "app": app.name,
+            "cluster": cluster,
+            "kind": "assigned",
+            "cause": why,
+            "actor": actor if wanted.why != "auto" else "auto",
+            "revision": wanted.revision,
+            "previous_revision": cur["revision"] if cur else "",
+            "message": f"{status.short(wanted.revision)} ({target.name}) assigned to {cluster}"
+            + (" (pinned)" if wanted.why == "pin" else ""),
+        }
+
+    async def _drop(self, cluster: str, app: str) -> None:
+        await self.db.run(self.db.delete, "assignments", "cluster = ? AND app = ?", [cluster, app])
+        self.assignments.pop((cluster, app), None)
+
+    # ------------------------------------------------------------ agents
+
+    def assignments_for(self, cluster: str) -> agent_pb2.Assignments:
+        msg = agent_pb2.Assignments()
+        for (c, _app), row in sorted(self.assignments.items()):
+            if c != cluster:
+                continue
+            app = self.cfg.app(row["app"])
+            msg.assignments.add(
+                app=row["app"],
+                revision=row["revision"],
+                bundle_digest=row["digest"],
+                namespace=row["namespace"],
+                policy=types_pb2.SyncPolicy(**store.loads(row["policy"])),
+                generation=row["generation"],
+                paused=bool(row["paused"]),
+                depends_on=list(app.depends_on) if app else [],
+            )
+        return msg
+
+    def push_assignments(self, cluster: str) -> None:
+        stream = self.streams.get(cluster)
+        if stream is not None:
+            stream.outbox.put_nowait(
+                agent_pb2.HubMessage(assignments=self.assignments_for(cluster))
+            )
+
+    def may_read_bundle(self, cluster: str, digest: str) -> bool:
+        return any(
+            c == cluster and row["digest"] == digest for (c, _), row in self.assignments.items()
+        )
+
+    async def register_cluster(self, cluster: str, labels: dict[str, str]) -> None:
+        row = self.clusters.get(cluster) or {
+            "name": cluster,
+            "labels": "{}",
+            "agent_labels": "{}",
+            "agent_version": "",
+            "kubernetes_version": "",
+            "registered_at": time.time(),
+            "last_seen": 0.0,
+            "connected": 0,
+            "reason": "",
+        }
+        row["agent_labels"] = store.dumps(labels)
+        await self.db.run(self.db.upsert, "clusters", row, "name")
+        self.clusters[cluster] = row
+        e = await self.db.run(
+            self.db.append_event,
+            cluster=cluster,
+            kind="registered",
+            cause=types_pb2.CAUSE_AGENT,
+            actor=f"agent:{cluster}",
+            message=f"cluster {cluster} registered",
+        )
+        self._announce(fleet_pb2.FleetChange(event=_event_pb(e)))
+        self._announce(fleet_pb2.FleetChange(cluster=self.cluster_pb(cluster)))
+
+    async def connect(self, cluster: str, hello: agent_pb2.Hello) -> Stream:
+        row = self.clusters.get(cluster)
+        if row is None:
+            raise errors.PermissionDenied(f"cluster {cluster} is not registered (was it removed?)")
+        old = self.streams.get(cluster)
+        if old is not None:  # a newer connection replaces an older one
+            old.outbox.put_nowait(agent_pb2.HubMessage())
+        stream = Stream(cluster, asyncio.Queue())
+        self.streams[cluster] = stream
+        row.update(
+            agent_version=hello.agent_version,
+            kubernetes_version=hello.kubernetes_version,
+            agent_labels=store.dumps(dict(hello.labels)),
+            connected=1,
+            last_seen=time.time(),
+            reason="",
+        )
+        await self.db.run(self.db.upsert, "clusters", dict(row), "name")
+        for report in hello.reports:
+            await self.report(cluster, report, announce=False)
+        self._announce(fleet_pb2.FleetChange(cluster=self.cluster_pb(cluster)))
+        await self.replan()  # labels may have changed what this cluster gets
+        stream.outbox.put_nowait(agent_pb2.HubMessage(assignments=self.assignments_for(cluster)))
+        return stream
+
+    async def disconnect(self, stream: Stream, reason: str) -> None:
+        if self.streams.get(stream.cluster) is not stream:
+            return
+        del self.streams[stream.cluster]
+        row = self.clusters[stream.cluster]
+        row.update(connected=0, last_seen=time.time(), reason=reason)
+        await self.db.run(self.db.upsert, "clusters", dict(row), "name")
+        self._announce(fleet_pb2.FleetChange(cluster=self.cluster_pb(stream.cluster)))
+        for app in self.cfg.apps:
+            self._announce_status(stream.cluster, app.name)
+
+    async def seen(self, cluster: str) -> None:
+        row = self.clusters.get(cluster)
+        if row is not None:
+            row["last_seen"] = time.time()
+
+    async def report(
+        self, cluster: str, report: types_pb2.AppReport, *, announce: bool = True
+    ) -> None:
+        key = (cluster, report.app)
+        before = self.reports.get(key)
+        self.reports[key] = report
+        await self.db.run(
+            self.db.upsert,
+            "reports",
+            {
+                "cluster": cluster,
+                "app": report.app,
+                "revision": report.revision,
+                "digest": report.bundle_digest,
+                "generation": report.generation,
+                "sync": report.sync,
+                "health": report.health,
+                "reason": report.reason,
+                "data": report.SerializeToString(deterministic=True),
+                "updated_at": time.time(),
+            },
+            ("cluster", "app"),
+        )
+        events = []
+        if report.sync == types_pb2.SYNC_STATUS_APPLY_FAILED and (
+            before is None
+            or before.sync != report.sync
+            or before.bundle_digest != report.bundle_digest
+        ):
+            events.append({"kind": "apply-failed", "message": report.reason})
+        elif report.sync != types_pb2.SYNC_STATUS_APPLY_FAILED and (
+            before is None or before.bundle_digest != report.bundle_digest
+        ):
+            events.append(
+                {
+                    "kind": "applied",
+                    "message": f"{status.short(report.revision)} applied on {cluster}",
+                }
+            )
+        if report.healed_resources:
+            events.append(
+                {
+                    "kind": "healed",
+                    "message": f"self-healed {report.healed_resources} drifted resources",
+                }
+            )
+        for e in events:
+            ev = await self.db.run(
+                self.db.append_event,
+                app=report.app,
+                cluster=cluster,
+                revision=report.revision,
+                previous_revision=before.revision if before else "",
+                cause=types_pb2.CAUSE_AGENT,
+                actor=f"agent:{cluster}",
+                **e,
+            )
+            self._announce(fleet_pb2.FleetChange(event=_event_pb(ev)))
+        if announce:
+            self._announce_status(cluster, report.app)
+
+    # ------------------------------------------------------------ operator actions
+
+    async def sync(self, app_name: str, cluster: str, actor: str) -> store.Event:
+        app = self._app(app_name)
+        if cluster:
+            self._cluster(cluster)
+        if app.name in self.paused:
+            raise errors.InvalidArgument(
+                f"app {app.name} is paused ({self.paused[app.name]}); resume it first"
+            )
+        self._sync_requests.add((app.name, cluster))
+        self.trigger_fetch(app.repo)
+        ev = await self._record(
+            app=app.name,
+            cluster=cluster,
+            kind="sync-requested",
+            cause=types_pb2.CAUSE_USER,
+            actor=actor,
+            revision=self.heads.get(app.repo, ""),
+            message=f"sync of {app.name} requested by {actor}",
+        )
+        await self.replan(cause=types_pb2.CAUSE_USER, actor=actor)
+        for (c, a), _row in list(self.assignments.items()):
+            if a == app.name and (not cluster or c == cluster) and c in self.streams:
+                self.streams[c].outbox.put_nowait(
+                    agent_pb2.HubMessage(sync_now=agent_pb2.SyncNow(app=a))
+                )
+        return ev
+
+    async def rollback(self, app_name: str, revision: str, cluster: str, actor: str) -> store.Event:
+        app = self._app(app_name)
+        if cluster:
+            self._cluster(cluster)
+        cache = self.repos[app.repo]
+        full = await asyncio.to_thread(cache.resolve, revision)
+        targets = {t.name: t for t in (app.targets or (plan.DEFAULT_TARGET,))}
+        for c in [cluster] if cluster else list(self.clusters):
+            t = self.target_of(app, c)
+            if t is not None:
+                targets[t.name] = t
+        for t in targets.values():
+            result = await self.bundle_for(app, t, full)
+            if result.error:
+                raise errors.InvalidArgument(
+                    f"app {app.name} does not render at {full[:12]} for target {t.name}: "
+                    f"{result.error}"
+                )
+        previous = self.pins.get((app.name, cluster), "")
+        await self.db.run(
+            self.db.upsert,
+            "pins",
+            {
+                "app": app.name,
+                "cluster": cluster,
+                "revision": full,
+                "actor": actor,
+                "at": time.time(),
+            },
+            ("app", "cluster"),
+        )
+        self.pins[(app.name, cluster)] = full
+        where = f"cluster {cluster}" if cluster else "every cluster"
+        ev = await self._record(
+            app=app.name,
+            cluster=cluster,
+            kind="pinned",
+            cause=types_pb2.CAUSE_ROLLBACK,
+            actor=actor,
+            revision=full,
+            previous_revision=previous,
+            message=f"{app.name} pinned to {full[:8]} on {where} by {actor}; "
+            "auto-sync holds until unpinned",
+        )
+        await self.replan(cause=types_pb2.CAUSE_ROLLBACK, actor=actor)
+        return ev
+
+    async def unpin(self, app_name: str, cluster: str, actor: str) -> store.Event:
+        app = self._app(app_name)
+        previous = self.pins.pop((app.name, cluster), None)
+        if previous is None:
+            where = f" on cluster {cluster}" if cluster else ""
+            raise errors.InvalidArgument(f"app {app.name} is not pinned{where}")
+        await self.db.run(self.db.delete, "pins", "app = ? AND cluster = ?", [app.name, cluster])
+        ev = await self._record(
+            app=app.name,
+            cluster=cluster,
+            kind="unpinned",
+            cause=types_pb2.CAUSE_USER,
+            actor=actor,
+            previous_revision=previous,
+            message=f"{app.name} unpinned by {actor}; auto-sync resumes",
+        )
+        await self.replan(cause=types_pb2.CAUSE_USER, actor=actor)
+        return ev
+
+    async def pause(self, app_name: str, reason: str, actor: str, *, paused: bool) -> store.Event:
+        app = self._app(app_name)
+        if paused:
+            self.paused[app.name] = reason or f"paused by {actor}"
+        else:
+            self.paused.pop(app.name, None)
+        await self.db.run(
+            self.db.upsert,
+            "app_state",
+            {"app": app.name, "paused": int(paused), "reason": reason},
+            "app",
+        )
+        ev = await self._record(
+            app=app.name,
+            kind="paused" if paused else "resumed",
+            cause=types_pb2.CAUSE_USER,
+            actor=actor,
+            message=f"{app.name} {'paused' if paused else 'resumed'} by {actor}"
+            + (f": {reason}" if reason else ""),
+        )
+        await self.replan(cause=types_pb2.CAUSE_USER, actor=actor)
+        return ev
+
+    async def _record(self, **fields: Any) -> store.Event:
+        ev = await self.db.run(self.db.append_event, **fields)
+        self._announce(fleet_pb2.FleetChange(event=_event_pb(ev)))
+        return ev
+
+    def _app(self, name: str) -> config.App:
+        app = self.cfg.app(name)
+        if app is None:
+            names = ", ".join(a.name for a in self.cfg.apps) or "(none)"
+            raise errors.NotFound(f"no app {name!r} in {self.cfg.file}; apps: {names}")
+        return app
+
+    def _cluster(self, name: str) -> None:
+        if name not in self.clusters:
+            raise errors.NotFound(f"no cluster {name!r} is registered")
+
+    # ------------------------------------------------------------ fleet view
+
+    def cluster_pb(self, name: str) -> types_pb2.Cluster:
+        row = self.clusters[name]
+        c = types_pb2.Cluster(
+            name=name,
+            labels=self.labels_of(name),
+            agent_version=row.get("agent_version") or "",
+            kubernetes_version=row.get("kubernetes_version") or "",
+        )
+        if row.get("last_seen"):
+            c.last_seen.FromNanoseconds(int(row["last_seen"] * 1e9))
+        if name in self.streams:
+            c.connectivity = types_pb2.CONNECTIVITY_CONNECTED
+        elif row.get("last_seen"):
+            c.connectivity = types_pb2.CONNECTIVITY_DISCONNECTED
+            c.reason = f"disconnected since {status.since(row['last_seen'])}" + (
+                f": {row['reason']}" if row.get("reason") else ""
+            )
+        else:
+            c.connectivity = types_pb2.CONNECTIVITY_NEVER_SEEN
+            c.reason = "registered, the agent never connected"
+        return c
+
+    def app_pb(self, app: config.App) -> fleet_pb2.App:
+        out = fleet_pb2.App(
+            name=app.name,
+            repo=app.repo,
+            path=app.path,
+            namespace=app.namespace,
+            policy=_policy(app),
+            head_revision=self.heads.get(app.repo, ""),
+            pinned_revision=self.pins.get((app.name, ""), ""),
+            paused=app.name in self.paused,
+        )
+        head = self.heads.get(app.repo, "")
+        for t in app.targets if app.targets is not None else (plan.DEFAULT_TARGET,):
+            r = self.renders.get((app.name, t.name, head))
+            out.targets.add(
+                name=t.name,
+                revision=head if r else "",
+                bundle_digest=r.digest if r else "",
+                render_error=r.error if r else "",
+            )
+        return out
+
+    def cell(self, cluster: str, app: config.App) -> fleet_pb2.ClusterAppStatus | None:
+        target = self.target_of(app, cluster)
+        if target is None:
+            return None
+        row = self.clusters.get(cluster) or {}
+        head = self.heads.get(app.repo, "")
+        render_result = self.renders.get((app.name, target.name, head))
+        out = status.cell(
+            cluster=cluster,
+            app=app.name,
+            target=target.name,
+            assignment=self.assignments.get((cluster, app.name)),
+            report=self.reports.get((cluster, app.name)),
+            connected=cluster in self.streams,
+            last_seen=row.get("last_seen") or 0.0,
+            render_error=render_result.error if render_result else "",
+            wanted_revision=head,
+        )
+        out.pinned_revision = self.pins.get((app.name, cluster), "")
+        return out
+
+    def snapshot(self) -> fleet_pb2.Snapshot:
+        snap = fleet_pb2.Snapshot(version=self.version)
+        snap.clusters.extend(self.cluster_pb(c) for c in sorted(self.clusters))
+        snap.apps.extend(self.app_pb(a) for a in self.cfg.apps)
+        for c in sorted(self.clusters):
+            for a in self.cfg.apps:
+                cell = self.cell(c, a)
+                if cell is not None:
+                    snap.statuses.append(cell)
+        snap.repos.extend(
+            self.repo_status[r.name] for r in self.cfg.repos if r.name in self.repo_status
+        )
+        return snap
+
+    def _announce_status(self, cluster: str, app_name: str) -> None:
+        app = self.cfg.app(app_name)
+        if app is None or not self.watchers:
+            return
+        cell = self.cell(cluster, app)
+        if cell is not None:
+            self._announce(fleet_pb2.FleetChange(status=cell))
+
+    def _announce(self, change: fleet_pb2.FleetChange) -> None:
+        self.version += 1
+        change.version = self.version
+        for q in list(self.watchers):
+            if q.qsize() > 10000:  # a watcher that stopped reading is dropped, not waited for
+                self.watchers.discard(q)
+                continue
+            q.put_nowait(change)
+
+    async def history(self, *, app: str, cluster: str, limit: int) -> list[store.Event]:
+        return await self.db.run(self.db.events, app=app, cluster=cluster, limit=limit or 200)
+
+
+def _policy_json(app: config.App) -> str:
+    s = app.sync
+    return json.dumps(
+        {
+            "auto": s.auto,
+            "prune": s.prune,
+            "self_heal": s.self_heal,
+            "force_conflicts": s.force_conflicts,
+            "allow_empty": s.allow_empty,
+        }
+    )
+
+
+def _event_pb(e: store.Event) -> types_pb2.Event:
+    out = types_pb2.Event(
+        id=e.id,
+        app=e.app,
+        cluster=e.cluster,
+        revision=e.revision,
+        previous_revision=e.previous_revision,
+        cause=e.cause,  # type: ignore[arg-type]
+        actor=e.actor,
+        kind=e.kind,
+        message=e.message,
+    )
+    out.at.FromNanoseconds(int(e.at * 1e9))
+    return out
+
+
+def event_pb(e: store.Event) -> types_pb2.Event:
+    return _event_pb(e)
+
+
+def chunks(data: bytes, digest: str) -> Iterable[agent_pb2.BundleChunk]:
+    for offset in range(0, max(len(data), 1), CHUNK):
+        yield agent_pb2.BundleChunk(
+            digest=digest, offset=offset, total_size=len(data), data=data[offset : offset + CHUNK]
+        )

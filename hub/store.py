@@ -1,0 +1,291 @@
+"""The hub's memory: SQLite (WAL) through sqlite-utils; the only module importing sqlite_utils.
+
+Schema changes go through numbered migrations recorded in the database. Every call runs on
+one dedicated thread (SQLite connections are thread-bound), so callers await `run(...)` or
+the async helpers and never block the event loop. What a method returns has been committed:
+a restart loses nothing that was acknowledged. Secrets never reach this store except inside
+bundles, which only agents assigned to them can download.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import functools
+import json
+import pathlib
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+import sqlite_utils
+
+T = TypeVar("T")
+
+
+def _v1(db: sqlite_utils.Database) -> None:
+    db.table("clusters").create(
+        {
+            "name": str,
+            "labels": str,
+            "agent_labels": str,
+            "agent_version": str,
+            "kubernetes_version": str,
+            "registered_at": float,
+            "last_seen": float,
+            "connected": int,
+            "reason": str,
+        },
+        pk="name",
+    )
+    db.table("tokens").create(
+        {
+            "id": str,
+            "secret_hash": str,
+            "cluster": str,
+            "created_at": float,
+            "expires_at": float,
+            "used_at": float,
+        },
+        pk="id",
+    )
+    db.table("repos").create(
+        {
+            "name": str,
+            "url": str,
+            "branch": str,
+            "revision": str,
+            "fetched_at": float,
+            "error": str,
+        },
+        pk="name",
+    )
+    db.table("revisions").create(
+        {"repo": str, "sha": str, "message": str, "author": str, "time": int, "seen_at": float},
+        pk=("repo", "sha"),
+    )
+    db.table("bundles").create(
+        {"digest": str, "app": str, "size": int, "data": bytes, "created_at": float}, pk="digest"
+    )
+    db.table("renders").create(
+        {
+            "app": str,
+            "target": str,
+            "revision": str,
+            "digest": str,
+            "error": str,
+            "key": str,
+            "rendered_at": float,
+        },
+        pk=("app", "target", "revision"),
+    )
+    db.table("assignments").create(
+        {
+            "cluster": str,
+            "app": str,
+            "target": str,
+            "revision": str,
+            "digest": str,
+            "generation": int,
+            "namespace": str,
+            "policy": str,
+            "paused": int,
+            "reason": str,
+            "updated_at": float,
+        },
+        pk=("cluster", "app"),
+    )
+    db.table("pins").create(
+        {"app": str, "cluster": str, "revision": str, "actor": str, "at": float},
+        pk=("app", "cluster"),
+    )
+    db.table("app_state").create({"app": str, "paused": int, "reason": str}, pk="app")
+    db.table("reports").create(
+        {
+            "cluster": str,
+            "app": str,
+            "revision": str,
+            "digest": str,
+            "generation": int,
+            "sync": int,
+            "health": int,
+            "reason": str,
+            "data": bytes,
+            "updated_at": float,
+        },
+        pk=("cluster", "app"),
+    )
+    db.table("events").create(
+        {
+            "id": int,
+            "at": float,
+            "app": str,
+            "cluster": str,
+            "revision": str,
+            "previous_revision": str,
+            "cause": int,
+            "actor": str,
+            "kind": str,
+            "message": str,
+        },
+        pk="id",
+    )
+    db.table("events").create_index(["app", "id"])
+    db.table("events").create_index(["cluster", "id"])
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    id: int
+    at: float
+    app: str
+    cluster: str
+    revision: str
+    previous_revision: str
+    cause: int
+    actor: str
+    kind: str
+    message: str
+
+
+class Store:
+    def __init__(self, path: pathlib.Path) -> None:
+        self.path = path
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="store"
+        )
+        self._db: sqlite_utils.Database | None = None
+        self._pool.submit(self._open).result()
+
+    def _open(self) -> None:
+        conn = sqlite3.connect(str(self.path), isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        db = sqlite_utils.Database(conn)
+        db.table("migrations").create(
+            {"version": int, "at": float}, pk="version", if_not_exists=True
+        )
+        done = {row["version"] for row in db.table("migrations").rows}
+        for version, migrate in enumerate(MIGRATIONS, start=1):
+            if version not in done:
+                with conn:
+                    migrate(db)
+                    db.table("migrations").insert({"version": version, "at": time.time()})
+        self._db = db
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        assert self._db is not None
+        return self._db
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kw))
+
+    def call(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        """The same, from synchronous code (CLI, tests)."""
+        return self._pool.submit(fn, *args, **kw).result()
+
+    def close(self) -> None:
+        def _close() -> None:
+            if self._db is not None:
+                self._db.conn.close()
+
+        self._pool.submit(_close).result()
+        self._pool.shutdown(wait=True)
+
+    # ------------------------------------------------------------ generic rows
+
+    def get(self, table: str, pk: Any) -> dict[str, Any] | None:
+        try:
+            return dict(self.db.table(table).get(pk))
+        except sqlite_utils.db.NotFoundError:
+            return None
+
+    def rows(
+        self, table: str, where: str = "", args: Iterable[Any] = (), order: str = ""
+    ) -> list[dict[str, Any]]:
+        return [
+            dict(r)
+            for r in self.db.table(table).rows_where(
+                where or None, list(args), order_by=order or None
+            )
+        ]
+
+    def upsert(self, table: str, row: dict[str, Any], pk: str | tuple[str, ...]) -> None:
+        self.db.table(table).upsert(row, pk=pk)
+
+    def upsert_all(self, table: str, rows: list[dict[str, Any]], pk: str | tuple[str, ...]) -> None:
+        if rows:
+            with self.db.conn:
+                self.db.table(table).upsert_all(rows, pk=pk)
+
+    def delete(self, table: str, where: str, args: Iterable[Any]) -> None:
+        self.db.execute(f"DELETE FROM [{table}] WHERE {where}", list(args))
+
+    # ------------------------------------------------------------ tokens
+
+    def consume_token(self, token_id: str, secret_hash: str, now: float) -> str | None:
+        """Mark a registration token used; the cluster it was made for, or None when it is
+        unknown, wrong, expired or used already (one-time)."""
+        cur = self.db.execute(
+            "UPDATE tokens SET used_at = ? WHERE id = ? AND secret_hash = ? AND used_at = 0 "
+            "AND expires_at > ?",
+            [now, token_id, secret_hash, now],
+        )
+        if cur.rowcount != 1:
+            return None
+        row = self.get("tokens", token_id)
+        return str(row["cluster"]) if row else None
+
+    # ------------------------------------------------------------ events
+
+    def append_event(self, **fields: Any) -> Event:
+        row: dict[str, Any] = {
+            "at": time.time(),
+            "app": "",
+            "cluster": "",
+            "revision": "",
+            "previous_revision": "",
+            "cause": 0,
+            "actor": "",
+            "kind": "",
+            "message": "",
+        }
+        row.update(fields)
+        table = self.db.table("events")
+        table.insert(row)
+        return Event(id=int(table.last_rowid or 0), **row)
+
+    def append_events(self, rows: list[dict[str, Any]]) -> list[Event]:
+        return [self.append_event(**r) for r in rows]
+
+    def events(self, *, app: str = "", cluster: str = "", limit: int = 200) -> list[Event]:
+        where: list[str] = []
+        args: list[Any] = []
+        if app:
+            where.append("app = ?")
+            args.append(app)
+        if cluster:
+            where.append("(cluster = ? OR cluster = '')")
+            args.append(cluster)
+        sql = "SELECT * FROM events"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        return [Event(**dict(r)) for r in self.db.query(sql, args)]
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def loads(text: str | None) -> Any:
+    return json.loads(text) if text else {}
