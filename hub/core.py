@@ -623,7 +623,7 @@ class Hub:
             )
         self._sync_requests.add((app.name, cluster))
         self.trigger_fetch(app.repo)
-        ev = await self._record(
+        ev = await self.record(
             app=app.name,
             cluster=cluster,
             kind="sync-requested",
@@ -673,7 +673,7 @@ class Hub:
         )
         self.pins[(app.name, cluster)] = full
         where = f"cluster {cluster}" if cluster else "every cluster"
-        ev = await self._record(
+        ev = await self.record(
             app=app.name,
             cluster=cluster,
             kind="pinned",
@@ -694,7 +694,7 @@ class Hub:
             where = f" on cluster {cluster}" if cluster else ""
             raise errors.InvalidArgument(f"app {app.name} is not pinned{where}")
         await self.db.run(self.db.delete, "pins", "app = ? AND cluster = ?", [app.name, cluster])
-        ev = await self._record(
+        ev = await self.record(
             app=app.name,
             cluster=cluster,
             kind="unpinned",
@@ -718,7 +718,7 @@ class Hub:
             {"app": app.name, "paused": int(paused), "reason": reason},
             "app",
         )
-        ev = await self._record(
+        ev = await self.record(
             app=app.name,
             kind="paused" if paused else "resumed",
             cause=types_pb2.CAUSE_USER,
@@ -729,7 +729,7 @@ class Hub:
         await self.replan(cause=types_pb2.CAUSE_USER, actor=actor)
         return ev
 
-    async def _record(self, **fields: Any) -> store.Event:
+    async def record(self, **fields: Any) -> store.Event:
         ev = await self.db.run(self.db.append_event, **fields)
         self._announce(fleet_pb2.FleetChange(event=_event_pb(ev)))
         return ev

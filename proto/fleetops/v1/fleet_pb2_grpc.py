@@ -74,6 +74,11 @@ class FleetServiceStub:
                 request_serializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.HistoryRequest.SerializeToString,
                 response_deserializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.HistoryResponse.FromString,
                 _registered_method=True)
+        self.CreateToken = channel.unary_unary(
+                '/fleetops.v1.FleetService/CreateToken',
+                request_serializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.CreateTokenRequest.SerializeToString,
+                response_deserializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.CreateTokenResponse.FromString,
+                _registered_method=True)
 
 
 class FleetServiceServicer:
@@ -129,6 +134,13 @@ class FleetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateToken(self, request, context):
+        """A one-time, expiring registration token for a new cluster's agent (operator only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FleetServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -171,6 +183,11 @@ def add_FleetServiceServicer_to_server(servicer, server):
                     servicer.History,
                     request_deserializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.HistoryRequest.FromString,
                     response_serializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.HistoryResponse.SerializeToString,
+            ),
+            'CreateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateToken,
+                    request_deserializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.CreateTokenRequest.FromString,
+                    response_serializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.CreateTokenResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -389,6 +406,33 @@ class FleetService:
             '/fleetops.v1.FleetService/History',
             proto_dot_fleetops_dot_v1_dot_fleet__pb2.HistoryRequest.SerializeToString,
             proto_dot_fleetops_dot_v1_dot_fleet__pb2.HistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetops.v1.FleetService/CreateToken',
+            proto_dot_fleetops_dot_v1_dot_fleet__pb2.CreateTokenRequest.SerializeToString,
+            proto_dot_fleetops_dot_v1_dot_fleet__pb2.CreateTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

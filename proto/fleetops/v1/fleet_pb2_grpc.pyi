@@ -43,6 +43,8 @@ class FleetServiceStub:
     Pause: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.PauseRequest, _fleet_pb2.ActionResponse]
     Resume: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.PauseRequest, _fleet_pb2.ActionResponse]
     History: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.HistoryRequest, _fleet_pb2.HistoryResponse]
+    CreateToken: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.CreateTokenRequest, _fleet_pb2.CreateTokenResponse]
+    """A one-time, expiring registration token for a new cluster's agent (operator only)."""
 
 @_typing.type_check_only
 class FleetServiceAsyncStub(FleetServiceStub):
@@ -57,6 +59,8 @@ class FleetServiceAsyncStub(FleetServiceStub):
     Pause: _aio.UnaryUnaryMultiCallable[_fleet_pb2.PauseRequest, _fleet_pb2.ActionResponse]  # type: ignore[assignment]
     Resume: _aio.UnaryUnaryMultiCallable[_fleet_pb2.PauseRequest, _fleet_pb2.ActionResponse]  # type: ignore[assignment]
     History: _aio.UnaryUnaryMultiCallable[_fleet_pb2.HistoryRequest, _fleet_pb2.HistoryResponse]  # type: ignore[assignment]
+    CreateToken: _aio.UnaryUnaryMultiCallable[_fleet_pb2.CreateTokenRequest, _fleet_pb2.CreateTokenResponse]  # type: ignore[assignment]
+    """A one-time, expiring registration token for a new cluster's agent (operator only)."""
 
 class FleetServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -116,5 +120,13 @@ class FleetServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _fleet_pb2.HistoryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_fleet_pb2.HistoryResponse, _abc.Awaitable[_fleet_pb2.HistoryResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateToken(
+        self,
+        request: _fleet_pb2.CreateTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fleet_pb2.CreateTokenResponse, _abc.Awaitable[_fleet_pb2.CreateTokenResponse]]:
+        """A one-time, expiring registration token for a new cluster's agent (operator only)."""
 
 def add_FleetServiceServicer_to_server(servicer: FleetServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

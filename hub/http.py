@@ -1,0 +1,173 @@
+"""The hub's small HTTP side: Git webhooks, Prometheus /metrics and /healthz.
+
+Webhooks (GitHub, Gitea: HMAC-SHA256 of the body; GitLab: secret token header) are verified
+before anything else is read, and refused cheaply: unknown repo, no secret configured, a body
+over 1 MiB or a bad signature all answer at once without touching Git. A valid push only
+wakes the repo's poller, which fetches at once. Written on asyncio streams so the hub needs
+no web framework; it never logs request bodies or secrets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import os
+from collections import Counter
+
+from hub import core
+from proto.fleetops.v1 import types_pb2
+
+log = logging.getLogger("fleetops.hub")
+MAX_BODY = 1024 * 1024
+_REASONS = {
+    200: "OK",
+    202: "Accepted",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Payload Too Large",
+}
+
+
+def verify(headers: dict[str, str], body: bytes, secret: str) -> bool:
+    if not secret:
+        return False
+    key = secret.encode()
+    digest = hmac.new(key, body, hashlib.sha256).hexdigest()
+    github = headers.get("x-hub-signature-256", "")
+    if github:
+        return hmac.compare_digest(github, f"sha256={digest}")
+    gitea = headers.get("x-gitea-signature", "") or headers.get("x-gogs-signature", "")
+    if gitea:
+        return hmac.compare_digest(gitea, digest)
+    gitlab = headers.get("x-gitlab-token", "")
+    if gitlab:
+        return hmac.compare_digest(gitlab.encode(), key)
+    return False
+
+
+def metrics(hub: core.Hub) -> str:
+    lines = [
+        "# HELP fleetops_clusters Registered clusters by connectivity.",
+        "# TYPE fleetops_clusters gauge",
+    ]
+    conn = Counter("connected" if c in hub.streams else "disconnected" for c in hub.clusters)
+    for state in ("connected", "disconnected"):
+        lines.append(f'fleetops_clusters{{connectivity="{state}"}} {conn.get(state, 0)}')
+    sync: Counter[tuple[str, str]] = Counter()
+    health: Counter[tuple[str, str]] = Counter()
+    for (_cluster, app), report in hub.reports.items():
+        sync[(app, types_pb2.SyncStatus.Name(report.sync))] += 1
+        health[(app, types_pb2.HealthStatus.Name(report.health))] += 1
+    lines += [
+        "# HELP fleetops_app_sync Clusters per app and sync status.",
+        "# TYPE fleetops_app_sync gauge",
+    ]
+    lines += [
+        f'fleetops_app_sync{{app="{a}",sync="{s}"}} {n}' for (a, s), n in sorted(sync.items())
+    ]
+    lines += [
+        "# HELP fleetops_app_health Clusters per app and health.",
+        "# TYPE fleetops_app_health gauge",
+    ]
+    lines += [
+        f'fleetops_app_health{{app="{a}",health="{h}"}} {n}' for (a, h), n in sorted(health.items())
+    ]
+    lines += [
+        "# HELP fleetops_repo_fetch_ok 1 when the repo's last fetch worked.",
+        "# TYPE fleetops_repo_fetch_ok gauge",
+    ]
+    for name, st in sorted(hub.repo_status.items()):
+        lines.append(f'fleetops_repo_fetch_ok{{repo="{name}"}} {0 if st.error else 1}')
+    lines += [
+        "# HELP fleetops_config_ok 1 when the last hub.yaml load worked.",
+        "# TYPE fleetops_config_ok gauge",
+        f"fleetops_config_ok {0 if hub.config_error else 1}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+class Server:
+    def __init__(self, hub: core.Hub) -> None:
+        self.hub = hub
+        self._server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        self._server = await asyncio.start_server(self._handle, host, port)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            code, body, ctype = await asyncio.wait_for(self._respond(reader), timeout=10)
+        except (TimeoutError, asyncio.IncompleteReadError, ValueError, ConnectionError):
+            code, body, ctype = 400, b"bad request\n", "text/plain"
+        try:
+            writer.write(
+                f"HTTP/1.1 {code} {_REASONS.get(code, 'Error')}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                + body
+            )
+            await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def _respond(self, reader: asyncio.StreamReader) -> tuple[int, bytes, str]:
+        request = (await reader.readline()).decode("latin-1").split()
+        if len(request) != 3:
+            return 400, b"bad request line\n", "text/plain"
+        method, path, _ = request
+        headers: dict[str, str] = {}
+        while True:
+            line = (await reader.readline()).decode("latin-1")
+            if line in ("\r\n", "\n", ""):
+                break
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+            if len(headers) > 100:
+                return 400, b"too many headers\n", "text/plain"
+        if method == "GET" and path == "/healthz":
+            return 200, b"ok\n", "text/plain"
+        if method == "GET" and path == "/metrics":
+            return 200, metrics(self.hub).encode(), "text/plain; version=0.0.4"
+        if path.startswith("/webhook/"):
+            if method != "POST":
+                return 405, b"use POST\n", "text/plain"
+            return await self._webhook(path.removeprefix("/webhook/").strip("/"), headers, reader)
+        return 404, b"not found\n", "text/plain"
+
+    async def _webhook(
+        self, repo_name: str, headers: dict[str, str], reader: asyncio.StreamReader
+    ) -> tuple[int, bytes, str]:
+        spec = next((r for r in self.hub.cfg.repos if r.name == repo_name), None)
+        if spec is None:
+            return 404, b"unknown repo\n", "text/plain"
+        secret = os.environ.get(spec.webhook_secret_env, "") if spec.webhook_secret_env else ""
+        if not secret:
+            return (
+                403,
+                b"webhooks are not enabled for this repo (set webhookSecretEnv)\n",
+                "text/plain",
+            )
+        try:
+            length = int(headers.get("content-length", "-1"))
+        except ValueError:
+            return 400, b"bad content-length\n", "text/plain"
+        if length < 0 or length > MAX_BODY:
+            return 413, b"body too large or without content-length\n", "text/plain"
+        body = await reader.readexactly(length)
+        if not verify(headers, body, secret):
+            log.warning("webhook for repo %s refused: bad or missing signature", repo_name)
+            return 401, b"bad signature\n", "text/plain"
+        self.hub.trigger_fetch(repo_name)
+        return 202, b"fetching\n", "text/plain"

@@ -1,0 +1,164 @@
+"""Wiring: the running hub. Store, CA, Hub core, gRPC server (TLS on one port: agents with
+client certificates, fleet callers with tokens), the HTTP side, Git pollers and the hub.yaml
+watcher, each a guarded task that ends cleanly on stop.
+
+A bad hub.yaml reload keeps the last good config running and says why (log, /metrics and
+the config_error the fleet API shows); a failing poller never takes down the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import pathlib
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+
+from hub import ca, config, core, errors, http, render, services, store
+from proto.fleetops.v1 import agent_pb2_grpc, fleet_pb2_grpc
+
+log = logging.getLogger("fleetops.hub")
+
+
+@dataclasses.dataclass
+class Running:
+    hub: core.Hub
+    grpc_port: int
+    http_port: int
+    ca: ca.CA
+    tokens: dict[str, str]
+    _server: grpc.aio.Server
+    _http: http.Server
+    _stop: asyncio.Event
+    _tasks: list[asyncio.Task[None]]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await self._server.stop(grace=1)
+        await self._http.stop()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.hub.db.close()
+
+    async def wait(self) -> None:
+        await self._stop.wait()
+
+
+def split_hostport(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise errors.InvalidArgument(f"{text!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+async def start(
+    *,
+    config_path: pathlib.Path,
+    data: pathlib.Path,
+    listen: str,
+    http_listen: str,
+    names: list[str] | None = None,
+    tools: render.Tools | None = None,
+) -> Running:
+    cfg = config.load(config_path)
+    data.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (start-up, before serving)
+    db = store.Store(data / "hub.db")
+    host, _ = split_hostport(listen)
+    authority = ca.load_or_create(data, ca.default_names() + [host] + (names or []))
+    tokens = ca.api_tokens(data)
+    hub = core.Hub(cfg=cfg, db=db, data=data, tools=tools or render.Tools())
+    await hub.load()
+
+    server = grpc.aio.server(
+        interceptors=[services.AuthInterceptor(tokens)],
+        options=[
+            ("grpc.keepalive_time_ms", 20_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.max_concurrent_streams", 100_000),
+        ],
+    )
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(services.AgentService(hub, authority), server)
+    fleet_pb2_grpc.add_FleetServiceServicer_to_server(services.FleetService(hub, authority), server)
+    health_servicer = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    creds = grpc.ssl_server_credentials(
+        [(authority.key_pem, authority.cert_pem)],
+        root_certificates=authority.cert_pem,
+        require_client_auth=False,
+    )
+    port = server.add_secure_port(listen, creds)
+    if port == 0:
+        raise errors.HubError(f"cannot listen on {listen} (address in use?)")
+    await server.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+
+    web = http.Server(hub)
+    http_host, http_port = split_hostport(http_listen)
+    bound_http = await web.start(http_host, http_port)
+
+    stop = asyncio.Event()
+    tasks: list[asyncio.Task[None]] = []
+    pollers: dict[str, asyncio.Task[None]] = {}
+
+    def ensure_pollers() -> None:
+        for spec in hub.cfg.repos:
+            task = pollers.get(spec.name)
+            if task is None or task.done():
+                pollers[spec.name] = asyncio.create_task(
+                    _guard(f"poller {spec.name}", hub.poll(spec.name, stop))
+                )
+                tasks.append(pollers[spec.name])
+
+    ensure_pollers()
+    tasks.append(
+        asyncio.create_task(
+            _guard("config watcher", _watch_config(hub, config_path, stop, ensure_pollers))
+        )
+    )
+    log.info("hub serving gRPC on port %d, HTTP on port %d, data in %s", port, bound_http, data)
+    return Running(hub, port, bound_http, authority, tokens, server, web, stop, tasks)
+
+
+async def _guard(name: str, coro: object) -> None:
+    try:
+        await coro  # type: ignore[misc]
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("%s stopped on an error", name)
+
+
+async def _watch_config(
+    hub: core.Hub, path: pathlib.Path, stop: asyncio.Event, ensure_pollers: object
+) -> None:
+    def mtime() -> float:
+        try:
+            return path.stat().st_mtime_ns / 1e9
+        except OSError:
+            return 0.0
+
+    seen = mtime()
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=1.0)
+        except TimeoutError:
+            pass
+        now = mtime()
+        if now == seen:
+            continue
+        seen = now
+        try:
+            cfg = config.load(path)
+        except errors.ConfigError as e:
+            hub.config_error = f"{e}; still running the last good config"
+            log.error("hub.yaml reload refused: %s", hub.config_error)
+            continue
+        log.info("hub.yaml reloaded")
+        await hub.apply_config(cfg)
+        ensure_pollers()  # type: ignore[operator]
