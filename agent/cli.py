@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
+import os
 import pathlib
 import signal
 import sys
@@ -16,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import agent
-from agent import errors, health, kube, manifests, reconcile, state
+from agent import errors, health, identity, kube, manifests, reconcile, runner, state
 from agent import status as st
 from proto import bundles
 from proto.fleetops.v1 import types_pb2
@@ -97,6 +99,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     hl.add_argument("files", nargs="+", type=pathlib.Path, metavar="FILE")
     hl.add_argument("--output", choices=("text", "json"), default="text")
+
+    run = sub.add_parser(
+        "run",
+        help="connect to the hub and reconcile its assignments (the agent's normal mode)",
+        description="Register with the hub once (the token pins the hub's CA), then pull "
+        "assignments over one long-lived gRPC stream, reconcile them and report back. With the "
+        "hub gone it keeps reconciling and self-healing what it has.",
+    )
+    cluster_args(run)
+    run.add_argument("--hub", required=True, help="the hub's gRPC HOST:PORT")
+    run.add_argument(
+        "--token", default="", help="registration token (needed once; env FLEETOPS_TOKEN)"
+    )
+    run.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a label for this cluster (repeatable)",
+    )
+    run.add_argument("--resync", type=float, default=30.0, help="seconds between drift checks")
+    run.add_argument("--wave-timeout", type=float, default=300.0)
+    run.add_argument("--log-level", default="INFO")
 
     rec = sub.add_parser(
         "reconcile",
@@ -280,7 +305,38 @@ def _ident(row: dict[str, str]) -> str:
     return f"{row['kind']} {where}"
 
 
-_COMMANDS = {"apply": cmd_apply, "status": cmd_status, "reconcile": cmd_reconcile}
+async def cmd_run(ns: argparse.Namespace) -> int:
+    logging.basicConfig(level=ns.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
+    labels = {}
+    for item in ns.label:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise errors.AgentError(f"--label {item!r}: use KEY=VALUE")
+        labels[key] = value
+    root = ns.state or state.default_dir()
+    token = ns.token or os.environ.get("FLEETOPS_TOKEN", "")
+    me = await asyncio.to_thread(identity.register, root, ns.hub, token, labels)
+    client = kube.connect(ns.kubeconfig, context=ns.context)
+    runner_ = runner.Runner(
+        address=ns.hub,
+        me=me,
+        client=client,
+        local=state.LocalState(root),
+        options=_options(ns),
+        resync=ns.resync,
+        labels=labels,
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, runner_.stop.set)
+    try:
+        await runner_.run()
+    finally:
+        client.close()
+    return 0
+
+
+_COMMANDS = {"apply": cmd_apply, "status": cmd_status, "reconcile": cmd_reconcile, "run": cmd_run}
 
 
 # ---------------------------------------------------------------- output

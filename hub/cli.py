@@ -1,14 +1,30 @@
-"""`fleetops-hub`: the hub's command line.
+"""`fleetops-hub`: run the hub, and the admin commands that talk to a running hub.
 
-Parses arguments and hands over to the hub's modules; it holds no logic of its own.
+Parses arguments and calls the hub's modules or its FleetService; no logic of its own.
+Admin commands find the hub and their credentials in flags, then the environment
+(FLEETOPS_HUB, FLEETOPS_TOKEN, FLEETOPS_CA), then the hub's data directory when run on the
+hub's machine (--data: its CA and operator token).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import logging
+import os
+import pathlib
+import signal
 import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
 
 import hub
+from hub import errors, render, server
+from proto.fleetops.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,16 +36,288 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"fleetops-hub {hub.__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the hub")
+    serve.add_argument("--config", type=pathlib.Path, required=True, help="hub.yaml")
+    serve.add_argument(
+        "--data", type=pathlib.Path, required=True, help="state directory (SQLite, CA, Git cache)"
+    )
+    serve.add_argument(
+        "--listen", default="0.0.0.0:8443", help="gRPC HOST:PORT for agents and the fleet API"
+    )
+    serve.add_argument(
+        "--http", default="127.0.0.1:8080", help="HTTP HOST:PORT for webhooks and /metrics"
+    )
+    serve.add_argument(
+        "--advertise",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a DNS name or IP agents use to reach the hub (repeatable)",
+    )
+    serve.add_argument("--helm", default="helm", help="helm binary")
+    serve.add_argument("--kustomize", default="kustomize", help="kustomize binary")
+    serve.add_argument("--log-level", default="INFO")
+
+    def client_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--hub", default=os.environ.get("FLEETOPS_HUB", ""), help="HOST:PORT (env FLEETOPS_HUB)"
+        )
+        p.add_argument(
+            "--token",
+            default=os.environ.get("FLEETOPS_TOKEN", ""),
+            help="fleet API token (env FLEETOPS_TOKEN)",
+        )
+        p.add_argument(
+            "--ca", default=os.environ.get("FLEETOPS_CA", ""), help="hub CA file (env FLEETOPS_CA)"
+        )
+        p.add_argument(
+            "--data",
+            type=pathlib.Path,
+            default=None,
+            help="the hub's data dir, to read its CA and operator token on the hub machine",
+        )
+        p.add_argument("--output", choices=("text", "json"), default="text")
+
+    tok = sub.add_parser("token", help="registration tokens for agents")
+    toks = tok.add_subparsers(dest="token_command", metavar="SUBCOMMAND", required=True)
+    create = toks.add_parser("create", help="print a one-time, expiring registration token")
+    create.add_argument("--cluster", required=True, help="the cluster the agent will be")
+    create.add_argument("--ttl", default="1h", help="validity, e.g. 30m, 1h, 24h (default 1h)")
+    client_args(create)
+
+    st = sub.add_parser(
+        "status", help="clusters x apps: desired and applied revision, sync, health"
+    )
+    client_args(st)
+    rb = sub.add_parser("rollback", help="pin an app (or one cluster of it) to an earlier revision")
+    rb.add_argument("app")
+    rb.add_argument("revision")
+    rb.add_argument("--cluster", default="")
+    client_args(rb)
+    up = sub.add_parser("unpin", help="lift a rollback pin; auto-sync resumes")
+    up.add_argument("app")
+    up.add_argument("--cluster", default="")
+    client_args(up)
+    sy = sub.add_parser("sync", help="sync an app now (also for apps without auto-sync)")
+    sy.add_argument("app")
+    sy.add_argument("--cluster", default="")
+    client_args(sy)
+    for name, hlp in (("pause", "keep what runs; assign nothing new"), ("resume", "undo pause")):
+        p = sub.add_parser(name, help=hlp)
+        p.add_argument("app")
+        p.add_argument("--reason", default="")
+        client_args(p)
+    hi = sub.add_parser("history", help="what revision went where, when, why and by whom")
+    hi.add_argument("app", nargs="?", default="")
+    hi.add_argument("--cluster", default="")
+    hi.add_argument("--limit", type=int, default=50)
+    client_args(hi)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
     if ns.command is None:
         parser.print_help(sys.stderr)
         return 2
+    try:
+        if ns.command == "serve":
+            return asyncio.run(cmd_serve(ns))
+        return run_client(ns)
+    except errors.HubError as e:
+        print(f"fleetops-hub: {e}", file=sys.stderr)
+        return 1
+    except grpc.RpcError as e:
+        print(f"fleetops-hub: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+async def cmd_serve(ns: argparse.Namespace) -> int:
+    logging.basicConfig(level=ns.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
+    running = await server.start(
+        config_path=ns.config,
+        data=ns.data,
+        listen=ns.listen,
+        http_listen=ns.http,
+        names=ns.advertise,
+        tools=render.Tools(helm=ns.helm, kustomize=ns.kustomize),
+    )
+    print(
+        f"fleetops-hub: gRPC on port {running.grpc_port}, HTTP on port {running.http_port}",
+        flush=True,
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, running._stop.set)
+    await running.wait()
+    await running.stop()
+    return 0
+
+
+# ---------------------------------------------------------------- admin client
+
+
+def _credentials(ns: argparse.Namespace) -> tuple[str, bytes, str]:
+    if not ns.hub:
+        raise errors.InvalidArgument("which hub? pass --hub HOST:PORT or set FLEETOPS_HUB")
+    ca_pem = b""
+    if ns.ca:
+        ca_pem = pathlib.Path(ns.ca).read_bytes()
+    elif ns.data and (ns.data / "ca.crt").exists():
+        ca_pem = (ns.data / "ca.crt").read_bytes()
+    if not ca_pem:
+        raise errors.InvalidArgument(
+            "the hub's CA is needed: pass --ca FILE, set FLEETOPS_CA, or --data DIR"
+        )
+    token = ns.token
+    if not token and ns.data and (ns.data / "tokens" / "operator").exists():
+        token = (ns.data / "tokens" / "operator").read_text().strip()
+    if not token:
+        raise errors.InvalidArgument(
+            "a fleet API token is needed: pass --token, set FLEETOPS_TOKEN, or --data DIR"
+        )
+    return ns.hub, ca_pem, token
+
+
+def _duration(text: str) -> int:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text[-1] in units:
+            return int(float(text[:-1]) * units[text[-1]])
+        return int(text)
+    except (ValueError, IndexError):
+        raise errors.InvalidArgument(f"--ttl {text!r}: use e.g. 30m, 1h or 24h") from None
+
+
+def run_client(ns: argparse.Namespace) -> int:
+    addr, ca_pem, token = _credentials(ns)
+    meta = (
+        ("authorization", f"Bearer {token}"),
+        ("x-fleetops-actor", os.environ.get("USER", "operator")),
+    )
+    with grpc.secure_channel(
+        addr, grpc.ssl_channel_credentials(root_certificates=ca_pem)
+    ) as channel:
+        stub = fleet_pb2_grpc.FleetServiceStub(channel)
+        if ns.command == "token":
+            resp = stub.CreateToken(
+                fleet_pb2.CreateTokenRequest(cluster=ns.cluster, ttl_seconds=_duration(ns.ttl)),
+                metadata=meta,
+            )
+            print(resp.token)
+            return 0
+        if ns.command == "status":
+            return _status(stub.GetSnapshot(fleet_pb2.SnapshotRequest(), metadata=meta), ns.output)
+        if ns.command == "history":
+            req = fleet_pb2.HistoryRequest(app=ns.app, cluster=ns.cluster, limit=ns.limit)
+            return _history(stub.History(req, metadata=meta).events, ns.output)
+        if ns.command == "rollback":
+            action = stub.Rollback(
+                fleet_pb2.RollbackRequest(app=ns.app, revision=ns.revision, cluster=ns.cluster),
+                metadata=meta,
+            )
+        elif ns.command == "unpin":
+            action = stub.Unpin(
+                fleet_pb2.UnpinRequest(app=ns.app, cluster=ns.cluster), metadata=meta
+            )
+        elif ns.command == "sync":
+            action = stub.Sync(fleet_pb2.SyncRequest(app=ns.app, cluster=ns.cluster), metadata=meta)
+        elif ns.command == "pause":
+            action = stub.Pause(fleet_pb2.PauseRequest(app=ns.app, reason=ns.reason), metadata=meta)
+        else:
+            action = stub.Resume(
+                fleet_pb2.PauseRequest(app=ns.app, reason=ns.reason), metadata=meta
+            )
+        print(action.message)
+        return 0
+
+
+def _name(enum: Any, value: int, prefix: str) -> str:
+    words = enum.Name(value).removeprefix(prefix).split("_")
+    return "".join(w.title() for w in words)
+
+
+def status_rows(snap: fleet_pb2.Snapshot) -> list[dict[str, str]]:
+    connectivity = {c.name: c for c in snap.clusters}
+    rows = []
+    for s in snap.statuses:
+        c = connectivity.get(s.cluster)
+        rows.append(
+            {
+                "cluster": s.cluster,
+                "app": s.app,
+                "target": s.target,
+                "desired": s.desired_revision,
+                "applied": s.applied_revision,
+                "sync": _name(types_pb2.SyncStatus, s.sync, "SYNC_STATUS_"),
+                "health": _name(types_pb2.HealthStatus, s.health, "HEALTH_STATUS_"),
+                "connectivity": _name(types_pb2.Connectivity, c.connectivity, "CONNECTIVITY_")
+                if c
+                else "",
+                "pinned": s.pinned_revision,
+                "reason": s.reason,
+            }
+        )
+    return rows
+
+
+def _status(snap: fleet_pb2.Snapshot, output: str) -> int:
+    rows = status_rows(snap)
+    if output == "json":
+        repos = [{"name": r.name, "revision": r.revision, "error": r.error} for r in snap.repos]
+        print(json.dumps({"statuses": rows, "repos": repos}, indent=2))
+        return 0
+    header = ("CLUSTER", "APP", "DESIRED", "APPLIED", "SYNC", "HEALTH", "REASON")
+    table = [header] + [
+        (
+            r["cluster"],
+            r["app"],
+            r["desired"][:8] or "-",
+            r["applied"][:8] or "-",
+            r["sync"],
+            r["health"],
+            r["reason"],
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
+    for row in table:
+        print(
+            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1]
+        )
+    for r in snap.repos:
+        if r.error:
+            print(f"repo {r.name}: {r.error}")
+    return 0
+
+
+def _history(events: Sequence[types_pb2.Event], output: str) -> int:
+    rows = [
+        {
+            "at": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.at.seconds)),
+            "app": e.app,
+            "cluster": e.cluster,
+            "kind": e.kind,
+            "revision": e.revision,
+            "cause": _name(types_pb2.Cause, e.cause, "CAUSE_"),
+            "actor": e.actor,
+            "message": e.message,
+        }
+        for e in events
+    ]
+    if output == "json":
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        print(
+            f"{r['at']}  {r['kind']:<15} {r['app'] or '-':<12} {r['cluster'] or '*':<10} "
+            f"{r['revision'][:8] or '-':<8}  {r['actor']:<14} {r['message']}"
+        )
     return 0
 
 

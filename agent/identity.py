@@ -1,0 +1,146 @@
+"""The agent's identity: a private key that never leaves it, and the certificate the hub's CA
+signed for it. Registration happens once: the token pins the hub's CA (its public-key hash),
+so the agent checks whom it talks to before sending anything, with no CA file to copy.
+
+    <state>/identity/agent.key   EC private key (0600)
+    <state>/identity/agent.crt   client certificate from the hub
+    <state>/identity/ca.crt      the hub's CA, as pinned at registration
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import pathlib
+import socket
+import ssl
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from agent import errors
+from proto.fleetops.v1 import agent_pb2, agent_pb2_grpc
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    cluster: str
+    key_pem: bytes
+    cert_pem: bytes
+    ca_pem: bytes
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca_pem, private_key=self.key_pem, certificate_chain=self.cert_pem
+        )
+
+
+def _dir(state: pathlib.Path) -> pathlib.Path:
+    return state / "identity"
+
+
+def load(state: pathlib.Path) -> Identity | None:
+    d = _dir(state)
+    try:
+        cert_pem = (d / "agent.crt").read_bytes()
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+        return Identity(
+            str(cn), (d / "agent.key").read_bytes(), cert_pem, (d / "ca.crt").read_bytes()
+        )
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, IndexError) as e:
+        raise errors.StateError(
+            f"agent identity in {d} is unreadable ({e}); delete it to register again"
+        ) from None
+
+
+def _save(state: pathlib.Path, name: str, data: bytes) -> None:
+    d = _dir(state)
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(d / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def split_token(token: str) -> tuple[str, str]:
+    """(the token as sent to the hub, the CA pin it carries)."""
+    parts = token.strip().split(".")
+    if len(parts) != 3 or len(parts[2]) != 64:
+        raise errors.AgentError(
+            "malformed registration token: expected <id>.<secret>.<ca-hash> as printed by "
+            "`fleetops-hub token create`"
+        )
+    return token.strip(), parts[2].lower()
+
+
+def fetch_pinned_ca(address: str, pin: str, *, timeout: float = 10.0) -> bytes:
+    """The hub's CA certificate, taken from its TLS handshake and accepted only when its
+    public-key hash is the one in the token (the hub presents its CA as its certificate)."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # verified below, by the pin
+    ctx.set_alpn_protocols(["h2"])
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+            with ctx.wrap_socket(sock, server_hostname=host) as tls:
+                der = tls.getpeercert(binary_form=True)
+    except (OSError, ValueError) as e:
+        raise errors.AgentError(f"cannot reach the hub at {address}: {e}") from None
+    if not der:
+        raise errors.AgentError(f"the hub at {address} presented no certificate")
+    cert = x509.load_der_x509_certificate(der)
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    if hashlib.sha256(spki).hexdigest() != pin:
+        raise errors.AgentError(
+            f"the server at {address} is not the hub that issued this token (CA hash mismatch); "
+            "check --hub, or create a new token on the right hub"
+        )
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def register(state: pathlib.Path, address: str, token: str, labels: dict[str, str]) -> Identity:
+    """Register with the hub once and keep the result; later calls return what was kept."""
+    known = load(state)
+    if known is not None:
+        return known
+    if not token:
+        raise errors.AgentError(
+            "this agent is not registered yet: pass --token (from `fleetops-hub token create`)"
+        )
+    raw, pin = split_token(token)
+    ca_pem = fetch_pinned_ca(address, pin)
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fleetops-agent")]))
+        .sign(key, hashes.SHA256())
+    )
+    channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=ca_pem))
+    try:
+        resp = agent_pb2_grpc.AgentServiceStub(channel).Register(
+            agent_pb2.RegisterRequest(
+                token=raw, csr_pem=csr.public_bytes(serialization.Encoding.PEM), labels=labels
+            ),
+            timeout=30,
+        )
+    except grpc.RpcError as e:
+        raise errors.AgentError(f"registration refused by the hub: {e.details()}") from None
+    finally:
+        channel.close()
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    _save(state, "agent.key", key_pem)
+    _save(state, "ca.crt", resp.ca_pem or ca_pem)
+    _save(state, "agent.crt", resp.certificate_pem)
+    return Identity(resp.cluster, key_pem, resp.certificate_pem, resp.ca_pem or ca_pem)
