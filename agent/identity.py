@@ -32,6 +32,12 @@ class Identity:
     key_pem: bytes
     cert_pem: bytes
     ca_pem: bytes
+    agent_port: int
+
+    def stream_address(self, hub: str) -> str:
+        """Where to stream: the hub's host, on the mTLS port it gave at registration."""
+        host = hub.rpartition(":")[0]
+        return f"{host}:{self.agent_port}" if self.agent_port else hub
 
     def credentials(self) -> grpc.ChannelCredentials:
         return grpc.ssl_channel_credentials(
@@ -49,9 +55,10 @@ def load(state: pathlib.Path) -> Identity | None:
         cert_pem = (d / "agent.crt").read_bytes()
         cert = x509.load_pem_x509_certificate(cert_pem)
         cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
-        return Identity(
-            str(cn), (d / "agent.key").read_bytes(), cert_pem, (d / "ca.crt").read_bytes()
-        )
+        port_file = d / "agent-port"
+        port = int(port_file.read_text()) if port_file.exists() else 0
+        key_pem = (d / "agent.key").read_bytes()
+        return Identity(str(cn), key_pem, cert_pem, (d / "ca.crt").read_bytes(), port)
     except FileNotFoundError:
         return None
     except (OSError, ValueError, IndexError) as e:
@@ -142,5 +149,8 @@ def register(state: pathlib.Path, address: str, token: str, labels: dict[str, st
     )
     _save(state, "agent.key", key_pem)
     _save(state, "ca.crt", resp.ca_pem or ca_pem)
+    _save(state, "agent-port", str(resp.agent_port).encode())
     _save(state, "agent.crt", resp.certificate_pem)
-    return Identity(resp.cluster, key_pem, resp.certificate_pem, resp.ca_pem or ca_pem)
+    return Identity(
+        resp.cluster, key_pem, resp.certificate_pem, resp.ca_pem or ca_pem, resp.agent_port
+    )

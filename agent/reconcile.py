@@ -204,6 +204,7 @@ class Reconciler:
         by_key = {p.key: p for p in plan.prepared}
         old_entries = set(previous.entries) if previous else set()
         new_entries = {inventory.Entry(p.key, p.rt.version) for p in plan.prepared}
+        await self._ensure_default_namespace(bundle, plan.prepared)
         # Record the union before touching anything: a crash mid-apply must never make the
         # agent forget an object it applied.
         await self.inventories.save(
@@ -290,6 +291,25 @@ class Reconciler:
             sync=st.APPLY_FAILED if halted else None,
             applied_at=time.time(),
         )
+
+    async def _ensure_default_namespace(
+        self, bundle: types_pb2.Bundle, prepared: Sequence[Prepared]
+    ) -> None:
+        """Create the app's namespace when the bundle uses it but does not define it, as Fleet
+        does. It is not put in the inventory, so prune never deletes it."""
+        ns = bundle.namespace
+        if not ns or any(p.key.kind == "Namespace" and p.key.name == ns for p in prepared):
+            return
+        if not any(p.key.namespace == ns for p in prepared):
+            return
+        rt = kube.ResourceType("", "v1", "Namespace", "namespaces", namespaced=False)
+        if await self.kube.get(rt, "", ns) is None:
+            body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
+            try:
+                await self.kube.create(rt, body)
+            except errors.KubeError as e:
+                if e.status != 409:  # someone else made it meanwhile: fine
+                    raise
 
     async def _apply(
         self, p: Prepared, force: bool

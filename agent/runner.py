@@ -176,8 +176,9 @@ class Runner:
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.keepalive_permit_without_calls", 1),
         ]
+        target = self.me.stream_address(self.address)
         async with grpc.aio.secure_channel(
-            self.address, self.me.credentials(), options=options
+            target, self.me.credentials(), options=options
         ) as channel:
             stub = agent_pb2_grpc.AgentServiceStub(channel)
             outbox: asyncio.Queue[agent_pb2.AgentMessage] = asyncio.Queue()

@@ -44,7 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", type=pathlib.Path, required=True, help="state directory (SQLite, CA, Git cache)"
     )
     serve.add_argument(
-        "--listen", default="0.0.0.0:8443", help="gRPC HOST:PORT for agents and the fleet API"
+        "--listen",
+        default="0.0.0.0:8443",
+        help="gRPC HOST:PORT (TLS) for agent registration and the fleet API",
+    )
+    serve.add_argument(
+        "--agent-listen",
+        default="",
+        help="gRPC HOST:PORT (mTLS) agents stream on (default: --listen's port + 1)",
     )
     serve.add_argument(
         "--http", default="127.0.0.1:8080", help="HTTP HOST:PORT for webhooks and /metrics"
@@ -143,12 +150,14 @@ async def cmd_serve(ns: argparse.Namespace) -> int:
         config_path=ns.config,
         data=ns.data,
         listen=ns.listen,
+        agent_listen=ns.agent_listen,
         http_listen=ns.http,
         names=ns.advertise,
         tools=render.Tools(helm=ns.helm, kustomize=ns.kustomize),
     )
     print(
-        f"fleetops-hub: gRPC on port {running.grpc_port}, HTTP on port {running.http_port}",
+        f"fleetops-hub: gRPC on port {running.grpc_port}, agents on port {running.agent_port}, "
+        f"HTTP on port {running.http_port}",
         flush=True,
     )
     loop = asyncio.get_running_loop()

@@ -27,6 +27,7 @@ log = logging.getLogger("fleetops.hub")
 class Running:
     hub: core.Hub
     grpc_port: int
+    agent_port: int
     http_port: int
     ca: ca.CA
     tokens: dict[str, str]
@@ -60,6 +61,7 @@ async def start(
     config_path: pathlib.Path,
     data: pathlib.Path,
     listen: str,
+    agent_listen: str = "",
     http_listen: str,
     names: list[str] | None = None,
     tools: render.Tools | None = None,
@@ -83,18 +85,25 @@ async def start(
             ("grpc.max_concurrent_streams", 100_000),
         ],
     )
-    agent_pb2_grpc.add_AgentServiceServicer_to_server(services.AgentService(hub, authority), server)
+    agent_service = services.AgentService(hub, authority)
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(agent_service, server)
     fleet_pb2_grpc.add_FleetServiceServicer_to_server(services.FleetService(hub, authority), server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    creds = grpc.ssl_server_credentials(
-        [(authority.key_pem, authority.cert_pem)],
-        root_certificates=authority.cert_pem,
-        require_client_auth=False,
+    pair = [(authority.key_pem, authority.cert_pem)]
+    tls = grpc.ssl_server_credentials(pair)
+    mtls = grpc.ssl_server_credentials(
+        pair, root_certificates=authority.cert_pem, require_client_auth=True
     )
-    port = server.add_secure_port(listen, creds)
+    port = server.add_secure_port(listen, tls)
     if port == 0:
         raise errors.HubError(f"cannot listen on {listen} (address in use?)")
+    if not agent_listen:
+        agent_listen = f"{host}:{port + 1 if split_hostport(listen)[1] else 0}"
+    agent_port = server.add_secure_port(agent_listen, mtls)
+    if agent_port == 0:
+        raise errors.HubError(f"cannot listen on {agent_listen} for agents (address in use?)")
+    agent_service.agent_port = agent_port
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
 
@@ -121,8 +130,14 @@ async def start(
             _guard("config watcher", _watch_config(hub, config_path, stop, ensure_pollers))
         )
     )
-    log.info("hub serving gRPC on port %d, HTTP on port %d, data in %s", port, bound_http, data)
-    return Running(hub, port, bound_http, authority, tokens, server, web, stop, tasks)
+    log.info(
+        "hub serving gRPC on port %d (agents: %d), HTTP on port %d, data in %s",
+        port,
+        agent_port,
+        bound_http,
+        data,
+    )
+    return Running(hub, port, agent_port, bound_http, authority, tokens, server, web, stop, tasks)
 
 
 async def _guard(name: str, coro: object) -> None:

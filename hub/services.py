@@ -116,6 +116,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     def __init__(self, hub: core.Hub, authority: ca.CA) -> None:
         self.hub = hub
         self.ca = authority
+        self.agent_port = 0
 
     async def Register(
         self, request: agent_pb2.RegisterRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -142,7 +143,10 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             raise AssertionError("unreachable") from None
         log.info("cluster %s registered", cluster)
         return agent_pb2.RegisterResponse(
-            cluster=cluster, certificate_pem=cert, ca_pem=self.ca.cert_pem
+            cluster=cluster,
+            certificate_pem=cert,
+            ca_pem=self.ca.cert_pem,
+            agent_port=self.agent_port,
         )
 
     async def Connect(

@@ -76,19 +76,26 @@ class RegisterResponse(_message.Message):
     CLUSTER_FIELD_NUMBER: _builtins.int
     CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
     CA_PEM_FIELD_NUMBER: _builtins.int
+    AGENT_PORT_FIELD_NUMBER: _builtins.int
     cluster: _builtins.str
     certificate_pem: _builtins.bytes
     ca_pem: _builtins.bytes
+    agent_port: _builtins.int
+    """The hub's mTLS port for Connect and GetBundle (same host as the registration address):
+    gRPC servers cannot ask for client certificates without requiring them, so agents
+    register and fleet callers talk on the TLS port, and agents stream on this one.
+    """
     def __init__(
         self,
         *,
         cluster: _builtins.str = ...,
         certificate_pem: _builtins.bytes = ...,
         ca_pem: _builtins.bytes = ...,
+        agent_port: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_pem", b"ca_pem", "certificate_pem", b"certificate_pem", "cluster", b"cluster"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_port", b"agent_port", "ca_pem", b"ca_pem", "certificate_pem", b"certificate_pem", "cluster", b"cluster"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,362 @@
+"""The whole fleet, for real: a Git repository, a hub process, three agent processes on three
+local clusters labelled dev, test and prod, apps in plain YAML, Kustomize and Helm with
+per-environment overrides. Tests in this module run in order against one fleet."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+
+from tests import localkube
+from tests.e2e import fleet
+
+pytestmark = pytest.mark.cluster
+FIXTURES = pathlib.Path(__file__).resolve().parent.parent / "fixtures"
+ENVS = {"c1": "dev", "c2": "test", "c3": "prod"}
+
+
+@dataclasses.dataclass
+class Fleet:
+    repo: fleet.Repo
+    hub: fleet.Hub
+    config: pathlib.Path
+    agents: dict[str, fleet.Process]
+    clusters: dict[str, localkube.LocalCluster]
+    prefix: str
+    root: pathlib.Path
+    revs: list[str]
+
+    def app(self, name: str) -> str:
+        return f"{self.prefix}-{name}"
+
+    def ns(self, name: str) -> str:
+        return f"{self.prefix}-{name}"
+
+    def client(self) -> fleet.FleetClient:
+        return self.hub.fleet()
+
+    def logs(self) -> str:
+        parts = [f"--- hub\n{self.hub.process.tail()}"]
+        parts += [f"--- agent {c}\n{p.tail()}" for c, p in self.agents.items()]
+        return "\n".join(parts)
+
+    def kubectl(self, cluster: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                localkube.binary("kubectl"),
+                f"--kubeconfig={self.clusters[cluster].kubeconfig}",
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    def replicas(self, cluster: str, ns: str, name: str) -> int:
+        res = self.kubectl(
+            cluster, "-n", ns, "get", "deployment", name, "-o", "jsonpath={.spec.replicas}"
+        )
+        assert res.returncode == 0, res.stderr
+        return int(res.stdout)
+
+    def wait_converged(self, want: dict[tuple[str, str], str], timeout: float = 90) -> None:
+        client = self.client()
+        fleet.wait_for(
+            f"convergence to {sorted({r[:8] for r in want.values()})}",
+            lambda: fleet.converged(client.cells(), want),
+            timeout=timeout,
+            on_fail=lambda: fleet.describe(client.cells()) + "\n" + self.logs(),
+        )
+
+
+def deployment(name: str, replicas: int, image: str = "registry.local/app:1") -> dict[str, Any]:
+    labels = {"app": name}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "app", "image": image}]},
+            },
+        },
+    }
+
+
+def configmap(name: str, **data: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": data}
+
+
+def write_apps(repo: fleet.Repo, color: str) -> None:
+    # plain YAML with a Fleet-style overlay for prod
+    repo.write("apps/web/deployment.yaml", deployment("web", 1))
+    repo.write("apps/web/configmap.yaml", configmap("web-config", color=color))
+    repo.write(
+        "apps/web/overlays/prod/deployment_patch.yaml",
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "web"},
+            "spec": {"replicas": 2},
+        },
+    )
+    repo.write("apps/web/values.yaml", "replicas: 7\n")  # not a manifest: never applied
+    # Kustomize: a base and an overlay per environment
+    repo.write(
+        "apps/api/base/kustomization.yaml", {"resources": ["deployment.yaml", "configmap.yaml"]}
+    )
+    repo.write("apps/api/base/deployment.yaml", deployment("api", 1))
+    repo.write("apps/api/base/configmap.yaml", configmap("api-config", color=color))
+    for i, env in enumerate(("dev", "test", "prod"), start=1):
+        repo.write(
+            f"apps/api/overlays/{env}/kustomization.yaml",
+            {
+                "resources": ["../../base"],
+                "patches": [{"path": "replicas.yaml"}],
+                "commonLabels": {"env": env},
+            },
+        )
+        repo.write(
+            f"apps/api/overlays/{env}/replicas.yaml",
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": "api"},
+                "spec": {"replicas": i},
+            },
+        )
+    # Helm with per-environment values
+    for f in (FIXTURES / "charts/web").rglob("*"):
+        if f.is_file():
+            repo.write(f"apps/chart/{f.relative_to(FIXTURES / 'charts/web')}", f.read_text())
+    repo.write("apps/chart/values-prod.yaml", "image: registry.local/web:prod\n")
+    repo.write(
+        "apps/chart/templates/configmap.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-config\n"
+        f"data:\n  color: {color}\n",
+    )
+
+
+def hub_config(repo: fleet.Repo, prefix: str) -> dict[str, Any]:
+    sync = {"auto": True, "prune": True, "selfHeal": True}
+    return {
+        "repos": [
+            {
+                "name": "platform",
+                "url": repo.url,
+                "branch": "main",
+                "pollInterval": "1s",
+                "webhookSecretEnv": "FLEETOPS_E2E_WEBHOOK",
+            }
+        ],
+        "clusters": [{"name": c, "labels": {"env": env}} for c, env in ENVS.items()],
+        "clusterGroups": [{"name": "prod", "selector": {"matchLabels": {"env": "prod"}}}],
+        "apps": [
+            {
+                "name": f"{prefix}-web",
+                "repo": "platform",
+                "path": "apps/web",
+                "namespace": f"{prefix}-web",
+                "sync": sync,
+                "targets": [
+                    {"name": "prod", "clusterGroup": "prod", "yaml": {"overlays": ["prod"]}},
+                    {"name": "default", "clusterSelector": {}},
+                ],
+            },
+            {
+                "name": f"{prefix}-api",
+                "repo": "platform",
+                "path": "apps/api",
+                "namespace": f"{prefix}-api",
+                "sync": sync,
+                "targets": [
+                    {
+                        "name": env,
+                        "clusterSelector": {"matchLabels": {"env": env}},
+                        "kustomize": {"dir": f"overlays/{env}"},
+                    }
+                    for env in ("dev", "test", "prod")
+                ],
+            },
+            {
+                "name": f"{prefix}-chart",
+                "repo": "platform",
+                "path": "apps/chart",
+                "namespace": f"{prefix}-chart",
+                "sync": sync,
+                "targets": [
+                    {
+                        "name": "prod",
+                        "clusterGroup": "prod",
+                        "helm": {"values": {"replicas": 3}, "valuesFiles": ["values-prod.yaml"]},
+                    },
+                    {
+                        "name": "others",
+                        "clusterSelector": {
+                            "matchExpressions": [
+                                {"key": "env", "operator": "In", "values": ["dev", "test"]}
+                            ]
+                        },
+                    },
+                ],
+            },
+        ],
+    }
+
+
+@pytest.fixture(scope="module")
+def world(
+    local_clusters: list[localkube.LocalCluster], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Fleet]:
+    root = tmp_path_factory.mktemp("fleet")
+    prefix = f"e{uuid.uuid4().hex[:6]}"
+    repo = fleet.Repo.create(root / "git")
+    write_apps(repo, "blue")
+    first = repo.commit("first: blue")
+    config = root / "hub.yaml"
+    config.write_text(yaml.safe_dump(hub_config(repo, prefix), sort_keys=False))
+    hub = fleet.start_hub(config, root / "hub-data")
+    clusters = {c.name: c for c in local_clusters}
+    agents: dict[str, fleet.Process] = {}
+    world = Fleet(repo, hub, config, agents, clusters, prefix, root, [first])
+    try:
+        client = hub.fleet()
+        for name in ENVS:
+            agents[name] = fleet.start_agent(
+                hub, client.token(name), clusters[name], root / f"agent-{name}"
+            )
+        yield world
+    finally:
+        for p in agents.values():
+            p.stop()
+        world.hub.process.stop()
+
+
+def everywhere(
+    world: Fleet, rev: str, apps: tuple[str, ...] = ("web", "api", "chart")
+) -> dict[tuple[str, str], str]:
+    return {(c, world.app(a)): rev for c in ENVS for a in apps}
+
+
+def test_a_commit_converges_every_cluster_to_its_own_variant(world: Fleet) -> None:
+    world.wait_converged(everywhere(world, world.revs[0]), timeout=120)
+    assert [world.replicas(c, world.ns("web"), "web") for c in ENVS] == [1, 1, 2]
+    assert [world.replicas(c, world.ns("api"), "api") for c in ENVS] == [1, 2, 3]
+    chart = world.app("chart")
+    assert [world.replicas(c, world.ns("chart"), chart) for c in ENVS] == [1, 1, 3]
+    image = world.kubectl(
+        "c3",
+        "-n",
+        world.ns("chart"),
+        "get",
+        "deployment",
+        chart,
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].image}",
+    )
+    assert image.stdout == "registry.local/web:prod"
+    # values.yaml in the plain-YAML app is not a Kubernetes object and was not applied
+    cells = world.client().cells()
+    resources = {r.ref.name for r in cells[("c1", world.app("web"))].resources}
+    assert resources == {"web", "web-config"}
+
+
+def test_a_second_commit_updates_every_cluster(world: Fleet) -> None:
+    write_apps(world.repo, "green")
+    rev = world.repo.commit("second: green")
+    world.revs.append(rev)
+    started = time.monotonic()
+    world.wait_converged(everywhere(world, rev))
+    took = time.monotonic() - started
+    for c in ENVS:
+        res = world.kubectl(
+            c,
+            "-n",
+            world.ns("api"),
+            "get",
+            "configmap",
+            "api-config",
+            "-o",
+            "jsonpath={.data.color}",
+        )
+        assert res.stdout == "green", (c, res.stdout, res.stderr)
+    history = world.client().history(app=world.app("web"))
+    applied = {(e.cluster, e.revision) for e in history if e.kind == "applied"}
+    assert {(c, rev) for c in ENVS} <= applied, history
+    assert took < 60
+
+
+def test_a_render_error_for_prod_holds_prod_and_lets_others_move(world: Fleet) -> None:
+    world.repo.write(
+        "apps/api/overlays/prod/kustomization.yaml", {"resources": ["../../base", "missing.yaml"]}
+    )
+    world.repo.write("apps/api/base/configmap.yaml", configmap("api-config", color="red"))
+    rev = world.repo.commit("third: breaks prod's api overlay")
+    world.revs.append(rev)
+    api = world.app("api")
+    world.wait_converged({("c1", api): rev, ("c2", api): rev, ("c3", api): world.revs[1]})
+    cell = world.client().cells()[("c3", api)]
+    assert cell.applied_revision == world.revs[1]
+    assert cell.reason.startswith("render failed: kustomize build failed"), cell.reason
+    assert "missing.yaml" in cell.reason
+    snap = world.client().snapshot()
+    [app] = [a for a in snap.apps if a.name == api]
+    errors = {t.name: t.render_error for t in app.targets}
+    assert errors["dev"] == "" and errors["test"] == "" and "missing.yaml" in errors["prod"]
+    # fix it again so later tests start from a healthy fleet
+    world.repo.write(
+        "apps/api/overlays/prod/kustomization.yaml",
+        {
+            "resources": ["../../base"],
+            "patches": [{"path": "replicas.yaml"}],
+            "commonLabels": {"env": "prod"},
+        },
+    )
+    rev = world.repo.commit("fourth: fix prod")
+    world.revs.append(rev)
+    world.wait_converged(everywhere(world, rev))
+
+
+def test_rollback_pins_every_cluster_and_auto_sync_does_not_undo_it(world: Fleet) -> None:
+    web = world.app("web")
+    old = world.revs[0]
+    resp = world.client().rollback(web, old[:10])
+    assert "pinned" in resp.message
+    world.wait_converged({(c, web): old for c in ENVS})
+    assert (
+        world.kubectl(
+            "c1",
+            "-n",
+            world.ns("web"),
+            "get",
+            "configmap",
+            "web-config",
+            "-o",
+            "jsonpath={.data.color}",
+        ).stdout
+        == "blue"
+    )
+    write_apps(world.repo, "purple")
+    rev = world.repo.commit("fifth: purple")
+    world.revs.append(rev)
+    # other apps move on; web stays pinned
+    world.wait_converged(
+        {**everywhere(world, rev, ("api", "chart")), **{(c, web): old for c in ENVS}}
+    )
+    time.sleep(2)  # several poll and resync intervals: the pin still holds
+    assert all(world.client().cells()[(c, web)].applied_revision == old for c in ENVS)
+    world.client().unpin(web)
+    world.wait_converged({(c, web): rev for c in ENVS})
+    kinds = [e.kind for e in world.client().history(app=web)]
+    assert "pinned" in kinds and "unpinned" in kinds
