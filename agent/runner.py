@@ -63,6 +63,7 @@ class Runner:
         self._outbox: asyncio.Queue[agent_pb2.AgentMessage] | None = None
         self._dirty: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
+        self._pending_heals: dict[str, int] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -131,6 +132,12 @@ class Runner:
                 continue
             report = st.to_report(result, generation=a.generation)
             if not _same(self.reports.get(app), report):
+                if self._outbox is None:
+                    # offline: keep counting heals so the hub hears of them on reconnect
+                    self._pending_heals[app] = (
+                        self._pending_heals.get(app, 0) + report.healed_resources
+                    )
+                    report.healed_resources = self._pending_heals[app]
                 self.reports[app] = report
                 self._send(agent_pb2.AgentMessage(report=report))
                 log.info(
@@ -193,15 +200,24 @@ class Runner:
                 reports=list(self.reports.values()),
             )
             outbox.put_nowait(agent_pb2.AgentMessage(hello=hello))
+            in_hello = dict(self.reports)
 
             async def requests() -> Any:
                 while True:
                     yield await outbox.get()
 
             call = stub.Connect(requests())
-            self._outbox = outbox
             async for msg in call:
                 if not self.connected.is_set():
+                    # Only now is the stream up: reports made while dialling go out too, and
+                    # what happened offline (heals) has been told once and is not repeated.
+                    for app, report in self.reports.items():
+                        if in_hello.get(app) is not report:
+                            outbox.put_nowait(agent_pb2.AgentMessage(report=report))
+                    self._pending_heals.clear()
+                    for report in self.reports.values():
+                        report.healed_resources = 0
+                    self._outbox = outbox
                     self.connected.set()
                     log.info("connected to hub %s as cluster %s", self.address, self.me.cluster)
                 kind = msg.WhichOneof("msg")

@@ -130,7 +130,7 @@ def _helm(
                 inline = pathlib.Path(tmp) / "values.json"
                 inline.write_text(json.dumps(target.helm.values))
                 args += ["--values", str(inline)]
-        return _run(args, "helm template", limits, home=pathlib.Path(tmp))
+        return _run(args, "helm template", limits, home=pathlib.Path(tmp), checkout=root)
 
 
 def _plain(
@@ -290,7 +290,13 @@ def check_kustomize_refs(
     return out
 
 
-def _run(args: list[str], what: str, limits: Limits, home: pathlib.Path | None = None) -> str:
+def _run(
+    args: list[str],
+    what: str,
+    limits: Limits,
+    home: pathlib.Path | None = None,
+    checkout: pathlib.Path | None = None,
+) -> str:
     with tempfile.TemporaryDirectory(prefix="fleetops-render-") as scratch:
         base = pathlib.Path(str(home or scratch))
         env = {
@@ -321,6 +327,8 @@ def _run(args: list[str], what: str, limits: Limits, home: pathlib.Path | None =
         )
     if proc.returncode != 0:
         message = proc.stderr.decode(errors="replace").strip().replace(str(base), "")
+        if checkout is not None:  # paths relative to the repository, not the hub's disk
+            message = message.replace(f"{checkout}/", "").replace(str(checkout), ".")
         raise errors.RenderError(f"{what} failed: {message[-2000:]}")
     return proc.stdout.decode(errors="replace")
 

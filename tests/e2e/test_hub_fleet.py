@@ -12,9 +12,11 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import grpc
 import pytest
 import yaml
 
+from proto.fleetops.v1 import types_pb2
 from tests import localkube
 from tests.e2e import fleet
 
@@ -360,3 +362,185 @@ def test_rollback_pins_every_cluster_and_auto_sync_does_not_undo_it(world: Fleet
     world.wait_converged({(c, web): rev for c in ENVS})
     kinds = [e.kind for e in world.client().history(app=web)]
     assert "pinned" in kinds and "unpinned" in kinds
+
+
+def test_hub_restart_loses_nothing_and_agents_reconnect(world: Fleet) -> None:
+    client = world.client()
+    before = client.cells()
+    history_before = [e.id for e in client.history()]
+    hub = world.hub
+    hub.process.stop()
+    world.hub = fleet.start_hub(
+        world.config, hub.data, port=hub.port, http_port=hub.http_port, agent_port=hub.agent_port
+    )
+    client = world.client()
+    fleet.wait_for(
+        "all three agents reconnected",
+        lambda: all(
+            c.connectivity == types_pb2.CONNECTIVITY_CONNECTED for c in client.snapshot().clusters
+        ),
+        timeout=60,
+        on_fail=world.logs,
+    )
+    world.wait_converged({k: v.applied_revision for k, v in before.items()})
+    after = client.cells()
+    for key, cell in before.items():
+        assert after[key].desired_revision == cell.desired_revision
+        assert after[key].applied_bundle == cell.applied_bundle
+    history_after = [e.id for e in client.history()]
+    assert set(history_before) <= set(history_after), "events were lost across the restart"
+
+
+def test_with_the_hub_down_the_agent_heals_and_reports_later(world: Fleet) -> None:
+    web = world.app("web")
+    hub = world.hub
+    hub.process.stop()
+    scaled = world.kubectl("c1", "-n", world.ns("web"), "scale", "deployment/web", "--replicas=4")
+    assert scaled.returncode == 0, scaled.stderr
+    fleet.wait_for(
+        "the agent to heal the scaled Deployment with the hub down",
+        lambda: world.replicas("c1", world.ns("web"), "web") == 1,
+        timeout=30,
+        on_fail=world.logs,
+    )
+    world.hub = fleet.start_hub(
+        world.config, hub.data, port=hub.port, http_port=hub.http_port, agent_port=hub.agent_port
+    )
+    client = world.client()
+    healed = fleet.wait_for(
+        "the heal to reach the hub's history",
+        lambda: [e for e in client.history(app=web, cluster="c1") if e.kind == "healed"],
+        timeout=60,
+        on_fail=world.logs,
+    )
+    assert healed[0].actor == "agent:c1"
+
+
+def test_security(world: Fleet, tmp_path: pathlib.Path) -> None:
+    from agent import errors as agent_errors
+    from agent import identity
+    from proto.fleetops.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2
+
+    client = world.client()
+    cells = client.cells()
+    # an agent holding c1's certificate may not read c3's (prod) bundle
+    c1 = identity.load(world.root / "agent-c1")
+    assert c1 is not None and c1.cluster == "c1"
+    prod_bundle = cells[("c3", world.app("web"))].desired_bundle
+    assert prod_bundle != cells[("c1", world.app("web"))].desired_bundle
+    with grpc.secure_channel(f"127.0.0.1:{world.hub.agent_port}", c1.credentials()) as channel:
+        stub = agent_pb2_grpc.AgentServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as denied:
+            list(stub.GetBundle(agent_pb2.GetBundleRequest(digest=prod_bundle), timeout=10))
+        assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        own = cells[("c1", world.app("web"))].desired_bundle
+        assert b"".join(
+            c.data for c in stub.GetBundle(agent_pb2.GetBundleRequest(digest=own), timeout=10)
+        )
+    # the agent port refuses a client without a certificate from the hub's CA
+    ca_pem = (world.hub.data / "ca.crt").read_bytes()
+    with grpc.secure_channel(
+        f"127.0.0.1:{world.hub.agent_port}", grpc.ssl_channel_credentials(root_certificates=ca_pem)
+    ) as channel:
+        with pytest.raises(grpc.RpcError):
+            list(
+                agent_pb2_grpc.AgentServiceStub(channel).GetBundle(
+                    agent_pb2.GetBundleRequest(digest=own), timeout=10
+                )
+            )
+    # a plaintext client is refused
+    with grpc.insecure_channel(world.hub.address) as channel:
+        with pytest.raises(grpc.RpcError) as plain:
+            fleet_pb2_grpc_stub(channel).GetSnapshot(fleet_pb2.SnapshotRequest(), timeout=5)
+        assert plain.value.code() == grpc.StatusCode.UNAVAILABLE
+    # a registration token works once, and not after it expired
+    token = client.token("c9")
+    identity.register(tmp_path / "first", world.hub.address, token, {})
+    with pytest.raises(agent_errors.AgentError, match="already used"):
+        identity.register(tmp_path / "again", world.hub.address, token, {})
+    short = client.token("c8", ttl=1)
+    time.sleep(1.5)
+    with pytest.raises(agent_errors.AgentError, match="expired"):
+        identity.register(tmp_path / "late", world.hub.address, short, {})
+    # a token from another hub (wrong CA hash) is refused before anything is sent
+    forged = ".".join(token.split(".")[:2] + ["0" * 64])
+    with pytest.raises(agent_errors.AgentError, match="not the hub that issued this token"):
+        identity.register(tmp_path / "forged", world.hub.address, forged, {})
+    # a read-only token may look but not act
+    readonly = world.hub.fleet("readonly")
+    assert readonly.snapshot().clusters
+    with pytest.raises(grpc.RpcError) as ro:
+        readonly.rollback(world.app("web"), world.revs[0])
+    assert ro.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "read-only" in (ro.value.details() or "")
+
+
+def fleet_pb2_grpc_stub(channel: grpc.Channel) -> Any:
+    from proto.fleetops.v1 import fleet_pb2_grpc
+
+    return fleet_pb2_grpc.FleetServiceStub(channel)
+
+
+def test_symlinks_and_values_outside_the_repo_are_render_errors(world: Fleet) -> None:
+    secret = world.root / "host-secret.txt"
+    secret.write_text("kind: Secret\nhost-only: do-not-leak-7f3a\n")
+    world.repo.write("apps/leak/configmap.yaml", configmap("fine"))
+    (world.repo.work / "apps/leak/stolen.yaml").symlink_to(secret)
+    world.repo.write("apps/leakchart/Chart.yaml", (FIXTURES / "charts/web/Chart.yaml").read_text())
+    world.repo.write("apps/leakchart/templates/cm.yaml", yaml.safe_dump(configmap("x")))
+    (world.repo.work / "apps/leakchart/values-outside.yaml").symlink_to(secret)
+    rev = world.repo.commit("sixth: apps that try to read outside the repo")
+    cfg = yaml.safe_load(world.config.read_text())
+    cfg["apps"] += [
+        {
+            "name": world.app("leak"),
+            "repo": "platform",
+            "path": "apps/leak",
+            "namespace": world.ns("leak"),
+        },
+        {
+            "name": world.app("leakchart"),
+            "repo": "platform",
+            "path": "apps/leakchart",
+            "namespace": world.ns("leakchart"),
+            "targets": [
+                {
+                    "name": "all",
+                    "clusterSelector": {},
+                    "helm": {"valuesFiles": ["values-outside.yaml"]},
+                }
+            ],
+        },
+    ]
+    world.config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    client = world.client()
+
+    def render_errors() -> dict[str, str] | None:
+        snap = client.snapshot()
+        errs = {
+            a.name: a.targets[0].render_error
+            for a in snap.apps
+            if a.name in (world.app("leak"), world.app("leakchart"))
+        }
+        heads = {a.head_revision for a in snap.apps}
+        return errs if len(errs) == 2 and all(errs.values()) and heads == {rev} else None
+
+    errs = fleet.wait_for(
+        "render errors for both apps", render_errors, timeout=60, on_fail=world.logs
+    )
+    assert (
+        "symlink 'apps/leak/stolen.yaml' points outside the repository" in errs[world.app("leak")]
+    )
+    assert (
+        "symlink 'apps/leakchart/values-outside.yaml' points outside"
+        in errs[world.app("leakchart")]
+    )
+    snap = client.snapshot()
+    assert "do-not-leak-7f3a" not in str(snap)
+    assert not [
+        s
+        for s in snap.statuses
+        if s.app in (world.app("leak"), world.app("leakchart")) and s.desired_bundle
+    ]
+    # everything else is unaffected
+    world.wait_converged(everywhere(world, rev))
