@@ -188,20 +188,30 @@ class Reconciler:
         check it (and self-heal when the policy says so)."""
         digest = bundles.digest(bundle)
         previous = await self.inventories.load(bundle.app)
-        if previous is not None and previous.bundle_digest == digest:
+        if self._settled(previous, digest, await self._prepare(bundle)):
             return await self._heal(bundle, policy, digest=digest, force_heal=False)
         return await self.sync(bundle, policy)
+
+    @staticmethod
+    def _settled(previous: inventory.Inventory | None, digest: str, plan: _Plan) -> bool:
+        """The cluster got this exact bundle completely, and holds nothing it should prune."""
+        return (
+            previous is not None
+            and previous.bundle_digest == digest
+            and not plan.failures
+            and previous.keys() == {p.key for p in plan.prepared}
+        )
 
     async def sync(self, bundle: types_pb2.Bundle, policy: types_pb2.SyncPolicy) -> st.AppResult:
         """Apply the bundle; prune when the policy allows and everything applied."""
         digest = bundles.digest(bundle)
         previous = await self.inventories.load(bundle.app)
-        if previous is not None and previous.bundle_digest == digest:
-            # Same bundle as last applied: re-apply only what drifted, prune nothing new.
-            return await self._heal(bundle, policy, digest=digest, force_heal=True)
-
         plan = await self._prepare(bundle)
         by_key = {p.key: p for p in plan.prepared}
+        if self._settled(previous, digest, plan):
+            # Same bundle as last applied and nothing left to prune: re-apply only what drifted.
+            return await self._heal(bundle, policy, digest=digest, force_heal=True)
+
         old_entries = set(previous.entries) if previous else set()
         new_entries = {inventory.Entry(p.key, p.rt.version) for p in plan.prepared}
         await self._ensure_default_namespace(bundle, plan.prepared)
