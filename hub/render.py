@@ -99,9 +99,8 @@ def render(
                 raise errors.RenderError(f"kustomize.dir {target.kustomize_dir!r} does not exist")
         check_kustomize_refs(root, build_dir, refused_links)
         restrictor = ["--load-restrictor", "LoadRestrictionsRootOnly"]
-        out = _run(
-            [tools.kustomize, "build", *restrictor, str(build_dir)], "kustomize build", limits
-        )
+        args = [tools.kustomize, "build", *restrictor, str(build_dir)]
+        out = _run(args, "kustomize build", limits, checkout=root)
         return Rendered((("kustomize", out),))
     if kind == "helm":
         return Rendered((("helm", _helm(root, app_dir, app, target, tools, limits)),))

@@ -1,0 +1,83 @@
+"""hub.yaml validation: every error names the file, the field path and what is allowed."""
+
+from __future__ import annotations
+
+import pytest
+
+from hub import config, errors
+
+BASE = """
+repos:
+  - {name: platform, url: "file:///srv/git/platform.git", pollInterval: 30s}
+clusters:
+  - {name: eu-prod-1, labels: {env: prod, region: eu}}
+clusterGroups:
+  - {name: prod, selector: {matchLabels: {env: prod}}}
+apps:
+  - name: guestbook
+    repo: platform
+    path: apps/guestbook
+    namespace: guestbook
+    sync: {auto: true, prune: true, selfHeal: true}
+    targets:
+      - {name: dev, clusterSelector: {matchLabels: {env: dev}}, kustomize: {dir: overlays/dev}}
+      - name: prod
+        clusterGroup: prod
+        helm: {values: {replicas: 3}, valuesFiles: [values-prod.yaml]}
+      - {name: edge, clusterName: edge-1, yaml: {overlays: [scale3]}}
+"""
+
+
+def test_the_documented_shape_loads() -> None:
+    cfg = config.parse(BASE, file="hub.yaml")
+    assert cfg.repos[0].poll_interval == 30.0
+    app = cfg.apps[0]
+    assert app.sync == config.Sync(auto=True, prune=True, self_heal=True)
+    assert app.targets is not None
+    assert [t.name for t in app.targets] == ["dev", "prod", "edge"]
+    assert app.targets[1].helm.values == {"replicas": 3}
+    assert app.targets[2].yaml_overlays == ("scale3",)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("clusterGroup: prod", "clusterGroup: prd"),
+         "hub.yaml: apps[0].targets[1].clusterGroup: unknown cluster group 'prd'; groups: prod"),
+        (("repo: platform\n", "repo: platfrom\n"),
+         "hub.yaml: apps[0].repo: unknown repo 'platfrom'; repos: platform"),
+        (("pollInterval: 30s", "pollInterval: soon"),
+         "hub.yaml: repos[0].pollInterval: 'soon' is not a duration; use e.g. 15s, 2m or 1h"),
+        (("selfHeal: true", "selfHeal: yes please"),
+         "hub.yaml: apps[0].sync.selfHeal: expected true or false"),
+        (("name: guestbook", "name: Guest_Book"),
+         "hub.yaml: apps[0].name: 'Guest_Book' is not a valid name"),
+        (("path: apps/guestbook", "path: ../../etc"),
+         "hub.yaml: apps[0].path: '../../etc' must be a relative path inside the repository"),
+        (("{matchLabels: {env: dev}}", "{matchExpressions: [{key: env, operator: Like}]}"),
+         "hub.yaml: apps[0].targets[0].clusterSelector.matchExpressions[0].operator: 'Like' "
+         "is not allowed"),
+        (("namespace: guestbook", "namespce: guestbook"),
+         "hub.yaml: apps[0].namespce: unknown field; allowed here: name, repo, path, namespace"),
+        (('url: "file:///srv/git/platform.git"', 'url: "https://bob:hunter2@git.example.com/p.git"'),
+         "hub.yaml: repos[0].url: must not contain credentials"),
+    ],
+)  # fmt: skip
+def test_errors_name_the_file_the_field_and_the_fix(change: tuple[str, str], message: str) -> None:
+    old, new = change
+    assert old in BASE
+    with pytest.raises(errors.ConfigError) as err:
+        config.parse(BASE.replace(old, new, 1), file="hub.yaml")
+    assert str(err.value).startswith(message), str(err.value)
+    assert "hunter2" not in str(err.value)
+
+
+def test_invalid_yaml_names_the_line() -> None:
+    with pytest.raises(errors.ConfigError, match=r"hub.yaml: invalid YAML at line 3"):
+        config.parse("repos:\n  - name: a\n    url: a: b\n", file="hub.yaml")
+
+
+def test_duplicate_names_are_refused() -> None:
+    text = BASE + "  - {name: guestbook, repo: platform, path: other}\n"
+    with pytest.raises(errors.ConfigError, match=r"apps\[1\].name: duplicate name 'guestbook'"):
+        config.parse(text, file="hub.yaml")

@@ -1,0 +1,156 @@
+"""The hub in-process with a real Git repository: webhooks, hub.yaml reloads, metrics, auth."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import pathlib
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+import yaml
+
+from hub import render, server
+from proto.fleetops.v1 import fleet_pb2, fleet_pb2_grpc
+from tests import localkube
+from tests.e2e import fleet
+
+SECRET = "webhook-secret-for-tests"
+
+
+@pytest.fixture
+async def running(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[server.Running, fleet.Repo, pathlib.Path]]:
+    monkeypatch.setenv("FLEETOPS_TEST_WEBHOOK", SECRET)
+    repo = fleet.Repo.create(tmp_path / "git")
+    repo.write(
+        "apps/web/cm.yaml", {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}}
+    )
+    repo.commit("first")
+    cfg = tmp_path / "hub.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "repos": [{"name": "platform", "url": repo.url, "pollInterval": "1h",
+                   "webhookSecretEnv": "FLEETOPS_TEST_WEBHOOK"}],
+        "apps": [{"name": "web", "repo": "platform", "path": "apps/web", "namespace": "web"}],
+    }))  # fmt: skip
+    hub = await server.start(
+        config_path=cfg, data=tmp_path / "data", listen="127.0.0.1:0", agent_listen="127.0.0.1:0",
+        http_listen="127.0.0.1:0",
+        tools=render.Tools(helm=localkube.binary("helm"), kustomize=localkube.binary("kustomize")),
+    )  # fmt: skip
+    try:
+        yield hub, repo, cfg
+    finally:
+        await hub.stop()
+
+
+def post(port: int, path: str, body: bytes, headers: dict[str, str]) -> int:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=body, headers=headers, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+
+
+def get(port: int, path: str) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+        return str(resp.read().decode())
+
+
+async def eventually(what: str, probe: object, within: float = 15.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while asyncio.get_running_loop().time() < deadline:
+        if probe():  # type: ignore[operator]
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{what} did not happen within {within} s")
+
+
+async def test_a_signed_push_fetches_at_once_and_bad_ones_are_refused(
+    running: tuple[server.Running, fleet.Repo, pathlib.Path],
+) -> None:
+    hub, repo, _ = running
+    await eventually("the first fetch", lambda: hub.hub.heads.get("platform"))
+    first = hub.hub.heads["platform"]
+    repo.write(
+        "apps/web/cm.yaml", {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "b"}}
+    )
+    second = repo.commit("second")
+    body = b'{"ref": "refs/heads/main"}'
+    good = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    port = hub.http_port
+    call = asyncio.to_thread
+    assert (
+        await call(
+            post, port, "/webhook/platform", body, {"X-Hub-Signature-256": "sha256=" + "0" * 64}
+        )
+        == 401
+    )
+    assert await call(post, port, "/webhook/platform", body, {}) == 401
+    assert await call(post, port, "/webhook/nope", body, {"X-Hub-Signature-256": good}) == 404
+    assert (
+        await call(
+            post, port, "/webhook/platform", b"x" * (2 * 1024 * 1024), {"X-Hub-Signature-256": good}
+        )
+        == 413
+    )
+    await asyncio.sleep(0.5)
+    assert hub.hub.heads["platform"] == first, "an unverified webhook made the hub fetch"
+    assert await call(post, port, "/webhook/platform", body, {"X-Hub-Signature-256": good}) == 202
+    await eventually(
+        "the fetch after a signed webhook", lambda: hub.hub.heads["platform"] == second, 5
+    )
+    # GitLab sends the secret itself, Gitea an HMAC without prefix
+    assert await call(post, port, "/webhook/platform", body, {"X-Gitlab-Token": SECRET}) == 202
+    gitea = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    assert await call(post, port, "/webhook/platform", body, {"X-Gitea-Signature": gitea}) == 202
+
+
+async def test_a_bad_reload_keeps_the_last_good_config(
+    running: tuple[server.Running, fleet.Repo, pathlib.Path],
+) -> None:
+    hub, _, cfg = running
+    assert "fleetops_config_ok 1" in await asyncio.to_thread(get, hub.http_port, "/metrics")
+    good = cfg.read_text()
+    cfg.write_text(
+        good.replace("path: apps/web", "path: apps/web\n  targets: [{name: x, clusterGroup: nope}]")
+    )
+    await eventually("the reload to be refused", lambda: hub.hub.config_error, 10)
+    assert "clusterGroup: unknown cluster group 'nope'" in hub.hub.config_error
+    assert "fleetops_config_ok 0" in await asyncio.to_thread(get, hub.http_port, "/metrics")
+    assert [a.name for a in hub.hub.cfg.apps] == ["web"]
+    cfg.write_text(good.replace("name: web", "name: web2"))
+    await eventually(
+        "the next good reload", lambda: [a.name for a in hub.hub.cfg.apps] == ["web2"], 10
+    )
+    assert hub.hub.config_error == ""
+
+
+async def test_the_fleet_api_needs_a_token(
+    running: tuple[server.Running, fleet.Repo, pathlib.Path],
+) -> None:
+    hub, _, _ = running
+    creds = grpc.ssl_channel_credentials(root_certificates=hub.ca.cert_pem)
+    async with grpc.aio.secure_channel(f"127.0.0.1:{hub.grpc_port}", creds) as channel:
+        stub = fleet_pb2_grpc.FleetServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.GetSnapshot(fleet_pb2.SnapshotRequest())
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.GetSnapshot(
+                fleet_pb2.SnapshotRequest(), metadata=(("authorization", "Bearer guess"),)
+            )
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        snap = await stub.GetSnapshot(
+            fleet_pb2.SnapshotRequest(),
+            metadata=(("authorization", f"Bearer {hub.tokens['readonly']}"),),
+        )
+        assert [a.name for a in snap.apps] == ["web"]
