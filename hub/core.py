@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from hub import config, errors, plan, render, repo, status, store
+from hub import config, errors, fleetyaml, plan, render, repo, status, store
 from proto import bundles
 from proto.fleetops.v1 import agent_pb2, fleet_pb2, types_pb2
 
@@ -89,9 +89,13 @@ class Hub:
         self.repo_status: dict[str, fleet_pb2.RepoStatus] = {}
         self.pins: dict[tuple[str, str], str] = {}
         self.paused: dict[str, str] = {}
-        self.renders: dict[tuple[str, str, str], RenderResult] = {}
+        # (app, target, revision, overrides hash) -> result: a hub.yaml edit re-renders
+        self.renders: dict[tuple[str, str, str, str], RenderResult] = {}
         self._content: dict[tuple[str, str, str], str] = {}  # (app, target, tree key) -> digest
         self._extra_paths: dict[tuple[str, str], list[str]] = {}
+        # apps without targets in hub.yaml, as their fleet.yaml at the head revision describes them
+        self._effective: dict[str, tuple[str, config.App, config.App]] = {}
+        self.fleet_errors: dict[str, str] = {}
 
     # ------------------------------------------------------------ start-up
 
@@ -134,7 +138,7 @@ class Hub:
             if r["paused"]:
                 self.paused[r["app"]] = r["reason"] or ""
         for r in rows["renders"]:
-            self.renders[(r["app"], r["target"], r["revision"])] = RenderResult(
+            self.renders[(r["app"], r["target"], r["revision"], r["key"] or "")] = RenderResult(
                 r["digest"] or "", r["error"] or ""
             )
         self._sync_repos()
@@ -245,15 +249,16 @@ class Hub:
         self, app: config.App, target: config.Target, revision: str
     ) -> RenderResult:
         """The bundle digest for (app, target, revision), rendering it at most once."""
-        known = self.renders.get((app.name, target.name, revision))
+        rkey = (app.name, target.name, revision, _overrides_hash(app, target))
+        known = self.renders.get(rkey)
         if known is not None:
             return known
         async with self._render_lock:
-            known = self.renders.get((app.name, target.name, revision))
+            known = self.renders.get(rkey)
             if known is not None:
                 return known
             result = await self._render(app, target, revision)
-            self.renders[(app.name, target.name, revision)] = result
+            self.renders[rkey] = result
             await self.db.run(
                 self.db.upsert,
                 "renders",
@@ -263,7 +268,7 @@ class Hub:
                     "revision": revision,
                     "digest": result.digest,
                     "error": result.error,
-                    "key": "",
+                    "key": rkey[3],
                     "rendered_at": time.time(),
                 },
                 ("app", "target", "revision"),
@@ -336,16 +341,52 @@ class Hub:
         row = self.clusters.get(cluster) or {}
         return plan.cluster_labels(self.cfg, cluster, store.loads(row.get("agent_labels")))
 
+    def effective(self, app: config.App) -> config.App:
+        """The app with fleet.yaml applied (when hub.yaml gives it no targets)."""
+        if app.targets is not None:
+            return app
+        got = self._effective.get(app.name)
+        return got[2] if got is not None and got[1] == app else app
+
+    async def _read_fleet_yamls(self, heads: dict[str, str]) -> None:
+        for app in self.cfg.apps:
+            head = heads.get(app.repo, "")
+            cache = self.repos.get(app.repo)
+            if app.targets is not None or not head or cache is None:
+                continue
+            got = self._effective.get(app.name)
+            if got is not None and got[0] == head and got[1] == app:
+                continue
+            text = await asyncio.to_thread(cache.read, head, f"{app.path}/fleet.yaml")
+            if text is None:
+                self._effective[app.name] = (head, app, app)
+                self.fleet_errors.pop(app.name, None)
+                continue
+            try:
+                self._effective[app.name] = (head, app, fleetyaml.apply(app, text))
+                self.fleet_errors.pop(app.name, None)
+            except errors.RenderError as e:
+                # keep what was deployed: the last good reading, or nothing at all
+                self.fleet_errors[app.name] = str(e)
+                if got is None:
+                    self._effective[app.name] = (head, app, dataclasses.replace(app, targets=()))
+                log.warning("app %s: %s", app.name, e)
+
     def target_of(self, app: config.App, cluster: str) -> config.Target | None:
-        return plan.target_for(self.cfg, app, cluster, self.labels_of(cluster))
+        return plan.target_for(self.cfg, self.effective(app), cluster, self.labels_of(cluster))
 
     async def replan(self, *, cause: int = types_pb2.CAUSE_AUTO, actor: str = "auto") -> None:
         async with self._plan_lock:
+            # one consistent view of Git for the whole pass: a fetch landing meanwhile
+            # triggers its own pass
+            heads = dict(self.heads)
+            await self._read_fleet_yamls(heads)
             changed: set[str] = set()
             events: list[dict[str, Any]] = []
-            for app in self.cfg.apps:
+            for configured in self.cfg.apps:
+                app = self.effective(configured)
                 for cluster in sorted(self.clusters):
-                    ev = await self._plan_one(app, cluster, cause, actor)
+                    ev = await self._plan_one(app, cluster, cause, actor, heads.get(app.repo, ""))
                     if ev is not None:
                         changed.add(cluster)
                         events.append(ev)
@@ -372,7 +413,7 @@ class Hub:
                     self._announce_status(cluster, app.name)
 
     async def _plan_one(
-        self, app: config.App, cluster: str, cause: int, actor: str
+        self, app: config.App, cluster: str, cause: int, actor: str, head: str
     ) -> dict[str, Any] | None:
         key = (cluster, app.name)
         cur = self.assignments.get(key)
@@ -390,7 +431,8 @@ class Hub:
                 "previous_revision": cur["revision"],
                 "message": f"no target of app {app.name} matches cluster {cluster} any more",
             }
-        head = self.heads.get(app.repo, "")
+        if app.name in self.fleet_errors:
+            head = cur["revision"] if cur else ""  # hold until fleet.yaml reads again
         paused = app.name in self.paused
         wanted = plan.desired_revision(
             head=head,
@@ -641,7 +683,7 @@ class Hub:
         return ev
 
     async def rollback(self, app_name: str, revision: str, cluster: str, actor: str) -> store.Event:
-        app = self._app(app_name)
+        app = self.effective(self._app(app_name))
         if cluster:
             self._cluster(cluster)
         cache = self.repos[app.repo]
@@ -769,7 +811,8 @@ class Hub:
             c.reason = "registered, the agent never connected"
         return c
 
-    def app_pb(self, app: config.App) -> fleet_pb2.App:
+    def app_pb(self, configured: config.App) -> fleet_pb2.App:
+        app = self.effective(configured)
         out = fleet_pb2.App(
             name=app.name,
             repo=app.repo,
@@ -782,13 +825,15 @@ class Hub:
         )
         head = self.heads.get(app.repo, "")
         for t in app.targets if app.targets is not None else (plan.DEFAULT_TARGET,):
-            r = self.renders.get((app.name, t.name, head))
+            r = self.renders.get((app.name, t.name, head, _overrides_hash(app, t)))
             out.targets.add(
                 name=t.name,
                 revision=head if r else "",
                 bundle_digest=r.digest if r else "",
                 render_error=r.error if r else "",
             )
+        if app.name in self.fleet_errors:
+            out.targets.add(name="fleet.yaml", render_error=self.fleet_errors[app.name])
         return out
 
     def cell(self, cluster: str, app: config.App) -> fleet_pb2.ClusterAppStatus | None:
@@ -797,7 +842,13 @@ class Hub:
             return None
         row = self.clusters.get(cluster) or {}
         head = self.heads.get(app.repo, "")
-        render_result = self.renders.get((app.name, target.name, head))
+        eff = self.effective(app)
+        render_result = self.renders.get(
+            (app.name, target.name, head, _overrides_hash(eff, target))
+        )
+        render_error = self.fleet_errors.get(app.name) or (
+            render_result.error if render_result else ""
+        )
         out = status.cell(
             cluster=cluster,
             app=app.name,
@@ -806,7 +857,7 @@ class Hub:
             report=self.reports.get((cluster, app.name)),
             connected=cluster in self.streams,
             last_seen=row.get("last_seen") or 0.0,
-            render_error=render_result.error if render_result else "",
+            render_error=render_error,
             wanted_revision=head,
         )
         out.pinned_revision = self.pins.get((app.name, cluster), "")

@@ -166,6 +166,17 @@ class RepoCache:
                 c.commit_time,
             )
 
+    def read(self, sha: str, path: str) -> str | None:
+        """A file's text at a commit, or None when it is not there."""
+        with self._lock:
+            tree = self._open()[sha].peel(pygit2.Commit).tree
+            try:
+                obj = tree[path.strip("/")]
+            except KeyError:
+                return None
+            blob = self._open()[obj.id]
+            return blob.data.decode(errors="replace") if isinstance(blob, pygit2.Blob) else None
+
     def tree_key(self, sha: str, paths: list[str]) -> str:
         """A key that changes exactly when something under any of `paths` changes."""
         with self._lock:

@@ -544,3 +544,56 @@ def test_symlinks_and_values_outside_the_repo_are_render_errors(world: Fleet) ->
     ]
     # everything else is unaffected
     world.wait_converged(everywhere(world, rev))
+
+
+def test_a_fleet_repository_works_as_it_is(world: Fleet) -> None:
+    for f in (FIXTURES / "charts/web").rglob("*"):
+        if f.is_file():
+            world.repo.write(f"fleet/shop/{f.relative_to(FIXTURES / 'charts/web')}", f.read_text())
+    world.repo.write(
+        "fleet/shop/fleet.yaml",
+        {
+            "defaultNamespace": world.ns("fleetns"),
+            "helm": {"values": {"image": "registry.local/shop:1"}},
+            "targetCustomizations": [
+                {
+                    "name": "prod",
+                    "clusterSelector": {"matchLabels": {"env": "prod"}},
+                    "helm": {"values": {"replicas": 2}},
+                },
+                {"name": "test", "clusterName": "c2", "helm": {"values": {"replicas": 3}}},
+            ],
+        },
+    )
+    rev = world.repo.commit("seventh: a Fleet bundle")
+    cfg = yaml.safe_load(world.config.read_text())
+    cfg["apps"].append(
+        {
+            "name": world.app("shop"),
+            "repo": "platform",
+            "path": "fleet/shop",
+            "sync": {"auto": True, "prune": True},
+        }
+    )
+    world.config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    shop = world.app("shop")
+    world.wait_converged({(c, shop): rev for c in ENVS})
+    ns = world.ns("fleetns")
+    assert [world.replicas(c, ns, shop) for c in ENVS] == [1, 3, 2]
+    image = world.kubectl(
+        "c1",
+        "-n",
+        ns,
+        "get",
+        "deployment",
+        shop,
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].image}",
+    )
+    assert image.stdout == "registry.local/shop:1"
+    targets = {
+        c.cluster: c.target
+        for c in world.client().snapshot().statuses
+        if c.app == shop and c.cluster in ENVS
+    }
+    assert targets == {"c1": "default", "c2": "test", "c3": "prod"}

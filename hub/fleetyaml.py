@@ -1,0 +1,93 @@
+"""Rancher Fleet's `fleet.yaml`, read so that a Fleet repository works as it is.
+
+An app in hub.yaml without `targets` whose directory holds a fleet.yaml takes from it the
+default namespace (`defaultNamespace` or `namespace`) and one target per
+`targetCustomizations` entry (clusterSelector, clusterGroup, clusterName, helm.values,
+helm.valuesFiles, kustomize.dir, yaml.overlays), with the file's top-level `helm` and
+`kustomize` settings as the defaults every target starts from, and a last catch-all target
+so that clusters no customization matches still get the app, as in Fleet. Pure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import yaml
+
+from hub import config, errors
+
+_FILE = "fleet.yaml"
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def apply(app: config.App, text: str) -> config.App:
+    """The app as fleet.yaml describes it; RenderError naming the field when it is invalid."""
+    where = f"{app.path}/{_FILE}"
+    try:
+        doc = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise errors.RenderError(f"{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(doc, dict):
+        raise errors.RenderError(f"{where}: expected a mapping")
+    # Fleet's own keys are validated through the same reader as hub.yaml.
+    reader = config._Reader(where)  # noqa: SLF001 (one validator for both files)
+    namespace = str(doc.get("defaultNamespace") or doc.get("namespace") or app.namespace)
+    top_helm = doc.get("helm") or {}
+    top_kustomize = doc.get("kustomize") or {}
+    if not isinstance(top_helm, dict) or not isinstance(top_kustomize, dict):
+        raise errors.RenderError(f"{where}: helm and kustomize must be mappings")
+    targets = []
+    customizations = doc.get("targetCustomizations") or []
+    if not isinstance(customizations, list):
+        raise errors.RenderError(f"{where}: targetCustomizations must be a list")
+    for i, item in enumerate(customizations):
+        if not isinstance(item, dict):
+            raise errors.RenderError(f"{where}: targetCustomizations[{i}] must be a mapping")
+        if item.get("doNotDeploy"):
+            continue
+        spec: dict[str, Any] = {
+            "name": str(item.get("name") or f"customization-{i}"),
+            "helm": _merge(top_helm, item.get("helm") or {}),
+            "kustomize": _merge(top_kustomize, item.get("kustomize") or {}),
+        }
+        for key in ("clusterSelector", "clusterGroup", "clusterName", "yaml"):
+            if key in item:
+                spec[key] = item[key]
+        spec["helm"] = {k: v for k, v in spec["helm"].items() if k in ("values", "valuesFiles")}
+        spec["kustomize"] = {k: v for k, v in spec["kustomize"].items() if k == "dir"}
+        if "clusterGroupSelector" in item:
+            raise errors.RenderError(
+                f"{where}: targetCustomizations[{i}].clusterGroupSelector is not supported; "
+                "use clusterSelector or a clusterGroup from hub.yaml"
+            )
+        try:
+            targets.append(_target(reader, spec, f"targetCustomizations[{i}]"))
+        except errors.ConfigError as e:
+            raise errors.RenderError(str(e)) from None
+    default = {"name": "default", "clusterSelector": {},
+               "helm": {k: v for k, v in top_helm.items() if k in ("values", "valuesFiles")},
+               "kustomize": {k: v for k, v in top_kustomize.items() if k == "dir"}}  # fmt: skip
+    if all(t.name != "default" for t in targets):
+        try:
+            targets.append(_target(reader, default, "(defaults)"))
+        except errors.ConfigError as e:
+            raise errors.RenderError(str(e)) from None
+    return dataclasses.replace(app, namespace=namespace, targets=tuple(targets))
+
+
+def _target(reader: config._Reader, spec: dict[str, Any], path: str) -> config.Target:
+    names = [spec["clusterGroup"]] if spec.get("clusterGroup") else []
+    spec = {**spec, "name": _dns(spec["name"])}
+    return config._target(reader, spec, path, names)  # noqa: SLF001
+
+
+def _dns(name: str) -> str:
+    out = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+    return out[:63] or "target"
