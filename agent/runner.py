@@ -64,6 +64,7 @@ class Runner:
         self._dirty: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
         self._pending_heals: dict[str, int] = {}
+        self._backoff: dict[str, float] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -130,6 +131,7 @@ class Runner:
             except Exception:  # one app's failure must not stop the others
                 log.exception("app %s: reconcile failed", app)
                 continue
+            self._follow_up(app, result)
             report = st.to_report(result, generation=a.generation)
             if not _same(self.reports.get(app), report):
                 if self._outbox is None:
@@ -148,6 +150,17 @@ class Runner:
                     health.name(result.health),
                     result.reason,
                 )
+
+    def _follow_up(self, app: str, result: st.AppResult) -> None:
+        """While an app is still rolling out, look again soon (0.5 s, doubling up to the
+        resync interval) so its health reaches the hub when it changes, not a resync later."""
+        if result.health != health.PROGRESSING and result.sync != st.APPLYING:
+            self._backoff.pop(app, None)
+            return
+        delay = self._backoff.get(app, 0.25) * 2
+        self._backoff[app] = min(delay, self.resync)
+        loop = asyncio.get_running_loop()
+        loop.call_later(self._backoff[app], self.enqueue, app)
 
     def _send(self, msg: agent_pb2.AgentMessage) -> None:
         if self._outbox is not None:
