@@ -84,6 +84,8 @@ class Hub:
         # working set, loaded from the store at start
         self.clusters: dict[str, dict[str, Any]] = {}
         self.assignments: dict[tuple[str, str], dict[str, Any]] = {}
+        self._by_cluster: dict[str, dict[str, dict[str, Any]]] = {}  # cluster -> app -> row
+        self._bundle_cache: dict[str, bytes] = {}
         self.reports: dict[tuple[str, str], types_pb2.AppReport] = {}
         self.heads: dict[str, str] = {}
         self.repo_status: dict[str, fleet_pb2.RepoStatus] = {}
@@ -119,7 +121,7 @@ class Hub:
             r["connected"] = 0  # nobody is connected to a process that just started
             self.clusters[r["name"]] = r
         for r in rows["assignments"]:
-            self.assignments[(r["cluster"], r["app"])] = r
+            self._set_assignment(r)
         for r in rows["reports"]:
             self.reports[(r["cluster"], r["app"])] = types_pb2.AppReport.FromString(r["data"])
         for r in rows["repos"]:
@@ -330,10 +332,18 @@ class Hub:
         return RenderResult(digest, "")
 
     async def bundle_bytes(self, digest: str) -> bytes:
-        row = await self.db.run(self.db.get, "bundles", digest)
-        if row is None:
-            raise errors.NotFound(f"no bundle {digest[:12]}")
-        return bytes(row["data"])
+        """A bundle's bytes; the recent ones are kept in memory, since a new revision has
+        every agent of a target ask for the same bundle at once."""
+        data = self._bundle_cache.get(digest)
+        if data is None:
+            row = await self.db.run(self.db.get, "bundles", digest)
+            if row is None:
+                raise errors.NotFound(f"no bundle {digest[:12]}")
+            data = bytes(row["data"])
+            if len(self._bundle_cache) >= 64:
+                self._bundle_cache.pop(next(iter(self._bundle_cache)))
+            self._bundle_cache[digest] = data
+        return data
 
     # ------------------------------------------------------------ planning
 
@@ -375,22 +385,43 @@ class Hub:
     def target_of(self, app: config.App, cluster: str) -> config.Target | None:
         return plan.target_for(self.cfg, self.effective(app), cluster, self.labels_of(cluster))
 
-    async def replan(self, *, cause: int = types_pb2.CAUSE_AUTO, actor: str = "auto") -> None:
+    async def replan(
+        self,
+        *,
+        cause: int = types_pb2.CAUSE_AUTO,
+        actor: str = "auto",
+        clusters: Iterable[str] | None = None,
+    ) -> None:
+        """Recompute assignments (for every cluster, or just `clusters`), write the changed
+        ones in one transaction, record events, and push each changed cluster its set."""
         async with self._plan_lock:
             # one consistent view of Git for the whole pass: a fetch landing meanwhile
             # triggers its own pass
             heads = dict(self.heads)
             await self._read_fleet_yamls(heads)
+            scope = (
+                sorted(self.clusters)
+                if clusters is None
+                else sorted(set(clusters) & set(self.clusters))
+            )
             changed: set[str] = set()
+            rows: list[dict[str, Any]] = []
             events: list[dict[str, Any]] = []
             for configured in self.cfg.apps:
                 app = self.effective(configured)
-                for cluster in sorted(self.clusters):
-                    ev = await self._plan_one(app, cluster, cause, actor, heads.get(app.repo, ""))
+                for cluster in scope:
+                    planned = await self._plan_one(
+                        app, cluster, cause, actor, heads.get(app.repo, "")
+                    )
+                    if planned is None:
+                        continue
+                    row, ev = planned
+                    changed.add(cluster)
+                    if row is not None:
+                        rows.append(row)
                     if ev is not None:
-                        changed.add(cluster)
                         events.append(ev)
-            gone = [(c, a) for (c, a) in self.assignments if self.cfg.app(a) is None]
+            gone = [(c, a) for (c, a) in self.assignments if self.cfg.app(a) is None and c in scope]
             for c, a in gone:
                 await self._drop(c, a)
                 changed.add(c)
@@ -404,17 +435,26 @@ class Hub:
                         "message": f"app {a} left hub.yaml; the agent stops managing it",
                     }
                 )
-            self._sync_requests.clear()
+            await self.db.run(self.db.upsert_all, "assignments", rows, ("cluster", "app"))
+            for row in rows:
+                self._set_assignment(row)
+            if clusters is None:
+                self._sync_requests.clear()
             for e in await self.db.run(self.db.append_events, events):
                 self._announce(fleet_pb2.FleetChange(event=_event_pb(e)))
             for cluster in changed:
                 self.push_assignments(cluster)
-                for app in self.cfg.apps:
-                    self._announce_status(cluster, app.name)
+                for app_cfg in self.cfg.apps:
+                    self._announce_status(cluster, app_cfg.name)
+
+    def _set_assignment(self, row: dict[str, Any]) -> None:
+        self.assignments[(row["cluster"], row["app"])] = row
+        self._by_cluster.setdefault(row["cluster"], {})[row["app"]] = row
 
     async def _plan_one(
         self, app: config.App, cluster: str, cause: int, actor: str, head: str
-    ) -> dict[str, Any] | None:
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None] | None:
+        """(the new assignment row to write, the event to record), or None: nothing changes."""
         key = (cluster, app.name)
         cur = self.assignments.get(key)
         target = self.target_of(app, cluster)
@@ -422,7 +462,7 @@ class Hub:
             if cur is None:
                 return None
             await self._drop(cluster, app.name)
-            return {
+            return None, {
                 "app": app.name,
                 "cluster": cluster,
                 "kind": "unassigned",
@@ -468,16 +508,14 @@ class Hub:
             return None
         row["generation"] = (cur["generation"] if cur else 0) + 1
         row["updated_at"] = time.time()
-        await self.db.run(self.db.upsert, "assignments", row, ("cluster", "app"))
-        self.assignments[key] = row
         if (
             cur is not None
             and cur["revision"] == row["revision"]
             and cur["digest"] == row["digest"]
         ):
-            return None  # only the policy or pause flag changed: no history entry
+            return row, None  # only the policy or pause flag changed: no history entry
         why = {"pin": types_pb2.CAUSE_ROLLBACK, "sync": types_pb2.CAUSE_USER}.get(wanted.why, cause)
-        return {
+        return row, {
             "app": app.name,
             "cluster": cluster,
             "kind": "assigned",
@@ -492,14 +530,13 @@ class Hub:
     async def _drop(self, cluster: str, app: str) -> None:
         await self.db.run(self.db.delete, "assignments", "cluster = ? AND app = ?", [cluster, app])
         self.assignments.pop((cluster, app), None)
+        self._by_cluster.get(cluster, {}).pop(app, None)
 
     # ------------------------------------------------------------ agents
 
     def assignments_for(self, cluster: str) -> agent_pb2.Assignments:
         msg = agent_pb2.Assignments()
-        for (c, _app), row in sorted(self.assignments.items()):
-            if c != cluster:
-                continue
+        for _app, row in sorted(self._by_cluster.get(cluster, {}).items()):
             app = self.cfg.app(row["app"])
             msg.assignments.add(
                 app=row["app"],
@@ -521,9 +558,7 @@ class Hub:
             )
 
     def may_read_bundle(self, cluster: str, digest: str) -> bool:
-        return any(
-            c == cluster and row["digest"] == digest for (c, _), row in self.assignments.items()
-        )
+        return any(row["digest"] == digest for row in self._by_cluster.get(cluster, {}).values())
 
     async def register_cluster(self, cluster: str, labels: dict[str, str]) -> None:
         row = self.clusters.get(cluster) or {
@@ -572,7 +607,7 @@ class Hub:
         for report in hello.reports:
             await self.report(cluster, report, announce=False)
         self._announce(fleet_pb2.FleetChange(cluster=self.cluster_pb(cluster)))
-        await self.replan()  # labels may have changed what this cluster gets
+        await self.replan(clusters=[cluster])  # labels may have changed what it gets
         stream.outbox.put_nowait(agent_pb2.HubMessage(assignments=self.assignments_for(cluster)))
         return stream
 
