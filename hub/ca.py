@@ -223,7 +223,7 @@ class RegistrationToken:
 
 
 def new_registration_token(ca: CA) -> RegistrationToken:
-    return RegistrationToken(secrets.token_hex(3), secrets.token_hex(16), ca.pin)
+    return RegistrationToken(secrets.token_hex(8), secrets.token_hex(16), ca.pin)
 
 
 def parse_registration_token(text: str) -> RegistrationToken:

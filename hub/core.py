@@ -86,6 +86,9 @@ class Hub:
         self.assignments: dict[tuple[str, str], dict[str, Any]] = {}
         self._by_cluster: dict[str, dict[str, dict[str, Any]]] = {}  # cluster -> app -> row
         self._bundle_cache: dict[str, bytes] = {}
+        self._pending_reports: dict[tuple[str, str], dict[str, Any]] = {}
+        self._pending_events: list[dict[str, Any]] = []
+        self._flush_task: asyncio.Future[None] | None = None
         self.reports: dict[tuple[str, str], types_pb2.AppReport] = {}
         self.heads: dict[str, str] = {}
         self.repo_status: dict[str, fleet_pb2.RepoStatus] = {}
@@ -630,63 +633,74 @@ class Hub:
     async def report(
         self, cluster: str, report: types_pb2.AppReport, *, announce: bool = True
     ) -> None:
+        """Take an agent's report: memory at once, the store in batches (`flush_reports`).
+        Reports are never acknowledged to agents, who resend their full state on every
+        reconnect, so batching loses nothing a restart would need."""
         key = (cluster, report.app)
         before = self.reports.get(key)
         self.reports[key] = report
-        await self.db.run(
-            self.db.upsert,
-            "reports",
-            {
-                "cluster": cluster,
-                "app": report.app,
-                "revision": report.revision,
-                "digest": report.bundle_digest,
-                "generation": report.generation,
-                "sync": report.sync,
-                "health": report.health,
-                "reason": report.reason,
-                "data": report.SerializeToString(deterministic=True),
-                "updated_at": time.time(),
-            },
-            ("cluster", "app"),
-        )
-        events = []
-        if report.sync == types_pb2.SYNC_STATUS_APPLY_FAILED and (
+        self._pending_reports[key] = {
+            "cluster": cluster,
+            "app": report.app,
+            "revision": report.revision,
+            "digest": report.bundle_digest,
+            "generation": report.generation,
+            "sync": report.sync,
+            "health": report.health,
+            "reason": report.reason,
+            "data": report.SerializeToString(deterministic=True),
+            "updated_at": time.time(),
+        }
+        common = {
+            "app": report.app,
+            "cluster": cluster,
+            "revision": report.revision,
+            "previous_revision": before.revision if before else "",
+            "cause": types_pb2.CAUSE_AGENT,
+            "actor": f"agent:{cluster}",
+        }
+        failed = report.sync == types_pb2.SYNC_STATUS_APPLY_FAILED
+        moved = (
             before is None
-            or before.sync != report.sync
             or before.bundle_digest != report.bundle_digest
-        ):
-            events.append({"kind": "apply-failed", "message": report.reason})
-        elif report.sync != types_pb2.SYNC_STATUS_APPLY_FAILED and (
-            before is None or before.bundle_digest != report.bundle_digest
-        ):
-            events.append(
+            or (before.revision != report.revision)
+        )
+        if failed and (moved or before is None or before.sync != report.sync):
+            self._pending_events.append(
+                {**common, "kind": "apply-failed", "message": report.reason}
+            )
+        elif not failed and moved:
+            self._pending_events.append(
                 {
+                    **common,
                     "kind": "applied",
                     "message": f"{status.short(report.revision)} applied on {cluster}",
                 }
             )
         if report.healed_resources:
-            events.append(
+            self._pending_events.append(
                 {
+                    **common,
                     "kind": "healed",
                     "message": f"self-healed {report.healed_resources} drifted resources",
                 }
             )
-        for e in events:
-            ev = await self.db.run(
-                self.db.append_event,
-                app=report.app,
-                cluster=cluster,
-                revision=report.revision,
-                previous_revision=before.revision if before else "",
-                cause=types_pb2.CAUSE_AGENT,
-                actor=f"agent:{cluster}",
-                **e,
-            )
-            self._announce(fleet_pb2.FleetChange(event=_event_pb(ev)))
+        if self._flush_task is None or self._flush_task.done():
+            self._flush_task = asyncio.ensure_future(self._flush_soon())
         if announce:
             self._announce_status(cluster, report.app)
+
+    async def _flush_soon(self) -> None:
+        await asyncio.sleep(0.2)  # gather what arrives together (a fan-out) into one write
+        await self.flush_reports()
+
+    async def flush_reports(self) -> None:
+        rows, self._pending_reports = list(self._pending_reports.values()), {}
+        events, self._pending_events = self._pending_events, []
+        if rows:
+            await self.db.run(self.db.upsert_all, "reports", rows, ("cluster", "app"))
+        for e in await self.db.run(self.db.append_events, events):
+            self._announce(fleet_pb2.FleetChange(event=_event_pb(e)))
 
     # ------------------------------------------------------------ operator actions
 
@@ -930,6 +944,7 @@ class Hub:
             q.put_nowait(change)
 
     async def history(self, *, app: str, cluster: str, limit: int) -> list[store.Event]:
+        await self.flush_reports()  # what agents just said belongs in the answer
         return await self.db.run(self.db.events, app=app, cluster=cluster, limit=limit or 200)
 
 

@@ -43,6 +43,7 @@ class Running:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.hub.flush_reports()
         self.hub.db.close()
 
     async def wait(self) -> None:

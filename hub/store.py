@@ -222,9 +222,21 @@ class Store:
         self.db.table(table).upsert(row, pk=pk)
 
     def upsert_all(self, table: str, rows: list[dict[str, Any]], pk: str | tuple[str, ...]) -> None:
-        if rows:
-            with self.db.conn:
-                self.db.table(table).upsert_all(rows, pk=pk)
+        """Insert or replace many rows in one transaction (plain SQL: sqlite-utils' per-row
+        introspection costs more than the write when thousands of agents report at once)."""
+        if not rows:
+            return
+        keys = (pk,) if isinstance(pk, str) else pk
+        cols = list(rows[0])
+        updates = ", ".join(f"[{c}] = excluded.[{c}]" for c in cols if c not in keys)
+        sql = (
+            f"INSERT INTO [{table}] ({', '.join(f'[{c}]' for c in cols)}) "
+            f"VALUES ({', '.join('?' for _ in cols)}) "
+            f"ON CONFLICT ({', '.join(f'[{k}]' for k in keys)}) DO UPDATE SET {updates}"
+        )
+        conn = self.db.conn
+        with conn:
+            conn.executemany(sql, [[r[c] for c in cols] for r in rows])
 
     def delete(self, table: str, where: str, args: Iterable[Any]) -> None:
         self.db.execute(f"DELETE FROM [{table}] WHERE {where}", list(args))
@@ -247,24 +259,27 @@ class Store:
     # ------------------------------------------------------------ events
 
     def append_event(self, **fields: Any) -> Event:
-        row: dict[str, Any] = {
-            "at": time.time(),
-            "app": "",
-            "cluster": "",
-            "revision": "",
-            "previous_revision": "",
-            "cause": 0,
-            "actor": "",
-            "kind": "",
-            "message": "",
-        }
-        row.update(fields)
-        table = self.db.table("events")
-        table.insert(row)
-        return Event(id=int(table.last_rowid or 0), **row)
+        return self.append_events([fields])[0]
 
     def append_events(self, rows: list[dict[str, Any]]) -> list[Event]:
-        return [self.append_event(**r) for r in rows]
+        """Append events in one transaction; they come back with their ids."""
+        out: list[Event] = []
+        conn = self.db.conn
+        with conn:
+            for fields in rows:
+                row: dict[str, Any] = {
+                    "at": time.time(), "app": "", "cluster": "", "revision": "",
+                    "previous_revision": "", "cause": 0, "actor": "", "kind": "", "message": "",
+                }  # fmt: skip
+                row.update(fields)
+                cur = conn.execute(
+                    "INSERT INTO events (at, app, cluster, revision, previous_revision, cause, "
+                    "actor, kind, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [row[k] for k in ("at", "app", "cluster", "revision", "previous_revision",
+                                      "cause", "actor", "kind", "message")],
+                )  # fmt: skip
+                out.append(Event(id=int(cur.lastrowid or 0), **row))
+        return out
 
     def events(self, *, app: str = "", cluster: str = "", limit: int = 200) -> list[Event]:
         where: list[str] = []

@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import os
 import pathlib
+import random
 import resource
 import tempfile
 import time
@@ -57,6 +58,7 @@ class FakeAgent:
         self.applied: dict[str, str] = {}  # app -> revision
         self.acked: dict[str, float] = {}  # revision -> when acknowledged
         self.bundles: dict[str, types_pb2.Bundle] = {}
+        self.failures: list[str] = []
 
     def csr(self) -> bytes:
         return (
@@ -67,6 +69,19 @@ class FakeAgent:
         )
 
     async def run(self, address: str, ca: bytes, ready: asyncio.Event) -> None:
+        """Stay connected like the real agent: redial with backoff when the stream fails."""
+        backoff = 0.5
+        while True:
+            try:
+                await self._session(address, ca, ready)
+            except grpc.aio.AioRpcError as e:
+                self.failures.append(e.code().name)
+            except OSError as e:
+                self.failures.append(type(e).__name__)
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, 10)
+
+    async def _session(self, address: str, ca: bytes, ready: asyncio.Event) -> None:
         key = self.key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
@@ -197,12 +212,13 @@ async def one_size(n: int, root: pathlib.Path) -> str:
         started = time.perf_counter()
         for i, f in enumerate(fakes):
             tasks.append(asyncio.create_task(f.run(address, ca, readies[i])))
-            if i % 200 == 199:
-                await asyncio.sleep(0.05)  # dial in waves, as a fleet coming online would
+            if i % 100 == 99:
+                await asyncio.sleep(0.1)  # dial in waves, as a fleet coming online would
         while sum(1 for f in fakes if f.applied.get("web") == first) < n:
             if time.perf_counter() - started > 600:
                 done = sum(1 for f in fakes if f.applied.get("web") == first)
-                raise SystemExit(f"only {done} of {n} connected")
+                failures = sorted({x for f in fakes for x in f.failures})
+                raise SystemExit(f"only {done} of {n} connected; failures: {failures[:5]}")
             await asyncio.sleep(0.2)
         connected = time.perf_counter() - started
         await asyncio.sleep(2)  # let the reports settle
@@ -235,7 +251,7 @@ async def one_size(n: int, root: pathlib.Path) -> str:
             f"hub RSS idle {idle:.0f} MB, with {n} agents {before:.0f} MB, "
             f"after fan-out {after:.0f} MB "
             f"({(after - idle) / n * 1024:.1f} KB/agent); registering took {registered:.1f} s, "
-            f"connecting {connected:.1f} s"
+            f"connecting {connected:.1f} s ({sum(len(f.failures) for f in fakes)} redials)"
         )
     finally:
         hub.process.stop()

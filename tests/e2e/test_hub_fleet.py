@@ -5,6 +5,7 @@ per-environment overrides. Tests in this module run in order against one fleet."
 from __future__ import annotations
 
 import dataclasses
+import json
 import pathlib
 import subprocess
 import time
@@ -597,3 +598,52 @@ def test_a_fleet_repository_works_as_it_is(world: Fleet) -> None:
         if c.app == shop and c.cluster in ENVS
     }
     assert targets == {"c1": "default", "c2": "test", "c3": "prod"}
+
+
+def test_the_admin_cli_talks_to_the_running_hub(world: Fleet) -> None:
+    def hub_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                str(fleet.BIN / "fleetops-hub"),
+                *args,
+                "--hub",
+                world.hub.address,
+                "--data",
+                str(world.hub.data),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+
+    status = hub_cli("status", "--output", "json")
+    assert status.returncode == 0, status.stderr
+    rows = {(r["cluster"], r["app"]): r for r in json.loads(status.stdout)["statuses"]}
+    web = rows[("c3", world.app("web"))]
+    assert (
+        web["sync"] == "Synced"
+        and web["health"] == "Healthy"
+        and web["connectivity"] == "Connected"
+    )
+    assert web["desired"] == web["applied"] and len(web["applied"]) == 40
+    text = hub_cli("status")
+    assert text.stdout.splitlines()[0].split()[:6] == [
+        "CLUSTER",
+        "APP",
+        "DESIRED",
+        "APPLIED",
+        "SYNC",
+        "HEALTH",
+    ]
+    token = hub_cli("token", "create", "--cluster", "c7", "--ttl", "10m")
+    assert token.returncode == 0 and len(token.stdout.strip().split(".")) == 3
+    assert (
+        hub_cli("rollback", world.app("web"), world.revs[0][:8], "--cluster", "c2").returncode == 0
+    )
+    history = hub_cli("history", world.app("web"), "--cluster", "c2")
+    assert "pinned" in history.stdout and "e2e" not in history.stderr
+    unpin = hub_cli("unpin", world.app("web"), "--cluster", "c2")
+    assert unpin.returncode == 0, unpin.stderr
+    missing = hub_cli("rollback", "no-such-app", "abc")
+    assert missing.returncode == 1 and "NOT_FOUND: no app 'no-such-app'" in missing.stderr
