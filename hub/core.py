@@ -402,11 +402,10 @@ class Hub:
             # triggers its own pass
             heads = dict(self.heads)
             await self._read_fleet_yamls(heads)
-            scope = (
-                sorted(self.clusters)
-                if clusters is None
-                else sorted(set(clusters) & set(self.clusters))
-            )
+            if clusters is None:
+                scope = sorted(self.clusters)
+            else:  # one connecting agent must not cost a pass over the whole fleet
+                scope = sorted(c for c in set(clusters) if c in self.clusters)
             changed: set[str] = set()
             rows: list[dict[str, Any]] = []
             events: list[dict[str, Any]] = []
@@ -424,7 +423,12 @@ class Hub:
                         rows.append(row)
                     if ev is not None:
                         events.append(ev)
-            gone = [(c, a) for (c, a) in self.assignments if self.cfg.app(a) is None and c in scope]
+            gone = [
+                (c, a)
+                for c in scope
+                for a in list(self._by_cluster.get(c, {}))
+                if self.cfg.app(a) is None
+            ]
             for c, a in gone:
                 await self._drop(c, a)
                 changed.add(c)

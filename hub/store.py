@@ -219,7 +219,7 @@ class Store:
         ]
 
     def upsert(self, table: str, row: dict[str, Any], pk: str | tuple[str, ...]) -> None:
-        self.db.table(table).upsert(row, pk=pk)
+        self.upsert_all(table, [row], pk)
 
     def upsert_all(self, table: str, rows: list[dict[str, Any]], pk: str | tuple[str, ...]) -> None:
         """Insert or replace many rows in one transaction (plain SQL: sqlite-utils' per-row
