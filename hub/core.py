@@ -398,6 +398,7 @@ class Hub:
         """Recompute assignments (for every cluster, or just `clusters`), write the changed
         ones in one transaction, record events, and push each changed cluster its set."""
         async with self._plan_lock:
+            started = time.perf_counter()
             # one consistent view of Git for the whole pass: a fetch landing meanwhile
             # triggers its own pass
             heads = dict(self.heads)
@@ -453,6 +454,12 @@ class Hub:
                 self.push_assignments(cluster)
                 for app_cfg in self.cfg.apps:
                     self._announce_status(cluster, app_cfg.name)
+            if clusters is None and changed:
+                log.info(
+                    "planned: %d clusters got new assignments in %.2f s",
+                    len(changed),
+                    time.perf_counter() - started,
+                )
 
     def _set_assignment(self, row: dict[str, Any]) -> None:
         self.assignments[(row["cluster"], row["app"])] = row
