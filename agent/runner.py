@@ -38,6 +38,14 @@ def _same(a: types_pb2.AppReport | None, b: types_pb2.AppReport) -> bool:
     return x == y and not b.healed_resources
 
 
+def _without_bundle(a: types_pb2.Assignment) -> types_pb2.Assignment:
+    """The assignment as kept on disk: its bundle is stored on its own."""
+    out = types_pb2.Assignment()
+    out.CopyFrom(a)
+    out.ClearField("bundle")
+    return out
+
+
 class Runner:
     def __init__(
         self,
@@ -253,12 +261,15 @@ class Runner:
                 log.info("app %s is no longer assigned; left as it is", stored.assignment.app)
         for a in wanted.values():
             have = self.local.load(a.app)
-            if have is not None and have.assignment == a:
+            if have is not None and have.assignment == _without_bundle(a):
                 continue
             if have is not None and bundles.digest(have.bundle) == a.bundle_digest:
                 bundle = have.bundle
+            elif a.HasField("bundle") and bundles.digest(a.bundle) == a.bundle_digest:
+                bundle = a.bundle  # small bundles come inside the assignment
             else:
                 bundle = await self._download(stub, a.bundle_digest)
+            a = _without_bundle(a)
             self.local.save(a, bundle)
             self._send(
                 agent_pb2.AgentMessage(ack=agent_pb2.Ack(app=a.app, generation=a.generation))

@@ -25,6 +25,7 @@ from proto.fleetops.v1 import agent_pb2, fleet_pb2, types_pb2
 
 log = logging.getLogger("fleetops.hub")
 CHUNK = 1024 * 1024
+INLINE_LIMIT = 256 * 1024
 
 
 @dataclasses.dataclass
@@ -86,6 +87,7 @@ class Hub:
         self.assignments: dict[tuple[str, str], dict[str, Any]] = {}
         self._by_cluster: dict[str, dict[str, dict[str, Any]]] = {}  # cluster -> app -> row
         self._bundle_cache: dict[str, bytes] = {}
+        self._inline: dict[str, types_pb2.Bundle] = {}
         self._pending_reports: dict[tuple[str, str], dict[str, Any]] = {}
         self._pending_events: list[dict[str, Any]] = []
         self._flush_task: asyncio.Future[None] | None = None
@@ -450,6 +452,9 @@ class Hub:
                 self._sync_requests.clear()
             for e in await self.db.run(self.db.append_events, events):
                 self._announce(fleet_pb2.FleetChange(event=_event_pb(e)))
+            await self._load_inline(
+                row["digest"] for c in changed for row in self._by_cluster.get(c, {}).values()
+            )
             for cluster in changed:
                 self.push_assignments(cluster)
                 for app_cfg in self.cfg.apps:
@@ -552,7 +557,7 @@ class Hub:
         msg = agent_pb2.Assignments()
         for _app, row in sorted(self._by_cluster.get(cluster, {}).items()):
             app = self.cfg.app(row["app"])
-            msg.assignments.add(
+            a = msg.assignments.add(
                 app=row["app"],
                 revision=row["revision"],
                 bundle_digest=row["digest"],
@@ -562,7 +567,23 @@ class Hub:
                 paused=bool(row["paused"]),
                 depends_on=list(app.depends_on) if app else [],
             )
+            inline = self._inline.get(row["digest"])
+            if inline is not None:
+                a.bundle.CopyFrom(inline)
+                a.bundle_size = inline.ByteSize()
         return msg
+
+    async def _load_inline(self, digests: Iterable[str]) -> None:
+        """Keep small bundles parsed in memory, to send them inside assignments."""
+        for digest in set(digests) - set(self._inline):
+            try:
+                data = await self.bundle_bytes(digest)
+            except errors.NotFound:
+                continue
+            if len(data) <= INLINE_LIMIT:
+                if len(self._inline) >= 256:
+                    self._inline.pop(next(iter(self._inline)))
+                self._inline[digest] = types_pb2.Bundle.FromString(data)
 
     def push_assignments(self, cluster: str) -> None:
         stream = self.streams.get(cluster)
@@ -622,6 +643,7 @@ class Hub:
             await self.report(cluster, report, announce=False)
         self._announce(fleet_pb2.FleetChange(cluster=self.cluster_pb(cluster)))
         await self.replan(clusters=[cluster])  # labels may have changed what it gets
+        await self._load_inline(row["digest"] for row in self._by_cluster.get(cluster, {}).values())
         stream.outbox.put_nowait(agent_pb2.HubMessage(assignments=self.assignments_for(cluster)))
         return stream
 

@@ -108,6 +108,9 @@ class FakeAgent:
                     if self.applied.get(a.app) == a.revision:
                         continue
                     bundle = self.bundles.get(a.bundle_digest)
+                    if bundle is None and a.HasField("bundle"):
+                        bundle = a.bundle
+                        assert bundles.digest(bundle) == a.bundle_digest
                     if bundle is None:
                         parts = [
                             c.data

@@ -382,6 +382,7 @@ class Assignment(_message.Message):
     PAUSED_FIELD_NUMBER: _builtins.int
     DEPENDS_ON_FIELD_NUMBER: _builtins.int
     BUNDLE_SIZE_FIELD_NUMBER: _builtins.int
+    BUNDLE_FIELD_NUMBER: _builtins.int
     app: _builtins.str
     revision: _builtins.str
     """commit SHA"""
@@ -397,6 +398,12 @@ class Assignment(_message.Message):
     def policy(self) -> Global___SyncPolicy: ...
     @_builtins.property
     def depends_on(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def bundle(self) -> Global___Bundle:
+        """The bundle itself when it is small (under 256 KiB): saves every agent a GetBundle round
+        trip when a revision fans out. Larger bundles are fetched with GetBundle.
+        """
+
     def __init__(
         self,
         *,
@@ -409,10 +416,11 @@ class Assignment(_message.Message):
         paused: _builtins.bool = ...,
         depends_on: _abc.Iterable[_builtins.str] | None = ...,
         bundle_size: _builtins.int = ...,
+        bundle: Global___Bundle | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle", "policy", b"policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "bundle_digest", b"bundle_digest", "bundle_size", b"bundle_size", "depends_on", b"depends_on", "generation", b"generation", "namespace", b"namespace", "paused", b"paused", "policy", b"policy", "revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "bundle", b"bundle", "bundle_digest", b"bundle_digest", "bundle_size", b"bundle_size", "depends_on", b"depends_on", "generation", b"generation", "namespace", b"namespace", "paused", b"paused", "policy", b"policy", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
