@@ -228,26 +228,29 @@ class Runner:
                     yield await outbox.get()
 
             call = stub.Connect(requests())
-            async for msg in call:
-                if not self.connected.is_set():
-                    # Only now is the stream up: reports made while dialling go out too, and
-                    # what happened offline (heals) has been told once and is not repeated.
-                    for app, report in self.reports.items():
-                        if in_hello.get(app) is not report:
-                            outbox.put_nowait(agent_pb2.AgentMessage(report=report))
-                    self._pending_heals.clear()
-                    for report in self.reports.values():
-                        report.healed_resources = 0
-                    self._outbox = outbox
-                    self.connected.set()
-                    log.info("connected to hub %s as cluster %s", self.address, self.me.cluster)
-                kind = msg.WhichOneof("msg")
-                if kind == "assignments":
-                    await self._assignments(stub, msg.assignments)
-                elif kind == "sync_now":
-                    for stored in self.local.load_all():
-                        if not msg.sync_now.app or stored.assignment.app == msg.sync_now.app:
-                            self.enqueue(stored.assignment.app)
+            try:
+                async for msg in call:
+                    if not self.connected.is_set():
+                        # Only now is the stream up: reports made while dialling go out too, and
+                        # what happened offline (heals) has been told once and is not repeated.
+                        for app, report in self.reports.items():
+                            if in_hello.get(app) is not report:
+                                outbox.put_nowait(agent_pb2.AgentMessage(report=report))
+                        self._pending_heals.clear()
+                        for report in self.reports.values():
+                            report.healed_resources = 0
+                        self._outbox = outbox
+                        self.connected.set()
+                        log.info("connected to hub %s as cluster %s", self.address, self.me.cluster)
+                    kind = msg.WhichOneof("msg")
+                    if kind == "assignments":
+                        await self._assignments(stub, msg.assignments)
+                    elif kind == "sync_now":
+                        for stored in self.local.load_all():
+                            if not msg.sync_now.app or stored.assignment.app == msg.sync_now.app:
+                                self.enqueue(stored.assignment.app)
+            finally:
+                call.cancel()  # ends grpc's reader of `requests` cleanly
 
     async def _assignments(
         self, stub: agent_pb2_grpc.AgentServiceStub, msg: agent_pb2.Assignments

@@ -154,3 +154,33 @@ async def test_the_fleet_api_needs_a_token(
             metadata=(("authorization", f"Bearer {hub.tokens['readonly']}"),),
         )
         assert [a.name for a in snap.apps] == ["web"]
+
+
+async def test_a_failed_fetch_keeps_the_last_good_revision_and_says_why(
+    running: tuple[server.Running, fleet.Repo, pathlib.Path],
+) -> None:
+    hub, repo, cfg = running
+    await eventually("the first fetch", lambda: hub.hub.heads.get("platform"))
+    good = hub.hub.heads["platform"]
+    cfg.write_text(cfg.read_text().replace(repo.url, repo.url + "-moved"))
+    await eventually("the fetch error", lambda: hub.hub.repo_status["platform"].error, 10)
+    status = hub.hub.repo_status["platform"]
+    assert "fetch from file://" in status.error and "failed" in status.error
+    assert hub.hub.heads["platform"] == good
+    snap = hub.hub.snapshot()
+    assert snap.repos[0].revision == good and snap.repos[0].error == status.error
+    assert 'fleetops_repo_fetch_ok{repo="platform"} 0' in await asyncio.to_thread(
+        get, hub.http_port, "/metrics"
+    )
+
+
+async def test_the_standard_grpc_health_service_answers(
+    running: tuple[server.Running, fleet.Repo, pathlib.Path],
+) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    hub, _, _ = running
+    creds = grpc.ssl_channel_credentials(root_certificates=hub.ca.cert_pem)
+    async with grpc.aio.secure_channel(f"127.0.0.1:{hub.grpc_port}", creds) as channel:
+        resp = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        assert resp.status == health_pb2.HealthCheckResponse.SERVING
