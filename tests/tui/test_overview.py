@@ -1,0 +1,231 @@
+"""The TUI against a real in-process hub: a Git repo, two apps, and FAKE agents (real gRPC
+clients with in-memory clusters, see tests/fakes.py) reporting healthy and degraded."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+import pytest
+import yaml
+from textual.widgets import DataTable, Input, Static
+
+from hub import render, server
+from proto.fleetops.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, fleet_pb2_grpc, types_pb2
+from tests import localkube
+from tests.e2e import fleet
+from tests.fakes import FakeAgent
+from tui import app as tui_app
+from tui import client as tui_client
+
+SIZE = (120, 30)
+
+
+@pytest.fixture
+async def hub(tmp_path: pathlib.Path) -> AsyncIterator[server.Running]:
+    repo = fleet.Repo.create(tmp_path / "git")
+    repo.write(
+        "apps/web/cm.yaml", {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "web"}}
+    )
+    repo.write(
+        "apps/api/cm.yaml", {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "api"}}
+    )
+    repo.commit("first")
+    cfg = tmp_path / "hub.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "repos": [{"name": "platform", "url": repo.url, "pollInterval": "1s"}],
+                "clusters": [
+                    {"name": "eu-1", "labels": {"env": "prod"}},
+                    {"name": "us-1", "labels": {"env": "dev"}},
+                ],
+                "apps": [
+                    {"name": "web", "repo": "platform", "path": "apps/web", "namespace": "web"},
+                    {
+                        "name": "api",
+                        "repo": "platform",
+                        "path": "apps/api",
+                        "namespace": "api",
+                        "sync": {"auto": False},
+                    },
+                ],
+            }
+        )
+    )
+    running = await server.start(
+        config_path=cfg,
+        data=tmp_path / "data",
+        listen="127.0.0.1:0",
+        agent_listen="127.0.0.1:0",
+        http_listen="127.0.0.1:0",
+        tools=render.Tools(helm=localkube.binary("helm"), kustomize=localkube.binary("kustomize")),
+    )
+    agents: list[asyncio.Task[None]] = []
+    try:
+        creds = grpc.ssl_channel_credentials(root_certificates=running.ca.cert_pem)
+        meta = (("authorization", f"Bearer {running.tokens['operator']}"),)
+        async with grpc.aio.secure_channel(f"127.0.0.1:{running.grpc_port}", creds) as ch:
+            for fake in (
+                FakeAgent("eu-1"),
+                FakeAgent(
+                    "us-1",
+                    health=types_pb2.HEALTH_STATUS_DEGRADED,
+                    reason="Deployment web/web: rollout stuck",
+                ),
+            ):
+                tok = await fleet_pb2_grpc.FleetServiceStub(ch).CreateToken(
+                    fleet_pb2.CreateTokenRequest(cluster=fake.name), metadata=meta
+                )
+                resp = await agent_pb2_grpc.AgentServiceStub(ch).Register(
+                    agent_pb2.RegisterRequest(token=tok.token, csr_pem=fake.csr())
+                )
+                fake.cert = resp.certificate_pem
+                agents.append(
+                    asyncio.create_task(
+                        fake.run(
+                            f"127.0.0.1:{running.agent_port}", running.ca.cert_pem, asyncio.Event()
+                        )
+                    )
+                )
+        yield running
+    finally:
+        for t in agents:
+            t.cancel()
+        await asyncio.gather(*agents, return_exceptions=True)
+        await running.stop()
+
+
+def client_for(hub: server.Running, role: str = "operator") -> tui_client.HubClient:
+    creds = tui_client.Credentials(f"127.0.0.1:{hub.grpc_port}", hub.ca.cert_pem, hub.tokens[role])
+    return tui_client.HubClient(creds, actor="tui-test")
+
+
+async def until(pilot: object, what: str, check: Callable[[], bool], within: float = 15.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while asyncio.get_running_loop().time() < deadline:
+        if check():
+            return
+        await pilot.pause(0.1)  # type: ignore[attr-defined]
+    app = pilot.app  # type: ignore[attr-defined]
+    shown = matrix_text(app) if app.screen.query("#matrix") else app.screen.__class__.__name__
+    raise AssertionError(f"{what} never happened; on screen: {shown}")
+
+
+def matrix_text(app: tui_app.FleetApp) -> dict[str, list[str]]:
+    table = app.screen.query_one("#matrix", DataTable)
+    return {
+        str(row.key.value): [str(c) for c in table.get_row(row.key)] for row in table.ordered_rows
+    }
+
+
+async def test_the_overview_shows_every_cluster_and_app_with_their_state(
+    hub: server.Running,
+) -> None:
+    app = tui_app.make_app(client=client_for(hub))
+    async with app.run_test(size=SIZE) as pilot:
+        await until(
+            pilot,
+            "both clusters reporting web",
+            lambda: sum("Synced" in r[3] for r in matrix_text(app).values()) == 2,
+        )
+        rows = matrix_text(app)
+        assert set(rows) == {"eu-1", "us-1"}
+        assert rows["eu-1"][1] == "Connected"
+        assert rows["eu-1"][3].startswith("Synced Healthy")  # columns: cluster, agent, api, web
+        assert rows["us-1"][3].startswith("Synced Degraded")
+        assert rows["eu-1"][2].startswith("Pending")  # api has no auto-sync
+        counts = str(app.screen.query_one("#counts", Static).render())
+        assert "2 of 2 clusters, 2 apps" in counts and "need attention" in counts
+        assert "live" in str(app.screen.query_one("#connection", Static).render())
+
+
+async def test_filter_by_label_and_by_state(hub: server.Running) -> None:
+    app = tui_app.make_app(client=client_for(hub))
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, "two rows", lambda: len(matrix_text(app)) == 2)
+        await pilot.press("slash")
+        app.screen.query_one("#filter", Input).value = "env=dev"  # as typed
+        await until(pilot, "the filter to apply", lambda: set(matrix_text(app)) == {"us-1"})
+        await pilot.press("escape")
+        await until(pilot, "the filter to clear", lambda: len(matrix_text(app)) == 2)
+        await pilot.press("slash", *"degraded")  # typed key by key
+        await until(pilot, "the state filter", lambda: set(matrix_text(app)) == {"us-1"})
+
+
+async def test_sync_asks_first_then_the_hub_records_it(hub: server.Running) -> None:
+    app = tui_app.make_app(client=client_for(hub))
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, "two rows", lambda: len(matrix_text(app)) == 2)
+        table = app.screen.query_one("#matrix", DataTable)
+        table.focus()
+        table.move_cursor(row=0, column=2)  # eu-1 / api
+        await pilot.press("s")
+        await until(pilot, "the confirmation", lambda: app.screen.__class__.__name__ == "Confirm")
+        await pilot.press("n")
+        await pilot.pause(0.3)
+        assert not [
+            e for e in hub.hub.db.call(hub.hub.db.events, app="api") if e.kind == "sync-requested"
+        ]
+        await pilot.press("s", "y")
+        await until(
+            pilot,
+            "the sync to reach the hub",
+            lambda: any(
+                e.kind == "sync-requested" and e.actor == "tui-test"
+                for e in hub.hub.db.call(hub.hub.db.events, app="api")
+            ),
+        )
+        await until(
+            pilot, "api to be applied on eu-1", lambda: "Synced" in matrix_text(app)["eu-1"][2]
+        )
+
+
+async def test_a_read_only_token_is_told_why_it_cannot_act(hub: server.Running) -> None:
+    app = tui_app.make_app(client=client_for(hub, "readonly"))
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, "two rows", lambda: len(matrix_text(app)) == 2)
+        table = app.screen.query_one("#matrix", DataTable)
+        table.focus()
+        table.move_cursor(row=0, column=3)
+        await pilot.press("p", "y")
+        await until(
+            pilot,
+            "the refusal",
+            lambda: any("needs an operator token" in str(n.message) for n in app._notifications),
+        )
+        assert not hub.hub.paused
+
+
+async def test_help_and_the_app_detail(hub: server.Running) -> None:
+    app = tui_app.make_app(client=client_for(hub))
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, "two rows", lambda: len(matrix_text(app)) == 2)
+        await pilot.press("question_mark")
+        await until(pilot, "help", lambda: app.screen.__class__.__name__ == "Help")
+        await pilot.press("escape")
+        table = app.screen.query_one("#matrix", DataTable)
+        table.focus()
+        table.move_cursor(row=1, column=3)  # us-1 / web
+        await pilot.press("enter")
+        await until(pilot, "the app screen", lambda: app.screen.__class__.__name__ == "AppDetail")
+        clusters = app.screen.query_one("#clusters", DataTable)
+        reasons = {
+            str(r.key.value): str(clusters.get_row(r.key)[-1]) for r in clusters.ordered_rows
+        }
+        assert reasons["us-1"] == "Deployment web/web: rollout stuck"
+
+
+async def test_a_lost_hub_is_shown_and_the_data_marked_stale(hub: server.Running) -> None:
+    app = tui_app.make_app(client=client_for(hub))
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, "live", lambda: app.live)
+        await hub._server.stop(grace=0)
+        line = app.screen.query_one("#connection", Static)
+        await until(
+            pilot, "the lost connection to show", lambda: "stale since" in str(line.render())
+        )
+        assert line.has_class("stale")
+        assert len(matrix_text(app)) == 2, "the last known fleet stays on screen"

@@ -1,0 +1,97 @@
+"""The Textual app: holds the fleet model, keeps it live from the hub's Watch stream in a
+worker, and runs the operator's actions. `make_app(client=...)` lets tests hand in a client."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+from textual import work
+from textual.app import App
+
+from tui import client as hubclient
+from tui import messages, model
+from tui.screens import overview
+
+
+class FleetApp(App[None]):
+    CSS_PATH = "fleet.tcss"
+    TITLE = "fleetops"
+
+    def __init__(self, client: hubclient.HubClient) -> None:
+        super().__init__()
+        self.client = client
+        self.fleet = model.Fleet()
+        self.live = False
+
+    def on_mount(self) -> None:
+        self.push_screen(overview.Overview())
+        self.watch_hub()
+
+    async def on_unmount(self) -> None:
+        await self.client.close()
+
+    def _tell(self, msg: messages.FleetChanged | messages.ConnectionChanged) -> None:
+        for screen in self.screen_stack:
+            screen.post_message(msg)
+
+    @work(exclusive=True, group="watch")
+    async def watch_hub(self) -> None:
+        """Stream changes from the hub; on a lost connection say so, keep the last data marked
+        stale, and retry with backoff."""
+        backoff = 1.0
+        lost_at = 0.0
+        while True:
+            try:
+                async for change in self.client.watch():
+                    if not self.live:
+                        self.live = True
+                        backoff = 1.0
+                        self._tell(
+                            messages.ConnectionChanged(True, f"live: {self.client.creds.address}")
+                        )
+                    self.fleet.apply(change)
+                    self._tell(messages.FleetChanged())
+                reason = "the hub closed the stream"
+            except grpc.aio.AioRpcError as e:
+                reason = f"{e.code().name}: {e.details()}"
+                if e.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                    self._tell(messages.ConnectionChanged(False, f"refused by the hub: {reason}"))
+                    return
+            if self.live or not lost_at:
+                lost_at = time.time()
+            self.live = False
+            stamp = time.strftime("%H:%M:%S", time.localtime(lost_at))
+            self._tell(
+                messages.ConnectionChanged(
+                    False,
+                    f"connection lost ({reason}); data is stale since {stamp}; "
+                    f"retrying in {backoff:.0f} s",
+                )
+            )
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+    @work(group="actions")
+    async def act(self, action: str, app: str, cluster: str = "") -> None:
+        try:
+            if action == "sync":
+                message = await self.client.sync(app, cluster)
+            elif action == "unpin":
+                message = await self.client.unpin(app, cluster)
+            elif action in ("pause", "resume"):
+                message = await self.client.pause(app, paused=action == "pause")
+            else:
+                raise ValueError(action)
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.PERMISSION_DENIED:
+                self.notify(f"{action} refused: {e.details()}", severity="error", timeout=8)
+            else:
+                self.notify(f"{action} failed: {e.details()}", severity="error", timeout=8)
+            return
+        self.notify(message)
+
+
+def make_app(*, client: hubclient.HubClient) -> FleetApp:
+    return FleetApp(client)

@@ -1,0 +1,137 @@
+"""The fleet as the TUI holds it: a snapshot kept current by the hub's change stream, and the
+matrix it shows (clusters x apps, worst-wins). Pure: no Textual, no gRPC calls."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+from proto.fleetops.v1 import fleet_pb2, types_pb2
+
+SYNC = {
+    types_pb2.SYNC_STATUS_SYNCED: "Synced",
+    types_pb2.SYNC_STATUS_OUT_OF_SYNC: "OutOfSync",
+    types_pb2.SYNC_STATUS_APPLYING: "Applying",
+    types_pb2.SYNC_STATUS_APPLY_FAILED: "ApplyFailed",
+    types_pb2.SYNC_STATUS_PENDING: "Pending",
+    types_pb2.SYNC_STATUS_UNSPECIFIED: "Unknown",
+}
+HEALTH = {
+    types_pb2.HEALTH_STATUS_HEALTHY: "Healthy",
+    types_pb2.HEALTH_STATUS_PROGRESSING: "Progressing",
+    types_pb2.HEALTH_STATUS_DEGRADED: "Degraded",
+    types_pb2.HEALTH_STATUS_SUSPENDED: "Suspended",
+    types_pb2.HEALTH_STATUS_MISSING: "Missing",
+    types_pb2.HEALTH_STATUS_UNKNOWN: "Unknown",
+    types_pb2.HEALTH_STATUS_UNSPECIFIED: "Unknown",
+}
+CONNECTIVITY = {
+    types_pb2.CONNECTIVITY_CONNECTED: "Connected",
+    types_pb2.CONNECTIVITY_DISCONNECTED: "Disconnected",
+    types_pb2.CONNECTIVITY_NEVER_SEEN: "NeverSeen",
+    types_pb2.CONNECTIVITY_UNSPECIFIED: "Unknown",
+}
+
+# worst wins: the level decides the colour of a cell, a row and a column
+OK, WAIT, WARN, BAD = 0, 1, 2, 3
+LEVEL_CLASS = {OK: "ok", WAIT: "wait", WARN: "warn", BAD: "bad"}
+
+
+def level(cell: fleet_pb2.ClusterAppStatus) -> int:
+    if (
+        cell.sync == types_pb2.SYNC_STATUS_APPLY_FAILED
+        or cell.health == types_pb2.HEALTH_STATUS_DEGRADED
+    ):
+        return BAD
+    if cell.sync == types_pb2.SYNC_STATUS_OUT_OF_SYNC or cell.health in (
+        types_pb2.HEALTH_STATUS_MISSING,
+        types_pb2.HEALTH_STATUS_UNKNOWN,
+    ):
+        return WARN
+    if cell.sync in (types_pb2.SYNC_STATUS_PENDING, types_pb2.SYNC_STATUS_APPLYING) or (
+        cell.health == types_pb2.HEALTH_STATUS_PROGRESSING
+    ):
+        return WAIT
+    return OK
+
+
+def short(rev: str) -> str:
+    return rev[:7] if rev else "-"
+
+
+def cell_text(cell: fleet_pb2.ClusterAppStatus) -> str:
+    """`Synced Healthy a1b2c3d`, or `OutOfSync Healthy a1b2c3d→e4f5a6b` when they differ."""
+    rev = short(cell.applied_revision)
+    if cell.desired_revision and cell.desired_revision != cell.applied_revision:
+        rev = f"{short(cell.applied_revision)}→{short(cell.desired_revision)}"
+    pin = "📌" if cell.pinned_revision else ""
+    return f"{SYNC[cell.sync]} {HEALTH[cell.health]} {rev}{pin}"
+
+
+@dataclasses.dataclass
+class Fleet:
+    clusters: dict[str, types_pb2.Cluster] = dataclasses.field(default_factory=dict)
+    apps: dict[str, fleet_pb2.App] = dataclasses.field(default_factory=dict)
+    cells: dict[tuple[str, str], fleet_pb2.ClusterAppStatus] = dataclasses.field(
+        default_factory=dict
+    )
+    repos: dict[str, fleet_pb2.RepoStatus] = dataclasses.field(default_factory=dict)
+    events: list[types_pb2.Event] = dataclasses.field(default_factory=list)
+    version: int = 0
+
+    def load(self, snap: fleet_pb2.Snapshot) -> None:
+        self.clusters = {c.name: c for c in snap.clusters}
+        self.apps = {a.name: a for a in snap.apps}
+        self.cells = {(s.cluster, s.app): s for s in snap.statuses}
+        self.repos = {r.name: r for r in snap.repos}
+        self.version = snap.version
+
+    def apply(self, change: fleet_pb2.FleetChange) -> None:
+        kind = change.WhichOneof("change")
+        if kind == "snapshot":
+            self.load(change.snapshot)
+        elif kind == "cluster":
+            self.clusters[change.cluster.name] = change.cluster
+        elif kind == "app":
+            self.apps[change.app.name] = change.app
+        elif kind == "status":
+            self.cells[(change.status.cluster, change.status.app)] = change.status
+        elif kind == "repo":
+            self.repos[change.repo.name] = change.repo
+        elif kind == "event":
+            self.events.append(change.event)
+            del self.events[:-500]
+        self.version = max(self.version, change.version)
+
+    def matches(self, cluster: str, query: str) -> bool:
+        """Free text against the cluster's name, its labels (`env=prod`) and its cells' states."""
+        if not query:
+            return True
+        c = self.clusters.get(cluster)
+        words = [cluster]
+        if c is not None:
+            words += [f"{k}={v}" for k, v in c.labels.items()] + [CONNECTIVITY[c.connectivity]]
+        for (cl, _app), cell in self.cells.items():
+            if cl == cluster:
+                words += [SYNC[cell.sync], HEALTH[cell.health]]
+        q = query.lower()
+        return any(q in w.lower() for w in words)
+
+    def cluster_names(self, query: str = "", sort: str = "name") -> list[str]:
+        names = [c for c in self.clusters if self.matches(c, query)]
+        if sort == "worst":
+            return sorted(names, key=lambda c: (-self.row_level(c), c))
+        return sorted(names)
+
+    def row_level(self, cluster: str) -> int:
+        levels = [level(cell) for (c, _a), cell in self.cells.items() if c == cluster]
+        conn = self.clusters.get(cluster)
+        if conn is not None and conn.connectivity != types_pb2.CONNECTIVITY_CONNECTED:
+            levels.append(WARN)
+        return max(levels, default=OK)
+
+    def counts(self, cells: Iterable[fleet_pb2.ClusterAppStatus]) -> str:
+        cells = list(cells)
+        good = sum(1 for c in cells if level(c) == OK)
+        bad = sum(1 for c in cells if level(c) >= WARN)
+        return f"{good}/{len(cells)} ok" + (f", {bad} need attention" if bad else "")

@@ -1,0 +1,111 @@
+"""One app across the fleet: per cluster desired and applied revision, sync, health, reason;
+the selected cluster's resources with their drifted fields."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Static
+
+from tui import messages, model
+
+if TYPE_CHECKING:
+    from tui.app import FleetApp
+
+STYLE = {model.OK: "green", model.WAIT: "yellow", model.WARN: "dark_orange", model.BAD: "bold red"}
+
+
+class AppDetail(Screen[None]):
+    BINDINGS = [
+        Binding("escape,backspace", "app.pop_screen", "back"),
+        Binding("q", "app.quit", "quit"),
+    ]
+
+    def __init__(self, app_name: str) -> None:
+        super().__init__()
+        self.app_name = app_name
+
+    @property
+    def fleet_app(self) -> FleetApp:
+        return self.app  # type: ignore[return-value]
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("", id="summary")
+        yield DataTable(id="clusters", cursor_type="row")
+        yield Static("resources of the selected cluster", id="resources-title")
+        yield DataTable(id="resources", cursor_type="row")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.title = f"app {self.app_name}"
+        self.refresh_view()
+
+    def on_fleet_changed(self, _msg: messages.FleetChanged) -> None:
+        self.refresh_view()
+
+    def refresh_view(self) -> None:
+        fleet = self.fleet_app.fleet
+        app = fleet.apps.get(self.app_name)
+        summary = self.query_one("#summary", Static)
+        if app is None:
+            summary.update(f"app {self.app_name} is no longer in hub.yaml")
+            return
+        errors = [f"{t.name}: {t.render_error}" for t in app.targets if t.render_error]
+        summary.update(
+            f"{app.repo}:{app.path} → namespace {app.namespace or '-'}   "
+            f"head {model.short(app.head_revision)}"
+            + (f"   pinned {model.short(app.pinned_revision)}" if app.pinned_revision else "")
+            + ("   PAUSED" if app.paused else "")
+            + ("".join(f"\nrender error {e}" for e in errors))
+        )
+        table = self.query_one("#clusters", DataTable)
+        selected = table.cursor_row
+        table.clear(columns=True)
+        table.add_columns("CLUSTER", "TARGET", "DESIRED", "APPLIED", "SYNC", "HEALTH", "REASON")
+        cells = sorted(
+            (c for (_cl, a), c in fleet.cells.items() if a == self.app_name),
+            key=lambda c: c.cluster,
+        )
+        for cell in cells:
+            style = STYLE[model.level(cell)]
+            table.add_row(
+                cell.cluster,
+                cell.target,
+                model.short(cell.desired_revision),
+                model.short(cell.applied_revision),
+                Text(model.SYNC[cell.sync], style=style),
+                Text(model.HEALTH[cell.health], style=style),
+                cell.reason,
+                key=cell.cluster,
+            )
+        if cells:
+            table.move_cursor(row=min(selected, len(cells) - 1))
+            self.show_resources(cells[table.cursor_row].cluster)
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.data_table.id == "clusters" and event.row_key is not None:
+            self.show_resources(str(event.row_key.value))
+
+    def show_resources(self, cluster: str) -> None:
+        cell = self.fleet_app.fleet.cells.get((cluster, self.app_name))
+        table = self.query_one("#resources", DataTable)
+        table.clear(columns=True)
+        table.add_columns("KIND", "NAMESPACE/NAME", "SYNC", "HEALTH", "MESSAGE / DRIFT")
+        self.query_one("#resources-title", Static).update(f"resources on {cluster}")
+        if cell is None:
+            return
+        for r in cell.resources:
+            drift = "; ".join(f"{d.path}: Git {d.desired} ≠ live {d.live}" for d in r.drift)
+            where = f"{r.ref.namespace}/{r.ref.name}" if r.ref.namespace else r.ref.name
+            table.add_row(
+                r.ref.kind,
+                where,
+                model.SYNC[r.sync],
+                model.HEALTH[r.health],
+                Text(drift, style="dark_orange") if drift else r.message,
+            )

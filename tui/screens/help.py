@@ -1,0 +1,42 @@
+"""`?`: every key, and what the colours mean."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Static
+
+HELP = """\
+[b]fleetops[/b]: clusters down, apps across; each cell is sync, health and revision
+(applied→desired when they differ, 📌 when pinned).
+
+[b]Keys[/b]
+  arrows / mouse   move between cells
+  enter            the app in this column: every cluster, reasons, resources, drift
+  /                filter by cluster name, label (env=prod) or state (Degraded, OutOfSync)
+  o                sort by name or worst first
+  s                sync the app in this column now (asks first)
+  u                unpin the app in this column (after a rollback)
+  p                pause or resume the app in this column
+  ?                this help          q  quit
+
+[b]Colours[/b] (worst wins)
+  green  Synced and Healthy         yellow  Pending, Applying or Progressing
+  orange OutOfSync, Missing, Unknown, or the cluster is offline
+  red    ApplyFailed or Degraded
+
+A read-only token can look at everything and change nothing.
+"""
+
+
+class Help(ModalScreen[None]):
+    BINDINGS = [Binding("escape,q,question_mark", "dismiss_help", "close")]
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="help"):
+            yield Static(HELP)
+
+    def action_dismiss_help(self) -> None:
+        self.dismiss(None)
