@@ -809,6 +809,7 @@ class Hub:
             "auto-sync holds until unpinned",
         )
         await self.replan(cause=types_pb2.CAUSE_ROLLBACK, actor=actor)
+        self.announce_app(app.name)
         return ev
 
     async def unpin(self, app_name: str, cluster: str, actor: str) -> store.Event:
@@ -828,6 +829,7 @@ class Hub:
             message=f"{app.name} unpinned by {actor}; auto-sync resumes",
         )
         await self.replan(cause=types_pb2.CAUSE_USER, actor=actor)
+        self.announce_app(app.name)
         return ev
 
     async def pause(self, app_name: str, reason: str, actor: str, *, paused: bool) -> store.Event:
@@ -851,7 +853,17 @@ class Hub:
             + (f": {reason}" if reason else ""),
         )
         await self.replan(cause=types_pb2.CAUSE_USER, actor=actor)
+        self.announce_app(app.name)
         return ev
+
+    def announce_app(self, name: str) -> None:
+        """An operator pinned or paused an app: its header and every cell read differently."""
+        app = self.cfg.app(name)
+        if app is None or not self.watchers:
+            return
+        self._announce(fleet_pb2.FleetChange(app=self.app_pb(app)))
+        for cluster in self.clusters:
+            self._announce_status(cluster, name)
 
     async def record(self, **fields: Any) -> store.Event:
         ev = await self.db.run(self.db.append_event, **fields)
@@ -942,7 +954,9 @@ class Hub:
             render_error=render_error,
             wanted_revision=head,
         )
-        out.pinned_revision = self.pins.get((app.name, cluster), "")
+        out.pinned_revision = self.pins.get((app.name, cluster), "") or self.pins.get(
+            (app.name, ""), ""
+        )
         return out
 
     def snapshot(self) -> fleet_pb2.Snapshot:

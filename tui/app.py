@@ -74,9 +74,11 @@ class FleetApp(App[None]):
             backoff = min(backoff * 2, 30.0)
 
     @work(group="actions")
-    async def act(self, action: str, app: str, cluster: str = "") -> None:
+    async def act(self, action: str, app: str, cluster: str = "", revision: str = "") -> None:
         try:
-            if action == "sync":
+            if action == "rollback":
+                message = await self.client.rollback(app, revision, cluster)
+            elif action == "sync":
                 message = await self.client.sync(app, cluster)
             elif action == "unpin":
                 message = await self.client.unpin(app, cluster)

@@ -229,3 +229,27 @@ async def test_a_lost_hub_is_shown_and_the_data_marked_stale(hub: server.Running
         )
         assert line.has_class("stale")
         assert len(matrix_text(app)) == 2, "the last known fleet stays on screen"
+
+
+async def test_roll_back_to_a_revision_picked_from_the_history(hub: server.Running) -> None:
+    app = tui_app.make_app(client=client_for(hub))
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, "two rows", lambda: len(matrix_text(app)) == 2)
+        table = app.screen.query_one("#matrix", DataTable)
+        table.move_cursor(row=0, column=3)  # web
+        await pilot.press("h")
+        await until(pilot, "the history", lambda: app.screen.__class__.__name__ == "History")
+        events = app.screen.query_one("#events", DataTable)
+        await until(pilot, "events to load", lambda: events.row_count > 0)
+        kinds = [str(events.get_row(r.key)[1]) for r in events.ordered_rows]
+        assert "assigned" in kinds and "applied" in kinds
+        events.move_cursor(row=kinds.index("assigned"))
+        await pilot.press("r")
+        await until(pilot, "the confirmation", lambda: app.screen.__class__.__name__ == "Confirm")
+        await pilot.press("y")
+        head = hub.hub.heads["platform"]
+        await until(pilot, "the pin", lambda: hub.hub.pins.get(("web", "")) == head)
+        await pilot.press("escape")
+        await until(
+            pilot, "the pin mark in the matrix", lambda: "📌" in matrix_text(app)["eu-1"][3]
+        )

@@ -20,6 +20,7 @@ HELP = """\
   s                sync the app in this column now (asks first)
   u                unpin the app in this column (after a rollback)
   p                pause or resume the app in this column
+  h                the app's history; there, r rolls back to the selected revision
   ?                this help          q  quit
 
 [b]Colours[/b] (worst wins)

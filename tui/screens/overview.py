@@ -11,7 +11,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from tui import messages, model
-from tui.screens import app_detail, confirm, help
+from tui.screens import app_detail, confirm, help, history
 
 if TYPE_CHECKING:
     from tui.app import FleetApp
@@ -27,6 +27,7 @@ class Overview(Screen[None]):
         Binding("s", "sync", "sync"),
         Binding("u", "unpin", "unpin"),
         Binding("p", "pause", "pause/resume"),
+        Binding("h", "history", "history / roll back"),
         Binding("question_mark", "help", "help"),
         Binding("q", "quit", "quit"),
         Binding("escape", "clear_filter", show=False),
@@ -158,6 +159,11 @@ class Overview(Screen[None]):
         app = self._app_or_say()
         if app:
             self.app.push_screen(app_detail.AppDetail(app))
+
+    def action_history(self) -> None:
+        app = self._app_or_say()
+        if app:
+            self.app.push_screen(history.History(app))
 
     def on_data_table_cell_selected(self, _event: DataTable.CellSelected) -> None:
         self.action_open_app()

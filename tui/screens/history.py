@@ -1,0 +1,96 @@
+"""An app's history (who, what, when, why), and rolling back to a revision picked from it."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import grpc
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Static
+
+from tui.screens import confirm
+
+if TYPE_CHECKING:
+    from tui.app import FleetApp
+
+CAUSES = {0: "", 1: "auto", 2: "user", 3: "rollback", 4: "rollout", 5: "agent"}
+
+
+class History(Screen[None]):
+    BINDINGS = [
+        Binding("r", "rollback", "roll back to this revision"),
+        Binding("escape,backspace", "app.pop_screen", "back"),
+        Binding("q", "app.quit", "quit"),
+    ]
+
+    def __init__(self, app_name: str) -> None:
+        super().__init__()
+        self.app_name = app_name
+        self.revisions: dict[str, str] = {}
+
+    @property
+    def fleet_app(self) -> FleetApp:
+        return self.app  # type: ignore[return-value]
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("loading history…", id="history-status")
+        yield DataTable(id="events", cursor_type="row", zebra_stripes=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.title = f"history of {self.app_name}"
+        table = self.query_one("#events", DataTable)
+        table.add_columns("WHEN (UTC)", "WHAT", "CLUSTER", "REVISION", "WHY", "WHO", "MESSAGE")
+        table.focus()
+        self.load()
+
+    @work(exclusive=True)
+    async def load(self) -> None:
+        status = self.query_one("#history-status", Static)
+        try:
+            events = await self.fleet_app.client.history(app=self.app_name)
+        except grpc.aio.AioRpcError as err:
+            status.update(f"cannot load the history: {err.details()}")
+            return
+        table = self.query_one("#events", DataTable)
+        table.clear()
+        self.revisions = {}
+        for e in events:
+            key = str(e.id)
+            self.revisions[key] = e.revision
+            table.add_row(
+                time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.at.seconds)),
+                e.kind,
+                e.cluster or "*",
+                e.revision[:8] or "-",
+                CAUSES.get(e.cause, ""),
+                e.actor,
+                e.message,
+                key=key,
+            )
+        status.update(f"{len(events)} events, newest first; r rolls back to the selected revision")
+
+    def action_rollback(self) -> None:
+        table = self.query_one("#events", DataTable)
+        if not table.row_count:
+            return
+        row_key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
+        revision = self.revisions.get(str(row_key.value), "")
+        if not revision:
+            self.notify("this event has no revision; pick another row", severity="warning")
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.fleet_app.act("rollback", self.app_name, revision=revision)
+
+        question = (
+            f"Roll back [b]{self.app_name}[/b] to [b]{revision[:8]}[/b] on every cluster?\n"
+            "Auto-sync holds this pin until you unpin (u)."
+        )
+        self.app.push_screen(confirm.Confirm(question), answered)
