@@ -59,13 +59,37 @@ def short(rev: str) -> str:
     return rev[:7] if rev else "-"
 
 
-def cell_text(cell: fleet_pb2.ClusterAppStatus) -> str:
-    """`Synced Healthy a1b2c3d`, or `OutOfSync Healthy a1b2c3d→e4f5a6b` when they differ."""
-    rev = short(cell.applied_revision)
-    if cell.desired_revision and cell.desired_revision != cell.applied_revision:
-        rev = f"{short(cell.applied_revision)}→{short(cell.desired_revision)}"
+SYNC_SHORT = {
+    "Synced": "ok",
+    "OutOfSync": "OOS",
+    "Applying": "apply",
+    "ApplyFailed": "FAIL",
+    "Pending": "pend",
+    "Unknown": "?",
+}
+HEALTH_SHORT = {
+    "Healthy": "ok",
+    "Progressing": "prog",
+    "Degraded": "DEGR",
+    "Suspended": "susp",
+    "Missing": "miss",
+    "Unknown": "?",
+}
+
+
+def cell_text(cell: fleet_pb2.ClusterAppStatus, *, compact: bool = False) -> str:
+    """`Synced Healthy a1b2c3d`, or `OutOfSync Healthy a1b2c3d→e4f5a6b` when they differ.
+    Compact (narrow terminals): `ok/ok a1b2c3d`, `pend/ok →e4f5a6b`."""
     pin = "📌" if cell.pinned_revision else ""
-    return f"{SYNC[cell.sync]} {HEALTH[cell.health]} {rev}{pin}"
+    differs = cell.desired_revision and cell.desired_revision != cell.applied_revision
+    sync, health = SYNC[cell.sync], HEALTH[cell.health]
+    if compact:
+        rev = f"→{short(cell.desired_revision)}" if differs else short(cell.applied_revision)
+        return f"{SYNC_SHORT[sync]}/{HEALTH_SHORT[health]} {rev}{pin}"
+    rev = short(cell.applied_revision)
+    if differs:
+        rev = f"{short(cell.applied_revision)}→{short(cell.desired_revision)}"
+    return f"{sync} {health} {rev}{pin}"
 
 
 @dataclasses.dataclass

@@ -16,7 +16,12 @@ from tui import messages, model
 if TYPE_CHECKING:
     from tui.app import FleetApp
 
-STYLE = {model.OK: "green", model.WAIT: "yellow", model.WARN: "dark_orange", model.BAD: "bold red"}
+STYLE = {
+    model.OK: "green",
+    model.WAIT: "deep_sky_blue1",
+    model.WARN: "dark_orange",
+    model.BAD: "bold red",
+}
 
 
 class AppDetail(Screen[None]):
@@ -95,7 +100,7 @@ class AppDetail(Screen[None]):
         cell = self.fleet_app.fleet.cells.get((cluster, self.app_name))
         table = self.query_one("#resources", DataTable)
         table.clear(columns=True)
-        table.add_columns("KIND", "NAMESPACE/NAME", "SYNC", "HEALTH", "MESSAGE / DRIFT")
+        table.add_columns("KIND", "OBJECT", "SYNC", "HEALTH", "MESSAGE / DRIFT")
         self.query_one("#resources-title", Static).update(f"resources on {cluster}")
         if cell is None:
             return

@@ -10,7 +10,8 @@ from textual.widgets import Static
 
 HELP = """\
 [b]fleetops[/b]: clusters down, apps across; each cell is sync, health and revision
-(applied→desired when they differ, 📌 when pinned).
+(applied→desired when they differ, 📌 when pinned). Narrow terminals show short cells:
+ok/ok = Synced/Healthy, OOS = OutOfSync, pend = Pending, FAIL = ApplyFailed, DEGR = Degraded.
 
 [b]Keys[/b]
   arrows / mouse   move between cells
@@ -24,7 +25,7 @@ HELP = """\
   ?                this help          q  quit
 
 [b]Colours[/b] (worst wins)
-  green  Synced and Healthy         yellow  Pending, Applying or Progressing
+  green  Synced and Healthy         blue    Pending, Applying or Progressing
   orange OutOfSync, Missing, Unknown, or the cluster is offline
   red    ApplyFailed or Degraded
 

@@ -16,7 +16,12 @@ from tui.screens import app_detail, confirm, help, history
 if TYPE_CHECKING:
     from tui.app import FleetApp
 
-STYLE = {model.OK: "green", model.WAIT: "yellow", model.WARN: "dark_orange", model.BAD: "bold red"}
+STYLE = {
+    model.OK: "green",
+    model.WAIT: "deep_sky_blue1",
+    model.WARN: "dark_orange",
+    model.BAD: "bold red",
+}
 
 
 class Overview(Screen[None]):
@@ -62,6 +67,9 @@ class Overview(Screen[None]):
     def on_fleet_changed(self, _msg: messages.FleetChanged) -> None:
         self.refresh_matrix()
 
+    def on_resize(self) -> None:
+        self.refresh_matrix()
+
     def on_connection_changed(self, msg: messages.ConnectionChanged) -> None:
         line = self.query_one("#connection", Static)
         line.update(Text(msg.detail, style="green" if msg.live else "bold dark_orange"))
@@ -81,6 +89,8 @@ class Overview(Screen[None]):
             worst = max((model.level(x) for x in column_cells), default=model.OK)
             paused = " ⏸" if fleet.apps[a].paused else ""
             table.add_column(Text(f"{a}{paused}", style=STYLE[worst]), key=a)
+        # narrow terminals (80 columns) get short cells so the matrix needs no side scrolling
+        compact = bool(apps) and (self.size.width - 34) / len(apps) < 30
         for c in clusters:
             info = fleet.clusters[c]
             row: list[Text] = [
@@ -93,7 +103,7 @@ class Overview(Screen[None]):
             for a in apps:
                 cell = fleet.cells.get((c, a))
                 row.append(
-                    Text(model.cell_text(cell), style=STYLE[model.level(cell)])
+                    Text(model.cell_text(cell, compact=compact), style=STYLE[model.level(cell)])
                     if cell
                     else Text("·")
                 )

@@ -1,0 +1,154 @@
+"""Layout snapshots of the TUI at a fixed size, from a FAKE hub client serving a fixed fleet
+(layout is what these tests are about; the live hub is covered in test_overview.py).
+The SVGs in __snapshots__ were looked at before they were committed."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from textual.pilot import Pilot
+from textual.widgets import DataTable
+
+from proto.fleetops.v1 import fleet_pb2, types_pb2
+from tui import app as tui_app
+from tui import client as tui_client
+
+REV_A = "4f2b9c1e8d7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c"
+REV_B = "9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d"
+
+
+def fleet_snapshot() -> fleet_pb2.Snapshot:
+    snap = fleet_pb2.Snapshot(version=7)
+    for name, env, conn in (
+        ("eu-prod-1", "prod", 1),
+        ("eu-prod-2", "prod", 1),
+        ("us-dev-1", "dev", 2),
+    ):
+        c = snap.clusters.add(
+            name=name, connectivity=conn, agent_version="0.1.0", kubernetes_version="v1.37.2"
+        )
+        c.labels["env"] = env
+    for app in ("guestbook", "payments"):
+        snap.apps.add(
+            name=app, repo="platform", path=f"apps/{app}", namespace=app, head_revision=REV_B
+        )
+    synced, healthy = types_pb2.SYNC_STATUS_SYNCED, types_pb2.HEALTH_STATUS_HEALTHY
+    rows = [
+        ("eu-prod-1", "guestbook", REV_B, REV_B, synced, healthy, "3 resources synced and healthy"),
+        (
+            "eu-prod-2",
+            "guestbook",
+            REV_B,
+            REV_A,
+            types_pb2.SYNC_STATUS_PENDING,
+            healthy,
+            "delivered 9e8d7c6b; waiting for the agent to apply it",
+        ),
+        (
+            "us-dev-1",
+            "guestbook",
+            REV_B,
+            REV_B,
+            types_pb2.SYNC_STATUS_OUT_OF_SYNC,
+            healthy,
+            "Deployment guestbook/web: drifted: spec.replicas",
+        ),
+        (
+            "eu-prod-1",
+            "payments",
+            REV_B,
+            REV_B,
+            synced,
+            types_pb2.HEALTH_STATUS_DEGRADED,
+            "Deployment payments/api: rollout stuck: ProgressDeadlineExceeded",
+        ),
+        (
+            "eu-prod-2",
+            "payments",
+            REV_B,
+            REV_B,
+            synced,
+            types_pb2.HEALTH_STATUS_PROGRESSING,
+            "Deployment payments/api: 1 of 3 replicas updated",
+        ),
+        (
+            "us-dev-1",
+            "payments",
+            REV_B,
+            REV_B,
+            types_pb2.SYNC_STATUS_APPLY_FAILED,
+            types_pb2.HEALTH_STATUS_UNKNOWN,
+            "ConfigMap payments/settings: .dataa: field not declared in schema",
+        ),
+    ]
+    for cluster, app, desired, applied, sync, health, reason in rows:
+        cell = snap.statuses.add(
+            cluster=cluster,
+            app=app,
+            target="default",
+            desired_revision=desired,
+            applied_revision=applied,
+            sync=sync,
+            health=health,
+            reason=reason,
+        )
+        if (cluster, app) == ("us-dev-1", "guestbook"):
+            r = cell.resources.add(sync=types_pb2.SYNC_STATUS_OUT_OF_SYNC, health=healthy)
+            r.ref.kind, r.ref.namespace, r.ref.name = "Deployment", "guestbook", "web"
+            r.drift.add(path="spec.replicas", desired="2", live="5")
+            ok = cell.resources.add(sync=synced, health=healthy, message="exists")
+            ok.ref.kind, ok.ref.namespace, ok.ref.name = "Service", "guestbook", "web"
+    return snap
+
+
+class FakeHubClient(tui_client.HubClient):
+    """A fake: serves one fixed snapshot and accepts actions without a hub."""
+
+    def __init__(self) -> None:
+        super().__init__(tui_client.Credentials("fake:0", b"", "fake-token"), actor="snapshot-test")
+
+    async def watch(self) -> AsyncIterator[fleet_pb2.FleetChange]:
+        yield fleet_pb2.FleetChange(version=7, snapshot=fleet_snapshot())
+        await asyncio.Event().wait()
+
+    async def close(self) -> None:
+        pass
+
+
+def app() -> tui_app.FleetApp:
+    return tui_app.make_app(client=FakeHubClient())
+
+
+async def settled(pilot: Pilot[Any]) -> None:
+    for _ in range(50):
+        if (
+            pilot.app.screen.query("#matrix")
+            and pilot.app.screen.query_one("#matrix", DataTable).row_count
+        ):
+            break
+        await pilot.pause(0.05)
+    await pilot.pause()
+
+
+def test_overview(snap_compare: Any) -> None:
+    assert snap_compare(app(), terminal_size=(120, 24), run_before=settled)
+
+
+def test_overview_at_80x24(snap_compare: Any) -> None:
+    assert snap_compare(app(), terminal_size=(80, 24), run_before=settled)
+
+
+def test_app_detail_with_a_drift(snap_compare: Any) -> None:
+    async def open_guestbook(pilot: Pilot[Any]) -> None:
+        await settled(pilot)
+        table = pilot.app.screen.query_one("#matrix", DataTable)
+        table.move_cursor(row=2, column=2)  # us-dev-1 / guestbook
+        await pilot.press("enter")
+        await pilot.pause(0.2)
+        clusters = pilot.app.screen.query_one("#clusters", DataTable)
+        clusters.move_cursor(row=2)
+        await pilot.pause(0.2)
+
+    assert snap_compare(app(), terminal_size=(140, 30), run_before=open_guestbook)
