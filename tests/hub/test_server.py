@@ -58,6 +58,11 @@ def post(port: int, path: str, body: bytes, headers: dict[str, str]) -> int:
             return int(resp.status)
     except urllib.error.HTTPError as e:
         return int(e.code)
+    except (urllib.error.URLError, ConnectionError) as e:
+        # the hub answers an oversize body at once and closes; the client may still be sending
+        if isinstance(e, ConnectionError) or isinstance(e.reason, ConnectionError):
+            return 0
+        raise
 
 
 def get(port: int, path: str) -> str:
@@ -96,12 +101,9 @@ async def test_a_signed_push_fetches_at_once_and_bad_ones_are_refused(
     )
     assert await call(post, port, "/webhook/platform", body, {}) == 401
     assert await call(post, port, "/webhook/nope", body, {"X-Hub-Signature-256": good}) == 404
-    assert (
-        await call(
-            post, port, "/webhook/platform", b"x" * (2 * 1024 * 1024), {"X-Hub-Signature-256": good}
-        )
-        == 413
-    )
+    assert await call(
+        post, port, "/webhook/platform", b"x" * (2 * 1024 * 1024), {"X-Hub-Signature-256": good}
+    ) in (413, 0)
     await asyncio.sleep(0.5)
     assert hub.hub.heads["platform"] == first, "an unverified webhook made the hub fetch"
     assert await call(post, port, "/webhook/platform", body, {"X-Hub-Signature-256": good}) == 202

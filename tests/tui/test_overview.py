@@ -234,7 +234,11 @@ async def test_a_lost_hub_is_shown_and_the_data_marked_stale(hub: server.Running
 async def test_roll_back_to_a_revision_picked_from_the_history(hub: server.Running) -> None:
     app = tui_app.make_app(client=client_for(hub))
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, "two rows", lambda: len(matrix_text(app)) == 2)
+        await until(
+            pilot,
+            "both clusters reporting web",
+            lambda: sum("Synced" in r[3] for r in matrix_text(app).values()) == 2,
+        )
         table = app.screen.query_one("#matrix", DataTable)
         table.move_cursor(row=0, column=3)  # web
         await pilot.press("h")
@@ -253,3 +257,24 @@ async def test_roll_back_to_a_revision_picked_from_the_history(hub: server.Runni
         await until(
             pilot, "the pin mark in the matrix", lambda: "📌" in matrix_text(app)["eu-1"][3]
         )
+
+
+async def test_the_cluster_screen_shows_versions_labels_and_apps(hub: server.Running) -> None:
+    app = tui_app.make_app(client=client_for(hub))
+    async with app.run_test(size=SIZE) as pilot:
+        await until(
+            pilot,
+            "both clusters reporting",
+            lambda: sum("Synced" in r[3] for r in matrix_text(app).values()) == 2,
+        )
+        table = app.screen.query_one("#matrix", DataTable)
+        table.move_cursor(row=0, column=0)  # eu-1
+        await pilot.press("c")
+        await until(
+            pilot, "the cluster screen", lambda: app.screen.__class__.__name__ == "ClusterDetail"
+        )
+        info = str(app.screen.query_one("#cluster-info", Static).render())
+        assert info.startswith("Connected (last seen ")
+        assert "agent fake" in info and "env=prod" in info and "fleetops.io/cluster=eu-1" in info
+        apps = app.screen.query_one("#cluster-apps", DataTable)
+        assert sorted(str(apps.get_row(r.key)[0]) for r in apps.ordered_rows) == ["api", "web"]

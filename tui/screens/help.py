@@ -16,6 +16,8 @@ ok/ok = Synced/Healthy, OOS = OutOfSync, pend = Pending, FAIL = ApplyFailed, DEG
 [b]Keys[/b]
   arrows / mouse   move between cells
   enter            the app in this column: every cluster, reasons, resources, drift
+                   (on the first two columns: the cluster)
+  c                the cluster in this row: connectivity, versions, labels, its apps
   /                filter by cluster name, label (env=prod) or state (Degraded, OutOfSync)
   o                sort by name or worst first
   s                sync the app in this column now (asks first)

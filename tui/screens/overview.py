@@ -11,7 +11,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from tui import messages, model
-from tui.screens import app_detail, confirm, help, history
+from tui.screens import app_detail, cluster_detail, confirm, help, history
 
 if TYPE_CHECKING:
     from tui.app import FleetApp
@@ -33,6 +33,7 @@ class Overview(Screen[None]):
         Binding("u", "unpin", "unpin"),
         Binding("p", "pause", "pause/resume"),
         Binding("h", "history", "history / roll back"),
+        Binding("c", "open_cluster", "cluster"),
         Binding("question_mark", "help", "help"),
         Binding("q", "quit", "quit"),
         Binding("escape", "clear_filter", show=False),
@@ -170,13 +171,22 @@ class Overview(Screen[None]):
         if app:
             self.app.push_screen(app_detail.AppDetail(app))
 
+    def action_open_cluster(self) -> None:
+        cluster, _app = self.current()
+        if cluster:
+            self.app.push_screen(cluster_detail.ClusterDetail(cluster))
+
     def action_history(self) -> None:
         app = self._app_or_say()
         if app:
             self.app.push_screen(history.History(app))
 
     def on_data_table_cell_selected(self, _event: DataTable.CellSelected) -> None:
-        self.action_open_app()
+        _cluster, app = self.current()
+        if app:
+            self.action_open_app()
+        else:
+            self.action_open_cluster()
 
     def action_sync(self) -> None:
         app = self._app_or_say()
