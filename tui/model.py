@@ -102,6 +102,9 @@ class Fleet:
     repos: dict[str, fleet_pb2.RepoStatus] = dataclasses.field(default_factory=dict)
     events: list[types_pb2.Event] = dataclasses.field(default_factory=list)
     version: int = 0
+    # what changed since the screen last painted: cells, or the shape (clusters, apps)
+    dirty: set[tuple[str, str]] = dataclasses.field(default_factory=set)
+    shape: int = 0
 
     def load(self, snap: fleet_pb2.Snapshot) -> None:
         self.clusters = {c.name: c for c in snap.clusters}
@@ -109,17 +112,30 @@ class Fleet:
         self.cells = {(s.cluster, s.app): s for s in snap.statuses}
         self.repos = {r.name: r for r in snap.repos}
         self.version = snap.version
+        self.shape += 1
 
     def apply(self, change: fleet_pb2.FleetChange) -> None:
         kind = change.WhichOneof("change")
         if kind == "snapshot":
             self.load(change.snapshot)
         elif kind == "cluster":
+            if change.cluster.name not in self.clusters:
+                self.shape += 1
             self.clusters[change.cluster.name] = change.cluster
+            self.dirty.add((change.cluster.name, ""))
         elif kind == "app":
+            if (
+                change.app.name not in self.apps
+                or self.apps[change.app.name].paused != change.app.paused
+            ):
+                self.shape += 1
             self.apps[change.app.name] = change.app
         elif kind == "status":
-            self.cells[(change.status.cluster, change.status.app)] = change.status
+            key = (change.status.cluster, change.status.app)
+            if key not in self.cells:
+                self.shape += 1
+            self.cells[key] = change.status
+            self.dirty.add(key)
         elif kind == "repo":
             self.repos[change.repo.name] = change.repo
         elif kind == "event":
@@ -148,7 +164,9 @@ class Fleet:
         return sorted(names)
 
     def row_level(self, cluster: str) -> int:
-        levels = [level(cell) for (c, _a), cell in self.cells.items() if c == cluster]
+        levels = [
+            level(cell) for a in self.apps if (cell := self.cells.get((cluster, a))) is not None
+        ]
         conn = self.clusters.get(cluster)
         if conn is not None and conn.connectivity != types_pb2.CONNECTIVITY_CONNECTED:
             levels.append(WARN)

@@ -10,6 +10,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
+from proto.fleetops.v1 import types_pb2
 from tui import messages, model
 from tui.screens import app_detail, cluster_detail, confirm, help, history
 
@@ -43,6 +44,8 @@ class Overview(Screen[None]):
         super().__init__()
         self.query_text = ""
         self.sort = "name"
+        self._painted_shape = -1
+        self._compact = False
 
     @property
     def fleet_app(self) -> FleetApp:
@@ -66,7 +69,40 @@ class Overview(Screen[None]):
     # ------------------------------------------------------------ painting
 
     def on_fleet_changed(self, _msg: messages.FleetChanged) -> None:
-        self.refresh_matrix()
+        fleet = self.fleet_app.fleet
+        if fleet.shape != self._painted_shape or self.query_text or self.sort != "name":
+            self.refresh_matrix()  # the layout or the row set may change: repaint all
+            return
+        self.update_cells()
+
+    def update_cells(self) -> None:
+        """Repaint only what changed: a busy fleet must not cost a full table per tick."""
+        fleet = self.fleet_app.fleet
+        table = self.query_one("#matrix", DataTable)
+        dirty, fleet.dirty = fleet.dirty, set()
+        rows = set()
+        for cluster, app in dirty:
+            if cluster not in fleet.clusters:
+                continue
+            rows.add(cluster)
+            if app and app in fleet.apps and (cluster, app) in fleet.cells:
+                cell = fleet.cells[(cluster, app)]
+                text = Text(
+                    model.cell_text(cell, compact=self._compact), style=STYLE[model.level(cell)]
+                )
+                table.update_cell(cluster, app, text)
+        for cluster in rows:
+            info = fleet.clusters[cluster]
+            table.update_cell(
+                cluster, "cluster", Text(cluster, style=STYLE[fleet.row_level(cluster)])
+            )
+            table.update_cell(cluster, "agent", self._agent_text(info))
+
+    @staticmethod
+    def _agent_text(info: types_pb2.Cluster) -> Text:
+        conn = info.connectivity
+        ok = conn == types_pb2.CONNECTIVITY_CONNECTED
+        return Text(model.CONNECTIVITY[conn], style="green" if ok else "dark_orange")
 
     def on_resize(self) -> None:
         self.refresh_matrix()
@@ -82,6 +118,8 @@ class Overview(Screen[None]):
         apps = sorted(fleet.apps)
         clusters = fleet.cluster_names(self.query_text, self.sort)
         cursor = table.cursor_coordinate
+        fleet.dirty.clear()
+        self._painted_shape = fleet.shape
         table.clear(columns=True)
         table.add_column("CLUSTER", key="cluster")
         table.add_column("AGENT", key="agent")
@@ -92,14 +130,12 @@ class Overview(Screen[None]):
             table.add_column(Text(f"{a}{paused}", style=STYLE[worst]), key=a)
         # narrow terminals (80 columns) get short cells so the matrix needs no side scrolling
         compact = bool(apps) and (self.size.width - 34) / len(apps) < 30
+        self._compact = compact
         for c in clusters:
             info = fleet.clusters[c]
             row: list[Text] = [
                 Text(c, style=STYLE[fleet.row_level(c)]),
-                Text(
-                    model.CONNECTIVITY[info.connectivity],
-                    style="green" if info.connectivity == 1 else "dark_orange",
-                ),
+                self._agent_text(info),
             ]
             for a in apps:
                 cell = fleet.cells.get((c, a))
