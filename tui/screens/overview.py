@@ -8,6 +8,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
+from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from proto.fleetops.v1 import types_pb2
@@ -46,6 +47,7 @@ class Overview(Screen[None]):
         self.sort = "name"
         self._painted_shape = -1
         self._compact = False
+        self._paint_timer: Timer | None = None
 
     @property
     def fleet_app(self) -> FleetApp:
@@ -70,10 +72,20 @@ class Overview(Screen[None]):
 
     def on_fleet_changed(self, _msg: messages.FleetChanged) -> None:
         fleet = self.fleet_app.fleet
-        if fleet.shape != self._painted_shape or self.query_text or self.sort != "name":
-            self.refresh_matrix()  # the layout or the row set may change: repaint all
+        if fleet.shape != self._painted_shape:
+            self.refresh_matrix()  # new clusters or apps: lay the table out again
             return
-        self.update_cells()
+        # A busy fleet changes many times a second; the table follows at most four times a
+        # second, so key presses never queue behind repaints.
+        if self._paint_timer is None:
+            self._paint_timer = self.set_timer(0.25, self._paint_changes)
+
+    def _paint_changes(self) -> None:
+        self._paint_timer = None
+        if self.query_text or self.sort != "name":
+            self.refresh_matrix()  # rows may enter, leave or move
+        else:
+            self.update_cells()
 
     def update_cells(self) -> None:
         """Repaint only what changed: a busy fleet must not cost a full table per tick."""
