@@ -42,6 +42,7 @@ class BusyHubClient(tui_client.HubClient):
         super().__init__(tui_client.Credentials("fake:0", b"", "fake"), actor="bench")
         self.n_clusters, self.n_apps, self.rate = clusters, apps, rate
         self.sent = 0
+        self.flowing = asyncio.Event()  # the baseline measures with the feed held
 
     async def watch(self) -> AsyncIterator[fleet_pb2.FleetChange]:
         rnd = random.Random(7)
@@ -66,6 +67,7 @@ class BusyHubClient(tui_client.HubClient):
         version = 1
         batch = max(1, int(self.rate / 20))  # 20 batches a second
         while True:
+            await self.flowing.wait()
             await asyncio.sleep(batch / self.rate)
             for _ in range(batch):
                 version += 1
@@ -94,24 +96,35 @@ async def run(clusters: int, apps: int, rate: float) -> str:
         ):
             await pilot.pause(0.1)
         await pilot.pause(1.0)
+
+        async def presses(n: int) -> list[float]:
+            out = []
+            rnd = random.Random(3)
+            for _ in range(n):
+                t0 = time.perf_counter()
+                await pilot.press("down")
+                await pilot.pause()
+                out.append((time.perf_counter() - t0) * 1000)
+                await asyncio.sleep(rnd.uniform(0.02, 0.08))
+            return out
+
+        baseline = sorted(await presses(30))  # the same presses with the feed held
+        fake.flowing.set()
+        await pilot.pause(1.0)
         start_wall, start_cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
         sent_before = fake.sent
-        latencies = []
-        rnd = random.Random(3)
-        for _ in range(100):
-            t0 = time.perf_counter()
-            await pilot.press("down")
-            await pilot.pause()
-            latencies.append((time.perf_counter() - t0) * 1000)
-            await asyncio.sleep(rnd.uniform(0.02, 0.08))
+        latencies = await presses(100)
         wall = time.perf_counter() - start_wall
         end_cpu = resource.getrusage(resource.RUSAGE_SELF)
         cpu = (end_cpu.ru_utime - start_cpu.ru_utime) + (end_cpu.ru_stime - start_cpu.ru_stime)
         changes = (fake.sent - sent_before) / wall
     lat = sorted(latencies)
+    base = statistics.median(baseline)
     return (
-        f"RESULT {clusters} clusters x {apps} apps at {changes:.0f} changes/s: key press to repaint median "
+        f"RESULT idle fleet: key press to repaint median {base:.1f} ms; "
+        f"{clusters} clusters x {apps} apps at {changes:.0f} changes/s: median "
         f"{statistics.median(lat):.1f} ms, p90 {lat[int(len(lat) * 0.9)]:.1f} ms, max {lat[-1]:.1f} ms; "
+        f"busy/idle ratio {statistics.median(lat) / base:.2f}; "
         f"CPU {cpu / wall * 100:.0f}% of one core (TUI and fake feed)"
     )
 

@@ -14,6 +14,7 @@ from textual.widgets import DataTable, Footer, Header, Input, Static
 from proto.fleetops.v1 import types_pb2
 from tui import messages, model
 from tui.screens import app_detail, cluster_detail, confirm, help, history
+from tui.widgets import matrix
 
 if TYPE_CHECKING:
     from tui.app import FleetApp
@@ -57,7 +58,7 @@ class Overview(Screen[None]):
         yield Header()
         yield Static("connecting to the hub…", id="connection")
         yield Input(placeholder="filter: cluster, env=prod, Degraded …", id="filter")
-        yield DataTable(id="matrix", zebra_stripes=True)
+        yield matrix.Matrix(id="matrix", zebra_stripes=True)
         yield Static("", id="counts")
         yield Footer()
 
@@ -90,8 +91,9 @@ class Overview(Screen[None]):
     def update_cells(self) -> None:
         """Repaint only what changed: a busy fleet must not cost a full table per tick."""
         fleet = self.fleet_app.fleet
-        table = self.query_one("#matrix", DataTable)
+        table = self.query_one("#matrix", matrix.Matrix)
         dirty, fleet.dirty = fleet.dirty, set()
+        changes: dict[tuple[str, str], Text] = {}
         rows = set()
         for cluster, app in dirty:
             if cluster not in fleet.clusters:
@@ -99,16 +101,12 @@ class Overview(Screen[None]):
             rows.add(cluster)
             if app and app in fleet.apps and (cluster, app) in fleet.cells:
                 cell = fleet.cells[(cluster, app)]
-                text = Text(
-                    model.cell_text(cell, compact=self._compact), style=STYLE[model.level(cell)]
-                )
-                table.update_cell(cluster, app, text)
+                text = model.cell_text(cell, compact=self._compact)
+                changes[(cluster, app)] = Text(text, style=STYLE[model.level(cell)])
         for cluster in rows:
-            info = fleet.clusters[cluster]
-            table.update_cell(
-                cluster, "cluster", Text(cluster, style=STYLE[fleet.row_level(cluster)])
-            )
-            table.update_cell(cluster, "agent", self._agent_text(info))
+            changes[(cluster, "cluster")] = Text(cluster, style=STYLE[fleet.row_level(cluster)])
+            changes[(cluster, "agent")] = self._agent_text(fleet.clusters[cluster])
+        table.update_cells(changes)
 
     @staticmethod
     def _agent_text(info: types_pb2.Cluster) -> Text:
