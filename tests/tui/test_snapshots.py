@@ -152,3 +152,46 @@ def test_app_detail_with_a_drift(snap_compare: Any) -> None:
         await pilot.pause(0.2)
 
     assert snap_compare(app(), terminal_size=(140, 30), run_before=open_guestbook)
+
+
+class ChangingHubClient(FakeHubClient):
+    """A fake: the fixed fleet, then eu-prod-1/guestbook turns Degraded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = asyncio.Event()
+
+    async def watch(self) -> AsyncIterator[fleet_pb2.FleetChange]:
+        yield fleet_pb2.FleetChange(version=7, snapshot=fleet_snapshot())
+        await self.go.wait()
+        cell = fleet_pb2.ClusterAppStatus(
+            cluster="eu-prod-1",
+            app="guestbook",
+            target="default",
+            desired_revision=REV_B,
+            applied_revision=REV_B,
+            sync=types_pb2.SYNC_STATUS_SYNCED,
+            health=types_pb2.HEALTH_STATUS_DEGRADED,
+            reason="crash looping",
+        )
+        yield fleet_pb2.FleetChange(version=8, status=cell)
+        await asyncio.Event().wait()
+
+
+async def test_a_changed_cell_is_repainted() -> None:
+    """The matrix evicts single cells from DataTable's render caches; if a textual upgrade
+    changes those caches, this fails instead of the screen silently showing stale cells."""
+    fake = ChangingHubClient()
+    app = tui_app.make_app(client=fake)
+    async with app.run_test(size=(120, 24)) as pilot:
+        await settled(pilot)
+        assert "Synced Healthy 9e8d7c6" in app.export_screenshot().replace("&#160;", " ")
+        fake.go.set()
+        for _ in range(40):
+            await pilot.pause(0.05)
+            shot = app.export_screenshot().replace("&#160;", " ")
+            if "Synced Degraded 9e8d7c6" in shot and shot.count("Synced Degraded") == 2:
+                break
+        shot = app.export_screenshot().replace("&#160;", " ")
+        assert shot.count("Synced Degraded 9e8d7c6") == 2, "the changed cell was not repainted"
+        assert "Synced Healthy 9e8d7c6" not in shot

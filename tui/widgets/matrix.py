@@ -50,6 +50,9 @@ class Matrix(DataTable[Any]):
         if not cells:
             return
         rows = {row for row, _ in cells}
+        indexes = {self._row_locations.get(row) for row in rows}
+        for renderables_key in [k for k in self._row_renderable_cache.keys() if k[1] in indexes]:
+            self._row_renderable_cache.discard(renderables_key)
         for cell_key in [k for k in self._cell_render_cache.keys() if (k[0], k[1]) in cells]:
             self._cell_render_cache.discard(cell_key)
         for row_cache_key in [k for k in self._row_render_cache.keys() if k[0] in rows]:
