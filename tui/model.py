@@ -34,7 +34,7 @@ CONNECTIVITY = {
 
 # worst wins: the level decides the colour of a cell, a row and a column
 OK, WAIT, WARN, BAD = 0, 1, 2, 3
-LEVEL_CLASS = {OK: "ok", WAIT: "wait", WARN: "warn", BAD: "bad"}
+LEVEL_STYLE = {OK: "green", WAIT: "deep_sky_blue1", WARN: "dark_orange", BAD: "bold red"}
 
 
 def level(cell: fleet_pb2.ClusterAppStatus) -> int:

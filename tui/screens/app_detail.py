@@ -16,12 +16,7 @@ from tui import messages, model
 if TYPE_CHECKING:
     from tui.app import FleetApp
 
-STYLE = {
-    model.OK: "green",
-    model.WAIT: "deep_sky_blue1",
-    model.WARN: "dark_orange",
-    model.BAD: "bold red",
-}
+STYLE = model.LEVEL_STYLE
 
 
 class AppDetail(Screen[None]):
