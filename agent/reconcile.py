@@ -186,11 +186,24 @@ class Reconciler:
     ) -> st.AppResult:
         """What the agent's loop calls: sync a bundle the cluster does not have yet, else
         check it (and self-heal when the policy says so)."""
+        return await self._reconcile(bundle, policy, explicit=False)
+
+    async def sync(self, bundle: types_pb2.Bundle, policy: types_pb2.SyncPolicy) -> st.AppResult:
+        """Apply the bundle; prune when the policy allows and everything applied. A bundle
+        the cluster already has completely is re-applied only where it drifted."""
+        return await self._reconcile(bundle, policy, explicit=True)
+
+    async def _reconcile(
+        self, bundle: types_pb2.Bundle, policy: types_pb2.SyncPolicy, *, explicit: bool
+    ) -> st.AppResult:
         digest = bundles.digest(bundle)
         previous = await self.inventories.load(bundle.app)
-        if self._settled(previous, digest, await self._prepare(bundle)):
-            return await self._heal(bundle, policy, digest=digest, force_heal=False)
-        return await self.sync(bundle, policy)
+        plan = await self._prepare(bundle)
+        if self._settled(previous, digest, plan):
+            return await self._heal(
+                bundle, policy, digest=digest, force_heal=explicit, previous=previous
+            )
+        return await self._apply_bundle(bundle, policy, digest=digest, previous=previous, plan=plan)
 
     @staticmethod
     def _settled(previous: inventory.Inventory | None, digest: str, plan: _Plan) -> bool:
@@ -202,15 +215,16 @@ class Reconciler:
             and previous.keys() == {p.key for p in plan.prepared}
         )
 
-    async def sync(self, bundle: types_pb2.Bundle, policy: types_pb2.SyncPolicy) -> st.AppResult:
-        """Apply the bundle; prune when the policy allows and everything applied."""
-        digest = bundles.digest(bundle)
-        previous = await self.inventories.load(bundle.app)
-        plan = await self._prepare(bundle)
+    async def _apply_bundle(
+        self,
+        bundle: types_pb2.Bundle,
+        policy: types_pb2.SyncPolicy,
+        *,
+        digest: str,
+        previous: inventory.Inventory | None,
+        plan: _Plan,
+    ) -> st.AppResult:
         by_key = {p.key: p for p in plan.prepared}
-        if self._settled(previous, digest, plan):
-            # Same bundle as last applied and nothing left to prune: re-apply only what drifted.
-            return await self._heal(bundle, policy, digest=digest, force_heal=True)
 
         old_entries = set(previous.entries) if previous else set()
         new_entries = {inventory.Entry(p.key, p.rt.version) for p in plan.prepared}
@@ -453,12 +467,18 @@ class Reconciler:
 
     async def check(self, bundle: types_pb2.Bundle, policy: types_pb2.SyncPolicy) -> st.AppResult:
         """Health and drift of every resource, through dry-run. Never writes."""
-        result, _ = await self._check(bundle, policy, digest=bundles.digest(bundle))
+        previous = await self.inventories.load(bundle.app)
+        result, _ = await self._check(
+            bundle, policy, digest=bundles.digest(bundle), previous=previous
+        )
         return result
 
     async def heal(self, bundle: types_pb2.Bundle, policy: types_pb2.SyncPolicy) -> st.AppResult:
         """`check`, then re-apply what drifted when the policy has selfHeal."""
-        return await self._heal(bundle, policy, digest=bundles.digest(bundle), force_heal=False)
+        previous = await self.inventories.load(bundle.app)
+        return await self._heal(
+            bundle, policy, digest=bundles.digest(bundle), force_heal=False, previous=previous
+        )
 
     async def _heal(
         self,
@@ -467,8 +487,9 @@ class Reconciler:
         *,
         digest: str,
         force_heal: bool,
+        previous: inventory.Inventory | None,
     ) -> st.AppResult:
-        result, by_key = await self._check(bundle, policy, digest=digest)
+        result, by_key = await self._check(bundle, policy, digest=digest, previous=previous)
         if not (policy.self_heal or force_heal):
             return result
         todo = [r for r in result.resources if r.key in by_key and r.sync == st.OUT_OF_SYNC]
@@ -499,7 +520,12 @@ class Reconciler:
         )
 
     async def _check(
-        self, bundle: types_pb2.Bundle, policy: types_pb2.SyncPolicy, *, digest: str
+        self,
+        bundle: types_pb2.Bundle,
+        policy: types_pb2.SyncPolicy,
+        *,
+        digest: str,
+        previous: inventory.Inventory | None,
     ) -> tuple[st.AppResult, dict[manifests.Key, Prepared]]:
         plan = await self._prepare(bundle)
         by_key = {p.key: p for p in plan.prepared}
@@ -549,7 +575,6 @@ class Reconciler:
             )  # fmt: skip
 
         results = list(await asyncio.gather(*(one(p) for p in plan.prepared)))
-        previous = await self.inventories.load(bundle.app)
         if previous is not None:
             note = "no longer in Git; " + (
                 "the next sync prunes it" if policy.prune else "prune is off for this app"

@@ -43,14 +43,7 @@ class RenderResult:
 
 
 def _policy(app: config.App) -> types_pb2.SyncPolicy:
-    s = app.sync
-    return types_pb2.SyncPolicy(
-        auto=s.auto,
-        prune=s.prune,
-        self_heal=s.self_heal,
-        force_conflicts=s.force_conflicts,
-        allow_empty=s.allow_empty,
-    )
+    return types_pb2.SyncPolicy(**dataclasses.asdict(app.sync))
 
 
 def _overrides_hash(app: config.App, target: config.Target) -> str:
@@ -396,9 +389,10 @@ class Hub:
         cause: int = types_pb2.CAUSE_AUTO,
         actor: str = "auto",
         clusters: Iterable[str] | None = None,
-    ) -> None:
+    ) -> set[str]:
         """Recompute assignments (for every cluster, or just `clusters`), write the changed
-        ones in one transaction, record events, and push each changed cluster its set."""
+        ones in one transaction, record events, and push each changed cluster its set.
+        Returns the clusters that were pushed."""
         async with self._plan_lock:
             started = time.perf_counter()
             # one consistent view of Git for the whole pass: a fetch landing meanwhile
@@ -451,7 +445,7 @@ class Hub:
             if clusters is None:
                 self._sync_requests.clear()
             for e in await self.db.run(self.db.append_events, events):
-                self._announce(fleet_pb2.FleetChange(event=_event_pb(e)))
+                self._announce(fleet_pb2.FleetChange(event=event_pb(e)))
             await self._load_inline(
                 row["digest"] for c in changed for row in self._by_cluster.get(c, {}).values()
             )
@@ -465,6 +459,7 @@ class Hub:
                     len(changed),
                     time.perf_counter() - started,
                 )
+            return changed
 
     def _set_assignment(self, row: dict[str, Any]) -> None:
         self.assignments[(row["cluster"], row["app"])] = row
@@ -511,7 +506,7 @@ class Hub:
         result = await self.bundle_for(app, target, wanted.revision)
         if result.error:
             return None  # the cluster keeps what it has; the error shows on the target
-        policy = store.dumps(json.loads(_policy_json(app)))
+        policy = store.dumps(dataclasses.asdict(app.sync))  # SyncPolicy's field names
         row = {
             "cluster": cluster,
             "app": app.name,
@@ -618,7 +613,7 @@ class Hub:
             actor=f"agent:{cluster}",
             message=f"cluster {cluster} registered",
         )
-        self._announce(fleet_pb2.FleetChange(event=_event_pb(e)))
+        self._announce(fleet_pb2.FleetChange(event=event_pb(e)))
         self._announce(fleet_pb2.FleetChange(cluster=self.cluster_pb(cluster)))
 
     async def connect(self, cluster: str, hello: agent_pb2.Hello) -> Stream:
@@ -642,9 +637,12 @@ class Hub:
         for report in hello.reports:
             await self.report(cluster, report, announce=False)
         self._announce(fleet_pb2.FleetChange(cluster=self.cluster_pb(cluster)))
-        await self.replan(clusters=[cluster])  # labels may have changed what it gets
-        await self._load_inline(row["digest"] for row in self._by_cluster.get(cluster, {}).values())
-        stream.outbox.put_nowait(agent_pb2.HubMessage(assignments=self.assignments_for(cluster)))
+        pushed = await self.replan(clusters=[cluster])  # labels may have changed what it gets
+        if cluster not in pushed:  # unchanged: it still gets its full set on every connect
+            await self._load_inline(
+                row["digest"] for row in self._by_cluster.get(cluster, {}).values()
+            )
+            self.push_assignments(cluster)
         return stream
 
     async def disconnect(self, stream: Stream, reason: str) -> None:
@@ -733,7 +731,7 @@ class Hub:
         if rows:
             await self.db.run(self.db.upsert_all, "reports", rows, ("cluster", "app"))
         for e in await self.db.run(self.db.append_events, events):
-            self._announce(fleet_pb2.FleetChange(event=_event_pb(e)))
+            self._announce(fleet_pb2.FleetChange(event=event_pb(e)))
 
     # ------------------------------------------------------------ operator actions
 
@@ -867,7 +865,7 @@ class Hub:
 
     async def record(self, **fields: Any) -> store.Event:
         ev = await self.db.run(self.db.append_event, **fields)
-        self._announce(fleet_pb2.FleetChange(event=_event_pb(ev)))
+        self._announce(fleet_pb2.FleetChange(event=event_pb(ev)))
         return ev
 
     def _app(self, name: str) -> config.App:
@@ -995,20 +993,7 @@ class Hub:
         return await self.db.run(self.db.events, app=app, cluster=cluster, limit=limit or 200)
 
 
-def _policy_json(app: config.App) -> str:
-    s = app.sync
-    return json.dumps(
-        {
-            "auto": s.auto,
-            "prune": s.prune,
-            "self_heal": s.self_heal,
-            "force_conflicts": s.force_conflicts,
-            "allow_empty": s.allow_empty,
-        }
-    )
-
-
-def _event_pb(e: store.Event) -> types_pb2.Event:
+def event_pb(e: store.Event) -> types_pb2.Event:
     out = types_pb2.Event(
         id=e.id,
         app=e.app,
@@ -1022,10 +1007,6 @@ def _event_pb(e: store.Event) -> types_pb2.Event:
     )
     out.at.FromNanoseconds(int(e.at * 1e9))
     return out
-
-
-def event_pb(e: store.Event) -> types_pb2.Event:
-    return _event_pb(e)
 
 
 def chunks(data: bytes, digest: str) -> Iterable[agent_pb2.BundleChunk]:

@@ -10,6 +10,7 @@ Credentials come from environment variables named in hub.yaml and never appear i
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import os
 import pathlib
@@ -83,8 +84,6 @@ def _known_host(path: str, host: bytes | str, certificate: object) -> bool:
         lines = pathlib.Path(path).read_text().splitlines()
     except OSError:
         return False
-    import base64
-
     for line in lines:
         parts = line.split()
         if len(parts) >= 3 and name in parts[0].split(","):

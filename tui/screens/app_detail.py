@@ -3,23 +3,18 @@ the selected cluster's resources with their drifted fields."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
-from tui import messages, model
-
-if TYPE_CHECKING:
-    from tui.app import FleetApp
+from tui import model
+from tui.screens import base
 
 STYLE = model.LEVEL_STYLE
 
 
-class AppDetail(Screen[None]):
+class AppDetail(base.FleetScreen):
     BINDINGS = [
         Binding("escape,backspace", "app.pop_screen", "back"),
         Binding("q", "app.quit", "quit"),
@@ -28,10 +23,6 @@ class AppDetail(Screen[None]):
     def __init__(self, app_name: str) -> None:
         super().__init__()
         self.app_name = app_name
-
-    @property
-    def fleet_app(self) -> FleetApp:
-        return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -43,9 +34,6 @@ class AppDetail(Screen[None]):
 
     def on_mount(self) -> None:
         self.title = f"app {self.app_name}"
-        self.refresh_view()
-
-    def on_fleet_changed(self, _msg: messages.FleetChanged) -> None:
         self.refresh_view()
 
     def refresh_view(self) -> None:

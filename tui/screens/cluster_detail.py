@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
-from tui import messages, model
-
-if TYPE_CHECKING:
-    from tui.app import FleetApp
+from tui import model
+from tui.screens import base
 
 STYLE = model.LEVEL_STYLE
 
 
-class ClusterDetail(Screen[None]):
+class ClusterDetail(base.FleetScreen):
     BINDINGS = [
         Binding("escape,backspace", "app.pop_screen", "back"),
         Binding("q", "app.quit", "quit"),
@@ -29,10 +25,6 @@ class ClusterDetail(Screen[None]):
         super().__init__()
         self.cluster = cluster
 
-    @property
-    def fleet_app(self) -> FleetApp:
-        return self.app  # type: ignore[return-value]
-
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static("", id="cluster-info")
@@ -41,9 +33,6 @@ class ClusterDetail(Screen[None]):
 
     def on_mount(self) -> None:
         self.title = f"cluster {self.cluster}"
-        self.refresh_view()
-
-    def on_fleet_changed(self, _msg: messages.FleetChanged) -> None:
         self.refresh_view()
 
     def refresh_view(self) -> None:

@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 import grpc
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
-from tui.screens import confirm
-
-if TYPE_CHECKING:
-    from tui.app import FleetApp
+from tui.screens import base, confirm
 
 CAUSES = {0: "", 1: "auto", 2: "user", 3: "rollback", 4: "rollout", 5: "agent"}
 
 
-class History(Screen[None]):
+class History(base.FleetScreen):
     BINDINGS = [
         Binding("r", "rollback", "roll back to this revision"),
         Binding("escape,backspace", "app.pop_screen", "back"),
@@ -31,10 +26,6 @@ class History(Screen[None]):
         super().__init__()
         self.app_name = app_name
         self.revisions: dict[str, str] = {}
-
-    @property
-    def fleet_app(self) -> FleetApp:
-        return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
         yield Header()

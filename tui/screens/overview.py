@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from proto.fleetops.v1 import types_pb2
 from tui import messages, model
-from tui.screens import app_detail, cluster_detail, confirm, help, history
+from tui.screens import app_detail, base, cluster_detail, confirm, help, history
 from tui.widgets import matrix
-
-if TYPE_CHECKING:
-    from tui.app import FleetApp
 
 STYLE = model.LEVEL_STYLE
 
 
-class Overview(Screen[None]):
+class Overview(base.FleetScreen):
     BINDINGS = [
         Binding("slash", "filter", "filter"),
         Binding("o", "sort", "sort"),
@@ -44,10 +38,6 @@ class Overview(Screen[None]):
         self._painted_shape = -1
         self._compact = False
         self._paint_timer: Timer | None = None
-
-    @property
-    def fleet_app(self) -> FleetApp:
-        return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
         yield Header()
