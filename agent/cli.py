@@ -119,6 +119,25 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="a label for this cluster (repeatable)",
     )
+    run.add_argument(
+        "--ca",
+        type=pathlib.Path,
+        default=None,
+        help="the hub's CA file; registration then also checks the hub presents it",
+    )
+    run.add_argument(
+        "--identity-secret",
+        default="",
+        metavar="NAMESPACE/NAME",
+        help="keep the agent's identity in this Secret too, so a pod restarted with an empty "
+        "--state need not register again",
+    )
+    run.add_argument(
+        "--health-listen",
+        default="",
+        metavar="HOST:PORT",
+        help="serve /healthz (alive) and /readyz (connected to the hub) over HTTP",
+    )
     run.add_argument("--resync", type=float, default=30.0, help="seconds between drift checks")
     run.add_argument("--wave-timeout", type=float, default=300.0)
     run.add_argument("--log-level", default="INFO")
@@ -315,8 +334,18 @@ async def cmd_run(ns: argparse.Namespace) -> int:
         labels[key] = value
     root = ns.state or state.default_dir()
     token = ns.token or os.environ.get("FLEETOPS_TOKEN", "")
-    me = await asyncio.to_thread(identity.register, root, ns.hub, token, labels)
+    ca_pem = b""
+    if ns.ca is not None:
+        try:
+            ca_pem = ns.ca.read_bytes()
+        except OSError as e:
+            raise errors.AgentError(f"--ca {ns.ca}: {e.strerror}") from None
     client = kube.connect(ns.kubeconfig, context=ns.context)
+    if ns.identity_secret and await identity.restore(root, client, ns.identity_secret):
+        logging.info("identity restored from Secret %s", ns.identity_secret)
+    me = await asyncio.to_thread(identity.register, root, ns.hub, token, labels, ca_pem=ca_pem)
+    if ns.identity_secret:
+        await identity.keep(root, client, ns.identity_secret)
     runner_ = runner.Runner(
         address=ns.hub,
         me=me,
@@ -325,6 +354,7 @@ async def cmd_run(ns: argparse.Namespace) -> int:
         options=_options(ns),
         resync=ns.resync,
         labels=labels,
+        health_listen=ns.health_listen,
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -9,6 +9,7 @@ so the agent checks whom it talks to before sending anything, with no CA file to
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import os
@@ -22,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from agent import errors
+from agent import errors, kube
 from proto.fleetops.v1 import agent_pb2, agent_pb2_grpc
 
 
@@ -75,6 +76,56 @@ def _save(state: pathlib.Path, name: str, data: bytes) -> None:
         f.write(data)
 
 
+_FILES = ("agent.key", "agent.crt", "ca.crt", "agent-port")
+_SECRET = kube.ResourceType("", "v1", "Secret", "secrets", namespaced=True)
+
+
+def _secret_ref(ref: str) -> tuple[str, str]:
+    namespace, sep, name = ref.partition("/")
+    if not sep or not namespace or not name:
+        raise errors.AgentError(f"--identity-secret {ref!r}: use NAMESPACE/NAME")
+    return namespace, name
+
+
+async def restore(state: pathlib.Path, client: kube.Kube, ref: str) -> bool:
+    """In a pod the state directory is an emptyDir: bring the identity kept in a Secret back
+    into it, so a restarted agent does not need a new registration token. True when restored."""
+    if load(state) is not None:
+        return False
+    namespace, name = _secret_ref(ref)
+    secret = await client.get(_SECRET, namespace, name)
+    data = (secret or {}).get("data") or {}
+    if not all(f in data for f in _FILES):
+        return False
+    for f in _FILES:
+        _save(state, f, base64.b64decode(data[f]))
+    return load(state) is not None
+
+
+async def keep(state: pathlib.Path, client: kube.Kube, ref: str) -> None:
+    """Keep the identity in a Secret (created, or updated when it differs)."""
+    namespace, name = _secret_ref(ref)
+    d = _dir(state)
+    data = {f: base64.b64encode((d / f).read_bytes()).decode() for f in _FILES}
+    body: dict[str, object] = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/name": "fleetops-agent"},
+        },
+        "data": data,
+    }
+    live = await client.get(_SECRET, namespace, name)
+    if live is None:
+        await client.create(_SECRET, body)
+    elif live.get("data") != data:
+        body["metadata"] = {**live["metadata"], "name": name, "namespace": namespace}
+        await client.replace(_SECRET, body)
+
+
 def split_token(token: str) -> tuple[str, str]:
     """(the token as sent to the hub, the CA pin it carries)."""
     parts = token.strip().split(".")
@@ -84,6 +135,16 @@ def split_token(token: str) -> tuple[str, str]:
             "`fleetops-hub token create`"
         )
     return token.strip(), parts[2].lower()
+
+
+def _public_key(pem: bytes) -> bytes:
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+    except ValueError:
+        raise errors.AgentError("--ca: not a PEM certificate") from None
+    return cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def fetch_pinned_ca(address: str, pin: str, *, timeout: float = 10.0) -> bytes:
@@ -115,8 +176,16 @@ def fetch_pinned_ca(address: str, pin: str, *, timeout: float = 10.0) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def register(state: pathlib.Path, address: str, token: str, labels: dict[str, str]) -> Identity:
-    """Register with the hub once and keep the result; later calls return what was kept."""
+def register(
+    state: pathlib.Path,
+    address: str,
+    token: str,
+    labels: dict[str, str],
+    *,
+    ca_pem: bytes = b"",
+) -> Identity:
+    """Register with the hub once and keep the result; later calls return what was kept.
+    With `ca_pem` (the CA file of an install), the hub must also present that very CA."""
     known = load(state)
     if known is not None:
         return known
@@ -125,7 +194,13 @@ def register(state: pathlib.Path, address: str, token: str, labels: dict[str, st
             "this agent is not registered yet: pass --token (from `fleetops-hub token create`)"
         )
     raw, pin = split_token(token)
-    ca_pem = fetch_pinned_ca(address, pin)
+    pinned = fetch_pinned_ca(address, pin)
+    if ca_pem and _public_key(ca_pem) != _public_key(pinned):
+        raise errors.AgentError(
+            f"the hub at {address} does not present the CA given with --ca; check --hub and the "
+            "CA in the agent's Secret"
+        )
+    ca_pem = pinned
     key = ec.generate_private_key(ec.SECP256R1())
     csr = (
         x509.CertificateSigningRequestBuilder()

@@ -57,8 +57,10 @@ class Runner:
         options: reconcile.Options,
         resync: float,
         labels: dict[str, str],
+        health_listen: str = "",
     ) -> None:
         self.address = address
+        self.health_listen = health_listen
         self.me = me
         self.kube = client
         self.local = local
@@ -79,6 +81,7 @@ class Runner:
     async def run(self) -> None:
         for stored in self.local.load_all():  # offline first: what we had keeps running
             self.enqueue(stored.assignment.app)
+        probes = await self._serve_probes() if self.health_listen else None
         tasks = [
             asyncio.create_task(self._guard("connection", self._connection_loop())),
             asyncio.create_task(self._guard("worker", self._worker())),
@@ -88,6 +91,47 @@ class Runner:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if probes is not None:
+            probes.close()
+            await probes.wait_closed()
+
+    async def _serve_probes(self) -> asyncio.Server:
+        """/healthz: the agent's loop answers; /readyz: it is connected to the hub."""
+
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                line = await asyncio.wait_for(reader.readline(), timeout=5)
+                path = line.split(b" ")[1] if line.count(b" ") >= 2 else b""
+                if path == b"/healthz":
+                    code, text = (200, "ok") if not self.stop.is_set() else (503, "stopping")
+                elif path == b"/readyz":
+                    code, text = (
+                        (200, "connected")
+                        if self.connected.is_set()
+                        else (503, f"not connected to the hub at {self.address}")
+                    )
+                else:
+                    code, text = 404, "try /healthz or /readyz"
+                reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}[code]
+                body = (text + "\n").encode()
+                writer.write(
+                    f"HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain\r\n"
+                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                    + body
+                )
+                await writer.drain()
+            except (TimeoutError, OSError, IndexError):
+                pass
+            finally:
+                writer.close()
+
+        host, _, port = self.health_listen.rpartition(":")
+        if not port.isdigit():
+            raise errors.AgentError(f"--health-listen {self.health_listen!r}: use HOST:PORT")
+        try:
+            return await asyncio.start_server(answer, host.strip("[]") or None, int(port))
+        except OSError as e:
+            raise errors.AgentError(f"--health-listen {self.health_listen}: {e.strerror}") from None
 
     async def _guard(self, name: str, coro: Any) -> None:
         try:

@@ -126,11 +126,35 @@ def default_names() -> list[str]:
     return ["127.0.0.1", "localhost", "::1", socket.gethostname()]
 
 
-def load_or_create(data: pathlib.Path, names: list[str]) -> CA:
+def new_key_pem() -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def load_or_create(
+    data: pathlib.Path, names: list[str], *, key_file: pathlib.Path | None = None
+) -> CA:
     """The CA in data/ca.{key,crt}, made on first start. When the hub's names change the
-    certificate is reissued with the same key and subject, so pins and agent certs stay valid."""
+    certificate is reissued with the same key and subject, so pins and agent certs stay valid.
+    `key_file` (a key kept in a Secret) is used instead of data/ca.key when it exists."""
     key_path, cert_path = data / "ca.key", data / "ca.crt"
-    if key_path.exists():
+    if key_file is not None and key_file.exists():
+        try:
+            key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+        except ValueError:
+            raise errors.HubError(
+                f"--ca-key {key_file}: not a PEM private key; make one with "
+                "`fleetops-hub ca new-key`"
+            ) from None
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise errors.HubError(f"--ca-key {key_file}: not an EC private key")
+        if cert_path.exists():
+            old = x509.load_pem_x509_certificate(cert_path.read_bytes())
+            if old.public_key() != key.public_key():
+                cert_path.unlink()  # the Secret's key wins; the certificate is made anew
+    elif key_path.exists():
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise errors.HubError(f"{key_path} is not an EC private key")

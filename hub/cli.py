@@ -21,9 +21,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc
+import yaml
 
 import hub
-from hub import errors, render, server
+from hub import ca, errors, install, render, server
 from proto.fleetops.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
 
 
@@ -63,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="a DNS name or IP agents use to reach the hub (repeatable)",
     )
+    serve.add_argument(
+        "--ca-key",
+        type=pathlib.Path,
+        default=None,
+        help="the CA's private key (e.g. a mounted Secret, see `ca new-key`); when the file is "
+        "absent the hub keeps its own in --data",
+    )
     serve.add_argument("--helm", default="helm", help="helm binary")
     serve.add_argument("--kustomize", default="kustomize", help="kustomize binary")
     serve.add_argument("--log-level", default="INFO")
@@ -93,6 +101,52 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--cluster", required=True, help="the cluster the agent will be")
     create.add_argument("--ttl", default="1h", help="validity, e.g. 30m, 1h, 24h (default 1h)")
     client_args(create)
+
+    cl = sub.add_parser("cluster", help="add clusters to the fleet")
+    cls = cl.add_subparsers(dest="cluster_command", metavar="SUBCOMMAND", required=True)
+    add = cls.add_parser(
+        "add",
+        help="print ready-to-apply YAML that installs an agent with a fresh token",
+        description="Create a one-time registration token for NAME and print everything its "
+        "cluster needs (namespace, service account, least-privilege RBAC, the agent's "
+        "Deployment and a Secret with the hub address, CA and token). Pipe it into "
+        "`kubectl apply --server-side -f -` with the cluster's kubeconfig.",
+    )
+    add.add_argument("name", help="the cluster's name in the fleet (a DNS label)")
+    add.add_argument(
+        "--labels",
+        default="",
+        metavar="K=V,...",
+        help="labels the cluster starts with, e.g. env=prod,region=eu (hub.yaml still wins)",
+    )
+    scope = add.add_mutually_exclusive_group(required=True)
+    scope.add_argument(
+        "--namespaces",
+        default="",
+        metavar="NS,...",
+        help="least privilege: the agent may apply and prune only in these namespaces",
+    )
+    scope.add_argument(
+        "--cluster-admin",
+        action="store_true",
+        help="opt in to cluster-admin (needed for apps with CRDs, namespaces or cluster RBAC)",
+    )
+    add.add_argument(
+        "--agent-hub",
+        default="",
+        metavar="HOST:PORT",
+        help="the hub's address as the agent sees it (default: --hub)",
+    )
+    add.add_argument("--image", default=install.DEFAULT_IMAGE, help="the agent's image")
+    add.add_argument("--ttl", default="24h", help="how long the token may wait to be used")
+    client_args(add)
+
+    ca_cmd = sub.add_parser("ca", help="the hub's certificate authority")
+    cas = ca_cmd.add_subparsers(dest="ca_command", metavar="SUBCOMMAND", required=True)
+    cas.add_parser(
+        "new-key",
+        help="print a new CA private key (PEM) to keep in a Secret and pass as serve --ca-key",
+    )
 
     st = sub.add_parser(
         "status", help="clusters x apps: desired and applied revision, sync, health"
@@ -133,6 +187,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if ns.command == "serve":
             return asyncio.run(cmd_serve(ns))
+        if ns.command == "ca":
+            sys.stdout.write(ca.new_key_pem().decode())
+            return 0
         return run_client(ns)
     except errors.HubError as e:
         print(f"fleetops-hub: {e}", file=sys.stderr)
@@ -154,6 +211,7 @@ async def cmd_serve(ns: argparse.Namespace) -> int:
         http_listen=ns.http,
         names=ns.advertise,
         tools=render.Tools(helm=ns.helm, kustomize=ns.kustomize),
+        ca_key=ns.ca_key,
     )
     print(
         f"fleetops-hub: gRPC on port {running.grpc_port}, agents on port {running.agent_port}, "
@@ -213,6 +271,8 @@ def run_client(ns: argparse.Namespace) -> int:
         addr, grpc.ssl_channel_credentials(root_certificates=ca_pem)
     ) as channel:
         stub = fleet_pb2_grpc.FleetServiceStub(channel)
+        if ns.command == "cluster":
+            return _cluster_add(stub, meta, ns)
         if ns.command == "token":
             resp = stub.CreateToken(
                 fleet_pb2.CreateTokenRequest(cluster=ns.cluster, ttl_seconds=_duration(ns.ttl)),
@@ -244,6 +304,42 @@ def run_client(ns: argparse.Namespace) -> int:
             )
         print(action.message)
         return 0
+
+
+def _labels(text: str) -> dict[str, str]:
+    labels = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise errors.InvalidArgument(f"--labels {item!r}: use KEY=VALUE[,KEY=VALUE]")
+        labels[key] = value
+    return labels
+
+
+def _cluster_add(stub: fleet_pb2_grpc.FleetServiceStub, meta: Any, ns: argparse.Namespace) -> int:
+    labels = _labels(ns.labels)
+    namespaces = [n.strip() for n in ns.namespaces.split(",") if n.strip()]
+    install.check_namespaces(namespaces)
+    resp = stub.CreateToken(
+        fleet_pb2.CreateTokenRequest(cluster=ns.name, ttl_seconds=_duration(ns.ttl), labels=labels),
+        metadata=meta,
+    )
+    objs = install.agent_objects(
+        hub_address=ns.agent_hub or ns.hub,
+        token=resp.token,
+        ca_pem=resp.ca_pem.decode(),
+        namespaces=namespaces,
+        cluster_admin=ns.cluster_admin,
+        image=ns.image,
+    )
+    until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(resp.expires_at.seconds))
+    scope = "cluster-admin" if ns.cluster_admin else "namespaces " + ", ".join(namespaces)
+    shown = ",".join(f"{k}={v}" for k, v in labels.items()) or "none"
+    print(f"# fleetops agent for cluster {ns.name} (labels: {shown}; may deploy to: {scope})")
+    print(f"# The token inside works once, until {until}. Apply with the cluster's kubeconfig:")
+    print("#   kubectl apply --server-side -f THIS_FILE")
+    sys.stdout.write(yaml.safe_dump_all(objs, sort_keys=False, explicit_start=True))
+    return 0
 
 
 def _name(enum: Any, value: int, prefix: str) -> str:

@@ -18,6 +18,27 @@ import yaml
 from hub import errors, selectors
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_LABEL_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+
+
+def label_problem(key: str, value: str) -> str:
+    """What is wrong with a label (Kubernetes' rules), or '' when it is fine."""
+    prefix, _, name = key.rpartition("/")
+    if (prefix and not _LABEL_PREFIX.match(prefix)) or not _LABEL_NAME.match(name):
+        return (
+            "the key must be an optional DNS prefix and '/', then at most 63 letters, "
+            "digits, '-', '_' or '.', starting and ending with a letter or digit "
+            "(e.g. env, example.com/tier)"
+        )
+    if value and not _LABEL_NAME.match(value):
+        return (
+            "the value must be empty or at most 63 letters, digits, '-', '_' or '.', starting "
+            "and ending with a letter or digit"
+        )
+    return ""
+
+
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
@@ -190,6 +211,9 @@ class _Reader:
             if not isinstance(k, str) or not isinstance(v, (str, int, float, bool)):
                 raise self.fail(f"{path}.{k}", "label values must be strings")
             out[k] = str(v).lower() if isinstance(v, bool) else str(v)
+            problem = label_problem(k, out[k])
+            if problem:
+                raise self.fail(f"{path}.{k}", problem)
         return out
 
     def selector(self, value: Any, path: str) -> selectors.Selector:

@@ -347,7 +347,12 @@ class Hub:
 
     def labels_of(self, cluster: str) -> dict[str, str]:
         row = self.clusters.get(cluster) or {}
-        return plan.cluster_labels(self.cfg, cluster, store.loads(row.get("agent_labels")))
+        return plan.cluster_labels(
+            self.cfg,
+            cluster,
+            store.loads(row.get("agent_labels")),
+            store.loads(row.get("labels")),
+        )
 
     def effective(self, app: config.App) -> config.App:
         """The app with fleet.yaml applied (when hub.yaml gives it no targets)."""
@@ -590,7 +595,12 @@ class Hub:
     def may_read_bundle(self, cluster: str, digest: str) -> bool:
         return any(row["digest"] == digest for row in self._by_cluster.get(cluster, {}).values())
 
-    async def register_cluster(self, cluster: str, labels: dict[str, str]) -> None:
+    async def register_cluster(
+        self, cluster: str, labels: dict[str, str], hub_labels: dict[str, str] | None = None
+    ) -> None:
+        """A cluster registered: `labels` are the agent's own, `hub_labels` came with its token
+        (`fleetops-hub cluster add --labels`); a re-registration keeps the earlier hub labels
+        unless its token carries new ones."""
         row = self.clusters.get(cluster) or {
             "name": cluster,
             "labels": "{}",
@@ -603,6 +613,8 @@ class Hub:
             "reason": "",
         }
         row["agent_labels"] = store.dumps(labels)
+        if hub_labels:
+            row["labels"] = store.dumps(hub_labels)
         await self.db.run(self.db.upsert, "clusters", row, "name")
         self.clusters[cluster] = row
         e = await self.db.run(

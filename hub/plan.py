@@ -15,10 +15,19 @@ DEFAULT_TARGET = config.Target(name="default")
 
 
 def cluster_labels(
-    cfg: config.Config, name: str, agent_labels: Mapping[str, str]
+    cfg: config.Config,
+    name: str,
+    agent_labels: Mapping[str, str],
+    registered: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """Labels the agent reports, overridden by hub.yaml (the operator has the last word)."""
-    return {**agent_labels, **cfg.cluster_labels(name), "fleetops.io/cluster": name}
+    """Labels the agent reports, overridden by those its registration token carried, overridden
+    by hub.yaml (the operator has the last word)."""
+    return {
+        **agent_labels,
+        **(registered or {}),
+        **cfg.cluster_labels(name),
+        "fleetops.io/cluster": name,
+    }
 
 
 def target_for(

@@ -66,12 +66,17 @@ async def start(
     http_listen: str,
     names: list[str] | None = None,
     tools: render.Tools | None = None,
+    ca_key: pathlib.Path | None = None,
 ) -> Running:
     cfg = config.load(config_path)
     data.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (start-up, before serving)
     db = store.Store(data / "hub.db")
     host, _ = split_hostport(listen)
-    authority = ca.load_or_create(data, ca.default_names() + [host] + (names or []))
+    if ca_key is not None and not ca_key.exists():  # noqa: ASYNC240 (start-up)
+        log.warning("--ca-key %s is absent; using the CA key in %s", ca_key, data)
+    authority = ca.load_or_create(
+        data, ca.default_names() + [host] + (names or []), key_file=ca_key
+    )
     tokens = ca.api_tokens(data)
     hub = core.Hub(cfg=cfg, db=db, data=data, tools=tools or render.Tools())
     await hub.load()

@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from hub import ca, config, core, errors
+from hub import ca, config, core, errors, store
 from proto.fleetops.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, fleet_pb2_grpc, types_pb2
 
 log = logging.getLogger("fleetops.hub")
@@ -128,16 +128,17 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                     "registration token was issued by another hub (CA hash differs)"
                 )
             secret_hash = hashlib.sha256(token.secret.encode()).hexdigest()
-            cluster = await self.hub.db.run(
+            consumed = await self.hub.db.run(
                 self.hub.db.consume_token, token.id, secret_hash, time.time()
             )
-            if cluster is None:
+            if consumed is None:
                 raise errors.Unauthenticated(
                     "registration token is unknown, expired or already used; create a new one with "
                     "`fleetops-hub token create --cluster NAME`"
                 )
+            cluster, labels = consumed
             cert = self.ca.sign_csr(bytes(request.csr_pem), cluster)
-            await self.hub.register_cluster(cluster, dict(request.labels))
+            await self.hub.register_cluster(cluster, dict(request.labels), labels)
         except errors.HubError as e:
             await _abort(context, e)
             raise AssertionError("unreachable") from None
@@ -250,6 +251,13 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"cluster name {request.cluster!r}: use at most 63 lowercase letters, digits, '-'",
             )
+        labels = dict(request.labels)
+        for key, value in labels.items():
+            problem = config.label_problem(key, value)
+            if problem:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"label {key}={value}: {problem}"
+                )
         ttl = request.ttl_seconds or 3600
         token = ca.new_registration_token(self.ca)
         now = time.time()
@@ -263,6 +271,7 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
                 "created_at": now,
                 "expires_at": now + ttl,
                 "used_at": 0.0,
+                "labels": store.dumps(labels),
             },
             "id",
         )

@@ -136,7 +136,12 @@ def _v1(db: sqlite_utils.Database) -> None:
     db.table("events").create_index(["cluster", "id"])
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+def _v2(db: sqlite_utils.Database) -> None:
+    """Registration tokens carry the labels their cluster starts with (`cluster add --labels`)."""
+    db.execute("ALTER TABLE tokens ADD COLUMN labels TEXT NOT NULL DEFAULT '{}'")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,9 +248,11 @@ class Store:
 
     # ------------------------------------------------------------ tokens
 
-    def consume_token(self, token_id: str, secret_hash: str, now: float) -> str | None:
-        """Mark a registration token used; the cluster it was made for, or None when it is
-        unknown, wrong, expired or used already (one-time)."""
+    def consume_token(
+        self, token_id: str, secret_hash: str, now: float
+    ) -> tuple[str, dict[str, str]] | None:
+        """Mark a registration token used; the cluster it was made for and the labels it
+        starts with, or None when it is unknown, wrong, expired or used already (one-time)."""
         cur = self.db.execute(
             "UPDATE tokens SET used_at = ? WHERE id = ? AND secret_hash = ? AND used_at = 0 "
             "AND expires_at > ?",
@@ -254,7 +261,9 @@ class Store:
         if cur.rowcount != 1:
             return None
         row = self.get("tokens", token_id)
-        return str(row["cluster"]) if row else None
+        if not row:
+            return None
+        return str(row["cluster"]), loads(row.get("labels"))
 
     # ------------------------------------------------------------ events
 
