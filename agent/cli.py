@@ -341,7 +341,7 @@ async def cmd_run(ns: argparse.Namespace) -> int:
         except OSError as e:
             raise errors.AgentError(f"--ca {ns.ca}: {e.strerror}") from None
     client = kube.connect(ns.kubeconfig, context=ns.context)
-    if ns.identity_secret and await identity.restore(root, client, ns.identity_secret):
+    if ns.identity_secret and await identity.restore(root, client, ns.identity_secret, token):
         logging.info("identity restored from Secret %s", ns.identity_secret)
     me = await asyncio.to_thread(identity.register, root, ns.hub, token, labels, ca_pem=ca_pem)
     if ns.identity_secret:

@@ -87,15 +87,29 @@ def _secret_ref(ref: str) -> tuple[str, str]:
     return namespace, name
 
 
-async def restore(state: pathlib.Path, client: kube.Kube, ref: str) -> bool:
+def ca_pin(ca_pem: bytes) -> str:
+    """The hash a registration token carries for this CA."""
+    return hashlib.sha256(_public_key(ca_pem)).hexdigest()
+
+
+def _token_pin(token: str) -> str:
+    parts = token.strip().split(".")
+    return parts[2].lower() if len(parts) == 3 else ""
+
+
+async def restore(state: pathlib.Path, client: kube.Kube, ref: str, token: str = "") -> bool:
     """In a pod the state directory is an emptyDir: bring the identity kept in a Secret back
-    into it, so a restarted agent does not need a new registration token. True when restored."""
+    into it, so a restarted agent does not need a new registration token. An identity from
+    another hub than the token's (a re-install) is left alone. True when restored."""
     if load(state) is not None:
         return False
     namespace, name = _secret_ref(ref)
     secret = await client.get(_SECRET, namespace, name)
     data = (secret or {}).get("data") or {}
     if not all(f in data for f in _FILES):
+        return False
+    pin = _token_pin(token)
+    if pin and ca_pin(base64.b64decode(data["ca.crt"])) != pin:
         return False
     for f in _FILES:
         _save(state, f, base64.b64decode(data[f]))
@@ -187,8 +201,9 @@ def register(
     """Register with the hub once and keep the result; later calls return what was kept.
     With `ca_pem` (the CA file of an install), the hub must also present that very CA."""
     known = load(state)
-    if known is not None:
-        return known
+    pin = _token_pin(token)
+    if known is not None and (not pin or ca_pin(known.ca_pem) == pin):
+        return known  # a token for another hub (a move to a new hub) registers again
     if not token:
         raise errors.AgentError(
             "this agent is not registered yet: pass --token (from `fleetops-hub token create`)"

@@ -139,6 +139,7 @@ def load_or_create(
     """The CA in data/ca.{key,crt}, made on first start. When the hub's names change the
     certificate is reissued with the same key and subject, so pins and agent certs stay valid.
     `key_file` (a key kept in a Secret) is used instead of data/ca.key when it exists."""
+    data.mkdir(parents=True, exist_ok=True)
     key_path, cert_path = data / "ca.key", data / "ca.crt"
     if key_file is not None and key_file.exists():
         try:
