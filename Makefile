@@ -39,10 +39,11 @@ check: setup lint
 proto: venv
 	$(BIN)/python proto/codegen.py
 
+# `make demo ARGS=--no-tui` runs headless; `ARGS="--contexts a,b,c"` uses your clusters.
 demo:
-	@echo "make demo: not built yet. It will start 3 local clusters, a sample Git repo, the hub and"
-	@echo "3 agents, wait until the fleet converges and open the TUI (issue #6)."
-	@exit 2
+	@deploy/demo/prereqs
+	@$(MAKE) --no-print-directory setup
+	@$(BIN)/python deploy/demo/demo.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .demo

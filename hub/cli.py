@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     create = toks.add_parser("create", help="print a one-time, expiring registration token")
     create.add_argument("--cluster", required=True, help="the cluster the agent will be")
     create.add_argument("--ttl", default="1h", help="validity, e.g. 30m, 1h, 24h (default 1h)")
+    create.add_argument(
+        "--labels",
+        default="",
+        metavar="K=V,...",
+        help="labels the cluster starts with, e.g. env=prod,region=eu (hub.yaml still wins)",
+    )
     client_args(create)
 
     cl = sub.add_parser("cluster", help="add clusters to the fleet")
@@ -275,7 +281,9 @@ def run_client(ns: argparse.Namespace) -> int:
             return _cluster_add(stub, meta, ns)
         if ns.command == "token":
             resp = stub.CreateToken(
-                fleet_pb2.CreateTokenRequest(cluster=ns.cluster, ttl_seconds=_duration(ns.ttl)),
+                fleet_pb2.CreateTokenRequest(
+                    cluster=ns.cluster, ttl_seconds=_duration(ns.ttl), labels=_labels(ns.labels)
+                ),
                 metadata=meta,
             )
             print(resp.token)

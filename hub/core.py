@@ -963,6 +963,7 @@ class Hub:
             last_seen=row.get("last_seen") or 0.0,
             render_error=render_error,
             wanted_revision=head,
+            auto_sync=eff.sync.auto,
         )
         out.pinned_revision = self.pins.get((app.name, cluster), "") or self.pins.get(
             (app.name, ""), ""

@@ -31,6 +31,7 @@ def cell(
     last_seen: float,
     render_error: str,
     wanted_revision: str,
+    auto_sync: bool = True,
 ) -> fleet_pb2.ClusterAppStatus:
     out = fleet_pb2.ClusterAppStatus(cluster=cluster, app=app, target=target)
     if assignment:
@@ -54,10 +55,13 @@ def cell(
         out.reason = f"render failed: {render_error.splitlines()[0]}"
     if assignment is None:
         out.sync = types_pb2.SYNC_STATUS_PENDING
-        out.reason = out.reason or (
-            f"auto-sync is off: sync to deploy {short(wanted_revision)}"
-            if wanted_revision else "nothing rendered for this cluster yet"
-        )  # fmt: skip
+        if not wanted_revision:
+            waiting = "nothing rendered for this cluster yet"
+        elif auto_sync:
+            waiting = f"assigning {short(wanted_revision)} (rendering for this cluster)"
+        else:
+            waiting = f"auto-sync is off: sync to deploy {short(wanted_revision)}"
+        out.reason = out.reason or waiting
         return out
     if report is None or report.bundle_digest != assignment["digest"] or (
         report.generation and report.generation < assignment["generation"]

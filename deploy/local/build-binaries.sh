@@ -24,6 +24,19 @@ export GOCACHE=${GOCACHE:-$CACHE/gobuild}
 export GOFLAGS=-buildvcs=false
 export CGO_ENABLED=0
 
+have() { # have NAME VERSION: is the binary built at that version?
+  [[ -x $BIN/$1 && -f $STAMPS/$1 && $(cat "$STAMPS/$1") == "$2" ]]
+}
+
+if [[ ${1:-} == --missing ]]; then # list what a build would make, one per line; needs no Go
+  for pair in kube-apiserver:$K8S_VERSION kube-controller-manager:$K8S_VERSION \
+    kube-scheduler:$K8S_VERSION kubectl:$K8S_VERSION etcd:$ETCD_VERSION kwok:$KWOK_VERSION \
+    helm:$HELM_VERSION kustomize:$KUSTOMIZE_VERSION; do
+    have "${pair%%:*}" "${pair#*:}" || echo "${pair%%:*} ${pair#*:}"
+  done
+  exit 0
+fi
+
 command -v go >/dev/null || {
   echo "build-binaries: 'go' is not installed; install Go 1.24 or newer (e.g. apt-get install golang) and rerun" >&2
   exit 1
@@ -37,9 +50,6 @@ fail() {
 }
 trap fail ERR
 
-have() { # have NAME VERSION: is the binary built at that version?
-  [[ -x $BIN/$1 && -f $STAMPS/$1 && $(cat "$STAMPS/$1") == "$2" ]]
-}
 stamp() { echo "$2" >"$STAMPS/$1"; }
 timed() { # timed NAME CMD...: run a build step and print how long it took
   local start=$SECONDS
@@ -64,6 +74,7 @@ build_kubernetes() {
   cd "$dir"
   # kubernetes requires its staging modules at v0.0.0 and replaces them with ./staging; a
   # module that depends on it has to replace each with the published v0.<minor>.<patch>.
+  echo "build-binaries: downloading the k8s.io/kubernetes $K8S_VERSION modules (minutes on a first run) ..."
   gomod=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
   {
     echo "module fleetops.local/k8sbuild"
@@ -117,6 +128,7 @@ package tools
 
 import _ "go.etcd.io/etcd/server/v3"
 GO
+  echo "build-binaries: downloading the etcd $ETCD_VERSION modules ..."
   GOTOOLCHAIN=${GOTOOLCHAIN:-auto} go mod tidy
   timed "etcd $ETCD_VERSION" go build -trimpath -ldflags "-s -w" -o "$BIN/etcd" go.etcd.io/etcd/server/v3
   stamp etcd "$ETCD_VERSION"

@@ -1,0 +1,499 @@
+#!/usr/bin/env python3
+"""`make demo`: a whole fleet on this machine, the way a real install runs it.
+
+Three clusters labelled dev, staging and prod (local control planes from deploy/local, or
+kubeconfig contexts you already have), a Git repository with three apps (plain YAML, Kustomize
+overlays, Helm with per-environment values), a hub process, and one agent process per cluster
+registered with its own one-time token. It waits until every app runs on every cluster, shows
+how to make a commit and watch it roll out, and opens the TUI. Ctrl-C tears everything down.
+
+    make demo                                   # local clusters, then the TUI
+    make demo ARGS=--no-tui                     # the same headless; exits 0 once converged
+    make demo ARGS="--contexts kind-a,kind-b,kind-c"   # your clusters instead of local ones
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO
+
+import grpc
+import yaml
+
+from proto.fleetops.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+HERE = pathlib.Path(__file__).resolve().parent
+BIN = pathlib.Path(sys.executable).parent
+ENVS = ("dev", "staging", "prod")
+APPS = ("guestbook", "podinfo", "redis")
+
+
+class DemoError(Exception):
+    """Something the user can fix; the message says what."""
+
+
+def cache_bin() -> pathlib.Path:
+    cache = os.environ.get("FLEETOPS_CACHE") or str(pathlib.Path.home() / ".cache" / "fleetops")
+    return pathlib.Path(cache) / "bin"
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def step(n: int, text: str) -> None:
+    say(f"[{n}/5] {text}")
+
+
+@dataclasses.dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[str]
+    log: pathlib.Path
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def tail(self, lines: int = 15) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def spawn(name: str, cmd: list[str], log: pathlib.Path, env: dict[str, str] | None = None) -> Child:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    out: IO[str]
+    with open(log, "a") as out:
+        # A session of its own: Ctrl-C reaches the demo, which stops children in order.
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
+    return Child(name, proc, log)
+
+
+def run(cmd: list[str], what: str, **kw: object) -> str:
+    done = subprocess.run(cmd, capture_output=True, text=True, **kw)  # type: ignore[call-overload]
+    if done.returncode != 0:
+        raise DemoError(f"{what} failed ({done.returncode}):\n{done.stderr.strip()}")
+    return str(done.stdout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def check_prerequisites(contexts: list[str]) -> None:
+    missing = []
+    if shutil.which("git") is None:
+        missing.append("git: apt-get install git (the sample repo is a Git repository)")
+    tools = ["helm", "kustomize"] + (
+        [] if contexts else ["kube-apiserver", "kube-controller-manager", "etcd", "kwok", "kubectl"]
+    )
+    for tool in tools:
+        if not os.access(cache_bin() / tool, os.X_OK):
+            missing.append(f"{tool}: run `make setup` (builds it into {cache_bin()})")
+    if missing:
+        raise DemoError("missing prerequisites:\n  " + "\n  ".join(missing))
+
+
+@dataclasses.dataclass
+class Cluster:
+    name: str
+    env: str
+    kubeconfig: pathlib.Path
+    context: str = ""
+
+
+def local_clusters(work: pathlib.Path) -> list[Cluster]:
+    out = run(
+        [
+            sys.executable,
+            str(ROOT / "deploy" / "local" / "localkube"),
+            "up",
+            "--names",
+            ",".join(ENVS),
+            "--state",
+            str(work / "clusters"),
+            "--owner-pid",
+            str(os.getpid()),
+        ],
+        "starting the local clusters (deploy/local/localkube up)",
+        timeout=600,
+    )
+    paths = [pathlib.Path(p) for p in out.split()]
+    if len(paths) != len(ENVS):
+        raise DemoError(f"localkube printed {paths}; expected {len(ENVS)} kubeconfigs")
+    return [Cluster(env, env, p) for env, p in zip(ENVS, paths, strict=True)]
+
+
+def context_clusters(contexts: list[str], kubeconfig: str) -> list[Cluster]:
+    if len(contexts) != len(ENVS):
+        raise DemoError(
+            f"--contexts: give exactly {len(ENVS)} contexts (for {', '.join(ENVS)}), "
+            f"got {len(contexts)}"
+        )
+    path = pathlib.Path(
+        kubeconfig or os.environ.get("KUBECONFIG", "") or pathlib.Path.home() / ".kube" / "config"
+    )
+    if not path.is_file():
+        raise DemoError(f"--contexts: no kubeconfig at {path}; pass --kubeconfig FILE")
+    known = {c.get("name") for c in (yaml.safe_load(path.read_text()) or {}).get("contexts") or []}
+    unknown = [c for c in contexts if c not in known]
+    if unknown:
+        raise DemoError(
+            f"--contexts: {', '.join(unknown)} not in {path}; it has {', '.join(sorted(known))}"
+        )
+    return [Cluster(env, env, path, ctx) for env, ctx in zip(ENVS, contexts, strict=True)]
+
+
+def make_repo(work: pathlib.Path) -> pathlib.Path:
+    repo = work / "repo"
+    shutil.copytree(HERE / "sample-repo", repo)
+    git = [
+        "git",
+        "-C",
+        str(repo),
+        "-c",
+        "user.name=fleetops demo",
+        "-c",
+        "user.email=demo@fleetops",
+    ]
+    run(["git", "init", "-q", "-b", "main", str(repo)], "git init")
+    run([*git, "add", "-A"], "git add")
+    run([*git, "commit", "-q", "-m", "Three apps for dev, staging and prod"], "git commit")
+    return repo
+
+
+class Fleet:
+    def __init__(self, work: pathlib.Path, clusters: list[Cluster]) -> None:
+        self.work = work
+        self.clusters = clusters
+        self.children: list[Child] = []
+        self.hub: Child | None = None
+        self.port = 0
+
+    def start_hub(self, repo: pathlib.Path) -> None:
+        config = self.work / "hub.yaml"
+        text = (HERE / "hub.yaml").read_text().replace("{repo}", repo.as_uri())
+        config.write_text(text)
+        self.port = free_port()
+        self.hub = spawn(
+            "hub",
+            [
+                str(BIN / "fleetops-hub"),
+                "serve",
+                f"--config={config}",
+                f"--data={self.work / 'hub'}",
+                f"--listen=127.0.0.1:{self.port}",
+                f"--agent-listen=127.0.0.1:{free_port()}",
+                f"--http=127.0.0.1:{free_port()}",
+                f"--helm={cache_bin() / 'helm'}",
+                f"--kustomize={cache_bin() / 'kustomize'}",
+            ],
+            self.work / "logs" / "hub.log",
+        )
+        self.children.append(self.hub)
+        deadline = time.monotonic() + 30
+        while "gRPC on port" not in self.hub.tail(50):
+            if self.hub.proc.poll() is not None or time.monotonic() > deadline:
+                raise DemoError(
+                    f"the hub did not start; its log ({self.hub.log}):\n{self.hub.tail()}"
+                )
+            time.sleep(0.1)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def admin(self, *args: str) -> str:
+        return run(
+            [
+                str(BIN / "fleetops-hub"),
+                *args,
+                f"--hub={self.address}",
+                f"--data={self.work / 'hub'}",
+            ],
+            f"fleetops-hub {args[0]}",
+            timeout=60,
+        )
+
+    def start_agents(self) -> None:
+        for c in self.clusters:
+            token = self.admin("token", "create", f"--cluster={c.name}", f"--labels=env={c.env}")
+            cmd = [
+                str(BIN / "fleetops-agent"),
+                "run",
+                f"--hub={self.address}",
+                f"--kubeconfig={c.kubeconfig}",
+                f"--state={self.work / 'agents' / c.name}",
+                "--resync=10",
+            ]
+            if c.context:
+                cmd.append(f"--context={c.context}")
+            agent = spawn(
+                f"agent {c.name}",
+                cmd,
+                self.work / "logs" / f"agent-{c.name}.log",
+                env={"FLEETOPS_TOKEN": token.strip()},
+            )
+            self.children.append(agent)
+
+    def snapshot(self) -> fleet_pb2.Snapshot:
+        ca = (self.work / "hub" / "ca.crt").read_bytes()
+        token = (self.work / "hub" / "tokens" / "readonly").read_text().strip()
+        with grpc.secure_channel(
+            self.address, grpc.ssl_channel_credentials(root_certificates=ca)
+        ) as channel:
+            stub = fleet_pb2_grpc.FleetServiceStub(channel)
+            return stub.GetSnapshot(
+                fleet_pb2.SnapshotRequest(),
+                metadata=(("authorization", f"Bearer {token}"),),
+                timeout=10,
+            )
+
+    def check_children(self) -> None:
+        for child in self.children:
+            if child.proc.poll() is not None:
+                raise DemoError(
+                    f"the {child.name} process exited ({child.proc.returncode}); "
+                    f"its log ({child.log}):\n{child.tail()}"
+                )
+
+    def wait_converged(self, timeout: float) -> float:
+        start = time.monotonic()
+        last = ""
+        while True:
+            self.check_children()
+            try:
+                snap = self.snapshot()
+            except grpc.RpcError:
+                snap = fleet_pb2.Snapshot()
+            line, done = progress(snap, [c.name for c in self.clusters])
+            if line != last:
+                say(f"      {time.monotonic() - start:5.1f}s  {line}")
+                last = line
+            if done:
+                return time.monotonic() - start
+            if time.monotonic() - start > timeout:
+                raise DemoError(
+                    f"the fleet did not converge within {timeout:.0f} s:\n"
+                    + describe(snap)
+                    + f"\nlogs are in {self.work / 'logs'}"
+                )
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        for child in reversed(self.children):
+            child.stop()
+        self.children.clear()
+
+
+def ready(s: fleet_pb2.ClusterAppStatus) -> bool:
+    return (
+        s.sync == types_pb2.SYNC_STATUS_SYNCED
+        and s.health == types_pb2.HEALTH_STATUS_HEALTHY
+        and bool(s.applied_revision)
+        and s.applied_revision == s.desired_revision
+    )
+
+
+def progress(snap: fleet_pb2.Snapshot, clusters: list[str]) -> tuple[str, bool]:
+    """One line: per cluster how many apps run their revision Synced and Healthy, and the
+    first thing still on its way or wrong."""
+    cells = {(s.cluster, s.app): s for s in snap.statuses}
+    connected = {
+        c.name for c in snap.clusters if c.connectivity == types_pb2.CONNECTIVITY_CONNECTED
+    }
+    parts, waiting = [], ""
+    total = 0
+    for c in clusters:
+        n = sum(1 for a in APPS if (c, a) in cells and ready(cells[(c, a)]))
+        total += n
+        parts.append(f"{c} {n}/{len(APPS)}" + ("" if c in connected else " (agent not connected)"))
+        for a in APPS:
+            s = cells.get((c, a))
+            if not waiting and s is not None and not ready(s) and s.reason:
+                waiting = f"{c}/{a}: {s.reason}"
+    line = f"ready {total}/{len(clusters) * len(APPS)}: " + ", ".join(parts)
+    return line + (f"  [{waiting[:80]}]" if waiting else ""), total == len(clusters) * len(APPS)
+
+
+def _word(enum: object, value: int, prefix: str) -> str:
+    name: str = enum.Name(value)  # type: ignore[attr-defined]
+    return "".join(w.title() for w in name.removeprefix(prefix).split("_"))
+
+
+def describe(snap: fleet_pb2.Snapshot) -> str:
+    rows = sorted(snap.statuses, key=lambda s: (s.cluster, s.app))
+    return "\n".join(
+        f"  {s.cluster:<8} {s.app:<10} {s.applied_revision[:8] or '-':<9} "
+        f"{_word(types_pb2.SyncStatus, s.sync, 'SYNC_STATUS_'):<11} "
+        f"{_word(types_pb2.HealthStatus, s.health, 'HEALTH_STATUS_'):<11} {s.reason}"
+        for s in rows
+    )
+
+
+def instructions(work: pathlib.Path, fleet: Fleet) -> str:
+    rel = os.path.relpath(work, os.getcwd())
+    data = work / "hub"
+    return f"""
+The fleet runs: 3 apps on 3 clusters, each from the same Git commit.
+
+  Make a change and watch it roll out (the hub polls the repo every 2 s):
+    cd {rel}/repo
+    sed -i 's/replicas: 3/replicas: 4/' apps/guestbook/overlays/prod/deployment_patch.yaml
+    git commit -qam "guestbook: 4 replicas in prod"
+
+  In another terminal (venv: {os.path.relpath(BIN, os.getcwd())}):
+    fleetops-tui --hub {fleet.address} --data {data}
+    fleetops-hub status --hub {fleet.address} --data {data}
+    fleetops-hub history guestbook --hub {fleet.address} --data {data}
+    fleetops-hub rollback guestbook <older revision> --hub {fleet.address} --data {data}
+
+  Logs: {rel}/logs   Kubeconfigs: {rel}/clusters/<env>/kubeconfig (local clusters)
+"""
+
+
+@contextmanager
+def teardown_on_exit(fleet: Fleet, work: pathlib.Path, local: bool) -> Iterator[None]:
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        say("Tearing down: agents, hub" + (", local clusters" if local else "") + " ...")
+        fleet.stop()
+        if local:
+            subprocess.run(
+                [
+                    sys.executable,
+                    str(ROOT / "deploy" / "local" / "localkube"),
+                    "down",
+                    "--state",
+                    str(work / "clusters"),
+                ],
+                capture_output=True,
+                timeout=120,
+                check=False,
+            )
+        else:
+            say(
+                "The demo's apps stay in your clusters; remove them with "
+                "`kubectl delete namespace " + " ".join(APPS) + "` in each context."
+            )
+        say("Done.")
+
+
+def open_tui(fleet: Fleet, work: pathlib.Path) -> None:
+    cmd = [str(BIN / "fleetops-tui"), f"--hub={fleet.address}", f"--data={work / 'hub'}"]
+    while True:
+        subprocess.run(cmd, check=False)
+        say(instructions(work, fleet))
+        try:
+            input("Enter: open the TUI again · Ctrl-C: tear everything down ")
+        except EOFError:
+            return
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--no-tui", action="store_true", help="headless: exit 0 once converged")
+    parser.add_argument(
+        "--contexts",
+        default="",
+        metavar="A,B,C",
+        help="use these 3 kubeconfig contexts (dev, staging, prod) instead of local clusters",
+    )
+    parser.add_argument("--kubeconfig", default="", help="kubeconfig for --contexts")
+    parser.add_argument(
+        "--dir", default=str(ROOT / ".demo"), help="working directory (default .demo; wiped first)"
+    )
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to converge")
+    ns = parser.parse_args(argv)
+    contexts = [c.strip() for c in ns.contexts.split(",") if c.strip()]
+    work = pathlib.Path(ns.dir).resolve()
+    try:
+        check_prerequisites(contexts)
+        if (work / "clusters").exists():  # a previous demo's clusters, if any are left
+            subprocess.run(
+                [
+                    sys.executable,
+                    str(ROOT / "deploy/local/localkube"),
+                    "down",
+                    "--state",
+                    str(work / "clusters"),
+                ],
+                capture_output=True,
+                timeout=120,
+                check=False,
+            )
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        started = time.monotonic()
+        fleet = Fleet(work, [])
+        with teardown_on_exit(fleet, work, local=not contexts):
+            if contexts:
+                fleet.clusters = context_clusters(contexts, ns.kubeconfig)
+                used = ", ".join(f"{c.env}={c.context}" for c in fleet.clusters)
+                step(1, f"using your clusters: {used}")
+            else:
+                step(1, "starting 3 local Kubernetes clusters: dev, staging, prod ...")
+                t = time.monotonic()
+                fleet.clusters = local_clusters(work)
+                say(f"      up in {time.monotonic() - t:.1f}s")
+            step(
+                2,
+                "creating the sample Git repo: guestbook (YAML), podinfo (Kustomize), redis (Helm)",
+            )
+            repo = make_repo(work)
+            step(3, "starting the hub")
+            fleet.start_hub(repo)
+            step(4, "registering 3 agents, one process per cluster, each with its own token")
+            fleet.start_agents()
+            step(5, "waiting for every app on every cluster to be Synced and Healthy")
+            took = fleet.wait_converged(ns.timeout)
+            say(f"Converged in {took:.1f}s ({time.monotonic() - started:.1f}s since the start).")
+            if ns.no_tui:
+                say(describe(fleet.snapshot()))
+                return 0
+            say(instructions(work, fleet))
+            say("Opening the TUI (q quits it) ...")
+            time.sleep(2)
+            open_tui(fleet, work)
+        return 0
+    except DemoError as e:
+        print(f"make demo: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""`make demo`, headless, as the suite's last word on the whole product: local clusters (or the
+contexts given), the sample repo, a hub and three agent processes, converged and torn down."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests import localkube
+
+pytestmark = pytest.mark.cluster
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+DEMO = ROOT / "deploy" / "demo" / "demo.py"
+CELLS = [(c, a) for c in ("dev", "staging", "prod") for a in ("guestbook", "podinfo", "redis")]
+
+
+def _demo(*args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(DEMO), "--no-tui", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def _converged_rows(stdout: str) -> set[tuple[str, str]]:
+    rows = set()
+    for line in stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 5 and parts[3:5] == ["Synced", "Healthy"]:
+            rows.add((parts[0], parts[1]))
+    return rows
+
+
+def test_headless_demo_converges_on_its_own_clusters_and_cleans_up(tmp_path: pathlib.Path) -> None:
+    work = tmp_path / "demo"
+    done = _demo("--dir", str(work), "--timeout", "240")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "[1/5] starting 3 local Kubernetes clusters" in done.stdout
+    assert "Converged in" in done.stdout
+    assert _converged_rows(done.stdout) == set(CELLS), done.stdout
+    # torn down: the clusters answer no more and no hub or agent is left running
+    status = subprocess.run(
+        [sys.executable, str(localkube.LOCALKUBE), "status", "--state", str(work / "clusters")],
+        capture_output=True,
+        text=True,
+    )
+    assert "up" not in status.stdout.split(), status.stdout
+    leftovers = subprocess.run(
+        ["pgrep", "-f", f"--data={work}/hub"], capture_output=True, text=True
+    )
+    assert leftovers.stdout.strip() == ""
+
+
+def test_headless_demo_on_existing_contexts(
+    local_clusters: list[localkube.LocalCluster], tmp_path: pathlib.Path
+) -> None:
+    merged: dict[str, list[object]] = {"clusters": [], "users": [], "contexts": []}
+    for c in local_clusters:
+        cfg = yaml.safe_load(c.kubeconfig.read_text())
+        for key in merged:
+            merged[key] += cfg[key]
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump({"apiVersion": "v1", "kind": "Config", **merged, "current-context": "c1"})
+    )
+    names = ",".join(c.name for c in local_clusters)
+    try:
+        bad = _demo(
+            "--contexts",
+            "c1,nope,c3",
+            "--kubeconfig",
+            str(kubeconfig),
+            "--dir",
+            str(tmp_path / "bad"),
+        )
+        assert bad.returncode == 1
+        assert "nope not in" in bad.stderr and "c1, c2, c3" in bad.stderr
+
+        done = _demo(
+            "--contexts", names, "--kubeconfig", str(kubeconfig), "--dir", str(tmp_path / "demo")
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "using your clusters: dev=c1, staging=c2, prod=c3" in done.stdout
+        assert _converged_rows(done.stdout) == set(CELLS), done.stdout
+        replicas = subprocess.run(
+            [
+                localkube.binary("kubectl"),
+                f"--kubeconfig={local_clusters[2].kubeconfig}",
+                "-n",
+                "guestbook",
+                "get",
+                "deploy",
+                "guestbook",
+                "-o",
+                "jsonpath={.spec.replicas}",
+            ],
+            capture_output=True,
+            text=True,
+        )
+        assert replicas.stdout == "3"  # prod's overlay
+        assert "kubectl delete namespace guestbook podinfo redis" in done.stdout
+    finally:
+        for c in local_clusters:
+            subprocess.run(
+                [
+                    localkube.binary("kubectl"),
+                    f"--kubeconfig={c.kubeconfig}",
+                    "delete",
+                    "namespace",
+                    "guestbook",
+                    "podinfo",
+                    "redis",
+                    "--ignore-not-found",
+                    "--wait=false",
+                ],
+                capture_output=True,
+            )
+
+
+def test_prerequisites_are_named_with_how_to_get_them(tmp_path: pathlib.Path) -> None:
+    # Every command of this machine except git, and an empty binary cache.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for d in ("/usr/local/bin", "/usr/bin", "/bin"):
+        for tool in pathlib.Path(d).iterdir() if pathlib.Path(d).is_dir() else []:
+            if not tool.name.startswith("git") and not (bin_dir / tool.name).exists():
+                os.symlink(tool, bin_dir / tool.name)
+    (bin_dir / "python3").unlink(missing_ok=True)
+    os.symlink(os.path.realpath(sys.executable), bin_dir / "python3")
+    env = {"PATH": str(bin_dir), "HOME": str(tmp_path), "FLEETOPS_CACHE": str(tmp_path / "cache")}
+    prereqs = ["bash", str(ROOT / "deploy" / "demo" / "prereqs")]
+    done = subprocess.run(prereqs, capture_output=True, text=True, env=env)
+    assert done.returncode == 1
+    assert "make demo: missing git: apt-get install git" in done.stderr
+
+    # With git, a first run says it must build the binaries, which ones, and how long it takes.
+    git = subprocess.run(
+        ["bash", "-c", "command -v git"], capture_output=True, text=True
+    ).stdout.strip()
+    os.symlink(git, bin_dir / "git")
+    done = subprocess.run(prereqs, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "first run: building 8 binaries" in done.stdout
+    assert "  - kube-apiserver v" in done.stdout and "about 20 minutes" in done.stdout
