@@ -216,6 +216,10 @@ async def test_help_and_the_app_detail(hub: server.Running) -> None:
             str(r.key.value): str(clusters.get_row(r.key)[-1]) for r in clusters.ordered_rows
         }
         assert reasons["us-1"] == "Deployment web/web: rollout stuck"
+        await pilot.press("escape")
+        await until(pilot, "the overview", lambda: app.screen.__class__.__name__ == "Overview")
+        await pilot.press("q")  # quits from the overview too (the demo relies on it)
+        await until(pilot, "the app to exit", lambda: app._exit)
 
 
 async def test_a_lost_hub_is_shown_and_the_data_marked_stale(hub: server.Running) -> None:

@@ -27,7 +27,7 @@ class Overview(base.FleetScreen):
         Binding("h", "history", "history / roll back"),
         Binding("c", "open_cluster", "cluster"),
         Binding("question_mark", "help", "help"),
-        Binding("q", "quit", "quit"),
+        Binding("q", "app.quit", "quit"),
         Binding("escape", "clear_filter", show=False),
     ]
 
