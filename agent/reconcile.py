@@ -495,6 +495,8 @@ class Reconciler:
         todo = [r for r in result.resources if r.key in by_key and r.sync == st.OUT_OF_SYNC]
         if not todo:
             return result
+        # Someone may have deleted the whole namespace: objects cannot come back without it.
+        await self._ensure_default_namespace(bundle, list(by_key.values()))
         fixed = await asyncio.gather(
             *(self._apply(by_key[r.key], policy.force_conflicts) for r in todo)
         )

@@ -119,6 +119,25 @@ async def test_deleted_object_is_missing_then_recreated(
     assert live is not None and live["data"] == {"level": "info"}
 
 
+async def test_a_deleted_namespace_is_recreated_with_its_objects(
+    local_clusters: list[localkube.LocalCluster],
+    cluster: kube.Kube,
+    reconciler: reconcile.Reconciler,
+    make_bundle: BundleFactory,
+    unique_name: str,
+) -> None:
+    # The app's namespace is not in the bundle (the hub's `namespace:`), and someone deletes it.
+    ns = unique_name
+    bundle = make_bundle(configmap("settings", level="info"))
+    synced = await reconciler.sync(bundle, policy(self_heal=True))
+    assert synced.sync == st.SYNCED, synced.reason
+    await kubectl(local_clusters[0], "delete", "namespace", ns, "--wait=true", "--timeout=60s")
+    healed = await reconciler.reconcile(bundle, policy(self_heal=True))
+    assert healed.sync == st.SYNCED, healed.reason
+    live = await cluster.get(CM, ns, "settings")
+    assert live is not None and live["data"] == {"level": "info"}
+
+
 async def test_secret_drift_names_the_field_but_never_the_value(
     cluster: kube.Kube,
     reconciler: reconcile.Reconciler,
