@@ -895,11 +895,13 @@ class Hub:
 
     def cluster_pb(self, name: str) -> types_pb2.Cluster:
         row = self.clusters[name]
+        labels = self.labels_of(name)
         c = types_pb2.Cluster(
             name=name,
-            labels=self.labels_of(name),
+            labels=labels,
             agent_version=row.get("agent_version") or "",
             kubernetes_version=row.get("kubernetes_version") or "",
+            groups=[g.name for g in self.cfg.cluster_groups if g.selector.matches(labels)],
         )
         if row.get("last_seen"):
             c.last_seen.FromNanoseconds(int(row["last_seen"] * 1e9))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import grpc
 from textual import work
@@ -19,14 +20,19 @@ class FleetApp(App[None]):
     CSS_PATH = "fleet.tcss"
     TITLE = "fleetops"
 
-    def __init__(self, client: hubclient.HubClient) -> None:
+    def __init__(self, client: hubclient.HubClient, clock: Callable[[], float] = time.time) -> None:
         super().__init__()
         self.client = client
+        self.clock = clock
         self.fleet = model.Fleet()
         self.live = False
 
+    def get_default_screen(self) -> overview.Overview:
+        # The overview is the base screen itself: a screen pushed over Textual's default one
+        # made every repaint of the (empty) default screen repaint the whole overview.
+        return overview.Overview()
+
     def on_mount(self) -> None:
-        self.push_screen(overview.Overview())
         self.watch_hub()
 
     async def on_unmount(self) -> None:
@@ -60,9 +66,9 @@ class FleetApp(App[None]):
                     self._tell(messages.ConnectionChanged(False, f"refused by the hub: {reason}"))
                     return
             if self.live or not lost_at:
-                lost_at = time.time()
+                lost_at = self.clock()
             self.live = False
-            stamp = time.strftime("%H:%M:%S", time.localtime(lost_at))
+            stamp = time.strftime("%H:%M:%SZ", time.gmtime(lost_at))
             self._tell(
                 messages.ConnectionChanged(
                     False,
@@ -95,5 +101,5 @@ class FleetApp(App[None]):
         self.notify(message)
 
 
-def make_app(*, client: hubclient.HubClient) -> FleetApp:
-    return FleetApp(client)
+def make_app(*, client: hubclient.HubClient, clock: Callable[[], float] = time.time) -> FleetApp:
+    return FleetApp(client, clock)

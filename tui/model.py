@@ -144,18 +144,22 @@ class Fleet:
         self.version = max(self.version, change.version)
 
     def matches(self, cluster: str, query: str) -> bool:
-        """Free text against the cluster's name, its labels (`env=prod`) and its cells' states."""
+        """Free text against the cluster's name, its labels (`env=prod`), its groups
+        (`group=prod`), its connectivity and its cells' states. Words separated by spaces
+        must all match (`group=prod Degraded`)."""
         if not query:
             return True
         c = self.clusters.get(cluster)
         words = [cluster]
         if c is not None:
             words += [f"{k}={v}" for k, v in c.labels.items()] + [CONNECTIVITY[c.connectivity]]
-        for (cl, _app), cell in self.cells.items():
-            if cl == cluster:
+            words += [f"group={g}" for g in c.groups]
+        for a in self.apps:
+            cell = self.cells.get((cluster, a))
+            if cell is not None:
                 words += [SYNC[cell.sync], HEALTH[cell.health]]
-        q = query.lower()
-        return any(q in w.lower() for w in words)
+        lowered = [w.lower() for w in words]
+        return all(any(q in w for w in lowered) for q in query.lower().split())
 
     def cluster_names(self, query: str = "", sort: str = "name") -> list[str]:
         names = [c for c in self.clusters if self.matches(c, query)]
@@ -171,6 +175,11 @@ class Fleet:
         if conn is not None and conn.connectivity != types_pb2.CONNECTIVITY_CONNECTED:
             levels.append(WARN)
         return max(levels, default=OK)
+
+    def row_counts(self, cluster: str) -> tuple[int, int]:
+        """(apps fine, apps) on one cluster."""
+        cells = [c for a in self.apps if (c := self.cells.get((cluster, a))) is not None]
+        return sum(1 for c in cells if level(c) == OK), len(cells)
 
     def counts(self, cells: Iterable[fleet_pb2.ClusterAppStatus]) -> str:
         cells = list(cells)

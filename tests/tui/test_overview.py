@@ -19,6 +19,7 @@ from tests.e2e import fleet
 from tests.fakes import FakeAgent
 from tui import app as tui_app
 from tui import client as tui_client
+from tui.widgets.matrix import Matrix
 
 SIZE = (120, 30)
 
@@ -41,6 +42,9 @@ async def hub(tmp_path: pathlib.Path) -> AsyncIterator[server.Running]:
                 "clusters": [
                     {"name": "eu-1", "labels": {"env": "prod"}},
                     {"name": "us-1", "labels": {"env": "dev"}},
+                ],
+                "clusterGroups": [
+                    {"name": "production", "selector": {"matchLabels": {"env": "prod"}}}
                 ],
                 "apps": [
                     {"name": "web", "repo": "platform", "path": "apps/web", "namespace": "web"},
@@ -115,10 +119,8 @@ async def until(pilot: object, what: str, check: Callable[[], bool], within: flo
 
 
 def matrix_text(app: tui_app.FleetApp) -> dict[str, list[str]]:
-    table = app.screen.query_one("#matrix", DataTable)
-    return {
-        str(row.key.value): [str(c) for c in table.get_row(row.key)] for row in table.ordered_rows
-    }
+    table = app.screen.query_one("#matrix", Matrix)
+    return {row: table.row_texts(row) for row in table.rows}
 
 
 async def test_the_overview_shows_every_cluster_and_app_with_their_state(
@@ -129,20 +131,22 @@ async def test_the_overview_shows_every_cluster_and_app_with_their_state(
         await until(
             pilot,
             "both clusters reporting web",
-            lambda: sum("Synced" in r[3] for r in matrix_text(app).values()) == 2,
+            lambda: sum("Synced" in r[4] for r in matrix_text(app).values()) == 2,
         )
         rows = matrix_text(app)
         assert set(rows) == {"eu-1", "us-1"}
         assert rows["eu-1"][1] == "Connected"
-        assert rows["eu-1"][3].startswith("Synced Healthy")  # columns: cluster, agent, api, web
-        assert rows["us-1"][3].startswith("Synced Degraded")
-        assert rows["eu-1"][2].startswith("Pending")  # api has no auto-sync
+        # columns: cluster, agent, ok, api, web
+        assert rows["eu-1"][4].startswith("Synced Healthy")
+        assert rows["us-1"][4].startswith("Synced Degraded")
+        assert rows["eu-1"][3].startswith("Pending")  # api has no auto-sync
+        assert rows["eu-1"][2] == "1/2" and rows["us-1"][2] == "0/2"  # apps fine per cluster
         counts = str(app.screen.query_one("#counts", Static).render())
         assert "2 of 2 clusters, 2 apps" in counts and "need attention" in counts
         assert "live" in str(app.screen.query_one("#connection", Static).render())
 
 
-async def test_filter_by_label_and_by_state(hub: server.Running) -> None:
+async def test_filter_by_label_group_and_state(hub: server.Running) -> None:
     app = tui_app.make_app(client=client_for(hub))
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, "two rows", lambda: len(matrix_text(app)) == 2)
@@ -153,15 +157,19 @@ async def test_filter_by_label_and_by_state(hub: server.Running) -> None:
         await until(pilot, "the filter to clear", lambda: len(matrix_text(app)) == 2)
         await pilot.press("slash", *"degraded")  # typed key by key
         await until(pilot, "the state filter", lambda: set(matrix_text(app)) == {"us-1"})
+        app.screen.query_one("#filter", Input).value = "group=production"
+        await until(pilot, "the group filter", lambda: set(matrix_text(app)) == {"eu-1"})
+        app.screen.query_one("#filter", Input).value = "group=production degraded"  # both
+        await until(pilot, "nothing matching both", lambda: set(matrix_text(app)) == set())
 
 
 async def test_sync_asks_first_then_the_hub_records_it(hub: server.Running) -> None:
     app = tui_app.make_app(client=client_for(hub))
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, "two rows", lambda: len(matrix_text(app)) == 2)
-        table = app.screen.query_one("#matrix", DataTable)
+        table = app.screen.query_one("#matrix", Matrix)
         table.focus()
-        table.move_cursor(row=0, column=2)  # eu-1 / api
+        table.move_cursor(row=0, column=3)  # eu-1 / api
         await pilot.press("s")
         await until(pilot, "the confirmation", lambda: app.screen.__class__.__name__ == "Confirm")
         await pilot.press("n")
@@ -179,7 +187,7 @@ async def test_sync_asks_first_then_the_hub_records_it(hub: server.Running) -> N
             ),
         )
         await until(
-            pilot, "api to be applied on eu-1", lambda: "Synced" in matrix_text(app)["eu-1"][2]
+            pilot, "api to be applied on eu-1", lambda: "Synced" in matrix_text(app)["eu-1"][3]
         )
 
 
@@ -187,9 +195,9 @@ async def test_a_read_only_token_is_told_why_it_cannot_act(hub: server.Running) 
     app = tui_app.make_app(client=client_for(hub, "readonly"))
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, "two rows", lambda: len(matrix_text(app)) == 2)
-        table = app.screen.query_one("#matrix", DataTable)
+        table = app.screen.query_one("#matrix", Matrix)
         table.focus()
-        table.move_cursor(row=0, column=3)
+        table.move_cursor(row=0, column=4)
         await pilot.press("p", "y")
         await until(
             pilot,
@@ -206,9 +214,9 @@ async def test_help_and_the_app_detail(hub: server.Running) -> None:
         await pilot.press("question_mark")
         await until(pilot, "help", lambda: app.screen.__class__.__name__ == "Help")
         await pilot.press("escape")
-        table = app.screen.query_one("#matrix", DataTable)
+        table = app.screen.query_one("#matrix", Matrix)
         table.focus()
-        table.move_cursor(row=1, column=3)  # us-1 / web
+        table.move_cursor(row=1, column=4)  # us-1 / web
         await pilot.press("enter")
         await until(pilot, "the app screen", lambda: app.screen.__class__.__name__ == "AppDetail")
         clusters = app.screen.query_one("#clusters", DataTable)
@@ -241,10 +249,10 @@ async def test_roll_back_to_a_revision_picked_from_the_history(hub: server.Runni
         await until(
             pilot,
             "both clusters reporting web",
-            lambda: sum("Synced" in r[3] for r in matrix_text(app).values()) == 2,
+            lambda: sum("Synced" in r[4] for r in matrix_text(app).values()) == 2,
         )
-        table = app.screen.query_one("#matrix", DataTable)
-        table.move_cursor(row=0, column=3)  # web
+        table = app.screen.query_one("#matrix", Matrix)
+        table.move_cursor(row=0, column=4)  # web
         await pilot.press("h")
         await until(pilot, "the history", lambda: app.screen.__class__.__name__ == "History")
         events = app.screen.query_one("#events", DataTable)
@@ -259,7 +267,7 @@ async def test_roll_back_to_a_revision_picked_from_the_history(hub: server.Runni
         await until(pilot, "the pin", lambda: hub.hub.pins.get(("web", "")) == head)
         await pilot.press("escape")
         await until(
-            pilot, "the pin mark in the matrix", lambda: "📌" in matrix_text(app)["eu-1"][3]
+            pilot, "the pin mark in the matrix", lambda: "📌" in matrix_text(app)["eu-1"][4]
         )
 
 
@@ -269,9 +277,9 @@ async def test_the_cluster_screen_shows_versions_labels_and_apps(hub: server.Run
         await until(
             pilot,
             "both clusters reporting",
-            lambda: sum("Synced" in r[3] for r in matrix_text(app).values()) == 2,
+            lambda: sum("Synced" in r[4] for r in matrix_text(app).values()) == 2,
         )
-        table = app.screen.query_one("#matrix", DataTable)
+        table = app.screen.query_one("#matrix", Matrix)
         table.move_cursor(row=0, column=0)  # eu-1
         await pilot.press("c")
         await until(

@@ -8,15 +8,18 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
 from textual.pilot import Pilot
 from textual.widgets import DataTable
 
 from proto.fleetops.v1 import fleet_pb2, types_pb2
 from tui import app as tui_app
 from tui import client as tui_client
+from tui.widgets.matrix import Matrix
 
 REV_A = "4f2b9c1e8d7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c"
 REV_B = "9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d"
+LOST_AT = 1_795_000_000  # 2026-11-18 11:06:40Z: a fixed clock, so the stale stamp is stable
 
 
 def fleet_snapshot() -> fleet_pb2.Snapshot:
@@ -30,6 +33,8 @@ def fleet_snapshot() -> fleet_pb2.Snapshot:
             name=name, connectivity=conn, agent_version="0.1.0", kubernetes_version="v1.37.2"
         )
         c.labels["env"] = env
+        if conn == 2:
+            c.last_seen.FromSeconds(LOST_AT - 600)
     for app in ("guestbook", "payments"):
         snap.apps.add(
             name=app, repo="platform", path=f"apps/{app}", namespace=app, head_revision=REV_B
@@ -125,7 +130,7 @@ async def settled(pilot: Pilot[Any]) -> None:
     for _ in range(50):
         if (
             pilot.app.screen.query("#matrix")
-            and pilot.app.screen.query_one("#matrix", DataTable).row_count
+            and pilot.app.screen.query_one("#matrix", Matrix).row_count
         ):
             break
         await pilot.pause(0.05)
@@ -143,8 +148,8 @@ def test_overview_at_80x24(snap_compare: Any) -> None:
 def test_app_detail_with_a_drift(snap_compare: Any) -> None:
     async def open_guestbook(pilot: Pilot[Any]) -> None:
         await settled(pilot)
-        table = pilot.app.screen.query_one("#matrix", DataTable)
-        table.move_cursor(row=2, column=2)  # us-dev-1 / guestbook
+        table = pilot.app.screen.query_one("#matrix", Matrix)
+        table.move_cursor(row=2, column=3)  # us-dev-1 / guestbook
         await pilot.press("enter")
         await pilot.pause(0.2)
         clusters = pilot.app.screen.query_one("#clusters", DataTable)
@@ -152,6 +157,41 @@ def test_app_detail_with_a_drift(snap_compare: Any) -> None:
         await pilot.pause(0.2)
 
     assert snap_compare(app(), terminal_size=(140, 30), run_before=open_guestbook)
+
+
+class LostHubClient(FakeHubClient):
+    """A fake: the fixed fleet, then the stream breaks; the retry hangs (a hub that does not
+    answer), so the screen stays on the first "retrying in 1 s"."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    async def watch(self) -> AsyncIterator[fleet_pb2.FleetChange]:
+        self.calls += 1
+        if self.calls > 1:
+            await asyncio.Event().wait()
+        yield fleet_pb2.FleetChange(version=7, snapshot=fleet_snapshot())
+        await asyncio.sleep(0.2)
+        raise grpc.aio.AioRpcError(
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.aio.Metadata(),
+            grpc.aio.Metadata(),
+            details="failed to connect to all addresses",
+        )
+
+
+def test_disconnected_hub_marks_the_data_stale(snap_compare: Any) -> None:
+    async def lose_the_hub(pilot: Pilot[Any]) -> None:
+        await settled(pilot)
+        for _ in range(40):
+            if "connection lost" in str(pilot.app.screen.query_one("#connection").render()):
+                break
+            await pilot.pause(0.05)
+        await pilot.pause()
+
+    lost = tui_app.make_app(client=LostHubClient(), clock=lambda: float(LOST_AT))
+    assert snap_compare(lost, terminal_size=(120, 24), run_before=lose_the_hub)
 
 
 class ChangingHubClient(FakeHubClient):
@@ -179,13 +219,14 @@ class ChangingHubClient(FakeHubClient):
 
 
 async def test_a_changed_cell_is_repainted() -> None:
-    """The matrix evicts single cells from DataTable's render caches; if a textual upgrade
-    changes those caches, this fails instead of the screen silently showing stale cells."""
+    """The matrix keeps each row's rendered line; a changed cell must drop its row's line
+    (and the column's header count), or the screen would silently show stale cells."""
     fake = ChangingHubClient()
     app = tui_app.make_app(client=fake)
     async with app.run_test(size=(120, 24)) as pilot:
         await settled(pilot)
-        assert "Synced Healthy 9e8d7c6" in app.export_screenshot().replace("&#160;", " ")
+        first = app.export_screenshot().replace("&#160;", " ")
+        assert "Synced Healthy 9e8d7c6" in first and "guestbook 1/3" in first
         fake.go.set()
         for _ in range(40):
             await pilot.pause(0.05)
@@ -195,3 +236,4 @@ async def test_a_changed_cell_is_repainted() -> None:
         shot = app.export_screenshot().replace("&#160;", " ")
         assert shot.count("Synced Degraded 9e8d7c6") == 2, "the changed cell was not repainted"
         assert "Synced Healthy 9e8d7c6" not in shot
+        assert "guestbook 0/3" in shot, "the column's count did not follow"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.timer import Timer
-from textual.widgets import DataTable, Footer, Header, Input, Static
+from textual.widgets import Footer, Header, Input, Static
 
 from proto.fleetops.v1 import types_pb2
 from tui import messages, model
@@ -20,7 +22,6 @@ class Overview(base.FleetScreen):
     BINDINGS = [
         Binding("slash", "filter", "filter"),
         Binding("o", "sort", "sort"),
-        Binding("enter", "open_app", "app", show=False),
         Binding("s", "sync", "sync"),
         Binding("u", "unpin", "unpin"),
         Binding("p", "pause", "pause/resume"),
@@ -38,20 +39,22 @@ class Overview(base.FleetScreen):
         self._painted_shape = -1
         self._compact = False
         self._paint_timer: Timer | None = None
+        # what the matrix shows, to keep the per-app counts without recounting the fleet
+        self._shown: dict[tuple[str, str], int] = {}
+        self._column_levels: dict[str, list[int]] = {}
+        self._counts_text = ""
 
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static("connecting to the hub…", id="connection")
-        yield Input(placeholder="filter: cluster, env=prod, Degraded …", id="filter")
-        yield matrix.Matrix(id="matrix", zebra_stripes=True)
+        yield Input(placeholder="filter: cluster, env=prod, group=canary, Degraded …", id="filter")
+        yield matrix.Matrix(id="matrix", fixed_columns=3)
         yield Static("", id="counts")
         yield Footer()
 
     def on_mount(self) -> None:
         self.query_one("#filter", Input).display = False
-        table = self.query_one("#matrix", DataTable)
-        table.cursor_type = "cell"
-        table.focus()  # keys go to the matrix, not to the hidden filter box
+        self.query_one("#matrix", matrix.Matrix).focus()  # keys go to the matrix
         self.refresh_matrix()
 
     # ------------------------------------------------------------ painting
@@ -61,7 +64,7 @@ class Overview(base.FleetScreen):
         if fleet.shape != self._painted_shape:
             self.refresh_matrix()  # new clusters or apps: lay the table out again
             return
-        # A busy fleet changes many times a second; the table follows at most four times a
+        # A busy fleet changes many times a second; the matrix follows at most four times a
         # second, so key presses never queue behind repaints.
         if self._paint_timer is None:
             self._paint_timer = self.set_timer(0.25, self._paint_changes)
@@ -73,31 +76,72 @@ class Overview(base.FleetScreen):
         else:
             self.update_cells()
 
+    def _cell(self, cluster: str, app: str) -> tuple[Text, int | None]:
+        cell = self.fleet_app.fleet.cells.get((cluster, app))
+        if cell is None:
+            return Text("·"), None
+        lvl = model.level(cell)
+        return Text(model.cell_text(cell, compact=self._compact), style=STYLE[lvl]), lvl
+
+    def _row_head(self, cluster: str) -> list[Text]:
+        fleet = self.fleet_app.fleet
+        lvl = fleet.row_level(cluster)
+        ok, total = fleet.row_counts(cluster)
+        return [
+            Text(cluster, style=STYLE[lvl]),
+            self._agent_text(fleet.clusters[cluster]),
+            Text(f"{ok}/{total}", style=STYLE[lvl]),
+        ]
+
+    def _column_label(self, app: str) -> Text:
+        levels = self._column_levels.get(app, [0, 0, 0, 0])
+        worst = max((i for i, n in enumerate(levels) if n), default=model.OK)
+        paused = " ⏸" if self.fleet_app.fleet.apps[app].paused else ""
+        return Text(f"{app}{paused} {levels[model.OK]}/{sum(levels)}", style=STYLE[worst])
+
+    def _count(self, key: tuple[str, str], lvl: int | None) -> None:
+        old = self._shown.pop(key, None)
+        levels = self._column_levels.setdefault(key[1], [0, 0, 0, 0])
+        if old is not None:
+            levels[old] -= 1
+        if lvl is not None:
+            levels[lvl] += 1
+            self._shown[key] = lvl
+
     def update_cells(self) -> None:
-        """Repaint only what changed: a busy fleet must not cost a full table per tick."""
+        """Repaint only what changed: a busy fleet must not cost a full matrix per tick."""
         fleet = self.fleet_app.fleet
         table = self.query_one("#matrix", matrix.Matrix)
         dirty, fleet.dirty = fleet.dirty, set()
         changes: dict[tuple[str, str], Text] = {}
-        rows = set()
+        rows, columns = set(), set()
         for cluster, app in dirty:
             if cluster not in fleet.clusters:
                 continue
             rows.add(cluster)
-            if app and app in fleet.apps and (cluster, app) in fleet.cells:
-                cell = fleet.cells[(cluster, app)]
-                text = model.cell_text(cell, compact=self._compact)
-                changes[(cluster, app)] = Text(text, style=STYLE[model.level(cell)])
+            if app and app in fleet.apps:
+                text, lvl = self._cell(cluster, app)
+                changes[(cluster, app)] = text
+                self._count((cluster, app), lvl)
+                columns.add(app)
         for cluster in rows:
-            changes[(cluster, "cluster")] = Text(cluster, style=STYLE[fleet.row_level(cluster)])
-            changes[(cluster, "agent")] = self._agent_text(fleet.clusters[cluster])
+            for key, text in zip(("cluster", "agent", "ok"), self._row_head(cluster), strict=True):
+                changes[(cluster, key)] = text
         table.update_cells(changes)
+        for app in columns:
+            table.set_header(app, self._column_label(app))
+        if changes:
+            self._show_counts(table.rows)
 
     @staticmethod
     def _agent_text(info: types_pb2.Cluster) -> Text:
         conn = info.connectivity
-        ok = conn == types_pb2.CONNECTIVITY_CONNECTED
-        return Text(model.CONNECTIVITY[conn], style="green" if ok else "dark_orange")
+        if conn == types_pb2.CONNECTIVITY_CONNECTED:
+            return Text("Connected", style="green")
+        if conn == types_pb2.CONNECTIVITY_DISCONNECTED and info.last_seen.seconds:
+            seen = time.strftime("%H:%M", time.gmtime(info.last_seen.seconds))
+            return Text(f"Lost {seen}Z", style="dark_orange")
+        return Text(model.CONNECTIVITY[conn], style="dark_orange")
 
     def on_resize(self) -> None:
         self.refresh_matrix()
@@ -106,62 +150,60 @@ class Overview(base.FleetScreen):
         line = self.query_one("#connection", Static)
         line.update(Text(msg.detail, style="green" if msg.live else "bold dark_orange"))
         line.set_class(not msg.live, "stale")
+        self.query_one("#matrix", matrix.Matrix).set_class(not msg.live, "stale")
 
     def refresh_matrix(self) -> None:
         fleet = self.fleet_app.fleet
-        table = self.query_one("#matrix", DataTable)
+        table = self.query_one("#matrix", matrix.Matrix)
         apps = sorted(fleet.apps)
         clusters = fleet.cluster_names(self.query_text, self.sort)
-        cursor = table.cursor_coordinate
         fleet.dirty.clear()
         self._painted_shape = fleet.shape
-        table.clear(columns=True)
-        table.add_column("CLUSTER", key="cluster")
-        table.add_column("AGENT", key="agent")
-        for a in apps:
-            column_cells = [fleet.cells[(c, a)] for c in clusters if (c, a) in fleet.cells]
-            worst = max((model.level(x) for x in column_cells), default=model.OK)
-            paused = " ⏸" if fleet.apps[a].paused else ""
-            table.add_column(Text(f"{a}{paused}", style=STYLE[worst]), key=a)
         # narrow terminals (80 columns) get short cells so the matrix needs no side scrolling
-        compact = bool(apps) and (self.size.width - 34) / len(apps) < 30
-        self._compact = compact
+        self._compact = bool(apps) and (self.size.width - 40) / len(apps) < 30
+        self._shown, self._column_levels = {}, {}
+        rows = []
         for c in clusters:
-            info = fleet.clusters[c]
-            row: list[Text] = [
-                Text(c, style=STYLE[fleet.row_level(c)]),
-                self._agent_text(info),
-            ]
+            cells = []
             for a in apps:
-                cell = fleet.cells.get((c, a))
-                row.append(
-                    Text(model.cell_text(cell, compact=compact), style=STYLE[model.level(cell)])
-                    if cell
-                    else Text("·")
-                )
-            table.add_row(*row, key=c)
-        if clusters and apps:
-            table.cursor_coordinate = (
-                cursor if cursor.row < len(clusters) else cursor._replace(row=0)
-            )
-        visible = set(clusters)
-        shown = [cell for (c, _a), cell in fleet.cells.items() if c in visible]
-        self.query_one("#counts", Static).update(
-            f"{len(clusters)} of {len(fleet.clusters)} clusters, {len(apps)} apps: "
-            f"{fleet.counts(shown)}" + (f"   filter: {self.query_text}" if self.query_text else "")
-        )
+                text, lvl = self._cell(c, a)
+                self._count((c, a), lvl)
+                cells.append(text)
+            rows.append((c, [*self._row_head(c), *cells]))
+        columns = [
+            ("cluster", Text("CLUSTER")),
+            ("agent", Text("AGENT")),
+            ("ok", Text("OK")),
+            *((a, self._column_label(a)) for a in apps),
+        ]
+        table.set_table(columns, rows)
+        self._show_counts(clusters)
         self.sub_title = f"{len(fleet.clusters)} clusters · {len(fleet.apps)} apps"
+
+    def _show_counts(self, clusters: list[str]) -> None:
+        fleet = self.fleet_app.fleet
+        levels = [0, 0, 0, 0]
+        for column in self._column_levels.values():
+            for i, n in enumerate(column):
+                levels[i] += n
+        total = sum(levels)
+        bad = levels[model.WARN] + levels[model.BAD]
+        text = (
+            f"{len(clusters)} of {len(fleet.clusters)} clusters, {len(fleet.apps)} apps: "
+            f"{levels[model.OK]}/{total} ok"
+            + (f", {bad} need attention" if bad else "")
+            + (f"   filter: {self.query_text}" if self.query_text else "")
+        )
+        if text != self._counts_text:
+            self._counts_text = text
+            self.query_one("#counts", Static).update(text, layout=False)
 
     # ------------------------------------------------------------ where the cursor is
 
     def current(self) -> tuple[str, str]:
-        """(cluster, app) under the cursor; app is '' on the first two columns."""
-        table = self.query_one("#matrix", DataTable)
-        if not table.row_count:
-            return "", ""
-        row_key, col_key = table.coordinate_to_cell_key(table.cursor_coordinate)
-        col = str(col_key.value)
-        return str(row_key.value), "" if col in ("cluster", "agent") else col
+        """(cluster, app) under the cursor; app is '' on the leading columns."""
+        row, column = self.query_one("#matrix", matrix.Matrix).cursor
+        return row, "" if column in ("cluster", "agent", "ok") else column
 
     def _app_or_say(self) -> str:
         _cluster, app = self.current()
@@ -181,13 +223,13 @@ class Overview(base.FleetScreen):
         self.refresh_matrix()
 
     def on_input_submitted(self, _event: Input.Submitted) -> None:
-        self.query_one("#matrix", DataTable).focus()
+        self.query_one("#matrix", matrix.Matrix).focus()
 
     def action_clear_filter(self) -> None:
         box = self.query_one("#filter", Input)
         box.value = ""
         box.display = False
-        self.query_one("#matrix", DataTable).focus()
+        self.query_one("#matrix", matrix.Matrix).focus()
 
     def action_sort(self) -> None:
         self.sort = "worst" if self.sort == "name" else "name"
@@ -212,7 +254,7 @@ class Overview(base.FleetScreen):
         if app:
             self.app.push_screen(history.History(app))
 
-    def on_data_table_cell_selected(self, _event: DataTable.CellSelected) -> None:
+    def on_matrix_cell_selected(self, _event: matrix.Matrix.CellSelected) -> None:
         _cluster, app = self.current()
         if app:
             self.action_open_app()

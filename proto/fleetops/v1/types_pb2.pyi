@@ -519,6 +519,7 @@ class Cluster(_message.Message):
     AGENT_VERSION_FIELD_NUMBER: _builtins.int
     KUBERNETES_VERSION_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    GROUPS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     connectivity: Global___Connectivity.ValueType
     agent_version: _builtins.str
@@ -529,6 +530,10 @@ class Cluster(_message.Message):
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
     def last_seen(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the hub.yaml cluster groups whose selector matches its labels"""
+
     def __init__(
         self,
         *,
@@ -539,10 +544,11 @@ class Cluster(_message.Message):
         agent_version: _builtins.str = ...,
         kubernetes_version: _builtins.str = ...,
         reason: _builtins.str = ...,
+        groups: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_seen", b"last_seen"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "connectivity", b"connectivity", "kubernetes_version", b"kubernetes_version", "labels", b"labels", "last_seen", b"last_seen", "name", b"name", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "connectivity", b"connectivity", "groups", b"groups", "kubernetes_version", b"kubernetes_version", "labels", b"labels", "last_seen", b"last_seen", "name", b"name", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
