@@ -92,6 +92,26 @@ def cell_text(cell: fleet_pb2.ClusterAppStatus, *, compact: bool = False) -> str
     return f"{sync} {health} {rev}{pin}"
 
 
+def gate(
+    cell: fleet_pb2.ClusterAppStatus,
+    app: fleet_pb2.App | None,
+    cluster: types_pb2.Cluster | None,
+) -> str:
+    """What decides whether this cluster gets the app's newest revision: `open` when nothing
+    holds it back, else the first of pin, pause, offline agent, failed render, manual sync."""
+    if cell.pinned_revision:
+        return f"pinned {short(cell.pinned_revision)}"
+    if app is not None and app.paused:
+        return "paused"
+    if cluster is not None and cluster.connectivity != types_pb2.CONNECTIVITY_CONNECTED:
+        return "agent offline"
+    if cell.reason.startswith("render failed"):
+        return "render failed"
+    if cell.reason.startswith("auto-sync is off"):
+        return "manual sync"
+    return "open"
+
+
 @dataclasses.dataclass
 class Fleet:
     clusters: dict[str, types_pb2.Cluster] = dataclasses.field(default_factory=dict)

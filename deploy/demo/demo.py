@@ -439,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     contexts = [c.strip() for c in ns.contexts.split(",") if c.strip()]
     work = pathlib.Path(ns.dir).resolve()
+    converged = False
     try:
         check_prerequisites(contexts)
         if (work / "clusters").exists():  # a previous demo's clusters, if any are left
@@ -479,6 +480,7 @@ def main(argv: list[str] | None = None) -> int:
             fleet.start_agents()
             step(5, "waiting for every app on every cluster to be Synced and Healthy")
             took = fleet.wait_converged(ns.timeout)
+            converged = True
             say(f"Converged in {took:.1f}s ({time.monotonic() - started:.1f}s since the start).")
             if ns.no_tui:
                 say(describe(fleet.snapshot()))
@@ -492,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"make demo: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        return 130
+        return 0 if converged else 130  # Ctrl-C is how a converged demo ends
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""One app across the fleet: per cluster desired and applied revision, sync, health, reason;
-the selected cluster's resources with their drifted fields."""
+"""One app across the fleet: per cluster desired and applied revision, sync, health, what
+gates the next revision, reason; the selected cluster's resources with their drifted fields."""
 
 from __future__ import annotations
 
@@ -54,7 +54,9 @@ class AppDetail(base.FleetScreen):
         table = self.query_one("#clusters", DataTable)
         selected = table.cursor_row
         table.clear(columns=True)
-        table.add_columns("CLUSTER", "TARGET", "DESIRED", "APPLIED", "SYNC", "HEALTH", "REASON")
+        table.add_columns(
+            "CLUSTER", "TARGET", "DESIRED", "APPLIED", "SYNC", "HEALTH", "GATE", "REASON"
+        )
         cells = sorted(
             (c for (_cl, a), c in fleet.cells.items() if a == self.app_name),
             key=lambda c: c.cluster,
@@ -68,6 +70,7 @@ class AppDetail(base.FleetScreen):
                 model.short(cell.applied_revision),
                 Text(model.SYNC[cell.sync], style=style),
                 Text(model.HEALTH[cell.health], style=style),
+                model.gate(cell, app, fleet.clusters.get(cell.cluster)),
                 cell.reason,
                 key=cell.cluster,
             )

@@ -12,13 +12,17 @@ HELP = """\
 [b]fleetops[/b]: clusters down, apps across; each cell is sync, health and revision
 (applied→desired when they differ, 📌 when pinned). Narrow terminals show short cells:
 ok/ok = Synced/Healthy, OOS = OutOfSync, pend = Pending, FAIL = ApplyFailed, DEGR = Degraded.
+OK is how many of the cluster's apps are fine; each app's header counts its fine clusters.
+AGENT is the agent's connection (Lost HH:MMZ: last seen then). Wide fleets scroll sideways
+with the cluster columns fixed.
 
 [b]Keys[/b]
-  arrows / mouse   move between cells
-  enter            the app in this column: every cluster, reasons, resources, drift
-                   (on the first two columns: the cluster)
+  arrows / mouse   move between cells (pgup/pgdn, home/end: by page, to the ends)
+  enter / click    the app in this column: every cluster, reasons, resources, drift
+                   (on the first three columns: the cluster)
   c                the cluster in this row: connectivity, versions, labels, its apps
-  /                filter by cluster name, label (env=prod) or state (Degraded, OutOfSync)
+  /                filter by cluster name, label (env=prod), group (group=canary) or state
+                   (Degraded, OutOfSync, Disconnected); several words must all match
   o                sort by name or worst first
   s                sync the app in this column now (asks first)
   u                unpin the app in this column (after a rollback)
