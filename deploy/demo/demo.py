@@ -360,7 +360,8 @@ def describe(snap: fleet_pb2.Snapshot) -> str:
 
 def instructions(work: pathlib.Path, fleet: Fleet) -> str:
     rel = os.path.relpath(work, os.getcwd())
-    data = work / "hub"
+    exe = os.path.relpath(BIN, os.getcwd())
+    hub = f"--hub {fleet.address} --data {rel}/hub"
     return f"""
 The fleet runs: 3 apps on 3 clusters, each from the same Git commit.
 
@@ -369,11 +370,11 @@ The fleet runs: 3 apps on 3 clusters, each from the same Git commit.
     sed -i 's/replicas: 3/replicas: 4/' apps/guestbook/overlays/prod/deployment_patch.yaml
     git commit -qam "guestbook: 4 replicas in prod"
 
-  In another terminal (venv: {os.path.relpath(BIN, os.getcwd())}):
-    fleetops-tui --hub {fleet.address} --data {data}
-    fleetops-hub status --hub {fleet.address} --data {data}
-    fleetops-hub history guestbook --hub {fleet.address} --data {data}
-    fleetops-hub rollback guestbook <older revision> --hub {fleet.address} --data {data}
+  In another terminal, from {os.getcwd()}:
+    {exe}/fleetops-tui {hub}
+    {exe}/fleetops-hub status {hub}
+    {exe}/fleetops-hub history guestbook {hub}
+    {exe}/fleetops-hub rollback guestbook <older revision> {hub}
 
   Logs: {rel}/logs   Kubeconfigs: {rel}/clusters/<env>/kubeconfig (local clusters)
 """
