@@ -151,6 +151,21 @@ def local_clusters(work: pathlib.Path) -> list[Cluster]:
     return [Cluster(env, env, p) for env, p in zip(ENVS, paths, strict=True)]
 
 
+def localkube_down(work: pathlib.Path) -> None:
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "deploy/local/localkube"),
+            "down",
+            "--state",
+            str(work / "clusters"),
+        ],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+
+
 def context_clusters(contexts: list[str], kubeconfig: str) -> list[Cluster]:
     if len(contexts) != len(ENVS):
         raise DemoError(
@@ -392,18 +407,7 @@ def teardown_on_exit(fleet: Fleet, work: pathlib.Path, local: bool) -> Iterator[
         say("Tearing down: agents, hub" + (", local clusters" if local else "") + " ...")
         fleet.stop()
         if local:
-            subprocess.run(
-                [
-                    sys.executable,
-                    str(ROOT / "deploy" / "local" / "localkube"),
-                    "down",
-                    "--state",
-                    str(work / "clusters"),
-                ],
-                capture_output=True,
-                timeout=120,
-                check=False,
-            )
+            localkube_down(work)
         else:
             say(
                 "The demo's apps stay in your clusters; remove them with "
@@ -444,18 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_prerequisites(contexts)
         if (work / "clusters").exists():  # a previous demo's clusters, if any are left
-            subprocess.run(
-                [
-                    sys.executable,
-                    str(ROOT / "deploy/local/localkube"),
-                    "down",
-                    "--state",
-                    str(work / "clusters"),
-                ],
-                capture_output=True,
-                timeout=120,
-                check=False,
-            )
+            localkube_down(work)
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         started = time.monotonic()
