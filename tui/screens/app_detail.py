@@ -23,6 +23,7 @@ class AppDetail(base.FleetScreen):
     def __init__(self, app_name: str) -> None:
         super().__init__()
         self.app_name = app_name
+        self._cluster = ""
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -30,6 +31,7 @@ class AppDetail(base.FleetScreen):
         yield DataTable(id="clusters", cursor_type="row")
         yield Static("resources of the selected cluster", id="resources-title")
         yield DataTable(id="resources", cursor_type="row")
+        yield Static("", id="drift")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -79,8 +81,32 @@ class AppDetail(base.FleetScreen):
             self.show_resources(cells[table.cursor_row].cluster)
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        if event.data_table.id == "clusters" and event.row_key is not None:
+        if event.row_key is None:
+            return
+        if event.data_table.id == "clusters":
             self.show_resources(str(event.row_key.value))
+        elif event.data_table.id == "resources":
+            self.show_drift(event.cursor_row)
+
+    def show_drift(self, index: int) -> None:
+        """The selected resource's drift as a diff: what Git says (+), what runs (-)."""
+        box = self.query_one("#drift", Static)
+        cell = self.fleet_app.fleet.cells.get((self._cluster, self.app_name))
+        if cell is None or not 0 <= index < len(cell.resources) or not cell.resources[index].drift:
+            box.update("")
+            box.display = False
+            return
+        r = cell.resources[index]
+        where = f"{r.ref.namespace}/{r.ref.name}" if r.ref.namespace else r.ref.name
+        text = Text()
+        text.append(f"drift of {r.ref.kind} {where} on {self._cluster}\n", style="bold")
+        for d in r.drift:
+            text.append(f"  {d.path}\n")
+            text.append(f"  - live  {d.live}\n", style="red")
+            text.append(f"  + git   {d.desired}\n", style="green")
+        text.rstrip()
+        box.update(text)
+        box.display = True
 
     def show_resources(self, cluster: str) -> None:
         cell = self.fleet_app.fleet.cells.get((cluster, self.app_name))
@@ -88,6 +114,8 @@ class AppDetail(base.FleetScreen):
         table.clear(columns=True)
         table.add_columns("KIND", "OBJECT", "SYNC", "HEALTH", "MESSAGE / DRIFT")
         self.query_one("#resources-title", Static).update(f"resources on {cluster}")
+        self._cluster = cluster
+        self.show_drift(-1)
         if cell is None:
             return
         for r in cell.resources:

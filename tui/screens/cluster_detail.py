@@ -1,4 +1,5 @@
-"""One cluster: connectivity and why, agent and Kubernetes versions, labels, and its apps."""
+"""One cluster: connectivity and why, agent and Kubernetes versions, labels, groups, and its
+apps."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ class ClusterDetail(base.FleetScreen):
             box.update(f"cluster {self.cluster} is no longer registered")
             return
         seen = (
-            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.last_seen.seconds))
+            time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(info.last_seen.seconds))
             if info.last_seen.seconds
             else "never"
         )
@@ -53,6 +54,7 @@ class ClusterDetail(base.FleetScreen):
             + (f": {info.reason}" if info.reason else "")
             + f"\nagent {info.agent_version or '-'}   Kubernetes {info.kubernetes_version or '-'}"
             + f"\nlabels {labels}"
+            + f"\ngroups {', '.join(info.groups) or '-'}"
         )
         table = self.query_one("#cluster-apps", DataTable)
         table.clear(columns=True)
