@@ -49,6 +49,12 @@ def test_helm_chart_names_what_is_missing(tmp_path: pathlib.Path) -> None:
     done = tools.helm({"hub": hub_values}, tmp_path)
     assert done.returncode != 0
     assert "set namespaces (least privilege) or clusterAdmin: true" in done.stderr
+    lint = subprocess.run(
+        [localkube.binary("helm"), "lint", str(tools.AGENT / "helm" / "fleetops-agent"),
+         "--set", "hub.address=h:1,hub.token=t,hub.ca=c", "--set", "namespaces={apps}"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert lint.returncode == 0 and "0 chart(s) failed" in lint.stdout, lint.stdout + lint.stderr
     # two namespaces: a Namespace and a RoleBinding in each
     objs = tools.helm_objects({"hub": hub_values, "namespaces": ["a", "b"]}, tmp_path)
     for ns in ("a", "b"):

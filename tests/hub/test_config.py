@@ -61,6 +61,10 @@ def test_the_documented_shape_loads() -> None:
          "hub.yaml: apps[0].namespce: unknown field; allowed here: name, repo, path, namespace"),
         (('url: "file:///srv/git/platform.git"', 'url: "https://bob:hunter2@git.example.com/p.git"'),
          "hub.yaml: repos[0].url: must not contain credentials"),
+        (("region: eu}", "region: eu west}"),
+         "hub.yaml: clusters[0].labels.region: the value must be empty or at most 63 letters"),
+        (("{env: prod, region: eu}", "{env: prod, -region: eu}"),
+         "hub.yaml: clusters[0].labels.-region: the key must be an optional DNS prefix"),
     ],
 )  # fmt: skip
 def test_errors_name_the_file_the_field_and_the_fix(change: tuple[str, str], message: str) -> None:
