@@ -93,8 +93,11 @@ def ca_pin(ca_pem: bytes) -> str:
 
 
 def _token_pin(token: str) -> str:
-    parts = token.strip().split(".")
-    return parts[2].lower() if len(parts) == 3 else ""
+    """The CA pin of a token, or '' when there is no (well-formed) token."""
+    try:
+        return split_token(token)[1] if token else ""
+    except errors.AgentError:
+        return ""
 
 
 async def restore(state: pathlib.Path, client: kube.Kube, ref: str, token: str = "") -> bool:
@@ -155,7 +158,9 @@ def _public_key(pem: bytes) -> bytes:
     try:
         cert = x509.load_pem_x509_certificate(pem)
     except ValueError:
-        raise errors.AgentError("--ca: not a PEM certificate") from None
+        raise errors.AgentError(
+            "the hub CA given (--ca, or ca.crt in the identity Secret) is not a PEM certificate"
+        ) from None
     return cert.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -178,16 +183,13 @@ def fetch_pinned_ca(address: str, pin: str, *, timeout: float = 10.0) -> bytes:
         raise errors.AgentError(f"cannot reach the hub at {address}: {e}") from None
     if not der:
         raise errors.AgentError(f"the hub at {address} presented no certificate")
-    cert = x509.load_der_x509_certificate(der)
-    spki = cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    if hashlib.sha256(spki).hexdigest() != pin:
+    pem = x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
+    if ca_pin(pem) != pin:
         raise errors.AgentError(
             f"the server at {address} is not the hub that issued this token (CA hash mismatch); "
             "check --hub, or create a new token on the right hub"
         )
-    return cert.public_bytes(serialization.Encoding.PEM)
+    return pem
 
 
 def register(
@@ -210,7 +212,7 @@ def register(
         )
     raw, pin = split_token(token)
     pinned = fetch_pinned_ca(address, pin)
-    if ca_pem and _public_key(ca_pem) != _public_key(pinned):
+    if ca_pem and ca_pin(ca_pem) != pin:
         raise errors.AgentError(
             f"the hub at {address} does not present the CA given with --ca; check --hub and the "
             "CA in the agent's Secret"

@@ -327,7 +327,7 @@ def _labels(text: str) -> dict[str, str]:
 def _cluster_add(stub: fleet_pb2_grpc.FleetServiceStub, meta: Any, ns: argparse.Namespace) -> int:
     labels = _labels(ns.labels)
     namespaces = [n.strip() for n in ns.namespaces.split(",") if n.strip()]
-    install.check_namespaces(namespaces)
+    install.check_scope(namespaces, ns.cluster_admin)  # before a token is spent
     resp = stub.CreateToken(
         fleet_pb2.CreateTokenRequest(cluster=ns.name, ttl_seconds=_duration(ns.ttl), labels=labels),
         metadata=meta,

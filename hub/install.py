@@ -78,7 +78,13 @@ def _subject() -> list[dict[str, str]]:
     return [{"kind": "ServiceAccount", "name": NAME, "namespace": NAMESPACE}]
 
 
-def check_namespaces(namespaces: list[str]) -> None:
+def check_scope(namespaces: list[str], cluster_admin: bool) -> None:
+    """Where the agent may deploy must be said, and said right, before a token is spent."""
+    if not cluster_admin and not namespaces:
+        raise errors.InvalidArgument(
+            "the agent needs somewhere to deploy: pass --namespaces a,b (least privilege) or "
+            "--cluster-admin (it may then create namespaces, CRDs and other cluster objects)"
+        )
     for ns in namespaces:
         if not config.DNS_LABEL.match(ns) or len(ns) > 63:
             raise errors.InvalidArgument(
@@ -100,12 +106,7 @@ def agent_objects(
     image: str = DEFAULT_IMAGE,
 ) -> list[dict[str, Any]]:
     """Everything one cluster needs to run an agent, in apply order."""
-    if not cluster_admin and not namespaces:
-        raise errors.InvalidArgument(
-            "the agent needs somewhere to deploy: pass --namespaces a,b (least privilege) or "
-            "--cluster-admin (it may then create namespaces, CRDs and other cluster objects)"
-        )
-    check_namespaces(namespaces)
+    check_scope(namespaces, cluster_admin)
     objs: list[dict[str, Any]] = [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": _meta(NAMESPACE)},
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(NAME, NAMESPACE)},

@@ -150,9 +150,6 @@ class Matrix(ScrollView, can_focus=True):
         else:
             self.refresh(Region(0, 0, self.size.width, 1))  # the header line only
 
-    def cell(self, row: str, column: str) -> Text:
-        return self._cells[(row, column)]
-
     def row_texts(self, row: str) -> list[str]:
         return [self._cells[(row, c.key)].plain for c in self.columns]
 
@@ -324,8 +321,11 @@ class Matrix(ScrollView, can_focus=True):
         line = Strip.join([fixed, rest.crop(x, x + room)])
         return line.extend_cell_length(width, self.rich_style)
 
+    def render_lines(self, crop: Region) -> list[Strip]:
+        self._check_styles()  # once per frame, not per line
+        return super().render_lines(crop)
+
     def render_line(self, y: int) -> Strip:
-        self._check_styles()
         width = self._view.width
         if y == 0:
             return self._assemble(self._header_strips(), width)
