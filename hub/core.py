@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import hmac
 import json
 import logging
 import pathlib
@@ -347,12 +348,7 @@ class Hub:
 
     def labels_of(self, cluster: str) -> dict[str, str]:
         row = self.clusters.get(cluster) or {}
-        return plan.cluster_labels(
-            self.cfg,
-            cluster,
-            store.loads(row.get("agent_labels")),
-            store.loads(row.get("labels")),
-        )
+        return plan.cluster_labels(self.cfg, cluster, store.loads(row.get("labels")))
 
     def effective(self, app: config.App) -> config.App:
         """The app with fleet.yaml applied (when hub.yaml gives it no targets)."""
@@ -596,11 +592,18 @@ class Hub:
         return any(row["digest"] == digest for row in self._by_cluster.get(cluster, {}).values())
 
     async def register_cluster(
-        self, cluster: str, labels: dict[str, str], hub_labels: dict[str, str] | None = None
+        self,
+        cluster: str,
+        *,
+        facts: dict[str, str],
+        hub_labels: dict[str, str],
+        cert_fingerprint: str,
+        cert_expires: float,
     ) -> None:
-        """A cluster registered: `labels` are the agent's own, `hub_labels` came with its token
-        (`fleetops-hub cluster add --labels`); a re-registration keeps the earlier hub labels
-        unless its token carries new ones."""
+        """A cluster registered: `facts` are what the agent says of itself (shown, never
+        matched), `hub_labels` came with its token (`fleetops-hub cluster add --labels`); a
+        re-registration keeps the earlier hub labels unless its token carries new ones. Only
+        the new certificate is accepted from now on: the old one is revoked."""
         row = self.clusters.get(cluster) or {
             "name": cluster,
             "labels": "{}",
@@ -612,9 +615,11 @@ class Hub:
             "connected": 0,
             "reason": "",
         }
-        row["agent_labels"] = store.dumps(labels)
+        row["agent_labels"] = store.dumps(clean_facts(facts))
         if hub_labels:
             row["labels"] = store.dumps(hub_labels)
+        row["cert_fingerprint"] = cert_fingerprint
+        row["cert_expires"] = cert_expires
         await self.db.run(self.db.upsert, "clusters", row, "name")
         self.clusters[cluster] = row
         e = await self.db.run(
@@ -627,6 +632,63 @@ class Hub:
         )
         self._announce(fleet_pb2.FleetChange(event=event_pb(e)))
         self._announce(fleet_pb2.FleetChange(cluster=self.cluster_pb(cluster)))
+        old = self.streams.get(cluster)
+        if old is not None:  # a stream on the old certificate ends now
+            old.outbox.put_nowait(agent_pb2.HubMessage())
+
+    def certificate_ok(self, cluster: str, fingerprint: str) -> bool:
+        """Whether `fingerprint` is the cluster's current certificate: a removed cluster's, or
+        one replaced by re-registration or renewal, is refused."""
+        row = self.clusters.get(cluster)
+        if row is None:
+            return False
+        known = str(row.get("cert_fingerprint") or "")
+        # clusters registered before fingerprints were kept: trust until the first renewal
+        return not known or hmac.compare_digest(known, fingerprint)
+
+    async def certificate_renewed(self, cluster: str, fingerprint: str, expires: float) -> None:
+        row = self.clusters.get(cluster)
+        if row is None:
+            raise errors.PermissionDenied(f"cluster {cluster} is not registered (was it removed?)")
+        row["cert_fingerprint"] = fingerprint
+        row["cert_expires"] = expires
+        await self.db.run(self.db.upsert, "clusters", dict(row), "name")
+        await self.record(
+            cluster=cluster,
+            kind="certificate-renewed",
+            cause=types_pb2.CAUSE_AGENT,
+            actor=f"agent:{cluster}",
+            message=f"cluster {cluster} renewed its certificate (valid until "
+            f"{status.since(expires)})",
+        )
+        self._announce(fleet_pb2.FleetChange(cluster=self.cluster_pb(cluster)))
+
+    async def remove_cluster(self, cluster: str, actor: str) -> store.Event:
+        """Forget a cluster: its certificate stops working at once, its stream ends, its
+        assignments go (the agent keeps what runs) and history says who removed it."""
+        self._cluster(cluster)
+        await self.db.run(self.db.remove_cluster, cluster)
+        self.clusters.pop(cluster, None)
+        for app in list(self._by_cluster.pop(cluster, {})):
+            self.assignments.pop((cluster, app), None)
+        for key in [k for k in self.reports if k[0] == cluster]:
+            self.reports.pop(key, None)
+            self._pending_reports.pop(key, None)
+        for key in [k for k in self.pins if k[1] == cluster]:
+            self.pins.pop(key, None)
+        stream = self.streams.pop(cluster, None)
+        if stream is not None:
+            stream.outbox.put_nowait(agent_pb2.HubMessage())
+        ev = await self.record(
+            cluster=cluster,
+            kind="cluster-removed",
+            cause=types_pb2.CAUSE_USER,
+            actor=actor,
+            message=f"cluster {cluster} removed by {actor}; its certificate is revoked and its "
+            "agent keeps what runs (delete it from the cluster too)",
+        )
+        self._announce(fleet_pb2.FleetChange(snapshot=self.snapshot()))
+        return ev
 
     async def connect(self, cluster: str, hello: agent_pb2.Hello) -> Stream:
         row = self.clusters.get(cluster)
@@ -640,7 +702,7 @@ class Hub:
         row.update(
             agent_version=hello.agent_version,
             kubernetes_version=hello.kubernetes_version,
-            agent_labels=store.dumps(dict(hello.labels)),
+            agent_labels=store.dumps(clean_facts(dict(hello.labels))),
             connected=1,
             last_seen=time.time(),
             reason="",
@@ -899,12 +961,15 @@ class Hub:
         c = types_pb2.Cluster(
             name=name,
             labels=labels,
+            agent_facts=store.loads(row.get("agent_labels")),
             agent_version=row.get("agent_version") or "",
             kubernetes_version=row.get("kubernetes_version") or "",
             groups=[g.name for g in self.cfg.cluster_groups if g.selector.matches(labels)],
         )
         if row.get("last_seen"):
             c.last_seen.FromNanoseconds(int(row["last_seen"] * 1e9))
+        if row.get("cert_expires"):
+            c.certificate_expires.FromNanoseconds(int(row["cert_expires"] * 1e9))
         if name in self.streams:
             c.connectivity = types_pb2.CONNECTIVITY_CONNECTED
         elif row.get("last_seen"):
@@ -1006,6 +1071,20 @@ class Hub:
     async def history(self, *, app: str, cluster: str, limit: int) -> list[store.Event]:
         await self.flush_reports()  # what agents just said belongs in the answer
         return await self.db.run(self.db.events, app=app, cluster=cluster, limit=limit or 200)
+
+
+MAX_FACTS = 32
+
+
+def clean_facts(facts: dict[str, str]) -> dict[str, str]:
+    """What an agent says about itself, kept only when it is a valid Kubernetes label (so it
+    cannot carry markup or control characters) and at most MAX_FACTS of them."""
+    out: dict[str, str] = {}
+    for key, value in sorted(facts.items()):
+        if len(out) >= MAX_FACTS or len(key) > 317 or config.label_problem(key, value):
+            continue
+        out[key] = value
+    return out
 
 
 def event_pb(e: store.Event) -> types_pb2.Event:

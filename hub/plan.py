@@ -15,19 +15,12 @@ DEFAULT_TARGET = config.Target(name="default")
 
 
 def cluster_labels(
-    cfg: config.Config,
-    name: str,
-    agent_labels: Mapping[str, str],
-    registered: Mapping[str, str] | None = None,
+    cfg: config.Config, name: str, registered: Mapping[str, str] | None = None
 ) -> dict[str, str]:
-    """Labels the agent reports, overridden by those its registration token carried, overridden
-    by hub.yaml (the operator has the last word)."""
-    return {
-        **agent_labels,
-        **(registered or {}),
-        **cfg.cluster_labels(name),
-        "fleetops.io/cluster": name,
-    }
+    """The labels selectors match: those the cluster's registration token carried, overridden
+    by hub.yaml (the operator has the last word). Targeting is the hub's decision: what an
+    agent says about itself is a fact to show, never a label to match."""
+    return {**(registered or {}), **cfg.cluster_labels(name), "fleetops.io/cluster": name}
 
 
 def target_for(

@@ -17,7 +17,18 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from hub import ca, config, core, errors, http, render, services, store
+from hub import (
+    agent_service,
+    ca,
+    config,
+    core,
+    errors,
+    fleet_service,
+    http,
+    render,
+    services,
+    store,
+)
 from proto.fleetops.v1 import agent_pb2_grpc, fleet_pb2_grpc
 
 log = logging.getLogger("fleetops.hub")
@@ -91,9 +102,10 @@ async def start(
             ("grpc.max_concurrent_streams", 100_000),
         ],
     )
-    agent_service = services.AgentService(hub, authority)
-    agent_pb2_grpc.add_AgentServiceServicer_to_server(agent_service, server)
-    fleet_pb2_grpc.add_FleetServiceServicer_to_server(services.FleetService(hub, authority), server)
+    agents = agent_service.AgentService(hub, authority)
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(agents, server)
+    fleet = fleet_service.FleetService(hub, authority)
+    fleet_pb2_grpc.add_FleetServiceServicer_to_server(fleet, server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     pair = [(authority.key_pem, authority.cert_pem)]
@@ -109,7 +121,7 @@ async def start(
     agent_port = server.add_secure_port(agent_listen, mtls)
     if agent_port == 0:
         raise errors.HubError(f"cannot listen on {agent_listen} for agents (address in use?)")
-    agent_service.agent_port = agent_port
+    agents.agent_port = agent_port
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
 

@@ -141,7 +141,37 @@ def _v2(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE tokens ADD COLUMN labels TEXT NOT NULL DEFAULT '{}'")
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2]
+def _v3(db: sqlite_utils.Database) -> None:
+    """Certificates are tracked per cluster (only the newest fingerprint is accepted), fleet API
+    tokens are named, and an operator can allow one bundle to prune past the mass-prune guard."""
+    db.execute("ALTER TABLE clusters ADD COLUMN cert_fingerprint TEXT NOT NULL DEFAULT ''")
+    db.execute("ALTER TABLE clusters ADD COLUMN cert_expires REAL NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE assignments ADD COLUMN allow_mass_prune TEXT NOT NULL DEFAULT ''")
+    db.table("api_tokens").create(
+        {
+            "name": str,
+            "role": str,
+            "secret_hash": str,
+            "created_at": float,
+            "expires_at": float,
+            "created_by": str,
+        },
+        pk="name",
+    )
+    db.table("api_tokens").create_index(["secret_hash"], unique=True)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3]
+
+
+@dataclasses.dataclass(frozen=True)
+class ApiToken:
+    name: str
+    role: str
+    secret_hash: str
+    created_at: float
+    expires_at: float  # 0: no expiry
+    created_by: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,6 +294,42 @@ class Store:
         if not row:
             return None
         return str(row["cluster"]), loads(row.get("labels"))
+
+    # ------------------------------------------------------------ fleet API tokens
+
+    def add_api_token(self, token: ApiToken) -> bool:
+        """False when a token of that name exists already."""
+        try:
+            self.db.table("api_tokens").insert(dataclasses.asdict(token))
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    def api_tokens(self) -> list[ApiToken]:
+        return [
+            ApiToken(**dict(r)) for r in self.db.table("api_tokens").rows_where(order_by="name")
+        ]
+
+    def api_token_by_hash(self, secret_hash: str) -> ApiToken | None:
+        rows = list(self.db.table("api_tokens").rows_where("secret_hash = ?", [secret_hash]))
+        return ApiToken(**dict(rows[0])) if rows else None
+
+    def revoke_api_token(self, name: str) -> bool:
+        cur = self.db.execute("DELETE FROM api_tokens WHERE name = ?", [name])
+        return cur.rowcount == 1
+
+    # ------------------------------------------------------------ clusters
+
+    def remove_cluster(self, name: str) -> None:
+        """Forget a cluster in one transaction: its row (and so its certificate), its
+        assignments, its per-cluster pins, its reports and its unused registration tokens."""
+        conn = self.db.conn
+        with conn:
+            conn.execute("DELETE FROM clusters WHERE name = ?", [name])
+            conn.execute("DELETE FROM assignments WHERE cluster = ?", [name])
+            conn.execute("DELETE FROM pins WHERE cluster = ?", [name])
+            conn.execute("DELETE FROM reports WHERE cluster = ?", [name])
+            conn.execute("DELETE FROM tokens WHERE cluster = ? AND used_at = 0", [name])
 
     # ------------------------------------------------------------ events
 

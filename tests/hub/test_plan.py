@@ -42,7 +42,7 @@ def test_first_matching_target_wins() -> None:
     assert target("everywhere", "anything") == "default"
 
 
-def test_hub_labels_override_agent_labels() -> None:
+def test_hub_yaml_labels_override_token_labels() -> None:
     cfg = config.parse("clusters: [{name: c1, labels: {env: prod}}]", file="hub.yaml")
     labels = plan.cluster_labels(cfg, "c1", {"env": "dev", "zone": "a"})
     assert labels == {"env": "prod", "zone": "a", "fleetops.io/cluster": "c1"}

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from proto.fleetops.v1 import types_pb2 as proto_dot_fleetops_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dproto/fleetops/v1/agent.proto\x12\x0b\x66leetops.v1\x1a\x1dproto/fleetops/v1/types.proto\"\x9a\x01\n\x0fRegisterRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\x0c\x12\x38\n\x06labels\x18\x03 \x03(\x0b\x32(.fleetops.v1.RegisterRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"`\n\x10RegisterResponse\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x02 \x01(\x0c\x12\x0e\n\x06\x63\x61_pem\x18\x03 \x01(\x0c\x12\x12\n\nagent_port\x18\x04 \x01(\x05\"\xc2\x01\n\x05Hello\x12\x15\n\ragent_version\x18\x01 \x01(\t\x12\x1a\n\x12kubernetes_version\x18\x02 \x01(\t\x12.\n\x06labels\x18\x03 \x03(\x0b\x32\x1e.fleetops.v1.Hello.LabelsEntry\x12\'\n\x07reports\x18\x04 \x03(\x0b\x32\x16.fleetops.v1.AppReport\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"&\n\x03\x41\x63k\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x12\n\ngeneration\x18\x02 \x01(\x03\"\x85\x01\n\x0c\x41gentMessage\x12#\n\x05hello\x18\x01 \x01(\x0b\x32\x12.fleetops.v1.HelloH\x00\x12(\n\x06report\x18\x02 \x01(\x0b\x32\x16.fleetops.v1.AppReportH\x00\x12\x1f\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x10.fleetops.v1.AckH\x00\x42\x05\n\x03msg\";\n\x0b\x41ssignments\x12,\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x17.fleetops.v1.Assignment\"\x16\n\x07SyncNow\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\"n\n\nHubMessage\x12/\n\x0b\x61ssignments\x18\x01 \x01(\x0b\x32\x18.fleetops.v1.AssignmentsH\x00\x12(\n\x08sync_now\x18\x02 \x01(\x0b\x32\x14.fleetops.v1.SyncNowH\x00\x42\x05\n\x03msg\"\"\n\x10GetBundleRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"O\n\x0b\x42undleChunk\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x32\xe2\x01\n\x0c\x41gentService\x12G\n\x08Register\x12\x1c.fleetops.v1.RegisterRequest\x1a\x1d.fleetops.v1.RegisterResponse\x12\x41\n\x07\x43onnect\x12\x19.fleetops.v1.AgentMessage\x1a\x17.fleetops.v1.HubMessage(\x01\x30\x01\x12\x46\n\tGetBundle\x12\x1d.fleetops.v1.GetBundleRequest\x1a\x18.fleetops.v1.BundleChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dproto/fleetops/v1/agent.proto\x12\x0b\x66leetops.v1\x1a\x1dproto/fleetops/v1/types.proto\"\x9a\x01\n\x0fRegisterRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\x0c\x12\x38\n\x06labels\x18\x03 \x03(\x0b\x32(.fleetops.v1.RegisterRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"`\n\x10RegisterResponse\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x02 \x01(\x0c\x12\x0e\n\x06\x63\x61_pem\x18\x03 \x01(\x0c\x12\x12\n\nagent_port\x18\x04 \x01(\x05\"\x1f\n\x0cRenewRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\x0c\"8\n\rRenewResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\x0c\x12\x0e\n\x06\x63\x61_pem\x18\x02 \x01(\x0c\"\xc2\x01\n\x05Hello\x12\x15\n\ragent_version\x18\x01 \x01(\t\x12\x1a\n\x12kubernetes_version\x18\x02 \x01(\t\x12.\n\x06labels\x18\x03 \x03(\x0b\x32\x1e.fleetops.v1.Hello.LabelsEntry\x12\'\n\x07reports\x18\x04 \x03(\x0b\x32\x16.fleetops.v1.AppReport\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"&\n\x03\x41\x63k\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x12\n\ngeneration\x18\x02 \x01(\x03\"\x85\x01\n\x0c\x41gentMessage\x12#\n\x05hello\x18\x01 \x01(\x0b\x32\x12.fleetops.v1.HelloH\x00\x12(\n\x06report\x18\x02 \x01(\x0b\x32\x16.fleetops.v1.AppReportH\x00\x12\x1f\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x10.fleetops.v1.AckH\x00\x42\x05\n\x03msg\";\n\x0b\x41ssignments\x12,\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x17.fleetops.v1.Assignment\"\x16\n\x07SyncNow\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\"n\n\nHubMessage\x12/\n\x0b\x61ssignments\x18\x01 \x01(\x0b\x32\x18.fleetops.v1.AssignmentsH\x00\x12(\n\x08sync_now\x18\x02 \x01(\x0b\x32\x14.fleetops.v1.SyncNowH\x00\x42\x05\n\x03msg\"\"\n\x10GetBundleRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"O\n\x0b\x42undleChunk\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x32\xa2\x02\n\x0c\x41gentService\x12G\n\x08Register\x12\x1c.fleetops.v1.RegisterRequest\x1a\x1d.fleetops.v1.RegisterResponse\x12\x41\n\x07\x43onnect\x12\x19.fleetops.v1.AgentMessage\x1a\x17.fleetops.v1.HubMessage(\x01\x30\x01\x12\x46\n\tGetBundle\x12\x1d.fleetops.v1.GetBundleRequest\x1a\x18.fleetops.v1.BundleChunk0\x01\x12>\n\x05Renew\x12\x19.fleetops.v1.RenewRequest\x1a\x1a.fleetops.v1.RenewResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,24 +42,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERREQUEST_LABELSENTRY']._serialized_end=232
   _globals['_REGISTERRESPONSE']._serialized_start=234
   _globals['_REGISTERRESPONSE']._serialized_end=330
-  _globals['_HELLO']._serialized_start=333
-  _globals['_HELLO']._serialized_end=527
+  _globals['_RENEWREQUEST']._serialized_start=332
+  _globals['_RENEWREQUEST']._serialized_end=363
+  _globals['_RENEWRESPONSE']._serialized_start=365
+  _globals['_RENEWRESPONSE']._serialized_end=421
+  _globals['_HELLO']._serialized_start=424
+  _globals['_HELLO']._serialized_end=618
   _globals['_HELLO_LABELSENTRY']._serialized_start=187
   _globals['_HELLO_LABELSENTRY']._serialized_end=232
-  _globals['_ACK']._serialized_start=529
-  _globals['_ACK']._serialized_end=567
-  _globals['_AGENTMESSAGE']._serialized_start=570
-  _globals['_AGENTMESSAGE']._serialized_end=703
-  _globals['_ASSIGNMENTS']._serialized_start=705
-  _globals['_ASSIGNMENTS']._serialized_end=764
-  _globals['_SYNCNOW']._serialized_start=766
-  _globals['_SYNCNOW']._serialized_end=788
-  _globals['_HUBMESSAGE']._serialized_start=790
-  _globals['_HUBMESSAGE']._serialized_end=900
-  _globals['_GETBUNDLEREQUEST']._serialized_start=902
-  _globals['_GETBUNDLEREQUEST']._serialized_end=936
-  _globals['_BUNDLECHUNK']._serialized_start=938
-  _globals['_BUNDLECHUNK']._serialized_end=1017
-  _globals['_AGENTSERVICE']._serialized_start=1020
-  _globals['_AGENTSERVICE']._serialized_end=1246
+  _globals['_ACK']._serialized_start=620
+  _globals['_ACK']._serialized_end=658
+  _globals['_AGENTMESSAGE']._serialized_start=661
+  _globals['_AGENTMESSAGE']._serialized_end=794
+  _globals['_ASSIGNMENTS']._serialized_start=796
+  _globals['_ASSIGNMENTS']._serialized_end=855
+  _globals['_SYNCNOW']._serialized_start=857
+  _globals['_SYNCNOW']._serialized_end=879
+  _globals['_HUBMESSAGE']._serialized_start=881
+  _globals['_HUBMESSAGE']._serialized_end=991
+  _globals['_GETBUNDLEREQUEST']._serialized_start=993
+  _globals['_GETBUNDLEREQUEST']._serialized_end=1027
+  _globals['_BUNDLECHUNK']._serialized_start=1029
+  _globals['_BUNDLECHUNK']._serialized_end=1108
+  _globals['_AGENTSERVICE']._serialized_start=1111
+  _globals['_AGENTSERVICE']._serialized_end=1401
 # @@protoc_insertion_point(module_scope)

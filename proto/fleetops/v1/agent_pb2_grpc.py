@@ -49,6 +49,11 @@ class AgentServiceStub:
                 request_serializer=proto_dot_fleetops_dot_v1_dot_agent__pb2.GetBundleRequest.SerializeToString,
                 response_deserializer=proto_dot_fleetops_dot_v1_dot_agent__pb2.BundleChunk.FromString,
                 _registered_method=True)
+        self.Renew = channel.unary_unary(
+                '/fleetops.v1.AgentService/Renew',
+                request_serializer=proto_dot_fleetops_dot_v1_dot_agent__pb2.RenewRequest.SerializeToString,
+                response_deserializer=proto_dot_fleetops_dot_v1_dot_agent__pb2.RenewResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -77,6 +82,15 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Renew(self, request, context):
+        """Trade the current (still valid) client certificate and a new CSR for a fresh certificate,
+        well before the old one expires. Over mTLS: the cluster is the one the certificate names.
+        The hub keeps only the newest certificate's fingerprint, so the old one stops working.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +108,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.GetBundle,
                     request_deserializer=proto_dot_fleetops_dot_v1_dot_agent__pb2.GetBundleRequest.FromString,
                     response_serializer=proto_dot_fleetops_dot_v1_dot_agent__pb2.BundleChunk.SerializeToString,
+            ),
+            'Renew': grpc.unary_unary_rpc_method_handler(
+                    servicer.Renew,
+                    request_deserializer=proto_dot_fleetops_dot_v1_dot_agent__pb2.RenewRequest.FromString,
+                    response_serializer=proto_dot_fleetops_dot_v1_dot_agent__pb2.RenewResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -177,6 +196,33 @@ class AgentService:
             '/fleetops.v1.AgentService/GetBundle',
             proto_dot_fleetops_dot_v1_dot_agent__pb2.GetBundleRequest.SerializeToString,
             proto_dot_fleetops_dot_v1_dot_agent__pb2.BundleChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Renew(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetops.v1.AgentService/Renew',
+            proto_dot_fleetops_dot_v1_dot_agent__pb2.RenewRequest.SerializeToString,
+            proto_dot_fleetops_dot_v1_dot_agent__pb2.RenewResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,11 @@ class AgentServiceStub:
     """
     GetBundle: _grpc.UnaryStreamMultiCallable[_agent_pb2.GetBundleRequest, _agent_pb2.BundleChunk]
     """Download a bundle in chunks. An agent may read only bundles assigned to it."""
+    Renew: _grpc.UnaryUnaryMultiCallable[_agent_pb2.RenewRequest, _agent_pb2.RenewResponse]
+    """Trade the current (still valid) client certificate and a new CSR for a fresh certificate,
+    well before the old one expires. Over mTLS: the cluster is the one the certificate names.
+    The hub keeps only the newest certificate's fingerprint, so the old one stops working.
+    """
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
@@ -57,6 +62,11 @@ class AgentServiceAsyncStub(AgentServiceStub):
     """
     GetBundle: _aio.UnaryStreamMultiCallable[_agent_pb2.GetBundleRequest, _agent_pb2.BundleChunk]  # type: ignore[assignment]
     """Download a bundle in chunks. An agent may read only bundles assigned to it."""
+    Renew: _aio.UnaryUnaryMultiCallable[_agent_pb2.RenewRequest, _agent_pb2.RenewResponse]  # type: ignore[assignment]
+    """Trade the current (still valid) client certificate and a new CSR for a fresh certificate,
+    well before the old one expires. Over mTLS: the cluster is the one the certificate names.
+    The hub keeps only the newest certificate's fingerprint, so the old one stops working.
+    """
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -86,5 +96,16 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_agent_pb2.BundleChunk], _abc.AsyncIterator[_agent_pb2.BundleChunk]]:
         """Download a bundle in chunks. An agent may read only bundles assigned to it."""
+
+    @_abc_1.abstractmethod
+    def Renew(
+        self,
+        request: _agent_pb2.RenewRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.RenewResponse, _abc.Awaitable[_agent_pb2.RenewResponse]]:
+        """Trade the current (still valid) client certificate and a new CSR for a fresh certificate,
+        well before the old one expires. Over mTLS: the cluster is the one the certificate names.
+        The hub keeps only the newest certificate's fingerprint, so the old one stops working.
+        """
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

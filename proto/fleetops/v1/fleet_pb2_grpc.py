@@ -79,6 +79,26 @@ class FleetServiceStub:
                 request_serializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.CreateTokenRequest.SerializeToString,
                 response_deserializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.CreateTokenResponse.FromString,
                 _registered_method=True)
+        self.RemoveCluster = channel.unary_unary(
+                '/fleetops.v1.FleetService/RemoveCluster',
+                request_serializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.RemoveClusterRequest.SerializeToString,
+                response_deserializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.ActionResponse.FromString,
+                _registered_method=True)
+        self.CreateApiToken = channel.unary_unary(
+                '/fleetops.v1.FleetService/CreateApiToken',
+                request_serializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.CreateApiTokenRequest.SerializeToString,
+                response_deserializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.CreateApiTokenResponse.FromString,
+                _registered_method=True)
+        self.ListApiTokens = channel.unary_unary(
+                '/fleetops.v1.FleetService/ListApiTokens',
+                request_serializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.ListApiTokensRequest.SerializeToString,
+                response_deserializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.ListApiTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeApiToken = channel.unary_unary(
+                '/fleetops.v1.FleetService/RevokeApiToken',
+                request_serializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.RevokeApiTokenRequest.SerializeToString,
+                response_deserializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.ActionResponse.FromString,
+                _registered_method=True)
 
 
 class FleetServiceServicer:
@@ -141,6 +161,33 @@ class FleetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RemoveCluster(self, request, context):
+        """Forget a cluster: its certificate is refused at once, its assignments are deleted (the
+        agent keeps what runs) and the removal is recorded in history (operator only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateApiToken(self, request, context):
+        """Named fleet API tokens: the audit log records the token's name as the actor.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApiTokens(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeApiToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FleetServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -188,6 +235,26 @@ def add_FleetServiceServicer_to_server(servicer, server):
                     servicer.CreateToken,
                     request_deserializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.CreateTokenRequest.FromString,
                     response_serializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.CreateTokenResponse.SerializeToString,
+            ),
+            'RemoveCluster': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveCluster,
+                    request_deserializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.RemoveClusterRequest.FromString,
+                    response_serializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.ActionResponse.SerializeToString,
+            ),
+            'CreateApiToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateApiToken,
+                    request_deserializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.CreateApiTokenRequest.FromString,
+                    response_serializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.CreateApiTokenResponse.SerializeToString,
+            ),
+            'ListApiTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiTokens,
+                    request_deserializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.ListApiTokensRequest.FromString,
+                    response_serializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.ListApiTokensResponse.SerializeToString,
+            ),
+            'RevokeApiToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeApiToken,
+                    request_deserializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.RevokeApiTokenRequest.FromString,
+                    response_serializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.ActionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -433,6 +500,114 @@ class FleetService:
             '/fleetops.v1.FleetService/CreateToken',
             proto_dot_fleetops_dot_v1_dot_fleet__pb2.CreateTokenRequest.SerializeToString,
             proto_dot_fleetops_dot_v1_dot_fleet__pb2.CreateTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveCluster(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetops.v1.FleetService/RemoveCluster',
+            proto_dot_fleetops_dot_v1_dot_fleet__pb2.RemoveClusterRequest.SerializeToString,
+            proto_dot_fleetops_dot_v1_dot_fleet__pb2.ActionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateApiToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetops.v1.FleetService/CreateApiToken',
+            proto_dot_fleetops_dot_v1_dot_fleet__pb2.CreateApiTokenRequest.SerializeToString,
+            proto_dot_fleetops_dot_v1_dot_fleet__pb2.CreateApiTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApiTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetops.v1.FleetService/ListApiTokens',
+            proto_dot_fleetops_dot_v1_dot_fleet__pb2.ListApiTokensRequest.SerializeToString,
+            proto_dot_fleetops_dot_v1_dot_fleet__pb2.ListApiTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeApiToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetops.v1.FleetService/RevokeApiToken',
+            proto_dot_fleetops_dot_v1_dot_fleet__pb2.RevokeApiTokenRequest.SerializeToString,
+            proto_dot_fleetops_dot_v1_dot_fleet__pb2.ActionResponse.FromString,
             options,
             channel_credentials,
             insecure,

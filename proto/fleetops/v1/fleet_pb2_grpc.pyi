@@ -45,6 +45,14 @@ class FleetServiceStub:
     History: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.HistoryRequest, _fleet_pb2.HistoryResponse]
     CreateToken: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.CreateTokenRequest, _fleet_pb2.CreateTokenResponse]
     """A one-time, expiring registration token for a new cluster's agent (operator only)."""
+    RemoveCluster: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.RemoveClusterRequest, _fleet_pb2.ActionResponse]
+    """Forget a cluster: its certificate is refused at once, its assignments are deleted (the
+    agent keeps what runs) and the removal is recorded in history (operator only).
+    """
+    CreateApiToken: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.CreateApiTokenRequest, _fleet_pb2.CreateApiTokenResponse]
+    """Named fleet API tokens: the audit log records the token's name as the actor."""
+    ListApiTokens: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.ListApiTokensRequest, _fleet_pb2.ListApiTokensResponse]
+    RevokeApiToken: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.RevokeApiTokenRequest, _fleet_pb2.ActionResponse]
 
 @_typing.type_check_only
 class FleetServiceAsyncStub(FleetServiceStub):
@@ -61,6 +69,14 @@ class FleetServiceAsyncStub(FleetServiceStub):
     History: _aio.UnaryUnaryMultiCallable[_fleet_pb2.HistoryRequest, _fleet_pb2.HistoryResponse]  # type: ignore[assignment]
     CreateToken: _aio.UnaryUnaryMultiCallable[_fleet_pb2.CreateTokenRequest, _fleet_pb2.CreateTokenResponse]  # type: ignore[assignment]
     """A one-time, expiring registration token for a new cluster's agent (operator only)."""
+    RemoveCluster: _aio.UnaryUnaryMultiCallable[_fleet_pb2.RemoveClusterRequest, _fleet_pb2.ActionResponse]  # type: ignore[assignment]
+    """Forget a cluster: its certificate is refused at once, its assignments are deleted (the
+    agent keeps what runs) and the removal is recorded in history (operator only).
+    """
+    CreateApiToken: _aio.UnaryUnaryMultiCallable[_fleet_pb2.CreateApiTokenRequest, _fleet_pb2.CreateApiTokenResponse]  # type: ignore[assignment]
+    """Named fleet API tokens: the audit log records the token's name as the actor."""
+    ListApiTokens: _aio.UnaryUnaryMultiCallable[_fleet_pb2.ListApiTokensRequest, _fleet_pb2.ListApiTokensResponse]  # type: ignore[assignment]
+    RevokeApiToken: _aio.UnaryUnaryMultiCallable[_fleet_pb2.RevokeApiTokenRequest, _fleet_pb2.ActionResponse]  # type: ignore[assignment]
 
 class FleetServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -128,5 +144,37 @@ class FleetServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_fleet_pb2.CreateTokenResponse, _abc.Awaitable[_fleet_pb2.CreateTokenResponse]]:
         """A one-time, expiring registration token for a new cluster's agent (operator only)."""
+
+    @_abc_1.abstractmethod
+    def RemoveCluster(
+        self,
+        request: _fleet_pb2.RemoveClusterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fleet_pb2.ActionResponse, _abc.Awaitable[_fleet_pb2.ActionResponse]]:
+        """Forget a cluster: its certificate is refused at once, its assignments are deleted (the
+        agent keeps what runs) and the removal is recorded in history (operator only).
+        """
+
+    @_abc_1.abstractmethod
+    def CreateApiToken(
+        self,
+        request: _fleet_pb2.CreateApiTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fleet_pb2.CreateApiTokenResponse, _abc.Awaitable[_fleet_pb2.CreateApiTokenResponse]]:
+        """Named fleet API tokens: the audit log records the token's name as the actor."""
+
+    @_abc_1.abstractmethod
+    def ListApiTokens(
+        self,
+        request: _fleet_pb2.ListApiTokensRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fleet_pb2.ListApiTokensResponse, _abc.Awaitable[_fleet_pb2.ListApiTokensResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RevokeApiToken(
+        self,
+        request: _fleet_pb2.RevokeApiTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fleet_pb2.ActionResponse, _abc.Awaitable[_fleet_pb2.ActionResponse]]: ...
 
 def add_FleetServiceServicer_to_server(servicer: FleetServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

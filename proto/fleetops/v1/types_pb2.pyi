@@ -180,6 +180,7 @@ class SyncPolicy(_message.Message):
     SELF_HEAL_FIELD_NUMBER: _builtins.int
     FORCE_CONFLICTS_FIELD_NUMBER: _builtins.int
     ALLOW_EMPTY_FIELD_NUMBER: _builtins.int
+    MAX_PRUNE_PERCENT_FIELD_NUMBER: _builtins.int
     auto: _builtins.bool
     """follow new commits without an operator"""
     prune: _builtins.bool
@@ -190,6 +191,11 @@ class SyncPolicy(_message.Message):
     """Git wins over other field managers (the default)"""
     allow_empty: _builtins.bool
     """an empty bundle may prune everything"""
+    max_prune_percent: _builtins.int
+    """A sync that would prune more than this share (percent) of the app's objects on a cluster
+    is held until an operator allows it (`fleetops-hub sync --allow-mass-prune`).
+    0 means the default, 50; 100 turns the guard off.
+    """
     def __init__(
         self,
         *,
@@ -198,10 +204,11 @@ class SyncPolicy(_message.Message):
         self_heal: _builtins.bool = ...,
         force_conflicts: _builtins.bool = ...,
         allow_empty: _builtins.bool = ...,
+        max_prune_percent: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_empty", b"allow_empty", "auto", b"auto", "force_conflicts", b"force_conflicts", "prune", b"prune", "self_heal", b"self_heal"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_empty", b"allow_empty", "auto", b"auto", "force_conflicts", b"force_conflicts", "max_prune_percent", b"max_prune_percent", "prune", b"prune", "self_heal", b"self_heal"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -383,6 +390,7 @@ class Assignment(_message.Message):
     DEPENDS_ON_FIELD_NUMBER: _builtins.int
     BUNDLE_SIZE_FIELD_NUMBER: _builtins.int
     BUNDLE_FIELD_NUMBER: _builtins.int
+    ALLOW_MASS_PRUNE_FIELD_NUMBER: _builtins.int
     app: _builtins.str
     revision: _builtins.str
     """commit SHA"""
@@ -394,6 +402,8 @@ class Assignment(_message.Message):
     paused: _builtins.bool
     """keep what runs; apply nothing new"""
     bundle_size: _builtins.int
+    allow_mass_prune: _builtins.bool
+    """An operator allowed this assignment's bundle to prune past max_prune_percent, once."""
     @_builtins.property
     def policy(self) -> Global___SyncPolicy: ...
     @_builtins.property
@@ -417,10 +427,11 @@ class Assignment(_message.Message):
         depends_on: _abc.Iterable[_builtins.str] | None = ...,
         bundle_size: _builtins.int = ...,
         bundle: Global___Bundle | None = ...,
+        allow_mass_prune: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle", "policy", b"policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "bundle", b"bundle", "bundle_digest", b"bundle_digest", "bundle_size", b"bundle_size", "depends_on", b"depends_on", "generation", b"generation", "namespace", b"namespace", "paused", b"paused", "policy", b"policy", "revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_mass_prune", b"allow_mass_prune", "app", b"app", "bundle", b"bundle", "bundle_digest", b"bundle_digest", "bundle_size", b"bundle_size", "depends_on", b"depends_on", "generation", b"generation", "namespace", b"namespace", "paused", b"paused", "policy", b"policy", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -444,6 +455,7 @@ class AppReport(_message.Message):
     APPLIED_AT_FIELD_NUMBER: _builtins.int
     DRIFTED_RESOURCES_FIELD_NUMBER: _builtins.int
     HEALED_RESOURCES_FIELD_NUMBER: _builtins.int
+    PRUNE_HELD_FIELD_NUMBER: _builtins.int
     app: _builtins.str
     revision: _builtins.str
     """applied revision"""
@@ -458,6 +470,10 @@ class AppReport(_message.Message):
     drifted_resources: _builtins.int
     healed_resources: _builtins.int
     """self-heal re-applies since the last report"""
+    prune_held: _builtins.bool
+    """The sync applied but held back its prune: it would have deleted more than the app's
+    max_prune_percent. The reason says how many and how to allow it.
+    """
     @_builtins.property
     def resources(self) -> _containers.RepeatedCompositeFieldContainer[Global___ResourceStatus]: ...
     @_builtins.property
@@ -479,10 +495,11 @@ class AppReport(_message.Message):
         applied_at: _timestamp_pb2.Timestamp | None = ...,
         drifted_resources: _builtins.int = ...,
         healed_resources: _builtins.int = ...,
+        prune_held: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["applied_at", b"applied_at", "observed_at", b"observed_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "applied_at", b"applied_at", "bundle_digest", b"bundle_digest", "drifted_resources", b"drifted_resources", "generation", b"generation", "healed_resources", b"healed_resources", "health", b"health", "observed_at", b"observed_at", "reason", b"reason", "resources", b"resources", "revision", b"revision", "sync", b"sync"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "applied_at", b"applied_at", "bundle_digest", b"bundle_digest", "drifted_resources", b"drifted_resources", "generation", b"generation", "healed_resources", b"healed_resources", "health", b"health", "observed_at", b"observed_at", "prune_held", b"prune_held", "reason", b"reason", "resources", b"resources", "revision", b"revision", "sync", b"sync"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -512,6 +529,26 @@ class Cluster(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class AgentFactsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     CONNECTIVITY_FIELD_NUMBER: _builtins.int
@@ -520,6 +557,8 @@ class Cluster(_message.Message):
     KUBERNETES_VERSION_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     GROUPS_FIELD_NUMBER: _builtins.int
+    AGENT_FACTS_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_EXPIRES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     connectivity: Global___Connectivity.ValueType
     agent_version: _builtins.str
@@ -534,6 +573,14 @@ class Cluster(_message.Message):
     def groups(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """the hub.yaml cluster groups whose selector matches its labels"""
 
+    @_builtins.property
+    def agent_facts(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """What the agent says about itself (its --label flags): shown, never matched by selectors."""
+
+    @_builtins.property
+    def certificate_expires(self) -> _timestamp_pb2.Timestamp:
+        """the agent's current certificate"""
+
     def __init__(
         self,
         *,
@@ -545,10 +592,12 @@ class Cluster(_message.Message):
         kubernetes_version: _builtins.str = ...,
         reason: _builtins.str = ...,
         groups: _abc.Iterable[_builtins.str] | None = ...,
+        agent_facts: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        certificate_expires: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["last_seen", b"last_seen"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["certificate_expires", b"certificate_expires", "last_seen", b"last_seen"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "connectivity", b"connectivity", "groups", b"groups", "kubernetes_version", b"kubernetes_version", "labels", b"labels", "last_seen", b"last_seen", "name", b"name", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_facts", b"agent_facts", "agent_version", b"agent_version", "certificate_expires", b"certificate_expires", "connectivity", b"connectivity", "groups", b"groups", "kubernetes_version", b"kubernetes_version", "labels", b"labels", "last_seen", b"last_seen", "name", b"name", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
