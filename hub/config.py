@@ -91,6 +91,7 @@ class Sync:
     self_heal: bool = False
     force_conflicts: bool = True
     allow_empty: bool = False
+    max_prune_percent: int = 50  # a sync pruning more of the app's objects is held; 100: off
 
 
 @dataclasses.dataclass(frozen=True)
@@ -337,14 +338,25 @@ def parse(text: str, *, file: str) -> Config:
         sm = r.mapping(
             m.get("sync"),
             f"{p}.sync",
-            ("auto", "prune", "selfHeal", "forceConflicts", "allowEmpty"),
+            ("auto", "prune", "selfHeal", "forceConflicts", "allowEmpty", "maxPrunePercent"),
         )
+        max_prune = sm.get("maxPrunePercent", 50)
+        if (
+            isinstance(max_prune, bool)
+            or not isinstance(max_prune, int)
+            or not 1 <= max_prune <= 100
+        ):
+            raise r.fail(
+                f"{p}.sync.maxPrunePercent",
+                f"{max_prune!r}: expected a whole number from 1 to 100 (100 turns the guard off)",
+            )
         sync = Sync(
             auto=r.boolean(sm, "auto", f"{p}.sync", True),
             prune=r.boolean(sm, "prune", f"{p}.sync", False),
             self_heal=r.boolean(sm, "selfHeal", f"{p}.sync", False),
             force_conflicts=r.boolean(sm, "forceConflicts", f"{p}.sync", True),
             allow_empty=r.boolean(sm, "allowEmpty", f"{p}.sync", False),
+            max_prune_percent=max_prune,
         )
         namespace = r.string(m, "namespace", p)
         if namespace and not DNS_LABEL.match(namespace):
