@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from hub import config, errors, fleetyaml, plan, render, repo, status, store
+from hub import config, errors, fleetyaml, plan, render, repo, reports, status, store
 from proto import bundles
 from proto.fleetops.v1 import agent_pb2, fleet_pb2, types_pb2
 
@@ -97,6 +97,7 @@ class Hub:
         # apps without targets in hub.yaml, as their fleet.yaml at the head revision describes them
         self._effective: dict[str, tuple[str, config.App, config.App]] = {}
         self.fleet_errors: dict[str, str] = {}
+        self._dropped_reports = 0  # reports for apps the cluster was not assigned
 
     # ------------------------------------------------------------ start-up
 
@@ -372,7 +373,8 @@ class Hub:
                 self.fleet_errors.pop(app.name, None)
                 continue
             try:
-                self._effective[app.name] = (head, app, fleetyaml.apply(app, text))
+                effective = await asyncio.to_thread(fleetyaml.apply, app, text)
+                self._effective[app.name] = (head, app, effective)
                 self.fleet_errors.pop(app.name, None)
             except errors.RenderError as e:
                 # keep what was deployed: the last good reading, or nothing at all
@@ -519,6 +521,10 @@ class Hub:
             "paused": int(paused),
             "reason": wanted.why,
         }
+        if cur is not None and cur.get("digest") == result.digest:
+            row["allow_mass_prune"] = cur.get("allow_mass_prune") or ""
+        else:
+            row["allow_mass_prune"] = ""
         if cur is not None and all(cur.get(k) == v for k, v in row.items() if k != "reason"):
             return None
         row["generation"] = (cur["generation"] if cur else 0) + 1
@@ -562,6 +568,8 @@ class Hub:
                 generation=row["generation"],
                 paused=bool(row["paused"]),
                 depends_on=list(app.depends_on) if app else [],
+                allow_mass_prune=bool(row.get("allow_mass_prune"))
+                and row.get("allow_mass_prune") == row["digest"],
             )
             inline = self._inline.get(row["digest"])
             if inline is not None:
@@ -740,7 +748,14 @@ class Hub:
     ) -> None:
         """Take an agent's report: memory at once, the store in batches (`flush_reports`).
         Reports are never acknowledged to agents, who resend their full state on every
-        reconnect, so batching loses nothing a restart would need."""
+        reconnect, so batching loses nothing a restart would need. An agent reports only
+        apps assigned to its cluster; anything else is dropped, and what it says is bounded
+        and cleaned first (hub.reports)."""
+        if (cluster, report.app) not in self.assignments:
+            self._dropped_reports += 1
+            log.debug("cluster %s: report for unassigned app dropped", cluster)
+            return
+        report = reports.sanitize(report)
         key = (cluster, report.app)
         before = self.reports.get(key)
         self.reports[key] = report
@@ -809,7 +824,9 @@ class Hub:
 
     # ------------------------------------------------------------ operator actions
 
-    async def sync(self, app_name: str, cluster: str, actor: str) -> store.Event:
+    async def sync(
+        self, app_name: str, cluster: str, actor: str, *, allow_mass_prune: bool = False
+    ) -> store.Event:
         app = self._app(app_name)
         if cluster:
             self._cluster(cluster)
@@ -829,12 +846,45 @@ class Hub:
             message=f"sync of {app.name} requested by {actor}",
         )
         await self.replan(cause=types_pb2.CAUSE_USER, actor=actor)
+        if allow_mass_prune:
+            await self._allow_mass_prune(app.name, cluster, actor)
         for (c, a), _row in list(self.assignments.items()):
             if a == app.name and (not cluster or c == cluster) and c in self.streams:
                 self.streams[c].outbox.put_nowait(
                     agent_pb2.HubMessage(sync_now=agent_pb2.SyncNow(app=a))
                 )
         return ev
+
+    async def _allow_mass_prune(self, app: str, cluster: str, actor: str) -> None:
+        """Let the bundle each cluster of `app` has now prune past its max_prune_percent, once:
+        the allowance names the bundle, so the next commit is guarded again."""
+        rows = [
+            {
+                **row,
+                "allow_mass_prune": row["digest"],
+                "generation": row["generation"] + 1,
+                "updated_at": time.time(),
+            }
+            for (c, a), row in sorted(self.assignments.items())
+            if a == app and (not cluster or c == cluster)
+        ]
+        if not rows:
+            raise errors.InvalidArgument(
+                f"app {app} is not assigned to {f'cluster {cluster}' if cluster else 'any cluster'}"
+            )
+        await self.db.run(self.db.upsert_all, "assignments", rows, ("cluster", "app"))
+        for row in rows:
+            self._set_assignment(row)
+            self.push_assignments(row["cluster"])
+        where = f"cluster {cluster}" if cluster else f"{len(rows)} clusters"
+        await self.record(
+            app=app,
+            cluster=cluster,
+            kind="mass-prune-allowed",
+            cause=types_pb2.CAUSE_USER,
+            actor=actor,
+            message=f"{actor} allowed {app}'s current bundle to prune past its limit on {where}",
+        )
 
     async def rollback(self, app_name: str, revision: str, cluster: str, actor: str) -> store.Event:
         app = self.effective(self._app(app_name))

@@ -13,33 +13,54 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import grpc
+from google.protobuf import timestamp_pb2
 
-from hub import ca, config, core, errors, store
-from hub.services import _abort
+from hub import apitokens, ca, config, core, errors, status, store
+from hub.services import _abort, caller_of
 from proto.fleetops.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
+
+MAX_REGISTRATION_TTL = 30 * 86400  # a registration token is for an install, not a credential
+MAX_HISTORY = 5000
+
+
+def _ts(seconds: float) -> timestamp_pb2.Timestamp:
+    out = timestamp_pb2.Timestamp()
+    out.FromNanoseconds(int(seconds * 1e9))
+    return out
 
 
 class FleetService(fleet_pb2_grpc.FleetServiceServicer):
-    def __init__(self, hub: core.Hub, authority: ca.CA) -> None:
+    def __init__(self, hub: core.Hub, authority: ca.CA, registry: apitokens.Registry) -> None:
         self.hub = hub
         self.ca = authority
+        self.registry = registry
+
+    def _actor(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+        """The audit actor: the caller's token name, never what the client says it is."""
+        return caller_of(context, self.registry).name
 
     async def CreateToken(
         self, request: fleet_pb2.CreateTokenRequest, context: Any
     ) -> fleet_pb2.CreateTokenResponse:
+        # everything is checked before anything is written
+        problem = ""
         if not config.DNS_LABEL.match(request.cluster) or len(request.cluster) > 63:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"cluster name {request.cluster!r}: use at most 63 lowercase letters, digits, '-'",
+            problem = (
+                f"cluster name {request.cluster!r}: use at most 63 lowercase letters, digits, '-'"
             )
         labels = dict(request.labels)
         for key, value in labels.items():
-            problem = config.label_problem(key, value)
-            if problem:
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT, f"label {key}={value}: {problem}"
-                )
+            if not problem and config.label_problem(key, value):
+                problem = f"label {key}={value}: {config.label_problem(key, value)}"
         ttl = request.ttl_seconds or 3600
+        if not problem and not 0 < ttl <= MAX_REGISTRATION_TTL:
+            problem = (
+                f"ttl {request.ttl_seconds} s: a registration token may live from 1 s to "
+                f"{MAX_REGISTRATION_TTL // 86400} days; make a new one when it runs out"
+            )
+        if problem:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        actor = self._actor(context)
         token = ca.new_registration_token(self.ca)
         now = time.time()
         await self.hub.db.run(
@@ -60,16 +81,72 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
             cluster=request.cluster,
             kind="token-created",
             cause=types_pb2.CAUSE_USER,
-            actor=self._actor(context),
+            actor=actor,
             message=f"registration token {token.id} for cluster {request.cluster}, valid {ttl} s",
         )
         out = fleet_pb2.CreateTokenResponse(token=str(token), ca_pem=self.ca.cert_pem)
         out.expires_at.FromNanoseconds(int((now + ttl) * 1e9))
         return out
 
-    def _actor(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
-        meta = dict(context.invocation_metadata() or ())
-        return str(meta.get("x-fleetops-actor") or "operator")
+    async def CreateApiToken(
+        self, request: fleet_pb2.CreateApiTokenRequest, context: Any
+    ) -> fleet_pb2.CreateApiTokenResponse:
+        actor = self._actor(context)
+        try:
+            secret, record = await self.registry.create(
+                name=request.name,
+                role=request.role,
+                ttl=float(request.ttl_seconds),
+                created_by=actor,
+            )
+        except errors.HubError as e:
+            await _abort(context, e)
+            raise AssertionError("unreachable") from None
+        until = f", valid until {status.since(record.expires_at)}" if record.expires_at else ""
+        await self.hub.record(
+            kind="api-token-created",
+            cause=types_pb2.CAUSE_USER,
+            actor=actor,
+            message=f"{record.role} API token {record.name!r} created by {actor}{until}",
+        )
+        out = fleet_pb2.CreateApiTokenResponse(token=secret)
+        if record.expires_at:
+            out.expires_at.CopyFrom(_ts(record.expires_at))
+        return out
+
+    async def ListApiTokens(
+        self, request: fleet_pb2.ListApiTokensRequest, context: Any
+    ) -> fleet_pb2.ListApiTokensResponse:
+        out = fleet_pb2.ListApiTokensResponse()
+        for t in self.registry.list():
+            item = out.tokens.add(name=t.name, role=t.role, created_by=t.created_by)
+            item.created_at.CopyFrom(_ts(t.created_at))
+            if t.expires_at:
+                item.expires_at.CopyFrom(_ts(t.expires_at))
+        return out
+
+    async def RevokeApiToken(
+        self, request: fleet_pb2.RevokeApiTokenRequest, context: Any
+    ) -> fleet_pb2.ActionResponse:
+        actor = self._actor(context)
+
+        async def revoke() -> store.Event:
+            await self.registry.revoke(request.name)
+            return await self.hub.record(
+                kind="api-token-revoked",
+                cause=types_pb2.CAUSE_USER,
+                actor=actor,
+                message=f"API token {request.name!r} revoked by {actor}",
+            )
+
+        return await self._action(context, revoke())
+
+    async def RemoveCluster(
+        self, request: fleet_pb2.RemoveClusterRequest, context: Any
+    ) -> fleet_pb2.ActionResponse:
+        return await self._action(
+            context, self.hub.remove_cluster(request.cluster, self._actor(context))
+        )
 
     async def GetSnapshot(
         self, request: fleet_pb2.SnapshotRequest, context: Any
@@ -99,7 +176,13 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
 
     async def Sync(self, request: fleet_pb2.SyncRequest, context: Any) -> fleet_pb2.ActionResponse:
         return await self._action(
-            context, self.hub.sync(request.app, request.cluster, self._actor(context))
+            context,
+            self.hub.sync(
+                request.app,
+                request.cluster,
+                self._actor(context),
+                allow_mass_prune=request.allow_mass_prune,
+            ),
         )
 
     async def Rollback(
@@ -134,7 +217,8 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
     async def History(
         self, request: fleet_pb2.HistoryRequest, context: Any
     ) -> fleet_pb2.HistoryResponse:
-        events = await self.hub.history(
-            app=request.app, cluster=request.cluster, limit=request.limit
-        )
+        limit = request.limit if 0 < request.limit <= MAX_HISTORY else 0
+        if request.limit > MAX_HISTORY:
+            limit = MAX_HISTORY
+        events = await self.hub.history(app=request.app, cluster=request.cluster, limit=limit)
         return fleet_pb2.HistoryResponse(events=[core.event_pb(e) for e in events])

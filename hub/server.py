@@ -19,6 +19,7 @@ from grpc_health.v1._async import HealthServicer
 
 from hub import (
     agent_service,
+    apitokens,
     ca,
     config,
     core,
@@ -80,7 +81,8 @@ async def start(
     ca_key: pathlib.Path | None = None,
 ) -> Running:
     cfg = config.load(config_path)
-    data.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (start-up, before serving)
+    data.mkdir(parents=True, exist_ok=True, mode=0o700)  # noqa: ASYNC240 (start-up)
+    data.chmod(0o700)  # noqa: ASYNC240 (the CA key, tokens and every bundle live here)
     db = store.Store(data / "hub.db")
     host, _ = split_hostport(listen)
     if ca_key is not None and not ca_key.exists():  # noqa: ASYNC240 (start-up)
@@ -88,12 +90,14 @@ async def start(
     authority = ca.load_or_create(
         data, ca.default_names() + [host] + (names or []), key_file=ca_key
     )
-    tokens = ca.api_tokens(data)
+    tokens = apitokens.bootstrap(data)
+    registry = apitokens.Registry(db=db, bootstrap=tokens)
+    await registry.load()
     hub = core.Hub(cfg=cfg, db=db, data=data, tools=tools or render.Tools())
     await hub.load()
 
     server = grpc.aio.server(
-        interceptors=[services.AuthInterceptor(tokens)],
+        interceptors=[services.AuthInterceptor(registry)],
         options=[
             ("grpc.keepalive_time_ms", 20_000),
             ("grpc.keepalive_timeout_ms", 10_000),
@@ -104,7 +108,7 @@ async def start(
     )
     agents = agent_service.AgentService(hub, authority)
     agent_pb2_grpc.add_AgentServiceServicer_to_server(agents, server)
-    fleet = fleet_service.FleetService(hub, authority)
+    fleet = fleet_service.FleetService(hub, authority, registry)
     fleet_pb2_grpc.add_FleetServiceServicer_to_server(fleet, server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

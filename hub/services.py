@@ -1,10 +1,11 @@
-"""Thin gRPC servicers for AgentService and FleetService, and the auth interceptor.
+"""What the gRPC servicers share: the auth interceptor, caller and cluster identity, and
+domain errors as status codes.
 
-Servicers only translate: messages to calls on `core.Hub`, domain errors to gRPC status codes
-with the same message. Authentication lives in `AuthInterceptor`: agents prove who they are
-with the client certificate the hub's CA issued (mTLS; the cluster name is the certificate's
-CN), fleet callers with a bearer token whose role (operator, readonly) decides what they may
-do. An agent can read only its own assignments and bundles and write only its own reports.
+The servicers themselves (agent_service, fleet_service) only translate: messages to calls on
+`core.Hub`, domain errors to gRPC status codes with the same message. Agents prove who they
+are with the client certificate the hub's CA issued (mTLS; the cluster name is the
+certificate's CN), fleet callers with a named bearer token whose role (operator, readonly)
+decides what they may do and whose name is the audit actor.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ from typing import Any
 
 import grpc
 
-from hub import ca, errors
+from hub import apitokens, errors
 
 log = logging.getLogger("fleetops.hub")
 
 AGENT_PREFIX = "/fleetops.v1.AgentService/"
 FLEET_PREFIX = "/fleetops.v1.FleetService/"
-READ_ONLY_METHODS = {"GetSnapshot", "Watch", "History"}
+READ_ONLY_METHODS = {"GetSnapshot", "Watch", "History"}  # everything else needs an operator
 _CODES = {
     errors.NotFound: grpc.StatusCode.NOT_FOUND,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
@@ -43,12 +44,31 @@ def cluster_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     return names[0].decode() if names else ""
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Fleet API: a bearer token, and the operator role for anything that changes the fleet.
-    Agent API: identity is checked in the servicer from the TLS auth context."""
+def bearer(metadata: Any) -> str:
+    """The bearer token of a call's metadata, or ''."""
+    for key, value in metadata or ():
+        if key == "authorization":
+            text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+            return text.removeprefix("Bearer ").strip()
+    return ""
 
-    def __init__(self, tokens: dict[str, str]) -> None:
-        self._tokens = tokens
+
+def caller_of(
+    context: grpc.aio.ServicerContext[Any, Any], registry: apitokens.Registry
+) -> apitokens.Caller:
+    """Who is calling (the interceptor has already refused anyone unknown)."""
+    found = registry.resolve(bearer(context.invocation_metadata()))
+    if found is None:  # revoked between the interceptor and here
+        raise errors.Unauthenticated("the fleet API token is unknown, revoked or expired")
+    return found
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Fleet API: a named bearer token, and the operator role for anything that changes the
+    fleet. Agent API: identity is checked in the servicer from the TLS auth context."""
+
+    def __init__(self, registry: apitokens.Registry) -> None:
+        self._registry = registry
 
     async def intercept_service(
         self,
@@ -59,24 +79,22 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     ) -> grpc.RpcMethodHandler[Any, Any]:
         method = details.method
         if method.startswith(FLEET_PREFIX):
-            metadata = dict(details.invocation_metadata or ())
-            header = str(metadata.get("authorization", ""))
-            token = header.removeprefix("Bearer ").strip()
-            role = ca.role_of(token, self._tokens) if token else None
-            if role is None:
+            caller = self._registry.resolve(bearer(details.invocation_metadata))
+            if caller is None:
                 return _deny_like(
                     await continuation(details),
                     grpc.StatusCode.UNAUTHENTICATED,
-                    "a fleet API token is required (authorization: Bearer <token>; "
-                    "see <data>/tokens/ on the hub)",
+                    "a valid fleet API token is required (authorization: Bearer <token>); it is "
+                    "unknown, revoked or expired: ask an operator for one "
+                    "(`fleetops-hub token create-api --name NAME --role readonly`)",
                 )
             name = method.removeprefix(FLEET_PREFIX)
-            if role != "operator" and name not in READ_ONLY_METHODS:
+            if not caller.may_act and name not in READ_ONLY_METHODS:
                 return _deny_like(
                     await continuation(details),
                     grpc.StatusCode.PERMISSION_DENIED,
-                    f"{name} changes the fleet and needs an operator token; this "
-                    "token is read-only",
+                    f"{name} changes the fleet and needs an operator token; token "
+                    f"{caller.name!r} is read-only",
                 )
         return await continuation(details)
 

@@ -14,6 +14,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import json
+import os
 import pathlib
 import sqlite3
 import time
@@ -198,6 +199,9 @@ class Store:
         self._pool.submit(self._open).result()
 
     def _open(self) -> None:
+        # 0600 before SQLite opens it: its -wal and -shm files take the database's mode
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        self.path.chmod(0o600)
         conn = sqlite3.connect(str(self.path), isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
