@@ -24,7 +24,7 @@ import grpc
 import yaml
 
 import hub
-from hub import ca, errors, install, render, server
+from hub import ca, errors, install, render, reports, server
 from proto.fleetops.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
 
 
@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--output", choices=("text", "json"), default="text")
 
-    tok = sub.add_parser("token", help="registration tokens for agents")
+    tok = sub.add_parser("token", help="registration tokens for agents, API tokens for people")
     toks = tok.add_subparsers(dest="token_command", metavar="SUBCOMMAND", required=True)
     create = toks.add_parser("create", help="print a one-time, expiring registration token")
     create.add_argument("--cluster", required=True, help="the cluster the agent will be")
@@ -107,8 +107,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="labels the cluster starts with, e.g. env=prod,region=eu (hub.yaml still wins)",
     )
     client_args(create)
+    api = toks.add_parser(
+        "create-api",
+        help="print a new named fleet API token (shown once); its name is the audit actor",
+    )
+    api.add_argument("--name", required=True, help="who will use it, e.g. alice or ci-deployer")
+    api.add_argument("--role", choices=("operator", "readonly"), required=True)
+    api.add_argument("--ttl", default="0", help="validity, e.g. 30d or 12h (default: no expiry)")
+    client_args(api)
+    client_args(toks.add_parser("list", help="the named fleet API tokens (never their secrets)"))
+    rv = toks.add_parser("revoke", help="revoke a named fleet API token at once")
+    rv.add_argument("name")
+    client_args(rv)
 
-    cl = sub.add_parser("cluster", help="add clusters to the fleet")
+    cl = sub.add_parser("cluster", help="add clusters to the fleet, or remove them")
     cls = cl.add_subparsers(dest="cluster_command", metavar="SUBCOMMAND", required=True)
     add = cls.add_parser(
         "add",
@@ -146,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--image", default=install.DEFAULT_IMAGE, help="the agent's image")
     add.add_argument("--ttl", default="24h", help="how long the token may wait to be used")
     client_args(add)
+    rm = cls.add_parser(
+        "remove",
+        help="forget a cluster: revoke its certificate, delete its assignments",
+    )
+    rm.add_argument("name")
+    client_args(rm)
 
     ca_cmd = sub.add_parser("ca", help="the hub's certificate authority")
     cas = ca_cmd.add_subparsers(dest="ca_command", metavar="SUBCOMMAND", required=True)
@@ -170,6 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     sy = sub.add_parser("sync", help="sync an app now (also for apps without auto-sync)")
     sy.add_argument("app")
     sy.add_argument("--cluster", default="")
+    sy.add_argument(
+        "--allow-mass-prune",
+        action="store_true",
+        help="let the current bundle prune past the app's sync.maxPrunePercent, once",
+    )
     client_args(sy)
     for name, hlp in (("pause", "keep what runs; assign nothing new"), ("resume", "undo pause")):
         p = sub.add_parser(name, help=hlp)
@@ -269,16 +292,21 @@ def _duration(text: str) -> int:
 
 def run_client(ns: argparse.Namespace) -> int:
     addr, ca_pem, token = _credentials(ns)
-    meta = (
-        ("authorization", f"Bearer {token}"),
-        ("x-fleetops-actor", os.environ.get("USER", "operator")),
-    )
+    meta = (("authorization", f"Bearer {token}"),)
     with grpc.secure_channel(
         addr, grpc.ssl_channel_credentials(root_certificates=ca_pem)
     ) as channel:
         stub = fleet_pb2_grpc.FleetServiceStub(channel)
+        if ns.command == "cluster" and ns.cluster_command == "remove":
+            action = stub.RemoveCluster(
+                fleet_pb2.RemoveClusterRequest(cluster=ns.name), metadata=meta
+            )
+            print(plain(action.message))
+            return 0
         if ns.command == "cluster":
             return _cluster_add(stub, meta, ns)
+        if ns.command == "token" and ns.token_command != "create":
+            return _api_tokens(stub, meta, ns)
         if ns.command == "token":
             resp = stub.CreateToken(
                 fleet_pb2.CreateTokenRequest(
@@ -303,15 +331,69 @@ def run_client(ns: argparse.Namespace) -> int:
                 fleet_pb2.UnpinRequest(app=ns.app, cluster=ns.cluster), metadata=meta
             )
         elif ns.command == "sync":
-            action = stub.Sync(fleet_pb2.SyncRequest(app=ns.app, cluster=ns.cluster), metadata=meta)
+            action = stub.Sync(
+                fleet_pb2.SyncRequest(
+                    app=ns.app, cluster=ns.cluster, allow_mass_prune=ns.allow_mass_prune
+                ),
+                metadata=meta,
+            )
         elif ns.command == "pause":
             action = stub.Pause(fleet_pb2.PauseRequest(app=ns.app, reason=ns.reason), metadata=meta)
         else:
             action = stub.Resume(
                 fleet_pb2.PauseRequest(app=ns.app, reason=ns.reason), metadata=meta
             )
-        print(action.message)
+        print(plain(action.message))
         return 0
+
+
+def _api_tokens(stub: fleet_pb2_grpc.FleetServiceStub, meta: Any, ns: argparse.Namespace) -> int:
+    if ns.token_command == "create-api":
+        resp = stub.CreateApiToken(
+            fleet_pb2.CreateApiTokenRequest(
+                name=ns.name, role=ns.role, ttl_seconds=_duration(ns.ttl)
+            ),
+            metadata=meta,
+        )
+        print(resp.token)
+        return 0
+    if ns.token_command == "revoke":
+        action = stub.RevokeApiToken(fleet_pb2.RevokeApiTokenRequest(name=ns.name), metadata=meta)
+        print(plain(action.message))
+        return 0
+    tokens = stub.ListApiTokens(fleet_pb2.ListApiTokensRequest(), metadata=meta).tokens
+    rows = [
+        {
+            "name": t.name,
+            "role": t.role,
+            "created": _when(t.created_at.seconds),
+            "expires": _when(t.expires_at.seconds) if t.HasField("expires_at") else "never",
+            "created_by": t.created_by,
+        }
+        for t in tokens
+    ]
+    if ns.output == "json":
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'NAME':<24} {'ROLE':<9} {'CREATED':<20} {'EXPIRES':<20} CREATED BY")
+    for r in rows:
+        print(
+            plain(
+                f"{r['name']:<24} {r['role']:<9} {r['created']:<20} {r['expires']:<20} "
+                f"{r['created_by']}"
+            )
+        )
+    return 0
+
+
+def _when(seconds: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds))
+
+
+def plain(text: str) -> str:
+    """Text from the hub (names, reasons, messages: some of it written by agents or commits)
+    as one plain line: control characters and terminal escapes shown as U+FFFD."""
+    return reports.text(text, 100_000)
 
 
 def _labels(text: str) -> dict[str, str]:
@@ -351,7 +433,10 @@ def _cluster_add(stub: fleet_pb2_grpc.FleetServiceStub, meta: Any, ns: argparse.
 
 
 def _name(enum: Any, value: int, prefix: str) -> str:
-    words = enum.Name(value).removeprefix(prefix).split("_")
+    try:
+        words = enum.Name(value).removeprefix(prefix).split("_")
+    except ValueError:  # a newer hub, or a value nobody should have sent
+        return "Unknown"
     return "".join(w.title() for w in words)
 
 
@@ -401,11 +486,15 @@ def _status(snap: fleet_pb2.Snapshot, output: str) -> int:
     widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
     for row in table:
         print(
-            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1]
+            plain(
+                "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False))
+                + "  "
+                + row[-1]
+            )
         )
     for r in snap.repos:
         if r.error:
-            print(f"repo {r.name}: {r.error}")
+            print(plain(f"repo {r.name}: {r.error}"))
     return 0
 
 
@@ -428,8 +517,10 @@ def _history(events: Sequence[types_pb2.Event], output: str) -> int:
         return 0
     for r in rows:
         print(
-            f"{r['at']}  {r['kind']:<15} {r['app'] or '-':<12} {r['cluster'] or '*':<10} "
-            f"{r['revision'][:8] or '-':<8}  {r['actor']:<14} {r['message']}"
+            plain(
+                f"{r['at']}  {r['kind']:<15} {r['app'] or '-':<12} {r['cluster'] or '*':<10} "
+                f"{r['revision'][:8] or '-':<8}  {r['actor']:<14} {r['message']}"
+            )
         )
     return 0
 

@@ -97,7 +97,7 @@ class Hub:
         # apps without targets in hub.yaml, as their fleet.yaml at the head revision describes them
         self._effective: dict[str, tuple[str, config.App, config.App]] = {}
         self.fleet_errors: dict[str, str] = {}
-        self._dropped_reports = 0  # reports for apps the cluster was not assigned
+        self.dropped_reports = 0  # reports for apps the cluster was not assigned
 
     # ------------------------------------------------------------ start-up
 
@@ -752,7 +752,7 @@ class Hub:
         apps assigned to its cluster; anything else is dropped, and what it says is bounded
         and cleaned first (hub.reports)."""
         if (cluster, report.app) not in self.assignments:
-            self._dropped_reports += 1
+            self.dropped_reports += 1
             log.debug("cluster %s: report for unassigned app dropped", cluster)
             return
         report = reports.sanitize(report)

@@ -15,6 +15,7 @@ import hmac
 import logging
 import os
 from collections import Counter
+from typing import Any
 
 from hub import core
 from proto.fleetops.v1 import types_pb2
@@ -30,24 +31,44 @@ _REASONS = {
     404: "Not Found",
     405: "Method Not Allowed",
     413: "Payload Too Large",
+    503: "Service Unavailable",
 }
 
 
 def verify(headers: dict[str, str], body: bytes, secret: str) -> bool:
+    """Whether the push is signed with `secret`. Compared as bytes, in constant time: a header
+    with characters outside ASCII is just a wrong signature."""
     if not secret:
         return False
     key = secret.encode()
-    digest = hmac.new(key, body, hashlib.sha256).hexdigest()
-    github = headers.get("x-hub-signature-256", "")
+    digest = hmac.new(key, body, hashlib.sha256).hexdigest().encode()
+
+    def given(name: str) -> bytes:
+        return headers.get(name, "").encode("latin-1", errors="replace")
+
+    github = given("x-hub-signature-256")
     if github:
-        return hmac.compare_digest(github, f"sha256={digest}")
-    gitea = headers.get("x-gitea-signature", "") or headers.get("x-gogs-signature", "")
+        return hmac.compare_digest(github, b"sha256=" + digest)
+    gitea = given("x-gitea-signature") or given("x-gogs-signature")
     if gitea:
         return hmac.compare_digest(gitea, digest)
-    gitlab = headers.get("x-gitlab-token", "")
+    gitlab = given("x-gitlab-token")
     if gitlab:
-        return hmac.compare_digest(gitlab.encode(), key)
+        return hmac.compare_digest(gitlab, key)
     return False
+
+
+def label(value: str) -> str:
+    """A Prometheus label value, escaped as the text format wants (backslash, quote, newline):
+    whatever a name holds, it cannot end the label or start a line."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _enum_name(enum: Any, value: int) -> str:
+    try:
+        return str(enum.Name(value))
+    except ValueError:
+        return "UNKNOWN"
 
 
 def metrics(hub: core.Hub) -> str:
@@ -58,31 +79,39 @@ def metrics(hub: core.Hub) -> str:
     conn = Counter("connected" if c in hub.streams else "disconnected" for c in hub.clusters)
     for state in ("connected", "disconnected"):
         lines.append(f'fleetops_clusters{{connectivity="{state}"}} {conn.get(state, 0)}')
+    lines += [
+        "# HELP fleetops_reports_dropped_total Agent reports for apps their cluster was not "
+        "assigned.",
+        "# TYPE fleetops_reports_dropped_total counter",
+        f"fleetops_reports_dropped_total {hub.dropped_reports}",
+    ]
     sync: Counter[tuple[str, str]] = Counter()
     health: Counter[tuple[str, str]] = Counter()
     for (_cluster, app), report in hub.reports.items():
-        sync[(app, types_pb2.SyncStatus.Name(report.sync))] += 1
-        health[(app, types_pb2.HealthStatus.Name(report.health))] += 1
+        sync[(app, _enum_name(types_pb2.SyncStatus, report.sync))] += 1
+        health[(app, _enum_name(types_pb2.HealthStatus, report.health))] += 1
     lines += [
         "# HELP fleetops_app_sync Clusters per app and sync status.",
         "# TYPE fleetops_app_sync gauge",
     ]
     lines += [
-        f'fleetops_app_sync{{app="{a}",sync="{s}"}} {n}' for (a, s), n in sorted(sync.items())
+        f'fleetops_app_sync{{app="{label(a)}",sync="{s}"}} {n}'
+        for (a, s), n in sorted(sync.items())
     ]
     lines += [
         "# HELP fleetops_app_health Clusters per app and health.",
         "# TYPE fleetops_app_health gauge",
     ]
     lines += [
-        f'fleetops_app_health{{app="{a}",health="{h}"}} {n}' for (a, h), n in sorted(health.items())
+        f'fleetops_app_health{{app="{label(a)}",health="{h}"}} {n}'
+        for (a, h), n in sorted(health.items())
     ]
     lines += [
         "# HELP fleetops_repo_fetch_ok 1 when the repo's last fetch worked.",
         "# TYPE fleetops_repo_fetch_ok gauge",
     ]
     for name, st in sorted(hub.repo_status.items()):
-        lines.append(f'fleetops_repo_fetch_ok{{repo="{name}"}} {0 if st.error else 1}')
+        lines.append(f'fleetops_repo_fetch_ok{{repo="{label(name)}"}} {0 if st.error else 1}')
     lines += [
         "# HELP fleetops_config_ok 1 when the last hub.yaml load worked.",
         "# TYPE fleetops_config_ok gauge",
@@ -91,10 +120,14 @@ def metrics(hub: core.Hub) -> str:
     return "\n".join(lines) + "\n"
 
 
+MAX_CONNECTIONS = 64  # at once; more are answered 503 without reading a byte of them
+
+
 class Server:
     def __init__(self, hub: core.Hub) -> None:
         self.hub = hub
         self._server: asyncio.Server | None = None
+        self._active = 0
 
     async def start(self, host: str, port: int) -> int:
         self._server = await asyncio.start_server(self._handle, host, port)
@@ -106,10 +139,19 @@ class Server:
             await self._server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._active += 1
         try:
-            code, body, ctype = await asyncio.wait_for(self._respond(reader), timeout=10)
+            if self._active > MAX_CONNECTIONS:
+                code, body, ctype = 503, b"busy, retry later\n", "text/plain"
+            else:
+                code, body, ctype = await asyncio.wait_for(self._respond(reader), timeout=10)
         except (TimeoutError, asyncio.IncompleteReadError, ValueError, ConnectionError):
             code, body, ctype = 400, b"bad request\n", "text/plain"
+        except Exception as e:  # whatever a client sends, it gets a 4xx, never a traceback
+            log.warning("http: request refused: %s", type(e).__name__)
+            code, body, ctype = 400, b"bad request\n", "text/plain"
+        finally:
+            self._active -= 1
         try:
             writer.write(
                 f"HTTP/1.1 {code} {_REASONS.get(code, 'Error')}\r\nContent-Type: {ctype}\r\n"
