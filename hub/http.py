@@ -10,6 +10,7 @@ no web framework; it never logs request bodies or secrets.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -143,6 +144,10 @@ class Server:
         try:
             if self._active > MAX_CONNECTIONS:
                 code, body, ctype = 503, b"busy, retry later\n", "text/plain"
+                # take in what was sent (bounded), so closing does not reset the connection
+                # before the client has read the answer
+                with contextlib.suppress(TimeoutError, ConnectionError):
+                    await asyncio.wait_for(reader.read(16384), timeout=0.2)
             else:
                 code, body, ctype = await asyncio.wait_for(self._respond(reader), timeout=10)
         except (TimeoutError, asyncio.IncompleteReadError, ValueError, ConnectionError):
