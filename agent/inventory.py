@@ -13,9 +13,10 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from agent import errors, kube, manifests
+from agent import errors, guard, kube, manifests
 
 DATA_KEY = "inventory.json"
+PSA_ENFORCE = "pod-security.kubernetes.io/enforce"
 _CONFIGMAP = kube.ResourceType("", "v1", "ConfigMap", "configmaps", namespaced=True)
 _NAMESPACE = kube.ResourceType("", "v1", "Namespace", "namespaces", namespaced=False)
 
@@ -96,7 +97,7 @@ class Store:
                 "namespace": self.namespace,
                 "labels": {
                     "app.kubernetes.io/managed-by": "fleetops",
-                    "fleetops.io/inventory": "true",
+                    guard.INVENTORY_MARK: "true",
                 },
                 "annotations": {"fleetops.io/app": app},
             },
@@ -108,6 +109,8 @@ class Store:
         if self._namespace_exists:
             return
         if await self._client.get(_NAMESPACE, "", self.namespace) is None:
-            body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.namespace}}
+            # as the install makes it: nothing but the agent runs here, so Pods must be restricted
+            meta = {"name": self.namespace, "labels": {PSA_ENFORCE: "restricted"}}
+            body = {"apiVersion": "v1", "kind": "Namespace", "metadata": meta}
             await self._client.apply(_NAMESPACE, body, force=True)
         self._namespace_exists = True

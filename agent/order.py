@@ -96,6 +96,6 @@ def prune_order(keys: Sequence[manifests.Key]) -> list[manifests.Key]:
     def rank(k: manifests.Key) -> tuple[int, str]:
         if (k.group, k.kind) in FIRST_KINDS:
             return (0, str(k))
-        return (len(_TIERS) + 1 - _tier(k.kind), str(k))
+        return (1 + _tier(k.kind), str(k))  # workloads (the last tier) rank highest
 
     return sorted(keys, key=rank, reverse=True)

@@ -7,7 +7,10 @@ read-only: it compares the cluster with the bundle through server-side dry-run a
 health and drifted fields. `heal` is `check` plus re-applying what drifted when self-heal is on.
 
 It must never prune after a partial apply, never delete an object it did not apply, and never
-send a write when nothing drifted.
+send a write when nothing drifted. The rules of `agent.guard` bound what an app may touch: its
+bundle never writes into the agent's own namespace nor an inventory (refused per resource before
+any API call), a Namespace holding objects that are not the app's is not pruned, and a prune of
+more than the app's maxPrunePercent waits for an operator's allowance.
 """
 
 from __future__ import annotations
@@ -17,15 +20,15 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from agent import drift, errors, health, inventory, kube, manifests, order
+from agent import drift, errors, guard, health, inventory, kube, manifests, order, prune
 from agent import status as st
 from proto import bundles
 from proto.fleetops.v1 import types_pb2
 
-PRUNE_ANNOTATION = "fleetops.io/prune"
+PRUNE_ANNOTATION = prune.PRUNE_ANNOTATION
 _PASSING = (health.HEALTHY, health.SUSPENDED)
 
 
@@ -38,6 +41,9 @@ class Options:
     full_check_every: int = (
         10  # every Nth check dry-runs even objects whose resourceVersion is known
     )
+    # The cluster's name in the fleet, for messages that tell an operator what to run on the
+    # hub (e.g. to allow a held prune); empty when the agent runs without a hub.
+    cluster: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +74,23 @@ def _fingerprint(obj: Mapping[str, Any]) -> str:
 
 def _first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else "no message"
+
+
+def _hold(
+    previous: inventory.Inventory | None,
+    leftovers: Sequence[inventory.Entry],
+    policy: types_pb2.SyncPolicy,
+    allowed: bool,
+) -> guard.MassPrune | None:
+    """The mass prune this sync must hold back, or None when it may prune."""
+    if previous is None or not leftovers or allowed:
+        return None
+    hold = guard.MassPrune(
+        would_delete=len(leftovers),
+        total=len(previous.entries),
+        limit=guard.max_prune_percent(policy.max_prune_percent),
+    )
+    return hold if hold.held else None
 
 
 class Reconciler:
@@ -153,7 +176,16 @@ class Reconciler:
             elif not rt.namespaced and meta.get("namespace"):
                 del meta["namespace"]  # cluster-scoped objects never get one
             obj["metadata"] = meta
-            return Prepared(manifests.Resource(obj, r.source, r.line), rt)
+            resource = manifests.Resource(obj, r.source, r.line)
+            refused = guard.refusal(
+                resource.key, obj, agent_namespace=self.options.inventory_namespace
+            )
+            if refused is not None:
+                return st.ResourceResult(
+                    resource.key, r.version, st.APPLY_FAILED, None,
+                    f"{r.where}: {refused.on_apply()}", "refused", source=r.where,
+                )  # fmt: skip
+            return Prepared(resource, rt)
 
         outcomes = await asyncio.gather(*(prepare(r) for r in parsed.resources))
         for outcome in outcomes:
@@ -182,28 +214,52 @@ class Reconciler:
     # ------------------------------------------------------------ sync
 
     async def reconcile(
-        self, bundle: types_pb2.Bundle, policy: types_pb2.SyncPolicy
+        self,
+        bundle: types_pb2.Bundle,
+        policy: types_pb2.SyncPolicy,
+        *,
+        allow_mass_prune: bool = False,
     ) -> st.AppResult:
         """What the agent's loop calls: sync a bundle the cluster does not have yet, else
-        check it (and self-heal when the policy says so)."""
-        return await self._reconcile(bundle, policy, explicit=False)
+        check it (and self-heal when the policy says so). `allow_mass_prune`: an operator let
+        this bundle prune past the policy's maxPrunePercent."""
+        return await self._reconcile(
+            bundle, policy, explicit=False, allow_mass_prune=allow_mass_prune
+        )
 
-    async def sync(self, bundle: types_pb2.Bundle, policy: types_pb2.SyncPolicy) -> st.AppResult:
+    async def sync(
+        self,
+        bundle: types_pb2.Bundle,
+        policy: types_pb2.SyncPolicy,
+        *,
+        allow_mass_prune: bool = False,
+    ) -> st.AppResult:
         """Apply the bundle; prune when the policy allows and everything applied. A bundle
         the cluster already has completely is re-applied only where it drifted."""
-        return await self._reconcile(bundle, policy, explicit=True)
+        return await self._reconcile(
+            bundle, policy, explicit=True, allow_mass_prune=allow_mass_prune
+        )
 
     async def _reconcile(
-        self, bundle: types_pb2.Bundle, policy: types_pb2.SyncPolicy, *, explicit: bool
+        self,
+        bundle: types_pb2.Bundle,
+        policy: types_pb2.SyncPolicy,
+        *,
+        explicit: bool,
+        allow_mass_prune: bool,
     ) -> st.AppResult:
         digest = bundles.digest(bundle)
         previous = await self.inventories.load(bundle.app)
         plan = await self._prepare(bundle)
         if self._settled(previous, digest, plan):
             return await self._heal(
-                bundle, policy, digest=digest, force_heal=explicit, previous=previous
-            )
-        return await self._apply_bundle(bundle, policy, digest=digest, previous=previous, plan=plan)
+                bundle, policy, digest=digest, force_heal=explicit, previous=previous,
+                allow_mass_prune=allow_mass_prune,
+            )  # fmt: skip
+        return await self._apply_bundle(
+            bundle, policy, digest=digest, previous=previous, plan=plan,
+            allow_mass_prune=allow_mass_prune,
+        )  # fmt: skip
 
     @staticmethod
     def _settled(previous: inventory.Inventory | None, digest: str, plan: _Plan) -> bool:
@@ -223,6 +279,7 @@ class Reconciler:
         digest: str,
         previous: inventory.Inventory | None,
         plan: _Plan,
+        allow_mass_prune: bool,
     ) -> st.AppResult:
         by_key = {p.key: p for p in plan.prepared}
 
@@ -274,6 +331,7 @@ class Reconciler:
         leftovers = [e for e in old_entries if e.key not in by_key]
         kept: list[inventory.Entry] = []
         prune_results: list[st.ResourceResult] = []
+        held = ""
         if not complete:
             kept = leftovers
             if leftovers:
@@ -292,8 +350,19 @@ class Reconciler:
                 self._leftover(e, "not pruned: the bundle is empty and allowEmpty is off")
                 for e in leftovers
             ]
+        elif (hold := _hold(previous, leftovers, policy, allow_mass_prune)) is not None:
+            kept = leftovers
+            note = f"not pruned: prune held, it {hold.share()}"
+            prune_results = [self._leftover(e, note) for e in leftovers]
+            held = hold.reason(app=bundle.app, cluster=self.options.cluster)
         else:
-            prune_results, kept = await self._prune(leftovers)
+            prune_results, kept = await prune.prune(
+                self.kube,
+                leftovers,
+                agent_namespace=self.options.inventory_namespace,
+                owned={e.key for e in old_entries | new_entries},
+                staying=set(by_key),
+            )
 
         await self.inventories.save(
             app=bundle.app,
@@ -306,6 +375,8 @@ class Reconciler:
             reason = halted
         elif not plan.prepared and not plan.failures and old_entries and not policy.allow_empty:
             reason = "the bundle is empty; nothing was pruned because allowEmpty is off"
+        elif held:
+            reason = held
         return st.finish(
             app=bundle.app,
             revision=bundle.revision,
@@ -314,6 +385,7 @@ class Reconciler:
             reason=reason,
             sync=st.APPLY_FAILED if halted else None,
             applied_at=time.time(),
+            prune_held=bool(held),
         )
 
     async def _ensure_default_namespace(
@@ -417,47 +489,6 @@ class Reconciler:
     def _leftover(self, e: inventory.Entry, message: str) -> st.ResourceResult:
         return st.ResourceResult(e.key, e.version, st.OUT_OF_SYNC, None, message, "kept")
 
-    async def _prune(
-        self, leftovers: Iterable[inventory.Entry]
-    ) -> tuple[list[st.ResourceResult], list[inventory.Entry]]:
-        """Delete what left the bundle; return the results and the entries still owned."""
-        entries = {e.key: e for e in leftovers}
-        results: list[st.ResourceResult] = []
-        kept: list[inventory.Entry] = []
-        for key in order.prune_order(list(entries)):
-            e = entries[key]
-            try:
-                rt = await self.kube.resource_type_for_group(key.group, key.kind)
-                obj = await self.kube.get(rt, key.namespace, key.name)
-                if obj is None:
-                    continue  # already gone: nothing to do, forget it
-                meta = obj.get("metadata") or {}
-                if (meta.get("annotations") or {}).get(PRUNE_ANNOTATION) == "disabled":
-                    results.append(
-                        st.ResourceResult(key, e.version, st.SYNCED, health.assess(obj),
-                                          f"left in place: {PRUNE_ANNOTATION}: disabled", "kept")
-                    )  # fmt: skip
-                    continue
-                managers = {m.get("manager") for m in meta.get("managedFields") or []}
-                if kube.FIELD_MANAGER not in managers:
-                    results.append(
-                        st.ResourceResult(key, e.version, st.SYNCED, health.assess(obj),
-                                          "left in place: fleetops no longer manages any of its "
-                                          "fields (someone else took it over)", "kept")
-                    )  # fmt: skip
-                    continue
-                await self.kube.delete(rt, key.namespace, key.name)
-                results.append(
-                    st.ResourceResult(key, e.version, st.SYNCED, None, "pruned", "pruned")
-                )
-            except (errors.KubeError, errors.UnknownKind) as err:
-                kept.append(e)
-                results.append(
-                    st.ResourceResult(key, e.version, st.APPLY_FAILED, None,
-                                      f"prune failed: {_first_line(str(err))}", "failed")
-                )  # fmt: skip
-        return results, kept
-
     def _remember(self, app: str, p: Prepared, live: Mapping[str, Any]) -> None:
         rv = str((live.get("metadata") or {}).get("resourceVersion") or "")
         if rv:
@@ -465,20 +496,34 @@ class Reconciler:
 
     # ------------------------------------------------------------ check and heal
 
-    async def check(self, bundle: types_pb2.Bundle, policy: types_pb2.SyncPolicy) -> st.AppResult:
+    async def check(
+        self,
+        bundle: types_pb2.Bundle,
+        policy: types_pb2.SyncPolicy,
+        *,
+        allow_mass_prune: bool = False,
+    ) -> st.AppResult:
         """Health and drift of every resource, through dry-run. Never writes."""
         previous = await self.inventories.load(bundle.app)
         result, _ = await self._check(
-            bundle, policy, digest=bundles.digest(bundle), previous=previous
-        )
+            bundle, policy, digest=bundles.digest(bundle), previous=previous,
+            allow_mass_prune=allow_mass_prune,
+        )  # fmt: skip
         return result
 
-    async def heal(self, bundle: types_pb2.Bundle, policy: types_pb2.SyncPolicy) -> st.AppResult:
+    async def heal(
+        self,
+        bundle: types_pb2.Bundle,
+        policy: types_pb2.SyncPolicy,
+        *,
+        allow_mass_prune: bool = False,
+    ) -> st.AppResult:
         """`check`, then re-apply what drifted when the policy has selfHeal."""
         previous = await self.inventories.load(bundle.app)
         return await self._heal(
-            bundle, policy, digest=bundles.digest(bundle), force_heal=False, previous=previous
-        )
+            bundle, policy, digest=bundles.digest(bundle), force_heal=False, previous=previous,
+            allow_mass_prune=allow_mass_prune,
+        )  # fmt: skip
 
     async def _heal(
         self,
@@ -488,8 +533,11 @@ class Reconciler:
         digest: str,
         force_heal: bool,
         previous: inventory.Inventory | None,
+        allow_mass_prune: bool,
     ) -> st.AppResult:
-        result, by_key = await self._check(bundle, policy, digest=digest, previous=previous)
+        result, by_key = await self._check(
+            bundle, policy, digest=digest, previous=previous, allow_mass_prune=allow_mass_prune
+        )
         if not (policy.self_heal or force_heal):
             return result
         todo = [r for r in result.resources if r.key in by_key and r.sync == st.OUT_OF_SYNC]
@@ -517,8 +565,10 @@ class Reconciler:
             revision=bundle.revision,
             bundle_digest=digest,
             results=results,
+            reason=result.reason if result.prune_held else "",
             healed=sum(1 for r in replaced.values() if r.action == "healed"),
             applied_at=time.time(),
+            prune_held=result.prune_held,
         )
 
     async def _check(
@@ -528,6 +578,7 @@ class Reconciler:
         *,
         digest: str,
         previous: inventory.Inventory | None,
+        allow_mass_prune: bool,
     ) -> tuple[st.AppResult, dict[manifests.Key, Prepared]]:
         plan = await self._prepare(bundle)
         by_key = {p.key: p for p in plan.prepared}
@@ -577,17 +628,29 @@ class Reconciler:
             )  # fmt: skip
 
         results = list(await asyncio.gather(*(one(p) for p in plan.prepared)))
+        held = ""
         if previous is not None:
-            note = "no longer in Git; " + (
-                "the next sync prunes it" if policy.prune else "prune is off for this app"
-            )
-            results += [self._leftover(e, note) for e in previous.entries if e.key not in by_key]
+            leftovers = [e for e in previous.entries if e.key not in by_key]
+            hold = _hold(previous, leftovers, policy, allow_mass_prune)
+            if not policy.prune:
+                note = "no longer in Git; prune is off for this app"
+            elif not plan.prepared and not policy.allow_empty:
+                note = "no longer in Git; not pruned: the bundle is empty and allowEmpty is off"
+            elif hold is not None:
+                note = f"no longer in Git; not pruned: prune held, it {hold.share()}"
+                held = hold.reason(app=bundle.app, cluster=self.options.cluster)
+            else:
+                note = "no longer in Git; the next sync prunes it"
+            results += [self._leftover(e, note) for e in leftovers]
+        held = "" if plan.failures or any(r.failed for r in results) else held
         return (
             st.finish(
                 app=bundle.app,
                 revision=bundle.revision,
                 bundle_digest=digest,
                 results=plan.failures + results,
+                reason=held,
+                prune_held=bool(held),
             ),
             by_key,
         )
@@ -658,12 +721,17 @@ class Reconciler:
         )
 
     async def wait_healthy(
-        self, bundle: types_pb2.Bundle, policy: types_pb2.SyncPolicy, within: float
+        self,
+        bundle: types_pb2.Bundle,
+        policy: types_pb2.SyncPolicy,
+        within: float,
+        *,
+        allow_mass_prune: bool = False,
     ) -> st.AppResult:
         """Re-check until the app is healthy or `within` seconds pass; return the last result."""
         deadline = time.monotonic() + within
         while True:
-            result = await self.check(bundle, policy)
+            result = await self.check(bundle, policy, allow_mass_prune=allow_mass_prune)
             if result.health in _PASSING or result.failed or time.monotonic() >= deadline:
                 return result
             await asyncio.sleep(self.options.poll_interval)

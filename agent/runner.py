@@ -10,6 +10,7 @@ the latest reports go up in the Hello of the next connection.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 from typing import Any
@@ -64,7 +65,8 @@ class Runner:
         self.me = me
         self.kube = client
         self.local = local
-        self.rec = reconcile.Reconciler(client, options)
+        # the cluster's name lets a held prune say which `fleetops-hub sync` allows it
+        self.rec = reconcile.Reconciler(client, dataclasses.replace(options, cluster=me.cluster))
         self.resync = resync
         self.labels = labels
         self.stop = asyncio.Event()
@@ -174,9 +176,13 @@ class Runner:
             bundle.revision = a.revision
             try:
                 if a.paused:
-                    result = await self.rec.check(bundle, a.policy)
+                    result = await self.rec.check(
+                        bundle, a.policy, allow_mass_prune=a.allow_mass_prune
+                    )
                 else:
-                    result = await self.rec.reconcile(bundle, a.policy)
+                    result = await self.rec.reconcile(
+                        bundle, a.policy, allow_mass_prune=a.allow_mass_prune
+                    )
             except errors.AgentError as e:
                 log.error("app %s: %s", app, e)
                 continue

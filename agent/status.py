@@ -42,7 +42,7 @@ class ResourceResult:
     sync: Sync
     health: health.Health | None  # None: not looked at (e.g. it failed to apply)
     message: str
-    action: str = ""  # applied, unchanged, pruned, kept, failed, skipped, healed
+    action: str = ""  # applied, unchanged, pruned, kept, failed, refused, skipped, healed
     drift: tuple[drift.Field, ...] = ()
     conflict_manager: str = ""
     source: str = ""
@@ -63,6 +63,8 @@ class AppResult:
     resources: tuple[ResourceResult, ...]
     healed: int = 0
     applied_at: float = 0.0
+    # the sync applied but held back a prune past the app's maxPrunePercent (see agent.guard)
+    prune_held: bool = False
     observed_at: float = dataclasses.field(default_factory=time.time)
 
     @property
@@ -110,6 +112,7 @@ def finish(
     sync: Sync | None = None,
     healed: int = 0,
     applied_at: float = 0.0,
+    prune_held: bool = False,
 ) -> AppResult:
     rolled_sync = rollup_sync(results) if sync is None else sync
     rolled_health = rollup_health(results)
@@ -123,6 +126,7 @@ def finish(
         resources=tuple(results),
         healed=healed,
         applied_at=applied_at,
+        prune_held=prune_held,
     )
 
 
@@ -144,6 +148,7 @@ def to_report(result: AppResult, *, generation: int = 0) -> types_pb2.AppReport:
         observed_at=_ts(result.observed_at),
         drifted_resources=result.drifted,
         healed_resources=result.healed,
+        prune_held=result.prune_held,
     )
     if result.applied_at:
         report.applied_at.CopyFrom(_ts(result.applied_at))

@@ -1,0 +1,229 @@
+"""What an app's bundle may not touch, and when a prune must hold back: the agent's blast-radius
+rules, as pure functions the reconciler consults before any API call.
+
+Three rules, each a trust boundary of DESIGN.md ("an app's bundle on a cluster"):
+
+- **Confinement**: an app never writes to, or prunes from, the agent's own namespace (its
+  inventories and identity Secret live there), nor the Namespace object itself, nor any object
+  labelled or annotated as a fleetops inventory.
+- **Namespace prune**: a Namespace is deleted only when everything in it is this app's (listed in
+  its inventory, or made by something that is), unless the Namespace carries
+  `fleetops.io/prune-namespace: force`.
+- **Mass prune**: a sync that would prune more than the app's `maxPrunePercent` of its inventory
+  applies but does not prune, until an operator allows it once.
+
+It must never do I/O and never read object content beyond metadata: the namespace check sees
+Secrets, and their data must not reach a message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Any
+
+from agent import manifests
+
+INVENTORY_MARK = "fleetops.io/inventory"  # label (or annotation) on every inventory ConfigMap
+PRUNE_NAMESPACE_ANNOTATION = "fleetops.io/prune-namespace"
+PRUNE_NAMESPACE_FORCE = "force"
+DEFAULT_MAX_PRUNE_PERCENT = 50
+
+# Made by Kubernetes in every namespace; never a sign that someone else uses it.
+_AUTOMATIC = {
+    manifests.Key("", "ConfigMap", "", "kube-root-ca.crt"),
+    manifests.Key("", "ServiceAccount", "", "default"),
+}
+
+
+# ---------------------------------------------------------------- confinement
+
+
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """Why an app may not touch an object (`why`), and what its author can do instead (`fix`)."""
+
+    why: str
+    fix: str
+
+    def on_apply(self) -> str:
+        return f"refused: {self.why}; an app may not write there: {self.fix}"
+
+    def on_prune(self) -> str:
+        return f"not pruned, and no longer tracked by this app: {self.why}; an app never deletes it"
+
+
+def refusal(
+    key: manifests.Key, obj: Mapping[str, Any] | None, *, agent_namespace: str
+) -> Refusal | None:
+    """Why an app may not write or delete this object, or None when it may. `obj` is the object
+    as the bundle has it (or as it lives, for prune); only its metadata is read."""
+    if not key.group and key.kind == "Namespace" and key.name == agent_namespace:
+        return Refusal(
+            f"{key} is the fleetops agent's own namespace (app inventories and the agent's "
+            "identity live there)",
+            "drop it from the app's manifests",
+        )
+    if key.namespace == agent_namespace:
+        return Refusal(
+            f"{key} is in {agent_namespace}, the fleetops agent's own namespace (app "
+            "inventories and the agent's identity live there)",
+            "deploy it to another namespace",
+        )
+    meta = (obj or {}).get("metadata") or {}
+    labels = meta.get("labels") or {}
+    annotations = meta.get("annotations") or {}
+    if INVENTORY_MARK in labels or INVENTORY_MARK in annotations:
+        return Refusal(
+            f"{key} is marked as a fleetops inventory ({INVENTORY_MARK}), and only the agent "
+            "writes inventories",
+            f"remove the {INVENTORY_MARK} label and annotation, or drop the object",
+        )
+    return None
+
+
+# ---------------------------------------------------------------- mass prune
+
+
+def max_prune_percent(configured: int) -> int:
+    """The policy's value as a limit: 0 (unset) means the default; 100 or more turns it off."""
+    return DEFAULT_MAX_PRUNE_PERCENT if configured <= 0 else min(configured, 100)
+
+
+@dataclasses.dataclass(frozen=True)
+class MassPrune:
+    """A prune of `would_delete` of the `total` objects an app's inventory lists."""
+
+    would_delete: int
+    total: int
+    limit: int  # percent, already through `max_prune_percent`
+
+    @property
+    def held(self) -> bool:
+        """Strictly more than the limit; 100 never holds."""
+        return self.limit < 100 and self.would_delete * 100 > self.limit * self.total
+
+    def share(self) -> str:
+        percent = 100.0 * self.would_delete / self.total if self.total else 100.0
+        shown = f"{percent:.0f}"
+        if shown == str(self.limit):  # 50.2% must not read "50% > 50%"
+            shown = f"{percent:.1f}"
+        return (
+            f"would delete {self.would_delete} of {self.total} objects ({shown}% > {self.limit}%)"
+        )
+
+    def reason(self, *, app: str, cluster: str) -> str:
+        if cluster:
+            how = f"`fleetops-hub sync {app} --cluster {cluster} --allow-mass-prune`"
+        else:  # run without a hub (`fleetops-agent apply`)
+            how = "`fleetops-agent apply ... --allow-mass-prune` (or a higher --max-prune-percent)"
+        return f"prune held: {self.share()}; allow with {how}"
+
+
+# ---------------------------------------------------------------- namespace prune
+
+
+@dataclasses.dataclass(frozen=True)
+class Blockers:
+    """What stops a Namespace from being pruned: objects fleetops did not apply for this app,
+    and objects of the app that must stay (still in Git, or left in place on purpose)."""
+
+    foreign: tuple[manifests.Key, ...]
+    staying: tuple[manifests.Key, ...]
+
+    def __bool__(self) -> bool:
+        return bool(self.foreign or self.staying)
+
+    def reason(self, namespace: str) -> str:
+        parts = []
+        if self.foreign:
+            parts.append(f"objects fleetops did not apply for this app: {_few(self.foreign)}")
+        if self.staying:
+            parts.append(f"objects of this app that stay: {_few(self.staying)}")
+        return (
+            f"left in place: Namespace {namespace} still holds {'; and '.join(parts)}. Deleting "
+            "it would delete them too: move or delete them, or run `kubectl annotate namespace "
+            f"{namespace} {PRUNE_NAMESPACE_ANNOTATION}={PRUNE_NAMESPACE_FORCE}` to prune it with "
+            "everything inside"
+        )
+
+
+def _few(keys: Sequence[manifests.Key], shown: int = 3) -> str:
+    names = ", ".join(str(k) for k in keys[:shown])
+    return names + (f" (and {len(keys) - shown} more)" if len(keys) > shown else "")
+
+
+def forced(namespace_obj: Mapping[str, Any]) -> bool:
+    annotations = (namespace_obj.get("metadata") or {}).get("annotations") or {}
+    return annotations.get(PRUNE_NAMESPACE_ANNOTATION) == PRUNE_NAMESPACE_FORCE
+
+
+def key_of(obj: Mapping[str, Any]) -> manifests.Key:
+    meta = obj.get("metadata") or {}
+    group = str(obj.get("apiVersion") or "").rpartition("/")[0]
+    return manifests.Key(
+        group, str(obj.get("kind") or ""), str(meta.get("namespace") or ""), str(meta["name"])
+    )
+
+
+def namespace_blockers(
+    live: Iterable[Mapping[str, Any]],
+    *,
+    owned: Collection[manifests.Key],
+    owned_uids: Collection[str],
+    staying: Collection[manifests.Key],
+) -> Blockers:
+    """Sort the live objects of one namespace. `owned` are the app's inventory keys, `owned_uids`
+    the uids of the app's objects the caller knows (e.g. those it just pruned, whose dependents
+    the garbage collector has not removed yet), `staying` the app's keys that must survive.
+
+    An object is the app's when it is listed in the inventory, is owned (ownerReferences, to any
+    depth) by an object of the app, or is a claim a StatefulSet of the app made from its
+    volumeClaimTemplates. An owner the caller could not see counts as someone else's."""
+    objs = [o for o in live if not (o.get("metadata") or {}).get("deletionTimestamp")]
+    keys = [key_of(o) for o in objs]
+    ours: set[str] = set(owned_uids)
+    claims: list[re.Pattern[str]] = []
+    for obj, key in zip(objs, keys, strict=True):
+        if key in owned:
+            ours.add(str(obj["metadata"].get("uid") or ""))
+            if key.kind == "StatefulSet" and key.group == "apps":
+                claims += _claim_patterns(obj)
+    ours.discard("")
+    changed = True
+    while changed:  # dependents of dependents: Deployment -> ReplicaSet -> Pod
+        changed = False
+        for obj in objs:
+            uid = str(obj["metadata"].get("uid") or "")
+            if uid in ours:
+                continue
+            owners = obj["metadata"].get("ownerReferences") or []
+            if any(str(o.get("uid") or "") in ours for o in owners):
+                ours.add(uid)
+                changed = True
+    foreign: list[manifests.Key] = []
+    stay: list[manifests.Key] = []
+    for obj, key in zip(objs, keys, strict=True):
+        if key in staying:
+            stay.append(key)
+        elif key in owned or str(obj["metadata"].get("uid") or "") in ours:
+            continue
+        elif dataclasses.replace(key, namespace="") in _AUTOMATIC:
+            continue
+        elif key.kind == "PersistentVolumeClaim" and any(p.fullmatch(key.name) for p in claims):
+            continue
+        else:
+            foreign.append(key)
+    return Blockers(tuple(sorted(foreign, key=str)), tuple(sorted(stay, key=str)))
+
+
+def _claim_patterns(statefulset: Mapping[str, Any]) -> list[re.Pattern[str]]:
+    """PVCs a StatefulSet creates are named <template>-<statefulset>-<ordinal> and carry no
+    owner reference unless its retention policy asks for one."""
+    name = str(statefulset["metadata"]["name"])
+    templates = (statefulset.get("spec") or {}).get("volumeClaimTemplates") or []
+    return [
+        re.compile(re.escape(f"{(t.get('metadata') or {}).get('name', '')}-{name}-") + r"\d+")
+        for t in templates
+    ]

@@ -1,0 +1,174 @@
+"""Deletes what left an app's bundle, and only what the app may delete.
+
+The reconciler calls `prune` with the inventory entries that are no longer in Git, after a
+complete apply. Each one is looked up first: an object already gone is forgotten, one marked
+`fleetops.io/prune: disabled` or taken over by another field manager stays, one the app may
+not touch (`agent.guard.refusal`: the agent's own namespace, an inventory) is never deleted and
+no longer tracked, and a Namespace goes only when nothing in it is someone else's (or it
+carries `fleetops.io/prune-namespace: force`). Order is `agent.order.prune_order`: workloads
+first, Namespaces last, so the Namespace check sees what the app's own deletions left.
+
+It must never delete an object the checks above did not clear, and never put Secret content
+anywhere: the Namespace check lists Secrets for their names only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import Any
+
+from agent import errors, guard, health, inventory, kube, manifests, order
+from agent import status as st
+
+PRUNE_ANNOTATION = "fleetops.io/prune"
+
+
+def _rt(group: str, version: str, kind: str, plural: str) -> kube.ResourceType:
+    return kube.ResourceType(group, version, kind, plural, namespaced=True)
+
+
+# What a Namespace about to be pruned is searched for: objects fleetops did not apply.
+NAMESPACE_CONTENTS = (
+    _rt("", "v1", "ConfigMap", "configmaps"),
+    _rt("", "v1", "Secret", "secrets"),
+    _rt("", "v1", "Pod", "pods"),
+    _rt("", "v1", "Service", "services"),
+    _rt("", "v1", "ServiceAccount", "serviceaccounts"),
+    _rt("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
+    _rt("apps", "v1", "Deployment", "deployments"),
+    _rt("apps", "v1", "StatefulSet", "statefulsets"),
+    _rt("apps", "v1", "DaemonSet", "daemonsets"),
+    _rt("apps", "v1", "ReplicaSet", "replicasets"),
+    _rt("batch", "v1", "Job", "jobs"),
+    _rt("batch", "v1", "CronJob", "cronjobs"),
+    _rt("rbac.authorization.k8s.io", "v1", "Role", "roles"),
+    _rt("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings"),
+    _rt("networking.k8s.io", "v1", "Ingress", "ingresses"),
+    _rt("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"),
+    _rt("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets"),
+)
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else "no message"
+
+
+def _force_hint(namespace: str) -> str:
+    return (
+        f"`kubectl annotate namespace {namespace} "
+        f"{guard.PRUNE_NAMESPACE_ANNOTATION}={guard.PRUNE_NAMESPACE_FORCE}`"
+    )
+
+
+async def prune(
+    client: kube.Kube,
+    leftovers: Iterable[inventory.Entry],
+    *,
+    agent_namespace: str,
+    owned: set[manifests.Key],
+    staying: set[manifests.Key],
+) -> tuple[list[st.ResourceResult], list[inventory.Entry]]:
+    """Delete what left the bundle; return the results and the entries still owned.
+    `owned`: every key the app's inventory lists; `staying`: keys still in the bundle."""
+    entries = {e.key: e for e in leftovers}
+    results: list[st.ResourceResult] = []
+    kept: list[inventory.Entry] = []
+    left = set(staying)  # the app's objects that stay, so a Namespace holding them stays
+    pruned_uids: set[str] = set()
+
+    def stays(e: inventory.Entry, obj: dict[str, Any], message: str) -> None:
+        left.add(e.key)
+        results.append(
+            st.ResourceResult(e.key, e.version, st.SYNCED, health.assess(obj), message, "kept")
+        )
+
+    for key in order.prune_order(list(entries)):
+        e = entries[key]
+        refused = guard.refusal(key, None, agent_namespace=agent_namespace)
+        if refused is not None:  # e.g. an inventory written before apps were confined
+            results.append(
+                st.ResourceResult(key, e.version, st.SYNCED, None, refused.on_prune(), "kept")
+            )
+            continue
+        try:
+            rt = await client.resource_type_for_group(key.group, key.kind)
+            obj = await client.get(rt, key.namespace, key.name)
+            if obj is None:
+                continue  # already gone: nothing to do, forget it
+            refused = guard.refusal(key, obj, agent_namespace=agent_namespace)
+            if refused is not None:
+                results.append(
+                    st.ResourceResult(key, e.version, st.SYNCED, None, refused.on_prune(), "kept")
+                )
+                continue
+            meta = obj.get("metadata") or {}
+            if (meta.get("annotations") or {}).get(PRUNE_ANNOTATION) == "disabled":
+                stays(e, obj, f"left in place: {PRUNE_ANNOTATION}: disabled")
+                continue
+            managers = {m.get("manager") for m in meta.get("managedFields") or []}
+            if kube.FIELD_MANAGER not in managers:
+                stays(
+                    e,
+                    obj,
+                    "left in place: fleetops no longer manages any of its fields (someone else "
+                    "took it over)",
+                )
+                continue
+            message = "pruned"
+            if not key.group and key.kind == "Namespace":
+                if guard.forced(obj):
+                    message = (
+                        "pruned with everything inside "
+                        f"({guard.PRUNE_NAMESPACE_ANNOTATION}: {guard.PRUNE_NAMESPACE_FORCE})"
+                    )
+                else:
+                    blocked = await namespace_blocked(
+                        client, key.name, owned=owned, owned_uids=pruned_uids, staying=left
+                    )
+                    if blocked:
+                        kept.append(e)
+                        results.append(
+                            st.ResourceResult(key, e.version, st.OUT_OF_SYNC, health.assess(obj),
+                                              blocked, "kept")
+                        )  # fmt: skip
+                        continue
+            pruned_uids.add(str(meta.get("uid") or ""))
+            await client.delete(rt, key.namespace, key.name)
+            results.append(st.ResourceResult(key, e.version, st.SYNCED, None, message, "pruned"))
+        except (errors.KubeError, errors.UnknownKind) as err:
+            kept.append(e)
+            left.add(key)
+            results.append(
+                st.ResourceResult(key, e.version, st.APPLY_FAILED, None,
+                                  f"prune failed: {_first_line(str(err))}", "failed")
+            )  # fmt: skip
+    return results, kept
+
+
+async def namespace_blocked(
+    client: kube.Kube,
+    namespace: str,
+    *,
+    owned: set[manifests.Key],
+    owned_uids: set[str],
+    staying: set[manifests.Key],
+) -> str:
+    """Why the Namespace must not be pruned (what else it holds), or "" when it may."""
+    lists = await asyncio.gather(
+        *(client.list(rt, namespace) for rt in NAMESPACE_CONTENTS), return_exceptions=True
+    )
+    live: list[dict[str, Any]] = []
+    for rt, found in zip(NAMESPACE_CONTENTS, lists, strict=True):
+        if isinstance(found, errors.NotFound):
+            continue  # the cluster does not serve this kind: nothing of it to find
+        if isinstance(found, BaseException):
+            return (
+                f"left in place: could not check what Namespace {namespace} holds (list "
+                f"{rt.plural}: {_first_line(str(found))}), and it is pruned only when nothing in "
+                f"it is someone else's: let the agent list {rt.plural} there, or run "
+                f"{_force_hint(namespace)} to prune it with everything inside"
+            )
+        live += found
+    blockers = guard.namespace_blockers(live, owned=owned, owned_uids=owned_uids, staying=staying)
+    return blockers.reason(namespace) if blockers else ""
