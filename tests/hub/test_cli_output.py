@@ -1,0 +1,33 @@
+"""What `fleetops-hub status` and `history` print from hostile text: shown literally, one line
+each, no terminal escapes, and values the CLI does not know shown as Unknown."""
+
+from __future__ import annotations
+
+import pytest
+
+from hub import cli
+from proto.fleetops.v1 import fleet_pb2, types_pb2
+
+EVIL = "\x1b[31mred\x1b[0m [/]x[bold] line\nfake-row"
+
+
+def test_status_prints_hostile_reasons_literally_without_escapes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    snap = fleet_pb2.Snapshot()
+    snap.clusters.add(name="c1", agent_version=EVIL)
+    snap.statuses.add(cluster="c1", app="web", reason=EVIL, sync=99, health=42)  # type: ignore[arg-type]
+    snap.repos.add(name="platform", error=EVIL)
+    assert cli._status(snap, "text") == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out
+    assert "[/]x[bold] line" in out
+    assert "Unknown  Unknown" in out
+    assert len(out.splitlines()) == 3  # header, the row, the repo error: no injected line
+
+
+def test_history_prints_hostile_messages_literally(capsys: pytest.CaptureFixture[str]) -> None:
+    events = [types_pb2.Event(kind="applied", actor=EVIL, message=EVIL, cause=13)]  # type: ignore[arg-type]
+    assert cli._history(events, "text") == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "[/]x[bold]" in out and len(out.splitlines()) == 1
