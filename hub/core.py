@@ -26,7 +26,9 @@ from proto.fleetops.v1 import agent_pb2, fleet_pb2, types_pb2
 
 log = logging.getLogger("fleetops.hub")
 CHUNK = 1024 * 1024
-INLINE_LIMIT = 256 * 1024
+INLINE_LIMIT = 256 * 1024  # a bundle this small may travel inside an assignment
+INLINE_BUDGET = 1024 * 1024  # all inline bundles of one Assignments message together
+MAX_MESSAGE = 16 * 1024 * 1024  # gRPC message limit, set explicitly on hub and agent channels
 
 
 @dataclasses.dataclass
@@ -98,6 +100,7 @@ class Hub:
         self._effective: dict[str, tuple[str, config.App, config.App]] = {}
         self.fleet_errors: dict[str, str] = {}
         self.dropped_reports = 0  # reports for apps the cluster was not assigned
+        self.plan_errors: dict[tuple[str, str], str] = {}  # (app, cluster) -> why planning failed
 
     # ------------------------------------------------------------ start-up
 
@@ -311,6 +314,11 @@ class Hub:
         except errors.RenderError as e:
             log.warning("app %s target %s at %s: %s", app.name, target.name, revision[:8], e)
             return RenderResult("", str(e))
+        except Exception as e:  # one app's broken input is that app's error, never the fleet's
+            log.exception(
+                "app %s target %s at %s: render crashed", app.name, target.name, revision[:8]
+            )
+            return RenderResult("", unexpected("render", e))
         bundle = types_pb2.Bundle(app=app.name, namespace=app.namespace)
         for source, text in rendered.manifests:
             bundle.manifests.add(source=source, yaml=text)
@@ -376,9 +384,12 @@ class Hub:
                 effective = await asyncio.to_thread(fleetyaml.apply, app, text)
                 self._effective[app.name] = (head, app, effective)
                 self.fleet_errors.pop(app.name, None)
-            except errors.RenderError as e:
+            except Exception as e:  # RenderError, or anything a hostile fleet.yaml provokes
                 # keep what was deployed: the last good reading, or nothing at all
-                self.fleet_errors[app.name] = str(e)
+                message = (
+                    str(e) if isinstance(e, errors.RenderError) else unexpected("fleet.yaml", e)
+                )
+                self.fleet_errors[app.name] = message
                 if got is None:
                     self._effective[app.name] = (head, app, dataclasses.replace(app, targets=()))
                 log.warning("app %s: %s", app.name, e)
@@ -412,9 +423,15 @@ class Hub:
             for configured in self.cfg.apps:
                 app = self.effective(configured)
                 for cluster in scope:
-                    planned = await self._plan_one(
-                        app, cluster, cause, actor, heads.get(app.repo, "")
-                    )
+                    try:
+                        planned = await self._plan_one(
+                            app, cluster, cause, actor, heads.get(app.repo, "")
+                        )
+                    except Exception as e:  # that (app, cluster) keeps what it has
+                        log.exception("app %s cluster %s: planning failed", app.name, cluster)
+                        self.plan_errors[(app.name, cluster)] = unexpected("planning", e)
+                        continue
+                    self.plan_errors.pop((app.name, cluster), None)
                     if planned is None:
                         continue
                     row, ev = planned
@@ -447,8 +464,8 @@ class Hub:
                 self._set_assignment(row)
             if clusters is None:
                 self._sync_requests.clear()
-            for e in await self.db.run(self.db.append_events, events):
-                self._announce(fleet_pb2.FleetChange(event=event_pb(e)))
+            for recorded in await self.db.run(self.db.append_events, events):
+                self._announce(fleet_pb2.FleetChange(event=event_pb(recorded)))
             await self._load_inline(
                 row["digest"] for c in changed for row in self._by_cluster.get(c, {}).values()
             )
@@ -557,6 +574,7 @@ class Hub:
 
     def assignments_for(self, cluster: str) -> agent_pb2.Assignments:
         msg = agent_pb2.Assignments()
+        budget = INLINE_BUDGET
         for _app, row in sorted(self._by_cluster.get(cluster, {}).items()):
             app = self.cfg.app(row["app"])
             a = msg.assignments.add(
@@ -573,8 +591,12 @@ class Hub:
             )
             inline = self._inline.get(row["digest"])
             if inline is not None:
-                a.bundle.CopyFrom(inline)
                 a.bundle_size = inline.ByteSize()
+                # the whole message stays well under gRPC's limits: what does not fit inline
+                # is fetched by digest (GetBundle, in chunks)
+                if budget >= a.bundle_size:
+                    a.bundle.CopyFrom(inline)
+                    budget -= a.bundle_size
         return msg
 
     async def _load_inline(self, digests: Iterable[str]) -> None:
@@ -1067,8 +1089,10 @@ class Hub:
         render_result = self.renders.get(
             (app.name, target.name, head, _overrides_hash(eff, target))
         )
-        render_error = self.fleet_errors.get(app.name) or (
-            render_result.error if render_result else ""
+        render_error = (
+            self.fleet_errors.get(app.name)
+            or self.plan_errors.get((app.name, cluster))
+            or (render_result.error if render_result else "")
         )
         out = status.cell(
             cluster=cluster,
@@ -1124,6 +1148,16 @@ class Hub:
 
 
 MAX_FACTS = 32
+
+
+def unexpected(stage: str, e: BaseException) -> str:
+    """A readable reason for an error nobody planned for (the log has the traceback)."""
+    detail = str(e).splitlines()[0][:300] if str(e) else ""
+    return (
+        f"{stage} failed: {type(e).__name__}"
+        + (f": {detail}" if detail else "")
+        + ("; the other apps are unaffected, fix this input and commit again")
+    )
 
 
 def clean_facts(facts: dict[str, str]) -> dict[str, str]:

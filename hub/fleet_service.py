@@ -8,6 +8,8 @@ the caller's token name, never anything the client asserts.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
@@ -21,6 +23,9 @@ from proto.fleetops.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
 
 MAX_REGISTRATION_TTL = 30 * 86400  # a registration token is for an install, not a credential
 MAX_HISTORY = 5000
+HEARTBEAT = 10.0  # seconds of quiet on a Watch stream before an empty change is sent
+STUCK = 30.0  # seconds a watcher may leave changes unread before its stream is ended
+log = logging.getLogger("fleetops.hub")
 
 
 def _ts(seconds: float) -> timestamp_pb2.Timestamp:
@@ -29,11 +34,20 @@ def _ts(seconds: float) -> timestamp_pb2.Timestamp:
     return out
 
 
+@dataclasses.dataclass
+class _Watcher:
+    queue: asyncio.Queue[fleet_pb2.FleetChange]
+    task: asyncio.Task[Any]
+    sent: float  # when a change last left for this watcher (monotonic)
+
+
 class FleetService(fleet_pb2_grpc.FleetServiceServicer):
     def __init__(self, hub: core.Hub, authority: ca.CA, registry: apitokens.Registry) -> None:
         self.hub = hub
         self.ca = authority
         self.registry = registry
+        self._watchers: dict[int, _Watcher] = {}
+        self._reaper: asyncio.Future[None] | None = None
 
     def _actor(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
         """The audit actor: the caller's token name, never what the client says it is."""
@@ -156,15 +170,44 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
     async def Watch(
         self, request: fleet_pb2.WatchRequest, context: Any
     ) -> AsyncIterator[fleet_pb2.FleetChange]:
+        """A snapshot, then every change; an empty change (a heartbeat) after HEARTBEAT
+        seconds of quiet, so a client can tell a quiet hub from a lost one. A client that
+        stops reading has its stream ended instead of holding it (see `_reap`)."""
         queue: asyncio.Queue[fleet_pb2.FleetChange] = asyncio.Queue()
+        task = asyncio.current_task()
+        assert task is not None
+        watcher = _Watcher(queue, task, time.monotonic())
+        self._watchers[id(queue)] = watcher
         self.hub.watchers.add(queue)
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.ensure_future(self._reap())
         try:
             snap = self.hub.snapshot()
             yield fleet_pb2.FleetChange(version=snap.version, snapshot=snap)
+            watcher.sent = time.monotonic()
             while True:
-                yield await queue.get()
+                try:
+                    change = await asyncio.wait_for(queue.get(), HEARTBEAT)
+                except TimeoutError:
+                    change = fleet_pb2.FleetChange(version=self.hub.version)
+                yield change
+                watcher.sent = time.monotonic()
         finally:
             self.hub.watchers.discard(queue)
+            self._watchers.pop(id(queue), None)
+
+    async def _reap(self) -> None:
+        """End the streams of watchers that stopped reading: changes wait for them and
+        nothing was delivered for STUCK seconds (or the hub already gave up on them)."""
+        while self._watchers:
+            await asyncio.sleep(HEARTBEAT / 2)
+            now = time.monotonic()
+            for w in list(self._watchers.values()):
+                dropped = w.queue not in self.hub.watchers
+                if dropped or (w.queue.qsize() and now - w.sent > STUCK):
+                    log.warning("a fleet watcher stopped reading; its stream is ended")
+                    w.task.cancel()
+                    self._watchers.pop(id(w.queue), None)
 
     async def _action(self, context: Any, call: Awaitable[Any]) -> fleet_pb2.ActionResponse:
         try:
