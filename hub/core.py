@@ -10,6 +10,7 @@ A bad render, a failed fetch or an unknown app affects only that app, target or 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -1141,6 +1142,37 @@ class Hub:
                 self.watchers.discard(q)
                 continue
             q.put_nowait(change)
+
+    async def retain(self, stop: asyncio.Event, *, every: float = 3600.0) -> None:
+        """Apply hub.yaml's retention now and then every `every` seconds until `stop`."""
+        while not stop.is_set():
+            await self.prune_history()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=every)
+
+    async def prune_history(self) -> dict[str, int]:
+        """Forget old events and what no cluster, pin or recent revision needs (store.prune),
+        and the in-memory render results that pointed at it."""
+        keep = self.cfg.retention
+        await self.flush_reports()
+        gone = await self.db.run(
+            self.db.prune,
+            before=time.time() - keep.events,
+            per_app=keep.events_per_app,
+            keep_revisions=keep.revisions,
+        )
+
+        def remaining() -> tuple[set[tuple[str, str, str]], set[str]]:
+            renders = {(r["app"], r["target"], r["revision"]) for r in self.db.rows("renders")}
+            digests = self.db.bundle_digests()
+            return renders, digests
+
+        renders, digests = await self.db.run(remaining)
+        self.renders = {k: v for k, v in self.renders.items() if k[:3] in renders}
+        self._content = {k: d for k, d in self._content.items() if d in digests}
+        if any(gone.values()):
+            log.info("retention: forgot %s", ", ".join(f"{n} {t}" for t, n in gone.items() if n))
+        return gone
 
     async def history(self, *, app: str, cluster: str, limit: int) -> list[store.Event]:
         await self.flush_reports()  # what agents just said belongs in the answer

@@ -335,6 +335,48 @@ class Store:
             conn.execute("DELETE FROM reports WHERE cluster = ?", [name])
             conn.execute("DELETE FROM tokens WHERE cluster = ? AND used_at = 0", [name])
 
+    # ------------------------------------------------------------ retention
+
+    def prune(self, *, before: float, per_app: int, keep_revisions: int) -> dict[str, int]:
+        """Forget what nothing needs any more, in one transaction; how many rows went, per
+        table. Events older than `before` or beyond the newest `per_app` of their app; renders
+        of revisions that are neither assigned, pinned, reported nor among the newest
+        `keep_revisions` of their repo; bundles no render, assignment or report names."""
+        conn = self.db.conn
+        gone: dict[str, int] = {}
+        with conn:
+            gone["events"] = conn.execute("DELETE FROM events WHERE at < ?", [before]).rowcount
+            gone["events"] += conn.execute(
+                "DELETE FROM events WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER "
+                "(PARTITION BY app ORDER BY id DESC) AS n FROM events) WHERE n > ?)",
+                [per_app],
+            ).rowcount
+            gone["revisions"] = conn.execute(
+                "DELETE FROM revisions WHERE rowid IN (SELECT rowid FROM (SELECT rowid, "
+                "ROW_NUMBER() OVER (PARTITION BY repo ORDER BY seen_at DESC) AS n "
+                "FROM revisions) WHERE n > ?) AND sha NOT IN (SELECT revision FROM assignments) "
+                "AND sha NOT IN (SELECT revision FROM pins) "
+                "AND sha NOT IN (SELECT revision FROM reports)",
+                [keep_revisions * 5],
+            ).rowcount
+            gone["renders"] = conn.execute(
+                "DELETE FROM renders WHERE revision NOT IN (SELECT revision FROM assignments) "
+                "AND revision NOT IN (SELECT revision FROM pins) "
+                "AND revision NOT IN (SELECT revision FROM reports) "
+                "AND revision NOT IN (SELECT sha FROM (SELECT sha, ROW_NUMBER() OVER "
+                "(PARTITION BY repo ORDER BY seen_at DESC) AS n FROM revisions) WHERE n <= ?)",
+                [keep_revisions],
+            ).rowcount
+            gone["bundles"] = conn.execute(
+                "DELETE FROM bundles WHERE digest NOT IN (SELECT digest FROM renders) "
+                "AND digest NOT IN (SELECT digest FROM assignments) "
+                "AND digest NOT IN (SELECT digest FROM reports)"
+            ).rowcount
+        return gone
+
+    def bundle_digests(self) -> set[str]:
+        return {str(r["digest"]) for r in self.db.query("SELECT digest FROM bundles")}
+
     # ------------------------------------------------------------ events
 
     def append_event(self, **fields: Any) -> Event:

@@ -47,7 +47,7 @@ def test_the_documented_shape_loads() -> None:
         (("repo: platform\n", "repo: platfrom\n"),
          "hub.yaml: apps[0].repo: unknown repo 'platfrom'; repos: platform"),
         (("pollInterval: 30s", "pollInterval: soon"),
-         "hub.yaml: repos[0].pollInterval: 'soon' is not a duration; use e.g. 15s, 2m or 1h"),
+         "hub.yaml: repos[0].pollInterval: 'soon' is not a duration; use e.g. 15s, 2m, 1h or 30d"),
         (("selfHeal: true", "selfHeal: yes please"),
          "hub.yaml: apps[0].sync.selfHeal: expected true or false"),
         (("name: guestbook", "name: Guest_Book"),
