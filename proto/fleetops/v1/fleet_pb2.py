@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from proto.fleetops.v1 import types_pb2 as proto_dot_fleetops_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dproto/fleetops/v1/fleet.proto\x12\x0b\x66leetops.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dproto/fleetops/v1/types.proto\"\x88\x01\n\nRepoStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x0e\n\x06\x62ranch\x18\x03 \x01(\t\x12\x10\n\x08revision\x18\x04 \x01(\t\x12.\n\nfetched_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"[\n\x0cTargetStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\x15\n\rbundle_digest\x18\x03 \x01(\t\x12\x14\n\x0crender_error\x18\x04 \x01(\t\"\xd7\x01\n\x03\x41pp\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04repo\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x11\n\tnamespace\x18\x04 \x01(\t\x12\'\n\x06policy\x18\x05 \x01(\x0b\x32\x17.fleetops.v1.SyncPolicy\x12\x15\n\rhead_revision\x18\x06 \x01(\t\x12\x17\n\x0fpinned_revision\x18\x07 \x01(\t\x12\x0e\n\x06paused\x18\x08 \x01(\x08\x12*\n\x07targets\x18\t \x03(\x0b\x32\x19.fleetops.v1.TargetStatus\"\xa7\x03\n\x10\x43lusterAppStatus\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x0b\n\x03\x61pp\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x18\n\x10\x64\x65sired_revision\x18\x04 \x01(\t\x12\x18\n\x10\x61pplied_revision\x18\x05 \x01(\t\x12\x16\n\x0e\x64\x65sired_bundle\x18\x06 \x01(\t\x12\x16\n\x0e\x61pplied_bundle\x18\x07 \x01(\t\x12%\n\x04sync\x18\x08 \x01(\x0e\x32\x17.fleetops.v1.SyncStatus\x12)\n\x06health\x18\t \x01(\x0e\x32\x19.fleetops.v1.HealthStatus\x12&\n\x04gate\x18\n \x01(\x0e\x32\x18.fleetops.v1.RolloutGate\x12\x0e\n\x06reason\x18\x0b \x01(\t\x12\x17\n\x0fpinned_revision\x18\x0c \x01(\t\x12.\n\tresources\x18\r \x03(\x0b\x32\x1b.fleetops.v1.ResourceStatus\x12.\n\nupdated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x11\n\x0fSnapshotRequest\"\xbc\x01\n\x08Snapshot\x12&\n\x08\x63lusters\x18\x01 \x03(\x0b\x32\x14.fleetops.v1.Cluster\x12\x1e\n\x04\x61pps\x18\x02 \x03(\x0b\x32\x10.fleetops.v1.App\x12/\n\x08statuses\x18\x03 \x03(\x0b\x32\x1d.fleetops.v1.ClusterAppStatus\x12&\n\x05repos\x18\x04 \x03(\x0b\x32\x17.fleetops.v1.RepoStatus\x12\x0f\n\x07version\x18\x05 \x01(\x03\"\x0e\n\x0cWatchRequest\"\x9c\x02\n\x0b\x46leetChange\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12)\n\x08snapshot\x18\x02 \x01(\x0b\x32\x15.fleetops.v1.SnapshotH\x00\x12\'\n\x07\x63luster\x18\x03 \x01(\x0b\x32\x14.fleetops.v1.ClusterH\x00\x12\x1f\n\x03\x61pp\x18\x04 \x01(\x0b\x32\x10.fleetops.v1.AppH\x00\x12/\n\x06status\x18\x05 \x01(\x0b\x32\x1d.fleetops.v1.ClusterAppStatusH\x00\x12\'\n\x04repo\x18\x06 \x01(\x0b\x32\x17.fleetops.v1.RepoStatusH\x00\x12#\n\x05\x65vent\x18\x07 \x01(\x0b\x32\x12.fleetops.v1.EventH\x00\x42\x08\n\x06\x63hange\"E\n\x0bSyncRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\x12\x18\n\x10\x61llow_mass_prune\x18\x03 \x01(\x08\"A\n\x0fRollbackRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\x0f\n\x07\x63luster\x18\x03 \x01(\t\",\n\x0cUnpinRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\"+\n\x0cPauseRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"D\n\x0e\x41\x63tionResponse\x12\x0f\n\x07message\x18\x01 \x01(\t\x12!\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x12.fleetops.v1.Event\"=\n\x0eHistoryRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"5\n\x0fHistoryResponse\x12\"\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.fleetops.v1.Event\"\xa6\x01\n\x12\x43reateTokenRequest\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x03\x12;\n\x06labels\x18\x03 \x03(\x0b\x32+.fleetops.v1.CreateTokenRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"d\n\x13\x43reateTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x63\x61_pem\x18\x03 \x01(\x0c\"\'\n\x14RemoveClusterRequest\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\"H\n\x15\x43reateApiTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x03\"W\n\x16\x43reateApiTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x16\n\x14ListApiTokensRequest\"\x9a\x01\n\x08\x41piToken\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x05 \x01(\t\">\n\x15ListApiTokensResponse\x12%\n\x06tokens\x18\x01 \x03(\x0b\x32\x15.fleetops.v1.ApiToken\"%\n\x15RevokeApiTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t2\xcb\x07\n\x0c\x46leetService\x12\x42\n\x0bGetSnapshot\x12\x1c.fleetops.v1.SnapshotRequest\x1a\x15.fleetops.v1.Snapshot\x12>\n\x05Watch\x12\x19.fleetops.v1.WatchRequest\x1a\x18.fleetops.v1.FleetChange0\x01\x12=\n\x04Sync\x12\x18.fleetops.v1.SyncRequest\x1a\x1b.fleetops.v1.ActionResponse\x12\x45\n\x08Rollback\x12\x1c.fleetops.v1.RollbackRequest\x1a\x1b.fleetops.v1.ActionResponse\x12?\n\x05Unpin\x12\x19.fleetops.v1.UnpinRequest\x1a\x1b.fleetops.v1.ActionResponse\x12?\n\x05Pause\x12\x19.fleetops.v1.PauseRequest\x1a\x1b.fleetops.v1.ActionResponse\x12@\n\x06Resume\x12\x19.fleetops.v1.PauseRequest\x1a\x1b.fleetops.v1.ActionResponse\x12\x44\n\x07History\x12\x1b.fleetops.v1.HistoryRequest\x1a\x1c.fleetops.v1.HistoryResponse\x12P\n\x0b\x43reateToken\x12\x1f.fleetops.v1.CreateTokenRequest\x1a .fleetops.v1.CreateTokenResponse\x12O\n\rRemoveCluster\x12!.fleetops.v1.RemoveClusterRequest\x1a\x1b.fleetops.v1.ActionResponse\x12Y\n\x0e\x43reateApiToken\x12\".fleetops.v1.CreateApiTokenRequest\x1a#.fleetops.v1.CreateApiTokenResponse\x12V\n\rListApiTokens\x12!.fleetops.v1.ListApiTokensRequest\x1a\".fleetops.v1.ListApiTokensResponse\x12Q\n\x0eRevokeApiToken\x12\".fleetops.v1.RevokeApiTokenRequest\x1a\x1b.fleetops.v1.ActionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dproto/fleetops/v1/fleet.proto\x12\x0b\x66leetops.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dproto/fleetops/v1/types.proto\"\x88\x01\n\nRepoStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x0e\n\x06\x62ranch\x18\x03 \x01(\t\x12\x10\n\x08revision\x18\x04 \x01(\t\x12.\n\nfetched_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"[\n\x0cTargetStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\x15\n\rbundle_digest\x18\x03 \x01(\t\x12\x14\n\x0crender_error\x18\x04 \x01(\t\"\xd7\x01\n\x03\x41pp\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04repo\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x11\n\tnamespace\x18\x04 \x01(\t\x12\'\n\x06policy\x18\x05 \x01(\x0b\x32\x17.fleetops.v1.SyncPolicy\x12\x15\n\rhead_revision\x18\x06 \x01(\t\x12\x17\n\x0fpinned_revision\x18\x07 \x01(\t\x12\x0e\n\x06paused\x18\x08 \x01(\x08\x12*\n\x07targets\x18\t \x03(\x0b\x32\x19.fleetops.v1.TargetStatus\"\xa7\x03\n\x10\x43lusterAppStatus\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x0b\n\x03\x61pp\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x18\n\x10\x64\x65sired_revision\x18\x04 \x01(\t\x12\x18\n\x10\x61pplied_revision\x18\x05 \x01(\t\x12\x16\n\x0e\x64\x65sired_bundle\x18\x06 \x01(\t\x12\x16\n\x0e\x61pplied_bundle\x18\x07 \x01(\t\x12%\n\x04sync\x18\x08 \x01(\x0e\x32\x17.fleetops.v1.SyncStatus\x12)\n\x06health\x18\t \x01(\x0e\x32\x19.fleetops.v1.HealthStatus\x12&\n\x04gate\x18\n \x01(\x0e\x32\x18.fleetops.v1.RolloutGate\x12\x0e\n\x06reason\x18\x0b \x01(\t\x12\x17\n\x0fpinned_revision\x18\x0c \x01(\t\x12.\n\tresources\x18\r \x03(\x0b\x32\x1b.fleetops.v1.ResourceStatus\x12.\n\nupdated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x11\n\x0fSnapshotRequest\"\xe4\x01\n\x08Snapshot\x12&\n\x08\x63lusters\x18\x01 \x03(\x0b\x32\x14.fleetops.v1.Cluster\x12\x1e\n\x04\x61pps\x18\x02 \x03(\x0b\x32\x10.fleetops.v1.App\x12/\n\x08statuses\x18\x03 \x03(\x0b\x32\x1d.fleetops.v1.ClusterAppStatus\x12&\n\x05repos\x18\x04 \x03(\x0b\x32\x17.fleetops.v1.RepoStatus\x12\x0f\n\x07version\x18\x05 \x01(\x03\x12&\n\x05tasks\x18\x06 \x03(\x0b\x32\x17.fleetops.v1.TaskStatus\"\x84\x01\n\nTaskStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07running\x18\x02 \x01(\x08\x12\x10\n\x08restarts\x18\x03 \x01(\x05\x12\x12\n\nlast_error\x18\x04 \x01(\t\x12\x31\n\rlast_error_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x0e\n\x0cWatchRequest\"\x9c\x02\n\x0b\x46leetChange\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12)\n\x08snapshot\x18\x02 \x01(\x0b\x32\x15.fleetops.v1.SnapshotH\x00\x12\'\n\x07\x63luster\x18\x03 \x01(\x0b\x32\x14.fleetops.v1.ClusterH\x00\x12\x1f\n\x03\x61pp\x18\x04 \x01(\x0b\x32\x10.fleetops.v1.AppH\x00\x12/\n\x06status\x18\x05 \x01(\x0b\x32\x1d.fleetops.v1.ClusterAppStatusH\x00\x12\'\n\x04repo\x18\x06 \x01(\x0b\x32\x17.fleetops.v1.RepoStatusH\x00\x12#\n\x05\x65vent\x18\x07 \x01(\x0b\x32\x12.fleetops.v1.EventH\x00\x42\x08\n\x06\x63hange\"E\n\x0bSyncRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\x12\x18\n\x10\x61llow_mass_prune\x18\x03 \x01(\x08\"A\n\x0fRollbackRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\x0f\n\x07\x63luster\x18\x03 \x01(\t\",\n\x0cUnpinRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\"+\n\x0cPauseRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"D\n\x0e\x41\x63tionResponse\x12\x0f\n\x07message\x18\x01 \x01(\t\x12!\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x12.fleetops.v1.Event\"=\n\x0eHistoryRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"5\n\x0fHistoryResponse\x12\"\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.fleetops.v1.Event\"\xa6\x01\n\x12\x43reateTokenRequest\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x03\x12;\n\x06labels\x18\x03 \x03(\x0b\x32+.fleetops.v1.CreateTokenRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"d\n\x13\x43reateTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x63\x61_pem\x18\x03 \x01(\x0c\"\'\n\x14RemoveClusterRequest\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\"H\n\x15\x43reateApiTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x03\"W\n\x16\x43reateApiTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x16\n\x14ListApiTokensRequest\"\x9a\x01\n\x08\x41piToken\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x05 \x01(\t\">\n\x15ListApiTokensResponse\x12%\n\x06tokens\x18\x01 \x03(\x0b\x32\x15.fleetops.v1.ApiToken\"%\n\x15RevokeApiTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t2\xcb\x07\n\x0c\x46leetService\x12\x42\n\x0bGetSnapshot\x12\x1c.fleetops.v1.SnapshotRequest\x1a\x15.fleetops.v1.Snapshot\x12>\n\x05Watch\x12\x19.fleetops.v1.WatchRequest\x1a\x18.fleetops.v1.FleetChange0\x01\x12=\n\x04Sync\x12\x18.fleetops.v1.SyncRequest\x1a\x1b.fleetops.v1.ActionResponse\x12\x45\n\x08Rollback\x12\x1c.fleetops.v1.RollbackRequest\x1a\x1b.fleetops.v1.ActionResponse\x12?\n\x05Unpin\x12\x19.fleetops.v1.UnpinRequest\x1a\x1b.fleetops.v1.ActionResponse\x12?\n\x05Pause\x12\x19.fleetops.v1.PauseRequest\x1a\x1b.fleetops.v1.ActionResponse\x12@\n\x06Resume\x12\x19.fleetops.v1.PauseRequest\x1a\x1b.fleetops.v1.ActionResponse\x12\x44\n\x07History\x12\x1b.fleetops.v1.HistoryRequest\x1a\x1c.fleetops.v1.HistoryResponse\x12P\n\x0b\x43reateToken\x12\x1f.fleetops.v1.CreateTokenRequest\x1a .fleetops.v1.CreateTokenResponse\x12O\n\rRemoveCluster\x12!.fleetops.v1.RemoveClusterRequest\x1a\x1b.fleetops.v1.ActionResponse\x12Y\n\x0e\x43reateApiToken\x12\".fleetops.v1.CreateApiTokenRequest\x1a#.fleetops.v1.CreateApiTokenResponse\x12V\n\rListApiTokens\x12!.fleetops.v1.ListApiTokensRequest\x1a\".fleetops.v1.ListApiTokensResponse\x12Q\n\x0eRevokeApiToken\x12\".fleetops.v1.RevokeApiTokenRequest\x1a\x1b.fleetops.v1.ActionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,45 +46,47 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SNAPSHOTREQUEST']._serialized_start=986
   _globals['_SNAPSHOTREQUEST']._serialized_end=1003
   _globals['_SNAPSHOT']._serialized_start=1006
-  _globals['_SNAPSHOT']._serialized_end=1194
-  _globals['_WATCHREQUEST']._serialized_start=1196
-  _globals['_WATCHREQUEST']._serialized_end=1210
-  _globals['_FLEETCHANGE']._serialized_start=1213
-  _globals['_FLEETCHANGE']._serialized_end=1497
-  _globals['_SYNCREQUEST']._serialized_start=1499
-  _globals['_SYNCREQUEST']._serialized_end=1568
-  _globals['_ROLLBACKREQUEST']._serialized_start=1570
-  _globals['_ROLLBACKREQUEST']._serialized_end=1635
-  _globals['_UNPINREQUEST']._serialized_start=1637
-  _globals['_UNPINREQUEST']._serialized_end=1681
-  _globals['_PAUSEREQUEST']._serialized_start=1683
-  _globals['_PAUSEREQUEST']._serialized_end=1726
-  _globals['_ACTIONRESPONSE']._serialized_start=1728
-  _globals['_ACTIONRESPONSE']._serialized_end=1796
-  _globals['_HISTORYREQUEST']._serialized_start=1798
-  _globals['_HISTORYREQUEST']._serialized_end=1859
-  _globals['_HISTORYRESPONSE']._serialized_start=1861
-  _globals['_HISTORYRESPONSE']._serialized_end=1914
-  _globals['_CREATETOKENREQUEST']._serialized_start=1917
-  _globals['_CREATETOKENREQUEST']._serialized_end=2083
-  _globals['_CREATETOKENREQUEST_LABELSENTRY']._serialized_start=2038
-  _globals['_CREATETOKENREQUEST_LABELSENTRY']._serialized_end=2083
-  _globals['_CREATETOKENRESPONSE']._serialized_start=2085
-  _globals['_CREATETOKENRESPONSE']._serialized_end=2185
-  _globals['_REMOVECLUSTERREQUEST']._serialized_start=2187
-  _globals['_REMOVECLUSTERREQUEST']._serialized_end=2226
-  _globals['_CREATEAPITOKENREQUEST']._serialized_start=2228
-  _globals['_CREATEAPITOKENREQUEST']._serialized_end=2300
-  _globals['_CREATEAPITOKENRESPONSE']._serialized_start=2302
-  _globals['_CREATEAPITOKENRESPONSE']._serialized_end=2389
-  _globals['_LISTAPITOKENSREQUEST']._serialized_start=2391
-  _globals['_LISTAPITOKENSREQUEST']._serialized_end=2413
-  _globals['_APITOKEN']._serialized_start=2416
-  _globals['_APITOKEN']._serialized_end=2570
-  _globals['_LISTAPITOKENSRESPONSE']._serialized_start=2572
-  _globals['_LISTAPITOKENSRESPONSE']._serialized_end=2634
-  _globals['_REVOKEAPITOKENREQUEST']._serialized_start=2636
-  _globals['_REVOKEAPITOKENREQUEST']._serialized_end=2673
-  _globals['_FLEETSERVICE']._serialized_start=2676
-  _globals['_FLEETSERVICE']._serialized_end=3647
+  _globals['_SNAPSHOT']._serialized_end=1234
+  _globals['_TASKSTATUS']._serialized_start=1237
+  _globals['_TASKSTATUS']._serialized_end=1369
+  _globals['_WATCHREQUEST']._serialized_start=1371
+  _globals['_WATCHREQUEST']._serialized_end=1385
+  _globals['_FLEETCHANGE']._serialized_start=1388
+  _globals['_FLEETCHANGE']._serialized_end=1672
+  _globals['_SYNCREQUEST']._serialized_start=1674
+  _globals['_SYNCREQUEST']._serialized_end=1743
+  _globals['_ROLLBACKREQUEST']._serialized_start=1745
+  _globals['_ROLLBACKREQUEST']._serialized_end=1810
+  _globals['_UNPINREQUEST']._serialized_start=1812
+  _globals['_UNPINREQUEST']._serialized_end=1856
+  _globals['_PAUSEREQUEST']._serialized_start=1858
+  _globals['_PAUSEREQUEST']._serialized_end=1901
+  _globals['_ACTIONRESPONSE']._serialized_start=1903
+  _globals['_ACTIONRESPONSE']._serialized_end=1971
+  _globals['_HISTORYREQUEST']._serialized_start=1973
+  _globals['_HISTORYREQUEST']._serialized_end=2034
+  _globals['_HISTORYRESPONSE']._serialized_start=2036
+  _globals['_HISTORYRESPONSE']._serialized_end=2089
+  _globals['_CREATETOKENREQUEST']._serialized_start=2092
+  _globals['_CREATETOKENREQUEST']._serialized_end=2258
+  _globals['_CREATETOKENREQUEST_LABELSENTRY']._serialized_start=2213
+  _globals['_CREATETOKENREQUEST_LABELSENTRY']._serialized_end=2258
+  _globals['_CREATETOKENRESPONSE']._serialized_start=2260
+  _globals['_CREATETOKENRESPONSE']._serialized_end=2360
+  _globals['_REMOVECLUSTERREQUEST']._serialized_start=2362
+  _globals['_REMOVECLUSTERREQUEST']._serialized_end=2401
+  _globals['_CREATEAPITOKENREQUEST']._serialized_start=2403
+  _globals['_CREATEAPITOKENREQUEST']._serialized_end=2475
+  _globals['_CREATEAPITOKENRESPONSE']._serialized_start=2477
+  _globals['_CREATEAPITOKENRESPONSE']._serialized_end=2564
+  _globals['_LISTAPITOKENSREQUEST']._serialized_start=2566
+  _globals['_LISTAPITOKENSREQUEST']._serialized_end=2588
+  _globals['_APITOKEN']._serialized_start=2591
+  _globals['_APITOKEN']._serialized_end=2745
+  _globals['_LISTAPITOKENSRESPONSE']._serialized_start=2747
+  _globals['_LISTAPITOKENSRESPONSE']._serialized_end=2809
+  _globals['_REVOKEAPITOKENREQUEST']._serialized_start=2811
+  _globals['_REVOKEAPITOKENREQUEST']._serialized_end=2848
+  _globals['_FLEETSERVICE']._serialized_start=2851
+  _globals['_FLEETSERVICE']._serialized_end=3822
 # @@protoc_insertion_point(module_scope)

@@ -224,6 +224,7 @@ class Snapshot(_message.Message):
     STATUSES_FIELD_NUMBER: _builtins.int
     REPOS_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    TASKS_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     """changes after this version arrive on Watch"""
     @_builtins.property
@@ -234,6 +235,10 @@ class Snapshot(_message.Message):
     def statuses(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClusterAppStatus]: ...
     @_builtins.property
     def repos(self) -> _containers.RepeatedCompositeFieldContainer[Global___RepoStatus]: ...
+    @_builtins.property
+    def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskStatus]:
+        """the hub's own long-running loops (pollers, watchers)"""
+
     def __init__(
         self,
         *,
@@ -242,14 +247,49 @@ class Snapshot(_message.Message):
         statuses: _abc.Iterable[Global___ClusterAppStatus] | None = ...,
         repos: _abc.Iterable[Global___RepoStatus] | None = ...,
         version: _builtins.int = ...,
+        tasks: _abc.Iterable[Global___TaskStatus] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["apps", b"apps", "clusters", b"clusters", "repos", b"repos", "statuses", b"statuses", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["apps", b"apps", "clusters", b"clusters", "repos", b"repos", "statuses", b"statuses", "tasks", b"tasks", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Snapshot: _TypeAlias = Snapshot  # noqa: Y015
+
+@_typing.final
+class TaskStatus(_message.Message):
+    """One of the hub's supervised loops: restarted with backoff when it fails."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    RUNNING_FIELD_NUMBER: _builtins.int
+    RESTARTS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_AT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    running: _builtins.bool
+    restarts: _builtins.int
+    last_error: _builtins.str
+    @_builtins.property
+    def last_error_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        running: _builtins.bool = ...,
+        restarts: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        last_error_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_error_at", b"last_error_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_error", b"last_error", "last_error_at", b"last_error_at", "name", b"name", "restarts", b"restarts", "running", b"running"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskStatus: _TypeAlias = TaskStatus  # noqa: Y015
 
 @_typing.final
 class WatchRequest(_message.Message):
