@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from hub import config, errors, fleetyaml, plan, render, repo, reports, status, store
-from proto import bundles
+from proto import bundles, supervise
 from proto.fleetops.v1 import agent_pb2, fleet_pb2, types_pb2
 
 log = logging.getLogger("fleetops.hub")
@@ -102,6 +102,7 @@ class Hub:
         self.fleet_errors: dict[str, str] = {}
         self.dropped_reports = 0  # reports for apps the cluster was not assigned
         self.plan_errors: dict[tuple[str, str], str] = {}  # (app, cluster) -> why planning failed
+        self.supervisor: supervise.Supervisor | None = None  # set by the server that runs it
 
     # ------------------------------------------------------------ start-up
 
@@ -1124,6 +1125,12 @@ class Hub:
         snap.repos.extend(
             self.repo_status[r.name] for r in self.cfg.repos if r.name in self.repo_status
         )
+        for t in sorted(self.supervisor.states.values() if self.supervisor else [], key=_name):
+            task = snap.tasks.add(
+                name=t.name, running=t.running, restarts=t.restarts, last_error=t.last_error
+            )
+            if t.last_error_at:
+                task.last_error_at.FromNanoseconds(int(t.last_error_at * 1e9))
         return snap
 
     def _announce_status(self, cluster: str, app_name: str) -> None:
@@ -1180,6 +1187,10 @@ class Hub:
 
 
 MAX_FACTS = 32
+
+
+def _name(t: supervise.TaskState) -> str:
+    return t.name
 
 
 def unexpected(stage: str, e: BaseException) -> str:

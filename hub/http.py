@@ -113,6 +113,17 @@ def metrics(hub: core.Hub) -> str:
     ]
     for name, st in sorted(hub.repo_status.items()):
         lines.append(f'fleetops_repo_fetch_ok{{repo="{label(name)}"}} {0 if st.error else 1}')
+    states = sorted(hub.supervisor.states.items()) if hub.supervisor else []
+    lines += [
+        "# HELP fleetops_task_restarts_total Restarts of the hub's supervised loops after errors.",
+        "# TYPE fleetops_task_restarts_total counter",
+    ]
+    lines += [f'fleetops_task_restarts_total{{task="{label(n)}"}} {t.restarts}' for n, t in states]
+    lines += [
+        "# HELP fleetops_task_running 1 while the supervised loop runs (0: waiting to restart).",
+        "# TYPE fleetops_task_running gauge",
+    ]
+    lines += [f'fleetops_task_running{{task="{label(n)}"}} {int(t.running)}' for n, t in states]
     lines += [
         "# HELP fleetops_config_ok 1 when the last hub.yaml load worked.",
         "# TYPE fleetops_config_ok gauge",
