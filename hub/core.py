@@ -731,9 +731,18 @@ class Hub:
             old.outbox.put_nowait(agent_pb2.HubMessage())
         stream = Stream(cluster, asyncio.Queue())
         self.streams[cluster] = stream
+        try:
+            await self._connected(cluster, row, hello)
+        except BaseException:  # never leave a stream entry that shows the cluster connected
+            if self.streams.get(cluster) is stream:
+                del self.streams[cluster]
+            raise
+        return stream
+
+    async def _connected(self, cluster: str, row: dict[str, Any], hello: agent_pb2.Hello) -> None:
         row.update(
-            agent_version=hello.agent_version,
-            kubernetes_version=hello.kubernetes_version,
+            agent_version=reports.text(hello.agent_version, 100),
+            kubernetes_version=reports.text(hello.kubernetes_version, 100),
             agent_labels=store.dumps(clean_facts(dict(hello.labels))),
             connected=1,
             last_seen=time.time(),
@@ -743,19 +752,18 @@ class Hub:
         for report in hello.reports:
             await self.report(cluster, report, announce=False)
         self._announce(fleet_pb2.FleetChange(cluster=self.cluster_pb(cluster)))
-        pushed = await self.replan(clusters=[cluster])  # labels may have changed what it gets
+        pushed = await self.replan(clusters=[cluster])
         if cluster not in pushed:  # unchanged: it still gets its full set on every connect
-            await self._load_inline(
-                row["digest"] for row in self._by_cluster.get(cluster, {}).values()
-            )
+            await self._load_inline(a["digest"] for a in self._by_cluster.get(cluster, {}).values())
             self.push_assignments(cluster)
-        return stream
 
     async def disconnect(self, stream: Stream, reason: str) -> None:
         if self.streams.get(stream.cluster) is not stream:
             return
         del self.streams[stream.cluster]
-        row = self.clusters[stream.cluster]
+        row = self.clusters.get(stream.cluster)
+        if row is None:  # removed while it was connected
+            return
         row.update(connected=0, last_seen=time.time(), reason=reason)
         await self.db.run(self.db.upsert, "clusters", dict(row), "name")
         self._announce(fleet_pb2.FleetChange(cluster=self.cluster_pb(stream.cluster)))
