@@ -59,8 +59,12 @@ class Runner:
         resync: float,
         labels: dict[str, str],
         health_listen: str = "",
+        identity_secret: str = "",
+        clock: identity.Clock | None = None,
     ) -> None:
         self.address = address
+        self.identity_secret = identity_secret  # NAMESPACE/NAME: renewals are kept there too
+        self.clock = clock
         self.health_listen = health_listen
         self.me = me
         self.kube = client
@@ -88,6 +92,7 @@ class Runner:
             asyncio.create_task(self._guard("connection", self._connection_loop())),
             asyncio.create_task(self._guard("worker", self._worker())),
             asyncio.create_task(self._guard("resync", self._resync_loop())),
+            asyncio.create_task(self._guard("certificate renewal", self._renewal())),
         ]
         await self.stop.wait()
         for t in tasks:
@@ -96,6 +101,25 @@ class Runner:
         if probes is not None:
             probes.close()
             await probes.wait_closed()
+
+    async def _renewal(self) -> None:
+        """Renew the certificate before it expires. The stream that is up stays up on the
+        old certificate; the next connection uses the new one (credentials are built from
+        `self.me` on every dial)."""
+
+        def renewed(me: identity.Identity) -> None:
+            self.me = me
+
+        await identity.keep_renewed(
+            state=self.local.root,
+            address=self.address,
+            current=lambda: self.me,
+            renewed=renewed,
+            stop=self.stop,
+            clock=self.clock,
+            client=self.kube,
+            secret=self.identity_secret,
+        )
 
     async def _serve_probes(self) -> asyncio.Server:
         """/healthz: the agent's loop answers; /readyz: it is connected to the hub."""

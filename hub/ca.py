@@ -1,11 +1,21 @@
-"""The hub's certificate authority, registration tokens and API tokens.
+"""The hub's certificate authority, the certificates it issues, and registration tokens.
 
-The hub's TLS identity is its CA certificate itself (self-signed, with the hub's addresses as
-SANs): an agent that holds a registration token can check the certificate the hub presents
-against the hash in the token, as kubeadm's discovery hash does, and then trust it as its
-root, with no CA file to copy around. Agents send a CSR; their private keys never leave them.
+The CA signs and never serves. It issues two kinds of certificates:
 
-Never log a token's secret or a private key.
+- an agent's client certificate, one per cluster (its name is the CN, whatever the CSR
+  asked), with a lifetime (`DEFAULT_CERT_LIFETIME`, `fleetops-hub serve --cert-lifetime`);
+  agents renew it over mTLS at two thirds of that lifetime. Each certificate is known by
+  its `fingerprint`, which the hub records so that only a cluster's current one works;
+- the hub's TLS serving certificate (`serving_cert`): a leaf with its own key in
+  data/hub.{key,crt}, the hub's names as SANs, presented with the CA as its chain, reissued
+  when the names change or a third of its lifetime is left.
+
+A registration token carries the CA's public-key hash (`CA.pin`, as kubeadm's discovery
+hash): an agent holding one finds that CA in the chain the hub presents, checks that it
+signed the leaf, and then trusts it as its root, with no CA file to copy around. Agents send
+a CSR; their private keys never leave them.
+
+Never log a token's secret or a private key; never serve TLS with the CA's key.
 """
 
 from __future__ import annotations
@@ -17,17 +27,27 @@ import hmac
 import ipaddress
 import os
 import pathlib
+import re
 import secrets
 import socket
+import tempfile
+from collections.abc import Sequence
 
-from cryptography import x509
+from cryptography import exceptions, x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from hub import errors
 
 AGENT_ORG = "fleetops-agents"
+DEFAULT_CERT_LIFETIME = datetime.timedelta(days=90)
+MIN_CERT_LIFETIME = datetime.timedelta(seconds=60)  # what the CLI accepts; tests go lower
+MAX_CERT_LIFETIME = datetime.timedelta(days=3650)
+SERVING_LIFETIME = datetime.timedelta(days=365)
+CA_LIFETIME = datetime.timedelta(days=3650)
+MAX_CSR_BYTES = 16 * 1024
+MAX_BACKDATE = datetime.timedelta(minutes=5)  # tolerated clock skew between hub and agents
 
 
 def spki_hash(cert: x509.Certificate) -> str:
@@ -37,7 +57,64 @@ def spki_hash(cert: x509.Certificate) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
-def _san(names: list[str]) -> x509.SubjectAlternativeName:
+def fingerprint(cert: x509.Certificate) -> str:
+    """sha256 of the DER certificate, hex: how the hub knows a cluster's current certificate."""
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def fingerprint_pem(pem: bytes) -> str:
+    return fingerprint(x509.load_pem_x509_certificate(pem))
+
+
+def parse_lifetime(text: str) -> datetime.timedelta:
+    """`90d`, `12h`, `30m`, `60s` (or plain seconds) -> a lifetime the CLI accepts."""
+    m = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", text)
+    if m is None:
+        raise errors.InvalidArgument(
+            f"--cert-lifetime {text!r}: use a whole number with a unit, e.g. 90d, 12h or 60s"
+        )
+    unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    seconds = int(m.group(1)) * unit
+    if not MIN_CERT_LIFETIME.total_seconds() <= seconds <= MAX_CERT_LIFETIME.total_seconds():
+        raise errors.InvalidArgument(
+            f"--cert-lifetime {text!r}: use from 60s to {MAX_CERT_LIFETIME.days}d "
+            f"(default {DEFAULT_CERT_LIFETIME.days}d); agents renew at two thirds of it"
+        )
+    return datetime.timedelta(seconds=seconds)
+
+
+def read_csr(csr_pem: bytes) -> x509.CertificateSigningRequest:
+    """The CSR in `csr_pem`, checked (parses, signature verifies, a key worth certifying), or
+    InvalidArgument. Called before anything is spent on the request (a registration token)."""
+    if len(csr_pem) > MAX_CSR_BYTES:
+        raise errors.InvalidArgument(f"csr_pem is {len(csr_pem)} bytes; at most {MAX_CSR_BYTES}")
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+        valid = csr.is_signature_valid
+        key = csr.public_key()
+    except (ValueError, TypeError, exceptions.UnsupportedAlgorithm):
+        raise errors.InvalidArgument("csr_pem is not a PEM certificate signing request") from None
+    if not valid:
+        raise errors.InvalidArgument("the CSR's signature does not verify")
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        ok = key.curve.key_size >= 256
+    elif isinstance(key, rsa.RSAPublicKey):
+        ok = key.key_size >= 2048
+    else:
+        ok = isinstance(key, ed25519.Ed25519PublicKey)
+    if not ok:
+        raise errors.InvalidArgument(
+            "the CSR's key is too weak or of an unsupported kind: use EC P-256 or larger, "
+            "RSA 2048 or larger, or Ed25519"
+        )
+    return csr
+
+
+def _now(now: datetime.datetime | None) -> datetime.datetime:
+    return now if now is not None else datetime.datetime.now(datetime.UTC)
+
+
+def _san(names: Sequence[str]) -> x509.SubjectAlternativeName:
     entries: list[x509.GeneralName] = []
     for n in sorted(set(names)):
         try:
@@ -47,11 +124,64 @@ def _san(names: list[str]) -> x509.SubjectAlternativeName:
     return x509.SubjectAlternativeName(entries)
 
 
+def _san_names(cert: x509.Certificate) -> set[str]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set()
+    return {str(v) for v in san.get_values_for_type(x509.DNSName)} | {
+        str(v) for v in san.get_values_for_type(x509.IPAddress)
+    }
+
+
+def _norm(name: str) -> str:
+    try:
+        return str(ipaddress.ip_address(name))
+    except ValueError:
+        return name
+
+
 def _write_private(path: pathlib.Path, data: bytes) -> None:
+    """Write `data` to `path` (0600) atomically: a reader sees the old file or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _load_ec_key(pem: bytes, where: str) -> ec.EllipticCurvePrivateKey:
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError):
+        raise errors.HubError(
+            f"{where}: not a PEM private key; make one with `fleetops-hub ca new-key`"
+        ) from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise errors.HubError(f"{where}: not an EC private key")
+    return key
+
+
+@dataclasses.dataclass(frozen=True)
+class Issued:
+    """A client certificate the CA issued: the PEM, its fingerprint and notAfter (epoch s)."""
+
+    pem: bytes
+    fingerprint: str
+    expires: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,27 +195,31 @@ class CA:
 
     @property
     def key_pem(self) -> bytes:
-        return self.key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+        return _key_pem(self.key)
 
     @property
     def pin(self) -> str:
+        """The CA's public-key hash, as registration tokens carry it."""
         return spki_hash(self.cert)
 
-    def sign_csr(self, csr_pem: bytes, cluster: str, *, days: int = 365) -> bytes:
-        """A client certificate for `cluster` (its name is the CN, whatever the CSR asked)."""
-        try:
-            csr = x509.load_pem_x509_csr(csr_pem)
-        except ValueError:
-            raise errors.InvalidArgument(
-                "csr_pem is not a PEM certificate signing request"
-            ) from None
-        if not csr.is_signature_valid:
-            raise errors.InvalidArgument("the CSR's signature does not verify")
-        now = datetime.datetime.now(datetime.UTC)
+    def _window(
+        self, now: datetime.datetime, lifetime: datetime.timedelta
+    ) -> tuple[datetime.datetime, datetime.datetime]:
+        """(notBefore, notAfter): backdated for clock skew by at most a tenth of the lifetime
+        (so a short lifetime stays short), and never past the CA's own notAfter."""
+        start = now - min(MAX_BACKDATE, lifetime / 10)
+        return start, min(now + lifetime, self.cert.not_valid_after_utc)
+
+    def issue(
+        self,
+        csr: x509.CertificateSigningRequest,
+        cluster: str,
+        *,
+        lifetime: datetime.timedelta = DEFAULT_CERT_LIFETIME,
+        now: datetime.datetime | None = None,
+    ) -> Issued:
+        """A client certificate for `cluster` for the key in `csr` (checked by `read_csr`)."""
+        start, end = self._window(_now(now), lifetime)
         cert = (
             x509.CertificateBuilder()
             .subject_name(
@@ -99,27 +233,36 @@ class CA:
             .issuer_name(self.cert.subject)
             .public_key(csr.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=days))
+            .not_valid_before(start)
+            .not_valid_after(end)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .add_extension(_leaf_usage(), critical=True)
             .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    key_encipherment=False,
-                    content_commitment=False,
-                    data_encipherment=False,
-                    key_agreement=True,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
+                critical=False,
             )
             .sign(self.key, hashes.SHA256())
         )
-        return cert.public_bytes(serialization.Encoding.PEM)
+        return Issued(
+            pem=cert.public_bytes(serialization.Encoding.PEM),
+            fingerprint=fingerprint(cert),
+            expires=cert.not_valid_after_utc.timestamp(),
+        )
+
+
+def _leaf_usage() -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        key_encipherment=False,
+        content_commitment=False,
+        data_encipherment=False,
+        key_agreement=True,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
 
 
 def default_names() -> list[str]:
@@ -127,87 +270,67 @@ def default_names() -> list[str]:
 
 
 def new_key_pem() -> bytes:
-    key = ec.generate_private_key(ec.SECP256R1())
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    return _key_pem(ec.generate_private_key(ec.SECP256R1()))
 
 
 def load_or_create(
-    data: pathlib.Path, names: list[str], *, key_file: pathlib.Path | None = None
+    data: pathlib.Path, names: Sequence[str] = (), *, key_file: pathlib.Path | None = None
 ) -> CA:
-    """The CA in data/ca.{key,crt}, made on first start. When the hub's names change the
-    certificate is reissued with the same key and subject, so pins and agent certs stay valid.
-    `key_file` (a key kept in a Secret) is used instead of data/ca.key when it exists."""
-    data.mkdir(parents=True, exist_ok=True)
+    """The CA in data/ca.{key,crt}, made on first start; with `key_file` (a key kept in a
+    Secret) that key instead, and the certificate is made anew when it belongs to another key.
+    A `key_file` that does not exist is an error: a new CA would cut off every agent.
+
+    `names` is no longer used: the CA is not the hub's serving certificate (see
+    `serving_cert`); a CA certificate made by an older hub with SANs is kept as it is."""
+    del names
+    data.mkdir(parents=True, exist_ok=True, mode=0o700)
     key_path, cert_path = data / "ca.key", data / "ca.crt"
-    if key_file is not None and key_file.exists():
+    if key_file is not None:
         try:
-            key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
-        except ValueError:
+            key = _load_ec_key(key_file.read_bytes(), f"--ca-key {key_file}")
+        except FileNotFoundError:
             raise errors.HubError(
-                f"--ca-key {key_file}: not a PEM private key; make one with "
-                "`fleetops-hub ca new-key`"
+                f"--ca-key {key_file} does not exist; refusing to start, because a new CA "
+                "would cut off every registered agent. Mount the CA key there (e.g. the "
+                "fleetops-hub-ca Secret; `fleetops-hub ca new-key` makes one for a new fleet), "
+                f"or leave out --ca-key to use the CA kept in {data}"
             ) from None
-        if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise errors.HubError(f"--ca-key {key_file}: not an EC private key")
-        if cert_path.exists():
-            old = x509.load_pem_x509_certificate(cert_path.read_bytes())
-            if old.public_key() != key.public_key():
-                cert_path.unlink()  # the Secret's key wins; the certificate is made anew
+        except OSError as e:
+            raise errors.HubError(f"--ca-key {key_file}: {e.strerror}") from None
     elif key_path.exists():
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-        if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise errors.HubError(f"{key_path} is not an EC private key")
+        key = _load_ec_key(key_path.read_bytes(), str(key_path))
     else:
         key = ec.generate_private_key(ec.SECP256R1())
-        _write_private(
-            key_path,
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            ),
-        )
-    wanted = sorted(set(names))
+        _write_private(key_path, _key_pem(key))
     if cert_path.exists():
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-        try:
-            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-            have = sorted(str(v) for v in san.get_values_for_type(x509.DNSName)) + sorted(
-                str(v) for v in san.get_values_for_type(x509.IPAddress)
-            )
-        except x509.ExtensionNotFound:
-            have = []
-        if sorted(have) == sorted(str(_norm(n)) for n in wanted):
+        if cert.public_key() == key.public_key():
             return CA(key, cert)
-        subject = cert.subject
-    else:
-        subject = x509.Name(
-            [
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fleetops"),
-                x509.NameAttribute(NameOID.COMMON_NAME, f"fleetops-hub-ca-{secrets.token_hex(4)}"),
-            ]
-        )
+        # the Secret's key wins; the certificate is made anew
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fleetops"),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"fleetops-hub-ca-{secrets.token_hex(4)}"),
+        ]
+    )
     now = datetime.datetime.now(datetime.UTC)
-    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=3650))
+        .not_valid_before(now - MAX_BACKDATE)
+        .not_valid_after(now + CA_LIFETIME)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(ski, critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
             x509.KeyUsage(
                 digital_signature=True,
-                key_encipherment=True,
+                key_encipherment=False,
                 content_commitment=False,
                 data_encipherment=False,
-                key_agreement=True,
+                key_agreement=False,
                 key_cert_sign=True,
                 crl_sign=True,
                 encipher_only=False,
@@ -215,19 +338,106 @@ def load_or_create(
             ),
             critical=True,
         )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(_san(wanted), critical=False)
         .sign(key, hashes.SHA256())
     )
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return CA(key, cert)
 
 
-def _norm(name: str) -> str:
+# ---------------------------------------------------------------- the hub's serving certificate
+
+
+@dataclasses.dataclass(frozen=True)
+class Serving:
+    """The hub's TLS identity: its own key, a leaf the CA signed, and the chain [leaf, CA]."""
+
+    key_pem: bytes
+    cert: x509.Certificate
+    chain_pem: bytes
+
+    def due(self, now: datetime.datetime | None = None) -> bool:
+        """Time to reissue: a third of the leaf's lifetime (or less) is left."""
+        start, end = self.cert.not_valid_before_utc, self.cert.not_valid_after_utc
+        return _now(now) >= end - (end - start) / 3
+
+
+def serving_cert(
+    data: pathlib.Path,
+    authority: CA,
+    names: Sequence[str],
+    *,
+    lifetime: datetime.timedelta = SERVING_LIFETIME,
+    now: datetime.datetime | None = None,
+) -> Serving:
+    """The hub's serving certificate in data/hub.{key,crt} (the key made once, 0600). The
+    leaf is reissued with the same key when the hub's names change, when another CA (key)
+    took over, or when a third of its lifetime is left."""
+    key_path, cert_path = data / "hub.key", data / "hub.crt"
+    if key_path.exists():
+        key = _load_ec_key(key_path.read_bytes(), str(key_path))
+    else:
+        key = ec.generate_private_key(ec.SECP256R1())
+        _write_private(key_path, _key_pem(key))
+    wanted = {_norm(n) for n in names}
+    moment = _now(now)
+    if cert_path.exists():
+        try:
+            old = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        except ValueError:
+            old = None
+        if old is not None and _current(old, key, authority, wanted, moment):
+            return _serving(key, old, authority)
+    start, end = authority._window(moment, lifetime)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fleetops"),
+                    x509.NameAttribute(NameOID.COMMON_NAME, "fleetops-hub"),
+                ]
+            )
+        )
+        .issuer_name(authority.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(_leaf_usage(), critical=True)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(authority.key.public_key()),
+            critical=False,
+        )
+        .add_extension(_san(sorted(wanted)), critical=False)
+        .sign(authority.key, hashes.SHA256())
+    )
+    _write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    return _serving(key, cert, authority)
+
+
+def _current(
+    cert: x509.Certificate,
+    key: ec.EllipticCurvePrivateKey,
+    authority: CA,
+    names: set[str],
+    now: datetime.datetime,
+) -> bool:
+    if cert.public_key() != key.public_key() or cert.issuer != authority.cert.subject:
+        return False
     try:
-        return str(ipaddress.ip_address(name))
-    except ValueError:
-        return name
+        cert.verify_directly_issued_by(authority.cert)
+    except (ValueError, TypeError, exceptions.InvalidSignature):
+        return False
+    if _san_names(cert) != names:
+        return False
+    return not Serving(b"", cert, b"").due(now) and cert.not_valid_before_utc <= now
+
+
+def _serving(key: ec.EllipticCurvePrivateKey, cert: x509.Certificate, authority: CA) -> Serving:
+    leaf = cert.public_bytes(serialization.Encoding.PEM)
+    return Serving(key_pem=_key_pem(key), cert=cert, chain_pem=leaf + authority.cert_pem)
 
 
 # ---------------------------------------------------------------- registration tokens

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import json
 import logging
 import os
@@ -68,8 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--ca-key",
         type=pathlib.Path,
         default=None,
-        help="the CA's private key (e.g. a mounted Secret, see `ca new-key`); when the file is "
-        "absent the hub keeps its own in --data",
+        help="the CA's private key (e.g. a mounted Secret, see `ca new-key`); the hub refuses "
+        "to start when this file is missing (without --ca-key it keeps its own CA in --data)",
+    )
+    serve.add_argument(
+        "--cert-lifetime",
+        type=_cert_lifetime,
+        default=ca.DEFAULT_CERT_LIFETIME,
+        metavar="DURATION",
+        help="lifetime of the agents' client certificates, e.g. 90d, 12h or 60s (default 90d); "
+        "agents renew theirs at two thirds of it",
     )
     serve.add_argument("--helm", default="helm", help="helm binary")
     serve.add_argument("--kustomize", default="kustomize", help="kustomize binary")
@@ -230,6 +239,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _cert_lifetime(text: str) -> datetime.timedelta:
+    try:
+        return ca.parse_lifetime(text)
+    except errors.InvalidArgument as e:
+        raise argparse.ArgumentTypeError(
+            str(e).removeprefix(f"--cert-lifetime {text!r}: ")
+        ) from None
+
+
 async def cmd_serve(ns: argparse.Namespace) -> int:
     logging.basicConfig(level=ns.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
     running = await server.start(
@@ -241,6 +259,7 @@ async def cmd_serve(ns: argparse.Namespace) -> int:
         names=ns.advertise,
         tools=render.Tools(helm=ns.helm, kustomize=ns.kustomize),
         ca_key=ns.ca_key,
+        cert_lifetime=ns.cert_lifetime,
     )
     print(
         f"fleetops-hub: gRPC on port {running.grpc_port}, agents on port {running.agent_port}, "

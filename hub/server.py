@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import logging
 import pathlib
+import threading
+import time
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -79,17 +82,16 @@ async def start(
     names: list[str] | None = None,
     tools: render.Tools | None = None,
     ca_key: pathlib.Path | None = None,
+    cert_lifetime: datetime.timedelta = ca.DEFAULT_CERT_LIFETIME,
 ) -> Running:
     cfg = config.load(config_path)
     data.mkdir(parents=True, exist_ok=True, mode=0o700)  # noqa: ASYNC240 (start-up)
     data.chmod(0o700)  # noqa: ASYNC240 (the CA key, tokens and every bundle live here)
-    db = store.Store(data / "hub.db")
     host, _ = split_hostport(listen)
-    if ca_key is not None and not ca_key.exists():  # noqa: ASYNC240 (start-up)
-        log.warning("--ca-key %s is absent; using the CA key in %s", ca_key, data)
-    authority = ca.load_or_create(
-        data, ca.default_names() + [host] + (names or []), key_file=ca_key
-    )
+    # before anything else is opened: a missing --ca-key refuses to start (hub.errors)
+    authority = ca.load_or_create(data, key_file=ca_key)
+    serving = _Serving(data, authority, ca.default_names() + [host] + (names or []))
+    db = store.Store(data / "hub.db")
     tokens = apitokens.bootstrap(data)
     registry = apitokens.Registry(db=db, bootstrap=tokens)
     await registry.load()
@@ -106,23 +108,18 @@ async def start(
             ("grpc.max_concurrent_streams", 100_000),
         ],
     )
-    agents = agent_service.AgentService(hub, authority)
+    agents = agent_service.AgentService(hub, authority, cert_lifetime=cert_lifetime)
     agent_pb2_grpc.add_AgentServiceServicer_to_server(agents, server)
     fleet = fleet_service.FleetService(hub, authority, registry)
     fleet_pb2_grpc.add_FleetServiceServicer_to_server(fleet, server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    pair = [(authority.key_pem, authority.cert_pem)]
-    tls = grpc.ssl_server_credentials(pair)
-    mtls = grpc.ssl_server_credentials(
-        pair, root_certificates=authority.cert_pem, require_client_auth=True
-    )
-    port = server.add_secure_port(listen, tls)
+    port = server.add_secure_port(listen, serving.credentials(client_auth=False))
     if port == 0:
         raise errors.HubError(f"cannot listen on {listen} (address in use?)")
     if not agent_listen:
         agent_listen = f"{host}:{port + 1 if split_hostport(listen)[1] else 0}"
-    agent_port = server.add_secure_port(agent_listen, mtls)
+    agent_port = server.add_secure_port(agent_listen, serving.credentials(client_auth=True))
     if agent_port == 0:
         raise errors.HubError(f"cannot listen on {agent_listen} for agents (address in use?)")
     agents.agent_port = agent_port
@@ -160,6 +157,51 @@ async def start(
         data,
     )
     return Running(hub, port, agent_port, bound_http, authority, tokens, server, web, stop, tasks)
+
+
+class _Serving:
+    """The hub's TLS identity on both ports: its own key and a leaf the CA signed, presented
+    with the chain [leaf, CA]; the CA's key never serves. gRPC asks before every new
+    connection's handshake (one comparison), so a leaf that comes due is reissued while the
+    hub runs and no client ever meets an expired hub certificate."""
+
+    def __init__(self, data: pathlib.Path, authority: ca.CA, names: list[str]) -> None:
+        self._args = (data, authority, names)
+        self._lock = threading.Lock()
+        self.current = ca.serving_cert(data, authority, names)
+        self.version = 0
+        self._retry_at = 0.0
+
+    def _config(self, client_auth: bool) -> grpc.ServerCertificateConfiguration:
+        roots = self._args[1].cert_pem if client_auth else None
+        return grpc.ssl_server_certificate_configuration(
+            [(self.current.key_pem, self.current.chain_pem)], root_certificates=roots
+        )
+
+    def credentials(self, *, client_auth: bool) -> grpc.ServerCredentials:
+        seen = self.version
+
+        def fetch() -> grpc.ServerCertificateConfiguration | None:
+            nonlocal seen
+            with self._lock:
+                if self.current.due() and time.monotonic() >= self._retry_at:
+                    try:
+                        self.current = ca.serving_cert(*self._args)
+                        self.version += 1
+                        log.info("reissued the hub's serving certificate")
+                    except (OSError, errors.HubError):
+                        self._retry_at = time.monotonic() + 60
+                        log.exception("cannot reissue the hub's serving certificate")
+                if seen == self.version:
+                    return None
+                seen = self.version
+                return self._config(client_auth)
+
+        return grpc.dynamic_ssl_server_credentials(
+            self._config(client_auth),
+            fetch,  # type: ignore[arg-type]  # grpc documents None as "no change"; the stub not
+            require_client_authentication=client_auth,
+        )
 
 
 async def _guard(name: str, coro: object) -> None:
