@@ -12,13 +12,10 @@ import pathlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import yaml
-
+from proto import yamlsafe
 from proto.fleetops.v1 import types_pb2
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
-# libyaml's loader is several times faster; PyYAML's pure one is the fallback.
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,40 +99,20 @@ class Parsed:
 
 
 def parse(source: str, text: str) -> Parsed:
-    """Parse one file of YAML documents; `List` objects are expanded into their items."""
+    """Parse one file of YAML documents; `List` objects are expanded into their items.
+
+    Through the bounded loader: a document whose aliases, depth or size go over its caps (an
+    alias bomb) is a problem of this file, never the agent's memory or time."""
     resources: list[Resource] = []
     problems: list[Problem] = []
-    loader = _Loader(text)
-    try:
-        while True:
-            try:
-                if not loader.check_node():
-                    break
-                node = loader.get_node()
-            except yaml.MarkedYAMLError as e:
-                mark = e.problem_mark or e.context_mark
-                line = mark.line + 1 if mark else 1
-                # Only the problem, never the snippet: the document may be a Secret.
-                problems.append(Problem(source, line, f"invalid YAML: {e.problem or e.context}"))
-                break
-            if node is None:
-                continue
-            line = node.start_mark.line + 1
-            try:
-                doc = loader.construct_document(node)
-            except yaml.YAMLError as e:
-                problems.append(Problem(source, line, f"invalid YAML: {_short(e)}"))
-                continue
-            _collect(doc, source, line, resources, problems)
-    finally:
-        loader.dispose()
+    for doc in yamlsafe.documents(text, source=source):
+        if doc.error is not None:
+            # Only the problem, never the snippet: the document may be a Secret.
+            message = yamlsafe.describe(doc.error).removeprefix(f"line {doc.line}: ")
+            problems.append(Problem(source, doc.line, f"invalid YAML: {message}"))
+            continue
+        _collect(doc.value, source, doc.line, resources, problems)
     return Parsed(resources, problems)
-
-
-def _short(e: yaml.YAMLError) -> str:
-    if isinstance(e, yaml.MarkedYAMLError):
-        return str(e.problem or e.context)
-    return type(e).__name__
 
 
 def _collect(

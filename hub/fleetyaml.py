@@ -6,6 +6,10 @@ default namespace (`defaultNamespace` or `namespace`) and one target per
 helm.valuesFiles, kustomize.dir, yaml.overlays), with the file's top-level `helm` and
 `kustomize` settings as the defaults every target starts from, and a last catch-all target
 so that clusters no customization matches still get the app, as in Fleet. Pure.
+
+The file comes from a repository committer: it is read with the bounded loader
+(proto.yamlsafe), so an alias bomb is a RenderError naming the file and line, never a stalled
+hub.
 """
 
 from __future__ import annotations
@@ -16,8 +20,12 @@ from typing import Any
 import yaml
 
 from hub import config, errors
+from proto import yamlsafe
 
 _FILE = "fleet.yaml"
+# A fleet.yaml is a page of settings; the event loop may call `apply`, so its parse is kept
+# small (a megabyte of YAML parses in tens of milliseconds).
+LIMITS = yamlsafe.Limits(max_chars=1024 * 1024)
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -31,9 +39,9 @@ def apply(app: config.App, text: str) -> config.App:
     """The app as fleet.yaml describes it; RenderError naming the field when it is invalid."""
     where = f"{app.path}/{_FILE}"
     try:
-        doc = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise errors.RenderError(f"{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
+        doc = yamlsafe.load(text, source=where, limits=LIMITS) or {}
+    except yaml.YAMLError as e:  # an alias bomb is refused here, with its line and cap
+        raise errors.RenderError(f"{where}: invalid YAML: {yamlsafe.describe(e)}") from None
     if not isinstance(doc, dict):
         raise errors.RenderError(f"{where}: expected a mapping")
     # Fleet's own keys are validated through the same reader as hub.yaml.

@@ -1,21 +1,35 @@
 """Git tracking: a bare cache per repo, fetched with pygit2; the only module importing pygit2.
 
 `RepoCache.fetch` brings the branch up to date and returns its head commit; a failed fetch
-raises RepoError and leaves the cache (and the last good revision) as it was. `export` writes
-one commit's tree to a directory for the renderers, refusing symlinks that leave the
-repository (they are recorded, never created), so a renderer cannot read outside it.
-Credentials come from environment variables named in hub.yaml and never appear in errors.
+raises RepoError and leaves the cache (and the last good revision) as it was. `checkout`
+writes one commit's tree to a directory for the renderers. Credentials come from environment
+variables named in hub.yaml and never appear in errors.
+
+A checkout is what a repository committer controls, so it must never lead a renderer to the
+hub's own files. Two rules hold that:
+- Checkouts live outside the hub's data directory (which holds the CA key, tokens and the
+  store): in a private per-process directory (tempfile.mkdtemp, mode 0700) unless the caller
+  names another `work` directory. Only the bare Git cache stays under the data directory.
+- No symlink in a checkout leads out of it. Links are refused lexically while exporting, and
+  after the export every remaining link is resolved physically (realpath, the way the kernel
+  will follow it, through other links) and removed when it lands outside the checkout; that
+  repeats until nothing changes, since removing one link changes where others lead. A chain
+  such as `d/l -> ..` with `d/leak.yaml -> l/../../ca.key` is lexically inside and physically
+  outside: it is removed. Every removed link is recorded in `Checkout.refused_links`, so
+  rendering an app that holds one fails with the link's repo path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
 import dataclasses
 import os
 import pathlib
 import re
 import shutil
+import tempfile
 import threading
 
 import pygit2
@@ -36,7 +50,24 @@ class Commit:
 @dataclasses.dataclass(frozen=True)
 class Checkout:
     root: pathlib.Path
-    refused_links: tuple[str, ...]  # repo paths of symlinks that point outside the repo
+    # repo paths of symlinks (and unsafe tree entries) that would lead outside the checkout;
+    # they are not in `root`
+    refused_links: tuple[str, ...]
+
+
+_work_lock = threading.Lock()
+_work: tuple[int, pathlib.Path] | None = None  # (pid, directory) of this process's checkouts
+
+
+def process_work_dir() -> pathlib.Path:
+    """This process's private directory for checkouts (mode 0700, removed at exit)."""
+    global _work
+    with _work_lock:
+        if _work is None or _work[0] != os.getpid():
+            path = pathlib.Path(tempfile.mkdtemp(prefix="fleetops-hub-work-"))
+            atexit.register(shutil.rmtree, path, ignore_errors=True)
+            _work = (os.getpid(), path)
+        return _work[1]
 
 
 def redact(url: str) -> str:
@@ -96,13 +127,25 @@ def _known_host(path: str, host: bytes | str, certificate: object) -> bool:
 
 
 class RepoCache:
-    """One repo: the bare cache under `root`, and checkouts of the commits being rendered."""
+    """One repo: the bare cache under `root/git`, and checkouts of the commits being rendered
+    under `work/<repo name>/` (`work` defaults to this process's private directory, never
+    the data directory `root` lives in)."""
 
-    def __init__(self, root: pathlib.Path, repo: config.Repo) -> None:
+    def __init__(
+        self, root: pathlib.Path, repo: config.Repo, *, work: pathlib.Path | None = None
+    ) -> None:
+        if not repo.name or repo.name in (".", "..") or "/" in repo.name:
+            raise ValueError(f"repo name {repo.name!r} cannot name a directory")
         self.root = root
         self.spec = repo
+        self._work_base = work
         self._lock = threading.Lock()
         self._git: pygit2.Repository | None = None
+
+    @property
+    def work(self) -> pathlib.Path:
+        """Where this repo's checkouts go."""
+        return (self._work_base or process_work_dir()) / self.spec.name
 
     def _open(self) -> pygit2.Repository:
         if self._git is None:
@@ -112,6 +155,8 @@ class RepoCache:
             else:
                 bare.mkdir(parents=True, exist_ok=True)
                 self._git = pygit2.init_repository(str(bare), bare=True)
+            # checkouts made by earlier versions inside the data directory
+            shutil.rmtree(self.root / "checkouts", ignore_errors=True)
         return self._git
 
     def fetch(self) -> str:
@@ -190,19 +235,26 @@ class RepoCache:
             return ";".join(ids)
 
     def checkout(self, sha: str) -> Checkout:
-        """The commit's files under root/checkouts/<sha> (made once, reused)."""
+        """The commit's files under work/<sha> (made once, reused), with no symlink in it
+        that leads outside it."""
         with self._lock:
-            dest = self.root / "checkouts" / sha
-            marker = dest.parent / f"{sha}.links"
+            git = self._open()
+            base = self.work
+            if self._work_base is not None:
+                self._work_base.mkdir(mode=0o700, parents=True, exist_ok=True)
+            base.mkdir(mode=0o700, exist_ok=True)
+            dest = base / sha
+            marker = base / f"{sha}.links"
             if dest.is_dir() and marker.exists():
                 known = tuple(x for x in marker.read_text().splitlines() if x)
                 return Checkout(dest, known)
-            tmp = dest.parent / f".{sha}.tmp"
+            tmp = base / f".{sha}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            git = self._open()
+            tmp.mkdir(mode=0o700)
             refused: list[str] = []
             _export(git, git[sha].peel(pygit2.Commit).tree, tmp, "", refused)
+            refused += drop_escaping_links(tmp)
+            refused = sorted(set(refused))
             shutil.rmtree(dest, ignore_errors=True)
             tmp.rename(dest)
             marker.write_text("\n".join(refused) + "\n")
@@ -210,7 +262,7 @@ class RepoCache:
             return Checkout(dest, tuple(refused))
 
     def _prune_checkouts(self, keep: str) -> None:
-        base = self.root / "checkouts"
+        base = self.work
         dirs = sorted(
             (d for d in base.iterdir() if d.is_dir() and not d.name.startswith(".")),
             key=lambda d: d.stat().st_mtime,
@@ -230,6 +282,31 @@ class RepoCache:
         return await asyncio.to_thread(self.tree_key, sha, paths)
 
 
+def _inside(real: str, root: str) -> bool:
+    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def drop_escaping_links(root: pathlib.Path) -> list[str]:
+    """Remove every symlink under `root` that resolves (physically, through other links)
+    outside it, until none is left; return their paths relative to `root`.
+
+    realpath follows links the way the kernel will, so what stays resolves inside `root`
+    or nowhere at all (a dangling link stays dangling: nothing is ever added to a checkout)."""
+    real_root = os.path.realpath(root)
+    dropped: list[str] = []
+    changed = True
+    while changed:
+        changed = False
+        for dirpath, dirnames, filenames in os.walk(root):  # links are listed, not followed
+            for name in dirnames + filenames:
+                path = os.path.join(dirpath, name)
+                if os.path.islink(path) and not _inside(os.path.realpath(path), real_root):
+                    os.unlink(path)
+                    dropped.append(os.path.relpath(path, root).replace(os.sep, "/"))
+                    changed = True
+    return dropped
+
+
 def _export(
     git: pygit2.Repository, tree: pygit2.Tree, dest: pathlib.Path, prefix: str, refused: list[str]
 ) -> None:
@@ -237,6 +314,9 @@ def _export(
         name = str(entry.name)
         path = dest / name
         rel = f"{prefix}{name}"
+        if name in ("", ".", "..", ".git") or "/" in name or "\0" in name:
+            refused.append(rel)  # a hand-made tree entry that would write outside `dest`
+            continue
         mode = entry.filemode
         obj = git[entry.id]
         if mode == pygit2.enums.FileMode.TREE:

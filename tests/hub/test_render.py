@@ -122,3 +122,14 @@ def test_a_renderer_failure_is_reported_with_repo_relative_paths(
         render.render(checkout=tmp_path, refused_links=(), app=app("k"), target=None, tools=tools)
     assert "kustomize build failed" in str(err.value) and "missing.yaml" in str(err.value)
     assert str(tmp_path) not in str(err.value)
+
+
+def test_a_renderer_over_its_memory_limit_is_stopped_with_a_clear_error(
+    tools: render.Tools,
+) -> None:
+    small = render.Limits(max_memory=32 * 1024 * 1024)
+    with pytest.raises(
+        errors.RenderError, match=r"kustomize build .* its 33554432-byte memory limit; stopped"
+    ):
+        render.render(checkout=FIXTURES, refused_links=(), app=app("kustomize/overlays/prod"),
+                      target=None, tools=tools, limits=small)  # fmt: skip
