@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from hub import errors, selectors
+from proto import yamlsafe
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
@@ -256,7 +257,9 @@ class _Reader:
 def parse(text: str, *, file: str) -> Config:
     r = _Reader(file)
     try:
-        doc = yaml.safe_load(text)
+        doc = yamlsafe.load(text, source=file)
+    except yamlsafe.YAMLLimitError as e:  # an alias bomb or the like: line and cap named
+        raise r.fail("", yamlsafe.describe(e)) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark
         where = f"line {mark.line + 1}" if mark else "?"
