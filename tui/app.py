@@ -10,9 +10,10 @@ from collections.abc import Callable
 import grpc
 from textual import work
 from textual.app import App
+from textual.notifications import SeverityLevel
 
 from tui import client as hubclient
-from tui import messages, model
+from tui import messages, model, text
 from tui.screens import overview
 
 
@@ -93,12 +94,16 @@ class FleetApp(App[None]):
             else:
                 raise ValueError(action)
         except grpc.aio.AioRpcError as e:
-            if e.code() == grpc.StatusCode.PERMISSION_DENIED:
-                self.notify(f"{action} refused: {e.details()}", severity="error", timeout=8)
-            else:
-                self.notify(f"{action} failed: {e.details()}", severity="error", timeout=8)
+            verb = "refused" if e.code() == grpc.StatusCode.PERMISSION_DENIED else "failed"
+            self.say(f"{action} {verb}: {e.details()}", severity="error", timeout=8)
             return
-        self.notify(message)
+        self.say(message)
+
+    def say(
+        self, message: str, *, severity: SeverityLevel = "information", timeout: float | None = None
+    ) -> None:
+        """A notification whose text may come from the hub: shown literally."""
+        self.notify(text.visible(message), severity=severity, timeout=timeout, markup=False)
 
 
 def make_app(*, client: hubclient.HubClient, clock: Callable[[], float] = time.time) -> FleetApp:

@@ -1,14 +1,19 @@
 """The fleet as the TUI holds it: a snapshot kept current by the hub's change stream, and the
-matrix it shows (clusters x apps, worst-wins). Pure: no Textual, no gRPC calls."""
+matrix it shows (clusters x apps, worst-wins). Pure: no Textual, no gRPC calls.
+
+Enum values come from the hub (and through it from agents): a newer hub or a lying agent can
+send values this TUI does not know. They are looked up only through `sync_name()` and its
+siblings, which answer "Unknown", never raise."""
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterable
 
 from proto.fleetops.v1 import fleet_pb2, types_pb2
 
-SYNC = {
+SYNC: dict[int, str] = {
     types_pb2.SYNC_STATUS_SYNCED: "Synced",
     types_pb2.SYNC_STATUS_OUT_OF_SYNC: "OutOfSync",
     types_pb2.SYNC_STATUS_APPLYING: "Applying",
@@ -16,7 +21,7 @@ SYNC = {
     types_pb2.SYNC_STATUS_PENDING: "Pending",
     types_pb2.SYNC_STATUS_UNSPECIFIED: "Unknown",
 }
-HEALTH = {
+HEALTH: dict[int, str] = {
     types_pb2.HEALTH_STATUS_HEALTHY: "Healthy",
     types_pb2.HEALTH_STATUS_PROGRESSING: "Progressing",
     types_pb2.HEALTH_STATUS_DEGRADED: "Degraded",
@@ -25,12 +30,38 @@ HEALTH = {
     types_pb2.HEALTH_STATUS_UNKNOWN: "Unknown",
     types_pb2.HEALTH_STATUS_UNSPECIFIED: "Unknown",
 }
-CONNECTIVITY = {
+CONNECTIVITY: dict[int, str] = {
     types_pb2.CONNECTIVITY_CONNECTED: "Connected",
     types_pb2.CONNECTIVITY_DISCONNECTED: "Disconnected",
     types_pb2.CONNECTIVITY_NEVER_SEEN: "NeverSeen",
     types_pb2.CONNECTIVITY_UNSPECIFIED: "Unknown",
 }
+CAUSE: dict[int, str] = {
+    types_pb2.CAUSE_UNSPECIFIED: "",
+    types_pb2.CAUSE_AUTO: "auto",
+    types_pb2.CAUSE_USER: "user",
+    types_pb2.CAUSE_ROLLBACK: "rollback",
+    types_pb2.CAUSE_ROLLOUT_GATE: "rollout",
+    types_pb2.CAUSE_AGENT: "agent",
+}
+UNKNOWN = "Unknown"
+
+
+def sync_name(value: int) -> str:
+    return SYNC.get(value, UNKNOWN)
+
+
+def health_name(value: int) -> str:
+    return HEALTH.get(value, UNKNOWN)
+
+
+def connectivity_name(value: int) -> str:
+    return CONNECTIVITY.get(value, UNKNOWN)
+
+
+def cause_name(value: int) -> str:
+    return CAUSE.get(value, UNKNOWN)
+
 
 # worst wins: the level decides the colour of a cell, a row and a column
 OK, WAIT, WARN, BAD = 0, 1, 2, 3
@@ -43,9 +74,12 @@ def level(cell: fleet_pb2.ClusterAppStatus) -> int:
         or cell.health == types_pb2.HEALTH_STATUS_DEGRADED
     ):
         return BAD
-    if cell.sync == types_pb2.SYNC_STATUS_OUT_OF_SYNC or cell.health in (
-        types_pb2.HEALTH_STATUS_MISSING,
-        types_pb2.HEALTH_STATUS_UNKNOWN,
+    if (
+        cell.sync == types_pb2.SYNC_STATUS_OUT_OF_SYNC
+        or cell.health == types_pb2.HEALTH_STATUS_MISSING
+        # shown as Unknown (unset, or a value this TUI does not know): someone should look
+        or sync_name(cell.sync) == UNKNOWN
+        or health_name(cell.health) == UNKNOWN
     ):
         return WARN
     if cell.sync in (types_pb2.SYNC_STATUS_PENDING, types_pb2.SYNC_STATUS_APPLYING) or (
@@ -82,7 +116,7 @@ def cell_text(cell: fleet_pb2.ClusterAppStatus, *, compact: bool = False) -> str
     Compact (narrow terminals): `ok/ok a1b2c3d`, `pend/ok →e4f5a6b`."""
     pin = "📌" if cell.pinned_revision else ""
     differs = cell.desired_revision and cell.desired_revision != cell.applied_revision
-    sync, health = SYNC[cell.sync], HEALTH[cell.health]
+    sync, health = sync_name(cell.sync), health_name(cell.health)
     if compact:
         rev = f"→{short(cell.desired_revision)}" if differs else short(cell.applied_revision)
         return f"{SYNC_SHORT[sync]}/{HEALTH_SHORT[health]} {rev}{pin}"
@@ -90,6 +124,30 @@ def cell_text(cell: fleet_pb2.ClusterAppStatus, *, compact: bool = False) -> str
     if differs:
         rev = f"{short(cell.applied_revision)}→{short(cell.desired_revision)}"
     return f"{sync} {health} {rev}{pin}"
+
+
+def utc(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(seconds))
+
+
+DAY = 86400.0
+# Agents renew at two thirds of a certificate's lifetime (90 days by default): one this close
+# to its end was not renewed when it should have been.
+RENEWAL_OVERDUE = 7 * DAY
+
+
+def certificate_state(cluster: types_pb2.Cluster, now: float) -> tuple[str, int]:
+    """What to say about the agent's certificate, and how worried to be (OK, WARN, BAD)."""
+    if not cluster.HasField("certificate_expires"):
+        return "certificate: none on record (an older hub, or the agent never registered)", OK
+    ends = cluster.certificate_expires.seconds
+    if ends <= now:
+        return f"certificate EXPIRED {utc(ends)}: the agent must register with a new token", BAD
+    days = int((ends - now) / DAY)
+    left = "less than a day" if days < 1 else f"{days} day" + ("s" if days > 1 else "")
+    return f"certificate valid until {utc(ends)} ({left} left)", (
+        WARN if ends - now < RENEWAL_OVERDUE else OK
+    )
 
 
 def gate(
@@ -172,12 +230,12 @@ class Fleet:
         c = self.clusters.get(cluster)
         words = [cluster]
         if c is not None:
-            words += [f"{k}={v}" for k, v in c.labels.items()] + [CONNECTIVITY[c.connectivity]]
+            words += [f"{k}={v}" for k, v in c.labels.items()] + [connectivity_name(c.connectivity)]
             words += [f"group={g}" for g in c.groups]
         for a in self.apps:
             cell = self.cells.get((cluster, a))
             if cell is not None:
-                words += [SYNC[cell.sync], HEALTH[cell.health]]
+                words += [sync_name(cell.sync), health_name(cell.health)]
         lowered = [w.lower() for w in words]
         return all(any(q in w for w in lowered) for q in query.lower().split())
 

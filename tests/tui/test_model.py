@@ -1,5 +1,5 @@
 """The TUI's model on its own: what gates a cluster, filters with groups and several words,
-per-cluster counts."""
+per-cluster counts, what the certificate line says."""
 
 from __future__ import annotations
 
@@ -59,3 +59,29 @@ def test_the_gate_names_what_holds_a_cluster_back() -> None:
     assert model.gate(cell, paused, f.clusters["eu-1"]) == "paused"
     pinned = fleet_pb2.ClusterAppStatus(pinned_revision="a" * 40)
     assert model.gate(pinned, paused, f.clusters["us-1"]) == "pinned aaaaaaa"
+
+
+def test_the_certificate_line_says_how_long_and_worries_when_renewal_is_overdue() -> None:
+    now = 1_795_000_000.0  # 2026-11-18 11:06:40Z
+    c = types_pb2.Cluster(name="eu-1")
+    assert model.certificate_state(c, now) == (
+        "certificate: none on record (an older hub, or the agent never registered)",
+        model.OK,
+    )
+    c.certificate_expires.FromSeconds(int(now) + 60 * 86400 + 5)
+    assert model.certificate_state(c, now) == (
+        "certificate valid until 2027-01-17 11:06:45Z (60 days left)",
+        model.OK,
+    )
+    c.certificate_expires.FromSeconds(int(now) + 86400 + 5)
+    assert model.certificate_state(c, now) == (
+        "certificate valid until 2026-11-19 11:06:45Z (1 day left)",
+        model.WARN,
+    )
+    c.certificate_expires.FromSeconds(int(now) + 600)
+    assert model.certificate_state(c, now)[0].endswith("(less than a day left)")
+    c.certificate_expires.FromSeconds(int(now) - 1)
+    assert model.certificate_state(c, now) == (
+        "certificate EXPIRED 2026-11-18 11:06:39Z: the agent must register with a new token",
+        model.BAD,
+    )

@@ -180,9 +180,9 @@ async def test_sync_asks_first_then_the_hub_records_it(hub: server.Running) -> N
         await pilot.press("s", "y")
         await until(
             pilot,
-            "the sync to reach the hub",
+            "the sync to reach the hub, recorded under the token's name",
             lambda: any(
-                e.kind == "sync-requested" and e.actor == "tui-test"
+                e.kind == "sync-requested" and e.actor == "admin"
                 for e in hub.hub.db.call(hub.hub.db.events, app="api")
             ),
         )
@@ -271,7 +271,9 @@ async def test_roll_back_to_a_revision_picked_from_the_history(hub: server.Runni
         )
 
 
-async def test_the_cluster_screen_shows_versions_labels_and_apps(hub: server.Running) -> None:
+async def test_the_cluster_screen_shows_labels_certificate_versions_and_apps(
+    hub: server.Running,
+) -> None:
     app = tui_app.make_app(client=client_for(hub))
     async with app.run_test(size=SIZE) as pilot:
         await until(
@@ -287,6 +289,9 @@ async def test_the_cluster_screen_shows_versions_labels_and_apps(hub: server.Run
         )
         info = str(app.screen.query_one("#cluster-info", Static).render())
         assert info.startswith("Connected (last seen ")
-        assert "agent fake" in info and "env=prod" in info and "fleetops.io/cluster=eu-1" in info
+        assert "env=prod" in info and "fleetops.io/cluster=eu-1" in info
+        assert "certificate valid until " in info
+        says = str(app.screen.query_one("#agent-says", Static).render())
+        assert "agent fake" in says and "agent fake" not in info
         apps = app.screen.query_one("#cluster-apps", DataTable)
         assert sorted(str(apps.get_row(r.key)[0]) for r in apps.ordered_rows) == ["api", "web"]

@@ -33,8 +33,13 @@ def fleet_snapshot() -> fleet_pb2.Snapshot:
             name=name, connectivity=conn, agent_version="0.1.0", kubernetes_version="v1.37.2"
         )
         c.labels["env"] = env
-        if conn == 2:
-            c.last_seen.FromSeconds(LOST_AT - 600)
+        c.labels["fleetops.io/cluster"] = name
+        c.groups.append(env)
+        c.last_seen.FromSeconds(LOST_AT - (600 if conn == 2 else 5))
+        # what the agent says about itself: shown on the cluster screen, never matched
+        c.agent_facts["agent.fleetops.io/node-pool"] = "general"
+        c.agent_facts["agent.fleetops.io/region"] = name.split("-")[0] + "-west-1"
+        c.certificate_expires.FromSeconds(LOST_AT + 59 * 86400 + 3600)
     for app in ("guestbook", "payments"):
         snap.apps.add(
             name=app, repo="platform", path=f"apps/{app}", namespace=app, head_revision=REV_B
@@ -157,6 +162,17 @@ def test_app_detail_with_a_drift(snap_compare: Any) -> None:
         await pilot.pause(0.2)
 
     assert snap_compare(app(), terminal_size=(140, 30), run_before=open_guestbook)
+
+
+def test_cluster_detail_shows_what_the_agent_says_apart_from_labels(snap_compare: Any) -> None:
+    async def open_eu_prod_1(pilot: Pilot[Any]) -> None:
+        await settled(pilot)
+        pilot.app.screen.query_one("#matrix", Matrix).move_cursor(row=0, column=0)
+        await pilot.press("c")
+        await pilot.pause(0.2)
+
+    fixed = tui_app.make_app(client=FakeHubClient(), clock=lambda: float(LOST_AT))
+    assert snap_compare(fixed, terminal_size=(120, 24), run_before=open_eu_prod_1)
 
 
 class LostHubClient(FakeHubClient):

@@ -1,5 +1,6 @@
 """One app across the fleet: per cluster desired and applied revision, sync, health, what
-gates the next revision, reason; the selected cluster's resources with their drifted fields."""
+gates the next revision, reason; the selected cluster's resources with their drifted fields.
+Every string from the hub goes through `tui.text`, so it is shown literally."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Header, Static
 
-from tui import model
+from tui import model, text
 from tui.screens import base
 
 STYLE = model.LEVEL_STYLE
@@ -35,7 +36,7 @@ class AppDetail(base.FleetScreen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.title = f"app {self.app_name}"
+        self.title = text.visible(f"app {self.app_name}")
         self.refresh_view()
 
     def refresh_view(self) -> None:
@@ -43,16 +44,26 @@ class AppDetail(base.FleetScreen):
         app = fleet.apps.get(self.app_name)
         summary = self.query_one("#summary", Static)
         if app is None:
-            summary.update(f"app {self.app_name} is no longer in hub.yaml")
+            summary.update(text.line("app ", self.app_name, " is no longer in hub.yaml"))
             return
-        errors = [f"{t.name}: {t.render_error}" for t in app.targets if t.render_error]
-        summary.update(
-            f"{app.repo}:{app.path} → namespace {app.namespace or '-'}   "
-            f"head {model.short(app.head_revision)}"
-            + (f"   pinned {model.short(app.pinned_revision)}" if app.pinned_revision else "")
-            + ("   PAUSED" if app.paused else "")
-            + ("".join(f"\nrender error {e}" for e in errors))
+        head = text.line(
+            app.repo,
+            ":",
+            app.path,
+            " → namespace ",
+            app.namespace or "-",
+            "   head ",
+            model.short(app.head_revision),
+            f"   pinned {model.short(app.pinned_revision)}" if app.pinned_revision else "",
+            "   PAUSED" if app.paused else "",
         )
+        errors = [
+            row
+            for t in app.targets
+            if t.render_error
+            for row in text.paragraph(t.render_error, first=f"render error {t.name}: ")
+        ]
+        summary.update(text.lines([head, *errors]))
         table = self.query_one("#clusters", DataTable)
         selected = table.cursor_row
         table.clear(columns=True)
@@ -66,14 +77,14 @@ class AppDetail(base.FleetScreen):
         for cell in cells:
             style = STYLE[model.level(cell)]
             table.add_row(
-                cell.cluster,
-                cell.target,
-                model.short(cell.desired_revision),
-                model.short(cell.applied_revision),
-                Text(model.SYNC[cell.sync], style=style),
-                Text(model.HEALTH[cell.health], style=style),
-                model.gate(cell, app, fleet.clusters.get(cell.cluster)),
-                cell.reason,
+                text.plain(cell.cluster),
+                text.plain(cell.target),
+                text.plain(model.short(cell.desired_revision)),
+                text.plain(model.short(cell.applied_revision)),
+                Text(model.sync_name(cell.sync), style=style),
+                Text(model.health_name(cell.health), style=style),
+                text.plain(model.gate(cell, app, fleet.clusters.get(cell.cluster))),
+                text.plain(cell.reason),
                 key=cell.cluster,
             )
         if cells:
@@ -98,14 +109,12 @@ class AppDetail(base.FleetScreen):
             return
         r = cell.resources[index]
         where = f"{r.ref.namespace}/{r.ref.name}" if r.ref.namespace else r.ref.name
-        text = Text()
-        text.append(f"drift of {r.ref.kind} {where} on {self._cluster}\n", style="bold")
+        rows = [text.line((f"drift of {r.ref.kind} {where} on {self._cluster}", "bold"))]
         for d in r.drift:
-            text.append(f"  {d.path}\n")
-            text.append(f"  - live  {d.live}\n", style="red")
-            text.append(f"  + git   {d.desired}\n", style="green")
-        text.rstrip()
-        box.update(text)
+            rows.append(text.line("  ", d.path))
+            rows.append(text.line((f"  - live  {d.live}", "red")))
+            rows.append(text.line((f"  + git   {d.desired}", "green")))
+        box.update(text.lines(rows))
         box.display = True
 
     def show_resources(self, cluster: str) -> None:
@@ -113,7 +122,7 @@ class AppDetail(base.FleetScreen):
         table = self.query_one("#resources", DataTable)
         table.clear(columns=True)
         table.add_columns("KIND", "OBJECT", "SYNC", "HEALTH", "MESSAGE / DRIFT")
-        self.query_one("#resources-title", Static).update(f"resources on {cluster}")
+        self.query_one("#resources-title", Static).update(text.line("resources on ", cluster))
         self._cluster = cluster
         self.show_drift(-1)
         if cell is None:
@@ -122,9 +131,9 @@ class AppDetail(base.FleetScreen):
             drift = "; ".join(f"{d.path}: Git {d.desired} ≠ live {d.live}" for d in r.drift)
             where = f"{r.ref.namespace}/{r.ref.name}" if r.ref.namespace else r.ref.name
             table.add_row(
-                r.ref.kind,
-                where,
-                model.SYNC[r.sync],
-                model.HEALTH[r.health],
-                Text(drift, style="dark_orange") if drift else r.message,
+                text.plain(r.ref.kind),
+                text.plain(where),
+                text.plain(model.sync_name(r.sync)),
+                text.plain(model.health_name(r.health)),
+                text.plain(drift, "dark_orange") if drift else text.plain(r.message),
             )

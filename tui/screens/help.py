@@ -20,7 +20,9 @@ with the cluster columns fixed.
   arrows / mouse   move between cells (pgup/pgdn, home/end: by page, to the ends)
   enter / click    the app in this column: every cluster, reasons, resources, drift
                    (on the first three columns: the cluster)
-  c                the cluster in this row: connectivity, versions, labels, its apps
+  c                the cluster in this row: connectivity, certificate, the labels and
+                   groups that decide its apps, apart from what its agent says about
+                   itself (versions, facts: shown, never used for targeting), its apps
   /                filter by cluster name, label (env=prod), group (group=canary) or state
                    (Degraded, OutOfSync, Disconnected); several words must all match
   o                sort by name or worst first
@@ -36,6 +38,9 @@ with the cluster columns fixed.
   red    ApplyFailed or Degraded
 
 A read-only token can look at everything and change nothing.
+Text from the hub is shown as it was sent: brackets are not markup, and control characters
+show as ^[ (escape), ^J (newline) or <U+202E> instead of acting on the terminal.
+States this version does not know show as Unknown.
 """
 
 

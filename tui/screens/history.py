@@ -1,18 +1,20 @@
-"""An app's history (who, what, when, why), and rolling back to a revision picked from it."""
+"""An app's history (who, what, when, why), and rolling back to a revision picked from it.
+Event messages, actors and kinds come from the hub (and through it from agents): every string
+goes through `tui.text`, so it is shown literally."""
 
 from __future__ import annotations
 
 import time
 
 import grpc
+from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Header, Static
 
+from tui import model, text
 from tui.screens import base, confirm
-
-CAUSES = {0: "", 1: "auto", 2: "user", 3: "rollback", 4: "rollout", 5: "agent"}
 
 
 class History(base.FleetScreen):
@@ -34,7 +36,7 @@ class History(base.FleetScreen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.title = f"history of {self.app_name}"
+        self.title = text.visible(f"history of {self.app_name}")
         table = self.query_one("#events", DataTable)
         table.add_columns("WHEN (UTC)", "WHAT", "CLUSTER", "REVISION", "WHY", "WHO", "MESSAGE")
         table.focus()
@@ -46,7 +48,7 @@ class History(base.FleetScreen):
         try:
             events = await self.fleet_app.client.history(app=self.app_name)
         except grpc.aio.AioRpcError as err:
-            status.update(f"cannot load the history: {err.details()}")
+            status.update(text.line("cannot load the history: ", err.details() or ""))
             return
         table = self.query_one("#events", DataTable)
         table.clear()
@@ -56,12 +58,12 @@ class History(base.FleetScreen):
             self.revisions[key] = e.revision
             table.add_row(
                 time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.at.seconds)),
-                e.kind,
-                e.cluster or "*",
-                e.revision[:8] or "-",
-                CAUSES.get(e.cause, ""),
-                e.actor,
-                e.message,
+                text.plain(e.kind),
+                text.plain(e.cluster or "*"),
+                text.plain(e.revision[:8] or "-"),
+                model.cause_name(e.cause),
+                text.plain(e.actor),
+                text.plain(e.message),
                 key=key,
             )
         status.update(f"{len(events)} events, newest first; r rolls back to the selected revision")
@@ -80,8 +82,16 @@ class History(base.FleetScreen):
             if yes:
                 self.fleet_app.act("rollback", self.app_name, revision=revision)
 
-        question = (
-            f"Roll back [b]{self.app_name}[/b] to [b]{revision[:8]}[/b] on every cluster?\n"
-            "Auto-sync holds this pin until you unpin (u)."
+        question = text.lines(
+            [
+                text.line(
+                    "Roll back ",
+                    (self.app_name, "bold"),
+                    " to ",
+                    (revision[:8], "bold"),
+                    " on every cluster?",
+                ),
+                Text("Auto-sync holds this pin until you unpin (u)."),
+            ]
         )
         self.app.push_screen(confirm.Confirm(question), answered)

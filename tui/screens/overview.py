@@ -11,7 +11,7 @@ from textual.timer import Timer
 from textual.widgets import Footer, Header, Input, Static
 
 from proto.fleetops.v1 import types_pb2
-from tui import messages, model
+from tui import messages, model, text
 from tui.screens import app_detail, base, cluster_detail, confirm, help, history
 from tui.widgets import matrix
 
@@ -81,14 +81,14 @@ class Overview(base.FleetScreen):
         if cell is None:
             return Text("·"), None
         lvl = model.level(cell)
-        return Text(model.cell_text(cell, compact=self._compact), style=STYLE[lvl]), lvl
+        return text.plain(model.cell_text(cell, compact=self._compact), STYLE[lvl]), lvl
 
     def _row_head(self, cluster: str) -> list[Text]:
         fleet = self.fleet_app.fleet
         lvl = fleet.row_level(cluster)
         ok, total = fleet.row_counts(cluster)
         return [
-            Text(cluster, style=STYLE[lvl]),
+            text.plain(cluster, STYLE[lvl]),
             self._agent_text(fleet.clusters[cluster]),
             Text(f"{ok}/{total}", style=STYLE[lvl]),
         ]
@@ -97,7 +97,7 @@ class Overview(base.FleetScreen):
         levels = self._column_levels.get(app, [0, 0, 0, 0])
         worst = max((i for i, n in enumerate(levels) if n), default=model.OK)
         paused = " ⏸" if self.fleet_app.fleet.apps[app].paused else ""
-        return Text(f"{app}{paused} {levels[model.OK]}/{sum(levels)}", style=STYLE[worst])
+        return text.plain(f"{app}{paused} {levels[model.OK]}/{sum(levels)}", STYLE[worst])
 
     def _count(self, key: tuple[str, str], lvl: int | None) -> None:
         old = self._shown.pop(key, None)
@@ -120,13 +120,13 @@ class Overview(base.FleetScreen):
                 continue
             rows.add(cluster)
             if app and app in fleet.apps:
-                text, lvl = self._cell(cluster, app)
-                changes[(cluster, app)] = text
+                shown, lvl = self._cell(cluster, app)
+                changes[(cluster, app)] = shown
                 self._count((cluster, app), lvl)
                 columns.add(app)
         for cluster in rows:
-            for key, text in zip(("cluster", "agent", "ok"), self._row_head(cluster), strict=True):
-                changes[(cluster, key)] = text
+            for key, shown in zip(("cluster", "agent", "ok"), self._row_head(cluster), strict=True):
+                changes[(cluster, key)] = shown
         table.update_cells(changes)
         for app in columns:
             table.set_header(app, self._column_label(app))
@@ -141,14 +141,14 @@ class Overview(base.FleetScreen):
         if conn == types_pb2.CONNECTIVITY_DISCONNECTED and info.last_seen.seconds:
             seen = time.strftime("%H:%M", time.gmtime(info.last_seen.seconds))
             return Text(f"Lost {seen}Z", style="dark_orange")
-        return Text(model.CONNECTIVITY[conn], style="dark_orange")
+        return Text(model.connectivity_name(conn), style="dark_orange")
 
     def on_resize(self) -> None:
         self.refresh_matrix()
 
     def on_connection_changed(self, msg: messages.ConnectionChanged) -> None:
         line = self.query_one("#connection", Static)
-        line.update(Text(msg.detail, style="green" if msg.live else "bold dark_orange"))
+        line.update(text.plain(msg.detail, "green" if msg.live else "bold dark_orange"))
         line.set_class(not msg.live, "stale")
         self.query_one("#matrix", matrix.Matrix).set_class(not msg.live, "stale")
 
@@ -166,9 +166,9 @@ class Overview(base.FleetScreen):
         for c in clusters:
             cells = []
             for a in apps:
-                text, lvl = self._cell(c, a)
+                shown, lvl = self._cell(c, a)
                 self._count((c, a), lvl)
-                cells.append(text)
+                cells.append(shown)
             rows.append((c, [*self._row_head(c), *cells]))
         columns = [
             ("cluster", Text("CLUSTER")),
@@ -188,15 +188,15 @@ class Overview(base.FleetScreen):
                 levels[i] += n
         total = sum(levels)
         bad = levels[model.WARN] + levels[model.BAD]
-        text = (
+        counts = (
             f"{len(clusters)} of {len(fleet.clusters)} clusters, {len(fleet.apps)} apps: "
             f"{levels[model.OK]}/{total} ok"
             + (f", {bad} need attention" if bad else "")
             + (f"   filter: {self.query_text}" if self.query_text else "")
         )
-        if text != self._counts_text:
-            self._counts_text = text
-            self.query_one("#counts", Static).update(text, layout=False)
+        if counts != self._counts_text:
+            self._counts_text = counts
+            self.query_one("#counts", Static).update(text.line(counts), layout=False)
 
     # ------------------------------------------------------------ where the cursor is
 
@@ -264,21 +264,24 @@ class Overview(base.FleetScreen):
     def action_sync(self) -> None:
         app = self._app_or_say()
         if app:
-            self._ask(f"Sync [b]{app}[/b] on every cluster now?", "sync", app)
+            self._ask(text.line("Sync ", (app, "bold"), " on every cluster now?"), "sync", app)
 
     def action_unpin(self) -> None:
         app = self._app_or_say()
         if app:
-            self._ask(f"Unpin [b]{app}[/b]? Auto-sync takes over again.", "unpin", app)
+            question = text.line("Unpin ", (app, "bold"), "? Auto-sync takes over again.")
+            self._ask(question, "unpin", app)
 
     def action_pause(self) -> None:
         app = self._app_or_say()
         if app:
             paused = self.fleet_app.fleet.apps[app].paused
             verb = "Resume" if paused else "Pause"
-            self._ask(f"{verb} [b]{app}[/b]?", "resume" if paused else "pause", app)
+            self._ask(
+                text.line(f"{verb} ", (app, "bold"), "?"), "resume" if paused else "pause", app
+            )
 
-    def _ask(self, question: str, action: str, app: str) -> None:
+    def _ask(self, question: Text, action: str, app: str) -> None:
         def answered(yes: bool | None) -> None:
             if yes:
                 self.fleet_app.act(action, app)
