@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import pathlib
@@ -142,12 +143,21 @@ def load_yaml(root: pathlib.Path, path: pathlib.Path, text: str) -> list[Any]:
 
 def refuse_escaping_links(root: pathlib.Path, top: pathlib.Path) -> None:
     """A RenderError for the first symlink under `top` that resolves outside the repository
-    (repo.py already removed such links from checkouts; this holds for any directory)."""
+    (repo.py already removed such links from checkouts; this holds for any directory) or
+    that loops. A dangling link is left alone: it stands for nothing."""
     for dirpath, dirnames, filenames in os.walk(top):
         for name in sorted(dirnames + filenames):
             path = pathlib.Path(dirpath, name)
             if path.is_symlink():
                 checked(root, path, "symlink")
+                try:
+                    path.stat()
+                except OSError as e:
+                    if e.errno == errno.ELOOP:
+                        raise errors.RenderError(
+                            f"symlink {_rel(root, path)!r} is a loop (or a chain of links too "
+                            "long to follow); refused"
+                        ) from None
 
 
 def detect(app_dir: pathlib.Path) -> str:

@@ -153,7 +153,8 @@ class RepoCache:
             if (bare / "HEAD").exists():
                 self._git = pygit2.Repository(str(bare))
             else:
-                bare.mkdir(parents=True, exist_ok=True)
+                self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+                bare.mkdir(mode=0o700, exist_ok=True)
                 self._git = pygit2.init_repository(str(bare), bare=True)
             # checkouts made by earlier versions inside the data directory
             shutil.rmtree(self.root / "checkouts", ignore_errors=True)
@@ -315,7 +316,7 @@ def _export(
         path = dest / name
         rel = f"{prefix}{name}"
         if name in ("", ".", "..", ".git") or "/" in name or "\0" in name:
-            refused.append(rel)  # a hand-made tree entry that would write outside `dest`
+            refused.append(rel)  # a hand-made tree entry naming no file inside `dest`
             continue
         mode = entry.filemode
         obj = git[entry.id]

@@ -273,3 +273,23 @@ def test_checkouts_go_where_the_work_keyword_says(
     co = committer.checkout(data, work=tmp_path / "work")
     assert co.root == tmp_path / "work" / "platform" / sha
     assert stat.S_IMODE((tmp_path / "work").stat().st_mode) == 0o700
+
+
+def test_a_symlink_loop_in_a_plain_yaml_app_is_a_render_error(
+    committer: hostile.Repo, data: pathlib.Path, tools: render.Tools
+) -> None:
+    committer.write("apps/web/cm.yaml", CM % "web")
+    committer.link("apps/web/a.yaml", "b.yaml")
+    committer.link("apps/web/b.yaml", "a.yaml")
+    message = refused(committer, data, tools, "apps/web", "checkout")
+    assert "'apps/web/a.yaml' is a loop" in message
+
+
+def test_a_hand_made_tree_entry_named_dotdot_writes_nothing_outside_the_checkout(
+    committer: hostile.Repo, data: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    hostile.commit_escaping_tree(committer, "planted.yaml", CM % "planted", levels=3)
+    co = committer.checkout(data, work=tmp_path / "work")
+    assert ".." in co.refused_links
+    planted = [p for p in tmp_path.rglob("planted.yaml") if not p.is_relative_to(committer.work)]
+    assert planted == []

@@ -77,6 +77,30 @@ class Repo:
         return cache.checkout(cache.fetch())
 
 
+def commit_escaping_tree(repo: Repo, name: str, text: str, *, levels: int) -> str:
+    """Commit a tree Git's own commands would never make but a hostile server can serve:
+    `name` inside `levels` nested directories each called `..` (made with `git mktree`)."""
+    blob = subprocess.run(
+        ["git", "-C", str(repo.work), "hash-object", "-w", "--stdin"],
+        input=text, capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    entry = f"100644 blob {blob}\t{name}\n"
+    for _ in range(levels):
+        tree = subprocess.run(
+            ["git", "-C", str(repo.work), "mktree"],
+            input=entry, capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        entry = f"040000 tree {tree}\t..\n"
+    top = subprocess.run(
+        ["git", "-C", str(repo.work), "mktree"],
+        input=entry + f"100644 blob {blob}\tok.yaml\n", capture_output=True, text=True,
+        check=True,
+    ).stdout.strip()  # fmt: skip
+    commit = git(repo.work, "commit-tree", top, "-m", "hand-made tree")
+    git(repo.work, "update-ref", "refs/heads/main", commit)
+    return commit
+
+
 def chain_to(link: str, hop: str, absolute: pathlib.Path, *, hops: int = 12) -> str:
     """A target for the symlink at repo path `link` that reaches `absolute` through the
     symlink at repo path `hop` (which points at the repository root).
