@@ -57,6 +57,14 @@ class Checkout:
 
 _work_lock = threading.Lock()
 _work: tuple[int, pathlib.Path] | None = None  # (pid, directory) of this process's checkouts
+# One lock per checkout directory: two caches of one repo (a hub reloading its config, or
+# two hubs in one process) must not build the same checkout at once.
+_checkout_locks: dict[str, threading.Lock] = {}
+
+
+def _checkout_lock(path: pathlib.Path) -> threading.Lock:
+    with _work_lock:
+        return _checkout_locks.setdefault(str(path), threading.Lock())
 
 
 def process_work_dir() -> pathlib.Path:
@@ -238,7 +246,7 @@ class RepoCache:
     def checkout(self, sha: str) -> Checkout:
         """The commit's files under work/<sha> (made once, reused), with no symlink in it
         that leads outside it."""
-        with self._lock:
+        with self._lock, _checkout_lock(self.work):
             git = self._open()
             base = self.work
             if self._work_base is not None:
