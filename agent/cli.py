@@ -76,6 +76,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-empty", action="store_true", help="let an empty bundle prune everything"
     )
     apply.add_argument(
+        "--max-prune-percent",
+        type=int,
+        default=0,
+        metavar="PERCENT",
+        help="hold a prune of more than this share of the app's objects (default 50; 100: off)",
+    )
+    apply.add_argument(
+        "--allow-mass-prune",
+        action="store_true",
+        help="prune even past --max-prune-percent, this once",
+    )
+    apply.add_argument(
         "--wave-timeout", type=float, default=300.0, help="seconds a wave may take to get healthy"
     )
     apply.add_argument(
@@ -197,13 +209,16 @@ async def cmd_apply(ns: argparse.Namespace) -> int:
         self_heal=ns.self_heal,
         force_conflicts=not ns.no_force_conflicts,
         allow_empty=ns.allow_empty,
+        max_prune_percent=ns.max_prune_percent,
     )
+    allow = ns.allow_mass_prune
     client = kube.connect(ns.kubeconfig, context=ns.context)
     try:
         rec = reconcile.Reconciler(client, _options(ns))
-        result = await rec.sync(bundle, policy)
+        result = await rec.sync(bundle, policy, allow_mass_prune=allow)
         if ns.wait and not result.failed:
-            result = _merge_actions(result, await rec.wait_healthy(bundle, policy, ns.wait))
+            checked = await rec.wait_healthy(bundle, policy, ns.wait, allow_mass_prune=allow)
+            result = _merge_actions(result, checked)
     finally:
         client.close()
     assignment = types_pb2.Assignment(

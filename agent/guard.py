@@ -167,24 +167,36 @@ def key_of(obj: Mapping[str, Any]) -> manifests.Key:
     )
 
 
+def owner_uids(obj: Mapping[str, Any]) -> list[str]:
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return [str(r.get("uid") or "") for r in refs if r.get("uid")]
+
+
 def namespace_blockers(
     live: Iterable[Mapping[str, Any]],
     *,
     owned: Collection[manifests.Key],
-    owned_uids: Collection[str],
+    pruned: Sequence[Mapping[str, Any]],
+    vanished: Collection[str],
     staying: Collection[manifests.Key],
 ) -> Blockers:
-    """Sort the live objects of one namespace. `owned` are the app's inventory keys, `owned_uids`
-    the uids of the app's objects the caller knows (e.g. those it just pruned, whose dependents
-    the garbage collector has not removed yet), `staying` the app's keys that must survive.
+    """Sort the live objects of one namespace. `owned` are the app's inventory keys, `pruned`
+    the objects this prune just deleted, `vanished` the uids of owners that no longer exist
+    (their dependents are garbage the collector is about to remove), `staying` the app's keys
+    that must survive.
 
-    An object is the app's when it is listed in the inventory, is owned (ownerReferences, to any
-    depth) by an object of the app, or is a claim a StatefulSet of the app made from its
-    volumeClaimTemplates. An owner the caller could not see counts as someone else's."""
+    An object is the app's when it is listed in the inventory, or is owned (ownerReferences, to
+    any depth) by an object of the app or by one that vanished, or is a claim a StatefulSet of
+    the app made from its volumeClaimTemplates. An owner that still exists and is not the app's
+    makes its dependents someone else's."""
     objs = [o for o in live if not (o.get("metadata") or {}).get("deletionTimestamp")]
     keys = [key_of(o) for o in objs]
-    ours: set[str] = set(owned_uids)
+    ours: set[str] = set(vanished) | {str(o["metadata"].get("uid") or "") for o in pruned}
     claims: list[re.Pattern[str]] = []
+    for obj in pruned:
+        key = key_of(obj)
+        if key.kind == "StatefulSet" and key.group == "apps":
+            claims += _claim_patterns(obj)
     for obj, key in zip(objs, keys, strict=True):
         if key in owned:
             ours.add(str(obj["metadata"].get("uid") or ""))
@@ -196,10 +208,7 @@ def namespace_blockers(
         changed = False
         for obj in objs:
             uid = str(obj["metadata"].get("uid") or "")
-            if uid in ours:
-                continue
-            owners = obj["metadata"].get("ownerReferences") or []
-            if any(str(o.get("uid") or "") in ours for o in owners):
+            if uid not in ours and any(u in ours for u in owner_uids(obj)):
                 ours.add(uid)
                 changed = True
     foreign: list[manifests.Key] = []

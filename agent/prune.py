@@ -75,7 +75,7 @@ async def prune(
     results: list[st.ResourceResult] = []
     kept: list[inventory.Entry] = []
     left = set(staying)  # the app's objects that stay, so a Namespace holding them stays
-    pruned_uids: set[str] = set()
+    pruned: list[dict[str, Any]] = []  # what this prune deleted, for the Namespace check
 
     def stays(e: inventory.Entry, obj: dict[str, Any], message: str) -> None:
         left.add(e.key)
@@ -106,8 +106,12 @@ async def prune(
             if (meta.get("annotations") or {}).get(PRUNE_ANNOTATION) == "disabled":
                 stays(e, obj, f"left in place: {PRUNE_ANNOTATION}: disabled")
                 continue
+            is_namespace = not key.group and key.kind == "Namespace"
             managers = {m.get("manager") for m in meta.get("managedFields") or []}
-            if kube.FIELD_MANAGER not in managers:
+            # An object applied with nothing but its name (a bare Namespace) leaves fleetops no
+            # managed field, and `kubectl annotate` then adds someone else's: for Namespaces the
+            # check of what they hold below decides instead.
+            if managers and kube.FIELD_MANAGER not in managers and not is_namespace:
                 stays(
                     e,
                     obj,
@@ -116,7 +120,7 @@ async def prune(
                 )
                 continue
             message = "pruned"
-            if not key.group and key.kind == "Namespace":
+            if is_namespace:
                 if guard.forced(obj):
                     message = (
                         "pruned with everything inside "
@@ -124,7 +128,7 @@ async def prune(
                     )
                 else:
                     blocked = await namespace_blocked(
-                        client, key.name, owned=owned, owned_uids=pruned_uids, staying=left
+                        client, key.name, owned=owned, pruned=pruned, staying=left
                     )
                     if blocked:
                         kept.append(e)
@@ -133,7 +137,7 @@ async def prune(
                                               blocked, "kept")
                         )  # fmt: skip
                         continue
-            pruned_uids.add(str(meta.get("uid") or ""))
+            pruned.append(obj)
             await client.delete(rt, key.namespace, key.name)
             results.append(st.ResourceResult(key, e.version, st.SYNCED, None, message, "pruned"))
         except (errors.KubeError, errors.UnknownKind) as err:
@@ -151,7 +155,7 @@ async def namespace_blocked(
     namespace: str,
     *,
     owned: set[manifests.Key],
-    owned_uids: set[str],
+    pruned: list[dict[str, Any]],
     staying: set[manifests.Key],
 ) -> str:
     """Why the Namespace must not be pruned (what else it holds), or "" when it may."""
@@ -170,5 +174,39 @@ async def namespace_blocked(
                 f"{_force_hint(namespace)} to prune it with everything inside"
             )
         live += found
-    blockers = guard.namespace_blockers(live, owned=owned, owned_uids=owned_uids, staying=staying)
+    vanished = await _vanished_owners(client, namespace, live, pruned)
+    blockers = guard.namespace_blockers(
+        live, owned=owned, pruned=pruned, vanished=vanished, staying=staying
+    )
     return blockers.reason(namespace) if blockers else ""
+
+
+async def _vanished_owners(
+    client: kube.Kube,
+    namespace: str,
+    live: list[dict[str, Any]],
+    pruned: list[dict[str, Any]],
+) -> set[str]:
+    """Owners the listed objects name that no longer exist. Right after a prune the garbage
+    collector has often removed a ReplicaSet but not yet its Pods; an owner that cannot be
+    looked up counts as existing, so its dependents stay someone else's."""
+    known = {str(o["metadata"].get("uid") or "") for o in [*live, *pruned]}
+    refs: dict[str, dict[str, Any]] = {}
+    for obj in live:
+        for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+            uid = str(ref.get("uid") or "")
+            if uid and uid not in known:
+                refs[uid] = ref
+
+    async def gone(uid: str, ref: dict[str, Any]) -> bool:
+        try:
+            rt = await client.resource_type(str(ref["apiVersion"]), str(ref["kind"]))
+            owner = await client.get(rt, namespace if rt.namespaced else "", str(ref["name"]))
+        except errors.UnknownKind:
+            return True  # its kind is gone (CRD deleted), and so is every object of it
+        except (errors.KubeError, KeyError):
+            return False
+        return owner is None or str(owner["metadata"].get("uid") or "") != uid
+
+    answers = await asyncio.gather(*(gone(uid, ref) for uid, ref in refs.items()))
+    return {uid for uid, vanished in zip(refs, answers, strict=True) if vanished}

@@ -8,6 +8,11 @@ Secrets), do anything namespaced inside the namespaces it is given (a RoleBindin
 `fleetops-agent-apply` in each), and keep its inventory and identity in its own namespace.
 Cluster-scoped objects (Namespaces, CRDs, ClusterRoles) need `cluster_admin`, an explicit
 opt-in that binds `cluster-admin` instead.
+
+Every Namespace it creates carries a Pod Security level: `restricted` for the agent's own
+namespace (only the agent runs there), and for the app namespaces of `namespaces` the level
+`pod_security` (default `baseline`: what most off-the-shelf charts run under), with `warn` and
+`audit` at `restricted` so a user sees what would have to change to tighten it.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ IDENTITY_SECRET = "fleetops-agent-identity"
 APPLY_ROLE = "fleetops-agent-apply"
 DEFAULT_IMAGE = f"ghcr.io/fleetops/fleetops:{hub.__version__}"
 LABELS = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/part-of": "fleetops"}
+POD_SECURITY = "pod-security.kubernetes.io"
+POD_SECURITY_LEVELS = ("privileged", "baseline", "restricted")
+DEFAULT_POD_SECURITY = "baseline"  # for app namespaces; the agent's own is always restricted
 
 _READ = ["get", "list", "watch"]
 # What health, drift and ordering read: workloads and what they roll up, CRDs for the
@@ -74,12 +82,28 @@ def _meta(name: str, namespace: str = "") -> dict[str, Any]:
     return meta
 
 
+def _namespace(name: str, enforce: str) -> dict[str, Any]:
+    meta = _meta(name)
+    meta["labels"][f"{POD_SECURITY}/enforce"] = enforce
+    if name != NAMESPACE:  # the agent's own is restricted already: nothing more to warn about
+        meta["labels"][f"{POD_SECURITY}/warn"] = "restricted"
+        meta["labels"][f"{POD_SECURITY}/audit"] = "restricted"
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": meta}
+
+
 def _subject() -> list[dict[str, str]]:
     return [{"kind": "ServiceAccount", "name": NAME, "namespace": NAMESPACE}]
 
 
-def check_scope(namespaces: list[str], cluster_admin: bool) -> None:
+def check_scope(
+    namespaces: list[str], cluster_admin: bool, *, pod_security: str = DEFAULT_POD_SECURITY
+) -> None:
     """Where the agent may deploy must be said, and said right, before a token is spent."""
+    if pod_security not in POD_SECURITY_LEVELS:
+        raise errors.InvalidArgument(
+            f"--pod-security: {pod_security!r} is not a Pod Security level; use one of "
+            f"{', '.join(POD_SECURITY_LEVELS)} (default {DEFAULT_POD_SECURITY})"
+        )
     if not cluster_admin and not namespaces:
         raise errors.InvalidArgument(
             "the agent needs somewhere to deploy: pass --namespaces a,b (least privilege) or "
@@ -104,11 +128,13 @@ def agent_objects(
     namespaces: list[str],
     cluster_admin: bool,
     image: str = DEFAULT_IMAGE,
+    pod_security: str = DEFAULT_POD_SECURITY,
 ) -> list[dict[str, Any]]:
-    """Everything one cluster needs to run an agent, in apply order."""
-    check_scope(namespaces, cluster_admin)
+    """Everything one cluster needs to run an agent, in apply order. `pod_security` is the
+    Pod Security level enforced in the app namespaces it creates."""
+    check_scope(namespaces, cluster_admin, pod_security=pod_security)
     objs: list[dict[str, Any]] = [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": _meta(NAMESPACE)},
+        _namespace(NAMESPACE, "restricted"),
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(NAME, NAMESPACE)},
         {
             "apiVersion": "v1",
@@ -188,7 +214,7 @@ def agent_objects(
             }
         )
         for ns in namespaces:
-            objs.append({"apiVersion": "v1", "kind": "Namespace", "metadata": _meta(ns)})
+            objs.append(_namespace(ns, pod_security))
             objs.append(
                 {
                     "apiVersion": "rbac.authorization.k8s.io/v1",

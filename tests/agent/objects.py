@@ -7,8 +7,10 @@ from typing import Any
 from proto.fleetops.v1 import types_pb2
 
 
-def policy(**kw: bool) -> types_pb2.SyncPolicy:
-    base = {"auto": True, "prune": True, "self_heal": False, "force_conflicts": True}
+def policy(**kw: bool | int) -> types_pb2.SyncPolicy:
+    base: dict[str, bool | int] = {
+        "auto": True, "prune": True, "self_heal": False, "force_conflicts": True
+    }  # fmt: skip
     base.update(kw)
     return types_pb2.SyncPolicy(**base)
 
