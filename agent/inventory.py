@@ -4,6 +4,8 @@ One ConfigMap per app (`fleetops-inventory-<app>` in the agent's namespace) list
 the agent applied, so a new agent pod, or one whose local disk is gone, still knows what it
 owns. Prune deletes only objects listed here. The inventory holds identities (group, kind,
 namespace, name, version), never object content, so no Secret data is ever copied into it.
+Only the agent writes inventories: an app's bundle may not touch the agent's namespace nor
+anything marked `fleetops.io/inventory` (`agent.guard`).
 """
 
 from __future__ import annotations

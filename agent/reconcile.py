@@ -251,7 +251,7 @@ class Reconciler:
         digest = bundles.digest(bundle)
         previous = await self.inventories.load(bundle.app)
         plan = await self._prepare(bundle)
-        if self._settled(previous, digest, plan):
+        if self._settled(previous, digest, plan, policy, allow_mass_prune):
             return await self._heal(
                 bundle, policy, digest=digest, force_heal=explicit, previous=previous,
                 allow_mass_prune=allow_mass_prune,
@@ -262,13 +262,27 @@ class Reconciler:
         )  # fmt: skip
 
     @staticmethod
-    def _settled(previous: inventory.Inventory | None, digest: str, plan: _Plan) -> bool:
-        """The cluster got this exact bundle completely, and holds nothing it should prune."""
+    def _settled(
+        previous: inventory.Inventory | None,
+        digest: str,
+        plan: _Plan,
+        policy: types_pb2.SyncPolicy,
+        allow_mass_prune: bool,
+    ) -> bool:
+        """The cluster got this exact bundle completely, and holds nothing this sync would
+        prune: what is left over stays because prune is off, the bundle is empty, or the prune
+        is held. Re-applying would write the same objects again and prune nothing."""
+        if previous is None or previous.bundle_digest != digest or plan.failures:
+            return False
+        wanted = {p.key for p in plan.prepared}
+        if not wanted <= previous.keys():
+            return False
+        leftovers = [e for e in previous.entries if e.key not in wanted]
         return (
-            previous is not None
-            and previous.bundle_digest == digest
-            and not plan.failures
-            and previous.keys() == {p.key for p in plan.prepared}
+            not leftovers
+            or not policy.prune
+            or (not plan.prepared and not policy.allow_empty)
+            or _hold(previous, leftovers, policy, allow_mass_prune) is not None
         )
 
     async def _apply_bundle(

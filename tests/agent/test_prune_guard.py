@@ -193,9 +193,11 @@ async def test_a_held_prune_waits_for_the_allowance_then_prunes(
     await reconciler.sync(make_bundle(namespace(ns), *before), policy())
     bundle = make_bundle(namespace(ns), *after, revision="r2")
     await reconciler.sync(bundle, policy())
-    # the agent's loop comes back on every resync: the hold stands
+    # the agent's loop comes back on every resync: the hold stands, and nothing is rewritten
+    writes = cluster.writes()
     again = await reconciler.reconcile(bundle, policy())
     assert again.prune_held and len(await names(cluster, ns)) == 10
+    assert cluster.writes() == writes, f"a held resync wrote: {cluster.requests}"
 
     allowed = await reconciler.reconcile(bundle, policy(), allow_mass_prune=True)
 
