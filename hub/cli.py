@@ -487,7 +487,11 @@ def _status(snap: fleet_pb2.Snapshot, output: str) -> int:
     rows = status_rows(snap)
     if output == "json":
         repos = [{"name": r.name, "revision": r.revision, "error": r.error} for r in snap.repos]
-        print(json.dumps({"statuses": rows, "repos": repos}, indent=2))
+        tasks = [
+            {"name": t.name, "running": t.running, "restarts": t.restarts, "error": t.last_error}
+            for t in snap.tasks
+        ]
+        print(json.dumps({"statuses": rows, "repos": repos, "tasks": tasks}, indent=2))
         return 0
     header = ("CLUSTER", "APP", "DESIRED", "APPLIED", "SYNC", "HEALTH", "REASON")
     table = [header] + [
@@ -514,6 +518,10 @@ def _status(snap: fleet_pb2.Snapshot, output: str) -> int:
     for r in snap.repos:
         if r.error:
             print(plain(f"repo {r.name}: {r.error}"))
+    for t in snap.tasks:
+        if t.restarts or not t.running:
+            state = "running" if t.running else "waiting to restart"
+            print(plain(f"hub task {t.name}: {state}, {t.restarts} restarts; last: {t.last_error}"))
     return 0
 
 

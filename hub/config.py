@@ -40,8 +40,8 @@ def label_problem(key: str, value: str) -> str:
     return ""
 
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,12 +107,24 @@ class App:
 
 
 @dataclasses.dataclass(frozen=True)
+class Retention:
+    """How much history the hub keeps: events older than `events` seconds go, and so do
+    the oldest beyond `events_per_app` for any app; renders and bundles nothing refers to any
+    more go, except those of the newest `revisions` revisions of each repo (quick rollback)."""
+
+    events: float = 90 * 86400.0
+    events_per_app: int = 10_000
+    revisions: int = 20
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     file: str
     repos: tuple[Repo, ...] = ()
     clusters: tuple[ClusterDef, ...] = ()
     cluster_groups: tuple[ClusterGroup, ...] = ()
     apps: tuple[App, ...] = ()
+    retention: Retention = dataclasses.field(default_factory=Retention)
 
     def repo(self, name: str) -> Repo:
         return next(r for r in self.repos if r.name == name)
@@ -191,13 +203,21 @@ class _Reader:
             raise self.fail(f"{path}.{key}", "expected true or false")
         return value
 
+    def count(self, m: Mapping[str, Any], key: str, path: str, default: int) -> int:
+        value = m.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise self.fail(f"{path}.{key}", f"{value!r}: expected a whole number, at least 1")
+        return value
+
     def duration(self, m: Mapping[str, Any], key: str, path: str, default: float) -> float:
         value = m.get(key)
         if value is None:
             return default
         match = _DURATION.match(str(value).strip())
         if not match:
-            raise self.fail(f"{path}.{key}", f"{value!r} is not a duration; use e.g. 15s, 2m or 1h")
+            raise self.fail(
+                f"{path}.{key}", f"{value!r} is not a duration; use e.g. 15s, 2m, 1h or 30d"
+            )
         seconds = float(match.group(1)) * _UNITS[match.group(2)]
         if seconds < 1:
             raise self.fail(f"{path}.{key}", "must be at least 1s")
@@ -264,7 +284,13 @@ def parse(text: str, *, file: str) -> Config:
         mark = e.problem_mark
         where = f"line {mark.line + 1}" if mark else "?"
         raise r.fail("", f"invalid YAML at {where}: {e.problem}") from None
-    root = r.mapping(doc, "", ("repos", "clusters", "clusterGroups", "apps"))
+    root = r.mapping(doc, "", ("repos", "clusters", "clusterGroups", "apps", "retention"))
+    rm = r.mapping(root.get("retention"), "retention", ("events", "eventsPerApp", "revisions"))
+    retention = Retention(
+        events=r.duration(rm, "events", "retention", Retention.events),
+        events_per_app=r.count(rm, "eventsPerApp", "retention", Retention.events_per_app),
+        revisions=r.count(rm, "revisions", "retention", Retention.revisions),
+    )
 
     repos: list[Repo] = []
     for i, item in enumerate(r.items(root.get("repos"), "repos")):
@@ -389,7 +415,7 @@ def parse(text: str, *, file: str) -> Config:
         for d in a.depends_on:
             if d not in app_names:
                 raise r.fail(f"apps[{i}].dependsOn", f"unknown app {d!r}")
-    return Config(file, tuple(repos), tuple(clusters), tuple(groups), tuple(apps))
+    return Config(file, tuple(repos), tuple(clusters), tuple(groups), tuple(apps), retention)
 
 
 def _target(r: _Reader, item: Any, p: str, groups: list[str]) -> Target:

@@ -306,8 +306,11 @@ class Hub:
             )
             if render.detect(checkout.root / app.path) == "kustomize" or target.kustomize_dir:
                 build = checkout.root / app.path / target.kustomize_dir
-                refs = render.check_kustomize_refs(
-                    checkout.root.resolve(), build.resolve(), checkout.refused_links
+                refs = await asyncio.to_thread(
+                    render.check_kustomize_refs,
+                    checkout.root.resolve(),
+                    build.resolve(),
+                    checkout.refused_links,
                 )
                 root = checkout.root.resolve()
                 self._extra_paths[(app.name, target.name)] = sorted(

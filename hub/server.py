@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
+import functools
 import logging
 import pathlib
 import threading
 import time
+from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -33,6 +35,7 @@ from hub import (
     services,
     store,
 )
+from proto import supervise
 from proto.fleetops.v1 import agent_pb2_grpc, fleet_pb2_grpc
 
 log = logging.getLogger("fleetops.hub")
@@ -49,15 +52,13 @@ class Running:
     _server: grpc.aio.Server
     _http: http.Server
     _stop: asyncio.Event
-    _tasks: list[asyncio.Task[None]]
+    _supervisor: supervise.Supervisor
 
     async def stop(self) -> None:
         self._stop.set()
         await self._server.stop(grace=1)
         await self._http.stop()
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._supervisor.stop()
         await self.hub.flush_reports()
         self.hub.db.close()
 
@@ -106,6 +107,8 @@ async def start(
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.max_concurrent_streams", 100_000),
+            ("grpc.max_send_message_length", core.MAX_MESSAGE),
+            ("grpc.max_receive_message_length", core.MAX_MESSAGE),
         ],
     )
     agents = agent_service.AgentService(hub, authority, cert_lifetime=cert_lifetime)
@@ -131,24 +134,18 @@ async def start(
     bound_http = await web.start(http_host, http_port)
 
     stop = asyncio.Event()
-    tasks: list[asyncio.Task[None]] = []
-    pollers: dict[str, asyncio.Task[None]] = {}
+    supervisor = supervise.Supervisor(stop)
+    hub.supervisor = supervisor
 
-    def ensure_pollers() -> None:
+    def ensure_pollers() -> None:  # a repo added to hub.yaml gets its poller
         for spec in hub.cfg.repos:
-            task = pollers.get(spec.name)
-            if task is None or task.done():
-                pollers[spec.name] = asyncio.create_task(
-                    _guard(f"poller {spec.name}", hub.poll(spec.name, stop))
-                )
-                tasks.append(pollers[spec.name])
+            supervisor.start(f"poller {spec.name}", functools.partial(hub.poll, spec.name, stop))
 
     ensure_pollers()
-    tasks.append(
-        asyncio.create_task(
-            _guard("config watcher", _watch_config(hub, config_path, stop, ensure_pollers))
-        )
+    supervisor.start(
+        "config watcher", functools.partial(_watch_config, hub, config_path, stop, ensure_pollers)
     )
+    supervisor.start("retention", functools.partial(hub.retain, stop))
     log.info(
         "hub serving gRPC on port %d (agents: %d), HTTP on port %d, data in %s",
         port,
@@ -156,7 +153,9 @@ async def start(
         bound_http,
         data,
     )
-    return Running(hub, port, agent_port, bound_http, authority, tokens, server, web, stop, tasks)
+    return Running(
+        hub, port, agent_port, bound_http, authority, tokens, server, web, stop, supervisor
+    )
 
 
 class _Serving:
@@ -204,17 +203,8 @@ class _Serving:
         )
 
 
-async def _guard(name: str, coro: object) -> None:
-    try:
-        await coro  # type: ignore[misc]
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("%s stopped on an error", name)
-
-
 async def _watch_config(
-    hub: core.Hub, path: pathlib.Path, stop: asyncio.Event, ensure_pollers: object
+    hub: core.Hub, path: pathlib.Path, stop: asyncio.Event, ensure_pollers: Callable[[], None]
 ) -> None:
     def mtime() -> float:
         try:
@@ -240,4 +230,4 @@ async def _watch_config(
             continue
         log.info("hub.yaml reloaded")
         await hub.apply_config(cfg)
-        ensure_pollers()  # type: ignore[operator]
+        ensure_pollers()

@@ -61,6 +61,8 @@ class FleetApp(App[None]):
                     self.fleet.apply(change)
                     self._tell(messages.FleetChanged())
                 reason = "the hub closed the stream"
+            except hubclient.HubSilentError as e:
+                reason = str(e)
             except grpc.aio.AioRpcError as e:
                 reason = f"{e.code().name}: {e.details()}"
                 if e.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):

@@ -7,6 +7,7 @@ It never logs the token.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import pathlib
@@ -56,13 +57,19 @@ class Credentials:
         return cls(hub, ca_pem, token)
 
 
+SILENCE = 30.0  # seconds without a change or a heartbeat after which the hub counts as lost
+
+
+class HubSilentError(Exception):
+    """The watch stream stayed silent past SILENCE: the hub (or the path to it) is gone."""
+
+
 class HubClient:
-    def __init__(self, creds: Credentials, *, actor: str = "") -> None:
+    def __init__(self, creds: Credentials, *, silence: float = SILENCE) -> None:
         self.creds = creds
-        self._meta = (
-            ("authorization", f"Bearer {creds.token}"),
-            ("x-fleetops-actor", actor or os.environ.get("USER", "operator")),
-        )
+        self.silence = silence
+        # who acts is the token's name, on the hub's side: nothing to say about ourselves
+        self._meta = (("authorization", f"Bearer {creds.token}"),)
         self._channel: grpc.aio.Channel | None = None
 
     @property
@@ -71,6 +78,7 @@ class HubClient:
             self._channel = grpc.aio.secure_channel(
                 self.creds.address,
                 grpc.ssl_channel_credentials(root_certificates=self.creds.ca_pem),
+                options=[("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 10_000)],
             )
         return fleet_pb2_grpc.FleetServiceStub(self._channel)
 
@@ -80,9 +88,20 @@ class HubClient:
             self._channel = None
 
     async def watch(self) -> AsyncIterator[fleet_pb2.FleetChange]:
+        """Every change; the hub sends an empty one (a heartbeat) when it has been quiet, so
+        silence past `self.silence` means the hub is lost, even on a black-holed connection."""
         call = self.stub.Watch(fleet_pb2.WatchRequest(), metadata=self._meta)
-        async for change in call:
-            yield change
+        try:
+            while True:
+                try:
+                    change = await asyncio.wait_for(call.read(), self.silence)
+                except TimeoutError:
+                    raise HubSilentError(f"no word from the hub for {self.silence:.0f} s") from None
+                if not isinstance(change, fleet_pb2.FleetChange):  # grpc.aio.EOF: stream over
+                    return
+                yield change
+        finally:
+            call.cancel()
 
     async def snapshot(self) -> fleet_pb2.Snapshot:
         return await self.stub.GetSnapshot(

@@ -43,7 +43,7 @@ class BusyHubClient(tui_client.HubClient):
     """A fake hub: a big fleet and a steady stream of changes."""
 
     def __init__(self, clusters: int, apps: int, rate: float) -> None:
-        super().__init__(tui_client.Credentials("fake:0", b"", "fake"), actor="bench")
+        super().__init__(tui_client.Credentials("fake:0", b"", "fake"))
         self.n_clusters, self.n_apps, self.rate = clusters, apps, rate
         self.sent = 0
         self.flowing = asyncio.Event()  # the baseline measures with the feed held

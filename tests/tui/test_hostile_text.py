@@ -132,7 +132,7 @@ class HostileHubClient(tui_client.HubClient):
     `history_error` makes the history fail with it."""
 
     def __init__(self, *, lose_with: str = "", history_error: str = "") -> None:
-        super().__init__(tui_client.Credentials("fake:0", b"", "fake"), actor="hostile-test")
+        super().__init__(tui_client.Credentials("fake:0", b"", "fake"))
         self.lose_with = lose_with
         self.history_error = history_error
         self.watches = 0

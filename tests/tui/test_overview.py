@@ -104,7 +104,7 @@ async def hub(tmp_path: pathlib.Path) -> AsyncIterator[server.Running]:
 
 def client_for(hub: server.Running, role: str = "operator") -> tui_client.HubClient:
     creds = tui_client.Credentials(f"127.0.0.1:{hub.grpc_port}", hub.ca.cert_pem, hub.tokens[role])
-    return tui_client.HubClient(creds, actor="tui-test")
+    return tui_client.HubClient(creds)
 
 
 async def until(pilot: object, what: str, check: Callable[[], bool], within: float = 15.0) -> None:

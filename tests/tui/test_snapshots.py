@@ -117,7 +117,7 @@ class FakeHubClient(tui_client.HubClient):
     """A fake: serves one fixed snapshot and accepts actions without a hub."""
 
     def __init__(self) -> None:
-        super().__init__(tui_client.Credentials("fake:0", b"", "fake-token"), actor="snapshot-test")
+        super().__init__(tui_client.Credentials("fake:0", b"", "fake-token"))
 
     async def watch(self) -> AsyncIterator[fleet_pb2.FleetChange]:
         yield fleet_pb2.FleetChange(version=7, snapshot=fleet_snapshot())

@@ -1,0 +1,75 @@
+"""The TUI tells a quiet hub from a lost one: the hub's Watch stream sends heartbeats when
+nothing changes, and the client gives up after a silence (a real in-process hub)."""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import AsyncIterator
+
+import pytest
+import yaml
+
+from hub import fleet_service, render, server
+from tests.e2e import fleet
+from tui import client as tui_client
+
+
+@pytest.fixture
+async def hub(tmp_path: pathlib.Path) -> AsyncIterator[server.Running]:
+    repo = fleet.Repo.create(tmp_path / "git")
+    repo.write(
+        "apps/web/cm.yaml", {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "web"}}
+    )
+    repo.commit("first")
+    cfg = tmp_path / "hub.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "repos": [{"name": "platform", "url": repo.url, "pollInterval": "1h"}],
+        "apps": [{"name": "web", "repo": "platform", "path": "apps/web", "namespace": "web"}],
+    }))  # fmt: skip
+    running = await server.start(
+        config_path=cfg, data=tmp_path / "data", listen="127.0.0.1:0",
+        agent_listen="127.0.0.1:0", http_listen="127.0.0.1:0", tools=render.Tools(),
+    )  # fmt: skip
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
+def client(hub: server.Running, silence: float) -> tui_client.HubClient:
+    creds = tui_client.Credentials(
+        f"127.0.0.1:{hub.grpc_port}", hub.ca.cert_pem, hub.tokens["readonly"]
+    )
+    return tui_client.HubClient(creds, silence=silence)
+
+
+async def test_a_quiet_hub_keeps_the_stream_alive_with_heartbeats(
+    hub: server.Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fleet_service, "HEARTBEAT", 0.2)
+    c = client(hub, silence=1.0)
+    kinds = []
+    try:
+        async for change in c.watch():
+            kinds.append(change.WhichOneof("change"))
+            if kinds.count(None) == 4:
+                break
+    finally:
+        await c.close()
+    assert kinds[0] == "snapshot"  # then heartbeats (no change), and perhaps the first fetch
+    assert set(kinds[1:]) <= {None, "repo", "app", "event"}
+
+
+async def test_silence_past_the_limit_counts_as_a_lost_hub(
+    hub: server.Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fleet_service, "HEARTBEAT", 60.0)  # a hub that went silent
+    c = client(hub, silence=0.5)
+    seen = []
+    try:
+        with pytest.raises(tui_client.HubSilentError, match="no word from the hub for 0 s|for 1 s"):
+            async for change in c.watch():
+                seen.append(change.WhichOneof("change"))
+    finally:
+        await c.close()
+    assert seen[0] == "snapshot" and None not in seen  # no heartbeat came, and it noticed
