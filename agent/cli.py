@@ -249,6 +249,9 @@ def _merge_actions(applied: st.AppResult, checked: st.AppResult) -> st.AppResult
         bundle_digest=applied.bundle_digest,
         results=merged,
         applied_at=applied.applied_at,
+        reason=applied.reason if applied.prune_held else "",
+        sync=applied.sync if applied.prune_held else None,
+        prune_held=applied.prune_held,
     )
 
 
@@ -396,6 +399,7 @@ def result_json(result: st.AppResult) -> dict[str, Any]:
         "health": health.name(result.health),
         "reason": result.reason,
         "healed": result.healed,
+        "pruneHeld": result.prune_held,
         "resources": [
             {
                 "group": r.key.group,

@@ -165,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the hub's address as the agent sees it (default: --hub)",
     )
     add.add_argument("--image", default=install.DEFAULT_IMAGE, help="the agent's image")
+    add.add_argument(
+        "--pod-security",
+        default=install.DEFAULT_POD_SECURITY,
+        choices=install.POD_SECURITY_LEVELS,
+        help="Pod Security level enforced in the --namespaces it creates (default baseline, "
+        "warn and audit restricted; fleetops-system is always restricted)",
+    )
     add.add_argument("--ttl", default="24h", help="how long the token may wait to be used")
     client_args(add)
     rm = cls.add_parser(
@@ -428,7 +435,7 @@ def _labels(text: str) -> dict[str, str]:
 def _cluster_add(stub: fleet_pb2_grpc.FleetServiceStub, meta: Any, ns: argparse.Namespace) -> int:
     labels = _labels(ns.labels)
     namespaces = [n.strip() for n in ns.namespaces.split(",") if n.strip()]
-    install.check_scope(namespaces, ns.cluster_admin)  # before a token is spent
+    install.check_scope(namespaces, ns.cluster_admin, pod_security=ns.pod_security)
     resp = stub.CreateToken(
         fleet_pb2.CreateTokenRequest(cluster=ns.name, ttl_seconds=_duration(ns.ttl), labels=labels),
         metadata=meta,
@@ -440,6 +447,7 @@ def _cluster_add(stub: fleet_pb2_grpc.FleetServiceStub, meta: Any, ns: argparse.
         namespaces=namespaces,
         cluster_admin=ns.cluster_admin,
         image=ns.image,
+        pod_security=ns.pod_security,
     )
     until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(resp.expires_at.seconds))
     scope = "cluster-admin" if ns.cluster_admin else "namespaces " + ", ".join(namespaces)
