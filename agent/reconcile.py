@@ -117,7 +117,7 @@ class Reconciler:
         return plan
 
     async def _prepare_uncached(self, bundle: types_pb2.Bundle) -> _Plan:
-        parsed = manifests.parse_bundle(bundle)
+        parsed = await asyncio.to_thread(manifests.parse_bundle, bundle)  # off the event loop
         failures = [
             st.ResourceResult(
                 key=manifests.Key(

@@ -27,6 +27,8 @@ from proto.fleetops.v1 import agent_pb2, fleet_pb2, types_pb2
 
 log = logging.getLogger("fleetops.hub")
 CHUNK = 1024 * 1024
+RENDER_SLOTS = 2  # concurrent helm/kustomize processes (each may use a core)
+PRERENDER_WAIT = 2.0  # seconds planning waits for renders before going on without the slow ones
 INLINE_LIMIT = 256 * 1024  # a bundle this small may travel inside an assignment
 INLINE_BUDGET = 1024 * 1024  # all inline bundles of one Assignments message together
 MAX_MESSAGE = 16 * 1024 * 1024  # gRPC message limit, set explicitly on hub and agent channels
@@ -76,7 +78,11 @@ class Hub:
         self.version = 0
         self.config_error = ""
         self._plan_lock = asyncio.Lock()
-        self._render_lock = asyncio.Lock()
+        # renders run outside the planning lock, at most RENDER_SLOTS at once, each key once
+        self._render_slots = asyncio.Semaphore(RENDER_SLOTS)
+        self._rendering: dict[tuple[str, str, str, str], asyncio.Future[RenderResult]] = {}
+        self._fleet_lock = asyncio.Lock()
+        self._late_replan: asyncio.Future[None] | None = None
         self._fetch_now: dict[str, asyncio.Event] = {}
         self._sync_requests: set[tuple[str, str]] = set()
         # working set, loaded from the store at start
@@ -260,12 +266,16 @@ class Hub:
         known = self.renders.get(rkey)
         if known is not None:
             return known
-        async with self._render_lock:
-            known = self.renders.get(rkey)
-            if known is not None:
-                return known
-            result = await self._render(app, target, revision)
+        running = self._rendering.get(rkey)
+        if running is not None:  # someone is rendering it: share the result
+            return await asyncio.shield(running)
+        future: asyncio.Future[RenderResult] = asyncio.get_running_loop().create_future()
+        self._rendering[rkey] = future
+        try:
+            async with self._render_slots:
+                result = await self._render(app, target, revision)
             self.renders[rkey] = result
+            future.set_result(result)
             await self.db.run(
                 self.db.upsert,
                 "renders",
@@ -281,6 +291,54 @@ class Hub:
                 ("app", "target", "revision"),
             )
             return result
+        except BaseException as e:
+            if isinstance(e, asyncio.CancelledError):
+                future.cancel()
+            elif not future.done():
+                future.set_exception(e)
+                future.exception()  # retrieved: waiters see it, nobody else must
+            raise
+        finally:
+            self._rendering.pop(rkey, None)
+
+    async def _prerender(self, heads: dict[str, str], scope: list[str]) -> None:
+        """Render every (app, target) the clusters in `scope` use at their repo's head,
+        concurrently and outside the planning lock: a slow helm template then delays only
+        the apps that need it, never an agent's connect or an operator's action."""
+        wanted: dict[tuple[str, str], tuple[config.App, config.Target, str]] = {}
+        for configured in self.cfg.apps:
+            app = self.effective(configured)
+            head = heads.get(app.repo, "")
+            if not head or app.name in self.paused or app.name in self.fleet_errors:
+                continue
+            for cluster in scope:
+                target = self.target_of(app, cluster)
+                if target is not None:
+                    wanted.setdefault((app.name, target.name), (app, target, head))
+        if not wanted:
+            return
+        renders = [
+            asyncio.ensure_future(self.bundle_for(a, t, rev)) for a, t, rev in wanted.values()
+        ]
+        _, late = await asyncio.wait(renders, timeout=PRERENDER_WAIT)
+        for task in late:  # planned without them; a pass follows when they are done
+            task.add_done_callback(self._render_landed)
+        for task in renders:
+            task.add_done_callback(_consume)
+
+    def _render_landed(self, task: asyncio.Future[RenderResult]) -> None:
+        if task.cancelled() or self._late_replan is not None:
+            return
+
+        async def again() -> None:
+            try:
+                await self.replan()
+            except Exception:
+                log.exception("planning after a late render failed")
+            finally:
+                self._late_replan = None
+
+        self._late_replan = asyncio.ensure_future(again())
 
     async def _render(self, app: config.App, target: config.Target, revision: str) -> RenderResult:
         cache = self.repos.get(app.repo)
@@ -412,16 +470,19 @@ class Hub:
         """Recompute assignments (for every cluster, or just `clusters`), write the changed
         ones in one transaction, record events, and push each changed cluster its set.
         Returns the clusters that were pushed."""
-        async with self._plan_lock:
-            started = time.perf_counter()
-            # one consistent view of Git for the whole pass: a fetch landing meanwhile
-            # triggers its own pass
-            heads = dict(self.heads)
+        started = time.perf_counter()
+        # one consistent view of Git for the whole pass: a fetch landing meanwhile triggers
+        # its own pass
+        heads = dict(self.heads)
+        async with self._fleet_lock:
             await self._read_fleet_yamls(heads)
-            if clusters is None:
-                scope = sorted(self.clusters)
-            else:  # one connecting agent must not cost a pass over the whole fleet
-                scope = sorted(c for c in set(clusters) if c in self.clusters)
+        if clusters is None:
+            scope = sorted(self.clusters)
+        else:  # one connecting agent must not cost a pass over the whole fleet
+            scope = sorted(c for c in set(clusters) if c in self.clusters)
+        await self._prerender(heads, scope)
+        async with self._plan_lock:
+            scope = [c for c in scope if c in self.clusters]  # removed meanwhile
             changed: set[str] = set()
             rows: list[dict[str, Any]] = []
             events: list[dict[str, Any]] = []
@@ -528,6 +589,9 @@ class Hub:
             return None
         if paused and cur is not None:
             wanted = plan.Wanted(cur["revision"], "hold")
+        rkey = (app.name, target.name, wanted.revision, _overrides_hash(app, target))
+        if rkey not in self.renders and rkey in self._rendering:
+            return None  # still rendering: keep what runs, the render's end plans again
         result = await self.bundle_for(app, target, wanted.revision)
         if result.error:
             return None  # the cluster keeps what it has; the error shows on the target
@@ -1198,6 +1262,12 @@ class Hub:
 
 
 MAX_FACTS = 32
+
+
+def _consume(task: asyncio.Future[RenderResult]) -> None:
+    """Errors of a background render are recorded as its result; never 'never retrieved'."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _name(t: supervise.TaskState) -> str:
