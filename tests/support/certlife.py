@@ -70,6 +70,7 @@ async def fleet_hub(
 ) -> AsyncIterator[FleetHub]:
     """A hub on 127.0.0.1:0 ports. With `with_app`, one plain-YAML app for every cluster (so
     each registered cluster is assigned a bundle it may download)."""
+    root.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (set-up, nothing runs yet)
     cfg: dict[str, object] = {"repos": [], "apps": []}
     if with_app:
         repo = fleet.Repo.create(root / "git")
