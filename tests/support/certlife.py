@@ -27,6 +27,8 @@ from tests.support import rawagent
 class FleetHub:
     running: server.Running
     data: pathlib.Path
+    config_path: pathlib.Path
+    cert_lifetime: datetime.timedelta
 
     @property
     def address(self) -> str:
@@ -41,6 +43,19 @@ class FleetHub:
     @property
     def ca_pem(self) -> bytes:
         return self.running.ca.cert_pem
+
+    async def restart(self) -> None:
+        """Stop the hub and start it again on the same data directory and ports."""
+        grpc_port, agent_port = self.running.grpc_port, self.running.agent_port
+        await self.running.stop()
+        self.running = await server.start(
+            config_path=self.config_path,
+            data=self.data,
+            listen=f"127.0.0.1:{grpc_port}",
+            agent_listen=f"127.0.0.1:{agent_port}",
+            http_listen="127.0.0.1:0",
+            cert_lifetime=self.cert_lifetime,
+        )
 
     async def token(self, cluster: str) -> str:
         return await rawagent.registration_token(
@@ -94,10 +109,11 @@ async def fleet_hub(
         http_listen="127.0.0.1:0",
         cert_lifetime=cert_lifetime,
     )
+    hub = FleetHub(running, data, config_path, cert_lifetime)
     try:
-        yield FleetHub(running, data)
+        yield hub
     finally:
-        await running.stop()
+        await hub.running.stop()
 
 
 class StepClock:
