@@ -5,7 +5,9 @@ AgentError
 ├── KubeError            the kube-apiserver refused or failed a request
 │   ├── NotFound         the object (or its kind) does not exist
 │   ├── Conflict         server-side apply conflicted with another field manager
-│   └── Invalid          the server rejected the object (validation, unknown field)
+│   ├── Invalid          the server rejected the object (validation, unknown field)
+│   ├── Forbidden        RBAC denied the agent this verb on this resource (HTTP 403)
+│   └── Unreachable      no answer: refused, reset, TLS failed, or no reply within the timeout
 ├── UnknownKind          the cluster serves no such apiVersion/kind (CRD missing?)
 └── StateError           the agent's local state directory is unreadable or corrupt
 """
@@ -50,6 +52,26 @@ class Conflict(KubeError):
 
 class Invalid(KubeError):
     pass
+
+
+class Forbidden(KubeError):
+    """The agent's credentials may not do this. `namespace` is where the request went ("" for
+    cluster scope), `resource` the plural it named (e.g. `configmaps`, `namespaces`)."""
+
+    def __init__(self, message: str, *, namespace: str, resource: str, verb: str) -> None:
+        super().__init__(message, status=403, reason="Forbidden")
+        self.namespace = namespace
+        self.resource = resource
+        self.verb = verb
+
+
+class Unreachable(KubeError):
+    """The request got no answer from the API server; the message names the server and why
+    (e.g. "cannot reach the Kubernetes API server at https://10.0.0.1:6443: connection
+    refused"). Worth retrying with backoff: nothing about the object is wrong."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status=0, reason="Unreachable")
 
 
 class UnknownKind(AgentError):

@@ -6,6 +6,13 @@ the reconciler never sees a client model. Blocking calls run on a dedicated thre
 many requests are in flight at once; every method here is async. It counts the requests it
 sends by verb, so tests and benchmarks can prove that a no-op resync writes nothing.
 
+Every request has a deadline: a connect timeout (TCP and TLS) and a read timeout, and at most
+a couple of immediate reconnects, never a retried read; so an API server that is down or that
+accepts and never answers costs one timeout, not a hung thread. Whatever the transport raises
+(urllib3's MaxRetryError, a reset, a TLS failure) comes out as `errors.Unreachable` naming the
+server, never as a foreign exception. The agent has no watches; one would need its own
+server-side timeout (`timeoutSeconds`) on top of these.
+
 It must never log request or response bodies: they may be Secrets.
 """
 
@@ -23,13 +30,23 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client import exceptions
+from urllib3 import exceptions as transport
 
 from agent import errors
 
 FIELD_MANAGER = "fleetops"
+CONNECT_TIMEOUT = 5.0  # TCP connect and TLS handshake
+READ_TIMEOUT = 30.0  # waiting for the answer to one request
 T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class Timeouts:
+    connect: float = CONNECT_TIMEOUT
+    read: float = READ_TIMEOUT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,8 +74,10 @@ class ResourceType:
 class Kube:
     """One cluster. Create with `connect`; close with `close`."""
 
-    def __init__(self, api: Any, *, concurrency: int) -> None:
+    def __init__(self, api: Any, *, concurrency: int, timeouts: Timeouts | None = None) -> None:
         self._api = api
+        self.timeouts = timeouts or Timeouts()
+        self.host = str(getattr(getattr(api, "configuration", None), "host", "") or "")
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=concurrency, thread_name_prefix="kube"
         )
@@ -93,16 +112,26 @@ class Kube:
             body=body,
             auth_settings=["BearerToken"],
         )
+        timeout = (self.timeouts.connect, self.timeouts.read)
         try:
             resp = self._api.call_api(
-                method, url, header_params=headers, body=body, _request_timeout=60
+                method, url, header_params=headers, body=body, _request_timeout=timeout
             )
-        except exceptions.ApiException as e:  # transport-level failures surface here
+            data = resp.read()
+        except exceptions.ApiException as e:
+            if not e.status:  # the client reports a TLS failure as an ApiException without one
+                raise self._unreachable(str(e.reason or e).replace("\n", ": ")) from None
             raise _error(e.status, e.body, e.reason, method, path) from None
-        data = resp.read()
+        except (transport.HTTPError, OSError) as e:
+            raise self._unreachable(_transport_cause(e, self.timeouts)) from None
         if not 200 <= resp.status < 300:
             raise _error(resp.status, data, resp.reason, method, path)
         return json.loads(data) if data else {}
+
+    def _unreachable(self, cause: str) -> errors.Unreachable:
+        return errors.Unreachable(
+            f"cannot reach the Kubernetes API server at {self.host or 'its address'}: {cause}"
+        )
 
     def writes(self) -> int:
         """Requests that could change the cluster (dry-runs excluded)."""
@@ -228,10 +257,18 @@ class Kube:
 
 
 def connect(
-    kubeconfig: str | None = None, *, context: str | None = None, concurrency: int = 16
+    kubeconfig: str | None = None,
+    *,
+    context: str | None = None,
+    concurrency: int = 16,
+    timeouts: Timeouts | None = None,
 ) -> Kube:
     """A client for the cluster in `kubeconfig`, or the in-cluster service account when None."""
     cfg = client.Configuration()
+    # Reconnect at once when a connection cannot be made (e.g. a pooled one the server closed),
+    # but never resend a request that may have reached the server, nor wait twice for a read:
+    # the callers retry with backoff and report why meanwhile.
+    cfg.retries = urllib3.Retry(total=2, connect=2, read=0, status=0, other=0, redirect=2)
     try:
         if kubeconfig:
             config.load_kube_config(  # type: ignore[no-untyped-call]
@@ -243,7 +280,7 @@ def connect(
         where = kubeconfig or "the in-cluster service account"
         raise errors.AgentError(f"cannot load cluster credentials from {where}: {e}") from None
     cfg.connection_pool_maxsize = concurrency
-    return Kube(client.ApiClient(cfg), concurrency=concurrency)
+    return Kube(client.ApiClient(cfg), concurrency=concurrency, timeouts=timeouts)
 
 
 _CONFLICT_MANAGER = re.compile(r'conflicts? with "([^"]+)"')
@@ -270,4 +307,41 @@ def _error(
         return errors.Conflict(message, managers=managers)
     if code in (400, 422):
         return errors.Invalid(message, status=code, reason=reason)
+    if code == 403:
+        namespace, resource = _scope(path)
+        return errors.Forbidden(message, namespace=namespace, resource=resource, verb=method)
     return errors.KubeError(message, status=code, reason=reason)
+
+
+def _scope(path: str) -> tuple[str, str]:
+    """(namespace, resource) of a request path; the namespace is "" for cluster scope."""
+    parts = [p for p in path.split("/") if p]
+    rest = parts[2:] if parts[:1] == ["api"] else parts[3:]  # /api/v1/... or /apis/g/v/...
+    if len(rest) >= 3 and rest[0] == "namespaces":
+        return rest[1], rest[2]
+    return "", rest[0] if rest else ""
+
+
+def _transport_cause(e: BaseException, timeouts: Timeouts) -> str:
+    """Why a request got no answer, in a few words a person can act on."""
+    while isinstance(e, transport.MaxRetryError) and e.reason is not None:
+        e = e.reason
+    if isinstance(e, transport.NewConnectionError):  # before ConnectTimeoutError: a subclass
+        inner = e.__context__ or e.__cause__
+        if isinstance(inner, OSError) and inner.strerror:
+            return inner.strerror.lower()
+        return str(e).rpartition(": ")[2] or "connection failed"
+    if isinstance(e, transport.ConnectTimeoutError):
+        return f"no connection within {timeouts.connect:g} s (connect timeout)"
+    if isinstance(e, transport.ReadTimeoutError):
+        return (
+            f"it accepted the connection but sent no answer in time (timeouts: connect "
+            f"{timeouts.connect:g} s, read {timeouts.read:g} s)"
+        )
+    if isinstance(e, transport.ProtocolError):
+        inner = e.args[1] if len(e.args) > 1 else None
+        what = inner.strerror if isinstance(inner, OSError) and inner.strerror else inner
+        return f"the connection broke ({what or e})".lower()
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror.lower()
+    return f"{type(e).__name__}: {e}"

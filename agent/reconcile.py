@@ -7,10 +7,14 @@ read-only: it compares the cluster with the bundle through server-side dry-run a
 health and drifted fields. `heal` is `check` plus re-applying what drifted when self-heal is on.
 
 It must never prune after a partial apply, never delete an object it did not apply, and never
-send a write when nothing drifted. The rules of `agent.guard` bound what an app may touch: its
-bundle never writes into the agent's own namespace nor an inventory (refused per resource before
-any API call), a Namespace holding objects that are not the app's is not pruned, and a prune of
-more than the app's maxPrunePercent waits for an operator's allowance.
+send a write when nothing drifted. An app it cannot reconcile at all (the API server refuses the
+agent or does not answer) still gets a result, ApplyFailed with the reason (`agent.explain`):
+the public methods never raise the agent's own errors, so every app is always reported.
+
+The rules of `agent.guard` bound what an app may touch: its bundle never writes into the
+agent's own namespace nor an inventory (refused per resource before any API call), a Namespace
+holding objects that are not the app's is not pruned, and a prune of more than the app's
+maxPrunePercent waits for an operator's allowance.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from agent import drift, errors, guard, health, inventory, kube, manifests, order, prune
+from agent import drift, errors, explain, guard, health, inventory, kube, manifests, order, prune
 from agent import status as st
 from proto import bundles
 from proto.fleetops.v1 import types_pb2
@@ -74,6 +78,11 @@ def _fingerprint(obj: Mapping[str, Any]) -> str:
 
 def _first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else "no message"
+
+
+def _named_namespace(key: manifests.Key) -> str:
+    """The namespace a Namespace object in the bundle names, else ""."""
+    return key.name if key.kind == "Namespace" and not key.group else ""
 
 
 def _hold(
@@ -223,8 +232,11 @@ class Reconciler:
         """What the agent's loop calls: sync a bundle the cluster does not have yet, else
         check it (and self-heal when the policy says so). `allow_mass_prune`: an operator let
         this bundle prune past the policy's maxPrunePercent."""
-        return await self._reconcile(
-            bundle, policy, explicit=False, allow_mass_prune=allow_mass_prune
+        return await self._contained(
+            bundle,
+            lambda: self._reconcile(
+                bundle, policy, explicit=False, allow_mass_prune=allow_mass_prune
+            ),
         )
 
     async def sync(
@@ -236,8 +248,37 @@ class Reconciler:
     ) -> st.AppResult:
         """Apply the bundle; prune when the policy allows and everything applied. A bundle
         the cluster already has completely is re-applied only where it drifted."""
-        return await self._reconcile(
-            bundle, policy, explicit=True, allow_mass_prune=allow_mass_prune
+        return await self._contained(
+            bundle,
+            lambda: self._reconcile(
+                bundle, policy, explicit=True, allow_mass_prune=allow_mass_prune
+            ),
+        )
+
+    async def _contained(
+        self, bundle: types_pb2.Bundle, work: Callable[[], Awaitable[st.AppResult]]
+    ) -> st.AppResult:
+        """`work()`, or the app's failure when the agent could not reconcile it at all."""
+        try:
+            return await work()
+        except errors.AgentError as e:
+            return explain.app_failure(
+                e,
+                app=bundle.app,
+                revision=bundle.revision,
+                bundle_digest=bundles.digest(bundle),
+                app_namespace=bundle.namespace,
+                agent_namespace=self.options.inventory_namespace,
+                cluster=self.options.cluster,
+            )
+
+    def _denied(self, e: errors.Forbidden, *, namespace: str = "") -> str:
+        """A 403's message with what to do; `namespace`: the one a Namespace object names."""
+        return explain.forbidden(
+            e,
+            app_namespace=namespace,
+            agent_namespace=self.options.inventory_namespace,
+            cluster=self.options.cluster,
         )
 
     async def _reconcile(
@@ -417,6 +458,11 @@ class Reconciler:
             body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
             try:
                 await self.kube.create(rt, body)
+            except errors.Forbidden as e:
+                raise errors.Forbidden(
+                    f"cannot create namespace {ns} for app {bundle.app}: {e}",
+                    namespace=e.namespace, resource=e.resource, verb=e.verb,
+                ) from None  # fmt: skip
             except errors.KubeError as e:
                 if e.status != 409:  # someone else made it meanwhile: fine
                     raise
@@ -436,6 +482,13 @@ class Reconciler:
             return (
                 st.ResourceResult(p.key, p.rt.version, st.APPLY_FAILED, None, message, "failed",
                                   conflict_manager=managers, source=where),
+                None,
+            )  # fmt: skip
+        except errors.Forbidden as e:
+            return (
+                st.ResourceResult(p.key, p.rt.version, st.APPLY_FAILED, None,
+                                  self._denied(e, namespace=_named_namespace(p.key)), "failed",
+                                  source=where),
                 None,
             )  # fmt: skip
         except errors.KubeError as e:
@@ -518,12 +571,16 @@ class Reconciler:
         allow_mass_prune: bool = False,
     ) -> st.AppResult:
         """Health and drift of every resource, through dry-run. Never writes."""
-        previous = await self.inventories.load(bundle.app)
-        result, _ = await self._check(
-            bundle, policy, digest=bundles.digest(bundle), previous=previous,
-            allow_mass_prune=allow_mass_prune,
-        )  # fmt: skip
-        return result
+
+        async def work() -> st.AppResult:
+            previous = await self.inventories.load(bundle.app)
+            result, _ = await self._check(
+                bundle, policy, digest=bundles.digest(bundle), previous=previous,
+                allow_mass_prune=allow_mass_prune,
+            )  # fmt: skip
+            return result
+
+        return await self._contained(bundle, work)
 
     async def heal(
         self,
@@ -533,11 +590,15 @@ class Reconciler:
         allow_mass_prune: bool = False,
     ) -> st.AppResult:
         """`check`, then re-apply what drifted when the policy has selfHeal."""
-        previous = await self.inventories.load(bundle.app)
-        return await self._heal(
-            bundle, policy, digest=bundles.digest(bundle), force_heal=False, previous=previous,
-            allow_mass_prune=allow_mass_prune,
-        )  # fmt: skip
+
+        async def work() -> st.AppResult:
+            previous = await self.inventories.load(bundle.app)
+            return await self._heal(
+                bundle, policy, digest=bundles.digest(bundle), force_heal=False,
+                previous=previous, allow_mass_prune=allow_mass_prune,
+            )  # fmt: skip
+
+        return await self._contained(bundle, work)
 
     async def _heal(
         self,
@@ -596,7 +657,7 @@ class Reconciler:
     ) -> tuple[st.AppResult, dict[manifests.Key, Prepared]]:
         plan = await self._prepare(bundle)
         by_key = {p.key: p for p in plan.prepared}
-        live = await self._fetch_live(plan.prepared)
+        live, unreadable = await self._fetch_live(plan.prepared)
         count = self._checks.get(bundle.app, 0) + 1
         self._checks[bundle.app] = count
         full = count % self.options.full_check_every == 0
@@ -604,6 +665,13 @@ class Reconciler:
 
         async def one(p: Prepared) -> st.ResourceResult:
             obj = live.get(p.key)
+            denied = unreadable.get(p.key)
+            if denied is not None:
+                return st.ResourceResult(
+                    p.key, p.rt.version, st.APPLY_FAILED, None,
+                    self._denied(denied, namespace=_named_namespace(p.key)),
+                    source=p.resource.where,
+                )  # fmt: skip
             if obj is None:
                 return st.ResourceResult(
                     p.key, p.rt.version, st.OUT_OF_SYNC, health.missing(str(p.key)),
@@ -623,6 +691,11 @@ class Reconciler:
                     p.key, p.rt.version, st.OUT_OF_SYNC, h,
                     f"conflict with {managers}: {_first_line(str(e))}",
                     conflict_manager=managers, source=p.resource.where,
+                )  # fmt: skip
+            except errors.Forbidden as e:
+                return st.ResourceResult(
+                    p.key, p.rt.version, st.APPLY_FAILED, h,
+                    self._denied(e, namespace=_named_namespace(p.key)), source=p.resource.where,
                 )  # fmt: skip
             except errors.KubeError as e:
                 return st.ResourceResult(
@@ -671,17 +744,25 @@ class Reconciler:
 
     async def _fetch_live(
         self, prepared: Sequence[Prepared]
-    ) -> dict[manifests.Key, dict[str, Any]]:
-        """Live objects: one list per (type, namespace) with many objects, else single gets."""
+    ) -> tuple[dict[manifests.Key, dict[str, Any]], dict[manifests.Key, errors.Forbidden]]:
+        """Live objects: one list per (type, namespace) with many objects, else single gets;
+        and the objects the agent may not read. An API server that does not answer raises
+        (`errors.Unreachable`): nothing would read as anything but missing."""
         groups: dict[tuple[kube.ResourceType, str], list[Prepared]] = {}
         for p in prepared:
             groups.setdefault((p.rt, p.key.namespace), []).append(p)
         live: dict[manifests.Key, dict[str, Any]] = {}
+        denied: dict[manifests.Key, errors.Forbidden] = {}
 
         async def fetch(rt: kube.ResourceType, ns: str, members: list[Prepared]) -> None:
             if len(members) >= 4:
                 try:
                     items = await self.kube.list(rt, ns)
+                except errors.Forbidden as e:
+                    denied.update((p.key, e) for p in members)
+                    return
+                except errors.Unreachable:
+                    raise
                 except errors.KubeError:
                     return  # e.g. the CRD is gone: every member reads as missing
                 names = {p.key.name: p for p in members}
@@ -698,9 +779,13 @@ class Reconciler:
             ):
                 if isinstance(obj, dict):
                     live[p.key] = obj
+                elif isinstance(obj, errors.Forbidden):
+                    denied[p.key] = obj
+                elif isinstance(obj, errors.Unreachable):
+                    raise obj
 
         await asyncio.gather(*(fetch(rt, ns, m) for (rt, ns), m in groups.items()))
-        return live
+        return live, denied
 
     async def inventory_health(self, app: str) -> st.AppResult | None:
         """Health of what the in-cluster inventory lists, when no bundle is at hand (a new

@@ -66,6 +66,9 @@ class AppResult:
     # the sync applied but held back a prune past the app's maxPrunePercent (see agent.guard)
     prune_held: bool = False
     observed_at: float = dataclasses.field(default_factory=time.time)
+    # nothing could be looked at because the API server did not answer: look again soon (with
+    # backoff) rather than a resync later. Not on the wire.
+    retry_soon: bool = False
 
     @property
     def failed(self) -> bool:
@@ -127,6 +130,22 @@ def finish(
         healed=healed,
         applied_at=applied_at,
         prune_held=prune_held,
+    )
+
+
+def failure(
+    *, app: str, revision: str, bundle_digest: str, reason: str, retry_soon: bool = False
+) -> AppResult:
+    """An app that could not be reconciled at all: ApplyFailed, health Unknown, no resources."""
+    return AppResult(
+        app=app,
+        revision=revision,
+        bundle_digest=bundle_digest,
+        sync=APPLY_FAILED,
+        health=health.UNKNOWN,
+        reason=reason,
+        resources=(),
+        retry_soon=retry_soon,
     )
 
 
