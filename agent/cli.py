@@ -373,6 +373,7 @@ async def cmd_run(ns: argparse.Namespace) -> int:
         resync=ns.resync,
         labels=labels,
         health_listen=ns.health_listen,
+        identity_secret=ns.identity_secret,  # a renewed certificate is kept there too
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
