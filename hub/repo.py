@@ -17,6 +17,21 @@ hub's own files. Two rules hold that:
   such as `d/l -> ..` with `d/leak.yaml -> l/../../ca.key` is lexically inside and physically
   outside: it is removed. Every removed link is recorded in `Checkout.refused_links`, so
   rendering an app that holds one fails with the link's repo path.
+
+A Git server that accepts the connection and never answers must not freeze the hub. So:
+- Every fetch has deadlines (`Timeouts`): libgit2 gives up connecting after `connect` seconds
+  and gives up on any one read or write after `io` seconds, for every transport (http, https,
+  ssh, git); the whole fetch gets `total` seconds, checked on every progress callback and, in
+  `afetch`, by the caller, which stops waiting and leaves the thread to end on its own (a
+  server trickling a byte at a time gets no callback to check). libgit2 keeps the first two
+  per process, so they are one setting for the process (`set_timeouts`), not per repo.
+- A fetch never holds the lock reads need: it goes through a Repository object of its own
+  on the same bare directory and writes only new packs and refs, so `resolve`, `commit`,
+  `read`, `tree_key` and `checkout` keep answering from what was fetched before. Fetches of
+  one bare directory run one at a time (a lock only fetches take).
+- A fetch that fails, however, changes nothing the reads see; a ref lock left by a fetch that
+  died with its process (kill -9, or a hub that exited with a fetch still running) is removed
+  once it is older than any fetch can take, so it never blocks fetching for good.
 """
 
 from __future__ import annotations
@@ -31,12 +46,43 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 
 import pygit2
 
 from hub import config, errors
 
 _CHECKOUTS_KEPT = 6
+
+
+@dataclasses.dataclass(frozen=True)
+class Timeouts:
+    """Seconds a fetch may take: to connect, per read or write, and in all."""
+
+    connect: float = 10.0
+    io: float = 30.0
+    total: float = 300.0
+
+
+DEFAULT_TIMEOUTS = Timeouts()
+_timeouts = DEFAULT_TIMEOUTS
+
+
+def set_timeouts(timeouts: Timeouts) -> Timeouts:
+    """Use `timeouts` for every fetch of this process from now on; returns the previous ones."""
+    global _timeouts
+    if min(timeouts.connect, timeouts.io, timeouts.total) <= 0:
+        raise ValueError(f"fetch timeouts must be positive: {timeouts}")
+    previous, _timeouts = _timeouts, timeouts
+    return previous
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g} s"
+
+
+class _DeadlinePassed(Exception):
+    """Raised from a progress callback once the fetch has used up its `total` seconds."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,11 +106,18 @@ _work: tuple[int, pathlib.Path] | None = None  # (pid, directory) of this proces
 # One lock per checkout directory: two caches of one repo (a hub reloading its config, or
 # two hubs in one process) must not build the same checkout at once.
 _checkout_locks: dict[str, threading.Lock] = {}
+# One lock per bare directory that only fetches take, for the same reason.
+_fetch_locks: dict[str, threading.Lock] = {}
 
 
 def _checkout_lock(path: pathlib.Path) -> threading.Lock:
     with _work_lock:
         return _checkout_locks.setdefault(str(path), threading.Lock())
+
+
+def _fetch_lock(path: pathlib.Path) -> threading.Lock:
+    with _work_lock:
+        return _fetch_locks.setdefault(str(path), threading.Lock())
 
 
 def process_work_dir() -> pathlib.Path:
@@ -84,9 +137,20 @@ def redact(url: str) -> str:
 
 
 class _Callbacks(pygit2.RemoteCallbacks):
-    def __init__(self, repo: config.Repo) -> None:
+    def __init__(self, repo: config.Repo, *, deadline: float) -> None:
         super().__init__()
         self._repo = repo
+        self._deadline = deadline
+
+    def _check_deadline(self) -> None:
+        if time.monotonic() > self._deadline:
+            raise _DeadlinePassed
+
+    def transfer_progress(self, stats: pygit2.remotes.TransferProgress) -> None:
+        self._check_deadline()
+
+    def sideband_progress(self, string: str) -> None:
+        self._check_deadline()
 
     def credentials(
         self, url: str, username_from_url: str | None, allowed_types: int
@@ -155,9 +219,14 @@ class RepoCache:
         """Where this repo's checkouts go."""
         return (self._work_base or process_work_dir()) / self.spec.name
 
+    @property
+    def bare(self) -> pathlib.Path:
+        return self.root / "git"
+
     def _open(self) -> pygit2.Repository:
+        """The Repository object reads share (call with self._lock held)."""
         if self._git is None:
-            bare = self.root / "git"
+            bare = self.bare
             if (bare / "HEAD").exists():
                 self._git = pygit2.Repository(str(bare))
             else:
@@ -169,34 +238,81 @@ class RepoCache:
         return self._git
 
     def fetch(self) -> str:
-        """Fetch and return the head commit of the configured branch (or tag)."""
+        """Fetch and return the head commit of the configured branch (or tag), within the
+        process's `Timeouts`; reads go on meanwhile from what was fetched before."""
+        timeouts = _timeouts
+        deadline = time.monotonic() + timeouts.total
+        url = self.spec.url
         with self._lock:
-            git = self._open()
-            url = self.spec.url
-            if "origin" in [r.name for r in git.remotes]:
-                if git.remotes["origin"].url != url:
-                    git.remotes.set_url("origin", url)
-            else:
-                git.remotes.create("origin", url)
-            remote = git.remotes["origin"]
-            try:
-                remote.fetch(
-                    ["+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*"],
-                    callbacks=_Callbacks(self.spec),
-                    prune=pygit2.enums.FetchPrune.PRUNE,
-                )
-            except (pygit2.GitError, KeyError, OSError) as e:
-                message = str(e).replace(url, redact(url))
-                raise errors.RepoError(
-                    f"repo {self.spec.name}: fetch from {redact(url)} failed: {message}"
-                ) from None
-            for ref in (f"refs/remotes/origin/{self.spec.branch}", f"refs/tags/{self.spec.branch}"):
-                found = git.references.get(ref)
-                if found is not None:
-                    return str(found.peel(pygit2.Commit).id)
+            self._open()  # creates the bare directory on first use
+        lock = _fetch_lock(self.bare)
+        if not lock.acquire(timeout=timeouts.total):
             raise errors.RepoError(
-                f"repo {self.spec.name}: no branch or tag {self.spec.branch!r} at {redact(url)}"
+                f"repo {self.spec.name}: an earlier fetch from {redact(url)} is still running "
+                f"after {_seconds(timeouts.total)}; the last fetched revision stays"
             )
+        try:
+            pygit2.settings.server_connect_timeout = int(timeouts.connect * 1000)
+            pygit2.settings.server_timeout = int(timeouts.io * 1000)
+            _drop_stale_locks(self.bare, older_than=2 * timeouts.total)
+            git = pygit2.Repository(str(self.bare))  # not the readers' object: no lock shared
+            try:
+                return self._fetch(git, deadline=deadline, timeouts=timeouts)
+            finally:
+                git.free()
+        finally:
+            lock.release()
+
+    def _fetch(self, git: pygit2.Repository, *, deadline: float, timeouts: Timeouts) -> str:
+        url = self.spec.url
+        if "origin" in [r.name for r in git.remotes]:
+            if git.remotes["origin"].url != url:
+                git.remotes.set_url("origin", url)
+        else:
+            git.remotes.create("origin", url)
+        remote = git.remotes["origin"]
+        try:
+            remote.fetch(
+                ["+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*"],
+                callbacks=_Callbacks(self.spec, deadline=deadline),
+                prune=pygit2.enums.FetchPrune.PRUNE,
+            )
+        except _DeadlinePassed:
+            raise errors.RepoError(self._too_slow(timeouts)) from None
+        except (pygit2.GitError, KeyError, OSError) as e:
+            message = str(e).replace(url, redact(url))
+            raise errors.RepoError(self._fetch_failed(message, timeouts)) from None
+        for ref in (f"refs/remotes/origin/{self.spec.branch}", f"refs/tags/{self.spec.branch}"):
+            found = git.references.get(ref)
+            if found is not None:
+                return str(found.peel(pygit2.Commit).id)
+        raise errors.RepoError(
+            f"repo {self.spec.name}: no branch or tag {self.spec.branch!r} at {redact(url)}"
+        )
+
+    def _fetch_failed(self, message: str, timeouts: Timeouts) -> str:
+        """What a failed fetch says: a timeout names the limit it ran into."""
+        url = redact(self.spec.url)
+        lowered = message.lower()
+        # libgit2 says "timed out" (sockets, ssh) or, through OpenSSL on a socket whose
+        # read timed out, "resource temporarily unavailable" (EAGAIN)
+        if "timed out" in lowered or "temporarily unavailable" in lowered:
+            if lowered.startswith("failed to connect"):
+                return (
+                    f"repo {self.spec.name}: could not connect to {url} within "
+                    f"{_seconds(timeouts.connect)}; the last fetched revision stays ({message})"
+                )
+            return (
+                f"repo {self.spec.name}: no answer from {url} within {_seconds(timeouts.io)}; "
+                f"the last fetched revision stays ({message})"
+            )
+        return f"repo {self.spec.name}: fetch from {url} failed: {message}"
+
+    def _too_slow(self, timeouts: Timeouts) -> str:
+        return (
+            f"repo {self.spec.name}: fetch from {redact(self.spec.url)} did not finish within "
+            f"{_seconds(timeouts.total)}; the last fetched revision stays"
+        )
 
     def resolve(self, rev: str) -> str:
         """A full commit SHA for a SHA prefix, branch or tag that the cache has."""
@@ -282,13 +398,58 @@ class RepoCache:
                 (base / f"{d.name}.links").unlink(missing_ok=True)
 
     async def afetch(self) -> str:
-        return await asyncio.to_thread(self.fetch)
+        """`fetch` in a thread of its own that this coroutine stops waiting for after the
+        `total` deadline (or when cancelled, as on SIGTERM): the thread then ends by itself
+        within libgit2's timeouts, and nobody waits for it, not even the interpreter's exit."""
+        timeouts = _timeouts
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[str] = loop.create_future()
+
+        def deliver(result: str | None, error: BaseException | None) -> None:
+            if done.done():
+                return  # the caller stopped waiting
+            if error is not None:
+                done.set_exception(error)
+            else:
+                done.set_result(result or "")
+
+        def work() -> None:
+            result, error = None, None
+            try:
+                result = self.fetch()
+            except BaseException as e:  # handed to the awaiting coroutine
+                error = e
+            try:
+                loop.call_soon_threadsafe(deliver, result, error)
+            except RuntimeError:
+                pass  # the loop is closed: nobody is waiting any more
+
+        name = f"fetch {self.spec.name}"
+        threading.Thread(target=work, name=name, daemon=True).start()
+        try:
+            return await asyncio.wait_for(done, timeout=timeouts.total)
+        except TimeoutError:
+            raise errors.RepoError(self._too_slow(timeouts)) from None
 
     async def acheckout(self, sha: str) -> Checkout:
         return await asyncio.to_thread(self.checkout, sha)
 
     async def atree_key(self, sha: str, paths: list[str]) -> str:
         return await asyncio.to_thread(self.tree_key, sha, paths)
+
+
+def _drop_stale_locks(bare: pathlib.Path, *, older_than: float) -> None:
+    """Remove ref and config locks older than any fetch can take: their fetch died with its
+    process, and libgit2 would refuse every later fetch ("failed to lock file")."""
+    now = time.time()
+    candidates = [bare / "packed-refs.lock", bare / "config.lock", bare / "FETCH_HEAD.lock"]
+    candidates += (bare / "refs").rglob("*.lock") if (bare / "refs").is_dir() else []
+    for path in candidates:
+        try:
+            if now - path.lstat().st_mtime > older_than:
+                path.unlink()
+        except FileNotFoundError:
+            continue
 
 
 def _inside(real: str, root: str) -> bool:
