@@ -52,6 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
             help="local state directory (default: $FLEETOPS_AGENT_STATE or "
             "~/.local/state/fleetops-agent)",
         )
+        p.add_argument(
+            "--kube-timeout",
+            type=float,
+            default=kube.READ_TIMEOUT,
+            metavar="SECONDS",
+            help="how long one Kubernetes API call may wait for its answer (connecting: at most "
+            f"{kube.CONNECT_TIMEOUT:g} s); default {kube.READ_TIMEOUT:g}",
+        )
         p.add_argument("--output", choices=("text", "json"), default="text")
 
     apply = sub.add_parser(
@@ -193,6 +201,15 @@ def _options(ns: argparse.Namespace) -> reconcile.Options:
     )
 
 
+def _connect(ns: argparse.Namespace) -> kube.Kube:
+    if ns.kube_timeout <= 0:
+        raise errors.AgentError(f"--kube-timeout {ns.kube_timeout:g}: give a number of seconds")
+    timeouts = kube.Timeouts(
+        connect=min(kube.CONNECT_TIMEOUT, ns.kube_timeout), read=ns.kube_timeout
+    )
+    return kube.connect(ns.kubeconfig, context=ns.context, timeouts=timeouts)
+
+
 def _local(ns: argparse.Namespace) -> state.LocalState:
     return state.LocalState(ns.state or state.default_dir())
 
@@ -212,7 +229,7 @@ async def cmd_apply(ns: argparse.Namespace) -> int:
         max_prune_percent=ns.max_prune_percent,
     )
     allow = ns.allow_mass_prune
-    client = kube.connect(ns.kubeconfig, context=ns.context)
+    client = _connect(ns)
     try:
         rec = reconcile.Reconciler(client, _options(ns))
         result = await rec.sync(bundle, policy, allow_mass_prune=allow)
@@ -257,7 +274,7 @@ def _merge_actions(applied: st.AppResult, checked: st.AppResult) -> st.AppResult
 
 async def cmd_status(ns: argparse.Namespace) -> int:
     stored = _local(ns).load(ns.app)
-    client = kube.connect(ns.kubeconfig, context=ns.context)
+    client = _connect(ns)
     try:
         rec = reconcile.Reconciler(client, _options(ns))
         if stored is not None:
@@ -283,7 +300,7 @@ async def cmd_reconcile(ns: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    client = kube.connect(ns.kubeconfig, context=ns.context)
+    client = _connect(ns)
     failed = False
     try:
         rec = reconcile.Reconciler(client, _options(ns))
@@ -343,6 +360,8 @@ def _ident(row: dict[str, str]) -> str:
 
 
 async def cmd_run(ns: argparse.Namespace) -> int:
+    """Until SIGTERM/SIGINT (exit 0). It exits non-zero only when it cannot start: bad
+    arguments or credentials, a refused registration, a health address it cannot bind."""
     logging.basicConfig(level=ns.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
     labels = {}
     for item in ns.label:
@@ -358,31 +377,52 @@ async def cmd_run(ns: argparse.Namespace) -> int:
             ca_pem = ns.ca.read_bytes()
         except OSError as e:
             raise errors.AgentError(f"--ca {ns.ca}: {e.strerror}") from None
-    client = kube.connect(ns.kubeconfig, context=ns.context)
-    if ns.identity_secret and await identity.restore(root, client, ns.identity_secret, token):
-        logging.info("identity restored from Secret %s", ns.identity_secret)
-    me = await asyncio.to_thread(identity.register, root, ns.hub, token, labels, ca_pem=ca_pem)
-    if ns.identity_secret:
-        await identity.keep(root, client, ns.identity_secret)
-    runner_ = runner.Runner(
-        address=ns.hub,
-        me=me,
-        client=client,
-        local=state.LocalState(root),
-        options=_options(ns),
-        resync=ns.resync,
-        labels=labels,
-        health_listen=ns.health_listen,
-        identity_secret=ns.identity_secret,  # a renewed certificate is kept there too
-    )
+    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, runner_.stop.set)
+        loop.add_signal_handler(sig, stop.set)
+    client = _connect(ns)
     try:
+        if ns.identity_secret and await _restore(root, client, ns.identity_secret, token, stop):
+            logging.info("identity restored from Secret %s", ns.identity_secret)
+        if stop.is_set():
+            return 0
+        me = await asyncio.to_thread(identity.register, root, ns.hub, token, labels, ca_pem=ca_pem)
+        runner_ = runner.Runner(
+            address=ns.hub,
+            me=me,
+            client=client,
+            local=state.LocalState(root),
+            options=_options(ns),
+            resync=ns.resync,
+            labels=labels,
+            health_listen=ns.health_listen,
+            identity_secret=ns.identity_secret,
+            stop=stop,
+        )
         await runner_.run()
     finally:
         client.close()
     return 0
+
+
+async def _restore(
+    root: pathlib.Path, client: kube.Kube, ref: str, token: str, stop: asyncio.Event
+) -> bool:
+    """`identity.restore`, waiting (with backoff) for an API server that does not answer: a
+    pod that starts while it is down must not register again nor give up."""
+    delay = 1.0
+    while not stop.is_set():
+        try:
+            return await identity.restore(root, client, ref, token)
+        except errors.Unreachable as e:
+            logging.warning("%s; the identity in Secret %s is read again in %.0f s", e, ref, delay)
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=delay)
+        except TimeoutError:
+            pass
+        delay = min(delay * 2, 60.0)
+    return False
 
 
 _COMMANDS = {"apply": cmd_apply, "status": cmd_status, "reconcile": cmd_reconcile, "run": cmd_run}

@@ -1,10 +1,22 @@
 """`fleetops-agent run`: the agent as a long-lived process connected to the hub.
 
-Three guarded tasks: the connection (dial out, send the full state in a Hello, receive
-assignments, download bundles, send reports; reconnect with backoff), a worker that
-reconciles one app at a time, and a resync ticker. The hub being gone stops nothing but the
-connection: the worker keeps reconciling and self-healing the assignments kept on disk, and
-the latest reports go up in the Hello of the next connection.
+Its long-running loops run under `proto.supervise.Supervisor` (an error is logged with its
+traceback and the loop starts again after a backoff, 1 s doubling to a minute): the hub
+connection (dial out, send the full state in a Hello, receive assignments, download bundles,
+send reports; reconnect with backoff), the app workers, the resync ticker, certificate renewal,
+keeping the identity in its Secret, and the /healthz server. No failure of one of them stops
+the agent: it ends only on SIGTERM/SIGINT, so `fleetops-agent run` exits 0 only then.
+
+Apps are reconciled by workers, one task per app and at most `workers` apps at once, so an app
+waiting for a wave to get healthy (up to --wave-timeout) holds one slot, never the other apps'
+syncs and reports. An app is never reconciled twice at the same time: dirtied while it runs, it
+runs once more after. Every reconcile ends in a report, failures included (a refused namespace,
+an API server that does not answer: ApplyFailed with the reason); one that could not look at
+anything is tried again soon, with backoff.
+
+The hub being gone stops nothing but the connection: the workers keep reconciling and
+self-healing the assignments kept on disk, and the latest reports go up in the Hello of the
+next connection.
 """
 
 from __future__ import annotations
@@ -20,10 +32,11 @@ import grpc
 import agent
 from agent import errors, health, identity, kube, reconcile, state
 from agent import status as st
-from proto import bundles
+from proto import bundles, supervise
 from proto.fleetops.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 
 log = logging.getLogger("fleetops.agent")
+WORKERS = 4  # apps reconciled at once
 
 
 def _same(a: types_pb2.AppReport | None, b: types_pb2.AppReport) -> bool:
@@ -61,6 +74,8 @@ class Runner:
         health_listen: str = "",
         identity_secret: str = "",
         clock: identity.Clock | None = None,
+        workers: int = WORKERS,
+        stop: asyncio.Event | None = None,
     ) -> None:
         self.address = address
         self.identity_secret = identity_secret  # NAMESPACE/NAME: renewals are kept there too
@@ -73,7 +88,7 @@ class Runner:
         self.rec = reconcile.Reconciler(client, dataclasses.replace(options, cluster=me.cluster))
         self.resync = resync
         self.labels = labels
-        self.stop = asyncio.Event()
+        self.stop = stop or asyncio.Event()
         self.connected = asyncio.Event()
         self.reports: dict[str, types_pb2.AppReport] = {}
         self._outbox: asyncio.Queue[agent_pb2.AgentMessage] | None = None
@@ -81,26 +96,44 @@ class Runner:
         self._queued: set[str] = set()
         self._pending_heals: dict[str, int] = {}
         self._backoff: dict[str, float] = {}
+        self._slots = asyncio.Semaphore(max(1, workers))
+        self._running: dict[str, asyncio.Task[None]] = {}  # app -> its worker
+        self._again: set[str] = set()  # dirtied while running: once more after
+        self._probes: asyncio.Server | None = None
+        self.supervisor = supervise.Supervisor(self.stop)
 
     # ------------------------------------------------------------ lifecycle
 
     async def run(self) -> None:
+        """Until `stop` is set. Raises only when it cannot start (e.g. --health-listen)."""
         for stored in self.local.load_all():  # offline first: what we had keeps running
             self.enqueue(stored.assignment.app)
-        probes = await self._serve_probes() if self.health_listen else None
-        tasks = [
-            asyncio.create_task(self._guard("connection", self._connection_loop())),
-            asyncio.create_task(self._guard("worker", self._worker())),
-            asyncio.create_task(self._guard("resync", self._resync_loop())),
-            asyncio.create_task(self._guard("certificate renewal", self._renewal())),
-        ]
+        if self.health_listen:
+            self._probes = await self._bind_probes()  # a bad address ends the agent at once
+        loops = {
+            "hub connection": self._connection_loop,
+            "app workers": self.workers,
+            "resync": self._resync_loop,
+            "certificate renewal": self._renewal,
+        }
+        if self.identity_secret:
+            loops["identity secret"] = self._keep_identity
+        if self.health_listen:
+            loops["health server"] = self._serve_probes
+        for name, factory in loops.items():
+            self.supervisor.start(name, factory)
+        log.info(
+            "supervising %s (a loop that fails is logged and restarted with backoff)",
+            ", ".join(loops),
+        )
         await self.stop.wait()
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if probes is not None:
-            probes.close()
-            await probes.wait_closed()
+        await self.supervisor.stop()  # cancelling the workers loop cancels the apps' workers
+
+    async def _keep_identity(self) -> None:
+        """Keep the identity in its Secret once (a pod restarted with an empty --state finds it
+        there); retried by the supervisor while the API server refuses or does not answer."""
+        await identity.keep(self.local.root, self.kube, self.identity_secret)
+        log.info("identity kept in Secret %s", self.identity_secret)
 
     async def _renewal(self) -> None:
         """Renew the certificate before it expires. The stream that is up stays up on the
@@ -121,15 +154,28 @@ class Runner:
             secret=self.identity_secret,
         )
 
-    async def _serve_probes(self) -> asyncio.Server:
-        """/healthz: the agent's loop answers; /readyz: it is connected to the hub."""
+    def _tasks_text(self) -> str:
+        return "".join(
+            f"{t.name}: {'running' if t.running else 'restarting'}, restarts {t.restarts}"
+            + (f", last error: {t.last_error}" if t.last_error else "")
+            + "\n"
+            for t in self.supervisor.states.values()
+        )
+
+    async def _bind_probes(self) -> asyncio.Server:
+        """/healthz: the agent's loop answers (and how its supervised loops are); /readyz: it
+        is connected to the hub."""
 
         async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
                 line = await asyncio.wait_for(reader.readline(), timeout=5)
                 path = line.split(b" ")[1] if line.count(b" ") >= 2 else b""
                 if path == b"/healthz":
-                    code, text = (200, "ok") if not self.stop.is_set() else (503, "stopping")
+                    code, text = (
+                        (200, "ok\n" + self._tasks_text())
+                        if not self.stop.is_set()
+                        else (503, "stopping")
+                    )
                 elif path == b"/readyz":
                     code, text = (
                         (200, "connected")
@@ -139,7 +185,7 @@ class Runner:
                 else:
                     code, text = 404, "try /healthz or /readyz"
                 reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}[code]
-                body = (text + "\n").encode()
+                body = (text.rstrip("\n") + "\n").encode()
                 writer.write(
                     f"HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain\r\n"
                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
@@ -159,14 +205,10 @@ class Runner:
         except OSError as e:
             raise errors.AgentError(f"--health-listen {self.health_listen}: {e.strerror}") from None
 
-    async def _guard(self, name: str, coro: Any) -> None:
-        try:
-            await coro
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("%s task failed; stopping the agent", name)
-            self.stop.set()
+    async def _serve_probes(self) -> None:
+        server, self._probes = self._probes or await self._bind_probes(), None
+        async with server:
+            await server.serve_forever()
 
     def enqueue(self, app: str) -> None:
         if app not in self._queued:
@@ -183,60 +225,81 @@ class Runner:
                 for stored in self.local.load_all():
                     self.enqueue(stored.assignment.app)
 
-    async def _worker(self) -> None:
-        while not self.stop.is_set():
-            app = await self._dirty.get()
-            self._queued.discard(app)
-            try:
-                stored = self.local.load(app)
-            except errors.StateError as e:
-                log.error("%s", e)
-                continue
-            if stored is None:
-                continue
-            a = stored.assignment
-            bundle = types_pb2.Bundle()
-            bundle.CopyFrom(stored.bundle)
-            bundle.revision = a.revision
-            try:
-                if a.paused:
-                    result = await self.rec.check(
-                        bundle, a.policy, allow_mass_prune=a.allow_mass_prune
-                    )
-                else:
-                    result = await self.rec.reconcile(
-                        bundle, a.policy, allow_mass_prune=a.allow_mass_prune
-                    )
-            except errors.AgentError as e:
-                log.error("app %s: %s", app, e)
-                continue
-            except Exception:  # one app's failure must not stop the others
-                log.exception("app %s: reconcile failed", app)
-                continue
-            self._follow_up(app, result)
-            report = st.to_report(result, generation=a.generation)
-            if not _same(self.reports.get(app), report):
-                if self._outbox is None:
-                    # offline: keep counting heals so the hub hears of them on reconnect
-                    self._pending_heals[app] = (
-                        self._pending_heals.get(app, 0) + report.healed_resources
-                    )
-                    report.healed_resources = self._pending_heals[app]
-                self.reports[app] = report
-                self._send(agent_pb2.AgentMessage(report=report))
-                log.info(
-                    "app %s %s: %s %s: %s",
-                    app,
-                    a.revision[:8],
-                    st.sync_name(result.sync),
-                    health.name(result.health),
-                    result.reason,
-                )
+    async def workers(self) -> None:
+        """Hand each dirty app to a worker of its own, at most `workers` at once, until
+        cancelled (which cancels the apps' workers too). Runs without a hub connection."""
+        try:
+            while not self.stop.is_set():
+                app = await self._dirty.get()
+                self._queued.discard(app)
+                if app in self._running:
+                    self._again.add(app)
+                    continue
+                await self._slots.acquire()
+                self._running[app] = asyncio.create_task(self._work(app), name=f"app {app}")
+        except asyncio.CancelledError:
+            running = list(self._running.values())
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+            raise
+
+    async def _work(self, app: str) -> None:
+        try:
+            await self._reconcile_app(app)
+        except Exception:  # one app's failure must not stop the others
+            log.exception("app %s: reconcile failed", app)
+        finally:
+            self._running.pop(app, None)
+            self._slots.release()
+            if app in self._again:
+                self._again.discard(app)
+                self.enqueue(app)
+
+    async def _reconcile_app(self, app: str) -> None:
+        try:
+            stored = self.local.load(app)
+        except errors.StateError as e:
+            log.error("%s", e)
+            return
+        if stored is None:
+            return
+        a = stored.assignment
+        bundle = types_pb2.Bundle()
+        bundle.CopyFrom(stored.bundle)
+        bundle.revision = a.revision
+        if a.paused:
+            result = await self.rec.check(bundle, a.policy, allow_mass_prune=a.allow_mass_prune)
+        else:
+            result = await self.rec.reconcile(bundle, a.policy, allow_mass_prune=a.allow_mass_prune)
+        self._follow_up(app, result)
+        report = st.to_report(result, generation=a.generation)
+        if not _same(self.reports.get(app), report):
+            if self._outbox is None:
+                # offline: keep counting heals so the hub hears of them on reconnect
+                self._pending_heals[app] = self._pending_heals.get(app, 0) + report.healed_resources
+                report.healed_resources = self._pending_heals[app]
+            self.reports[app] = report
+            self._send(agent_pb2.AgentMessage(report=report))
+            log.log(
+                logging.WARNING if result.failed else logging.INFO,
+                "app %s %s: %s %s: %s",
+                app,
+                a.revision[:8],
+                st.sync_name(result.sync),
+                health.name(result.health),
+                result.reason,
+            )
 
     def _follow_up(self, app: str, result: st.AppResult) -> None:
-        """While an app is still rolling out, look again soon (0.5 s, doubling up to the
-        resync interval) so its health reaches the hub when it changes, not a resync later."""
-        if result.health != health.PROGRESSING and result.sync != st.APPLYING:
+        """While an app is still rolling out, or the API server did not answer, look again
+        soon (0.5 s, doubling up to the resync interval) so its health reaches the hub when it
+        changes, not a resync later."""
+        if (
+            result.health != health.PROGRESSING
+            and result.sync != st.APPLYING
+            and not result.retry_soon
+        ):
             self._backoff.pop(app, None)
             return
         delay = self._backoff.get(app, 0.25) * 2

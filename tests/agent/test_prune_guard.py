@@ -252,7 +252,7 @@ async def test_the_hubs_allowance_on_a_new_generation_of_the_same_bundle_prunes(
         report = agent.reports.get(ns)
         return report if report is not None and report.generation == generation else None
 
-    worker = asyncio.create_task(agent._worker())
+    worker = asyncio.create_task(agent.workers())
     try:
         await assign(make_bundle(namespace(ns), *before), 1, allow=False)
         await wait.until("the first report", lambda: reported(1), within=60)
