@@ -382,11 +382,15 @@ class Hub:
                 "app %s target %s at %s: render crashed", app.name, target.name, revision[:8]
             )
             return RenderResult("", unexpected("render", e))
-        bundle = types_pb2.Bundle(app=app.name, namespace=app.namespace)
-        for source, text in rendered.manifests:
-            bundle.manifests.add(source=source, yaml=text)
-        digest = bundles.digest(bundle)
-        data = bundle.SerializeToString(deterministic=True)
+        try:
+            bundle = types_pb2.Bundle(app=app.name, namespace=app.namespace)
+            for source, text in rendered.manifests:
+                bundle.manifests.add(source=source, yaml=text)
+            digest = bundles.digest(bundle)
+            data = bundle.SerializeToString(deterministic=True)
+        except Exception as e:  # e.g. a bundle protobuf cannot hold
+            log.exception("app %s target %s: bundle failed", app.name, target.name)
+            return RenderResult("", unexpected("bundle", e))
         await self.db.run(
             self.db.upsert,
             "bundles",
@@ -438,12 +442,12 @@ class Hub:
             got = self._effective.get(app.name)
             if got is not None and got[0] == head and got[1] == app:
                 continue
-            text = await asyncio.to_thread(cache.read, head, f"{app.path}/fleet.yaml")
-            if text is None:
-                self._effective[app.name] = (head, app, app)
-                self.fleet_errors.pop(app.name, None)
-                continue
             try:
+                text = await asyncio.to_thread(cache.read, head, f"{app.path}/fleet.yaml")
+                if text is None:
+                    self._effective[app.name] = (head, app, app)
+                    self.fleet_errors.pop(app.name, None)
+                    continue
                 effective = await asyncio.to_thread(fleetyaml.apply, app, text)
                 self._effective[app.name] = (head, app, effective)
                 self.fleet_errors.pop(app.name, None)

@@ -45,7 +45,7 @@ from typing import Any
 
 import yaml
 
-from hub import config, errors
+from hub import config, errors, repo
 from proto import yamlsafe
 
 KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
@@ -189,8 +189,9 @@ def render(
     bad_links = _refused_links_under(refused_links, app.path)
     if bad_links:
         raise errors.RenderError(
-            f"symlink {bad_links[0]!r} points outside the repository; refused (replace it with "
-            "the file itself)"
+            f"{bad_links[0]!r} was refused at checkout: a symlink that points outside the "
+            f"repository (replace it with the file itself) or a file over "
+            f"{repo.MAX_EXPORT_BLOB // 2**20} MiB"
         )
     refuse_escaping_links(root, app_dir)
     kind = detect(app_dir)
@@ -324,6 +325,12 @@ def _plain(
                 files[rel], origin[rel] = text, path  # replaces the base file of the same name
             else:
                 files.pop(rel, None)  # an empty overlay file removes the base file
+    total = sum(len(text) for text in files.values())
+    if total > limits.max_output:
+        raise errors.RenderError(
+            f"the app's YAML files hold {total} bytes, over the {limits.max_output} byte limit "
+            "for one bundle; split the app"
+        )
     parsed: dict[str, list[Any]] = {}
     for rel, text in list(files.items()):
         try:
@@ -459,7 +466,8 @@ def check_kustomize_refs(
             link = _refused_links_under(refused, rel)
             if link or rel in refused:
                 raise errors.RenderError(
-                    f"symlink {(link or [rel])[0]!r} points outside the repository; refused"
+                    f"{(link or [rel])[0]!r} was refused at checkout: a symlink that points "
+                    "outside the repository, or a file too large"
                 )
             if target.is_dir():
                 todo.append(target)

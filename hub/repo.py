@@ -343,6 +343,11 @@ class RepoCache:
                 obj = tree[path.strip("/")]
             except KeyError:
                 return None
+            _, size = self._open().odb.read_header(obj.id)
+            if size > MAX_READ:
+                raise errors.RenderError(
+                    f"{path.strip('/')} is {size} bytes, over the {MAX_READ // 1024} KiB limit"
+                )
             blob = self._open()[obj.id]
             return blob.data.decode(errors="replace") if isinstance(blob, pygit2.Blob) else None
 
@@ -477,33 +482,99 @@ def drop_escaping_links(root: pathlib.Path) -> list[str]:
     return dropped
 
 
-def _export(
-    git: pygit2.Repository, tree: pygit2.Tree, dest: pathlib.Path, prefix: str, refused: list[str]
+MAX_READ = 1024 * 1024  # a single file read from Git directly (fleet.yaml)
+MAX_EXPORT_ENTRIES = 100_000  # files, directories and links in one checkout
+MAX_EXPORT_BYTES = 512 * 1024 * 1024  # all files of one checkout together
+MAX_EXPORT_BLOB = 64 * 1024 * 1024  # one file
+MAX_EXPORT_DEPTH = 64
+
+
+@dataclasses.dataclass
+class _Plan:
+    """What a commit's tree will become on disk, checked before anything is written."""
+
+    dirs: list[str] = dataclasses.field(default_factory=list)
+    files: list[tuple[str, pygit2.Oid, bool]] = dataclasses.field(default_factory=list)
+    links: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    bytes: int = 0
+
+
+def _too_big(what: str) -> errors.RenderError:
+    return errors.RenderError(
+        f"the commit's tree {what}; refused (keep large or generated files out of the repo "
+        "fleetops renders from)"
+    )
+
+
+def _plan(
+    git: pygit2.Repository, tree: pygit2.Tree, prefix: str, refused: list[str], plan: _Plan
 ) -> None:
+    """Walk `tree` into `plan`: bounded in entries, depth and bytes (sizes come from object
+    headers, so a huge blob is refused unread), and refusing names that are not one plain
+    file name, or that stand twice in one tree (a hand-made tree could otherwise write
+    through a link it created itself)."""
+    if prefix.count("/") > MAX_EXPORT_DEPTH:
+        raise _too_big(f"is nested deeper than {MAX_EXPORT_DEPTH} levels at {prefix!r}")
+    seen: set[str] = set()
     for entry in tree:
         name = str(entry.name)
-        path = dest / name
         rel = f"{prefix}{name}"
         if name in ("", ".", "..", ".git") or "/" in name or "\0" in name:
-            refused.append(rel)  # a hand-made tree entry naming no file inside `dest`
+            refused.append(rel)  # a hand-made tree entry naming no file inside the checkout
             continue
+        if name in seen:
+            raise errors.RenderError(
+                f"the commit's tree lists {rel!r} twice (a hand-made tree); refused"
+            )
+        seen.add(name)
+        if len(plan.dirs) + len(plan.files) + len(plan.links) >= MAX_EXPORT_ENTRIES:
+            raise _too_big(f"has more than {MAX_EXPORT_ENTRIES} entries")
         mode = entry.filemode
-        obj = git[entry.id]
         if mode == pygit2.enums.FileMode.TREE:
-            assert isinstance(obj, pygit2.Tree)
-            path.mkdir()
-            _export(git, obj, path, f"{rel}/", refused)
+            sub = git[entry.id]
+            assert isinstance(sub, pygit2.Tree)
+            plan.dirs.append(rel)
+            _plan(git, sub, f"{rel}/", refused, plan)
         elif mode == pygit2.enums.FileMode.LINK:
-            assert isinstance(obj, pygit2.Blob)
-            target = obj.data.decode(errors="replace")
+            _, size = git.odb.read_header(entry.id)
+            if size > 4096:
+                refused.append(rel)
+                continue
+            blob = git[entry.id]
+            assert isinstance(blob, pygit2.Blob)
+            target = blob.data.decode(errors="replace")
             resolved = os.path.normpath(os.path.join(os.path.dirname(rel), target))
             if os.path.isabs(target) or resolved == ".." or resolved.startswith("../"):
                 refused.append(rel)
                 continue
-            os.symlink(target, path)
+            plan.links.append((rel, target))
         elif mode in (pygit2.enums.FileMode.BLOB, pygit2.enums.FileMode.BLOB_EXECUTABLE):
-            assert isinstance(obj, pygit2.Blob)
-            path.write_bytes(obj.data)
-            if mode == pygit2.enums.FileMode.BLOB_EXECUTABLE:
-                path.chmod(0o755)
+            _, size = git.odb.read_header(entry.id)
+            if size > MAX_EXPORT_BLOB:
+                refused.append(rel)  # too large to render; an app that uses it is told
+                continue
+            plan.bytes += size
+            if plan.bytes > MAX_EXPORT_BYTES:
+                raise _too_big(f"holds more than {MAX_EXPORT_BYTES // 2**20} MiB of files")
+            plan.files.append((rel, entry.id, mode == pygit2.enums.FileMode.BLOB_EXECUTABLE))
         # submodules (FileMode.COMMIT) are not followed
+
+
+def _export(
+    git: pygit2.Repository, tree: pygit2.Tree, dest: pathlib.Path, prefix: str, refused: list[str]
+) -> None:
+    """Write the commit's tree under `dest`: directories, then files (created anew, never
+    through a link), then links last, so nothing is ever written through a link."""
+    plan = _Plan()
+    _plan(git, tree, prefix, refused, plan)
+    for rel in plan.dirs:
+        os.mkdir(dest / rel, 0o755)
+    for rel, oid, executable in plan.files:
+        blob = git[oid]
+        assert isinstance(blob, pygit2.Blob)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        fd = os.open(dest / rel, flags, 0o755 if executable else 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob.data)
+    for rel, target in plan.links:
+        os.symlink(target, dest / rel)
