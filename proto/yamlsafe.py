@@ -156,7 +156,30 @@ def documents(text: str, *, source: str, limits: Limits = DEFAULT) -> Iterator[D
 
 
 class _Constructor(constructor.SafeConstructor):
-    """Plain data only. One per document, so a failed document leaves no state behind."""
+    """Plain data only, as JSON can hold it (what Kubernetes makes of YAML): a timestamp
+    stays the string it was written as, and `!!binary` and `!!set` are refused with a
+    message, never turned into bytes or a set that the agent could not send. One per
+    document, so a failed document leaves no state behind."""
+
+    def construct_yaml_timestamp(self, node: nodes.ScalarNode) -> Any:
+        return self.construct_scalar(node)
+
+    def _unsupported(self, node: nodes.Node) -> Any:
+        raise constructor.ConstructorError(
+            None,
+            None,
+            f"{node.tag.rsplit(':', 1)[-1]} values are not supported in manifests (Kubernetes "
+            "reads YAML as JSON): write a string, e.g. base64 under a Secret's data",
+            node.start_mark,
+        )
+
+
+_Constructor.yaml_constructors = {
+    **constructor.SafeConstructor.yaml_constructors,
+    "tag:yaml.org,2002:timestamp": _Constructor.construct_yaml_timestamp,
+    "tag:yaml.org,2002:binary": _Constructor._unsupported,
+    "tag:yaml.org,2002:set": _Constructor._unsupported,
+}
 
 
 class _PyParser(yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser):

@@ -205,10 +205,22 @@ def test_legitimate_anchors_and_merge_keys_load_as_safe_load_does() -> None:
         "ports: &ports [80, 443]\n"
         "copy: *ports\n"
         "---\n"
-        "when: 2024-01-02\n"
         "octal: 0o17\n"
     )
     assert yamlsafe.load_all(text, source="f.yaml") == list(yaml.safe_load_all(text))
+
+
+def test_a_timestamp_stays_the_string_it_was_written_as_as_kubernetes_reads_it() -> None:
+    docs = yamlsafe.load_all("when: 2024-01-02\nat: 2001-12-14t21:59:43.10-05:00\n", source="f")
+    assert docs == [{"when": "2024-01-02", "at": "2001-12-14t21:59:43.10-05:00"}]
+
+
+@pytest.mark.parametrize("value", ["!!binary aGk=", "!!set {a, b}"])
+def test_values_json_cannot_hold_are_refused_with_the_line(value: str) -> None:
+    with pytest.raises(yaml.YAMLError) as err:
+        yamlsafe.load(f"kind: ConfigMap\ndata:\n  k: {value}\n", source="cm.yaml")
+    assert "not supported in manifests" in str(err.value)
+    assert yamlsafe.describe(err.value).startswith("line 3: ")
 
 
 def test_syntax_errors_are_described_by_line_without_quoting_the_document() -> None:
