@@ -237,10 +237,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         return run_client(ns)
     except errors.HubError as e:
-        print(f"fleetops-hub: {e}", file=sys.stderr)
+        print(plain(f"fleetops-hub: {e}"), file=sys.stderr)
         return 1
     except grpc.RpcError as e:
-        print(f"fleetops-hub: {e.code().name}: {e.details()}", file=sys.stderr)
+        print(plain(f"fleetops-hub: {e.code().name}: {e.details()}"), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -31,3 +31,12 @@ def test_history_prints_hostile_messages_literally(capsys: pytest.CaptureFixture
     assert cli._history(events, "text") == 0
     out = capsys.readouterr().out
     assert "\x1b" not in out and "[/]x[bold]" in out and len(out.splitlines()) == 1
+
+
+def test_invisible_and_bidi_characters_are_shown_not_hidden(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    sneaky = "prod\u200b-eu\u202e1\ufeff\u2028x\U000e0041"
+    assert cli._history([types_pb2.Event(kind="applied", message=sneaky)], "text") == 0
+    out = capsys.readouterr().out
+    assert "prod\ufffd-eu\ufffd1\ufffd\ufffdx\ufffd" in out
