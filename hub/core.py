@@ -107,6 +107,7 @@ class Hub:
         self._effective: dict[str, tuple[str, config.App, config.App]] = {}
         self.fleet_errors: dict[str, str] = {}
         self.dropped_reports = 0  # reports for apps the cluster was not assigned
+        self._agent_seen: dict[tuple[str, str], _AgentSeen] = {}  # what reports already said
         self.plan_errors: dict[tuple[str, str], str] = {}  # (app, cluster) -> why planning failed
         self.supervisor: supervise.Supervisor | None = None  # set by the server that runs it
 
@@ -779,6 +780,8 @@ class Hub:
             self._pending_reports.pop(key, None)
         for key in [k for k in self.pins if k[1] == cluster]:
             self.pins.pop(key, None)
+        for key in [k for k in self._agent_seen if k[0] == cluster]:
+            del self._agent_seen[key]
         stream = self.streams.pop(cluster, None)
         if stream is not None:
             stream.outbox.put_nowait(agent_pb2.HubMessage())
@@ -882,36 +885,47 @@ class Hub:
             "cause": types_pb2.CAUSE_AGENT,
             "actor": f"agent:{cluster}",
         }
-        failed = report.sync == types_pb2.SYNC_STATUS_APPLY_FAILED
-        moved = (
-            before is None
-            or before.bundle_digest != report.bundle_digest
-            or (before.revision != report.revision)
-        )
-        if failed and (moved or before is None or before.sync != report.sync):
-            self._pending_events.append(
-                {**common, "kind": "apply-failed", "message": report.reason}
-            )
-        elif not failed and moved:
-            self._pending_events.append(
-                {
-                    **common,
-                    "kind": "applied",
-                    "message": f"{status.short(report.revision)} applied on {cluster}",
-                }
-            )
-        if report.healed_resources:
-            self._pending_events.append(
-                {
-                    **common,
-                    "kind": "healed",
-                    "message": f"self-healed {report.healed_resources} drifted resources",
-                }
-            )
+        for kind, message in self._agent_events(cluster, report, before):
+            self._pending_events.append({**common, "kind": kind, "message": message})
         if self._flush_task is None or self._flush_task.done():
             self._flush_task = asyncio.ensure_future(self._flush_soon())
         if announce:
             self._announce_status(cluster, report.app)
+
+    def _agent_events(
+        self, cluster: str, report: types_pb2.AppReport, before: types_pb2.AppReport | None
+    ) -> list[tuple[str, str]]:
+        """The history entries a report makes: state transitions only, so an agent cannot
+        flood the audit log. `applied` once per bundle the hub assigned and the agent then
+        runs; `apply-failed` on a new failure, at most every AGENT_EVENT_GAP seconds; `healed`
+        summed over AGENT_EVENT_GAP seconds."""
+        key = (cluster, report.app)
+        now = time.monotonic()
+        seen = self._agent_seen.setdefault(key, _AgentSeen())
+        out: list[tuple[str, str]] = []
+        assigned = self.assignments.get(key) or {}
+        failed = report.sync == types_pb2.SYNC_STATUS_APPLY_FAILED
+        moved = before is None or (before.bundle_digest, before.revision) != (
+            report.bundle_digest,
+            report.revision,
+        )
+        if failed:
+            fresh = moved or before is None or before.sync != report.sync
+            if fresh and now - seen.failed_at >= AGENT_EVENT_GAP:
+                seen.failed_at = now
+                out.append(("apply-failed", report.reason))
+        elif (
+            moved
+            and report.bundle_digest == assigned.get("digest")
+            and seen.applied != (report.bundle_digest, report.revision)
+        ):
+            seen.applied = (report.bundle_digest, report.revision)
+            out.append(("applied", f"{status.short(report.revision)} applied on {cluster}"))
+        seen.healed += report.healed_resources
+        if seen.healed and now - seen.healed_at >= AGENT_EVENT_GAP:
+            out.append(("healed", f"self-healed {seen.healed} drifted resources"))
+            seen.healed, seen.healed_at = 0, now
+        return out
 
     async def _flush_soon(self) -> None:
         await asyncio.sleep(0.2)  # gather what arrives together (a fan-out) into one write
@@ -1246,6 +1260,7 @@ class Hub:
             before=time.time() - keep.events,
             per_app=keep.events_per_app,
             keep_revisions=keep.revisions,
+            capped_causes=(types_pb2.CAUSE_AUTO, types_pb2.CAUSE_AGENT),
         )
 
         def remaining() -> tuple[set[tuple[str, str, str]], set[str]]:
@@ -1263,6 +1278,19 @@ class Hub:
     async def history(self, *, app: str, cluster: str, limit: int) -> list[store.Event]:
         await self.flush_reports()  # what agents just said belongs in the answer
         return await self.db.run(self.db.events, app=app, cluster=cluster, limit=limit or 200)
+
+
+AGENT_EVENT_GAP = 10.0  # seconds between a cluster's failure or heal entries for one app
+
+
+@dataclasses.dataclass
+class _AgentSeen:
+    """What a cluster's reports for one app have put into history already."""
+
+    applied: tuple[str, str] = ("", "")  # (digest, revision) of the last `applied` entry
+    failed_at: float = -AGENT_EVENT_GAP  # monotonic time of the last `apply-failed` entry
+    healed: int = 0  # heals reported since the last `healed` entry
+    healed_at: float = -AGENT_EVENT_GAP
 
 
 MAX_FACTS = 32

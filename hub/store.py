@@ -337,18 +337,29 @@ class Store:
 
     # ------------------------------------------------------------ retention
 
-    def prune(self, *, before: float, per_app: int, keep_revisions: int) -> dict[str, int]:
+    def prune(
+        self,
+        *,
+        before: float,
+        per_app: int,
+        keep_revisions: int,
+        capped_causes: Iterable[int] = (),
+    ) -> dict[str, int]:
         """Forget what nothing needs any more, in one transaction; how many rows went, per
-        table. Events older than `before` or beyond the newest `per_app` of their app; renders
+        table. Events older than `before`, or beyond the newest `per_app` of their app among
+        those with a cause in `capped_causes` (what agents and automation say: no flood of
+        theirs pushes an operator's entry out before its time); renders
         of revisions that are neither assigned, pinned, reported nor among the newest
         `keep_revisions` of their repo; bundles no render, assignment or report names."""
         conn = self.db.conn
         gone: dict[str, int] = {}
         with conn:
             gone["events"] = conn.execute("DELETE FROM events WHERE at < ?", [before]).rowcount
+            capped = ", ".join(str(int(c)) for c in capped_causes)
             gone["events"] += conn.execute(
                 "DELETE FROM events WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER "
-                "(PARTITION BY app ORDER BY id DESC) AS n FROM events) WHERE n > ?)",
+                f"(PARTITION BY app ORDER BY id DESC) AS n FROM events WHERE cause IN ({capped})) "
+                "WHERE n > ?)",
                 [per_app],
             ).rowcount
             gone["revisions"] = conn.execute(

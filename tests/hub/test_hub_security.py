@@ -456,3 +456,29 @@ def test_webhook_signatures_compare_as_bytes() -> None:
 def test_api_token_names_are_checked() -> None:
     with pytest.raises(errors.InvalidArgument, match="token name '../etc'"):
         apitokens.check_name("../etc")
+
+
+async def test_an_agent_flooding_reports_cannot_flood_the_audit_log(hub: server.Running) -> None:
+    agent = await enrolled(hub, "dev-7", token_labels={"env": "dev"}, claims={})
+    async with agent_channel(hub, agent) as ch:
+        stream = await agent.connect(ch)
+        got = await stream.next_assignments()
+        assigned = got.assignments[0]
+        for i in range(200):  # flip between the assigned bundle and another, healing each time
+            digest = assigned.bundle_digest if i % 2 else "ab" * 32
+            failed = i % 3 == 0
+            await stream.send(
+                agent_pb2.AgentMessage(
+                    report=types_pb2.AppReport(
+                        app="web", revision=assigned.revision, bundle_digest=digest,
+                        sync=types_pb2.SYNC_STATUS_APPLY_FAILED if failed else types_pb2.SYNC_STATUS_SYNCED,
+                        reason=f"failure {i}", healed_resources=1,
+                    )
+                )
+            )  # fmt: skip
+        await stream.send(agent_pb2.AgentMessage(report=types_pb2.AppReport(app="other")))
+        await wait.until("the reports to be handled", lambda: hub.hub.dropped_reports)
+        stream.call.cancel()
+    events = await hub.hub.history(app="web", cluster="dev-7", limit=1000)
+    by_agent = [e for e in events if e.actor == "agent:dev-7"]
+    assert len(by_agent) <= 3, [e.kind for e in by_agent]  # one applied, one failure, one heal

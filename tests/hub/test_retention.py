@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from hub import config, store
+from proto.fleetops.v1 import types_pb2
 
 
 @pytest.fixture
@@ -33,15 +34,24 @@ def rendered(db: store.Store, sha: str, digest: str) -> None:
             "created_at": 0.0}, "digest")  # fmt: skip
 
 
-def test_old_events_and_events_past_the_per_app_cap_are_forgotten(db: store.Store) -> None:
-    db.call(db.append_events, [{"app": "web", "at": 10.0, "message": "ancient"}])
+def test_old_events_and_agent_events_past_the_per_app_cap_are_forgotten(
+    db: store.Store,
+) -> None:
+    agent, user = types_pb2.CAUSE_AGENT, types_pb2.CAUSE_USER
+    db.call(db.append_events, [{"app": "web", "at": 10.0, "message": "ancient", "cause": user}])
     db.call(
-        db.append_events, [{"app": "web", "at": 1000.0 + i, "message": f"e{i}"} for i in range(5)]
+        db.append_events,
+        [{"app": "web", "at": 999.0, "message": "rollback by alice", "cause": user}],
     )
-    db.call(db.append_events, [{"app": "api", "at": 1000.0, "message": "api"}])
-    gone = db.call(db.prune, before=100.0, per_app=3, keep_revisions=5)
+    db.call(
+        db.append_events,
+        [{"app": "web", "at": 1000.0 + i, "message": f"e{i}", "cause": agent} for i in range(5)],
+    )
+    db.call(db.append_events, [{"app": "api", "at": 1000.0, "message": "api", "cause": agent}])
+    gone = db.call(db.prune, before=100.0, per_app=3, keep_revisions=5, capped_causes=(agent,))
     left = [e.message for e in db.call(db.events, limit=100)]
-    assert left == ["api", "e4", "e3", "e2"]
+    # an agent's flood cannot push the operator's entry out; age still does
+    assert left == ["api", "e4", "e3", "e2", "rollback by alice"]
     assert gone["events"] == 3
 
 
