@@ -10,12 +10,26 @@ how to make a commit and watch it roll out, and opens the TUI. Ctrl-C tears ever
     make demo                                   # local clusters, then the TUI
     make demo ARGS=--no-tui                     # the same headless; exits 0 once converged
     make demo ARGS="--contexts kind-a,kind-b,kind-c"   # your clusters instead of local ones
+
+Nothing of a demo may outlive it:
+- SIGINT (Ctrl-C), SIGTERM and SIGHUP (the terminal closed: a window, an ssh or tmux session)
+  all tear down the agents, the hub and the local clusters, in that order; a signal during the
+  teardown does not cut it short, and a terminal that is gone does not stop it (what it would
+  have printed goes to logs/demo.log).
+- Children run in sessions of their own (a closed terminal signals the demo, which stops them
+  in order) and through die_with_parent.py, so even a demo killed with SIGKILL, which runs no
+  cleanup, takes its hub, agents and `localkube up` with it (localkube's own --owner-pid
+  watcher stops the clusters).
+- One demo per directory: `demo.pid` in it is locked (flock) for the demo's whole life, so a
+  second `make demo` says which one runs instead of starting beside it; processes an earlier
+  demo left there (found by their --data/--state flags) are stopped before anything starts.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
 import os
 import pathlib
 import shutil
@@ -38,10 +52,23 @@ HERE = pathlib.Path(__file__).resolve().parent
 BIN = pathlib.Path(sys.executable).parent
 ENVS = ("dev", "staging", "prod")
 APPS = ("guestbook", "podinfo", "redis")
+LOCK = "demo.pid"  # in the demo's directory: the running demo's pid, flock'ed while it runs
+STOP_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
+_transcript: pathlib.Path | None = None  # logs/demo.log once the directory exists
+_held_lock: IO[str] | None = None  # the open, locked demo.pid
 
 
 class DemoError(Exception):
     """Something the user can fix; the message says what."""
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGINT, SIGTERM or SIGHUP arrived: tear down. A KeyboardInterrupt, so a foreground
+    child that `subprocess.run` waits for (the TUI) is stopped the same way Ctrl-C stops it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 def cache_bin() -> pathlib.Path:
@@ -49,8 +76,34 @@ def cache_bin() -> pathlib.Path:
     return pathlib.Path(cache) / "bin"
 
 
+def _terminal_gone() -> None:
+    """After SIGHUP writes to the terminal fail (EIO): send them to /dev/null from now on,
+    so neither the teardown nor the interpreter's last flush fails on them."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.dup2(null, 2)
+    os.close(null)
+
+
+def _emit(text: str, stream: IO[str]) -> None:
+    if _transcript is not None:
+        try:
+            with open(_transcript, "a") as log:
+                log.write(text + "\n")
+        except OSError:
+            pass
+    try:
+        print(text, file=stream, flush=True)
+    except OSError:
+        _terminal_gone()
+
+
 def say(text: str = "") -> None:
-    print(text, flush=True)
+    _emit(text, sys.stdout)
+
+
+def complain(text: str) -> None:
+    _emit(text, sys.stderr)
 
 
 def step(n: int, text: str) -> None:
@@ -64,26 +117,48 @@ class Child:
     log: pathlib.Path
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_all([self.proc])
 
     def tail(self, lines: int = 15) -> str:
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
 
 
+def stop_all(procs: list[subprocess.Popen[str]], grace: float = 10.0) -> None:
+    """SIGTERM each process's group (its own session: the process and whatever it started),
+    wait up to `grace` seconds for all of them, then SIGKILL the groups still there."""
+    running = [p for p in procs if p.poll() is None]
+    for p in running:
+        _signal_group(p.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for p in running:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _signal_group(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def tied(cmd: list[str]) -> list[str]:
+    """`cmd` run so that it gets SIGTERM when this process dies, even by SIGKILL."""
+    return [sys.executable, str(HERE / "die_with_parent.py"), str(os.getpid()), "--", *cmd]
+
+
 def spawn(name: str, cmd: list[str], log: pathlib.Path, env: dict[str, str] | None = None) -> Child:
     log.parent.mkdir(parents=True, exist_ok=True)
     out: IO[str]
     with open(log, "a") as out:
-        # A session of its own: Ctrl-C reaches the demo, which stops children in order.
+        # A session of its own: a closed terminal or Ctrl-C reaches the demo, which stops
+        # children in order; tied to the demo, so they die with it if it gets no chance to.
         proc = subprocess.Popen(
-            cmd,
+            tied(cmd),
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -130,21 +205,37 @@ class Cluster:
 
 
 def local_clusters(work: pathlib.Path) -> list[Cluster]:
-    out = run(
-        [
-            sys.executable,
-            str(ROOT / "deploy" / "local" / "localkube"),
-            "up",
-            "--names",
-            ",".join(ENVS),
-            "--state",
-            str(work / "clusters"),
-            "--owner-pid",
-            str(os.getpid()),
-        ],
-        "starting the local clusters (deploy/local/localkube up)",
-        timeout=600,
+    cmd = [
+        sys.executable,
+        str(ROOT / "deploy" / "local" / "localkube"),
+        "up",
+        "--names",
+        ",".join(ENVS),
+        "--state",
+        str(work / "clusters"),
+        "--owner-pid",
+        str(os.getpid()),
+    ]
+    # Its own session, so a closed terminal does not kill it halfway (the demo stops it, and
+    # SIGTERM makes `up` stop what it started); tied to the demo, for a demo killed outright.
+    proc = subprocess.Popen(
+        tied(cmd),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
     )
+    try:
+        out, err = proc.communicate(timeout=600)
+    except BaseException:
+        stop_all([proc], grace=60)
+        raise
+    if proc.returncode != 0:
+        raise DemoError(
+            "starting the local clusters (deploy/local/localkube up) failed "
+            f"({proc.returncode}):\n{err.strip()}"
+        )
     paths = [pathlib.Path(p) for p in out.split()]
     if len(paths) != len(ENVS):
         raise DemoError(f"localkube printed {paths}; expected {len(ENVS)} kubeconfigs")
@@ -323,8 +414,11 @@ class Fleet:
             time.sleep(0.5)
 
     def stop(self) -> None:
-        for child in reversed(self.children):
-            child.stop()
+        """The agents first (together), then the hub."""
+        agents = [c.proc for c in self.children if c is not self.hub]
+        stop_all(agents)
+        if self.hub is not None:
+            stop_all([self.hub.proc])
         self.children.clear()
 
 
@@ -395,16 +489,28 @@ The fleet runs: 3 apps on 3 clusters, each from the same Git commit.
 """
 
 
+def on_stop_signal(signum: int, frame: object) -> None:
+    raise Stopped(signum)
+
+
+def while_tearing_down(signum: int, frame: object) -> None:
+    say(f"({signal.Signals(signum).name}: still tearing down, nearly done)")
+
+
 @contextmanager
 def teardown_on_exit(fleet: Fleet, work: pathlib.Path, local: bool) -> Iterator[None]:
-    def on_term(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, on_stop_signal)
     try:
         yield
     finally:
-        say("Tearing down: agents, hub" + (", local clusters" if local else "") + " ...")
+        # nothing may cut the teardown short: a second Ctrl-C, or the SIGHUP and SIGTERM a
+        # closing terminal and session send one after the other
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, while_tearing_down)
+        why = sys.exc_info()[1]
+        cause = f" ({why.args[0]})" if isinstance(why, Stopped) else ""
+        say(f"Tearing down{cause}: agents, hub" + (", local clusters" if local else "") + " ...")
         fleet.stop()
         if local:
             localkube_down(work)
@@ -445,12 +551,16 @@ def main(argv: list[str] | None = None) -> int:
     contexts = [c.strip() for c in ns.contexts.split(",") if c.strip()]
     work = pathlib.Path(ns.dir).resolve()
     converged = False
+    global _transcript
     try:
         check_prerequisites(contexts)
+        hold_lock(work)
+        stop_leftovers(work)
         if (work / "clusters").exists():  # a previous demo's clusters, if any are left
             localkube_down(work)
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
+        wipe(work)
+        (work / "logs").mkdir()
+        _transcript = work / "logs" / "demo.log"
         started = time.monotonic()
         fleet = Fleet(work, [])
         with teardown_on_exit(fleet, work, local=not contexts):
@@ -485,10 +595,91 @@ def main(argv: list[str] | None = None) -> int:
             open_tui(fleet, work)
         return 0
     except DemoError as e:
-        print(f"make demo: {e}", file=sys.stderr)
+        complain(f"make demo: {e}")
         return 1
+    except Stopped as e:
+        if converged and e.signum == signal.SIGINT:
+            return 0  # Ctrl-C is how a converged demo ends
+        return 128 + e.signum
     except KeyboardInterrupt:
-        return 0 if converged else 130  # Ctrl-C is how a converged demo ends
+        return 0 if converged else 130
+
+
+def hold_lock(work: pathlib.Path) -> None:
+    """Lock `work/demo.pid` for this process's whole life (the kernel drops the lock when it
+    ends, however it ends) and write our pid in it; another live demo there is a DemoError."""
+    global _held_lock
+    work.mkdir(parents=True, exist_ok=True)
+    f = open(work / LOCK, "a+")  # open until this process ends: that is the lock
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        pid = f.read().strip() or "unknown"
+        f.close()
+        raise DemoError(
+            f"another demo is running in {work} (pid {pid}); it owns the clusters, hub and "
+            f"agents there. End it first (Ctrl-C in its terminal, or `kill {pid}`: it tears "
+            'everything down), or run this one elsewhere with ARGS="--dir OTHER_DIR".'
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    _held_lock = f
+
+
+def wipe(work: pathlib.Path) -> None:
+    """Empty `work`, all but the lock file (removing it would let a second demo lock a new
+    file of the same name beside ours)."""
+    for entry in work.iterdir():
+        if entry.name == LOCK:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def leftovers(work: pathlib.Path) -> list[int]:
+    """Pids of hubs and agents an earlier demo in `work` left running (their --data and
+    --state flags name it). Only this user's processes; none where /proc does not exist."""
+    marks = (f"--data={work}/hub", f"--state={work}/agents/")
+    found = []
+    proc = pathlib.Path("/proc")
+    for entry in proc.iterdir() if proc.is_dir() else []:
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if entry.stat().st_uid != os.getuid():
+                continue
+            args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if any(a == marks[0] or a.startswith(marks[1]) for a in args):
+            found.append(int(entry.name))
+    return found
+
+
+def stop_leftovers(work: pathlib.Path) -> None:
+    pids = leftovers(work)
+    if not pids:
+        return
+    listed = ", ".join(map(str, pids))
+    say(f"Stopping what an earlier demo left running in {work} (pids {listed}) ...")
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 15
+    while leftovers(work) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in leftovers(work):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 if __name__ == "__main__":
