@@ -201,7 +201,7 @@ def test_a_ref_lock_left_by_a_fetch_that_died_does_not_stop_fetching(
     assert not lock.exists()
 
 
-def test_a_hub_whose_git_host_hangs_answers_operators_and_stops_on_sigterm(
+async def test_a_hub_whose_git_host_hangs_answers_operators_and_stops_on_sigterm(
     origin: tuple[fleet.Repo, gitserve.Proxy], tmp_path: pathlib.Path
 ) -> None:
     source, proxy = origin
@@ -215,28 +215,31 @@ def test_a_hub_whose_git_host_hangs_answers_operators_and_stops_on_sigterm(
     hub = fleet.start_hub(cfg, tmp_path / "data")
     try:
         client = hub.fleet()
-        fleet.wait_for(
+        await wait.until(
             "the hub fetched the first commit",
             lambda: any(r.revision == first for r in client.snapshot().repos),
-            timeout=30,
-            on_fail=hub.process.tail,
+            within=30,
         )
         source.write("apps/web/cm.yaml", {**CM, "data": {"v": "2"}})
         source.commit("second")
         proxy.mode = "hold"
-        fleet.wait_for("the hub's fetch hung", lambda: proxy.held >= 1, timeout=30)
+        await wait.until("the hub's fetch hung", lambda: proxy.held >= 1, within=30)
         # planning needs the repo (resolve, tree keys); it must not wait for the hung fetch
         done = client.rollback("web", first[:12])
         assert done.event.revision == first, done
         assert client.snapshot().repos[0].revision == first
 
+        # the process's fetch deadlines are 10 s to connect and 30 s per read: SIGTERM must
+        # not wait for them
         hub.process.proc.send_signal(signal.SIGTERM)
-        fleet.wait_for(
-            "the hub exited on SIGTERM with its fetch still hanging",
-            lambda: hub.process.proc.poll() is not None,
-            timeout=15,
-            on_fail=hub.process.tail,
-        )
+        try:
+            await wait.until(
+                "the hub exited on SIGTERM with its fetch still hanging",
+                lambda: hub.process.proc.poll() is not None,
+                within=15,
+            )
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{hub.process.tail()}") from None
         assert hub.process.proc.returncode == 0, hub.process.tail()
     finally:
         hub.process.stop()
