@@ -133,6 +133,8 @@ def metrics(hub: core.Hub) -> str:
 
 
 MAX_CONNECTIONS = 64  # at once; more are answered 503 without reading a byte of them
+MAX_PER_PEER = 16  # at once from one address, so one client cannot take all of them
+HEADER_DEADLINE = 5.0  # seconds for the request line and headers (slow clients are cut)
 
 
 class Server:
@@ -140,6 +142,7 @@ class Server:
         self.hub = hub
         self._server: asyncio.Server | None = None
         self._active = 0
+        self._per_peer: Counter[str] = Counter()
 
     async def start(self, host: str, port: int) -> int:
         self._server = await asyncio.start_server(self._handle, host, port)
@@ -151,9 +154,11 @@ class Server:
             await self._server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = str((writer.get_extra_info("peername") or ("?",))[0])
         self._active += 1
+        self._per_peer[peer] += 1
         try:
-            if self._active > MAX_CONNECTIONS:
+            if self._active > MAX_CONNECTIONS or self._per_peer[peer] > MAX_PER_PEER:
                 code, body, ctype = 503, b"busy, retry later\n", "text/plain"
                 # take in what was sent (bounded), so closing does not reset the connection
                 # before the client has read the answer
@@ -168,6 +173,9 @@ class Server:
             code, body, ctype = 400, b"bad request\n", "text/plain"
         finally:
             self._active -= 1
+            self._per_peer[peer] -= 1
+            if self._per_peer[peer] <= 0:
+                del self._per_peer[peer]
         try:
             writer.write(
                 f"HTTP/1.1 {code} {_REASONS.get(code, 'Error')}\r\nContent-Type: {ctype}\r\n"
@@ -181,19 +189,30 @@ class Server:
             writer.close()
 
     async def _respond(self, reader: asyncio.StreamReader) -> tuple[int, bytes, str]:
+        return await self._route(*await asyncio.wait_for(self._head(reader), HEADER_DEADLINE))
+
+    async def _head(
+        self, reader: asyncio.StreamReader
+    ) -> tuple[asyncio.StreamReader, list[str], dict[str, str]]:
+        """The request line and headers, read under HEADER_DEADLINE."""
         request = (await reader.readline()).decode("latin-1").split()
-        if len(request) != 3:
-            return 400, b"bad request line\n", "text/plain"
-        method, path, _ = request
         headers: dict[str, str] = {}
-        while True:
+        while len(request) == 3:
             line = (await reader.readline()).decode("latin-1")
             if line in ("\r\n", "\n", ""):
                 break
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
             if len(headers) > 100:
-                return 400, b"too many headers\n", "text/plain"
+                raise ValueError("too many headers")
+        return reader, request, headers
+
+    async def _route(
+        self, reader: asyncio.StreamReader, request: list[str], headers: dict[str, str]
+    ) -> tuple[int, bytes, str]:
+        if len(request) != 3:
+            return 400, b"bad request line\n", "text/plain"
+        method, path, _ = request
         if method == "GET" and path == "/healthz":
             return 200, b"ok\n", "text/plain"
         if method == "GET" and path == "/metrics":

@@ -392,8 +392,10 @@ def get(port: int, path: str) -> str:
         return str(resp.read().decode())
 
 
-def raw_request(port: int, request: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+def raw_request(port: int, request: bytes, source: str = "127.0.0.1") -> bytes:
+    with socket.create_connection(
+        ("127.0.0.1", port), timeout=5, source_address=(source, 0)
+    ) as sock:
         sock.sendall(request)
         chunks = []
         while chunk := sock.recv(65536):
@@ -422,23 +424,39 @@ async def test_an_oversize_webhook_body_is_refused_unread(hub: server.Running) -
     assert answer.startswith(b"HTTP/1.1 413 ")
 
 
-async def test_too_many_concurrent_connections_get_503(hub: server.Running) -> None:
+async def test_one_client_holding_connections_gets_503_and_others_are_still_served(
+    hub: server.Running,
+) -> None:
     idle = [
-        socket.create_connection(("127.0.0.1", hub.http_port)) for _ in range(http.MAX_CONNECTIONS)
+        socket.create_connection(("127.0.0.1", hub.http_port)) for _ in range(http.MAX_PER_PEER)
     ]
     try:
         await wait.until(
             "every idle connection to be accepted",
-            lambda: hub._http._active >= http.MAX_CONNECTIONS,
+            lambda: hub._http._per_peer.get("127.0.0.1", 0) >= http.MAX_PER_PEER,
         )
         answer = await asyncio.to_thread(
             raw_request, hub.http_port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        other = await asyncio.to_thread(
+            raw_request, hub.http_port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", "127.0.0.2"
         )
     finally:
         for s in idle:
             s.close()
     assert answer.startswith(b"HTTP/1.1 503 ")
+    assert other.startswith(b"HTTP/1.1 200 ")
     await wait.until("the hub to answer again", lambda: asyncio.to_thread(_healthz, hub.http_port))
+
+
+async def test_a_client_that_sends_its_headers_slowly_is_cut(
+    hub: server.Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http, "HEADER_DEADLINE", 0.5)
+    with socket.create_connection(("127.0.0.1", hub.http_port), timeout=10) as sock:
+        sock.sendall(b"POST /webhook/platform HTTP/1.1\r\nHost: x\r\n")  # and no more
+        answer = await asyncio.to_thread(sock.recv, 1024)
+    assert answer.startswith(b"HTTP/1.1 400 ")
 
 
 def _healthz(port: int) -> bool:
