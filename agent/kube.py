@@ -283,6 +283,7 @@ def connect(
     return Kube(client.ApiClient(cfg), concurrency=concurrency, timeouts=timeouts)
 
 
+_VERBS = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 _CONFLICT_MANAGER = re.compile(r'conflicts? with "([^"]+)"')
 
 
@@ -309,7 +310,8 @@ def _error(
         return errors.Invalid(message, status=code, reason=reason)
     if code == 403:
         namespace, resource = _scope(path)
-        return errors.Forbidden(message, namespace=namespace, resource=resource, verb=method)
+        verb = _VERBS.get(method, method.lower())
+        return errors.Forbidden(message, namespace=namespace, resource=resource, verb=verb)
     return errors.KubeError(message, status=code, reason=reason)
 
 

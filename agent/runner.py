@@ -100,6 +100,7 @@ class Runner:
         self._running: dict[str, asyncio.Task[None]] = {}  # app -> its worker
         self._again: set[str] = set()  # dirtied while running: once more after
         self._probes: asyncio.Server | None = None
+        self._version = ""
         self.supervisor = supervise.Supervisor(self.stop)
 
     # ------------------------------------------------------------ lifecycle
@@ -347,13 +348,9 @@ class Runner:
         ) as channel:
             stub = agent_pb2_grpc.AgentServiceStub(channel)
             outbox: asyncio.Queue[agent_pb2.AgentMessage] = asyncio.Queue()
-            try:
-                version = await self.kube.server_version()
-            except errors.KubeError:
-                version = "unknown"
             hello = agent_pb2.Hello(
                 agent_version=agent.__version__,
-                kubernetes_version=version,
+                kubernetes_version=await self._kubernetes_version(),
                 labels=self.labels,
                 reports=list(self.reports.values()),
             )
@@ -388,6 +385,15 @@ class Runner:
                                 self.enqueue(stored.assignment.app)
             finally:
                 call.cancel()  # ends grpc's reader of `requests` cleanly
+
+    async def _kubernetes_version(self) -> str:
+        """The API server's version for the Hello; the last one known (or "unknown") when it
+        does not answer within 2 s: a hung API server must not hold the hub connection."""
+        try:
+            self._version = await asyncio.wait_for(self.kube.server_version(), timeout=2)
+        except (errors.KubeError, TimeoutError) as e:
+            log.warning("Kubernetes version for the hub: %s", e or "no answer within 2 s")
+        return self._version or "unknown"
 
     async def _assignments(
         self, stub: agent_pb2_grpc.AgentServiceStub, msg: agent_pb2.Assignments
