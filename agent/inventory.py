@@ -69,6 +69,27 @@ class Store:
             ) from None
         return Inventory(app, doc.get("revision", ""), doc.get("bundleDigest", ""), entries)
 
+    async def owners(self, *, besides: str) -> dict[manifests.Key, str]:
+        """Which app's inventory lists each object, for every app but `besides`: an app
+        never takes over (and later prunes) what another app applied. A corrupt inventory
+        is skipped here (its own app reports it)."""
+        out: dict[manifests.Key, str] = {}
+        for cm in await self._client.list(
+            _CONFIGMAP, self.namespace, label_selector=f"{guard.INVENTORY_MARK}=true"
+        ):
+            meta = cm.get("metadata") or {}
+            app = str((meta.get("annotations") or {}).get("fleetops.io/app", ""))
+            if not app or app == besides:
+                continue
+            try:
+                doc = json.loads((cm.get("data") or {}).get(DATA_KEY, "{}"))
+                for e in doc.get("resources", []):
+                    key = manifests.Key(e["group"], e["kind"], e["namespace"], e["name"])
+                    out.setdefault(key, app)
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue
+        return out
+
     async def save(
         self, *, app: str, revision: str, bundle_digest: str, entries: Iterable[Entry]
     ) -> None:

@@ -302,6 +302,36 @@ class Reconciler:
             allow_mass_prune=allow_mass_prune,
         )  # fmt: skip
 
+    async def _unclaimed(self, app: str, plan: _Plan) -> _Plan:
+        """`plan` less the objects another app's inventory lists (Namespaces excepted: apps
+        may share one, and the namespace prune guard keeps it while anything else is in it).
+        Each is refused by name: taking it over would let this app change and later prune
+        what the other app applied."""
+        owners = await self.inventories.owners(besides=app)
+        if not owners:
+            return plan
+        kept: list[Prepared] = []
+        refused: list[st.ResourceResult] = []
+        for p in plan.prepared:
+            owner = owners.get(p.key)
+            if owner is None or (not p.key.group and p.key.kind == "Namespace"):
+                kept.append(p)
+                continue
+            refused.append(
+                st.ResourceResult(
+                    p.key,
+                    p.rt.version,
+                    st.APPLY_FAILED,
+                    None,
+                    f"{p.resource.where}: refused: {p.key} belongs to app {owner} (its "
+                    "inventory lists it); an app may not take over another app's objects: "
+                    f"remove it from one of the two apps",
+                    "refused",
+                    source=p.resource.where,
+                )  # fmt: skip
+            )
+        return _Plan(kept, [*plan.failures, *refused]) if refused else plan
+
     @staticmethod
     def _settled(
         previous: inventory.Inventory | None,
@@ -336,6 +366,7 @@ class Reconciler:
         plan: _Plan,
         allow_mass_prune: bool,
     ) -> st.AppResult:
+        plan = await self._unclaimed(bundle.app, plan)
         by_key = {p.key: p for p in plan.prepared}
 
         old_entries = set(previous.entries) if previous else set()
