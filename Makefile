@@ -46,4 +46,6 @@ demo:
 	@$(BIN)/python deploy/demo/demo.py $(ARGS)
 
 clean:
+	@if [ -e .demo/demo.pid ] && ! flock -n .demo/demo.pid true; then \
+	  echo "make clean: a demo is running (pid $$(cat .demo/demo.pid)); stop it first"; exit 1; fi
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .demo
