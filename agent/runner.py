@@ -36,6 +36,7 @@ from proto import bundles, supervise
 from proto.fleetops.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 
 log = logging.getLogger("fleetops.agent")
+MAX_MESSAGE = 16 * 1024 * 1024  # gRPC message limit on the hub channel, both ways
 WORKERS = 4  # apps reconciled at once
 
 
@@ -341,6 +342,9 @@ class Runner:
             ("grpc.keepalive_time_ms", 20_000),
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.keepalive_permit_without_calls", 1),
+            # as the hub sets them: its messages stay well under, this is the agreed ceiling
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.max_send_message_length", MAX_MESSAGE),
         ]
         target = self.me.stream_address(self.address)
         async with grpc.aio.secure_channel(
