@@ -6,11 +6,14 @@ from __future__ import annotations
 import pathlib
 from collections.abc import AsyncIterator
 
+import grpc
 import pytest
 import yaml
 
 from hub import fleet_service, render, server
+from proto.fleetops.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
 from tests.e2e import fleet
+from tests.support import wait
 from tui import client as tui_client
 
 
@@ -73,3 +76,23 @@ async def test_silence_past_the_limit_counts_as_a_lost_hub(
     finally:
         await c.close()
     assert seen[0] == "snapshot" and None not in seen  # no heartbeat came, and it noticed
+
+
+async def test_a_watcher_that_stops_reading_has_its_stream_ended(
+    hub: server.Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fleet_service, "STUCK", 1.0)
+    monkeypatch.setattr(fleet_service, "HEARTBEAT", 0.5)
+    creds = grpc.ssl_channel_credentials(root_certificates=hub.ca.cert_pem)
+    async with grpc.aio.secure_channel(f"127.0.0.1:{hub.grpc_port}", creds) as ch:
+        call = fleet_pb2_grpc.FleetServiceStub(ch).Watch(
+            fleet_pb2.WatchRequest(),
+            metadata=(("authorization", f"Bearer {hub.tokens['readonly']}"),),
+        )
+        await call.read()  # the snapshot; then this client reads nothing more
+        await wait.until("the hub to count the watcher", lambda: hub.hub.watchers)
+        big = "x" * 100_000
+        for _ in range(300):  # ~30 MB of changes nobody reads: far past any flow-control window
+            hub.hub._announce(fleet_pb2.FleetChange(event=types_pb2.Event(message=big)))
+        await wait.until("the stuck watcher to be dropped", lambda: not hub.hub.watchers, within=30)
+        call.cancel()
