@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import pathlib
 import re
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -416,3 +418,83 @@ def report(
         line += f" ({note})"
     with capsys.disabled():
         print(f"\n{line}", flush=True)
+
+
+# ---------------------------------------------------------------- a cluster of its own
+
+
+@contextlib.contextmanager
+def dedicated_cluster(state: pathlib.Path, name: str) -> Iterator[localkube.LocalCluster]:
+    """One localkube cluster for a test that stops its API server; `down` even on failure
+    (and localkube's watcher runs `down` should pytest itself die)."""
+    try:
+        [cluster] = localkube.up(state, [name], owner_pid=os.getpid())
+        yield cluster
+    finally:
+        localkube.down(state)
+
+
+class ApiServer:
+    """The kube-apiserver of a dedicated localkube cluster, stopped and started again with
+    the same command line (same port, certificates and etcd prefix). A restarted one is
+    added to localkube's state file, so `localkube down` (or its watcher) stops it too."""
+
+    def __init__(self, state: pathlib.Path, cluster: str) -> None:
+        self.state = state.resolve()
+        self.name = f"{cluster}/kube-apiserver"
+        self.log = self.state / cluster / "logs" / "kube-apiserver.log"
+        procs = json.loads((self.state / "state.json").read_text())["procs"]
+        [self.pid] = [p["pid"] for p in procs if p["name"] == self.name]
+        self.cmdline = pathlib.Path(f"/proc/{self.pid}/cmdline").read_bytes().split(b"\0")[:-1]
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def running(self) -> bool:
+        try:
+            stat = pathlib.Path(f"/proc/{self.pid}/stat").read_text()
+        except OSError:
+            return False
+        return stat.rpartition(")")[2].split()[0] != "Z"  # a zombie has stopped
+
+    def stop(self) -> None:
+        """SIGTERM: it stops serving at once, then waits up to a minute for long-running
+        requests (watches) before it exits; `kill` ends that wait."""
+        os.kill(self.pid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        if self.running():
+            os.kill(self.pid, signal.SIGKILL)
+
+    def serving(self, port: int) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        except OSError:
+            return False
+        return True
+
+    def start(self) -> None:
+        assert not self.running(), f"{self.name} (pid {self.pid}) still runs"
+        with open(self.log, "ab") as out:
+            self._proc = subprocess.Popen(
+                self.cmdline,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self.pid = self._proc.pid
+        path = self.state / "state.json"
+        doc = json.loads(path.read_text())
+        doc["procs"].append({"name": self.name, "pid": self.pid})
+        tmp = path.with_suffix(".faults.tmp")
+        tmp.write_text(json.dumps(doc, indent=2))
+        tmp.replace(path)
+
+    def close(self) -> None:
+        """Stop the one this object started (by its PID), if it still runs."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
