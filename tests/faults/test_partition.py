@@ -162,6 +162,6 @@ async def test_partition_between_hub_and_agent(
                 capsys, "hub<->agent partition", took, lost,
                 f"hub showed Disconnected {noticed:.1f} s after the cut; the cut-off agent "
                 f"healed a scaled Deployment and an edited ConfigMap within {healed_offline:.1f} s"
-                + "".join(f"; {p}" for p in problems),
+                + "".join(f"\n  problem: {p}" for p in problems),
             )  # fmt: skip
             assert not lost + problems, "\n".join(lost + problems)
