@@ -36,6 +36,8 @@ from proto import bundles, supervise
 from proto.fleetops.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 
 log = logging.getLogger("fleetops.agent")
+HEARTBEAT = 10.0  # seconds between the agent's heartbeats on the hub stream
+HUB_SILENCE = 25.0  # seconds without a message from the hub (it beats every 10 s): redial
 MAX_MESSAGE = 16 * 1024 * 1024  # gRPC message limit on the hub channel, both ways
 WORKERS = 4  # apps reconciled at once
 
@@ -49,8 +51,7 @@ def _same(a: types_pb2.AppReport | None, b: types_pb2.AppReport) -> bool:
     for r in (x, y):
         r.ClearField("observed_at")
         r.ClearField("applied_at")
-        r.healed_resources = 0
-    return x == y and not b.healed_resources
+    return x == y  # healed_resources is a running total: a new heal is a new report
 
 
 def _without_bundle(a: types_pb2.Assignment) -> types_pb2.Assignment:
@@ -95,7 +96,9 @@ class Runner:
         self._outbox: asyncio.Queue[agent_pb2.AgentMessage] | None = None
         self._dirty: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
-        self._pending_heals: dict[str, int] = {}
+        # heals per app since this agent started, sent as a running total: a report lost on a
+        # dead stream loses no heal, the next one (or the Hello) carries the total
+        self._heals: dict[str, int] = {}
         self._backoff: dict[str, float] = {}
         self._slots = asyncio.Semaphore(max(1, workers))
         self._running: dict[str, asyncio.Task[None]] = {}  # app -> its worker
@@ -276,11 +279,9 @@ class Runner:
             result = await self.rec.reconcile(bundle, a.policy, allow_mass_prune=a.allow_mass_prune)
         self._follow_up(app, result)
         report = st.to_report(result, generation=a.generation)
+        self._heals[app] = self._heals.get(app, 0) + report.healed_resources
+        report.healed_resources = self._heals[app]
         if not _same(self.reports.get(app), report):
-            if self._outbox is None:
-                # offline: keep counting heals so the hub hears of them on reconnect
-                self._pending_heals[app] = self._pending_heals.get(app, 0) + report.healed_resources
-                report.healed_resources = self._pending_heals[app]
             self.reports[app] = report
             self._send(agent_pb2.AgentMessage(report=report))
             log.log(
@@ -331,7 +332,7 @@ class Runner:
                 self._outbox = None
                 self.connected.clear()
             delay = backoff * (0.8 + 0.4 * random.random())
-            backoff = min(backoff * 2, 30.0)
+            backoff = min(backoff * 2, 10.0)
             try:
                 await asyncio.wait_for(self.stop.wait(), timeout=delay)
             except TimeoutError:
@@ -342,6 +343,7 @@ class Runner:
             ("grpc.keepalive_time_ms", 20_000),
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),  # a dead hub is found, idle or not
             # as the hub sets them: its messages stay well under, this is the agreed ceiling
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
@@ -365,18 +367,29 @@ class Runner:
                 while True:
                     yield await outbox.get()
 
+            async def heartbeat() -> None:  # the hub ends a stream it has not heard from
+                while True:
+                    await asyncio.sleep(HEARTBEAT)
+                    outbox.put_nowait(agent_pb2.AgentMessage(ack=agent_pb2.Ack()))
+
             call = stub.Connect(requests())
+            beating = asyncio.ensure_future(heartbeat())
             try:
-                async for msg in call:
+                while True:
+                    try:  # the hub sends a heartbeat when quiet: silence means it is gone
+                        msg = await asyncio.wait_for(call.read(), HUB_SILENCE)
+                    except TimeoutError:
+                        raise errors.AgentError(
+                            f"no word from the hub for {HUB_SILENCE:.0f} s; dialling again"
+                        ) from None
+                    if not isinstance(msg, agent_pb2.HubMessage):  # grpc.aio.EOF
+                        break
                     if not self.connected.is_set():
-                        # Only now is the stream up: reports made while dialling go out too, and
-                        # what happened offline (heals) has been told once and is not repeated.
+                        # Only now is the stream up: reports made while dialling go out too
+                        # (heals are running totals: the hub counts each one once).
                         for app, report in self.reports.items():
                             if in_hello.get(app) is not report:
                                 outbox.put_nowait(agent_pb2.AgentMessage(report=report))
-                        self._pending_heals.clear()
-                        for report in self.reports.values():
-                            report.healed_resources = 0
                         self._outbox = outbox
                         self.connected.set()
                         log.info("connected to hub %s as cluster %s", self.address, self.me.cluster)
@@ -388,6 +401,7 @@ class Runner:
                             if not msg.sync_now.app or stored.assignment.app == msg.sync_now.app:
                                 self.enqueue(stored.assignment.app)
             finally:
+                beating.cancel()
                 call.cancel()  # ends grpc's reader of `requests` cleanly
 
     async def _kubernetes_version(self) -> str:

@@ -32,6 +32,7 @@ from hub.services import _abort, cluster_of
 from proto.fleetops.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger("fleetops.hub")
+HEARTBEAT = 10.0  # seconds of quiet on an agent's stream before the hub sends a heartbeat
 
 
 class AgentService(agent_pb2_grpc.AgentServiceServicer):
@@ -198,11 +199,17 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         try:
             while True:
                 getter = asyncio.ensure_future(stream.outbox.get())
-                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    {getter, reader}, timeout=HEARTBEAT, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not done:  # quiet: tell the agent the hub is there
+                    getter.cancel()
+                    yield agent_pb2.HubMessage(heartbeat=agent_pb2.Heartbeat())
+                    continue
                 if getter in done:
                     msg = getter.result()
                     if msg.WhichOneof("msg") is None:
-                        reason = "replaced by a newer connection"
+                        reason = stream.ended or "ended by the hub"
                         break
                     yield msg
                 if reader in done:

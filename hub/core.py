@@ -27,6 +27,9 @@ from proto.fleetops.v1 import agent_pb2, fleet_pb2, types_pb2
 
 log = logging.getLogger("fleetops.hub")
 CHUNK = 1024 * 1024
+AGENT_SILENCE = 25.0  # seconds without a message (agents send one every 10 s): Disconnected
+STORE_RETRY = 5.0  # seconds between tries when the store cannot write
+MAX_PENDING_EVENTS = 50_000  # agent history entries kept in memory while the store cannot write
 RENDER_SLOTS = 2  # concurrent helm/kustomize processes (each may use a core)
 PRERENDER_WAIT = 2.0  # seconds planning waits for renders before going on without the slow ones
 INLINE_LIMIT = 256 * 1024  # a bundle this small may travel inside an assignment
@@ -36,10 +39,17 @@ MAX_MESSAGE = 16 * 1024 * 1024  # gRPC message limit, set explicitly on hub and 
 
 @dataclasses.dataclass
 class Stream:
-    """One connected agent: what to send it."""
+    """One connected agent: what to send it, when it was last heard, why it ended."""
 
     cluster: str
     outbox: asyncio.Queue[agent_pb2.HubMessage]
+    heard: float = dataclasses.field(default_factory=time.monotonic)
+    ended: str = ""  # why the hub ended it ("" until it does)
+
+    def end(self, reason: str) -> None:
+        if not self.ended:
+            self.ended = reason
+            self.outbox.put_nowait(agent_pb2.HubMessage())  # the servicer's signal to stop
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,6 +213,27 @@ class Hub:
                 w.cancel()
 
     async def refresh(self, repo_name: str) -> None:
+        """Fetch a repo and plan what changed. A store that cannot write (a full data
+        directory) is the repo's error, named; the same commit is tried again shortly."""
+        before = self.heads.get(repo_name)
+        try:
+            await self._refresh(repo_name)
+        except errors.StoreUnavailable as e:
+            if before is None:
+                self.heads.pop(repo_name, None)
+            else:
+                self.heads[repo_name] = before  # so the next pass plans this commit again
+            st = self.repo_status[repo_name]
+            st.revision = before or ""
+            st.error = str(e)
+            st.fetched_at.GetCurrentTime()
+            log.error("repo %s: %s", repo_name, e)
+            self._announce(fleet_pb2.FleetChange(repo=st))
+            ev = self._fetch_now.get(repo_name)
+            if ev is not None:
+                asyncio.get_running_loop().call_later(STORE_RETRY, ev.set)
+
+    async def _refresh(self, repo_name: str) -> None:
         cache = self.repos[repo_name]
         st = self.repo_status[repo_name]
         try:
@@ -219,8 +250,6 @@ class Hub:
         if sha == self.heads.get(repo_name):
             await self._save_repo(repo_name)
             return
-        self.heads[repo_name] = sha
-        st.revision = sha
         commit = await asyncio.to_thread(cache.commit, sha)
         await self.db.run(
             self.db.upsert,
@@ -235,6 +264,8 @@ class Hub:
             },
             ("repo", "sha"),
         )
+        self.heads[repo_name] = sha
+        st.revision = sha
         await self._save_repo(repo_name)
         log.info("repo %s: new revision %s (%s)", repo_name, sha[:8], commit.message)
         self._announce(fleet_pb2.FleetChange(repo=st))
@@ -737,8 +768,8 @@ class Hub:
         self._announce(fleet_pb2.FleetChange(event=event_pb(e)))
         self._announce(fleet_pb2.FleetChange(cluster=self.cluster_pb(cluster)))
         old = self.streams.get(cluster)
-        if old is not None:  # a stream on the old certificate ends now
-            old.outbox.put_nowait(agent_pb2.HubMessage())
+        if old is not None:
+            old.end("the cluster registered again; a stream on the old certificate ends")
 
     def certificate_ok(self, cluster: str, fingerprint: str) -> bool:
         """Whether `fingerprint` is the cluster's current certificate: a removed cluster's, or
@@ -754,9 +785,9 @@ class Hub:
         row = self.clusters.get(cluster)
         if row is None:
             raise errors.PermissionDenied(f"cluster {cluster} is not registered (was it removed?)")
-        row["cert_fingerprint"] = fingerprint
-        row["cert_expires"] = expires
-        await self.db.run(self.db.upsert, "clusters", dict(row), "name")
+        new = {**row, "cert_fingerprint": fingerprint, "cert_expires": expires}
+        await self.db.run(self.db.upsert, "clusters", new, "name")  # stored, then believed
+        row.update(new)
         await self.record(
             cluster=cluster,
             kind="certificate-renewed",
@@ -784,7 +815,7 @@ class Hub:
             del self._agent_seen[key]
         stream = self.streams.pop(cluster, None)
         if stream is not None:
-            stream.outbox.put_nowait(agent_pb2.HubMessage())
+            stream.end(f"cluster {cluster} was removed")
         ev = await self.record(
             cluster=cluster,
             kind="cluster-removed",
@@ -801,8 +832,8 @@ class Hub:
         if row is None:
             raise errors.PermissionDenied(f"cluster {cluster} is not registered (was it removed?)")
         old = self.streams.get(cluster)
-        if old is not None:  # a newer connection replaces an older one
-            old.outbox.put_nowait(agent_pb2.HubMessage())
+        if old is not None:
+            old.end("replaced by a newer connection")
         stream = Stream(cluster, asyncio.Queue())
         self.streams[cluster] = stream
         try:
@@ -822,7 +853,7 @@ class Hub:
             last_seen=time.time(),
             reason="",
         )
-        await self.db.run(self.db.upsert, "clusters", dict(row), "name")
+        await self._save_connectivity(row)
         for report in hello.reports:
             await self.report(cluster, report, announce=False)
         self._announce(fleet_pb2.FleetChange(cluster=self.cluster_pb(cluster)))
@@ -830,6 +861,14 @@ class Hub:
         if cluster not in pushed:  # unchanged: it still gets its full set on every connect
             await self._load_inline(a["digest"] for a in self._by_cluster.get(cluster, {}).values())
             self.push_assignments(cluster)
+
+    async def _save_connectivity(self, row: dict[str, Any]) -> None:
+        """Connectivity is news, not an acknowledgement: a store that cannot write it does
+        not keep an agent out (memory has it; the next write stores it)."""
+        try:
+            await self.db.run(self.db.upsert, "clusters", dict(row), "name")
+        except errors.StoreUnavailable as e:
+            log.error("cluster %s: connectivity not saved: %s", row.get("name"), e)
 
     async def disconnect(self, stream: Stream, reason: str) -> None:
         if self.streams.get(stream.cluster) is not stream:
@@ -839,7 +878,7 @@ class Hub:
         if row is None:  # removed while it was connected
             return
         row.update(connected=0, last_seen=time.time(), reason=reason)
-        await self.db.run(self.db.upsert, "clusters", dict(row), "name")
+        await self._save_connectivity(row)
         self._announce(fleet_pb2.FleetChange(cluster=self.cluster_pb(stream.cluster)))
         for app in self.cfg.apps:
             self._announce_status(stream.cluster, app.name)
@@ -848,6 +887,21 @@ class Hub:
         row = self.clusters.get(cluster)
         if row is not None:
             row["last_seen"] = time.time()
+        stream = self.streams.get(cluster)
+        if stream is not None:
+            stream.heard = time.monotonic()
+
+    async def watch_streams(self, stop: asyncio.Event, *, every: float = 5.0) -> None:
+        """End the streams of agents not heard from for AGENT_SILENCE seconds (agents send a
+        heartbeat every 10 s), so a partitioned cluster shows Disconnected within two
+        heartbeats and a half, whatever the network does with the connection."""
+        while not stop.is_set():
+            now = time.monotonic()
+            for stream in list(self.streams.values()):
+                if now - stream.heard > AGENT_SILENCE:
+                    stream.end(f"no word from the agent for {AGENT_SILENCE:.0f} s")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=every)
 
     async def report(
         self, cluster: str, report: types_pb2.AppReport, *, announce: bool = True
@@ -921,23 +975,64 @@ class Hub:
         ):
             seen.applied = (report.bundle_digest, report.revision)
             out.append(("applied", f"{status.short(report.revision)} applied on {cluster}"))
-        seen.healed += report.healed_resources
+        total, last = report.healed_resources, before.healed_resources if before else 0
+        seen.healed += total - last if total >= last else total  # smaller: the agent restarted
         if seen.healed and now - seen.healed_at >= AGENT_EVENT_GAP:
             out.append(("healed", f"self-healed {seen.healed} drifted resources"))
             seen.healed, seen.healed_at = 0, now
+        elif seen.healed and seen.timer is None:  # told in one entry when the gap is over
+            seen.timer = asyncio.get_running_loop().call_later(
+                AGENT_EVENT_GAP - (now - seen.healed_at), self._heals_due, cluster, report.app
+            )
         return out
 
-    async def _flush_soon(self) -> None:
-        await asyncio.sleep(0.2)  # gather what arrives together (a fan-out) into one write
-        await self.flush_reports()
+    def _heals_due(self, cluster: str, app: str) -> None:
+        seen = self._agent_seen.get((cluster, app))
+        if seen is None:
+            return
+        seen.timer = None
+        if not seen.healed or self.assignments.get((cluster, app)) is None:
+            return
+        report = self.reports.get((cluster, app))
+        self._pending_events.append(
+            {
+                "app": app,
+                "cluster": cluster,
+                "revision": report.revision if report else "",
+                "cause": types_pb2.CAUSE_AGENT,
+                "actor": f"agent:{cluster}",
+                "kind": "healed",
+                "message": f"self-healed {seen.healed} drifted resources",
+            }
+        )
+        seen.healed, seen.healed_at = 0, time.monotonic()
+        if self._flush_task is None or self._flush_task.done():
+            self._flush_task = asyncio.ensure_future(self._flush_soon())
+
+    async def _flush_soon(self, delay: float = 0.2) -> None:
+        await asyncio.sleep(delay)  # gather what arrives together (a fan-out) into one write
+        with contextlib.suppress(errors.StoreUnavailable):  # kept, and tried again
+            await self.flush_reports()
 
     async def flush_reports(self) -> None:
+        """Write what agents reported. When the store cannot write, nothing is lost: it is
+        kept (newer reports win) and written on a later try, every STORE_RETRY seconds."""
         rows, self._pending_reports = list(self._pending_reports.values()), {}
         events, self._pending_events = self._pending_events, []
-        if rows:
-            await self.db.run(self.db.upsert_all, "reports", rows, ("cluster", "app"))
-        for e in await self.db.run(self.db.append_events, events):
-            self._announce(fleet_pb2.FleetChange(event=event_pb(e)))
+        try:
+            if rows:
+                await self.db.run(self.db.upsert_all, "reports", rows, ("cluster", "app"))
+            recorded = await self.db.run(self.db.append_events, events)
+        except errors.StoreUnavailable as e:
+            self._pending_reports = {**{(r["cluster"], r["app"]): r for r in rows},
+                                     **self._pending_reports}  # fmt: skip
+            self._pending_events = (events + self._pending_events)[-MAX_PENDING_EVENTS:]
+            log.error("agent reports are kept in memory until they can be saved: %s", e)
+            if self._flush_task is None or self._flush_task.done():
+                self._flush_task = asyncio.ensure_future(self._flush_soon(STORE_RETRY))
+            raise
+        for ev in recorded:
+            self._announce(fleet_pb2.FleetChange(event=event_pb(ev)))
 
     # ------------------------------------------------------------ operator actions
 
@@ -1276,7 +1371,8 @@ class Hub:
         return gone
 
     async def history(self, *, app: str, cluster: str, limit: int) -> list[store.Event]:
-        await self.flush_reports()  # what agents just said belongs in the answer
+        with contextlib.suppress(errors.StoreUnavailable):  # the history on disk still reads
+            await self.flush_reports()  # what agents just said belongs in the answer
         return await self.db.run(self.db.events, app=app, cluster=cluster, limit=limit or 200)
 
 
@@ -1291,6 +1387,7 @@ class _AgentSeen:
     failed_at: float = -AGENT_EVENT_GAP  # monotonic time of the last `apply-failed` entry
     healed: int = 0  # heals reported since the last `healed` entry
     healed_at: float = -AGENT_EVENT_GAP
+    timer: asyncio.TimerHandle | None = None  # tells heals held back by the gap
 
 
 MAX_FACTS = 32

@@ -7,7 +7,9 @@ HubError
 ├── NotFound           an app, cluster, revision or bundle the caller named does not exist
 ├── PermissionDenied   the caller may not do or see this
 ├── Unauthenticated    no or bad credentials (token, certificate)
-└── InvalidArgument    a request is malformed
+├── InvalidArgument    a request is malformed
+└── StoreUnavailable   the store cannot write (the data directory is full, or its disk fails):
+                       nothing is acknowledged; the hub keeps running and retries
 """
 
 from __future__ import annotations
@@ -45,4 +47,8 @@ class Unauthenticated(HubError):
 
 
 class InvalidArgument(HubError):
+    pass
+
+
+class StoreUnavailable(HubError):
     pass

@@ -30,6 +30,7 @@ _CODES = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     errors.RepoError: grpc.StatusCode.FAILED_PRECONDITION,
     errors.RenderError: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
 }
 
 

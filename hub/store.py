@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import errno
 import functools
 import json
 import os
@@ -22,6 +23,8 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import sqlite_utils
+
+from hub import errors
 
 T = TypeVar("T")
 
@@ -224,8 +227,13 @@ class Store:
         return self._db
 
     async def run(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        """`fn(*args, **kw)` on the store's thread. A write the disk refuses (full, read-only,
+        failing) is a StoreUnavailable naming the data directory; nothing was committed."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kw))
+        try:
+            return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kw))
+        except (sqlite3.OperationalError, OSError) as e:
+            raise unavailable(self.path, e) from e
 
     def call(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         """The same, from synchronous code (CLI, tests)."""
@@ -428,6 +436,21 @@ class Store:
         sql += " ORDER BY id DESC LIMIT ?"
         args.append(limit)
         return [Event(**dict(r)) for r in self.db.query(sql, args)]
+
+
+def unavailable(path: pathlib.Path, e: BaseException) -> errors.StoreUnavailable:
+    text = str(e)
+    full = (
+        "full" in text
+        or "No space left" in text
+        or getattr(e, "errno", None) == errno.ENOSPC
+        or getattr(e, "sqlite_errorcode", None) == 13  # SQLITE_FULL
+    )
+    why = "its disk is full (No space left on device)" if full else text
+    return errors.StoreUnavailable(
+        f"the hub cannot write to its data directory {path.parent}: {why}; nothing of this "
+        "was recorded: free space there (the hub retries on its own)"
+    )
 
 
 def dumps(value: Any) -> str:

@@ -83,42 +83,58 @@ class FakeAgent:
                 while True:
                     yield await outbox.get()
 
+            async def heartbeat() -> None:  # as the real agent does: the hub drops silent ones
+                while True:
+                    await asyncio.sleep(10)
+                    outbox.put_nowait(agent_pb2.AgentMessage(ack=agent_pb2.Ack()))
+
+            beating = asyncio.ensure_future(heartbeat())
             call: Any = stub.Connect(requests())
-            async for msg in call:
-                if not msg.HasField("assignments"):
+            try:
+                await self._stream(call, stub, outbox, ready)
+            finally:
+                beating.cancel()
+
+    async def _stream(
+        self,
+        call: Any,
+        stub: agent_pb2_grpc.AgentServiceStub,
+        outbox: asyncio.Queue[agent_pb2.AgentMessage],
+        ready: asyncio.Event,
+    ) -> None:
+        async for msg in call:
+            if not msg.HasField("assignments"):
+                continue
+            for a in msg.assignments.assignments:
+                if self.applied.get(a.app) == a.revision:
                     continue
-                for a in msg.assignments.assignments:
-                    if self.applied.get(a.app) == a.revision:
-                        continue
-                    bundle = self.bundles.get(a.bundle_digest)
-                    if bundle is None and a.HasField("bundle"):
-                        bundle = a.bundle
-                        assert bundles.digest(bundle) == a.bundle_digest
-                    if bundle is None:
-                        parts = [
-                            c.data
-                            async for c in stub.GetBundle(
-                                agent_pb2.GetBundleRequest(digest=a.bundle_digest)
-                            )
-                        ]
-                        bundle = types_pb2.Bundle.FromString(b"".join(parts))
-                        assert bundles.digest(bundle) == a.bundle_digest
-                        self.bundles = {a.bundle_digest: bundle}
-                    self.applied[a.app] = a.revision
-                    self.acked[a.revision] = time.perf_counter()
-                    outbox.put_nowait(
-                        agent_pb2.AgentMessage(
-                            ack=agent_pb2.Ack(app=a.app, generation=a.generation)
+                bundle = self.bundles.get(a.bundle_digest)
+                if bundle is None and a.HasField("bundle"):
+                    bundle = a.bundle
+                    assert bundles.digest(bundle) == a.bundle_digest
+                if bundle is None:
+                    parts = [
+                        c.data
+                        async for c in stub.GetBundle(
+                            agent_pb2.GetBundleRequest(digest=a.bundle_digest)
                         )
-                    )
-                    report = types_pb2.AppReport(
-                        app=a.app,
-                        revision=a.revision,
-                        bundle_digest=a.bundle_digest,
-                        generation=a.generation,
-                        sync=self.report_sync,  # type: ignore[arg-type]
-                        health=self.report_health,  # type: ignore[arg-type]
-                        reason=self.reason,
-                    )
-                    outbox.put_nowait(agent_pb2.AgentMessage(report=report))
-                    ready.set()
+                    ]
+                    bundle = types_pb2.Bundle.FromString(b"".join(parts))
+                    assert bundles.digest(bundle) == a.bundle_digest
+                    self.bundles = {a.bundle_digest: bundle}
+                self.applied[a.app] = a.revision
+                self.acked[a.revision] = time.perf_counter()
+                outbox.put_nowait(
+                    agent_pb2.AgentMessage(ack=agent_pb2.Ack(app=a.app, generation=a.generation))
+                )
+                report = types_pb2.AppReport(
+                    app=a.app,
+                    revision=a.revision,
+                    bundle_digest=a.bundle_digest,
+                    generation=a.generation,
+                    sync=self.report_sync,  # type: ignore[arg-type]
+                    health=self.report_health,  # type: ignore[arg-type]
+                    reason=self.reason,
+                )
+                outbox.put_nowait(agent_pb2.AgentMessage(report=report))
+                ready.set()

@@ -109,4 +109,12 @@ class RawAgent:
                 yield await outbox.get()
 
         call = agent_pb2_grpc.AgentServiceStub(channel).Connect(requests())
+
+        async def heartbeat() -> None:  # as the real agent does, unless the test stops it
+            while not call.done():
+                await asyncio.sleep(5)
+                outbox.put_nowait(agent_pb2.AgentMessage(ack=agent_pb2.Ack()))
+
+        task = asyncio.ensure_future(heartbeat())
+        call.add_done_callback(lambda _: task.cancel())
         return Stream(call, outbox)

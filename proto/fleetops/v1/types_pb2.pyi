@@ -469,7 +469,9 @@ class AppReport(_message.Message):
     """one line: why this sync and health"""
     drifted_resources: _builtins.int
     healed_resources: _builtins.int
-    """self-heal re-applies since the last report"""
+    """Self-heal re-applies of this app since the agent started: a running total, so a report
+    lost on a dead stream loses no heal; the hub records the growth once.
+    """
     prune_held: _builtins.bool
     """The sync applied but held back its prune: it would have deleted more than the app's
     max_prune_percent. The reason says how many and how to allow it.
