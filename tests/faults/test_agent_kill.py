@@ -17,15 +17,18 @@ import time
 from typing import Any
 
 import pytest
-from kubernetes import client as kclient  # type: ignore[import-untyped]
-from kubernetes import config as kconfig
-from kubernetes import watch as kwatch
+from kubernetes import client as _client
+from kubernetes import config as _config
+from kubernetes import watch as _watch
 
 from tests import localkube
 from tests.e2e import fleet
 from tests.faults import harness
 
 pytestmark = pytest.mark.cluster
+kclient: Any = _client  # the kubernetes client is untyped
+kconfig: Any = _config
+kwatch: Any = _watch
 CLUSTER = "c1"
 INVENTORY_NS = "fleetops-system"
 FIRST = [f"cm-{i:03d}" for i in range(40)]

@@ -22,6 +22,8 @@ from tests.e2e import fleet
 from tests.faults import harness
 from tests.support import tcpproxy
 
+pytestmark = pytest.mark.cluster  # the shared clusters, or a localkube cluster of its own
+
 
 def files(repo: fleet.Repo, n: int) -> None:
     repo.write("apps/web/deployment.yaml", harness.deployment("web"))
@@ -115,7 +117,6 @@ async def test_kube_apiserver_stopped_and_restarted_under_a_running_agent(
             api.close()
 
 
-@pytest.mark.cluster
 async def test_a_hung_api_server_is_the_agents_kubeconfig_server(
     local_clusters: list[localkube.LocalCluster],
     tmp_path: pathlib.Path,

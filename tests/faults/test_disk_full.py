@@ -154,12 +154,15 @@ async def test_the_hub_data_directory_runs_out_of_space(
             snap = w.client().snapshot()
             return next((r.error for r in snap.repos if r.name == "platform"), "")
 
+        def full_repo_error() -> str:
+            error = repo_error()
+            return error if says_full(error) else ""
+
         said: dict[str, str] = {}
         try:
             said["repo"] = await harness.until(
-                None, "the repo to say why it cannot fetch",
-                lambda: (e := repo_error()) and says_full(e) and e, within=30,
-            )  # fmt: skip
+                None, "the repo to say why it cannot fetch", full_repo_error, within=30
+            )
         except AssertionError as e:
             said["repo"] = f"(nothing that names the full disk: {repo_error()!r}; {e})"
         code = grpc.StatusCode.OK

@@ -123,11 +123,13 @@ async def test_kill_9_the_hub_while_it_plans_and_while_agents_report(
 
             w.hub = await harness.restart_hub(w.hub, w.config)
             want = {(c, a): pins.get((a, c)) or pins.get((a, "")) or head for c, a in cells}
+
+            def back(want: dict[tuple[str, str], str] = want) -> bool:
+                return harness.connected(w, CLUSTERS) and harness.converged(w, want)
+
             await harness.until(
-                w, f"reconnection and reconvergence after kill {i + 1}",
-                lambda want=want: harness.connected(w, CLUSTERS) and harness.converged(w, want),
-                within=120,
-            )  # fmt: skip
+                w, f"reconnection and reconvergence after kill {i + 1}", back, within=120
+            )
             times.append(time.monotonic() - started)
             after = {e.id for e in w.client().history()}
             if missing := acknowledged - after:

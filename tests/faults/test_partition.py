@@ -126,7 +126,7 @@ async def test_partition_between_hub_and_agent(
             rows = [r for r in json.loads(status.stdout)["statuses"] if r["cluster"] == CLUSTER]
             assert rows and all(r["connectivity"] == "Disconnected" for r in rows), rows
             assert stream.dropped > 0, "nothing was black-holed: was the agent partitioned?"
-
+            redialled = stream.accepted - 1  # the agent's attempts into the partition so far
             reg.heal()
             stream.heal()
             healed = time.monotonic()
@@ -160,8 +160,9 @@ async def test_partition_between_hub_and_agent(
                 lost.append("the self-heals made during the partition never reached history")
             harness.report(
                 capsys, "hub<->agent partition", took, lost,
-                f"hub showed Disconnected {noticed:.1f} s after the cut; the cut-off agent "
-                f"healed a scaled Deployment and an edited ConfigMap within {healed_offline:.1f} s"
+                f"hub showed Disconnected {noticed:.1f} s after the cut; the cut-off agent healed "
+                f"a scaled Deployment and an edited ConfigMap within {healed_offline:.1f} s and "
+                f"dialled into the partition {redialled} times"
                 + "".join(f"\n  problem: {p}" for p in problems),
             )  # fmt: skip
             assert not lost + problems, "\n".join(lost + problems)

@@ -4,8 +4,9 @@ listener that accepts and never answers.
 - `Partition`: forwards a listening address to an upstream one. `cut()` black-holes it: every
   open connection stays open but the bytes both ways are read and dropped, and a connection
   made meanwhile is accepted and black-holed too, as a peer behind a silent firewall looks.
-  `heal()` forwards new connections again; a connection that lost bytes can never carry its
-  stream again, so it stays black-holed until one of its ends gives up on it (keepalive).
+  `heal()` forwards new connections again and closes the black-holed ones: they lost bytes
+  and can never carry their streams again, and after a real partition each end learns that
+  as soon as packets flow (the peer that gave up meanwhile answers with a reset).
 - `Silent`: accepts every connection and never sends a byte (a hung API server or Git host).
 
 Threads and blocking sockets only, so an asyncio test's blocking probes never stall them.
@@ -137,9 +138,18 @@ class Partition(_Owned):
                 link.cut = True
 
     def heal(self) -> None:
-        """New connections are forwarded again (the black-holed ones stay dead)."""
+        """New connections are forwarded again; the black-holed ones are closed, both ends."""
         with self._lock:
             self._cut = False
+            dead = [link for link in self._links if link.cut]
+            self._links = [link for link in self._links if not link.cut]
+        for link in dead:
+            for sock in (link.client, link.upstream):
+                if sock is not None:
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
 
     def _accepted(self, conn: socket.socket) -> None:
         up: socket.socket | None = None
