@@ -86,6 +86,16 @@ def cut(text: str, keep: int = 140) -> str:
     return text if len(text) <= keep else text[: keep - 3] + "..."
 
 
+def store_metrics(hub: fleet.Hub) -> list[str]:
+    """The /metrics samples about the hub's own storage (store, disk, data directory)."""
+    words = ("store", "disk", "data_dir", "space")
+    return [
+        line
+        for line in metrics(hub).splitlines()
+        if line.startswith("fleetops_") and any(w in line.split("{")[0].split()[0] for w in words)
+    ]
+
+
 def says_full(text: str) -> bool:
     return any(word in text for word in FULL)
 
@@ -141,6 +151,7 @@ async def test_the_hub_data_directory_runs_out_of_space(
             within=90,
         )  # fmt: skip
         acknowledged = {e.id for e in w.client().history()}
+        healthy_metrics = set(store_metrics(w.hub))
 
         filler = data / "filler"
         filled = fill(filler)
@@ -198,6 +209,7 @@ async def test_the_hub_data_directory_runs_out_of_space(
                 "repo_fetch_ok" in line or "poller" in line or "disk" in line or "store" in line
             )
         )  # fmt: skip
+        full_metrics = [m for m in store_metrics(w.hub) if m not in healthy_metrics]
         said["log"] = first_line(w.hub.process.log, log_at, says_full)
 
         filler.unlink()
@@ -231,11 +243,16 @@ async def test_the_hub_data_directory_runs_out_of_space(
             )
         if not says_full(said["log"]):
             problems.append("no log line names the full disk")
+        if not full_metrics:
+            problems.append(
+                "/metrics shows nothing about the store failing to write (no fleetops_ series "
+                "naming the store, disk or data directory changed while the disk was full)"
+            )
         harness.report(
             capsys, f"hub data dir full ({kind})", took, lost,
             f"{filled >> 20} MiB filler, full for {full_for:.1f} s, same hub pid {pid}, "
             f"{readable}; repo error: {cut(said['repo'])}; rollback: {cut(said['rollback'])}; "
-            f"log: {cut(said['log'])}; /metrics: {said['metrics'] or '(nothing)'}"
+            f"log: {cut(said['log'])}; /metrics: {' '.join(full_metrics) or said['metrics']}"
             + "".join(f"\n  problem: {p}" for p in problems),
         )  # fmt: skip
         assert not lost + problems, "\n".join(lost + problems)
