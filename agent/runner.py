@@ -343,7 +343,11 @@ class Runner:
             ("grpc.keepalive_time_ms", 20_000),
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.max_pings_without_data", 0),  # a dead hub is found, idle or not
+            ("grpc.http2.max_pings_without_data", 0),
+            (
+                "grpc.http2.ping_timeout_ms",
+                10_000,
+            ),  # keepalive_timeout_ms alone is not honoured  # a dead hub is found, idle or not
             # as the hub sets them: its messages stay well under, this is the agreed ceiling
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),

@@ -125,6 +125,14 @@ def metrics(hub: core.Hub) -> str:
     ]
     lines += [f'fleetops_task_running{{task="{label(n)}"}} {int(t.running)}' for n, t in states]
     lines += [
+        "# HELP fleetops_store_writable 0 while the store cannot write (e.g. its disk is full).",
+        "# TYPE fleetops_store_writable gauge",
+        f"fleetops_store_writable {int(hub.db.writable)}",
+        "# HELP fleetops_store_write_errors_total Store calls refused by the disk.",
+        "# TYPE fleetops_store_write_errors_total counter",
+        f"fleetops_store_write_errors_total {hub.db.write_errors}",
+    ]
+    lines += [
         "# HELP fleetops_config_ok 1 when the last hub.yaml load worked.",
         "# TYPE fleetops_config_ok gauge",
         f"fleetops_config_ok {0 if hub.config_error else 1}",

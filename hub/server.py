@@ -111,6 +111,7 @@ async def start(
             # keep pinging an idle stream: a black-holed agent is found within 20 + 10 s,
             # and its cluster shown Disconnected (without it gRPC stops after two pings)
             ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.http2.ping_timeout_ms", 10_000),  # keepalive_timeout_ms alone is not honoured
             ("grpc.max_concurrent_streams", 100_000),
             ("grpc.max_send_message_length", core.MAX_MESSAGE),
             ("grpc.max_receive_message_length", core.MAX_MESSAGE),

@@ -199,6 +199,8 @@ class Store:
             max_workers=1, thread_name_prefix="store"
         )
         self._db: sqlite_utils.Database | None = None
+        self.writable = True  # the last call went through (False after a refused write)
+        self.write_errors = 0
         self._pool.submit(self._open).result()
 
     def _open(self) -> None:
@@ -231,9 +233,13 @@ class Store:
         failing) is a StoreUnavailable naming the data directory; nothing was committed."""
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kw))
+            out = await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kw))
         except (sqlite3.OperationalError, OSError) as e:
+            self.write_errors += 1
+            self.writable = False
             raise unavailable(self.path, e) from e
+        self.writable = True
+        return out
 
     def call(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         """The same, from synchronous code (CLI, tests)."""

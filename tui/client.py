@@ -78,7 +78,11 @@ class HubClient:
             self._channel = grpc.aio.secure_channel(
                 self.creds.address,
                 grpc.ssl_channel_credentials(root_certificates=self.creds.ca_pem),
-                options=[("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 10_000)],
+                options=[
+                    ("grpc.keepalive_time_ms", 10_000),
+                    ("grpc.keepalive_timeout_ms", 10_000),
+                    ("grpc.http2.ping_timeout_ms", 10_000),
+                ],
             )
         return fleet_pb2_grpc.FleetServiceStub(self._channel)
 
