@@ -489,7 +489,11 @@ The fleet runs: 3 apps on 3 clusters, each from the same Git commit.
 """
 
 
+RECEIVED: list[int] = []  # stop signals that arrived, even if their exception was swallowed
+
+
 def on_stop_signal(signum: int, frame: object) -> None:
+    RECEIVED.append(signum)  # a signal landing inside a __del__ loses its exception, not this
     raise Stopped(signum)
 
 
@@ -534,6 +538,13 @@ def open_tui(fleet: Fleet, work: pathlib.Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    code = _main(argv)
+    if RECEIVED and code == 0 and RECEIVED[0] != signal.SIGINT:
+        return 128 + RECEIVED[0]  # stopped by a signal: say so, even if the demo had finished
+    return code
+
+
+def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--no-tui", action="store_true", help="headless: exit 0 once converged")
     parser.add_argument(
