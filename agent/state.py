@@ -13,12 +13,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-import tempfile
 
 from google.protobuf import json_format
 
 from agent import errors
-from proto import bundles
+from proto import bundles, privatefile
 from proto.fleetops.v1 import types_pb2
 
 
@@ -37,18 +36,7 @@ class Stored:
 
 
 def _write(path: pathlib.Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    privatefile.write(path, data)
 
 
 class LocalState:

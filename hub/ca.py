@@ -25,12 +25,10 @@ import datetime
 import hashlib
 import hmac
 import ipaddress
-import os
 import pathlib
 import re
 import secrets
 import socket
-import tempfile
 from collections.abc import Sequence
 
 from cryptography import exceptions, x509
@@ -39,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from hub import errors
+from proto import privatefile
 
 AGENT_ORG = "fleetops-agents"
 DEFAULT_CERT_LIFETIME = datetime.timedelta(days=90)
@@ -142,19 +141,7 @@ def _norm(name: str) -> str:
 
 
 def _write_private(path: pathlib.Path, data: bytes) -> None:
-    """Write `data` to `path` (0600) atomically: a reader sees the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    privatefile.write(path, data)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
