@@ -159,6 +159,28 @@ def forced(namespace_obj: Mapping[str, Any]) -> bool:
     return annotations.get(PRUNE_NAMESPACE_ANNOTATION) == PRUNE_NAMESPACE_FORCE
 
 
+def is_crd(key: manifests.Key) -> bool:
+    return key.group == "apiextensions.k8s.io" and key.kind == "CustomResourceDefinition"
+
+
+def crd_blocked(
+    crd: manifests.Key, holds: Iterable[manifests.Key], *, owned: Collection[manifests.Key]
+) -> str:
+    """Why a CustomResourceDefinition must not be pruned (deleting it deletes every custom
+    resource of its kind, cluster-wide), or "" when all of them are this app's."""
+    foreign = sorted((k for k in holds if k not in owned), key=str)
+    if not foreign:
+        return ""
+    shown = ", ".join(str(k) for k in foreign[:3]) + (
+        f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+    )
+    return (
+        f"left in place: deleting {crd} would delete every resource of its kind, and "
+        f"{len(foreign)} are not this app's ({shown}); remove them first, or allow it with "
+        f"`kubectl annotate crd {crd.name} {PRUNE_NAMESPACE_ANNOTATION}={PRUNE_NAMESPACE_FORCE}`"
+    )
+
+
 def key_of(obj: Mapping[str, Any]) -> manifests.Key:
     meta = obj.get("metadata") or {}
     group = str(obj.get("apiVersion") or "").rpartition("/")[0]

@@ -137,6 +137,15 @@ async def prune(
                                               blocked, "kept")
                         )  # fmt: skip
                         continue
+            if guard.is_crd(key) and not guard.forced(obj):
+                blocked = await _crd_blocked(client, key, obj, owned=owned)
+                if blocked:
+                    kept.append(e)
+                    results.append(
+                        st.ResourceResult(key, e.version, st.OUT_OF_SYNC, health.assess(obj),
+                                          blocked, "kept")
+                    )  # fmt: skip
+                    continue
             pruned.append(obj)
             await client.delete(rt, key.namespace, key.name)
             results.append(st.ResourceResult(key, e.version, st.SYNCED, None, message, "pruned"))
@@ -148,6 +157,29 @@ async def prune(
                                   f"prune failed: {_first_line(str(err))}", "failed")
             )  # fmt: skip
     return results, kept
+
+
+async def _crd_blocked(
+    client: kube.Kube, key: manifests.Key, crd: dict[str, Any], *, owned: set[manifests.Key]
+) -> str:
+    """guard.crd_blocked over the custom resources the CRD serves, in every namespace."""
+    spec = crd.get("spec") or {}
+    names = spec.get("names") or {}
+    served = [v.get("name") for v in spec.get("versions") or [] if v.get("served")]
+    if not served or not names.get("plural"):
+        return ""
+    rt = kube.ResourceType(
+        str(spec.get("group", "")), str(served[0]), str(names.get("kind", "")),
+        str(names["plural"]), namespaced=spec.get("scope", "Namespaced") == "Namespaced",
+    )  # fmt: skip
+    try:
+        items = await client.list(rt)
+    except errors.KubeError as err:
+        return (
+            f"left in place: could not check which resources {key} still serves "
+            f"({_first_line(str(err))})"
+        )
+    return guard.crd_blocked(key, (guard.key_of(i) for i in items), owned=owned)
 
 
 async def namespace_blocked(

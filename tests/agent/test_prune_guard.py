@@ -269,3 +269,58 @@ async def test_the_hubs_allowance_on_a_new_generation_of_the_same_bundle_prunes(
     finally:
         worker.cancel()
         await asyncio.gather(worker, return_exceptions=True)
+
+
+OPEN = {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}
+
+
+def widget_crd(group: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"widgets.{group}"},
+        "spec": {
+            "group": group, "scope": "Namespaced",
+            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget",
+                      "listKind": "WidgetList"},
+            "versions": [{"name": "v1", "served": True, "storage": True, "schema": OPEN}],
+        },
+    }  # fmt: skip
+
+
+async def test_a_crd_whose_resources_are_not_all_the_apps_is_not_pruned(
+    cluster: kube.Kube, make_bundle: BundleFactory, unique_name: str
+) -> None:
+    group = f"{unique_name}.example.com"
+    crd = widget_crd(group)
+    mine = {"apiVersion": f"{group}/v1", "kind": "Widget", "metadata": {"name": "mine"}}
+    rec = reconcile.Reconciler(
+        cluster,
+        reconcile.Options(wave_timeout=60, poll_interval=0.3, inventory_namespace="fleetops-test"),
+    )
+    keep_all = policy(max_prune_percent=100)
+    first = await rec.sync(make_bundle(namespace(unique_name), crd, mine, configmap("c")), keep_all)
+    assert not first.failed, first.reason
+    widgets = await cluster.resource_type(f"{group}/v1", "Widget")
+    theirs = {"apiVersion": f"{group}/v1", "kind": "Widget",
+              "metadata": {"name": "theirs", "namespace": unique_name}}  # fmt: skip
+    await cluster.create(widgets, theirs)  # someone else's, by hand
+
+    second = await rec.sync(make_bundle(namespace(unique_name), configmap("c")), keep_all)
+    crd_result = next(r for r in second.resources if r.key.kind == "CustomResourceDefinition")
+    assert crd_result.action == "kept"
+    assert f"Widget.{group} {unique_name}/theirs" in crd_result.message
+    assert await cluster.get(widgets, unique_name, "theirs") is not None  # still there
+    assert await cluster.get(widgets, unique_name, "mine") is None  # the app's own went
+
+    # the operator decides the other resources may go with it
+    crds = await cluster.resource_type("apiextensions.k8s.io/v1", "CustomResourceDefinition")
+    live_crd = await cluster.get(crds, "", f"widgets.{group}")
+    assert live_crd is not None
+    live_crd["metadata"].setdefault("annotations", {})["fleetops.io/prune-namespace"] = "force"
+    await cluster.replace(crds, live_crd)
+    third = await rec.sync(
+        make_bundle(namespace(unique_name), configmap("c"), revision="r3"), keep_all
+    )
+    pruned = {r.key.kind for r in third.resources if r.action == "pruned"}
+    assert "CustomResourceDefinition" in pruned, [(r.key, r.message) for r in third.resources]
