@@ -530,7 +530,8 @@ def test_symlinks_and_values_outside_the_repo_are_render_errors(world: Fleet) ->
         "render errors for both apps", render_errors, timeout=60, on_fail=world.logs
     )
     assert (
-        "'apps/leak/stolen.yaml' was refused at checkout: a symlink that points outside" in errs[world.app("leak")]
+        "'apps/leak/stolen.yaml' was refused at checkout: a symlink that points outside"
+        in errs[world.app("leak")]
     )
     assert (
         "'apps/leakchart/values-outside.yaml' was refused at checkout: a symlink that points outside"
