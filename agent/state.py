@@ -35,10 +35,6 @@ class Stored:
     bundle: types_pb2.Bundle
 
 
-def _write(path: pathlib.Path, data: bytes) -> None:
-    privatefile.write(path, data)
-
-
 class LocalState:
     def __init__(self, root: pathlib.Path) -> None:
         self.root = root
@@ -50,12 +46,14 @@ class LocalState:
                 f"app {assignment.app}: bundle digest {digest[:12]} does not match the "
                 f"assignment's {assignment.bundle_digest[:12]}; refusing to store it"
             )
-        _write(self.root / "bundles" / f"{digest}.pb", bundle.SerializeToString(deterministic=True))
+        privatefile.write(
+            self.root / "bundles" / f"{digest}.pb", bundle.SerializeToString(deterministic=True)
+        )
         stored = types_pb2.Assignment()
         stored.CopyFrom(assignment)
         stored.bundle_digest = digest
         text = json_format.MessageToJson(stored, sort_keys=True)
-        _write(self.root / "apps" / f"{assignment.app}.json", text.encode())
+        privatefile.write(self.root / "apps" / f"{assignment.app}.json", text.encode())
         self._collect_garbage()
 
     def load(self, app: str) -> Stored | None:

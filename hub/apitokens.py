@@ -21,7 +21,8 @@ import secrets
 import time
 from collections.abc import Callable
 
-from hub import ca, errors, store
+from hub import errors, store
+from proto import privatefile
 
 ROLES = ("operator", "readonly")
 BOOTSTRAP_NAMES = {"operator": "admin", "readonly": "readonly"}
@@ -129,5 +130,12 @@ class Registry:
 
 
 def bootstrap(data: pathlib.Path) -> dict[str, str]:
-    """role -> token of the data directory's bootstrap tokens (made on first start, 0600)."""
-    return ca.api_tokens(data)
+    """role -> token of the data directory's bootstrap tokens, made on first start in
+    data/tokens/<role> (mode 0600)."""
+    out = {}
+    for role in ROLES:
+        path = data / "tokens" / role
+        if not path.exists():
+            privatefile.write(path, f"{role}-{secrets.token_urlsafe(24)}".encode())
+        out[role] = path.read_text().strip()
+    return out

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
-import hmac
 import ipaddress
 import pathlib
 import re
@@ -138,10 +137,6 @@ def _norm(name: str) -> str:
         return str(ipaddress.ip_address(name))
     except ValueError:
         return name
-
-
-def _write_private(path: pathlib.Path, data: bytes) -> None:
-    privatefile.write(path, data)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -288,7 +283,7 @@ def load_or_create(
         key = _load_ec_key(key_path.read_bytes(), str(key_path))
     else:
         key = ec.generate_private_key(ec.SECP256R1())
-        _write_private(key_path, _key_pem(key))
+        privatefile.write(key_path, _key_pem(key))
     if cert_path.exists():
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
         if cert.public_key() == key.public_key():
@@ -364,7 +359,7 @@ def serving_cert(
         key = _load_ec_key(key_path.read_bytes(), str(key_path))
     else:
         key = ec.generate_private_key(ec.SECP256R1())
-        _write_private(key_path, _key_pem(key))
+        privatefile.write(key_path, _key_pem(key))
     wanted = {_norm(n) for n in names}
     moment = _now(now)
     if cert_path.exists():
@@ -400,7 +395,7 @@ def serving_cert(
         .add_extension(_san(sorted(wanted)), critical=False)
         .sign(authority.key, hashes.SHA256())
     )
-    _write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    privatefile.write(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return _serving(key, cert, authority)
 
 
@@ -456,26 +451,3 @@ def parse_registration_token(text: str) -> RegistrationToken:
             "`fleetops-hub token create`"
         )
     return RegistrationToken(*parts)
-
-
-# ---------------------------------------------------------------- fleet API tokens
-
-ROLES = ("operator", "readonly")
-
-
-def api_tokens(data: pathlib.Path) -> dict[str, str]:
-    """role -> token, made on first start in data/tokens/<role> (mode 0600)."""
-    out = {}
-    for role in ROLES:
-        path = data / "tokens" / role
-        if not path.exists():
-            _write_private(path, f"{role}-{secrets.token_urlsafe(24)}".encode())
-        out[role] = path.read_text().strip()
-    return out
-
-
-def role_of(token: str, tokens: dict[str, str]) -> str | None:
-    for role, known in tokens.items():
-        if hmac.compare_digest(token.encode(), known.encode()):
-            return role
-    return None
