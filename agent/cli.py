@@ -17,11 +17,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-import agent
-from agent import errors, health, identity, kube, manifests, reconcile, runner, state
-from agent import status as st
-from proto import bundles
-from proto.fleetops.v1 import types_pb2
+from fleetops import agent
+from fleetops.agent import errors, health, identity, kube, manifests, reconcile, runner, state
+from fleetops.agent import status as st
+from fleetops.proto import bundles
+from fleetops.proto.v1 import types_pb2
 
 
 def build_parser() -> argparse.ArgumentParser:

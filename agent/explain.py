@@ -9,8 +9,8 @@ that will not come. Pure: it never calls the cluster, and never puts object cont
 
 from __future__ import annotations
 
-from agent import errors
-from agent import status as st
+from fleetops.agent import errors
+from fleetops.agent import status as st
 
 APPLY_ROLE = "fleetops-agent-apply"  # the ClusterRole a least-privilege install binds per namespace
 

@@ -23,7 +23,7 @@ import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
-from agent import manifests
+from fleetops.agent import manifests
 
 INVENTORY_MARK = "fleetops.io/inventory"  # label (or annotation) on every inventory ConfigMap
 PRUNE_NAMESPACE_ANNOTATION = "fleetops.io/prune-namespace"

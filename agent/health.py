@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeAlias
 
-from proto.fleetops.v1 import types_pb2
+from fleetops.proto.v1 import types_pb2
 
 Status: TypeAlias = types_pb2.HealthStatus.ValueType
 HEALTHY = types_pb2.HEALTH_STATUS_HEALTHY

@@ -42,8 +42,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from agent import errors, kube
-from proto.fleetops.v1 import agent_pb2, agent_pb2_grpc
+from fleetops.agent import errors, kube
+from fleetops.proto.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger("fleetops.agent")
 

@@ -15,7 +15,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from agent import errors, guard, kube, manifests
+from fleetops.agent import errors, guard, kube, manifests
 
 DATA_KEY = "inventory.json"
 PSA_ENFORCE = "pod-security.kubernetes.io/enforce"

@@ -35,7 +35,7 @@ from kubernetes import client, config
 from kubernetes.client import exceptions
 from urllib3 import exceptions as transport
 
-from agent import errors
+from fleetops.agent import errors
 
 FIELD_MANAGER = "fleetops"
 CONNECT_TIMEOUT = 5.0  # TCP connect and TLS handshake

@@ -12,8 +12,8 @@ import pathlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from proto import yamlsafe
-from proto.fleetops.v1 import types_pb2
+from fleetops.proto import yamlsafe
+from fleetops.proto.v1 import types_pb2
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 

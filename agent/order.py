@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from agent import manifests
+from fleetops.agent import manifests
 
 WAVE_ANNOTATIONS = ("fleetops.io/sync-wave", "argocd.argoproj.io/sync-wave")
 

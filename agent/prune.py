@@ -18,8 +18,8 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any
 
-from agent import errors, guard, health, inventory, kube, manifests, order
-from agent import status as st
+from fleetops.agent import errors, guard, health, inventory, kube, manifests, order
+from fleetops.agent import status as st
 
 PRUNE_ANNOTATION = "fleetops.io/prune"
 

@@ -27,10 +27,21 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from agent import drift, errors, explain, guard, health, inventory, kube, manifests, order, prune
-from agent import status as st
-from proto import bundles
-from proto.fleetops.v1 import types_pb2
+from fleetops.agent import (
+    drift,
+    errors,
+    explain,
+    guard,
+    health,
+    inventory,
+    kube,
+    manifests,
+    order,
+    prune,
+)
+from fleetops.agent import status as st
+from fleetops.proto import bundles
+from fleetops.proto.v1 import types_pb2
 
 PRUNE_ANNOTATION = prune.PRUNE_ANNOTATION
 _PASSING = (health.HEALTHY, health.SUSPENDED)

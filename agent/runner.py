@@ -29,11 +29,11 @@ from typing import Any
 
 import grpc
 
-import agent
-from agent import errors, health, identity, kube, reconcile, state
-from agent import status as st
-from proto import bundles, supervise
-from proto.fleetops.v1 import agent_pb2, agent_pb2_grpc, types_pb2
+from fleetops import agent
+from fleetops.agent import errors, health, identity, kube, reconcile, state
+from fleetops.agent import status as st
+from fleetops.proto import bundles, supervise
+from fleetops.proto.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 
 log = logging.getLogger("fleetops.agent")
 HEARTBEAT = 10.0  # seconds between the agent's heartbeats on the hub stream

@@ -16,9 +16,9 @@ import pathlib
 
 from google.protobuf import json_format
 
-from agent import errors
-from proto import bundles, privatefile
-from proto.fleetops.v1 import types_pb2
+from fleetops.agent import errors
+from fleetops.proto import bundles, privatefile
+from fleetops.proto.v1 import types_pb2
 
 
 def default_dir() -> pathlib.Path:

@@ -11,8 +11,8 @@ from typing import TypeAlias
 
 from google.protobuf import timestamp_pb2
 
-from agent import drift, health, manifests
-from proto.fleetops.v1 import types_pb2
+from fleetops.agent import drift, health, manifests
+from fleetops.proto.v1 import types_pb2
 
 Sync: TypeAlias = types_pb2.SyncStatus.ValueType
 SYNCED = types_pb2.SYNC_STATUS_SYNCED

@@ -27,9 +27,9 @@ from typing import Any
 
 import grpc
 
-from hub import ca, core, errors, status
-from hub.services import _abort, cluster_of
-from proto.fleetops.v1 import agent_pb2, agent_pb2_grpc
+from fleetops.hub import ca, core, errors, status
+from fleetops.hub.services import _abort, cluster_of
+from fleetops.proto.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger("fleetops.hub")
 HEARTBEAT = 10.0  # seconds of quiet on an agent's stream before the hub sends a heartbeat

@@ -21,8 +21,8 @@ import secrets
 import time
 from collections.abc import Callable
 
-from hub import errors, store
-from proto import privatefile
+from fleetops.hub import errors, store
+from fleetops.proto import privatefile
 
 ROLES = ("operator", "readonly")
 BOOTSTRAP_NAMES = {"operator": "admin", "readonly": "readonly"}

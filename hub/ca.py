@@ -35,8 +35,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from hub import errors
-from proto import privatefile
+from fleetops.hub import errors
+from fleetops.proto import privatefile
 
 AGENT_ORG = "fleetops-agents"
 DEFAULT_CERT_LIFETIME = datetime.timedelta(days=90)

@@ -24,9 +24,9 @@ from typing import Any
 import grpc
 import yaml
 
-import hub
-from hub import ca, errors, install, render, reports, server
-from proto.fleetops.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
+from fleetops import hub
+from fleetops.hub import ca, errors, install, render, reports, server
+from fleetops.proto.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from hub import errors, selectors
-from proto import yamlsafe
+from fleetops.hub import errors, selectors
+from fleetops.proto import yamlsafe
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")

@@ -21,9 +21,9 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from hub import config, errors, fleetyaml, plan, render, repo, reports, status, store
-from proto import bundles, supervise
-from proto.fleetops.v1 import agent_pb2, fleet_pb2, types_pb2
+from fleetops.hub import config, errors, fleetyaml, plan, render, repo, reports, status, store
+from fleetops.proto import bundles, supervise
+from fleetops.proto.v1 import agent_pb2, fleet_pb2, types_pb2
 
 log = logging.getLogger("fleetops.hub")
 CHUNK = 1024 * 1024

@@ -17,9 +17,9 @@ from typing import Any
 import grpc
 from google.protobuf import timestamp_pb2
 
-from hub import apitokens, ca, config, core, errors, status, store
-from hub.services import _abort, caller_of
-from proto.fleetops.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
+from fleetops.hub import apitokens, ca, config, core, errors, status, store
+from fleetops.hub.services import _abort, caller_of
+from fleetops.proto.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
 
 MAX_REGISTRATION_TTL = 30 * 86400  # a registration token is for an install, not a credential
 MAX_HISTORY = 5000

@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 
-from hub import config, errors
-from proto import yamlsafe
+from fleetops.hub import config, errors
+from fleetops.proto import yamlsafe
 
 _FILE = "fleet.yaml"
 # A fleet.yaml is a page of settings; the event loop may call `apply`, so its parse is kept

@@ -18,8 +18,8 @@ import os
 from collections import Counter
 from typing import Any
 
-from hub import core
-from proto.fleetops.v1 import types_pb2
+from fleetops.hub import core
+from fleetops.proto.v1 import types_pb2
 
 log = logging.getLogger("fleetops.hub")
 MAX_BODY = 1024 * 1024

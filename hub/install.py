@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import hub
-from hub import config, errors
+from fleetops import hub
+from fleetops.hub import config, errors
 
 NAMESPACE = "fleetops-system"
 NAME = "fleetops-agent"

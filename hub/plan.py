@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-from hub import config
+from fleetops.hub import config
 
 DEFAULT_TARGET = config.Target(name="default")
 

@@ -45,8 +45,8 @@ from typing import Any
 
 import yaml
 
-from hub import config, errors, repo
-from proto import yamlsafe
+from fleetops.hub import config, errors, repo
+from fleetops.proto import yamlsafe
 
 KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 NOT_MANIFESTS = {"fleet.yaml", "Chart.yaml", "Chart.lock", *KUSTOMIZATION_FILES}

@@ -50,7 +50,7 @@ import time
 
 import pygit2
 
-from hub import config, errors
+from fleetops.hub import config, errors
 
 _CHECKOUTS_KEPT = 6
 

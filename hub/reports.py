@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from proto.fleetops.v1 import types_pb2
+from fleetops.proto.v1 import types_pb2
 
 MAX_REASON = 1000
 MAX_MESSAGE = 500

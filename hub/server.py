@@ -23,7 +23,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from hub import (
+from fleetops.hub import (
     agent_service,
     apitokens,
     ca,
@@ -36,8 +36,8 @@ from hub import (
     services,
     store,
 )
-from proto import supervise
-from proto.fleetops.v1 import agent_pb2_grpc, fleet_pb2_grpc
+from fleetops.proto import supervise
+from fleetops.proto.v1 import agent_pb2_grpc, fleet_pb2_grpc
 
 log = logging.getLogger("fleetops.hub")
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 
-from hub import apitokens, errors
+from fleetops.hub import apitokens, errors
 
 log = logging.getLogger("fleetops.hub")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from proto.fleetops.v1 import fleet_pb2, types_pb2
+from fleetops.proto.v1 import fleet_pb2, types_pb2
 
 
 def short(rev: str) -> str:

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import sqlite_utils
 
-from hub import errors
+from fleetops.hub import errors
 
 T = TypeVar("T")
 

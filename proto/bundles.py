@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 
-from proto.fleetops.v1 import types_pb2
+from fleetops.proto.v1 import types_pb2
 
 
 def digest(bundle: types_pb2.Bundle) -> str:

@@ -1,4 +1,4 @@
-"""Regenerates the Python code for proto/fleetops/v1/*.proto, or checks it is current.
+"""Regenerates the Python code for proto/v1/*.proto, or checks it is current.
 
 The generated *_pb2.py, *_pb2_grpc.py and their .pyi stubs are committed so that installing
 fleetops needs no protoc. This script is the one way they are made: `python proto/codegen.py`
@@ -18,32 +18,43 @@ import tempfile
 from grpc_tools import protoc  # type: ignore[import-untyped]
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-SRC = pathlib.Path("proto/fleetops/v1")
+SRC = pathlib.Path("proto/v1")
+# The wheel installs proto/ as fleetops.proto, so protoc must see the files under that name: the
+# generated code then imports `fleetops.proto.v1...` and registers "fleetops/proto/v1/*.proto".
+NAMED = pathlib.Path("fleetops/proto/v1")
 GENERATED = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
 
 
 def generate(out: pathlib.Path) -> list[pathlib.Path]:
     """Run protoc with mypy-protobuf into `out`; return the generated files, relative."""
-    protos = sorted(str(p.relative_to(ROOT)) for p in (ROOT / SRC).glob("*.proto"))
     include = pathlib.Path(protoc.__file__).parent / "_proto"
     bindir = pathlib.Path(sys.executable).parent
+    named = out / "include" / "fleetops"
+    named.mkdir(parents=True)
+    (named / "proto").symlink_to(ROOT / "proto", target_is_directory=True)
+    gen = out / "gen"
+    gen.mkdir()
+    protos = sorted(str(NAMED / p.name) for p in (ROOT / SRC).glob("*.proto"))
     args = [
         "protoc",
         f"--plugin=protoc-gen-mypy={bindir / 'protoc-gen-mypy'}",
         f"--plugin=protoc-gen-mypy_grpc={bindir / 'protoc-gen-mypy_grpc'}",
-        f"-I{ROOT}",
+        f"-I{out / 'include'}",
         f"-I{include}",
-        f"--python_out={out}",
-        f"--grpc_python_out={out}",
-        f"--mypy_out=quiet:{out}",
-        f"--mypy_grpc_out=quiet:{out}",
+        f"--python_out={gen}",
+        f"--grpc_python_out={gen}",
+        f"--mypy_out=quiet:{gen}",
+        f"--mypy_grpc_out=quiet:{gen}",
         *protos,
     ]
-    # protoc resolves the proto paths against -I; run from the repo root so they match.
     code = protoc.main(args)
     if code != 0:
         raise SystemExit(f"codegen: protoc failed with exit code {code}")
-    return sorted(p.relative_to(out) for p in out.rglob("*") if p.name.endswith(GENERATED))
+    (out / SRC).mkdir(parents=True)
+    for made in (gen / NAMED).iterdir():
+        if made.name.endswith(GENERATED):
+            made.rename(out / SRC / made.name)
+    return sorted(p.relative_to(out) for p in (out / SRC).iterdir())
 
 
 def main() -> int:

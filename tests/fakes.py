@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from proto import bundles
-from proto.fleetops.v1 import agent_pb2, agent_pb2_grpc, types_pb2
+from fleetops.proto import bundles
+from fleetops.proto.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 
 
 class FakeAgent:

@@ -12,9 +12,9 @@ from textual import work
 from textual.app import App
 from textual.notifications import SeverityLevel
 
-from tui import client as hubclient
-from tui import messages, model, text
-from tui.screens import overview
+from fleetops.tui import client as hubclient
+from fleetops.tui import messages, model, text
+from fleetops.tui.screens import overview
 
 
 class FleetApp(App[None]):

@@ -6,8 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-import tui
-from tui import app, client
+from fleetops import tui
+from fleetops.tui import app, client
 
 
 def build_parser() -> argparse.ArgumentParser:

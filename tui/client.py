@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from proto.fleetops.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
+from fleetops.proto.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
 
 
 class CredentialsError(Exception):

@@ -11,7 +11,7 @@ import dataclasses
 import time
 from collections.abc import Iterable
 
-from proto.fleetops.v1 import fleet_pb2, types_pb2
+from fleetops.proto.v1 import fleet_pb2, types_pb2
 
 SYNC: dict[int, str] = {
     types_pb2.SYNC_STATUS_SYNCED: "Synced",

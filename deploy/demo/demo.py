@@ -45,7 +45,7 @@ from typing import IO
 import grpc
 import yaml
 
-from proto.fleetops.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
+from fleetops.proto.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 HERE = pathlib.Path(__file__).resolve().parent

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from agent import kube, reconcile
-from proto.fleetops.v1 import types_pb2
+from fleetops.agent import kube, reconcile
+from fleetops.proto.v1 import types_pb2
 from tests import localkube
 
 BundleFactory = Callable[..., types_pb2.Bundle]

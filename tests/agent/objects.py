@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from proto.fleetops.v1 import types_pb2
+from fleetops.proto.v1 import types_pb2
 
 
 def policy(**kw: bool | int) -> types_pb2.SyncPolicy:

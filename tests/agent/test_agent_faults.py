@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from proto.fleetops.v1 import types_pb2
+from fleetops.proto.v1 import types_pb2
 from tests import localkube
 from tests.agent.objects import configmap, deployment
 from tests.support import agentrun, kubectl_run, leastpriv, tcpgate, wait

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 
-from agent import guard, inventory, kube, manifests, reconcile
-from agent import status as st
-from proto.fleetops.v1 import types_pb2
+from fleetops.agent import guard, inventory, kube, manifests, reconcile
+from fleetops.agent import status as st
+from fleetops.proto.v1 import types_pb2
 from tests.agent.conftest import BundleFactory
 from tests.agent.objects import configmap, namespace, policy
 

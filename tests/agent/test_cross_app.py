@@ -4,8 +4,8 @@ nothing of A's (a real cluster, c1; each test has an agent namespace of its own)
 
 from __future__ import annotations
 
-from agent import kube, reconcile
-from agent import status as st
+from fleetops.agent import kube, reconcile
+from fleetops.agent import status as st
 from tests.agent.conftest import BundleFactory
 from tests.agent.objects import configmap, namespace, policy
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent import guard, manifests, order
+from fleetops.agent import guard, manifests, order
 
 Key = manifests.Key
 

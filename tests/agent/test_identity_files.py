@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from agent import identity
-from hub import ca
+from fleetops.agent import identity
+from fleetops.hub import ca
 
 
 def issued(

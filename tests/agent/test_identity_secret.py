@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from agent import identity, kube
-from hub import ca
+from fleetops.agent import identity, kube
+from fleetops.hub import ca
 from tests.support import certlife
 
 pytestmark = pytest.mark.cluster

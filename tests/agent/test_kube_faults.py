@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from agent import errors, health, kube, reconcile
-from agent import status as st
-from proto.fleetops.v1 import types_pb2
+from fleetops.agent import errors, health, kube, reconcile
+from fleetops.agent import status as st
+from fleetops.proto.v1 import types_pb2
 from tests import localkube
 from tests.agent.conftest import BundleFactory
 from tests.agent.objects import configmap, policy

@@ -13,8 +13,8 @@ import pathlib
 import subprocess
 import sys
 
-from agent import manifests
-from proto.fleetops.v1 import types_pb2
+from fleetops.agent import manifests
+from fleetops.proto.v1 import types_pb2
 from tests.support import hostile
 
 AGENT = str(pathlib.Path(sys.executable).parent / "fleetops-agent")

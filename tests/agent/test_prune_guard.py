@@ -9,10 +9,10 @@ import asyncio
 import pathlib
 from typing import Any
 
-from agent import identity, kube, reconcile, runner, state
-from agent import status as st
-from proto import bundles
-from proto.fleetops.v1 import agent_pb2, types_pb2
+from fleetops.agent import identity, kube, reconcile, runner, state
+from fleetops.agent import status as st
+from fleetops.proto import bundles
+from fleetops.proto.v1 import agent_pb2, types_pb2
 from tests import localkube
 from tests.agent.conftest import BundleFactory
 from tests.agent.objects import configmap, deployment, namespace, policy

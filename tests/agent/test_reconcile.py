@@ -7,8 +7,8 @@ import asyncio
 import json
 import subprocess
 
-from agent import kube, reconcile
-from agent import status as st
+from fleetops.agent import kube, reconcile
+from fleetops.agent import status as st
 from tests import localkube
 from tests.agent.conftest import BundleFactory
 from tests.agent.objects import configmap, deployment, namespace, policy

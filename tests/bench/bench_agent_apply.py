@@ -28,8 +28,8 @@ from typing import Any
 
 import yaml
 
-from agent import kube, manifests, reconcile
-from proto.fleetops.v1 import types_pb2
+from fleetops.agent import kube, manifests, reconcile
+from fleetops.proto.v1 import types_pb2
 from tests import localkube
 
 NAMESPACES = 5
@@ -94,7 +94,7 @@ def run_kubectl(kubeconfig: pathlib.Path, root: pathlib.Path) -> float:
 
 AGENT_WITH_RSS = """
 import resource, sys
-from agent import cli
+from fleetops.agent import cli
 rc = cli.main(sys.argv[1:])
 print(json.dumps({"rc": rc, "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}),
       file=sys.stderr)

@@ -24,7 +24,7 @@ import urllib.request
 
 import yaml
 
-from proto.fleetops.v1 import types_pb2
+from fleetops.proto.v1 import types_pb2
 from tests import localkube
 from tests.e2e import fleet
 

@@ -29,7 +29,7 @@ import urllib.request
 import grpc
 import yaml
 
-from proto.fleetops.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, fleet_pb2_grpc
+from fleetops.proto.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, fleet_pb2_grpc
 from tests.e2e import fleet
 from tests.fakes import FakeAgent
 

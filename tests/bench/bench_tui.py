@@ -24,10 +24,10 @@ from collections.abc import AsyncIterator
 
 from textual import events
 
-from proto.fleetops.v1 import fleet_pb2, types_pb2
-from tui import app as tui_app
-from tui import client as tui_client
-from tui.widgets.matrix import Matrix
+from fleetops.proto.v1 import fleet_pb2, types_pb2
+from fleetops.tui import app as tui_app
+from fleetops.tui import client as tui_client
+from fleetops.tui.widgets.matrix import Matrix
 
 SYNCS = [types_pb2.SYNC_STATUS_SYNCED] * 6 + [
     types_pb2.SYNC_STATUS_OUT_OF_SYNC,

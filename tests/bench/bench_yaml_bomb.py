@@ -17,10 +17,10 @@ from collections.abc import Callable
 
 import yaml
 
-from agent import manifests
-from hub import config, errors, fleetyaml
-from proto import yamlsafe
-from proto.fleetops.v1 import types_pb2
+from fleetops.agent import manifests
+from fleetops.hub import config, errors, fleetyaml
+from fleetops.proto import yamlsafe
+from fleetops.proto.v1 import types_pb2
 from tests.support import hostile
 
 

@@ -12,7 +12,7 @@ import sys
 import pytest
 import yaml
 
-from hub import install
+from fleetops.hub import install
 from tests import localkube
 from tests.deploy import tools
 

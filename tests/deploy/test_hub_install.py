@@ -1,19 +1,17 @@
 """The hub's install (deploy/hub) and the image definition: the manifests pass a server-side
 dry-run, the shipped hub.yaml and arguments are ones the hub accepts, and the image gets the
-same helm and kustomize the tests use and a package with everything the programs load."""
+same helm and kustomize the tests use (the wheel it installs: tests/deploy/test_wheel.py)."""
 
 from __future__ import annotations
 
 import pathlib
 import re
 import subprocess
-import sys
-import zipfile
 
 import pytest
 import yaml
 
-from hub import cli, config
+from fleetops.hub import cli, config
 from tests import localkube
 from tests.deploy import tools
 
@@ -70,7 +68,7 @@ def test_shipped_config_and_arguments_are_accepted(tmp_path: pathlib.Path) -> No
     assert {"/var/lib/fleetops", "/tmp", "/etc/fleetops/config", "/etc/fleetops/ca"} <= mounts
 
 
-def test_image_pins_the_tested_tools_and_packages_everything(tmp_path: pathlib.Path) -> None:
+def test_image_pins_the_tested_tools() -> None:
     containerfile = (tools.ROOT / "deploy" / "Containerfile").read_text()
     pins = (tools.ROOT / "deploy" / "local" / "build-binaries.sh").read_text()
     for tool, var in (
@@ -82,35 +80,3 @@ def test_image_pins_the_tested_tools_and_packages_everything(tmp_path: pathlib.P
         assert f"{tool}@{want.group(1)}" in containerfile, (
             f"Containerfile's {tool} is not {want.group(1)}"
         )
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(tmp_path),
-            str(tools.ROOT),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    (wheel,) = tmp_path.glob("fleetops-*.whl")
-    names = set(zipfile.ZipFile(wheel).namelist())
-    for needed in (
-        "hub/cli.py",
-        "hub/install.py",
-        "agent/runner.py",
-        "tui/fleet.tcss",
-        "proto/fleetops/v1/agent_pb2.py",
-    ):
-        assert needed in names, f"{needed} is missing from the wheel the image installs"
-    entry = next(n for n in names if n.endswith("entry_points.txt"))
-    scripts = zipfile.ZipFile(wheel).read(entry).decode()
-    for script in ("fleetops-hub", "fleetops-agent", "fleetops-tui"):
-        assert script in scripts

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from hub import errors, install
+from fleetops.hub import errors, install
 from tests import localkube
 from tests.deploy import tools
 

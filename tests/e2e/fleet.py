@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import grpc
 import yaml
 
-from proto.fleetops.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
+from fleetops.proto.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
 from tests import localkube
 
 BIN = pathlib.Path(sys.executable).parent

@@ -17,7 +17,7 @@ import grpc
 import pytest
 import yaml
 
-from proto.fleetops.v1 import types_pb2
+from fleetops.proto.v1 import types_pb2
 from tests import localkube
 from tests.e2e import fleet
 
@@ -418,9 +418,9 @@ def test_with_the_hub_down_the_agent_heals_and_reports_later(world: Fleet) -> No
 
 
 def test_security(world: Fleet, tmp_path: pathlib.Path) -> None:
-    from agent import errors as agent_errors
-    from agent import identity
-    from proto.fleetops.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2
+    from fleetops.agent import errors as agent_errors
+    from fleetops.agent import identity
+    from fleetops.proto.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2
 
     client = world.client()
     cells = client.cells()
@@ -477,7 +477,7 @@ def test_security(world: Fleet, tmp_path: pathlib.Path) -> None:
 
 
 def fleet_pb2_grpc_stub(channel: grpc.Channel) -> Any:
-    from proto.fleetops.v1 import fleet_pb2_grpc
+    from fleetops.proto.v1 import fleet_pb2_grpc
 
     return fleet_pb2_grpc.FleetServiceStub(channel)
 

@@ -29,7 +29,7 @@ import grpc
 import pytest
 import yaml
 
-from proto.fleetops.v1 import fleet_pb2, types_pb2
+from fleetops.proto.v1 import fleet_pb2, types_pb2
 from tests import localkube
 from tests.e2e import fleet
 from tests.support import wait

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from proto.fleetops.v1 import types_pb2
+from fleetops.proto.v1 import types_pb2
 from tests import localkube
 from tests.e2e import fleet
 from tests.faults import harness

@@ -10,9 +10,9 @@ import grpc
 import pytest
 import yaml
 
-from hub import core, render, server
-from proto import bundles
-from proto.fleetops.v1 import agent_pb2, agent_pb2_grpc, types_pb2
+from fleetops.hub import core, render, server
+from fleetops.proto import bundles
+from fleetops.proto.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 from tests.e2e import fleet
 from tests.support import rawagent, wait
 

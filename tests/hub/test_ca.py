@@ -7,7 +7,7 @@ import pathlib
 
 import pytest
 
-from hub import ca, errors
+from fleetops.hub import ca, errors
 
 
 def test_a_key_file_gives_the_same_pin_on_any_data_directory(tmp_path: pathlib.Path) -> None:

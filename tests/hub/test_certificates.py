@@ -26,11 +26,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from agent import errors as agent_errors
-from agent import identity, reconcile, runner, state
-from hub import ca, cli, server
-from hub import errors as hub_errors
-from proto.fleetops.v1 import agent_pb2
+from fleetops.agent import errors as agent_errors
+from fleetops.agent import identity, reconcile, runner, state
+from fleetops.hub import ca, cli, server
+from fleetops.hub import errors as hub_errors
+from fleetops.proto.v1 import agent_pb2
 from tests.support import certlife, rawagent, wait
 
 # ---------------------------------------------------------------- helpers

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from hub import config, errors, render, repo
+from fleetops.hub import config, errors, render, repo
 from tests.support import hostile
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from hub import cli
-from proto.fleetops.v1 import fleet_pb2, types_pb2
+from fleetops.hub import cli
+from fleetops.proto.v1 import fleet_pb2, types_pb2
 
 EVIL = "\x1b[31mred\x1b[0m [/]x[bold] line\nfake-row"
 

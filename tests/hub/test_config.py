@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hub import config, errors
+from fleetops.hub import config, errors
 
 BASE = """
 repos:

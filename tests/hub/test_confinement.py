@@ -16,7 +16,7 @@ import tempfile
 
 import pytest
 
-from hub import config, errors, render, repo
+from fleetops.hub import config, errors, render, repo
 from tests import localkube
 from tests.support import hostile
 

@@ -18,8 +18,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from hub import apitokens, errors, http, render, server, store
-from proto.fleetops.v1 import agent_pb2, fleet_pb2, fleet_pb2_grpc, types_pb2
+from fleetops.hub import apitokens, errors, http, render, server, store
+from fleetops.proto.v1 import agent_pb2, fleet_pb2, fleet_pb2_grpc, types_pb2
 from tests.e2e import fleet
 from tests.support import rawagent, wait
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hub import config, plan
+from fleetops.hub import config, plan
 
 CFG = config.parse(
     """

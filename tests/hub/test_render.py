@@ -7,7 +7,7 @@ import pathlib
 import pytest
 import yaml
 
-from hub import config, errors, render
+from fleetops.hub import config, errors, render
 from tests import localkube
 
 FIXTURES = pathlib.Path(__file__).resolve().parent.parent / "fixtures"

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from hub import config, errors, repo
+from fleetops.hub import config, errors, repo
 from tests.e2e import fleet
 
 TOKEN = "glpat-test-token-1234"

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import pytest
 import yaml
 
-from hub import config, errors, repo
+from fleetops.hub import config, errors, repo
 from tests.e2e import fleet
 from tests.support import gitserve, wait
 

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from hub import config, store
-from proto.fleetops.v1 import types_pb2
+from fleetops.hub import config, store
+from fleetops.proto.v1 import types_pb2
 
 
 @pytest.fixture

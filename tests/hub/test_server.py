@@ -14,8 +14,8 @@ import grpc
 import pytest
 import yaml
 
-from hub import render, server
-from proto.fleetops.v1 import fleet_pb2, fleet_pb2_grpc
+from fleetops.hub import render, server
+from fleetops.proto.v1 import fleet_pb2, fleet_pb2_grpc
 from tests import localkube
 from tests.e2e import fleet
 

@@ -12,8 +12,8 @@ import grpc
 import pytest
 import yaml
 
-from hub import render, server
-from proto.fleetops.v1 import agent_pb2
+from fleetops.hub import render, server
+from fleetops.proto.v1 import agent_pb2
 from tests import localkube
 from tests.e2e import fleet
 from tests.support import rawagent, wait

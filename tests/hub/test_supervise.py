@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from proto import supervise
+from fleetops.proto import supervise
 from tests.support import wait
 
 

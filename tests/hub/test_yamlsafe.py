@@ -14,8 +14,8 @@ import pathlib
 import pytest
 import yaml
 
-from hub import config, errors, fleetyaml, render
-from proto import yamlsafe
+from fleetops.hub import config, errors, fleetyaml, render
+from fleetops.proto import yamlsafe
 from tests import localkube
 from tests.support import hostile
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from proto.fleetops.v1 import fleet_pb2, types_pb2
+from fleetops.proto.v1 import fleet_pb2, types_pb2
 from tests.e2e import fleet
 
 AGENT = str(pathlib.Path(sys.executable).parent / "fleetops-agent")

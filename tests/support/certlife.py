@@ -17,8 +17,8 @@ from collections.abc import AsyncIterator
 import grpc
 import yaml
 
-from hub import ca, server
-from proto.fleetops.v1 import agent_pb2_grpc
+from fleetops.hub import ca, server
+from fleetops.proto.v1 import agent_pb2_grpc
 from tests.e2e import fleet
 from tests.support import rawagent
 

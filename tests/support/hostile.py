@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-from hub import config, repo
+from fleetops.hub import config, repo
 
 T = TypeVar("T")
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from hub import install
+from fleetops.hub import install
 from tests import localkube
 from tests.support import kubectl_run
 

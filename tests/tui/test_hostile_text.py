@@ -17,12 +17,12 @@ from rich.text import Text
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, Static
 
-from proto.fleetops.v1 import fleet_pb2, types_pb2
+from fleetops.proto.v1 import fleet_pb2, types_pb2
+from fleetops.tui import app as tui_app
+from fleetops.tui import client as tui_client
+from fleetops.tui import model, text
+from fleetops.tui.widgets.matrix import Matrix
 from tests.tui import screen
-from tui import app as tui_app
-from tui import client as tui_client
-from tui import model, text
-from tui.widgets.matrix import Matrix
 
 SIZE = (200, 50)
 NOW = 1_795_000_000  # 2026-11-18 11:06:40Z

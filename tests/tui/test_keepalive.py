@@ -10,11 +10,11 @@ import grpc
 import pytest
 import yaml
 
-from hub import fleet_service, render, server
-from proto.fleetops.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
+from fleetops.hub import fleet_service, render, server
+from fleetops.proto.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
+from fleetops.tui import client as tui_client
 from tests.e2e import fleet
 from tests.support import wait
-from tui import client as tui_client
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.app import App, ComposeResult
 
-from tui.widgets.matrix import Matrix
+from fleetops.tui.widgets.matrix import Matrix
 
 APPS = [f"app-{i:02d}" for i in range(30)]
 CLUSTERS = [f"cluster-{i:03d}" for i in range(100)]

@@ -3,8 +3,8 @@ per-cluster counts, what the certificate line says."""
 
 from __future__ import annotations
 
-from proto.fleetops.v1 import fleet_pb2, types_pb2
-from tui import model
+from fleetops.proto.v1 import fleet_pb2, types_pb2
+from fleetops.tui import model
 
 CONNECTED, LOST = types_pb2.CONNECTIVITY_CONNECTED, types_pb2.CONNECTIVITY_DISCONNECTED
 

@@ -12,14 +12,14 @@ import pytest
 import yaml
 from textual.widgets import DataTable, Input, Static
 
-from hub import render, server
-from proto.fleetops.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, fleet_pb2_grpc, types_pb2
+from fleetops.hub import render, server
+from fleetops.proto.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, fleet_pb2_grpc, types_pb2
+from fleetops.tui import app as tui_app
+from fleetops.tui import client as tui_client
+from fleetops.tui.widgets.matrix import Matrix
 from tests import localkube
 from tests.e2e import fleet
 from tests.fakes import FakeAgent
-from tui import app as tui_app
-from tui import client as tui_client
-from tui.widgets.matrix import Matrix
 
 SIZE = (120, 30)
 

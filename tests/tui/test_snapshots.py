@@ -12,10 +12,10 @@ import grpc
 from textual.pilot import Pilot
 from textual.widgets import DataTable
 
-from proto.fleetops.v1 import fleet_pb2, types_pb2
-from tui import app as tui_app
-from tui import client as tui_client
-from tui.widgets.matrix import Matrix
+from fleetops.proto.v1 import fleet_pb2, types_pb2
+from fleetops.tui import app as tui_app
+from fleetops.tui import client as tui_client
+from fleetops.tui.widgets.matrix import Matrix
 
 REV_A = "4f2b9c1e8d7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c"
 REV_B = "9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d"

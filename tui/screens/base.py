@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING
 
 from textual.screen import Screen
 
-from tui import messages
+from fleetops.tui import messages
 
 if TYPE_CHECKING:
-    from tui.app import FleetApp
+    from fleetops.tui.app import FleetApp
 
 
 class FleetScreen(Screen[None]):

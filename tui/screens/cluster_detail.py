@@ -12,8 +12,8 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Header, Static
 
-from tui import model, text
-from tui.screens import base
+from fleetops.tui import model, text
+from fleetops.tui.screens import base
 
 STYLE = model.LEVEL_STYLE
 

@@ -10,10 +10,10 @@ from textual.binding import Binding
 from textual.timer import Timer
 from textual.widgets import Footer, Header, Input, Static
 
-from proto.fleetops.v1 import types_pb2
-from tui import messages, model, text
-from tui.screens import app_detail, base, cluster_detail, confirm, help, history
-from tui.widgets import matrix
+from fleetops.proto.v1 import types_pb2
+from fleetops.tui import messages, model, text
+from fleetops.tui.screens import app_detail, base, cluster_detail, confirm, help, history
+from fleetops.tui.widgets import matrix
 
 STYLE = model.LEVEL_STYLE
 

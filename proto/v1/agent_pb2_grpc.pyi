@@ -6,8 +6,8 @@ always dials out; the hub never holds cluster credentials.
 """
 
 from collections import abc as _abc
+from fleetops.proto.v1 import agent_pb2 as _agent_pb2
 from grpc import aio as _aio
-from proto.fleetops.v1 import agent_pb2 as _agent_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

@@ -6,8 +6,8 @@ read-only or an operator token; only operators may change anything.
 """
 
 from collections import abc as _abc
+from fleetops.proto.v1 import fleet_pb2 as _fleet_pb2
 from grpc import aio as _aio
-from proto.fleetops.v1 import fleet_pb2 as _fleet_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from proto.fleetops.v1 import agent_pb2 as proto_dot_fleetops_dot_v1_dot_agent__pb2
+from fleetops.proto.v1 import agent_pb2 as fleetops_dot_proto_dot_v1_dot_agent__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in proto/fleetops/v1/agent_pb2_grpc.py depends on'
+        + ' but the generated code in fleetops/proto/v1/agent_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,23 +36,23 @@ class AgentServiceStub:
         """
         self.Register = channel.unary_unary(
                 '/fleetops.v1.AgentService/Register',
-                request_serializer=proto_dot_fleetops_dot_v1_dot_agent__pb2.RegisterRequest.SerializeToString,
-                response_deserializer=proto_dot_fleetops_dot_v1_dot_agent__pb2.RegisterResponse.FromString,
+                request_serializer=fleetops_dot_proto_dot_v1_dot_agent__pb2.RegisterRequest.SerializeToString,
+                response_deserializer=fleetops_dot_proto_dot_v1_dot_agent__pb2.RegisterResponse.FromString,
                 _registered_method=True)
         self.Connect = channel.stream_stream(
                 '/fleetops.v1.AgentService/Connect',
-                request_serializer=proto_dot_fleetops_dot_v1_dot_agent__pb2.AgentMessage.SerializeToString,
-                response_deserializer=proto_dot_fleetops_dot_v1_dot_agent__pb2.HubMessage.FromString,
+                request_serializer=fleetops_dot_proto_dot_v1_dot_agent__pb2.AgentMessage.SerializeToString,
+                response_deserializer=fleetops_dot_proto_dot_v1_dot_agent__pb2.HubMessage.FromString,
                 _registered_method=True)
         self.GetBundle = channel.unary_stream(
                 '/fleetops.v1.AgentService/GetBundle',
-                request_serializer=proto_dot_fleetops_dot_v1_dot_agent__pb2.GetBundleRequest.SerializeToString,
-                response_deserializer=proto_dot_fleetops_dot_v1_dot_agent__pb2.BundleChunk.FromString,
+                request_serializer=fleetops_dot_proto_dot_v1_dot_agent__pb2.GetBundleRequest.SerializeToString,
+                response_deserializer=fleetops_dot_proto_dot_v1_dot_agent__pb2.BundleChunk.FromString,
                 _registered_method=True)
         self.Renew = channel.unary_unary(
                 '/fleetops.v1.AgentService/Renew',
-                request_serializer=proto_dot_fleetops_dot_v1_dot_agent__pb2.RenewRequest.SerializeToString,
-                response_deserializer=proto_dot_fleetops_dot_v1_dot_agent__pb2.RenewResponse.FromString,
+                request_serializer=fleetops_dot_proto_dot_v1_dot_agent__pb2.RenewRequest.SerializeToString,
+                response_deserializer=fleetops_dot_proto_dot_v1_dot_agent__pb2.RenewResponse.FromString,
                 _registered_method=True)
 
 
@@ -96,23 +96,23 @@ def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Register': grpc.unary_unary_rpc_method_handler(
                     servicer.Register,
-                    request_deserializer=proto_dot_fleetops_dot_v1_dot_agent__pb2.RegisterRequest.FromString,
-                    response_serializer=proto_dot_fleetops_dot_v1_dot_agent__pb2.RegisterResponse.SerializeToString,
+                    request_deserializer=fleetops_dot_proto_dot_v1_dot_agent__pb2.RegisterRequest.FromString,
+                    response_serializer=fleetops_dot_proto_dot_v1_dot_agent__pb2.RegisterResponse.SerializeToString,
             ),
             'Connect': grpc.stream_stream_rpc_method_handler(
                     servicer.Connect,
-                    request_deserializer=proto_dot_fleetops_dot_v1_dot_agent__pb2.AgentMessage.FromString,
-                    response_serializer=proto_dot_fleetops_dot_v1_dot_agent__pb2.HubMessage.SerializeToString,
+                    request_deserializer=fleetops_dot_proto_dot_v1_dot_agent__pb2.AgentMessage.FromString,
+                    response_serializer=fleetops_dot_proto_dot_v1_dot_agent__pb2.HubMessage.SerializeToString,
             ),
             'GetBundle': grpc.unary_stream_rpc_method_handler(
                     servicer.GetBundle,
-                    request_deserializer=proto_dot_fleetops_dot_v1_dot_agent__pb2.GetBundleRequest.FromString,
-                    response_serializer=proto_dot_fleetops_dot_v1_dot_agent__pb2.BundleChunk.SerializeToString,
+                    request_deserializer=fleetops_dot_proto_dot_v1_dot_agent__pb2.GetBundleRequest.FromString,
+                    response_serializer=fleetops_dot_proto_dot_v1_dot_agent__pb2.BundleChunk.SerializeToString,
             ),
             'Renew': grpc.unary_unary_rpc_method_handler(
                     servicer.Renew,
-                    request_deserializer=proto_dot_fleetops_dot_v1_dot_agent__pb2.RenewRequest.FromString,
-                    response_serializer=proto_dot_fleetops_dot_v1_dot_agent__pb2.RenewResponse.SerializeToString,
+                    request_deserializer=fleetops_dot_proto_dot_v1_dot_agent__pb2.RenewRequest.FromString,
+                    response_serializer=fleetops_dot_proto_dot_v1_dot_agent__pb2.RenewResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -140,8 +140,8 @@ class AgentService:
             request,
             target,
             '/fleetops.v1.AgentService/Register',
-            proto_dot_fleetops_dot_v1_dot_agent__pb2.RegisterRequest.SerializeToString,
-            proto_dot_fleetops_dot_v1_dot_agent__pb2.RegisterResponse.FromString,
+            fleetops_dot_proto_dot_v1_dot_agent__pb2.RegisterRequest.SerializeToString,
+            fleetops_dot_proto_dot_v1_dot_agent__pb2.RegisterResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -167,8 +167,8 @@ class AgentService:
             request_iterator,
             target,
             '/fleetops.v1.AgentService/Connect',
-            proto_dot_fleetops_dot_v1_dot_agent__pb2.AgentMessage.SerializeToString,
-            proto_dot_fleetops_dot_v1_dot_agent__pb2.HubMessage.FromString,
+            fleetops_dot_proto_dot_v1_dot_agent__pb2.AgentMessage.SerializeToString,
+            fleetops_dot_proto_dot_v1_dot_agent__pb2.HubMessage.FromString,
             options,
             channel_credentials,
             insecure,
@@ -194,8 +194,8 @@ class AgentService:
             request,
             target,
             '/fleetops.v1.AgentService/GetBundle',
-            proto_dot_fleetops_dot_v1_dot_agent__pb2.GetBundleRequest.SerializeToString,
-            proto_dot_fleetops_dot_v1_dot_agent__pb2.BundleChunk.FromString,
+            fleetops_dot_proto_dot_v1_dot_agent__pb2.GetBundleRequest.SerializeToString,
+            fleetops_dot_proto_dot_v1_dot_agent__pb2.BundleChunk.FromString,
             options,
             channel_credentials,
             insecure,
@@ -221,8 +221,8 @@ class AgentService:
             request,
             target,
             '/fleetops.v1.AgentService/Renew',
-            proto_dot_fleetops_dot_v1_dot_agent__pb2.RenewRequest.SerializeToString,
-            proto_dot_fleetops_dot_v1_dot_agent__pb2.RenewResponse.FromString,
+            fleetops_dot_proto_dot_v1_dot_agent__pb2.RenewRequest.SerializeToString,
+            fleetops_dot_proto_dot_v1_dot_agent__pb2.RenewResponse.FromString,
             options,
             channel_credentials,
             insecure,

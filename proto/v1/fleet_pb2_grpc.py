@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from proto.fleetops.v1 import fleet_pb2 as proto_dot_fleetops_dot_v1_dot_fleet__pb2
+from fleetops.proto.v1 import fleet_pb2 as fleetops_dot_proto_dot_v1_dot_fleet__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in proto/fleetops/v1/fleet_pb2_grpc.py depends on'
+        + ' but the generated code in fleetops/proto/v1/fleet_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,68 +36,68 @@ class FleetServiceStub:
         """
         self.GetSnapshot = channel.unary_unary(
                 '/fleetops.v1.FleetService/GetSnapshot',
-                request_serializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.SnapshotRequest.SerializeToString,
-                response_deserializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.Snapshot.FromString,
+                request_serializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.SnapshotRequest.SerializeToString,
+                response_deserializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.Snapshot.FromString,
                 _registered_method=True)
         self.Watch = channel.unary_stream(
                 '/fleetops.v1.FleetService/Watch',
-                request_serializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.WatchRequest.SerializeToString,
-                response_deserializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.FleetChange.FromString,
+                request_serializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.WatchRequest.SerializeToString,
+                response_deserializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.FleetChange.FromString,
                 _registered_method=True)
         self.Sync = channel.unary_unary(
                 '/fleetops.v1.FleetService/Sync',
-                request_serializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.SyncRequest.SerializeToString,
-                response_deserializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.ActionResponse.FromString,
+                request_serializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.SyncRequest.SerializeToString,
+                response_deserializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.ActionResponse.FromString,
                 _registered_method=True)
         self.Rollback = channel.unary_unary(
                 '/fleetops.v1.FleetService/Rollback',
-                request_serializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.RollbackRequest.SerializeToString,
-                response_deserializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.ActionResponse.FromString,
+                request_serializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.RollbackRequest.SerializeToString,
+                response_deserializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.ActionResponse.FromString,
                 _registered_method=True)
         self.Unpin = channel.unary_unary(
                 '/fleetops.v1.FleetService/Unpin',
-                request_serializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.UnpinRequest.SerializeToString,
-                response_deserializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.ActionResponse.FromString,
+                request_serializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.UnpinRequest.SerializeToString,
+                response_deserializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.ActionResponse.FromString,
                 _registered_method=True)
         self.Pause = channel.unary_unary(
                 '/fleetops.v1.FleetService/Pause',
-                request_serializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.PauseRequest.SerializeToString,
-                response_deserializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.ActionResponse.FromString,
+                request_serializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.PauseRequest.SerializeToString,
+                response_deserializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.ActionResponse.FromString,
                 _registered_method=True)
         self.Resume = channel.unary_unary(
                 '/fleetops.v1.FleetService/Resume',
-                request_serializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.PauseRequest.SerializeToString,
-                response_deserializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.ActionResponse.FromString,
+                request_serializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.PauseRequest.SerializeToString,
+                response_deserializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.ActionResponse.FromString,
                 _registered_method=True)
         self.History = channel.unary_unary(
                 '/fleetops.v1.FleetService/History',
-                request_serializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.HistoryRequest.SerializeToString,
-                response_deserializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.HistoryResponse.FromString,
+                request_serializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.HistoryRequest.SerializeToString,
+                response_deserializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.HistoryResponse.FromString,
                 _registered_method=True)
         self.CreateToken = channel.unary_unary(
                 '/fleetops.v1.FleetService/CreateToken',
-                request_serializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.CreateTokenRequest.SerializeToString,
-                response_deserializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.CreateTokenResponse.FromString,
+                request_serializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.CreateTokenRequest.SerializeToString,
+                response_deserializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.CreateTokenResponse.FromString,
                 _registered_method=True)
         self.RemoveCluster = channel.unary_unary(
                 '/fleetops.v1.FleetService/RemoveCluster',
-                request_serializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.RemoveClusterRequest.SerializeToString,
-                response_deserializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.ActionResponse.FromString,
+                request_serializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.RemoveClusterRequest.SerializeToString,
+                response_deserializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.ActionResponse.FromString,
                 _registered_method=True)
         self.CreateApiToken = channel.unary_unary(
                 '/fleetops.v1.FleetService/CreateApiToken',
-                request_serializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.CreateApiTokenRequest.SerializeToString,
-                response_deserializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.CreateApiTokenResponse.FromString,
+                request_serializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.CreateApiTokenRequest.SerializeToString,
+                response_deserializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.CreateApiTokenResponse.FromString,
                 _registered_method=True)
         self.ListApiTokens = channel.unary_unary(
                 '/fleetops.v1.FleetService/ListApiTokens',
-                request_serializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.ListApiTokensRequest.SerializeToString,
-                response_deserializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.ListApiTokensResponse.FromString,
+                request_serializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.ListApiTokensRequest.SerializeToString,
+                response_deserializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.ListApiTokensResponse.FromString,
                 _registered_method=True)
         self.RevokeApiToken = channel.unary_unary(
                 '/fleetops.v1.FleetService/RevokeApiToken',
-                request_serializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.RevokeApiTokenRequest.SerializeToString,
-                response_deserializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.ActionResponse.FromString,
+                request_serializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.RevokeApiTokenRequest.SerializeToString,
+                response_deserializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.ActionResponse.FromString,
                 _registered_method=True)
 
 
@@ -193,68 +193,68 @@ def add_FleetServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'GetSnapshot': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSnapshot,
-                    request_deserializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.SnapshotRequest.FromString,
-                    response_serializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.Snapshot.SerializeToString,
+                    request_deserializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.SnapshotRequest.FromString,
+                    response_serializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.Snapshot.SerializeToString,
             ),
             'Watch': grpc.unary_stream_rpc_method_handler(
                     servicer.Watch,
-                    request_deserializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.WatchRequest.FromString,
-                    response_serializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.FleetChange.SerializeToString,
+                    request_deserializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.WatchRequest.FromString,
+                    response_serializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.FleetChange.SerializeToString,
             ),
             'Sync': grpc.unary_unary_rpc_method_handler(
                     servicer.Sync,
-                    request_deserializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.SyncRequest.FromString,
-                    response_serializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.ActionResponse.SerializeToString,
+                    request_deserializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.SyncRequest.FromString,
+                    response_serializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.ActionResponse.SerializeToString,
             ),
             'Rollback': grpc.unary_unary_rpc_method_handler(
                     servicer.Rollback,
-                    request_deserializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.RollbackRequest.FromString,
-                    response_serializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.ActionResponse.SerializeToString,
+                    request_deserializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.RollbackRequest.FromString,
+                    response_serializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.ActionResponse.SerializeToString,
             ),
             'Unpin': grpc.unary_unary_rpc_method_handler(
                     servicer.Unpin,
-                    request_deserializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.UnpinRequest.FromString,
-                    response_serializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.ActionResponse.SerializeToString,
+                    request_deserializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.UnpinRequest.FromString,
+                    response_serializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.ActionResponse.SerializeToString,
             ),
             'Pause': grpc.unary_unary_rpc_method_handler(
                     servicer.Pause,
-                    request_deserializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.PauseRequest.FromString,
-                    response_serializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.ActionResponse.SerializeToString,
+                    request_deserializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.PauseRequest.FromString,
+                    response_serializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.ActionResponse.SerializeToString,
             ),
             'Resume': grpc.unary_unary_rpc_method_handler(
                     servicer.Resume,
-                    request_deserializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.PauseRequest.FromString,
-                    response_serializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.ActionResponse.SerializeToString,
+                    request_deserializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.PauseRequest.FromString,
+                    response_serializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.ActionResponse.SerializeToString,
             ),
             'History': grpc.unary_unary_rpc_method_handler(
                     servicer.History,
-                    request_deserializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.HistoryRequest.FromString,
-                    response_serializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.HistoryResponse.SerializeToString,
+                    request_deserializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.HistoryRequest.FromString,
+                    response_serializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.HistoryResponse.SerializeToString,
             ),
             'CreateToken': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateToken,
-                    request_deserializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.CreateTokenRequest.FromString,
-                    response_serializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.CreateTokenResponse.SerializeToString,
+                    request_deserializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.CreateTokenRequest.FromString,
+                    response_serializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.CreateTokenResponse.SerializeToString,
             ),
             'RemoveCluster': grpc.unary_unary_rpc_method_handler(
                     servicer.RemoveCluster,
-                    request_deserializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.RemoveClusterRequest.FromString,
-                    response_serializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.ActionResponse.SerializeToString,
+                    request_deserializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.RemoveClusterRequest.FromString,
+                    response_serializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.ActionResponse.SerializeToString,
             ),
             'CreateApiToken': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateApiToken,
-                    request_deserializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.CreateApiTokenRequest.FromString,
-                    response_serializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.CreateApiTokenResponse.SerializeToString,
+                    request_deserializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.CreateApiTokenRequest.FromString,
+                    response_serializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.CreateApiTokenResponse.SerializeToString,
             ),
             'ListApiTokens': grpc.unary_unary_rpc_method_handler(
                     servicer.ListApiTokens,
-                    request_deserializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.ListApiTokensRequest.FromString,
-                    response_serializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.ListApiTokensResponse.SerializeToString,
+                    request_deserializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.ListApiTokensRequest.FromString,
+                    response_serializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.ListApiTokensResponse.SerializeToString,
             ),
             'RevokeApiToken': grpc.unary_unary_rpc_method_handler(
                     servicer.RevokeApiToken,
-                    request_deserializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.RevokeApiTokenRequest.FromString,
-                    response_serializer=proto_dot_fleetops_dot_v1_dot_fleet__pb2.ActionResponse.SerializeToString,
+                    request_deserializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.RevokeApiTokenRequest.FromString,
+                    response_serializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.ActionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -282,8 +282,8 @@ class FleetService:
             request,
             target,
             '/fleetops.v1.FleetService/GetSnapshot',
-            proto_dot_fleetops_dot_v1_dot_fleet__pb2.SnapshotRequest.SerializeToString,
-            proto_dot_fleetops_dot_v1_dot_fleet__pb2.Snapshot.FromString,
+            fleetops_dot_proto_dot_v1_dot_fleet__pb2.SnapshotRequest.SerializeToString,
+            fleetops_dot_proto_dot_v1_dot_fleet__pb2.Snapshot.FromString,
             options,
             channel_credentials,
             insecure,
@@ -309,8 +309,8 @@ class FleetService:
             request,
             target,
             '/fleetops.v1.FleetService/Watch',
-            proto_dot_fleetops_dot_v1_dot_fleet__pb2.WatchRequest.SerializeToString,
-            proto_dot_fleetops_dot_v1_dot_fleet__pb2.FleetChange.FromString,
+            fleetops_dot_proto_dot_v1_dot_fleet__pb2.WatchRequest.SerializeToString,
+            fleetops_dot_proto_dot_v1_dot_fleet__pb2.FleetChange.FromString,
             options,
             channel_credentials,
             insecure,
@@ -336,8 +336,8 @@ class FleetService:
             request,
             target,
             '/fleetops.v1.FleetService/Sync',
-            proto_dot_fleetops_dot_v1_dot_fleet__pb2.SyncRequest.SerializeToString,
-            proto_dot_fleetops_dot_v1_dot_fleet__pb2.ActionResponse.FromString,
+            fleetops_dot_proto_dot_v1_dot_fleet__pb2.SyncRequest.SerializeToString,
+            fleetops_dot_proto_dot_v1_dot_fleet__pb2.ActionResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -363,8 +363,8 @@ class FleetService:
             request,
             target,
             '/fleetops.v1.FleetService/Rollback',
-            proto_dot_fleetops_dot_v1_dot_fleet__pb2.RollbackRequest.SerializeToString,
-            proto_dot_fleetops_dot_v1_dot_fleet__pb2.ActionResponse.FromString,
+            fleetops_dot_proto_dot_v1_dot_fleet__pb2.RollbackRequest.SerializeToString,
+            fleetops_dot_proto_dot_v1_dot_fleet__pb2.ActionResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -390,8 +390,8 @@ class FleetService:
             request,
             target,
             '/fleetops.v1.FleetService/Unpin',
-            proto_dot_fleetops_dot_v1_dot_fleet__pb2.UnpinRequest.SerializeToString,
-            proto_dot_fleetops_dot_v1_dot_fleet__pb2.ActionResponse.FromString,
+            fleetops_dot_proto_dot_v1_dot_fleet__pb2.UnpinRequest.SerializeToString,
+            fleetops_dot_proto_dot_v1_dot_fleet__pb2.ActionResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -417,8 +417,8 @@ class FleetService:
             request,
             target,
             '/fleetops.v1.FleetService/Pause',
-            proto_dot_fleetops_dot_v1_dot_fleet__pb2.PauseRequest.SerializeToString,
-            proto_dot_fleetops_dot_v1_dot_fleet__pb2.ActionResponse.FromString,
+            fleetops_dot_proto_dot_v1_dot_fleet__pb2.PauseRequest.SerializeToString,
+            fleetops_dot_proto_dot_v1_dot_fleet__pb2.ActionResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -444,8 +444,8 @@ class FleetService:
             request,
             target,
             '/fleetops.v1.FleetService/Resume',
-            proto_dot_fleetops_dot_v1_dot_fleet__pb2.PauseRequest.SerializeToString,
-            proto_dot_fleetops_dot_v1_dot_fleet__pb2.ActionResponse.FromString,
+            fleetops_dot_proto_dot_v1_dot_fleet__pb2.PauseRequest.SerializeToString,
+            fleetops_dot_proto_dot_v1_dot_fleet__pb2.ActionResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -471,8 +471,8 @@ class FleetService:
             request,
             target,
             '/fleetops.v1.FleetService/History',
-            proto_dot_fleetops_dot_v1_dot_fleet__pb2.HistoryRequest.SerializeToString,
-            proto_dot_fleetops_dot_v1_dot_fleet__pb2.HistoryResponse.FromString,
+            fleetops_dot_proto_dot_v1_dot_fleet__pb2.HistoryRequest.SerializeToString,
+            fleetops_dot_proto_dot_v1_dot_fleet__pb2.HistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -498,8 +498,8 @@ class FleetService:
             request,
             target,
             '/fleetops.v1.FleetService/CreateToken',
-            proto_dot_fleetops_dot_v1_dot_fleet__pb2.CreateTokenRequest.SerializeToString,
-            proto_dot_fleetops_dot_v1_dot_fleet__pb2.CreateTokenResponse.FromString,
+            fleetops_dot_proto_dot_v1_dot_fleet__pb2.CreateTokenRequest.SerializeToString,
+            fleetops_dot_proto_dot_v1_dot_fleet__pb2.CreateTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -525,8 +525,8 @@ class FleetService:
             request,
             target,
             '/fleetops.v1.FleetService/RemoveCluster',
-            proto_dot_fleetops_dot_v1_dot_fleet__pb2.RemoveClusterRequest.SerializeToString,
-            proto_dot_fleetops_dot_v1_dot_fleet__pb2.ActionResponse.FromString,
+            fleetops_dot_proto_dot_v1_dot_fleet__pb2.RemoveClusterRequest.SerializeToString,
+            fleetops_dot_proto_dot_v1_dot_fleet__pb2.ActionResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -552,8 +552,8 @@ class FleetService:
             request,
             target,
             '/fleetops.v1.FleetService/CreateApiToken',
-            proto_dot_fleetops_dot_v1_dot_fleet__pb2.CreateApiTokenRequest.SerializeToString,
-            proto_dot_fleetops_dot_v1_dot_fleet__pb2.CreateApiTokenResponse.FromString,
+            fleetops_dot_proto_dot_v1_dot_fleet__pb2.CreateApiTokenRequest.SerializeToString,
+            fleetops_dot_proto_dot_v1_dot_fleet__pb2.CreateApiTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -579,8 +579,8 @@ class FleetService:
             request,
             target,
             '/fleetops.v1.FleetService/ListApiTokens',
-            proto_dot_fleetops_dot_v1_dot_fleet__pb2.ListApiTokensRequest.SerializeToString,
-            proto_dot_fleetops_dot_v1_dot_fleet__pb2.ListApiTokensResponse.FromString,
+            fleetops_dot_proto_dot_v1_dot_fleet__pb2.ListApiTokensRequest.SerializeToString,
+            fleetops_dot_proto_dot_v1_dot_fleet__pb2.ListApiTokensResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -606,8 +606,8 @@ class FleetService:
             request,
             target,
             '/fleetops.v1.FleetService/RevokeApiToken',
-            proto_dot_fleetops_dot_v1_dot_fleet__pb2.RevokeApiTokenRequest.SerializeToString,
-            proto_dot_fleetops_dot_v1_dot_fleet__pb2.ActionResponse.FromString,
+            fleetops_dot_proto_dot_v1_dot_fleet__pb2.RevokeApiTokenRequest.SerializeToString,
+            fleetops_dot_proto_dot_v1_dot_fleet__pb2.ActionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,10 +6,10 @@ always dials out; the hub never holds cluster credentials.
 """
 
 from collections import abc as _abc
+from fleetops.proto.v1 import types_pb2 as _types_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
-from proto.fleetops.v1 import types_pb2 as _types_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
