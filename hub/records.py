@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Mapping
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Cluster:
     """A registered cluster: who it is, what its agent said last, and its certificate."""
 
@@ -30,7 +30,7 @@ class Cluster:
     cert_expires: float = 0.0
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class RegistrationToken:
     """A one-time, expiring token an agent registers with (`fleetops-hub token create`)."""
 
@@ -43,7 +43,7 @@ class RegistrationToken:
     labels: Mapping[str, str]  # the labels its cluster starts with
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ApiToken:
     """A named fleet API token; the secret itself is never stored, only its hash."""
 
@@ -55,7 +55,7 @@ class ApiToken:
     created_by: str
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Repo:
     """A tracked Git repo: the head revision the hub last planned, and the last fetch error."""
 
@@ -67,7 +67,7 @@ class Repo:
     error: str
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Revision:
     """A commit the hub saw at the head of a repo."""
 
@@ -79,7 +79,7 @@ class Revision:
     seen_at: float  # when the hub first saw it at the head
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Bundle:
     """Rendered manifests, content-addressed (serialized fleetops.v1.Bundle)."""
 
@@ -90,7 +90,7 @@ class Bundle:
     created_at: float
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Render:
     """The outcome of rendering (app, target) at a revision: a bundle digest or an error."""
 
@@ -103,7 +103,7 @@ class Render:
     rendered_at: float
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Assignment:
     """(cluster, app) -> the bundle and revision the agent must run, with the app's policy."""
 
@@ -122,7 +122,7 @@ class Assignment:
     allow_mass_prune: str = ""  # the digest allowed to prune past the guard, once
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Report:
     """The latest report of (cluster, app): the columns the hub queries, and the whole
     serialized fleetops.v1.AppReport in `data`."""
@@ -139,7 +139,7 @@ class Report:
     updated_at: float
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Pin:
     """An app (cluster "": on every cluster) pinned to a revision by a rollback."""
 
@@ -150,7 +150,7 @@ class Pin:
     at: float
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class AppState:
     """Whether an operator paused an app, and why."""
 
@@ -159,7 +159,7 @@ class AppState:
     reason: str
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Event:
     """One history entry, as stored (with its id, in the order they were recorded)."""
 
@@ -175,7 +175,7 @@ class Event:
     message: str
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class NewEvent:
     """A history entry to record; the store gives it its id (and its time, when `at` is None)."""
 

@@ -191,6 +191,8 @@ def unavailable(path: pathlib.Path, e: BaseException) -> errors.StoreUnavailable
     )
 
 
+# Untyped, being replaced: callers encode JSON columns themselves only until they hand the
+# store records (hub.records), whose mappings it encodes.
 def dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
 

@@ -143,11 +143,30 @@ def test_an_old_database_migrates_to_the_latest_version_with_its_rows_intact(
         assert (token.id, token.cluster, token.used_at) == ("t1", "edge-2", 0.0)
         assert token.labels == ({"env": "prod"} if version >= 2 else {})
         assert s.call(s.repos) == [
-            records.Repo("platform", "https://git.example/platform.git", "main", SHA, 300.0, "")
+            records.Repo(
+                name="platform",
+                url="https://git.example/platform.git",
+                branch="main",
+                revision=SHA,
+                fetched_at=300.0,
+                error="",
+            )
         ]
         assert [r.message for r in s.call(s.revisions, "platform")] == ["second", "first"]
-        assert s.call(s.bundle, "d1") == records.Bundle("d1", "web", 3, b"\x01\x02\x03", 70.0)
-        assert s.call(s.renders) == [records.Render("web", "default", SHA, "d1", "", "", 80.0)]
+        assert s.call(s.bundle, "d1") == records.Bundle(
+            digest="d1", app="web", size=3, data=b"\x01\x02\x03", created_at=70.0
+        )
+        assert s.call(s.renders) == [
+            records.Render(
+                app="web",
+                target="default",
+                revision=SHA,
+                digest="d1",
+                error="",
+                key="",
+                rendered_at=80.0,
+            )
+        ]
         [a] = s.call(s.assignments)
         assert (a.cluster, a.app, a.revision, a.digest, a.generation) == (
             "edge-1", "web", SHA, "d1", 4
@@ -155,8 +174,10 @@ def test_an_old_database_migrates_to_the_latest_version_with_its_rows_intact(
         assert a.policy == POLICY and not a.paused and a.allow_mass_prune == ""
         [report] = s.call(s.reports)
         assert types_pb2.AppReport.FromString(report.data).reason == "all good"
-        assert s.call(s.pins) == [records.Pin("web", "", OLD_SHA, "alice", 95.0)]
-        assert s.call(s.app_states) == [records.AppState("api", paused=True, reason="")]
+        assert s.call(s.pins) == [
+            records.Pin(app="web", cluster="", revision=OLD_SHA, actor="alice", at=95.0)
+        ]
+        assert s.call(s.app_states) == [records.AppState(app="api", paused=True, reason="")]
         assert [e.message for e in s.call(s.events)] == ["assigned to edge-1"]
         assert s.call(s.api_tokens) == []  # the table migration 3 added is there, empty
 
@@ -164,11 +185,11 @@ def test_an_old_database_migrates_to_the_latest_version_with_its_rows_intact(
 def test_reopening_runs_no_migration_twice(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "hub.db"
     with opened(path) as s:
-        s.call(s.put_app_state, records.AppState("web", paused=True, reason="freeze"))
+        s.call(s.put_app_state, records.AppState(app="web", paused=True, reason="freeze"))
         first = s.call(lambda: list(s.db.conn.execute("SELECT * FROM migrations")))
     with opened(path) as s:
         assert s.call(lambda: list(s.db.conn.execute("SELECT * FROM migrations"))) == first
-        assert s.call(s.app_states) == [records.AppState("web", paused=True, reason="freeze")]
+        assert s.call(s.app_states) == [records.AppState(app="web", paused=True, reason="freeze")]
 
 
 # ---------------------------------------------------------------- typed queries
@@ -196,7 +217,27 @@ def assignment(c: str, app: str, revision: str = SHA, **changes: object) -> reco
 
 def report(c: str, app: str) -> records.Report:
     data = types_pb2.AppReport(app=app, revision=SHA).SerializeToString()
-    return records.Report(c, app, SHA, "d1", 1, 1, 1, "", data, 6.0)
+    return records.Report(
+        cluster=c,
+        app=app,
+        revision=SHA,
+        digest="d1",
+        generation=1,
+        sync=1,
+        health=1,
+        reason="",
+        data=data,
+        updated_at=6.0,
+    )
+
+
+def token(token_id: str, cluster: str, **changes: object) -> records.RegistrationToken:
+    fields: dict[str, object] = {
+        "id": token_id, "secret_hash": "h", "cluster": cluster, "created_at": 1.0,
+        "expires_at": 1e12, "used_at": 0.0, "labels": {},
+    }  # fmt: skip
+    fields.update(changes)
+    return records.RegistrationToken(**fields)  # type: ignore[arg-type]
 
 
 def test_a_cluster_is_stored_replaced_and_read_back(db: store.Store) -> None:
@@ -212,10 +253,12 @@ def test_removing_a_cluster_forgets_what_belongs_to_it_and_nothing_else(db: stor
         db.call(db.put_cluster, cluster(name))
         db.call(db.put_assignments, [assignment(name, "web")])
         db.call(db.put_reports, [report(name, "web")])
-        db.call(db.put_pin, records.Pin("web", name, SHA, "alice", 1.0))
-        db.call(db.add_registration_token, records.RegistrationToken(
-            f"unused-{name}", "h", name, 1.0, 1e12, 0.0, {}))  # fmt: skip
-    db.call(db.put_pin, records.Pin("web", "", SHA, "alice", 1.0))  # every cluster's pin
+        db.call(
+            db.put_pin, records.Pin(app="web", cluster=name, revision=SHA, actor="alice", at=1.0)
+        )
+        db.call(db.add_registration_token, token(f"unused-{name}", name))
+    everywhere = records.Pin(app="web", cluster="", revision=SHA, actor="alice", at=1.0)
+    db.call(db.put_pin, everywhere)
     db.call(db.remove_cluster, "gone")
     assert [c.name for c in db.call(db.clusters)] == ["stays"]
     assert [a.cluster for a in db.call(db.assignments)] == ["stays"]
@@ -227,11 +270,10 @@ def test_removing_a_cluster_forgets_what_belongs_to_it_and_nothing_else(db: stor
 def test_a_registration_token_works_once_with_its_secret_before_it_expires(
     db: store.Store,
 ) -> None:
-    token = records.RegistrationToken("t1", "right", "edge-1", 10.0, 100.0, 0.0, {"env": "dev"})
-    db.call(db.add_registration_token, token)
-    db.call(db.add_registration_token, records.RegistrationToken(
-        "t2", "right", "edge-2", 10.0, 100.0, 0.0, {}))  # fmt: skip
-    assert db.call(db.registration_tokens)[0] == token
+    t1 = token("t1", "edge-1", secret_hash="right", expires_at=100.0, labels={"env": "dev"})
+    db.call(db.add_registration_token, t1)
+    db.call(db.add_registration_token, token("t2", "edge-2", secret_hash="right", expires_at=100))
+    assert db.call(db.registration_tokens)[0] == t1
     use = db.use_registration_token
     assert db.call(use, token_id="t1", secret_hash="wrong", now=50.0) is None
     assert db.call(use, token_id="t2", secret_hash="right", now=100.0) is None  # expired
@@ -243,37 +285,105 @@ def test_a_registration_token_works_once_with_its_secret_before_it_expires(
 
 
 def test_api_tokens_are_named_once_listed_by_name_and_revoked(db: store.Store) -> None:
-    bob = records.ApiToken("bob", "readonly", "hb", 1.0, 0.0, "admin")
-    alice = records.ApiToken("alice", "operator", "ha", 2.0, 99.0, "admin")
+    bob = records.ApiToken(
+        name="bob",
+        role="readonly",
+        secret_hash="hb",
+        created_at=1.0,
+        expires_at=0.0,
+        created_by="admin",
+    )
+    alice = records.ApiToken(
+        name="alice",
+        role="operator",
+        secret_hash="ha",
+        created_at=2.0,
+        expires_at=99.0,
+        created_by="admin",
+    )
     assert db.call(db.add_api_token, bob) and db.call(db.add_api_token, alice)
-    assert not db.call(db.add_api_token, records.ApiToken("bob", "operator", "hx", 3.0, 0, "x"))
+    assert not db.call(
+        db.add_api_token,
+        records.ApiToken(
+            name="bob",
+            role="operator",
+            secret_hash="hx",
+            created_at=3.0,
+            expires_at=0,
+            created_by="x",
+        ),
+    )
     assert db.call(db.api_tokens) == [alice, bob]
     assert db.call(db.revoke_api_token, "bob") and not db.call(db.revoke_api_token, "bob")
     assert db.call(db.api_tokens) == [alice]
 
 
 def test_repos_and_revisions_round_trip_newest_revision_first(db: store.Store) -> None:
-    repo = records.Repo("platform", "https://git.example/p.git", "main", SHA, 5.0, "")
+    repo = records.Repo(
+        name="platform",
+        url="https://git.example/p.git",
+        branch="main",
+        revision=SHA,
+        fetched_at=5.0,
+        error="",
+    )
     db.call(db.put_repo, repo)
-    db.call(db.put_repo, records.Repo("platform", repo.url, "main", SHA, 6.0, "fetch failed"))
-    assert db.call(db.repos) == [records.Repo("platform", repo.url, "main", SHA, 6.0,
-                                              "fetch failed")]  # fmt: skip
-    old = records.Revision("platform", OLD_SHA, "first", "ann", 10, 1.0)
-    new = records.Revision("platform", SHA, "second", "bob", 20, 2.0)
+    db.call(
+        db.put_repo,
+        records.Repo(
+            name="platform",
+            url=repo.url,
+            branch="main",
+            revision=SHA,
+            fetched_at=6.0,
+            error="fetch failed",
+        ),
+    )
+    assert db.call(db.repos) == [
+        records.Repo(
+            name="platform",
+            url=repo.url,
+            branch="main",
+            revision=SHA,
+            fetched_at=6.0,
+            error="fetch failed",
+        )
+    ]
+    old = records.Revision(
+        repo="platform", sha=OLD_SHA, message="first", author="ann", time=10, seen_at=1.0
+    )
+    new = records.Revision(
+        repo="platform", sha=SHA, message="second", author="bob", time=20, seen_at=2.0
+    )
     db.call(db.put_revision, old)
     db.call(db.put_revision, new)
-    db.call(db.put_revision, records.Revision("other", SHA, "elsewhere", "cy", 30, 3.0))
+    db.call(
+        db.put_revision,
+        records.Revision(
+            repo="other", sha=SHA, message="elsewhere", author="cy", time=30, seen_at=3.0
+        ),
+    )
     assert db.call(db.revisions, "platform") == [new, old]
 
 
 def test_bundles_and_renders_round_trip(db: store.Store) -> None:
-    bundle = records.Bundle("d1", "web", 4, b"\x00\xffab", 1.0)
+    bundle = records.Bundle(digest="d1", app="web", size=4, data=b"\x00\xffab", created_at=1.0)
     db.call(db.put_bundle, bundle)
     assert db.call(db.bundle, "d1") == bundle
     assert db.call(db.bundle, "nope") is None
     assert db.call(db.bundle_digests) == {"d1"}
-    ok = records.Render("web", "default", SHA, "d1", "", "k1", 2.0)
-    failed = records.Render("web", "prod", SHA, "", "helm: bad values", "k2", 3.0)
+    ok = records.Render(
+        app="web", target="default", revision=SHA, digest="d1", error="", key="k1", rendered_at=2.0
+    )
+    failed = records.Render(
+        app="web",
+        target="prod",
+        revision=SHA,
+        digest="",
+        error="helm: bad values",
+        key="k2",
+        rendered_at=3.0,
+    )
     db.call(db.put_render, failed)
     db.call(db.put_render, ok)
     assert db.call(db.renders) == [ok, failed]
@@ -292,14 +402,14 @@ def test_assignments_round_trip_per_cluster_and_go_one_at_a_time(db: store.Store
 def test_reports_pins_and_app_states_round_trip(db: store.Store) -> None:
     db.call(db.put_reports, [report("edge-1", "web"), report("edge-2", "web")])
     assert db.call(db.reports) == [report("edge-1", "web"), report("edge-2", "web")]
-    everywhere = records.Pin("web", "", OLD_SHA, "alice", 1.0)
+    everywhere = records.Pin(app="web", cluster="", revision=OLD_SHA, actor="alice", at=1.0)
     db.call(db.put_pin, everywhere)
-    db.call(db.put_pin, records.Pin("web", "edge-1", SHA, "bob", 2.0))
+    db.call(db.put_pin, records.Pin(app="web", cluster="edge-1", revision=SHA, actor="bob", at=2.0))
     db.call(db.delete_pin, app="web", cluster="edge-1")
     assert db.call(db.pins) == [everywhere]
-    db.call(db.put_app_state, records.AppState("web", paused=True, reason="freeze"))
-    db.call(db.put_app_state, records.AppState("web", paused=False, reason=""))
-    assert db.call(db.app_states) == [records.AppState("web", paused=False, reason="")]
+    db.call(db.put_app_state, records.AppState(app="web", paused=True, reason="freeze"))
+    db.call(db.put_app_state, records.AppState(app="web", paused=False, reason=""))
+    assert db.call(db.app_states) == [records.AppState(app="web", paused=False, reason="")]
 
 
 def test_events_get_ids_in_order_and_filter_by_app_and_cluster(db: store.Store) -> None:
@@ -342,8 +452,7 @@ def test_the_untyped_calls_and_the_typed_queries_see_the_same_rows(db: store.Sto
     assert old[0]["paused"] == 0
     e = db.call(db.append_event, app="web", kind="sync-requested", message="m")
     assert db.call(db.events, app="web") == [e]
-    db.call(db.add_registration_token, records.RegistrationToken(
-        "t1", "h", "edge-3", 1.0, 1e12, 0.0, {"env": "prod"}))  # fmt: skip
+    db.call(db.add_registration_token, token("t1", "edge-3", labels={"env": "prod"}))
     assert db.call(db.consume_token, "t1", "h", 2.0) == ("edge-3", {"env": "prod"})
 
 
@@ -381,7 +490,9 @@ async def test_a_read_only_database_is_store_unavailable_naming_the_data_directo
 ) -> None:
     await db.run(lambda: db.db.conn.execute("PRAGMA query_only = 1"))
     with pytest.raises(errors.StoreUnavailable, match="readonly database") as err:
-        await db.run(db.put_pin, records.Pin("web", "", SHA, "alice", 1.0))
+        await db.run(
+            db.put_pin, records.Pin(app="web", cluster="", revision=SHA, actor="alice", at=1.0)
+        )
     assert str(db.path.parent) in str(err.value)
     assert not db.writable
     assert await db.run(db.pins) == []  # reads still answer
