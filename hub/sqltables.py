@@ -24,6 +24,8 @@ R = TypeVar("R")
 
 
 class Tables:
+    """The typed queries (hub.storeapi.StoreApi's), on the connection a Store opened."""
+
     _conn: sqlite3.Connection  # set by hub.store.Store when it opens the database
 
     # ------------------------------------------------------------ plumbing
