@@ -5,18 +5,10 @@ raises RepoError and leaves the cache (and the last good revision) as it was. `c
 writes one commit's tree to a directory for the renderers. Credentials come from environment
 variables named in hub.yaml and never appear in errors.
 
-A checkout is what a repository committer controls, so it must never lead a renderer to the
-hub's own files. Two rules hold that:
-- Checkouts live outside the hub's data directory (which holds the CA key, tokens and the
-  store): in a private per-process directory (tempfile.mkdtemp, mode 0700) unless the caller
-  names another `work` directory. Only the bare Git cache stays under the data directory.
-- No symlink in a checkout leads out of it. Links are refused lexically while exporting, and
-  after the export every remaining link is resolved physically (realpath, the way the kernel
-  will follow it, through other links) and removed when it lands outside the checkout; that
-  repeats until nothing changes, since removing one link changes where others lead. A chain
-  such as `d/l -> ..` with `d/leak.yaml -> l/../../ca.key` is lexically inside and physically
-  outside: it is removed. Every removed link is recorded in `Checkout.refused_links`, so
-  rendering an app that holds one fails with the link's repo path.
+A checkout is what a repository committer controls; hub.checkout writes it, bounded and
+with no symlink leading out of it, reading the commit's objects through `_GitObjects` here.
+Only the bare Git cache stays under the data directory; checkouts go to a private
+per-process directory.
 
 A Git server that accepts the connection and never answers must not freeze the hub. So:
 - Every fetch has deadlines (`Timeouts`): libgit2 gives up connecting after `connect` seconds
@@ -37,22 +29,45 @@ A Git server that accepts the connection and never answers must not freeze the h
 from __future__ import annotations
 
 import asyncio
-import atexit
 import base64
 import dataclasses
 import os
 import pathlib
 import re
 import shutil
-import tempfile
 import threading
 import time
+from collections.abc import Iterator
 
 import pygit2
 
+from fleetops.hub import checkout as checkouts
 from fleetops.hub import config, errors
+from fleetops.hub.checkout import (  # re-exported: they lived here before hub.checkout
+    MAX_EXPORT_BLOB,
+    MAX_EXPORT_BYTES,
+    MAX_EXPORT_DEPTH,
+    MAX_EXPORT_ENTRIES,
+    Checkout,
+    drop_escaping_links,
+    process_work_dir,
+)
 
-_CHECKOUTS_KEPT = 6
+__all__ = [
+    "MAX_EXPORT_BLOB",
+    "MAX_EXPORT_BYTES",
+    "MAX_EXPORT_DEPTH",
+    "MAX_EXPORT_ENTRIES",
+    "MAX_READ",
+    "Checkout",
+    "Commit",
+    "RepoCache",
+    "Timeouts",
+    "drop_escaping_links",
+    "process_work_dir",
+    "redact",
+    "set_timeouts",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,42 +108,15 @@ class Commit:
     time: int
 
 
-@dataclasses.dataclass(frozen=True)
-class Checkout:
-    root: pathlib.Path
-    # repo paths of symlinks (and unsafe tree entries) that would lead outside the checkout;
-    # they are not in `root`
-    refused_links: tuple[str, ...]
-
-
-_work_lock = threading.Lock()
-_work: tuple[int, pathlib.Path] | None = None  # (pid, directory) of this process's checkouts
-# One lock per checkout directory: two caches of one repo (a hub reloading its config, or
-# two hubs in one process) must not build the same checkout at once.
-_checkout_locks: dict[str, threading.Lock] = {}
-# One lock per bare directory that only fetches take, for the same reason.
+_fetch_locks_lock = threading.Lock()
+# One lock per bare directory that only fetches take: two caches of one repo (a hub
+# reloading its config, or two hubs in one process) must not fetch into it at once.
 _fetch_locks: dict[str, threading.Lock] = {}
 
 
-def _checkout_lock(path: pathlib.Path) -> threading.Lock:
-    with _work_lock:
-        return _checkout_locks.setdefault(str(path), threading.Lock())
-
-
 def _fetch_lock(path: pathlib.Path) -> threading.Lock:
-    with _work_lock:
+    with _fetch_locks_lock:
         return _fetch_locks.setdefault(str(path), threading.Lock())
-
-
-def process_work_dir() -> pathlib.Path:
-    """This process's private directory for checkouts (mode 0700, removed at exit)."""
-    global _work
-    with _work_lock:
-        if _work is None or _work[0] != os.getpid():
-            path = pathlib.Path(tempfile.mkdtemp(prefix="fleetops-hub-work-"))
-            atexit.register(shutil.rmtree, path, ignore_errors=True)
-            _work = (os.getpid(), path)
-        return _work[1]
 
 
 def redact(url: str) -> str:
@@ -217,7 +205,7 @@ class RepoCache:
     @property
     def work(self) -> pathlib.Path:
         """Where this repo's checkouts go."""
-        return (self._work_base or process_work_dir()) / self.spec.name
+        return (self._work_base or checkouts.process_work_dir()) / self.spec.name
 
     @property
     def bare(self) -> pathlib.Path:
@@ -366,41 +354,15 @@ class RepoCache:
 
     def checkout(self, sha: str) -> Checkout:
         """The commit's files under work/<sha> (made once, reused), with no symlink in it
-        that leads outside it."""
-        with self._lock, _checkout_lock(self.work):
+        that leads outside it (hub.checkout)."""
+        with self._lock, checkouts.lock_for(self.work):
             git = self._open()
             base = self.work
             if self._work_base is not None:
                 self._work_base.mkdir(mode=0o700, parents=True, exist_ok=True)
             base.mkdir(mode=0o700, exist_ok=True)
-            dest = base / sha
-            marker = base / f"{sha}.links"
-            if dest.is_dir() and marker.exists():
-                known = tuple(x for x in marker.read_text().splitlines() if x)
-                return Checkout(dest, known)
-            tmp = base / f".{sha}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(mode=0o700)
-            refused: list[str] = []
-            _export(git, git[sha].peel(pygit2.Commit).tree, tmp, "", refused)
-            refused += drop_escaping_links(tmp)
-            refused = sorted(set(refused))
-            shutil.rmtree(dest, ignore_errors=True)
-            tmp.rename(dest)
-            marker.write_text("\n".join(refused) + "\n")
-            self._prune_checkouts(keep=sha)
-            return Checkout(dest, tuple(refused))
-
-    def _prune_checkouts(self, keep: str) -> None:
-        base = self.work
-        dirs = sorted(
-            (d for d in base.iterdir() if d.is_dir() and not d.name.startswith(".")),
-            key=lambda d: d.stat().st_mtime,
-        )
-        for d in dirs[:-_CHECKOUTS_KEPT]:
-            if d.name != keep:
-                shutil.rmtree(d, ignore_errors=True)
-                (base / f"{d.name}.links").unlink(missing_ok=True)
+            tree = str(git[sha].peel(pygit2.Commit).tree.id)
+            return checkouts.materialize(_GitObjects(git), tree=tree, base=base, name=sha)
 
     async def afetch(self) -> str:
         """`fetch` in a thread of its own that this coroutine stops waiting for after the
@@ -457,124 +419,34 @@ def _drop_stale_locks(bare: pathlib.Path, *, older_than: float) -> None:
             continue
 
 
-def _inside(real: str, root: str) -> bool:
-    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
-
-
-def drop_escaping_links(root: pathlib.Path) -> list[str]:
-    """Remove every symlink under `root` that resolves (physically, through other links)
-    outside it, until none is left; return their paths relative to `root`.
-
-    realpath follows links the way the kernel will, so what stays resolves inside `root`
-    or nowhere at all (a dangling link stays dangling: nothing is ever added to a checkout)."""
-    real_root = os.path.realpath(root)
-    dropped: list[str] = []
-    changed = True
-    while changed:
-        changed = False
-        for dirpath, dirnames, filenames in os.walk(root):  # links are listed, not followed
-            for name in dirnames + filenames:
-                path = os.path.join(dirpath, name)
-                if os.path.islink(path) and not _inside(os.path.realpath(path), real_root):
-                    os.unlink(path)
-                    dropped.append(os.path.relpath(path, root).replace(os.sep, "/"))
-                    changed = True
-    return dropped
-
-
 MAX_READ = 1024 * 1024  # a single file read from Git directly (fleet.yaml)
-MAX_EXPORT_ENTRIES = 100_000  # files, directories and links in one checkout
-MAX_EXPORT_BYTES = 512 * 1024 * 1024  # all files of one checkout together
-MAX_EXPORT_BLOB = 64 * 1024 * 1024  # one file
-MAX_EXPORT_DEPTH = 64
+
+_KINDS = {
+    pygit2.enums.FileMode.TREE: checkouts.Kind.TREE,
+    pygit2.enums.FileMode.BLOB: checkouts.Kind.FILE,
+    pygit2.enums.FileMode.BLOB_EXECUTABLE: checkouts.Kind.EXECUTABLE,
+    pygit2.enums.FileMode.LINK: checkouts.Kind.LINK,
+}
 
 
-@dataclasses.dataclass
-class _Plan:
-    """What a commit's tree will become on disk, checked before anything is written."""
+class _GitObjects:
+    """hub.checkout's view of a repository's objects (checkout.Objects)."""
 
-    dirs: list[str] = dataclasses.field(default_factory=list)
-    files: list[tuple[str, pygit2.Oid, bool]] = dataclasses.field(default_factory=list)
-    links: list[tuple[str, str]] = dataclasses.field(default_factory=list)
-    bytes: int = 0
+    def __init__(self, git: pygit2.Repository) -> None:
+        self._git = git
 
+    def entries(self, tree: str) -> Iterator[checkouts.Entry]:
+        obj = self._git[tree]
+        assert isinstance(obj, pygit2.Tree)
+        for entry in obj:
+            kind = _KINDS.get(entry.filemode, checkouts.Kind.OTHER)
+            yield checkouts.Entry(str(entry.name), kind, str(entry.id))
 
-def _too_big(what: str) -> errors.RenderError:
-    return errors.RenderError(
-        f"the commit's tree {what}; refused (keep large or generated files out of the repo "
-        "fleetops renders from)"
-    )
+    def size(self, oid: str) -> int:
+        _, size = self._git.odb.read_header(oid)
+        return int(size)
 
-
-def _plan(
-    git: pygit2.Repository, tree: pygit2.Tree, prefix: str, refused: list[str], plan: _Plan
-) -> None:
-    """Walk `tree` into `plan`: bounded in entries, depth and bytes (sizes come from object
-    headers, so a huge blob is refused unread), and refusing names that are not one plain
-    file name, or that stand twice in one tree (a hand-made tree could otherwise write
-    through a link it created itself)."""
-    if prefix.count("/") > MAX_EXPORT_DEPTH:
-        raise _too_big(f"is nested deeper than {MAX_EXPORT_DEPTH} levels at {prefix!r}")
-    seen: set[str] = set()
-    for entry in tree:
-        name = str(entry.name)
-        rel = f"{prefix}{name}"
-        if name in ("", ".", "..", ".git") or "/" in name or "\0" in name:
-            refused.append(rel)  # a hand-made tree entry naming no file inside the checkout
-            continue
-        if name in seen:
-            raise errors.RenderError(
-                f"the commit's tree lists {rel!r} twice (a hand-made tree); refused"
-            )
-        seen.add(name)
-        if len(plan.dirs) + len(plan.files) + len(plan.links) >= MAX_EXPORT_ENTRIES:
-            raise _too_big(f"has more than {MAX_EXPORT_ENTRIES} entries")
-        mode = entry.filemode
-        if mode == pygit2.enums.FileMode.TREE:
-            sub = git[entry.id]
-            assert isinstance(sub, pygit2.Tree)
-            plan.dirs.append(rel)
-            _plan(git, sub, f"{rel}/", refused, plan)
-        elif mode == pygit2.enums.FileMode.LINK:
-            _, size = git.odb.read_header(entry.id)
-            if size > 4096:
-                refused.append(rel)
-                continue
-            blob = git[entry.id]
-            assert isinstance(blob, pygit2.Blob)
-            target = blob.data.decode(errors="replace")
-            resolved = os.path.normpath(os.path.join(os.path.dirname(rel), target))
-            if os.path.isabs(target) or resolved == ".." or resolved.startswith("../"):
-                refused.append(rel)
-                continue
-            plan.links.append((rel, target))
-        elif mode in (pygit2.enums.FileMode.BLOB, pygit2.enums.FileMode.BLOB_EXECUTABLE):
-            _, size = git.odb.read_header(entry.id)
-            if size > MAX_EXPORT_BLOB:
-                refused.append(rel)  # too large to render; an app that uses it is told
-                continue
-            plan.bytes += size
-            if plan.bytes > MAX_EXPORT_BYTES:
-                raise _too_big(f"holds more than {MAX_EXPORT_BYTES // 2**20} MiB of files")
-            plan.files.append((rel, entry.id, mode == pygit2.enums.FileMode.BLOB_EXECUTABLE))
-        # submodules (FileMode.COMMIT) are not followed
-
-
-def _export(
-    git: pygit2.Repository, tree: pygit2.Tree, dest: pathlib.Path, prefix: str, refused: list[str]
-) -> None:
-    """Write the commit's tree under `dest`: directories, then files (created anew, never
-    through a link), then links last, so nothing is ever written through a link."""
-    plan = _Plan()
-    _plan(git, tree, prefix, refused, plan)
-    for rel in plan.dirs:
-        os.mkdir(dest / rel, 0o755)
-    for rel, oid, executable in plan.files:
-        blob = git[oid]
+    def data(self, oid: str) -> bytes:
+        blob = self._git[oid]
         assert isinstance(blob, pygit2.Blob)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-        fd = os.open(dest / rel, flags, 0o755 if executable else 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob.data)
-    for rel, target in plan.links:
-        os.symlink(target, dest / rel)
+        return bytes(blob.data)
