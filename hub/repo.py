@@ -24,16 +24,16 @@ A Git server that accepts the connection and never answers must not freeze the h
 - A fetch that fails, however, changes nothing the reads see; a ref lock left by a fetch that
   died with its process (kill -9, or a hub that exited with a fetch still running) is removed
   once it is older than any fetch can take, so it never blocks fetching for good.
+The parts of these rules that need no Git library (deadlines, messages, known_hosts, stale
+locks) are hub.gitfetch.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
 import os
 import pathlib
-import re
 import shutil
 import threading
 import time
@@ -42,7 +42,7 @@ from collections.abc import Iterator
 import pygit2
 
 from fleetops.hub import checkout as checkouts
-from fleetops.hub import config, errors
+from fleetops.hub import config, errors, gitfetch
 from fleetops.hub.checkout import (  # re-exported: they lived here before hub.checkout
     MAX_EXPORT_BLOB,
     MAX_EXPORT_BYTES,
@@ -52,6 +52,7 @@ from fleetops.hub.checkout import (  # re-exported: they lived here before hub.c
     drop_escaping_links,
     process_work_dir,
 )
+from fleetops.hub.gitfetch import DEFAULT_TIMEOUTS, Timeouts, redact, set_timeouts
 
 __all__ = [
     "MAX_EXPORT_BLOB",
@@ -59,6 +60,7 @@ __all__ = [
     "MAX_EXPORT_DEPTH",
     "MAX_EXPORT_ENTRIES",
     "MAX_READ",
+    "DEFAULT_TIMEOUTS",
     "Checkout",
     "Commit",
     "RepoCache",
@@ -68,32 +70,6 @@ __all__ = [
     "redact",
     "set_timeouts",
 ]
-
-
-@dataclasses.dataclass(frozen=True)
-class Timeouts:
-    """Seconds a fetch may take: to connect, per read or write, and in all."""
-
-    connect: float = 10.0
-    io: float = 30.0
-    total: float = 300.0
-
-
-DEFAULT_TIMEOUTS = Timeouts()
-_timeouts = DEFAULT_TIMEOUTS
-
-
-def set_timeouts(timeouts: Timeouts) -> Timeouts:
-    """Use `timeouts` for every fetch of this process from now on; returns the previous ones."""
-    global _timeouts
-    if min(timeouts.connect, timeouts.io, timeouts.total) <= 0:
-        raise ValueError(f"fetch timeouts must be positive: {timeouts}")
-    previous, _timeouts = _timeouts, timeouts
-    return previous
-
-
-def _seconds(value: float) -> str:
-    return f"{value:g} s"
 
 
 class _DeadlinePassed(Exception):
@@ -117,11 +93,6 @@ _fetch_locks: dict[str, threading.Lock] = {}
 def _fetch_lock(path: pathlib.Path) -> threading.Lock:
     with _fetch_locks_lock:
         return _fetch_locks.setdefault(str(path), threading.Lock())
-
-
-def redact(url: str) -> str:
-    """A URL fit for logs and the TUI: no user info."""
-    return re.sub(r"^(\w+://)[^@/]+@", r"\1", url)
 
 
 class _Callbacks(pygit2.RemoteCallbacks):
@@ -161,29 +132,10 @@ class _Callbacks(pygit2.RemoteCallbacks):
         if valid:
             return True
         if self._repo.known_hosts_file:
-            return _known_host(self._repo.known_hosts_file, host, certificate)
+            return gitfetch.known_host(self._repo.known_hosts_file, host, certificate)
         raise errors.RepoError(
             f"repo {self._repo.name}: cannot verify host {host!r}; for ssh set knownHostsFile"
         )
-
-
-def _known_host(path: str, host: bytes | str, certificate: object) -> bool:
-    """Accept an ssh host key only when known_hosts lists it for this host."""
-    name = host.decode() if isinstance(host, bytes) else host
-    raw = getattr(certificate, "raw", None) or getattr(certificate, "hostkey", None)
-    try:
-        lines = pathlib.Path(path).read_text().splitlines()
-    except OSError:
-        return False
-    for line in lines:
-        parts = line.split()
-        if len(parts) >= 3 and name in parts[0].split(","):
-            try:
-                if raw is not None and base64.b64decode(parts[2]) == raw:
-                    return True
-            except ValueError:
-                continue
-    return False
 
 
 class RepoCache:
@@ -228,7 +180,7 @@ class RepoCache:
     def fetch(self) -> str:
         """Fetch and return the head commit of the configured branch (or tag), within the
         process's `Timeouts`; reads go on meanwhile from what was fetched before."""
-        timeouts = _timeouts
+        timeouts = gitfetch.current()
         deadline = time.monotonic() + timeouts.total
         url = self.spec.url
         with self._lock:
@@ -237,12 +189,12 @@ class RepoCache:
         if not lock.acquire(timeout=timeouts.total):
             raise errors.RepoError(
                 f"repo {self.spec.name}: an earlier fetch from {redact(url)} is still running "
-                f"after {_seconds(timeouts.total)}; the last fetched revision stays"
+                f"after {gitfetch.seconds(timeouts.total)}; the last fetched revision stays"
             )
         try:
             pygit2.settings.server_connect_timeout = int(timeouts.connect * 1000)
             pygit2.settings.server_timeout = int(timeouts.io * 1000)
-            _drop_stale_locks(self.bare, older_than=2 * timeouts.total)
+            gitfetch.drop_stale_locks(self.bare, older_than=2 * timeouts.total)
             git = pygit2.Repository(str(self.bare))  # not the readers' object: no lock shared
             try:
                 return self._fetch(git, deadline=deadline, timeouts=timeouts)
@@ -266,40 +218,18 @@ class RepoCache:
                 prune=pygit2.enums.FetchPrune.PRUNE,
             )
         except _DeadlinePassed:
-            raise errors.RepoError(self._too_slow(timeouts)) from None
+            raise errors.RepoError(gitfetch.too_slow(self.spec, timeouts=timeouts)) from None
         except (pygit2.GitError, KeyError, OSError) as e:
             message = str(e).replace(url, redact(url))
-            raise errors.RepoError(self._fetch_failed(message, timeouts)) from None
+            raise errors.RepoError(
+                gitfetch.fetch_failed(self.spec, message=message, timeouts=timeouts)
+            ) from None
         for ref in (f"refs/remotes/origin/{self.spec.branch}", f"refs/tags/{self.spec.branch}"):
             found = git.references.get(ref)
             if found is not None:
                 return str(found.peel(pygit2.Commit).id)
         raise errors.RepoError(
             f"repo {self.spec.name}: no branch or tag {self.spec.branch!r} at {redact(url)}"
-        )
-
-    def _fetch_failed(self, message: str, timeouts: Timeouts) -> str:
-        """What a failed fetch says: a timeout names the limit it ran into."""
-        url = redact(self.spec.url)
-        lowered = message.lower()
-        # libgit2 says "timed out" (sockets, ssh) or, through OpenSSL on a socket whose
-        # read timed out, "resource temporarily unavailable" (EAGAIN)
-        if "timed out" in lowered or "temporarily unavailable" in lowered:
-            if lowered.startswith("failed to connect"):
-                return (
-                    f"repo {self.spec.name}: could not connect to {url} within "
-                    f"{_seconds(timeouts.connect)}; the last fetched revision stays ({message})"
-                )
-            return (
-                f"repo {self.spec.name}: no answer from {url} within {_seconds(timeouts.io)}; "
-                f"the last fetched revision stays ({message})"
-            )
-        return f"repo {self.spec.name}: fetch from {url} failed: {message}"
-
-    def _too_slow(self, timeouts: Timeouts) -> str:
-        return (
-            f"repo {self.spec.name}: fetch from {redact(self.spec.url)} did not finish within "
-            f"{_seconds(timeouts.total)}; the last fetched revision stays"
         )
 
     def resolve(self, rev: str) -> str:
@@ -368,7 +298,7 @@ class RepoCache:
         """`fetch` in a thread of its own that this coroutine stops waiting for after the
         `total` deadline (or when cancelled, as on SIGTERM): the thread then ends by itself
         within libgit2's timeouts, and nobody waits for it, not even the interpreter's exit."""
-        timeouts = _timeouts
+        timeouts = gitfetch.current()
         loop = asyncio.get_running_loop()
         done: asyncio.Future[str] = loop.create_future()
 
@@ -396,27 +326,13 @@ class RepoCache:
         try:
             return await asyncio.wait_for(done, timeout=timeouts.total)
         except TimeoutError:
-            raise errors.RepoError(self._too_slow(timeouts)) from None
+            raise errors.RepoError(gitfetch.too_slow(self.spec, timeouts=timeouts)) from None
 
     async def acheckout(self, sha: str) -> Checkout:
         return await asyncio.to_thread(self.checkout, sha)
 
     async def atree_key(self, sha: str, paths: list[str]) -> str:
         return await asyncio.to_thread(self.tree_key, sha, paths)
-
-
-def _drop_stale_locks(bare: pathlib.Path, *, older_than: float) -> None:
-    """Remove ref and config locks older than any fetch can take: their fetch died with its
-    process, and libgit2 would refuse every later fetch ("failed to lock file")."""
-    now = time.time()
-    candidates = [bare / "packed-refs.lock", bare / "config.lock", bare / "FETCH_HEAD.lock"]
-    candidates += (bare / "refs").rglob("*.lock") if (bare / "refs").is_dir() else []
-    for path in candidates:
-        try:
-            if now - path.lstat().st_mtime > older_than:
-                path.unlink()
-        except FileNotFoundError:
-            continue
 
 
 MAX_READ = 1024 * 1024  # a single file read from Git directly (fleet.yaml)
