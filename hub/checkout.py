@@ -138,7 +138,7 @@ def _prune(base: pathlib.Path, *, keep: str) -> None:
             (base / f"{d.name}.links").unlink(missing_ok=True)
 
 
-def _inside(real: str, root: str) -> bool:
+def _inside(real: str, *, root: str) -> bool:
     return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
 
 
@@ -156,7 +156,7 @@ def drop_escaping_links(root: pathlib.Path) -> list[str]:
         for dirpath, dirnames, filenames in os.walk(root):  # links are listed, not followed
             for name in dirnames + filenames:
                 path = os.path.join(dirpath, name)
-                if os.path.islink(path) and not _inside(os.path.realpath(path), real_root):
+                if os.path.islink(path) and not _inside(os.path.realpath(path), root=real_root):
                     os.unlink(path)
                     dropped.append(os.path.relpath(path, root).replace(os.sep, "/"))
                     changed = True

@@ -124,11 +124,11 @@ def parse(text: str, *, file: str) -> Config:
     try:
         doc = yamlsafe.load(text, source=file)
     except yamlsafe.YAMLLimitError as e:  # an alias bomb or the like: line and cap named
-        raise r.fail("", yamlsafe.describe(e)) from None
+        raise r.fail("", message=yamlsafe.describe(e)) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark
         where = f"line {mark.line + 1}" if mark else "?"
-        raise r.fail("", f"invalid YAML at {where}: {e.problem}") from None
+        raise r.fail("", message=f"invalid YAML at {where}: {e.problem}") from None
     root = r.mapping(doc, "", ("repos", "clusters", "clusterGroups", "apps", "retention"))
     rm = r.mapping(root.get("retention"), "retention", ("events", "eventsPerApp", "revisions"))
     retention = Retention(
@@ -162,7 +162,8 @@ def parse(text: str, *, file: str) -> Config:
         ):
             raise r.fail(
                 f"{p}.url",
-                "must not contain credentials; put the token in an env var and name it in tokenEnv",
+                message="must not contain credentials; put the token in an env var and name it "
+                "in tokenEnv",
             )
         repos.append(
             Repo(
@@ -192,7 +193,7 @@ def parse(text: str, *, file: str) -> Config:
         m = r.mapping(item, p, ("name", "selector"))
         if "selector" not in m:
             raise r.fail(
-                f"{p}.selector", "is required (a label selector; {} selects every cluster)"
+                f"{p}.selector", message="is required (a label selector; {} selects every cluster)"
             )
         groups.append(
             ClusterGroup(r.name(m, "name", path=p), r.selector(m.get("selector"), f"{p}.selector"))
@@ -210,7 +211,8 @@ def parse(text: str, *, file: str) -> Config:
         repo = r.string(m, "repo", path=p, required=True)
         if repo not in repo_names:
             raise r.fail(
-                f"{p}.repo", f"unknown repo {repo!r}; repos: {', '.join(repo_names) or '(none)'}"
+                f"{p}.repo",
+                message=f"unknown repo {repo!r}; repos: {', '.join(repo_names) or '(none)'}",
             )
         sm = r.mapping(
             m.get("sync"),
@@ -225,7 +227,8 @@ def parse(text: str, *, file: str) -> Config:
         ):
             raise r.fail(
                 f"{p}.sync.maxPrunePercent",
-                f"{max_prune!r}: expected a whole number from 1 to 100 (100 turns the guard off)",
+                message=f"{max_prune!r}: expected a whole number from 1 to 100 (100 turns the "
+                "guard off)",
             )
         sync = Sync(
             auto=r.boolean(sm, "auto", path=f"{p}.sync", default=True),
@@ -237,7 +240,7 @@ def parse(text: str, *, file: str) -> Config:
         )
         namespace = r.string(m, "namespace", path=p)
         if namespace and not DNS_LABEL.match(namespace):
-            raise r.fail(f"{p}.namespace", f"{namespace!r} is not a valid namespace name")
+            raise r.fail(f"{p}.namespace", message=f"{namespace!r} is not a valid namespace name")
         targets = None
         if "targets" in m:
             targets = tuple(
@@ -262,7 +265,7 @@ def parse(text: str, *, file: str) -> Config:
     for i, a in enumerate(apps):
         for d in a.depends_on:
             if d not in app_names:
-                raise r.fail(f"apps[{i}].dependsOn", f"unknown app {d!r}")
+                raise r.fail(f"apps[{i}].dependsOn", message=f"unknown app {d!r}")
     return Config(file, tuple(repos), tuple(clusters), tuple(groups), tuple(apps), retention)
 
 
@@ -278,12 +281,12 @@ def parse_target(r: configfields.Reader, item: Any, *, path: str, groups: list[s
     if group and group not in groups:
         raise r.fail(
             f"{p}.clusterGroup",
-            f"unknown cluster group {group!r}; groups: {', '.join(groups) or '(none)'}",
+            message=f"unknown cluster group {group!r}; groups: {', '.join(groups) or '(none)'}",
         )
     hm = r.mapping(m.get("helm"), f"{p}.helm", ("values", "valuesFiles"))
     values = hm.get("values") or {}
     if not isinstance(values, dict):
-        raise r.fail(f"{p}.helm.values", "expected a mapping of Helm values")
+        raise r.fail(f"{p}.helm.values", message="expected a mapping of Helm values")
     values_files = []
     for j, f in enumerate(r.items(hm.get("valuesFiles"), f"{p}.helm.valuesFiles")):
         values_files.append(r.relpath({"f": f}, "f", path=f"{p}.helm.valuesFiles[{j}]"))
@@ -310,7 +313,7 @@ def _unique(r: configfields.Reader, *, path: str, names: list[str]) -> None:
     seen: set[str] = set()
     for i, n in enumerate(names):
         if n in seen:
-            raise r.fail(f"{path}[{i}].name", f"duplicate name {n!r}; names must be unique")
+            raise r.fail(f"{path}[{i}].name", message=f"duplicate name {n!r}; names must be unique")
         seen.add(n)
 
 

@@ -47,19 +47,19 @@ class Reader:
     def __init__(self, file: str) -> None:
         self.file = file
 
-    def fail(self, path: str, message: str) -> errors.ConfigError:
+    def fail(self, path: str, *, message: str) -> errors.ConfigError:
         return errors.ConfigError(self.file, path, message)
 
     def mapping(self, value: Any, path: str, allowed: tuple[str, ...]) -> dict[str, Any]:
         if value is None:
             return {}
         if not isinstance(value, dict):
-            raise self.fail(path, f"expected a mapping with keys {', '.join(allowed)}")
+            raise self.fail(path, message=f"expected a mapping with keys {', '.join(allowed)}")
         for key in value:
             if key not in allowed:
                 raise self.fail(
                     f"{path}.{key}" if path else str(key),
-                    f"unknown field; allowed here: {', '.join(allowed)}",
+                    message=f"unknown field; allowed here: {', '.join(allowed)}",
                 )
         return value
 
@@ -67,7 +67,7 @@ class Reader:
         if value is None:
             return []
         if not isinstance(value, list):
-            raise self.fail(path, "expected a list")
+            raise self.fail(path, message="expected a list")
         return value
 
     def string(
@@ -82,10 +82,10 @@ class Reader:
         value = m.get(key)
         if value is None:
             if required:
-                raise self.fail(f"{path}.{key}", "is required")
+                raise self.fail(f"{path}.{key}", message="is required")
             return default
         if not isinstance(value, str) or (required and not value):
-            raise self.fail(f"{path}.{key}", "expected a non-empty string")
+            raise self.fail(f"{path}.{key}", message="expected a non-empty string")
         return value
 
     def name(self, m: Mapping[str, Any], key: str, *, path: str) -> str:
@@ -93,21 +93,23 @@ class Reader:
         if len(value) > 63 or not DNS_LABEL.match(value):
             raise self.fail(
                 f"{path}.{key}",
-                f"{value!r} is not a valid name: use at most 63 lowercase letters, digits and '-', "
-                "starting and ending with a letter or digit",
+                message=f"{value!r} is not a valid name: use at most 63 lowercase letters, "
+                "digits and '-', starting and ending with a letter or digit",
             )
         return value
 
     def boolean(self, m: Mapping[str, Any], key: str, *, path: str, default: bool) -> bool:
         value = m.get(key, default)
         if not isinstance(value, bool):
-            raise self.fail(f"{path}.{key}", "expected true or false")
+            raise self.fail(f"{path}.{key}", message="expected true or false")
         return value
 
     def count(self, m: Mapping[str, Any], key: str, *, path: str, default: int) -> int:
         value = m.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise self.fail(f"{path}.{key}", f"{value!r}: expected a whole number, at least 1")
+            raise self.fail(
+                f"{path}.{key}", message=f"{value!r}: expected a whole number, at least 1"
+            )
         return value
 
     def duration(self, m: Mapping[str, Any], key: str, *, path: str, default: float) -> float:
@@ -117,26 +119,26 @@ class Reader:
         match = _DURATION.match(str(value).strip())
         if not match:
             raise self.fail(
-                f"{path}.{key}", f"{value!r} is not a duration; use e.g. 15s, 2m, 1h or 30d"
+                f"{path}.{key}", message=f"{value!r} is not a duration; use e.g. 15s, 2m, 1h or 30d"
             )
         seconds = float(match.group(1)) * _UNITS[match.group(2)]
         if seconds < 1:
-            raise self.fail(f"{path}.{key}", "must be at least 1s")
+            raise self.fail(f"{path}.{key}", message="must be at least 1s")
         return seconds
 
     def labels(self, value: Any, path: str) -> dict[str, str]:
         if value is None:
             return {}
         if not isinstance(value, dict):
-            raise self.fail(path, "expected a mapping of label names to values")
+            raise self.fail(path, message="expected a mapping of label names to values")
         out = {}
         for k, v in value.items():
             if not isinstance(k, str) or not isinstance(v, (str, int, float, bool)):
-                raise self.fail(f"{path}.{k}", "label values must be strings")
+                raise self.fail(f"{path}.{k}", message="label values must be strings")
             out[k] = str(v).lower() if isinstance(v, bool) else str(v)
             problem = label_problem(k, out[k])
             if problem:
-                raise self.fail(f"{path}.{k}", problem)
+                raise self.fail(f"{path}.{k}", message=problem)
         return out
 
     def selector(self, value: Any, path: str) -> selectors.Selector:
@@ -149,13 +151,15 @@ class Reader:
             if op not in selectors.OPERATORS:
                 raise self.fail(
                     f"{epath}.operator",
-                    f"{op!r} is not allowed; use one of {', '.join(selectors.OPERATORS)}",
+                    message=f"{op!r} is not allowed; use one of {', '.join(selectors.OPERATORS)}",
                 )
             values = [str(v) for v in self.items(em.get("values"), f"{epath}.values")]
             if op in ("In", "NotIn") and not values:
-                raise self.fail(f"{epath}.values", f"operator {op} needs at least one value")
+                raise self.fail(
+                    f"{epath}.values", message=f"operator {op} needs at least one value"
+                )
             if op in ("Exists", "DoesNotExist") and values:
-                raise self.fail(f"{epath}.values", f"operator {op} takes no values")
+                raise self.fail(f"{epath}.values", message=f"operator {op} takes no values")
             exprs.append(
                 selectors.Expression(
                     self.string(em, "key", path=epath, required=True), op, tuple(values)
@@ -170,6 +174,6 @@ class Reader:
         value = self.string(m, key, path=path, required=required)
         if value and (value.startswith("/") or ".." in pathlib.PurePosixPath(value).parts):
             raise self.fail(
-                f"{path}.{key}", f"{value!r} must be a relative path inside the repository"
+                f"{path}.{key}", message=f"{value!r} must be a relative path inside the repository"
             )
         return value.strip("/")

@@ -105,7 +105,7 @@ class Source:
             )
         return pathlib.Path(real)
 
-    def inside(self, rel: str, what: str) -> pathlib.Path:
+    def inside(self, rel: str, *, what: str) -> pathlib.Path:
         """`root/rel`, resolved, or a RenderError when it leaves the root."""
         real = os.path.realpath(self.root / rel)
         if not _is_inside(self.root, real):

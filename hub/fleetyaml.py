@@ -28,10 +28,12 @@ _FILE = "fleet.yaml"
 LIMITS = yamlsafe.Limits(max_chars=1024 * 1024)
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def _merge(base: dict[str, Any], *, over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = (
+            _merge(out[k], over=v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        )
     return out
 
 
@@ -62,8 +64,8 @@ def apply(app: config.App, text: str) -> config.App:
             continue
         spec: dict[str, Any] = {
             "name": str(item.get("name") or f"customization-{i}"),
-            "helm": _merge(top_helm, item.get("helm") or {}),
-            "kustomize": _merge(top_kustomize, item.get("kustomize") or {}),
+            "helm": _merge(top_helm, over=item.get("helm") or {}),
+            "kustomize": _merge(top_kustomize, over=item.get("kustomize") or {}),
         }
         for key in ("clusterSelector", "clusterGroup", "clusterName", "yaml"):
             if key in item:

@@ -40,7 +40,7 @@ def render(
         if app.namespace:
             args += ["--namespace", app.namespace]
         for i, f in enumerate(target.helm.values_files if target else ()):
-            path = src.inside(os.path.join(app.path, f), "helm.valuesFiles entry")
+            path = src.inside(os.path.join(app.path, f), what="helm.valuesFiles entry")
             if not path.is_file():
                 raise errors.RenderError(f"helm.valuesFiles entry {f!r} does not exist")
             text = src.read_text(path)
@@ -67,7 +67,7 @@ def copy_chart(src: Source, *, chart: pathlib.Path, dest: pathlib.Path) -> None:
     limits = src.limits
     spent = [0, 0]  # bytes, entries
 
-    def walk(lexical: pathlib.Path, out: pathlib.Path, parents: frozenset[str]) -> None:
+    def walk(lexical: pathlib.Path, *, out: pathlib.Path, parents: frozenset[str]) -> None:
         out.mkdir(mode=0o700)
         for name in sorted(os.listdir(lexical)):
             path = lexical / name
@@ -85,7 +85,7 @@ def copy_chart(src: Source, *, chart: pathlib.Path, dest: pathlib.Path) -> None:
                         "it (a loop); refused"
                     )
                 src.depends_on(real)
-                walk(path, out / name, parents | {str(real)})
+                walk(path, out=out / name, parents=parents | {str(real)})
             elif real.is_file():
                 data = src.read_bytes(path)
                 spent[0] += len(data)
@@ -98,4 +98,4 @@ def copy_chart(src: Source, *, chart: pathlib.Path, dest: pathlib.Path) -> None:
             # a dangling link stands for nothing: helm would not find it either
 
     src.depends_on(chart)
-    walk(chart, dest, frozenset({str(chart)}))
+    walk(chart, out=dest, parents=frozenset({str(chart)}))

@@ -92,7 +92,7 @@ def referenced_dirs(src: Source, *, start: pathlib.Path) -> list[pathlib.Path]:
                     "rendering); vendor it into the repository"
                 )
             rel = os.path.relpath((d / ref), root)
-            target = src.inside(rel, f"{where} reference")
+            target = src.inside(rel, what=f"{where} reference")
             link = src.refused_under(rel)
             if link or rel in src.refused_links:
                 raise errors.RenderError(

@@ -43,7 +43,7 @@ def render(
     patches: list[tuple[str, str]] = []
     app_rel = src.rel(app_dir)
     for overlay in target.yaml_overlays if target else ():
-        odir = src.inside(os.path.join(app_rel, "overlays", overlay), "yaml.overlays entry")
+        odir = src.inside(os.path.join(app_rel, "overlays", overlay), what="yaml.overlays entry")
         if not odir.is_dir():
             raise errors.RenderError(f"yaml overlay {overlay!r}: overlays/{overlay} does not exist")
         src.refuse_escaping_links(odir)
@@ -123,11 +123,11 @@ def _apply_patches(
                     f"{source}: patch for {kind} {name} matches no object in the base"
                 )
             for rel, i in hits:
-                objs[rel][i] = merge(objs[rel][i], patch)
+                objs[rel][i] = merge(objs[rel][i], patch=patch)
     return {rel: yaml.safe_dump_all(docs_of, sort_keys=False) for rel, docs_of in objs.items()}
 
 
-def merge(base: Any, patch: Any) -> Any:
+def merge(base: Any, *, patch: Any) -> Any:
     """JSON merge patch (RFC 7386): maps merge, null deletes, anything else replaces."""
     if not isinstance(patch, Mapping):
         return patch
@@ -136,5 +136,5 @@ def merge(base: Any, patch: Any) -> Any:
         if v is None:
             out.pop(k, None)
         else:
-            out[k] = merge(out.get(k), v)
+            out[k] = merge(out.get(k), patch=v)
     return out

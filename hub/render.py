@@ -79,7 +79,7 @@ def render(
     """The manifests of `app` for `target` from the checkout at `checkout`, and the repo
     paths they came from; a RenderError says what is wrong with the app."""
     src = Source.of(checkout, refused_links=refused_links, limits=limits)
-    app_dir = src.inside(app.path, "app path")
+    app_dir = src.inside(app.path, what="app path")
     if not app_dir.is_dir():
         raise errors.RenderError(f"path {app.path!r} does not exist at this revision")
     bad_links = src.refused_under(app.path)
@@ -95,7 +95,9 @@ def render(
     if kind == "kustomize" or (target and target.kustomize_dir):
         build_dir = app_dir
         if target and target.kustomize_dir:
-            build_dir = src.inside(os.path.join(app.path, target.kustomize_dir), "kustomize.dir")
+            build_dir = src.inside(
+                os.path.join(app.path, target.kustomize_dir), what="kustomize.dir"
+            )
             if not build_dir.is_dir():
                 raise errors.RenderError(f"kustomize.dir {target.kustomize_dir!r} does not exist")
         out = kustomize.build(src, build_dir=build_dir, tools=tools)
