@@ -58,7 +58,7 @@ class Source:
     root: pathlib.Path
     refused_links: tuple[str, ...] = ()
     limits: Limits = DEFAULT_LIMITS
-    _inputs: set[str] = dataclasses.field(default_factory=set)
+    _inputs: set[str] = dataclasses.field(default_factory=set, init=False, repr=False)
 
     @classmethod
     def of(
