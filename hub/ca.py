@@ -15,7 +15,8 @@ hash): an agent holding one finds that CA in the chain the hub presents, checks 
 signed the leaf, and then trusts it as its root, with no CA file to copy around. Agents send
 a CSR; their private keys never leave them.
 
-Never log a token's secret or a private key; never serve TLS with the CA's key.
+Never log a token's secret or a private key; never serve TLS with the CA's key. The X.509
+building blocks that hold no key (fingerprints, CSR checks, lifetimes, SANs) are hub.certs.
 """
 
 from __future__ import annotations
@@ -23,138 +24,53 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
-import ipaddress
 import pathlib
-import re
 import secrets
 import socket
 from collections.abc import Sequence
 
 from cryptography import exceptions, x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fleetops.hub import errors
+from fleetops.hub import certs, errors
+
+# re-exported: callers know them as ca.X
+from fleetops.hub.certs import (
+    DEFAULT_CERT_LIFETIME,
+    MAX_CERT_LIFETIME,
+    MIN_CERT_LIFETIME,
+    SERVING_LIFETIME,
+    fingerprint,
+    fingerprint_pem,
+    parse_lifetime,
+    read_csr,
+    spki_hash,
+)
 from fleetops.proto import privatefile
 
-AGENT_ORG = "fleetops-agents"
-DEFAULT_CERT_LIFETIME = datetime.timedelta(days=90)
-MIN_CERT_LIFETIME = datetime.timedelta(seconds=60)  # what the CLI accepts; tests go lower
-MAX_CERT_LIFETIME = datetime.timedelta(days=3650)
-SERVING_LIFETIME = datetime.timedelta(days=365)
-CA_LIFETIME = datetime.timedelta(days=3650)
-MAX_CSR_BYTES = 16 * 1024
-MAX_BACKDATE = datetime.timedelta(minutes=5)  # tolerated clock skew between hub and agents
-
-
-def spki_hash(cert: x509.Certificate) -> str:
-    der = cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return hashlib.sha256(der).hexdigest()
-
-
-def fingerprint(cert: x509.Certificate) -> str:
-    """sha256 of the DER certificate, hex: how the hub knows a cluster's current certificate."""
-    return cert.fingerprint(hashes.SHA256()).hex()
-
-
-def fingerprint_pem(pem: bytes) -> str:
-    return fingerprint(x509.load_pem_x509_certificate(pem))
-
-
-def parse_lifetime(text: str) -> datetime.timedelta:
-    """`90d`, `12h`, `30m`, `60s` (or plain seconds) -> a lifetime the CLI accepts."""
-    m = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", text)
-    if m is None:
-        raise errors.InvalidArgument(
-            f"--cert-lifetime {text!r}: use a whole number with a unit, e.g. 90d, 12h or 60s"
-        )
-    unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
-    seconds = int(m.group(1)) * unit
-    if not MIN_CERT_LIFETIME.total_seconds() <= seconds <= MAX_CERT_LIFETIME.total_seconds():
-        raise errors.InvalidArgument(
-            f"--cert-lifetime {text!r}: use from 60s to {MAX_CERT_LIFETIME.days}d "
-            f"(default {DEFAULT_CERT_LIFETIME.days}d); agents renew at two thirds of it"
-        )
-    return datetime.timedelta(seconds=seconds)
-
-
-def read_csr(csr_pem: bytes) -> x509.CertificateSigningRequest:
-    """The CSR in `csr_pem`, checked (parses, signature verifies, a key worth certifying), or
-    InvalidArgument. Called before anything is spent on the request (a registration token)."""
-    if len(csr_pem) > MAX_CSR_BYTES:
-        raise errors.InvalidArgument(f"csr_pem is {len(csr_pem)} bytes; at most {MAX_CSR_BYTES}")
-    try:
-        csr = x509.load_pem_x509_csr(csr_pem)
-        valid = csr.is_signature_valid
-        key = csr.public_key()
-    except (ValueError, TypeError, exceptions.UnsupportedAlgorithm):
-        raise errors.InvalidArgument("csr_pem is not a PEM certificate signing request") from None
-    if not valid:
-        raise errors.InvalidArgument("the CSR's signature does not verify")
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        ok = key.curve.key_size >= 256
-    elif isinstance(key, rsa.RSAPublicKey):
-        ok = key.key_size >= 2048
-    else:
-        ok = isinstance(key, ed25519.Ed25519PublicKey)
-    if not ok:
-        raise errors.InvalidArgument(
-            "the CSR's key is too weak or of an unsupported kind: use EC P-256 or larger, "
-            "RSA 2048 or larger, or Ed25519"
-        )
-    return csr
-
-
-def _now(now: datetime.datetime | None) -> datetime.datetime:
-    return now if now is not None else datetime.datetime.now(datetime.UTC)
-
-
-def _san(names: Sequence[str]) -> x509.SubjectAlternativeName:
-    entries: list[x509.GeneralName] = []
-    for n in sorted(set(names)):
-        try:
-            entries.append(x509.IPAddress(ipaddress.ip_address(n)))
-        except ValueError:
-            entries.append(x509.DNSName(n))
-    return x509.SubjectAlternativeName(entries)
-
-
-def _san_names(cert: x509.Certificate) -> set[str]:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return set()
-    return {str(v) for v in san.get_values_for_type(x509.DNSName)} | {
-        str(v) for v in san.get_values_for_type(x509.IPAddress)
-    }
-
-
-def _norm(name: str) -> str:
-    try:
-        return str(ipaddress.ip_address(name))
-    except ValueError:
-        return name
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-def _load_ec_key(pem: bytes, where: str) -> ec.EllipticCurvePrivateKey:
-    try:
-        key = serialization.load_pem_private_key(pem, password=None)
-    except (ValueError, TypeError):
-        raise errors.HubError(
-            f"{where}: not a PEM private key; make one with `fleetops-hub ca new-key`"
-        ) from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise errors.HubError(f"{where}: not an EC private key")
-    return key
+__all__ = [
+    "CA",
+    "DEFAULT_CERT_LIFETIME",
+    "MAX_CERT_LIFETIME",
+    "MIN_CERT_LIFETIME",
+    "SERVING_LIFETIME",
+    "Issued",
+    "RegistrationToken",
+    "Serving",
+    "default_names",
+    "fingerprint",
+    "fingerprint_pem",
+    "load_or_create",
+    "new_key_pem",
+    "new_registration_token",
+    "parse_lifetime",
+    "parse_registration_token",
+    "read_csr",
+    "serving_cert",
+    "spki_hash",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,19 +93,19 @@ class CA:
 
     @property
     def key_pem(self) -> bytes:
-        return _key_pem(self.key)
+        return certs.key_pem(self.key)
 
     @property
     def pin(self) -> str:
         """The CA's public-key hash, as registration tokens carry it."""
-        return spki_hash(self.cert)
+        return certs.spki_hash(self.cert)
 
-    def _window(
+    def window(
         self, now: datetime.datetime, lifetime: datetime.timedelta
     ) -> tuple[datetime.datetime, datetime.datetime]:
         """(notBefore, notAfter): backdated for clock skew by at most a tenth of the lifetime
         (so a short lifetime stays short), and never past the CA's own notAfter."""
-        start = now - min(MAX_BACKDATE, lifetime / 10)
+        start = now - min(certs.MAX_BACKDATE, lifetime / 10)
         return start, min(now + lifetime, self.cert.not_valid_after_utc)
 
     def issue(
@@ -197,17 +113,17 @@ class CA:
         csr: x509.CertificateSigningRequest,
         cluster: str,
         *,
-        lifetime: datetime.timedelta = DEFAULT_CERT_LIFETIME,
+        lifetime: datetime.timedelta = certs.DEFAULT_CERT_LIFETIME,
         now: datetime.datetime | None = None,
     ) -> Issued:
         """A client certificate for `cluster` for the key in `csr` (checked by `read_csr`)."""
-        start, end = self._window(_now(now), lifetime)
+        start, end = self.window(certs.now(now), lifetime)
         cert = (
             x509.CertificateBuilder()
             .subject_name(
                 x509.Name(
                     [
-                        x509.NameAttribute(NameOID.ORGANIZATION_NAME, AGENT_ORG),
+                        x509.NameAttribute(NameOID.ORGANIZATION_NAME, certs.AGENT_ORG),
                         x509.NameAttribute(NameOID.COMMON_NAME, cluster),
                     ]
                 )
@@ -219,7 +135,7 @@ class CA:
             .not_valid_after(end)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-            .add_extension(_leaf_usage(), critical=True)
+            .add_extension(certs.leaf_usage(), critical=True)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
                 critical=False,
@@ -228,23 +144,9 @@ class CA:
         )
         return Issued(
             pem=cert.public_bytes(serialization.Encoding.PEM),
-            fingerprint=fingerprint(cert),
+            fingerprint=certs.fingerprint(cert),
             expires=cert.not_valid_after_utc.timestamp(),
         )
-
-
-def _leaf_usage() -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=True,
-        key_encipherment=False,
-        content_commitment=False,
-        data_encipherment=False,
-        key_agreement=True,
-        key_cert_sign=False,
-        crl_sign=False,
-        encipher_only=False,
-        decipher_only=False,
-    )
 
 
 def default_names() -> list[str]:
@@ -252,7 +154,7 @@ def default_names() -> list[str]:
 
 
 def new_key_pem() -> bytes:
-    return _key_pem(ec.generate_private_key(ec.SECP256R1()))
+    return certs.key_pem(ec.generate_private_key(ec.SECP256R1()))
 
 
 def load_or_create(
@@ -269,7 +171,7 @@ def load_or_create(
     key_path, cert_path = data / "ca.key", data / "ca.crt"
     if key_file is not None:
         try:
-            key = _load_ec_key(key_file.read_bytes(), f"--ca-key {key_file}")
+            key = certs.load_ec_key(key_file.read_bytes(), f"--ca-key {key_file}")
         except FileNotFoundError:
             raise errors.HubError(
                 f"--ca-key {key_file} does not exist; refusing to start, because a new CA "
@@ -280,10 +182,10 @@ def load_or_create(
         except OSError as e:
             raise errors.HubError(f"--ca-key {key_file}: {e.strerror}") from None
     elif key_path.exists():
-        key = _load_ec_key(key_path.read_bytes(), str(key_path))
+        key = certs.load_ec_key(key_path.read_bytes(), str(key_path))
     else:
         key = ec.generate_private_key(ec.SECP256R1())
-        privatefile.write(key_path, _key_pem(key))
+        privatefile.write(key_path, certs.key_pem(key))
     if cert_path.exists():
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
         if cert.public_key() == key.public_key():
@@ -302,8 +204,8 @@ def load_or_create(
         .issuer_name(subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - MAX_BACKDATE)
-        .not_valid_after(now + CA_LIFETIME)
+        .not_valid_before(now - certs.MAX_BACKDATE)
+        .not_valid_after(now + certs.CA_LIFETIME)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
@@ -340,7 +242,7 @@ class Serving:
     def due(self, now: datetime.datetime | None = None) -> bool:
         """Time to reissue: a third of the leaf's lifetime (or less) is left."""
         start, end = self.cert.not_valid_before_utc, self.cert.not_valid_after_utc
-        return _now(now) >= end - (end - start) / 3
+        return certs.now(now) >= end - (end - start) / 3
 
 
 def serving_cert(
@@ -348,7 +250,7 @@ def serving_cert(
     authority: CA,
     names: Sequence[str],
     *,
-    lifetime: datetime.timedelta = SERVING_LIFETIME,
+    lifetime: datetime.timedelta = certs.SERVING_LIFETIME,
     now: datetime.datetime | None = None,
 ) -> Serving:
     """The hub's serving certificate in data/hub.{key,crt} (the key made once, 0600). The
@@ -356,20 +258,23 @@ def serving_cert(
     took over, or when a third of its lifetime is left."""
     key_path, cert_path = data / "hub.key", data / "hub.crt"
     if key_path.exists():
-        key = _load_ec_key(key_path.read_bytes(), str(key_path))
+        key = certs.load_ec_key(key_path.read_bytes(), str(key_path))
     else:
         key = ec.generate_private_key(ec.SECP256R1())
-        privatefile.write(key_path, _key_pem(key))
-    wanted = {_norm(n) for n in names}
-    moment = _now(now)
+        privatefile.write(key_path, certs.key_pem(key))
+    wanted = {certs.norm(n) for n in names}
+    moment = certs.now(now)
     if cert_path.exists():
         try:
             old = x509.load_pem_x509_certificate(cert_path.read_bytes())
         except ValueError:
             old = None
-        if old is not None and _current(old, key, authority, wanted, moment):
+        fresh = old is not None and _current(
+            old, key=key, authority=authority, names=wanted, now=moment
+        )
+        if old is not None and fresh:
             return _serving(key, old, authority)
-    start, end = authority._window(moment, lifetime)
+    start, end = authority.window(moment, lifetime)
     cert = (
         x509.CertificateBuilder()
         .subject_name(
@@ -387,12 +292,12 @@ def serving_cert(
         .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(_leaf_usage(), critical=True)
+        .add_extension(certs.leaf_usage(), critical=True)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(authority.key.public_key()),
             critical=False,
         )
-        .add_extension(_san(sorted(wanted)), critical=False)
+        .add_extension(certs.san(sorted(wanted)), critical=False)
         .sign(authority.key, hashes.SHA256())
     )
     privatefile.write(cert_path, cert.public_bytes(serialization.Encoding.PEM))
@@ -401,6 +306,7 @@ def serving_cert(
 
 def _current(
     cert: x509.Certificate,
+    *,
     key: ec.EllipticCurvePrivateKey,
     authority: CA,
     names: set[str],
@@ -412,14 +318,14 @@ def _current(
         cert.verify_directly_issued_by(authority.cert)
     except (ValueError, TypeError, exceptions.InvalidSignature):
         return False
-    if _san_names(cert) != names:
+    if certs.san_names(cert) != names:
         return False
     return not Serving(b"", cert, b"").due(now) and cert.not_valid_before_utc <= now
 
 
 def _serving(key: ec.EllipticCurvePrivateKey, cert: x509.Certificate, authority: CA) -> Serving:
     leaf = cert.public_bytes(serialization.Encoding.PEM)
-    return Serving(key_pem=_key_pem(key), cert=cert, chain_pem=leaf + authority.cert_pem)
+    return Serving(key_pem=certs.key_pem(key), cert=cert, chain_pem=leaf + authority.cert_pem)
 
 
 # ---------------------------------------------------------------- registration tokens

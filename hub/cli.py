@@ -1,6 +1,7 @@
 """`fleetops-hub`: run the hub, and the admin commands that talk to a running hub.
 
-Parses arguments and calls the hub's modules or its FleetService; no logic of its own.
+Parses arguments and dispatches: `serve` runs the hub here, the admin commands go to
+hub.cli_admin (FleetService calls) and print through hub.cli_output; no logic of its own.
 Admin commands find the hub and their credentials in flags, then the environment
 (FLEETOPS_HUB, FLEETOPS_TOKEN, FLEETOPS_CA), then the hub's data directory when run on the
 hub's machine (--data: its CA and operator token).
@@ -11,22 +12,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import json
 import logging
 import os
 import pathlib
 import signal
 import sys
-import time
 from collections.abc import Sequence
-from typing import Any
 
 import grpc
-import yaml
 
 from fleetops import hub
-from fleetops.hub import ca, errors, install, render, reports, server
-from fleetops.proto.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
+from fleetops.hub import ca, errors, install, render, server
+from fleetops.hub.cli_admin import run_client
+from fleetops.hub.cli_output import plain, status_rows
+
+__all__ = ["build_parser", "cmd_serve", "main", "plain", "run_client", "status_rows"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -278,285 +278,6 @@ async def cmd_serve(ns: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, running._stop.set)
     await running.wait()
     await running.stop()
-    return 0
-
-
-# ---------------------------------------------------------------- admin client
-
-
-def _credentials(ns: argparse.Namespace) -> tuple[str, bytes, str]:
-    if not ns.hub:
-        raise errors.InvalidArgument("which hub? pass --hub HOST:PORT or set FLEETOPS_HUB")
-    ca_pem = b""
-    if ns.ca:
-        ca_pem = pathlib.Path(ns.ca).read_bytes()
-    elif ns.data and (ns.data / "ca.crt").exists():
-        ca_pem = (ns.data / "ca.crt").read_bytes()
-    if not ca_pem:
-        raise errors.InvalidArgument(
-            "the hub's CA is needed: pass --ca FILE, set FLEETOPS_CA, or --data DIR"
-        )
-    token = ns.token
-    if not token and ns.data and (ns.data / "tokens" / "operator").exists():
-        token = (ns.data / "tokens" / "operator").read_text().strip()
-    if not token:
-        raise errors.InvalidArgument(
-            "a fleet API token is needed: pass --token, set FLEETOPS_TOKEN, or --data DIR"
-        )
-    return ns.hub, ca_pem, token
-
-
-def _duration(text: str) -> int:
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    try:
-        if text[-1] in units:
-            return int(float(text[:-1]) * units[text[-1]])
-        return int(text)
-    except (ValueError, IndexError):
-        raise errors.InvalidArgument(f"--ttl {text!r}: use e.g. 30m, 1h or 24h") from None
-
-
-def run_client(ns: argparse.Namespace) -> int:
-    addr, ca_pem, token = _credentials(ns)
-    meta = (("authorization", f"Bearer {token}"),)
-    with grpc.secure_channel(
-        addr, grpc.ssl_channel_credentials(root_certificates=ca_pem)
-    ) as channel:
-        stub = fleet_pb2_grpc.FleetServiceStub(channel)
-        if ns.command == "cluster" and ns.cluster_command == "remove":
-            action = stub.RemoveCluster(
-                fleet_pb2.RemoveClusterRequest(cluster=ns.name), metadata=meta
-            )
-            print(plain(action.message))
-            return 0
-        if ns.command == "cluster":
-            return _cluster_add(stub, meta, ns)
-        if ns.command == "token" and ns.token_command != "create":
-            return _api_tokens(stub, meta, ns)
-        if ns.command == "token":
-            resp = stub.CreateToken(
-                fleet_pb2.CreateTokenRequest(
-                    cluster=ns.cluster, ttl_seconds=_duration(ns.ttl), labels=_labels(ns.labels)
-                ),
-                metadata=meta,
-            )
-            print(resp.token)
-            return 0
-        if ns.command == "status":
-            return _status(stub.GetSnapshot(fleet_pb2.SnapshotRequest(), metadata=meta), ns.output)
-        if ns.command == "history":
-            req = fleet_pb2.HistoryRequest(app=ns.app, cluster=ns.cluster, limit=ns.limit)
-            return _history(stub.History(req, metadata=meta).events, ns.output)
-        if ns.command == "rollback":
-            action = stub.Rollback(
-                fleet_pb2.RollbackRequest(app=ns.app, revision=ns.revision, cluster=ns.cluster),
-                metadata=meta,
-            )
-        elif ns.command == "unpin":
-            action = stub.Unpin(
-                fleet_pb2.UnpinRequest(app=ns.app, cluster=ns.cluster), metadata=meta
-            )
-        elif ns.command == "sync":
-            action = stub.Sync(
-                fleet_pb2.SyncRequest(
-                    app=ns.app, cluster=ns.cluster, allow_mass_prune=ns.allow_mass_prune
-                ),
-                metadata=meta,
-            )
-        elif ns.command == "pause":
-            action = stub.Pause(fleet_pb2.PauseRequest(app=ns.app, reason=ns.reason), metadata=meta)
-        else:
-            action = stub.Resume(
-                fleet_pb2.PauseRequest(app=ns.app, reason=ns.reason), metadata=meta
-            )
-        print(plain(action.message))
-        return 0
-
-
-def _api_tokens(stub: fleet_pb2_grpc.FleetServiceStub, meta: Any, ns: argparse.Namespace) -> int:
-    if ns.token_command == "create-api":
-        resp = stub.CreateApiToken(
-            fleet_pb2.CreateApiTokenRequest(
-                name=ns.name, role=ns.role, ttl_seconds=_duration(ns.ttl)
-            ),
-            metadata=meta,
-        )
-        print(resp.token)
-        return 0
-    if ns.token_command == "revoke":
-        action = stub.RevokeApiToken(fleet_pb2.RevokeApiTokenRequest(name=ns.name), metadata=meta)
-        print(plain(action.message))
-        return 0
-    tokens = stub.ListApiTokens(fleet_pb2.ListApiTokensRequest(), metadata=meta).tokens
-    rows = [
-        {
-            "name": t.name,
-            "role": t.role,
-            "created": _when(t.created_at.seconds),
-            "expires": _when(t.expires_at.seconds) if t.HasField("expires_at") else "never",
-            "created_by": t.created_by,
-        }
-        for t in tokens
-    ]
-    if ns.output == "json":
-        print(json.dumps(rows, indent=2))
-        return 0
-    print(f"{'NAME':<24} {'ROLE':<9} {'CREATED':<20} {'EXPIRES':<20} CREATED BY")
-    for r in rows:
-        print(
-            plain(
-                f"{r['name']:<24} {r['role']:<9} {r['created']:<20} {r['expires']:<20} "
-                f"{r['created_by']}"
-            )
-        )
-    return 0
-
-
-def _when(seconds: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds))
-
-
-def plain(text: str) -> str:
-    """Text from the hub (names, reasons, messages: some of it written by agents or commits)
-    as one plain line: control characters and terminal escapes shown as U+FFFD."""
-    return reports.text(text, 100_000)
-
-
-def _labels(text: str) -> dict[str, str]:
-    labels = {}
-    for item in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise errors.InvalidArgument(f"--labels {item!r}: use KEY=VALUE[,KEY=VALUE]")
-        labels[key] = value
-    return labels
-
-
-def _cluster_add(stub: fleet_pb2_grpc.FleetServiceStub, meta: Any, ns: argparse.Namespace) -> int:
-    labels = _labels(ns.labels)
-    namespaces = [n.strip() for n in ns.namespaces.split(",") if n.strip()]
-    install.check_scope(namespaces, ns.cluster_admin, pod_security=ns.pod_security)
-    resp = stub.CreateToken(
-        fleet_pb2.CreateTokenRequest(cluster=ns.name, ttl_seconds=_duration(ns.ttl), labels=labels),
-        metadata=meta,
-    )
-    objs = install.agent_objects(
-        hub_address=ns.agent_hub or ns.hub,
-        token=resp.token,
-        ca_pem=resp.ca_pem.decode(),
-        namespaces=namespaces,
-        cluster_admin=ns.cluster_admin,
-        image=ns.image,
-        pod_security=ns.pod_security,
-    )
-    until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(resp.expires_at.seconds))
-    scope = "cluster-admin" if ns.cluster_admin else "namespaces " + ", ".join(namespaces)
-    shown = ",".join(f"{k}={v}" for k, v in labels.items()) or "none"
-    print(f"# fleetops agent for cluster {ns.name} (labels: {shown}; may deploy to: {scope})")
-    print(f"# The token inside works once, until {until}. Apply with the cluster's kubeconfig:")
-    print("#   kubectl apply --server-side -f THIS_FILE")
-    sys.stdout.write(yaml.safe_dump_all(objs, sort_keys=False, explicit_start=True))
-    return 0
-
-
-def _name(enum: Any, value: int, prefix: str) -> str:
-    try:
-        words = enum.Name(value).removeprefix(prefix).split("_")
-    except ValueError:  # a newer hub, or a value nobody should have sent
-        return "Unknown"
-    return "".join(w.title() for w in words)
-
-
-def status_rows(snap: fleet_pb2.Snapshot) -> list[dict[str, str]]:
-    connectivity = {c.name: c for c in snap.clusters}
-    rows = []
-    for s in snap.statuses:
-        c = connectivity.get(s.cluster)
-        rows.append(
-            {
-                "cluster": s.cluster,
-                "app": s.app,
-                "target": s.target,
-                "desired": s.desired_revision,
-                "applied": s.applied_revision,
-                "sync": _name(types_pb2.SyncStatus, s.sync, "SYNC_STATUS_"),
-                "health": _name(types_pb2.HealthStatus, s.health, "HEALTH_STATUS_"),
-                "connectivity": _name(types_pb2.Connectivity, c.connectivity, "CONNECTIVITY_")
-                if c
-                else "",
-                "pinned": s.pinned_revision,
-                "reason": s.reason,
-            }
-        )
-    return rows
-
-
-def _status(snap: fleet_pb2.Snapshot, output: str) -> int:
-    rows = status_rows(snap)
-    if output == "json":
-        repos = [{"name": r.name, "revision": r.revision, "error": r.error} for r in snap.repos]
-        tasks = [
-            {"name": t.name, "running": t.running, "restarts": t.restarts, "error": t.last_error}
-            for t in snap.tasks
-        ]
-        print(json.dumps({"statuses": rows, "repos": repos, "tasks": tasks}, indent=2))
-        return 0
-    header = ("CLUSTER", "APP", "DESIRED", "APPLIED", "SYNC", "HEALTH", "REASON")
-    table = [header] + [
-        (
-            r["cluster"],
-            r["app"],
-            r["desired"][:8] or "-",
-            r["applied"][:8] or "-",
-            r["sync"],
-            r["health"],
-            r["reason"],
-        )
-        for r in rows
-    ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
-    for row in table:
-        print(
-            plain(
-                "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False))
-                + "  "
-                + row[-1]
-            )
-        )
-    for r in snap.repos:
-        if r.error:
-            print(plain(f"repo {r.name}: {r.error}"))
-    for t in snap.tasks:
-        if t.restarts or not t.running:
-            state = "running" if t.running else "waiting to restart"
-            print(plain(f"hub task {t.name}: {state}, {t.restarts} restarts; last: {t.last_error}"))
-    return 0
-
-
-def _history(events: Sequence[types_pb2.Event], output: str) -> int:
-    rows = [
-        {
-            "at": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.at.seconds)),
-            "app": e.app,
-            "cluster": e.cluster,
-            "kind": e.kind,
-            "revision": e.revision,
-            "cause": _name(types_pb2.Cause, e.cause, "CAUSE_"),
-            "actor": e.actor,
-            "message": e.message,
-        }
-        for e in events
-    ]
-    if output == "json":
-        print(json.dumps(rows, indent=2))
-        return 0
-    for r in rows:
-        print(
-            plain(
-                f"{r['at']}  {r['kind']:<15} {r['app'] or '-':<12} {r['cluster'] or '*':<10} "
-                f"{r['revision'][:8] or '-':<8}  {r['actor']:<14} {r['message']}"
-            )
-        )
     return 0
 
 

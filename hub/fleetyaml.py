@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from fleetops.hub import config, errors
+from fleetops.hub import config, configfields, errors
 from fleetops.proto import yamlsafe
 
 _FILE = "fleet.yaml"
@@ -28,10 +28,12 @@ _FILE = "fleet.yaml"
 LIMITS = yamlsafe.Limits(max_chars=1024 * 1024)
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def _merge(base: dict[str, Any], *, over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = (
+            _merge(out[k], over=v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        )
     return out
 
 
@@ -45,7 +47,7 @@ def apply(app: config.App, text: str) -> config.App:
     if not isinstance(doc, dict):
         raise errors.RenderError(f"{where}: expected a mapping")
     # Fleet's own keys are validated through the same reader as hub.yaml.
-    reader = config._Reader(where)  # noqa: SLF001 (one validator for both files)
+    reader = configfields.Reader(where)
     namespace = str(doc.get("defaultNamespace") or doc.get("namespace") or app.namespace)
     top_helm = doc.get("helm") or {}
     top_kustomize = doc.get("kustomize") or {}
@@ -62,8 +64,8 @@ def apply(app: config.App, text: str) -> config.App:
             continue
         spec: dict[str, Any] = {
             "name": str(item.get("name") or f"customization-{i}"),
-            "helm": _merge(top_helm, item.get("helm") or {}),
-            "kustomize": _merge(top_kustomize, item.get("kustomize") or {}),
+            "helm": _merge(top_helm, over=item.get("helm") or {}),
+            "kustomize": _merge(top_kustomize, over=item.get("kustomize") or {}),
         }
         for key in ("clusterSelector", "clusterGroup", "clusterName", "yaml"):
             if key in item:
@@ -76,7 +78,7 @@ def apply(app: config.App, text: str) -> config.App:
                 "use clusterSelector or a clusterGroup from hub.yaml"
             )
         try:
-            targets.append(_target(reader, spec, f"targetCustomizations[{i}]"))
+            targets.append(_target(reader, spec, path=f"targetCustomizations[{i}]"))
         except errors.ConfigError as e:
             raise errors.RenderError(str(e)) from None
     default = {"name": "default", "clusterSelector": {},
@@ -84,16 +86,16 @@ def apply(app: config.App, text: str) -> config.App:
                "kustomize": {k: v for k, v in top_kustomize.items() if k == "dir"}}  # fmt: skip
     if all(t.name != "default" for t in targets):
         try:
-            targets.append(_target(reader, default, "(defaults)"))
+            targets.append(_target(reader, default, path="(defaults)"))
         except errors.ConfigError as e:
             raise errors.RenderError(str(e)) from None
     return dataclasses.replace(app, namespace=namespace, targets=tuple(targets))
 
 
-def _target(reader: config._Reader, spec: dict[str, Any], path: str) -> config.Target:
+def _target(reader: configfields.Reader, spec: dict[str, Any], *, path: str) -> config.Target:
     names = [spec["clusterGroup"]] if spec.get("clusterGroup") else []
     spec = {**spec, "name": _dns(spec["name"])}
-    return config._target(reader, spec, path, names)  # noqa: SLF001
+    return config.parse_target(reader, spec, path=path, groups=names)
 
 
 def _dns(name: str) -> str:

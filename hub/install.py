@@ -74,7 +74,7 @@ READ_RULES: list[dict[str, Any]] = [
 ]
 
 
-def _meta(name: str, namespace: str = "") -> dict[str, Any]:
+def _meta(name: str, *, namespace: str = "") -> dict[str, Any]:
     meta: dict[str, Any] = {"name": name}
     if namespace:
         meta["namespace"] = namespace
@@ -82,7 +82,7 @@ def _meta(name: str, namespace: str = "") -> dict[str, Any]:
     return meta
 
 
-def _namespace(name: str, enforce: str) -> dict[str, Any]:
+def _namespace(name: str, *, enforce: str) -> dict[str, Any]:
     meta = _meta(name)
     meta["labels"][f"{POD_SECURITY}/enforce"] = enforce
     if name != NAMESPACE:  # the agent's own is restricted already: nothing more to warn about
@@ -134,12 +134,16 @@ def agent_objects(
     Pod Security level enforced in the app namespaces it creates."""
     check_scope(namespaces, cluster_admin, pod_security=pod_security)
     objs: list[dict[str, Any]] = [
-        _namespace(NAMESPACE, "restricted"),
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(NAME, NAMESPACE)},
+        _namespace(NAMESPACE, enforce="restricted"),
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": _meta(NAME, namespace=NAMESPACE),
+        },
         {
             "apiVersion": "v1",
             "kind": "Secret",
-            "metadata": _meta(BOOTSTRAP_SECRET, NAMESPACE),
+            "metadata": _meta(BOOTSTRAP_SECRET, namespace=NAMESPACE),
             "type": "Opaque",
             "stringData": {"hub": hub_address, "token": token, "ca.crt": ca_pem},
         },
@@ -163,7 +167,7 @@ def agent_objects(
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
-            "metadata": _meta(NAME, NAMESPACE),
+            "metadata": _meta(NAME, namespace=NAMESPACE),
             "rules": [
                 {
                     "apiGroups": [""],
@@ -183,7 +187,7 @@ def agent_objects(
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "RoleBinding",
-            "metadata": _meta(NAME, NAMESPACE),
+            "metadata": _meta(NAME, namespace=NAMESPACE),
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": NAME},
             "subjects": _subject(),
         },
@@ -214,12 +218,12 @@ def agent_objects(
             }
         )
         for ns in namespaces:
-            objs.append(_namespace(ns, pod_security))
+            objs.append(_namespace(ns, enforce=pod_security))
             objs.append(
                 {
                     "apiVersion": "rbac.authorization.k8s.io/v1",
                     "kind": "RoleBinding",
-                    "metadata": _meta(APPLY_ROLE, ns),
+                    "metadata": _meta(APPLY_ROLE, namespace=ns),
                     "roleRef": {
                         "apiGroup": "rbac.authorization.k8s.io",
                         "kind": "ClusterRole",
@@ -236,7 +240,7 @@ def _deployment(image: str) -> dict[str, Any]:
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _meta(NAME, NAMESPACE),
+        "metadata": _meta(NAME, namespace=NAMESPACE),
         "spec": {
             "replicas": 1,  # one agent per cluster; Recreate so two never overlap
             "strategy": {"type": "Recreate"},
@@ -267,8 +271,8 @@ def _deployment(image: str) -> dict[str, Any]:
                                 "--health-listen=0.0.0.0:8081",
                             ],
                             "env": [
-                                _secret_env("FLEETOPS_HUB", "hub"),
-                                _secret_env("FLEETOPS_TOKEN", "token"),
+                                _secret_env("FLEETOPS_HUB", key="hub"),
+                                _secret_env("FLEETOPS_TOKEN", key="token"),
                             ],
                             "ports": [{"name": "health", "containerPort": 8081}],
                             "livenessProbe": {
@@ -317,5 +321,5 @@ def _deployment(image: str) -> dict[str, Any]:
     }
 
 
-def _secret_env(name: str, key: str) -> dict[str, Any]:
+def _secret_env(name: str, *, key: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": BOOTSTRAP_SECRET, "key": key}}}

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from fleetops.hub import config, errors, render, repo
+from fleetops.hub import checkout, config, errors, render, repo
 from tests.support import hostile
 
 
@@ -54,7 +54,7 @@ def test_a_tree_naming_a_file_twice_cannot_write_through_its_own_link(
 def test_a_file_over_the_blob_limit_is_refused_unread_and_named(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(repo, "MAX_EXPORT_BLOB", 1024)
+    monkeypatch.setattr(checkout, "MAX_EXPORT_BLOB", 1024)
     r = hostile.Repo(tmp_path / "committer")
     r.write("apps/web/big.yaml", "#" * 4096)
     r.write("apps/web/cm.yaml", "kind: ConfigMap\n")
@@ -68,7 +68,7 @@ def test_a_file_over_the_blob_limit_is_refused_unread_and_named(
 def test_a_git_bomb_is_refused_at_the_entry_limit(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(repo, "MAX_EXPORT_ENTRIES", 5000)
+    monkeypatch.setattr(checkout, "MAX_EXPORT_ENTRIES", 5000)
     r = hostile.Repo(tmp_path / "committer")
     tree = objects(r, "tree", entry(b"100644", b"f", objects(r, "blob", b"x")))
     for _ in range(5):  # 10**5 files from a few hundred bytes of objects
@@ -84,7 +84,7 @@ def test_a_git_bomb_is_refused_at_the_entry_limit(
 def test_a_checkout_over_the_total_size_is_refused(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(repo, "MAX_EXPORT_BYTES", 10_000)
+    monkeypatch.setattr(checkout, "MAX_EXPORT_BYTES", 10_000)
     r = hostile.Repo(tmp_path / "committer")
     for i in range(20):
         r.write(f"data/{i}.txt", f"{i}" + "#" * 1000)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from fleetops.hub import cli
+from fleetops.hub import cli_output
 from fleetops.proto.v1 import fleet_pb2, types_pb2
 
 EVIL = "\x1b[31mred\x1b[0m [/]x[bold] line\nfake-row"
@@ -18,7 +18,7 @@ def test_status_prints_hostile_reasons_literally_without_escapes(
     snap.clusters.add(name="c1", agent_version=EVIL)
     snap.statuses.add(cluster="c1", app="web", reason=EVIL, sync=99, health=42)  # type: ignore[arg-type]
     snap.repos.add(name="platform", error=EVIL)
-    assert cli._status(snap, "text") == 0
+    assert cli_output.print_status(snap, output="text") == 0
     out = capsys.readouterr().out
     assert "\x1b" not in out
     assert "[/]x[bold] line" in out
@@ -28,7 +28,7 @@ def test_status_prints_hostile_reasons_literally_without_escapes(
 
 def test_history_prints_hostile_messages_literally(capsys: pytest.CaptureFixture[str]) -> None:
     events = [types_pb2.Event(kind="applied", actor=EVIL, message=EVIL, cause=13)]  # type: ignore[arg-type]
-    assert cli._history(events, "text") == 0
+    assert cli_output.print_history(events, output="text") == 0
     out = capsys.readouterr().out
     assert "\x1b" not in out and "[/]x[bold]" in out and len(out.splitlines()) == 1
 
@@ -37,6 +37,7 @@ def test_invisible_and_bidi_characters_are_shown_not_hidden(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     sneaky = "prod\u200b-eu\u202e1\ufeff\u2028x\U000e0041"
-    assert cli._history([types_pb2.Event(kind="applied", message=sneaky)], "text") == 0
+    events = [types_pb2.Event(kind="applied", message=sneaky)]
+    assert cli_output.print_history(events, output="text") == 0
     out = capsys.readouterr().out
     assert "prod\ufffd-eu\ufffd1\ufffd\ufffdx\ufffd" in out

@@ -1,0 +1,127 @@
+"""Rendering a Kustomize tree from the repository with `kustomize build`, confined.
+
+Before kustomize runs, every local reference of the kustomization tree is walked and checked
+to stay in the repository; remote references (URLs, git, helmCharts) are refused, since
+rendering has no network; referenced YAML files go through the bounded loader. Kustomize then
+runs with the root-only load restrictor through hub.sandbox. The directories walked are
+recorded as inputs of the render, so the hub's render cache never walks them again.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import tempfile
+from typing import Any
+
+import yaml
+
+from fleetops.hub import errors, sandbox
+from fleetops.hub.confined import Source
+from fleetops.proto import yamlsafe
+
+KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+
+_PATH_LISTS = (
+    "resources",
+    "bases",
+    "components",
+    "patchesStrategicMerge",
+    "crds",
+    "generators",
+    "transformers",
+    "validators",
+    "configurations",
+)
+
+
+def is_kustomization(directory: pathlib.Path) -> bool:
+    return any((directory / k).is_file() for k in KUSTOMIZATION_FILES)
+
+
+def build(src: Source, *, build_dir: pathlib.Path, tools: sandbox.Tools) -> str:
+    """`kustomize build` of `build_dir` (resolved, inside the repository) once its
+    references are checked; the manifests as one YAML stream."""
+    for d in referenced_dirs(src, start=build_dir):
+        src.refuse_escaping_links(d)
+    restrictor = ["--load-restrictor", "LoadRestrictionsRootOnly"]
+    args = [tools.kustomize, "build", *restrictor, str(build_dir)]
+    with tempfile.TemporaryDirectory(prefix="fleetops-render-") as scratch:
+        return sandbox.run(
+            args,
+            what="kustomize build",
+            limits=src.limits,
+            scratch=pathlib.Path(scratch),
+            shown={src.root: "."},
+        )
+
+
+def referenced_dirs(src: Source, *, start: pathlib.Path) -> list[pathlib.Path]:
+    """Every local directory the kustomization tree at `start` refers to (itself first),
+    resolved and checked to stay in the repository, each recorded as an input of the
+    render. Remote references (URLs, git) are refused: vendor them into the repo.
+    Referenced YAML files are read through the bounded loader, so an alias bomb is refused
+    here, by name."""
+    root = src.root
+    seen: set[pathlib.Path] = set()
+    out: list[pathlib.Path] = []
+    todo = [start]
+    while todo:
+        d = todo.pop()
+        if d in seen:
+            continue
+        seen.add(d)
+        out.append(d)
+        src.depends_on(d)
+        kfile = next((d / k for k in KUSTOMIZATION_FILES if (d / k).is_file()), None)
+        if kfile is None:
+            continue
+        where = src.rel(kfile)
+        try:
+            docs = src.load_yaml(kfile, src.read_text(kfile))
+        except yaml.YAMLError as e:
+            raise errors.RenderError(f"{where}: invalid YAML: {yamlsafe.describe(e)}") from None
+        doc = docs[0] if len(docs) == 1 and isinstance(docs[0], dict) else {}
+        if doc.get("helmCharts") or doc.get("helmChartInflationGenerator"):
+            raise errors.RenderError(f"{where}: helmCharts needs network; use a Helm app instead")
+        for ref in _references(doc):
+            if "://" in ref or ref.startswith(("git@", "github.com/", "gitlab.com/")):
+                raise errors.RenderError(
+                    f"{where}: remote reference {ref!r} is not allowed (no network while "
+                    "rendering); vendor it into the repository"
+                )
+            rel = os.path.relpath((d / ref), root)
+            target = src.inside(rel, what=f"{where} reference")
+            link = src.refused_under(rel)
+            if link or rel in src.refused_links:
+                raise errors.RenderError(
+                    f"{(link or [rel])[0]!r} was refused at checkout: a symlink that points "
+                    "outside the repository, or a file too large"
+                )
+            if target.is_dir():
+                todo.append(target)
+            elif target.is_file() and target.suffix in MANIFEST_SUFFIXES:
+                src.bounded(d / ref, src.read_text(d / ref))
+    return out
+
+
+def _references(doc: dict[Any, Any]) -> list[str]:
+    """The local paths one kustomization file names."""
+    refs: list[str] = []
+    for key in _PATH_LISTS:
+        refs += [r for r in _list(doc.get(key)) if isinstance(r, str)]
+    for key in ("patches", "patchesJson6902", "replacements"):
+        refs += [p["path"] for p in _list(doc.get(key)) if isinstance(p, dict)
+                 and isinstance(p.get("path"), str)]  # fmt: skip
+    for gen in _list(doc.get("configMapGenerator")) + _list(doc.get("secretGenerator")):
+        if not isinstance(gen, dict):
+            continue
+        for f in _list(gen.get("files")) + _list(gen.get("envs")) + [gen.get("env") or ""]:
+            if f:
+                refs.append(str(f).split("=", 1)[-1])
+    return refs
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
