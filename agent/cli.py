@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -254,13 +255,11 @@ def _merge_actions(applied: st.AppResult, checked: st.AppResult) -> st.AppResult
     """The health of a later check, with the actions (applied, pruned) of the sync."""
     actions = {r.key: r for r in applied.resources}
     merged = [
-        st.ResourceResult(**{**r.__dict__, "action": actions[r.key].action})
-        if r.key in actions
-        else r
+        dataclasses.replace(r, action=actions[r.key].action) if r.key in actions else r
         for r in checked.resources
     ]
     merged += [r for r in applied.resources if r.action == "pruned"]
-    return st.finish(
+    return st.AppResult.rolled_up(
         app=applied.app,
         revision=applied.revision,
         bundle_digest=applied.bundle_digest,

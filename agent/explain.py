@@ -15,6 +15,11 @@ from fleetops.agent import status as st
 APPLY_ROLE = "fleetops-agent-apply"  # the ClusterRole a least-privilege install binds per namespace
 
 
+def first_line(text: str) -> str:
+    """The first line of an error's text (API server messages can run to many lines)."""
+    return text.strip().splitlines()[0] if text.strip() else "no message"
+
+
 def _cluster(cluster: str) -> str:
     return cluster or "CLUSTER"
 
@@ -82,6 +87,6 @@ def app_failure(
         soon = e.status == 429 or e.status >= 500
     else:
         reason, soon = str(e), False
-    return st.failure(
+    return st.AppResult.unreconciled(
         app=app, revision=revision, bundle_digest=bundle_digest, reason=reason, retry_soon=soon
     )
