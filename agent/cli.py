@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -19,7 +20,17 @@ from collections.abc import Sequence
 from typing import Any
 
 from fleetops import agent
-from fleetops.agent import errors, health, identity, kube, manifests, reconcile, runner, state
+from fleetops.agent import (
+    enroll,
+    errors,
+    health,
+    keystore,
+    kube,
+    manifests,
+    reconcile,
+    runner,
+    state,
+)
 from fleetops.agent import status as st
 from fleetops.proto import bundles
 from fleetops.proto.v1 import types_pb2
@@ -386,7 +397,11 @@ async def cmd_run(ns: argparse.Namespace) -> int:
             logging.info("identity restored from Secret %s", ns.identity_secret)
         if stop.is_set():
             return 0
-        me = await asyncio.to_thread(identity.register, root, ns.hub, token, labels, ca_pem=ca_pem)
+        me = await asyncio.to_thread(
+            functools.partial(
+                enroll.register, root, hub=ns.hub, token=token, labels=labels, ca_pem=ca_pem
+            )
+        )
         runner_ = runner.Runner(
             address=ns.hub,
             me=me,
@@ -408,12 +423,12 @@ async def cmd_run(ns: argparse.Namespace) -> int:
 async def _restore(
     root: pathlib.Path, client: kube.Kube, ref: str, token: str, stop: asyncio.Event
 ) -> bool:
-    """`identity.restore`, waiting (with backoff) for an API server that does not answer: a
+    """`keystore.restore`, waiting (with backoff) for an API server that does not answer: a
     pod that starts while it is down must not register again nor give up."""
     delay = 1.0
     while not stop.is_set():
         try:
-            return await identity.restore(root, client, ref, token)
+            return await keystore.restore(root, client, secret=ref, token=token)
         except errors.Unreachable as e:
             logging.warning("%s; the identity in Secret %s is read again in %.0f s", e, ref, delay)
         try:

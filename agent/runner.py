@@ -30,7 +30,7 @@ from typing import Any
 import grpc
 
 from fleetops import agent
-from fleetops.agent import errors, health, identity, kube, reconcile, state
+from fleetops.agent import credentials, errors, health, keystore, kube, reconcile, renewal, state
 from fleetops.agent import status as st
 from fleetops.proto import bundles, supervise
 from fleetops.proto.v1 import agent_pb2, agent_pb2_grpc, types_pb2
@@ -67,7 +67,7 @@ class Runner:
         self,
         *,
         address: str,
-        me: identity.Identity,
+        me: credentials.Identity,
         client: kube.Kube,
         local: state.LocalState,
         options: reconcile.Options,
@@ -75,7 +75,7 @@ class Runner:
         labels: dict[str, str],
         health_listen: str = "",
         identity_secret: str = "",
-        clock: identity.Clock | None = None,
+        clock: renewal.Clock | None = None,
         workers: int = WORKERS,
         stop: asyncio.Event | None = None,
     ) -> None:
@@ -137,7 +137,7 @@ class Runner:
     async def _keep_identity(self) -> None:
         """Keep the identity in its Secret once (a pod restarted with an empty --state finds it
         there); retried by the supervisor while the API server refuses or does not answer."""
-        await identity.keep(self.local.root, self.kube, self.identity_secret)
+        await keystore.keep(self.local.root, self.kube, secret=self.identity_secret)
         log.info("identity kept in Secret %s", self.identity_secret)
 
     async def _renewal(self) -> None:
@@ -145,10 +145,10 @@ class Runner:
         old certificate; the next connection uses the new one (credentials are built from
         `self.me` on every dial)."""
 
-        def renewed(me: identity.Identity) -> None:
+        def renewed(me: credentials.Identity) -> None:
             self.me = me
 
-        await identity.keep_renewed(
+        await renewal.keep_renewed(
             state=self.local.root,
             address=self.address,
             current=lambda: self.me,

@@ -57,8 +57,8 @@ async def test_an_expired_identity_in_the_secret_is_not_restored(
     cluster: kube.Kube, namespace: str, tmp_path: pathlib.Path
 ) -> None:
     identity.save(tmp_path / "old-pod", expired_files(tmp_path))
-    await identity.keep(tmp_path / "old-pod", cluster, f"{namespace}/identity")
-    restored = await identity.restore(tmp_path / "new-pod", cluster, f"{namespace}/identity")
+    await identity.keep(tmp_path / "old-pod", cluster, secret=f"{namespace}/identity")
+    restored = await identity.restore(tmp_path / "new-pod", cluster, secret=f"{namespace}/identity")
     assert not restored
     assert identity.load(tmp_path / "new-pod") is None
 
@@ -72,7 +72,7 @@ async def test_a_renewed_certificate_is_kept_in_the_identity_secret(
         me = await asyncio.to_thread(
             identity.register, root, hub.address, await hub.token("dev"), {}
         )
-        await identity.keep(root, cluster, ref)
+        await identity.keep(root, cluster, secret=ref)
         stop = asyncio.Event()
         seen: list[identity.Identity] = []
 
