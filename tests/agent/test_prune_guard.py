@@ -246,7 +246,7 @@ async def test_the_hubs_allowance_on_a_new_generation_of_the_same_bundle_prunes(
             allow_mass_prune=allow,
         )  # fmt: skip
         # the bundle rides inside the assignment, so no download is needed
-        await agent._assignments(None, agent_pb2.Assignments(assignments=[a]))  # type: ignore[arg-type]
+        await agent.hub.assignments(None, agent_pb2.Assignments(assignments=[a]))  # type: ignore[arg-type]
 
     def reported(generation: int) -> types_pb2.AppReport | None:
         report = agent.reports.get(ns)
