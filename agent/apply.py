@@ -161,8 +161,10 @@ async def ensure_default_namespace(
         return
     if not any(p.key.namespace == ns for p in prepared):
         return
-    rt = kube.ResourceType("", "v1", "Namespace", "namespaces", namespaced=False)
-    if await ctx.kube.get(rt, "", ns) is None:
+    rt = kube.ResourceType(
+        group="", version="v1", kind="Namespace", plural="namespaces", namespaced=False
+    )
+    if await ctx.kube.get(rt, namespace="", name=ns) is None:
         body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
         try:
             await ctx.kube.create(rt, body)
@@ -237,7 +239,7 @@ async def _poll(
             return f"{what} within {within:.0f} s: {p.key}: {why}{more}"
         await asyncio.sleep(ctx.options.poll_interval)
         fresh = await asyncio.gather(
-            *(ctx.kube.get(p.rt, p.key.namespace, p.key.name) for p, _ in waiting)
+            *(ctx.kube.get(p.rt, namespace=p.key.namespace, name=p.key.name) for p, _ in waiting)
         )
         for (p, _), obj in zip(waiting, fresh, strict=True):
             live[p.key] = obj if obj is not None else {}

@@ -195,7 +195,7 @@ async def _check_one(
             health=h,
             action="",
         )
-    fields = drift.diff(dry, live, secret=key.kind == "Secret" and not key.group)
+    fields = drift.diff(desired=dry, live=live, secret=key.kind == "Secret" and not key.group)
     if not fields:
         ctx.remember(app, key=key, desired=p.obj, live=live)
         return st.ResourceResult.in_sync(key=key, version=version, health=h, source=where)
@@ -240,7 +240,7 @@ async def _fetch_live(
                     live[match.key] = item
             return
         got: list[Awaitable[dict[str, Any] | None]] = [
-            ctx.kube.get(rt, p.key.namespace, p.key.name) for p in members
+            ctx.kube.get(rt, namespace=p.key.namespace, name=p.key.name) for p in members
         ]
         for p, obj in zip(members, await asyncio.gather(*got, return_exceptions=True), strict=True):
             if isinstance(obj, dict):
@@ -264,8 +264,8 @@ async def inventory_health(ctx: Context, app: str) -> st.AppResult | None:
 
     async def one(e: inventory.Entry) -> st.ResourceResult:
         try:
-            rt = await ctx.kube.resource_type_for_group(e.key.group, e.key.kind)
-            obj = await ctx.kube.get(rt, e.key.namespace, e.key.name)
+            rt = await ctx.kube.resource_type_for_group(group=e.key.group, kind=e.key.kind)
+            obj = await ctx.kube.get(rt, namespace=e.key.namespace, name=e.key.name)
         except (errors.KubeError, errors.UnknownKind) as err:
             return st.ResourceResult.unread(
                 key=e.key,

@@ -74,7 +74,7 @@ async def apply(ns: argparse.Namespace) -> int:
         result = await rec.sync(bundle, policy, allow_mass_prune=allow)
         if ns.wait and not result.failed:
             checked = await rec.wait_healthy(bundle, policy, ns.wait, allow_mass_prune=allow)
-            result = _merge_actions(result, checked)
+            result = _merge_actions(applied=result, checked=checked)
     finally:
         client.close()
     assignment = types_pb2.Assignment(
@@ -89,7 +89,7 @@ async def apply(ns: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
-def _merge_actions(applied: st.AppResult, checked: st.AppResult) -> st.AppResult:
+def _merge_actions(*, applied: st.AppResult, checked: st.AppResult) -> st.AppResult:
     """The health of a later check, with the actions (applied, pruned) of the sync."""
     actions = {r.key: r for r in applied.resources}
     merged = [
@@ -166,7 +166,7 @@ def health_of_files(ns: argparse.Namespace) -> int:
         except OSError as e:
             problems.append(f"{path}: cannot read: {e.strerror}")
             continue
-        parsed = manifests.parse(str(path), text)
+        parsed = manifests.parse(source=str(path), text=text)
         problems += [str(p) for p in parsed.problems]
         for r in parsed.resources:
             h = health.assess(r.obj)
@@ -208,7 +208,9 @@ async def run(ns: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     client = _connect(ns)
     try:
-        if ns.identity_secret and await _restore(root, client, ns.identity_secret, token, stop):
+        if ns.identity_secret and await _restore(
+            root, client, secret=ns.identity_secret, token=token, stop=stop
+        ):
             logging.info("identity restored from Secret %s", ns.identity_secret)
         if stop.is_set():
             return 0
@@ -236,16 +238,18 @@ async def run(ns: argparse.Namespace) -> int:
 
 
 async def _restore(
-    root: pathlib.Path, client: kube.Kube, ref: str, token: str, stop: asyncio.Event
+    root: pathlib.Path, client: kube.Kube, *, secret: str, token: str, stop: asyncio.Event
 ) -> bool:
     """`keystore.restore`, waiting (with backoff) for an API server that does not answer: a
     pod that starts while it is down must not register again nor give up."""
     delay = 1.0
     while not stop.is_set():
         try:
-            return await keystore.restore(root, client, secret=ref, token=token)
+            return await keystore.restore(root, client, secret=secret, token=token)
         except errors.Unreachable as e:
-            logging.warning("%s; the identity in Secret %s is read again in %.0f s", e, ref, delay)
+            logging.warning(
+                "%s; the identity in Secret %s is read again in %.0f s", e, secret, delay
+            )
         try:
             await asyncio.wait_for(stop.wait(), timeout=delay)
         except TimeoutError:

@@ -32,8 +32,8 @@ DEFAULT_MAX_PRUNE_PERCENT = 50
 
 # Made by Kubernetes in every namespace; never a sign that someone else uses it.
 _AUTOMATIC = {
-    manifests.Key("", "ConfigMap", "", "kube-root-ca.crt"),
-    manifests.Key("", "ServiceAccount", "", "default"),
+    manifests.Key(group="", kind="ConfigMap", namespace="", name="kube-root-ca.crt"),
+    manifests.Key(group="", kind="ServiceAccount", namespace="", name="default"),
 }
 
 
@@ -185,7 +185,10 @@ def key_of(obj: Mapping[str, Any]) -> manifests.Key:
     meta = obj.get("metadata") or {}
     group = str(obj.get("apiVersion") or "").rpartition("/")[0]
     return manifests.Key(
-        group, str(obj.get("kind") or ""), str(meta.get("namespace") or ""), str(meta["name"])
+        group=group,
+        kind=str(obj.get("kind") or ""),
+        namespace=str(meta.get("namespace") or ""),
+        name=str(meta["name"]),
     )
 
 

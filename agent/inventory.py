@@ -19,8 +19,12 @@ from fleetops.agent import errors, guard, kube, manifests
 
 DATA_KEY = "inventory.json"
 PSA_ENFORCE = "pod-security.kubernetes.io/enforce"
-_CONFIGMAP = kube.ResourceType("", "v1", "ConfigMap", "configmaps", namespaced=True)
-_NAMESPACE = kube.ResourceType("", "v1", "Namespace", "namespaces", namespaced=False)
+_CONFIGMAP = kube.ResourceType(
+    group="", version="v1", kind="ConfigMap", plural="configmaps", namespaced=True
+)
+_NAMESPACE = kube.ResourceType(
+    group="", version="v1", kind="Namespace", plural="namespaces", namespaced=False
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,13 +57,18 @@ class Store:
         self._namespace_exists = False
 
     async def load(self, app: str) -> Inventory | None:
-        cm = await self._client.get(_CONFIGMAP, self.namespace, configmap_name(app))
+        cm = await self._client.get(_CONFIGMAP, namespace=self.namespace, name=configmap_name(app))
         if cm is None:
             return None
         try:
             doc = json.loads((cm.get("data") or {}).get(DATA_KEY, "{}"))
             entries = tuple(
-                Entry(manifests.Key(e["group"], e["kind"], e["namespace"], e["name"]), e["version"])
+                Entry(
+                    manifests.Key(
+                        group=e["group"], kind=e["kind"], namespace=e["namespace"], name=e["name"]
+                    ),
+                    e["version"],
+                )
                 for e in doc.get("resources", [])
             )
         except (ValueError, KeyError, TypeError) as e:
@@ -84,7 +93,9 @@ class Store:
             try:
                 doc = json.loads((cm.get("data") or {}).get(DATA_KEY, "{}"))
                 for e in doc.get("resources", []):
-                    key = manifests.Key(e["group"], e["kind"], e["namespace"], e["name"])
+                    key = manifests.Key(
+                        group=e["group"], kind=e["kind"], namespace=e["namespace"], name=e["name"]
+                    )
                     out.setdefault(key, app)
             except (ValueError, KeyError, TypeError, AttributeError):
                 continue
@@ -131,7 +142,7 @@ class Store:
     async def _ensure_namespace(self) -> None:
         if self._namespace_exists:
             return
-        if await self._client.get(_NAMESPACE, "", self.namespace) is None:
+        if await self._client.get(_NAMESPACE, namespace="", name=self.namespace) is None:
             # as the install makes it: nothing but the agent runs here, so Pods must be restricted
             meta = {"name": self.namespace, "labels": {PSA_ENFORCE: "restricted"}}
             body = {"apiVersion": "v1", "kind": "Namespace", "metadata": meta}

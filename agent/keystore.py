@@ -119,7 +119,7 @@ def files_of(me: Identity) -> dict[str, bytes]:
     }
 
 
-SECRET = kube.ResourceType("", "v1", "Secret", "secrets", namespaced=True)
+SECRET = kube.ResourceType(group="", version="v1", kind="Secret", plural="secrets", namespaced=True)
 
 
 def _secret_ref(ref: str) -> tuple[str, str]:
@@ -144,7 +144,7 @@ async def restore(
     if load(state) is not None:
         return False
     namespace, name = _secret_ref(secret)
-    found = await client.get(SECRET, namespace, name)
+    found = await client.get(SECRET, namespace=namespace, name=name)
     data = (found or {}).get("data") or {}
     if not all(f in data for f in _FILES):
         return False
@@ -188,7 +188,7 @@ async def keep(state: pathlib.Path, client: kube.Kube, *, secret: str) -> None:
         },
         "data": data,
     }
-    live = await client.get(SECRET, namespace, name)
+    live = await client.get(SECRET, namespace=namespace, name=name)
     if live is None:
         await client.create(SECRET, body)
     elif live.get("data") != data:

@@ -79,7 +79,10 @@ class Planner:
         failures = [
             st.ResourceResult.apply_failed(
                 key=manifests.Key(
-                    "", p.kind or "(unknown kind)", "", p.name or f"{p.source}:{p.line}"
+                    group="",
+                    kind=p.kind or "(unknown kind)",
+                    namespace="",
+                    name=p.name or f"{p.source}:{p.line}",
                 ),
                 version="",
                 reason=str(p),
@@ -140,16 +143,16 @@ class Planner:
         except ValueError as e:
             return fail(str(e))
         try:
-            rt = await self.kube.resource_type(r.api_version, r.kind)
+            rt = await self.kube.resource_type(api_version=r.api_version, kind=r.kind)
         except errors.UnknownKind as e:
             crd = bundle_crds.get((r.group, r.kind))
             if crd is None:
                 return fail(str(e))
             rt = kube.ResourceType(
-                r.group,
-                r.version,
-                r.kind,
-                str(crd["spec"]["names"]["plural"]),
+                group=r.group,
+                version=r.version,
+                kind=r.kind,
+                plural=str(crd["spec"]["names"]["plural"]),
                 namespaced=crd["spec"].get("scope", "Namespaced") == "Namespaced",
             )
         except errors.KubeError as e:

@@ -27,29 +27,36 @@ from fleetops.proto.v1 import types_pb2
 PRUNE_ANNOTATION = "fleetops.io/prune"
 
 
-def _rt(group: str, version: str, kind: str, plural: str) -> kube.ResourceType:
-    return kube.ResourceType(group, version, kind, plural, namespaced=True)
+def _rt(*, group: str, version: str, kind: str, plural: str) -> kube.ResourceType:
+    return kube.ResourceType(
+        group=group, version=version, kind=kind, plural=plural, namespaced=True
+    )
 
 
 # What a Namespace about to be pruned is searched for: objects fleetops did not apply.
 NAMESPACE_CONTENTS = (
-    _rt("", "v1", "ConfigMap", "configmaps"),
-    _rt("", "v1", "Secret", "secrets"),
-    _rt("", "v1", "Pod", "pods"),
-    _rt("", "v1", "Service", "services"),
-    _rt("", "v1", "ServiceAccount", "serviceaccounts"),
-    _rt("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
-    _rt("apps", "v1", "Deployment", "deployments"),
-    _rt("apps", "v1", "StatefulSet", "statefulsets"),
-    _rt("apps", "v1", "DaemonSet", "daemonsets"),
-    _rt("apps", "v1", "ReplicaSet", "replicasets"),
-    _rt("batch", "v1", "Job", "jobs"),
-    _rt("batch", "v1", "CronJob", "cronjobs"),
-    _rt("rbac.authorization.k8s.io", "v1", "Role", "roles"),
-    _rt("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings"),
-    _rt("networking.k8s.io", "v1", "Ingress", "ingresses"),
-    _rt("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"),
-    _rt("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets"),
+    _rt(group="", version="v1", kind="ConfigMap", plural="configmaps"),
+    _rt(group="", version="v1", kind="Secret", plural="secrets"),
+    _rt(group="", version="v1", kind="Pod", plural="pods"),
+    _rt(group="", version="v1", kind="Service", plural="services"),
+    _rt(group="", version="v1", kind="ServiceAccount", plural="serviceaccounts"),
+    _rt(group="", version="v1", kind="PersistentVolumeClaim", plural="persistentvolumeclaims"),
+    _rt(group="apps", version="v1", kind="Deployment", plural="deployments"),
+    _rt(group="apps", version="v1", kind="StatefulSet", plural="statefulsets"),
+    _rt(group="apps", version="v1", kind="DaemonSet", plural="daemonsets"),
+    _rt(group="apps", version="v1", kind="ReplicaSet", plural="replicasets"),
+    _rt(group="batch", version="v1", kind="Job", plural="jobs"),
+    _rt(group="batch", version="v1", kind="CronJob", plural="cronjobs"),
+    _rt(group="rbac.authorization.k8s.io", version="v1", kind="Role", plural="roles"),
+    _rt(group="rbac.authorization.k8s.io", version="v1", kind="RoleBinding", plural="rolebindings"),
+    _rt(group="networking.k8s.io", version="v1", kind="Ingress", plural="ingresses"),
+    _rt(
+        group="autoscaling",
+        version="v2",
+        kind="HorizontalPodAutoscaler",
+        plural="horizontalpodautoscalers",
+    ),
+    _rt(group="policy", version="v1", kind="PodDisruptionBudget", plural="poddisruptionbudgets"),
 )
 
 
@@ -118,8 +125,8 @@ async def prune(
             )
             continue
         try:
-            rt = await client.resource_type_for_group(key.group, key.kind)
-            obj = await client.get(rt, key.namespace, key.name)
+            rt = await client.resource_type_for_group(group=key.group, kind=key.kind)
+            obj = await client.get(rt, namespace=key.namespace, name=key.name)
             if obj is None:
                 continue  # already gone: nothing to do, forget it
             refused = guard.refusal(key, obj, agent_namespace=agent_namespace)
@@ -180,7 +187,7 @@ async def prune(
                     )
                     continue
             pruned.append(obj)
-            await client.delete(rt, key.namespace, key.name)
+            await client.delete(rt, namespace=key.namespace, name=key.name)
             results.append(st.ResourceResult.pruned(key=key, version=e.version, reason=message))
         except (errors.KubeError, errors.UnknownKind) as err:
             kept.append(e)
@@ -205,9 +212,12 @@ async def _crd_blocked(
     if not served or not names.get("plural"):
         return ""
     rt = kube.ResourceType(
-        str(spec.get("group", "")), str(served[0]), str(names.get("kind", "")),
-        str(names["plural"]), namespaced=spec.get("scope", "Namespaced") == "Namespaced",
-    )  # fmt: skip
+        group=str(spec.get("group", "")),
+        version=str(served[0]),
+        kind=str(names.get("kind", "")),
+        plural=str(names["plural"]),
+        namespaced=spec.get("scope", "Namespaced") == "Namespaced",
+    )
     try:
         items = await client.list(rt)
     except errors.KubeError as err:
@@ -243,7 +253,7 @@ async def namespace_blocked(
                 f"{_force_hint(namespace)} to prune it with everything inside"
             )
         live += found
-    vanished = await _vanished_owners(client, namespace, live, pruned)
+    vanished = await _vanished_owners(client, namespace, live=live, pruned=pruned)
     blockers = guard.namespace_blockers(
         live, owned=owned, pruned=pruned, vanished=vanished, staying=staying
     )
@@ -253,6 +263,7 @@ async def namespace_blocked(
 async def _vanished_owners(
     client: kube.Kube,
     namespace: str,
+    *,
     live: list[dict[str, Any]],
     pruned: list[dict[str, Any]],
 ) -> set[str]:
@@ -269,8 +280,12 @@ async def _vanished_owners(
 
     async def gone(uid: str, ref: dict[str, Any]) -> bool:
         try:
-            rt = await client.resource_type(str(ref["apiVersion"]), str(ref["kind"]))
-            owner = await client.get(rt, namespace if rt.namespaced else "", str(ref["name"]))
+            rt = await client.resource_type(
+                api_version=str(ref["apiVersion"]), kind=str(ref["kind"])
+            )
+            owner = await client.get(
+                rt, namespace=namespace if rt.namespaced else "", name=str(ref["name"])
+            )
         except errors.UnknownKind:
             return True  # its kind is gone (CRD deleted), and so is every object of it
         except (errors.KubeError, KeyError):

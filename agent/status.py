@@ -23,8 +23,13 @@ PENDING = types_pb2.SYNC_STATUS_PENDING
 UNKNOWN_SYNC = types_pb2.SYNC_STATUS_UNSPECIFIED  # only when the agent cannot compare with Git
 
 _SYNC_SEVERITY = {
-    SYNCED: 0, UNKNOWN_SYNC: 1, PENDING: 1, APPLYING: 2, OUT_OF_SYNC: 3, APPLY_FAILED: 4
-}  # fmt: skip
+    SYNCED: 0,
+    UNKNOWN_SYNC: 1,
+    PENDING: 1,
+    APPLYING: 2,
+    OUT_OF_SYNC: 3,
+    APPLY_FAILED: 4,
+}
 
 
 Health: TypeAlias = health.Health  # the names the fields' own names hide inside the classes

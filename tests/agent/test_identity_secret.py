@@ -21,7 +21,9 @@ from tests.support import certlife
 
 pytestmark = pytest.mark.cluster
 
-NAMESPACE = kube.ResourceType("", "v1", "Namespace", "namespaces", False)
+NAMESPACE = kube.ResourceType(
+    group="", version="v1", kind="Namespace", plural="namespaces", namespaced=False
+)
 
 
 @pytest.fixture
@@ -81,9 +83,15 @@ async def test_a_renewed_certificate_is_kept_in_the_identity_secret(
             stop.set()
 
         await identity.keep_renewed(
-            state=root, address=hub.address, current=lambda: me, renewed=renewed, stop=stop,
-            clock=certlife.StepClock(me.renewal_due), client=cluster, secret=ref,
-        )  # fmt: skip
-    secret = await cluster.get(identity._SECRET, namespace, "identity")
+            state=root,
+            address=hub.address,
+            current=lambda: me,
+            renewed=renewed,
+            stop=stop,
+            clock=certlife.StepClock(me.renewal_due),
+            client=cluster,
+            secret=ref,
+        )
+    secret = await cluster.get(identity._SECRET, namespace=namespace, name="identity")
     assert secret is not None
     assert base64.b64decode(secret["data"]["agent.crt"]) == seen[0].cert_pem != me.cert_pem
