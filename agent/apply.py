@@ -18,10 +18,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from fleetops.agent import errors, explain, health, inventory, kube, manifests, order, prune
+from fleetops.agent import errors, explain, health, ids, inventory, kube, manifests, order, prune
 from fleetops.agent import status as st
 from fleetops.agent.context import Context
-from fleetops.agent.prepare import Plan, Prepared
+from fleetops.agent.prepare import Plan, Prepared, Target
 from fleetops.proto.v1 import types_pb2
 
 PASSING = (health.HEALTHY, health.SUSPENDED)
@@ -34,7 +34,7 @@ async def apply_plan(
     bundle: types_pb2.Bundle,
     policy: types_pb2.SyncPolicy,
     *,
-    digest: str,
+    target: Target,
     previous: inventory.Inventory | None,
     plan: Plan,
     allow_mass_prune: bool,
@@ -47,15 +47,15 @@ async def apply_plan(
     # Record the union before touching anything: a crash mid-apply must never make the
     # agent forget an object it applied.
     await ctx.inventories.save(
-        app=bundle.app,
-        revision=bundle.revision,
-        bundle_digest="",
+        app=target.app,
+        revision=target.revision,
+        bundle_digest=ids.Digest(""),
         entries=old_entries | new_entries,
     )
     results, live, halted = await _apply_waves(ctx, plan=plan, force=policy.force_conflicts)
     for key, obj in live.items():
         results[key] = dataclasses.replace(results[key], health=health.assess(obj))
-        ctx.remember(bundle.app, key=key, desired=by_key[key].obj, live=obj)
+        ctx.remember(target.app, key=key, desired=by_key[key].obj, live=obj)
 
     all_results = plan.failures + [results[p.key] for p in plan.prepared]
     complete = not halted and not any(r.failed for r in all_results)
@@ -83,7 +83,7 @@ async def apply_plan(
         )
     ) is not None:
         keep_all(f"not pruned: prune held, it {hold.share()}")
-        held = hold.reason(app=bundle.app, cluster=ctx.options.cluster)
+        held = hold.reason(app=target.app, cluster=ctx.options.cluster)
     else:
         prune_results, kept = await prune.prune(
             ctx.kube,
@@ -94,9 +94,9 @@ async def apply_plan(
         )
 
     await ctx.inventories.save(
-        app=bundle.app,
-        revision=bundle.revision,
-        bundle_digest=digest if complete else "",
+        app=target.app,
+        revision=target.revision,
+        bundle_digest=target.digest if complete else ids.Digest(""),
         entries=(new_entries if complete else old_entries | new_entries) | set(kept),
     )
     reason = ""
@@ -107,9 +107,9 @@ async def apply_plan(
     elif held:
         reason = held
     return st.AppResult.rolled_up(
-        app=bundle.app,
-        revision=bundle.revision,
-        bundle_digest=digest,
+        app=target.app,
+        revision=target.revision,
+        bundle_digest=target.digest,
         results=all_results + prune_results,
         reason=reason,
         sync=st.APPLY_FAILED if halted else None,

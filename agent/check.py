@@ -18,11 +18,11 @@ import time
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
-from fleetops.agent import apply, drift, errors, explain, health, inventory, kube, manifests
+from fleetops.agent import apply, drift, errors, explain, health, ids, inventory, kube, manifests
 from fleetops.agent import prune as pruning
 from fleetops.agent import status as st
 from fleetops.agent.context import Context
-from fleetops.agent.prepare import Plan, Prepared
+from fleetops.agent.prepare import Plan, Prepared, Target
 from fleetops.proto.v1 import types_pb2
 
 
@@ -32,7 +32,7 @@ async def heal(
     policy: types_pb2.SyncPolicy,
     *,
     plan: Plan,
-    digest: str,
+    target: Target,
     force_heal: bool,
     previous: inventory.Inventory | None,
     allow_mass_prune: bool,
@@ -43,7 +43,7 @@ async def heal(
         bundle,
         policy,
         plan=plan,
-        digest=digest,
+        target=target,
         previous=previous,
         allow_mass_prune=allow_mass_prune,
     )
@@ -63,7 +63,7 @@ async def heal(
         if obj is None:
             replaced[r.key] = dataclasses.replace(applied, drift=r.drift)
             continue
-        ctx.remember(bundle.app, key=r.key, desired=by_key[r.key].obj, live=obj)
+        ctx.remember(target.app, key=r.key, desired=by_key[r.key].obj, live=obj)
         fields = ", ".join(f.path for f in r.drift) or "the object was missing"
         replaced[r.key] = dataclasses.replace(
             applied,
@@ -73,9 +73,9 @@ async def heal(
         )
     results = [replaced.get(r.key, r) for r in result.resources]
     return st.AppResult.rolled_up(
-        app=bundle.app,
-        revision=bundle.revision,
-        bundle_digest=digest,
+        app=target.app,
+        revision=target.revision,
+        bundle_digest=target.digest,
         results=results,
         reason=result.reason if result.prune_held else "",
         healed=sum(1 for r in replaced.values() if r.action == "healed"),
@@ -90,19 +90,19 @@ async def check(
     policy: types_pb2.SyncPolicy,
     *,
     plan: Plan,
-    digest: str,
+    target: Target,
     previous: inventory.Inventory | None,
     allow_mass_prune: bool,
 ) -> st.AppResult:
     """Health and drift of every resource in `plan`, through dry-run. Never writes."""
     live, unreadable = await _fetch_live(ctx, plan.prepared)
-    full = ctx.next_check_is_full(bundle.app)
+    full = ctx.next_check_is_full(target.app)
 
     async def one(p: Prepared) -> st.ResourceResult:
         return await _check_one(
             ctx,
             p,
-            app=bundle.app,
+            app=target.app,
             live=live.get(p.key),
             denied=unreadable.get(p.key),
             full=full,
@@ -123,7 +123,7 @@ async def check(
             note = "no longer in Git; not pruned: the bundle is empty and allowEmpty is off"
         elif hold is not None:
             note = f"no longer in Git; not pruned: prune held, it {hold.share()}"
-            held = hold.reason(app=bundle.app, cluster=ctx.options.cluster)
+            held = hold.reason(app=target.app, cluster=ctx.options.cluster)
         else:
             note = "no longer in Git; the next sync prunes it"
         results += [
@@ -131,9 +131,9 @@ async def check(
         ]
     held = "" if plan.failures or any(r.failed for r in results) else held
     return st.AppResult.rolled_up(
-        app=bundle.app,
-        revision=bundle.revision,
-        bundle_digest=digest,
+        app=target.app,
+        revision=target.revision,
+        bundle_digest=target.digest,
         results=plan.failures + results,
         reason=held,
         prune_held=bool(held),
@@ -144,7 +144,7 @@ async def _check_one(
     ctx: Context,
     p: Prepared,
     *,
-    app: str,
+    app: ids.AppName,
     live: dict[str, Any] | None,
     denied: errors.Forbidden | None,
     full: bool,
@@ -254,7 +254,7 @@ async def _fetch_live(
     return live, denied
 
 
-async def inventory_health(ctx: Context, app: str) -> st.AppResult | None:
+async def inventory_health(ctx: Context, app: ids.AppName) -> st.AppResult | None:
     """Health of what the in-cluster inventory lists, when no bundle is at hand (a new
     agent pod, another machine). Drift cannot be checked without the bundle, and the
     result says so. None when the cluster has no inventory for the app."""

@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from fleetops.agent import errors, explain, inventory, kube, manifests
+from fleetops.agent import errors, explain, ids, inventory, kube, manifests
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -26,7 +26,7 @@ class Options:
     )
     # The cluster's name in the fleet, for messages that tell an operator what to run on the
     # hub (e.g. to allow a held prune); empty when the agent runs without a hub.
-    cluster: str = ""
+    cluster: ids.ClusterName = ids.ClusterName("")
 
 
 def fingerprint(obj: Mapping[str, Any]) -> str:
@@ -42,11 +42,16 @@ class Context:
         self.options = options
         self.inventories = inventory.Store(client, options.inventory_namespace)
         # app -> key -> (fingerprint of the desired object, live resourceVersion) last seen in sync
-        self._in_sync: dict[str, dict[manifests.Key, tuple[str, str]]] = {}
-        self._checks: dict[str, int] = {}
+        self._in_sync: dict[ids.AppName, dict[manifests.Key, tuple[str, str]]] = {}
+        self._checks: dict[ids.AppName, int] = {}
 
     def remember(
-        self, app: str, *, key: manifests.Key, desired: Mapping[str, Any], live: Mapping[str, Any]
+        self,
+        app: ids.AppName,
+        *,
+        key: manifests.Key,
+        desired: Mapping[str, Any],
+        live: Mapping[str, Any],
     ) -> None:
         """`live` matches `desired`: until its resourceVersion changes it needs no dry-run."""
         rv = str((live.get("metadata") or {}).get("resourceVersion") or "")
@@ -54,11 +59,16 @@ class Context:
             self._in_sync.setdefault(app, {})[key] = (fingerprint(desired), rv)
 
     def known_in_sync(
-        self, app: str, *, key: manifests.Key, desired: Mapping[str, Any], live_version: str
+        self,
+        app: ids.AppName,
+        *,
+        key: manifests.Key,
+        desired: Mapping[str, Any],
+        live_version: str,
     ) -> bool:
         return self._in_sync.get(app, {}).get(key) == (fingerprint(desired), live_version)
 
-    def next_check_is_full(self, app: str) -> bool:
+    def next_check_is_full(self, app: ids.AppName) -> bool:
         """Count a check of `app`; every `full_check_every`th dry-runs every object."""
         count = self._checks.get(app, 0) + 1
         self._checks[app] = count

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from fleetops.agent import errors
+from fleetops.agent import errors, ids
 
 RENEW_AT = 2 / 3  # of the certificate's lifetime
 EXPIRY_MARGIN = 3600.0  # a certificate this close to its end (or a tenth of its life) is spent
@@ -27,7 +27,7 @@ EXPIRY_MARGIN = 3600.0  # a certificate this close to its end (or a tenth of its
 class Identity:
     """An agent's credentials for the hub; `cluster` is its name in the fleet."""
 
-    cluster: str
+    cluster: ids.ClusterName
     key_pem: bytes
     cert_pem: bytes
     ca_pem: bytes

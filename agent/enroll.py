@@ -18,7 +18,7 @@ import grpc
 from cryptography import exceptions, x509
 from cryptography.hazmat.primitives import serialization
 
-from fleetops.agent import credentials, errors, keystore
+from fleetops.agent import credentials, errors, ids, keystore
 from fleetops.agent.credentials import Identity
 from fleetops.proto.v1 import agent_pb2, agent_pb2_grpc
 
@@ -132,7 +132,7 @@ def register(
     finally:
         channel.close()
     me = Identity(
-        cluster=resp.cluster,
+        cluster=ids.ClusterName(resp.cluster),
         key_pem=key_pem,
         cert_pem=resp.certificate_pem,
         ca_pem=resp.ca_pem or ca_pem,

@@ -23,7 +23,7 @@ import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
-from fleetops.agent import manifests
+from fleetops.agent import ids, manifests
 
 INVENTORY_MARK = "fleetops.io/inventory"  # label (or annotation) on every inventory ConfigMap
 PRUNE_NAMESPACE_ANNOTATION = "fleetops.io/prune-namespace"
@@ -113,7 +113,7 @@ class MassPrune:
             f"would delete {self.would_delete} of {self.total} objects ({shown}% > {self.limit}%)"
         )
 
-    def reason(self, *, app: str, cluster: str) -> str:
+    def reason(self, *, app: ids.AppName, cluster: ids.ClusterName) -> str:
         if cluster:
             how = f"`fleetops-hub sync {app} --cluster {cluster} --allow-mass-prune`"
         else:  # run without a hub (`fleetops-agent apply`)

@@ -15,7 +15,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from fleetops.agent import errors, guard, kube, manifests
+from fleetops.agent import errors, guard, ids, kube, manifests
 
 DATA_KEY = "inventory.json"
 PSA_ENFORCE = "pod-security.kubernetes.io/enforce"
@@ -35,16 +35,16 @@ class Entry:
 
 @dataclasses.dataclass(frozen=True)
 class Inventory:
-    app: str
-    revision: str
-    bundle_digest: str
+    app: ids.AppName
+    revision: ids.Revision
+    bundle_digest: ids.Digest
     entries: tuple[Entry, ...]
 
     def keys(self) -> set[manifests.Key]:
         return {e.key for e in self.entries}
 
 
-def configmap_name(app: str) -> str:
+def configmap_name(app: ids.AppName) -> str:
     return f"fleetops-inventory-{app}"
 
 
@@ -56,7 +56,7 @@ class Store:
         self.namespace = namespace
         self._namespace_exists = False
 
-    async def load(self, app: str) -> Inventory | None:
+    async def load(self, app: ids.AppName) -> Inventory | None:
         cm = await self._client.get(_CONFIGMAP, namespace=self.namespace, name=configmap_name(app))
         if cm is None:
             return None
@@ -76,7 +76,12 @@ class Store:
                 f"inventory ConfigMap {self.namespace}/{configmap_name(app)} is corrupt ({e}); "
                 "delete it and sync again (prune will skip objects it no longer knows)"
             ) from None
-        return Inventory(app, doc.get("revision", ""), doc.get("bundleDigest", ""), entries)
+        return Inventory(
+            app=app,
+            revision=ids.Revision(str(doc.get("revision", ""))),
+            bundle_digest=ids.Digest(str(doc.get("bundleDigest", ""))),
+            entries=entries,
+        )
 
     async def owners(self, *, besides: str) -> dict[manifests.Key, str]:
         """Which app's inventory lists each object, for every app but `besides`: an app
@@ -102,7 +107,12 @@ class Store:
         return out
 
     async def save(
-        self, *, app: str, revision: str, bundle_digest: str, entries: Iterable[Entry]
+        self,
+        *,
+        app: ids.AppName,
+        revision: ids.Revision,
+        bundle_digest: ids.Digest,
+        entries: Iterable[Entry],
     ) -> None:
         await self._ensure_namespace()
         ordered = sorted(

@@ -24,7 +24,7 @@ import time
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from fleetops.agent import credentials, errors, kube
+from fleetops.agent import credentials, errors, ids, kube
 from fleetops.agent.credentials import Identity
 
 log = logging.getLogger("fleetops.agent")
@@ -49,7 +49,7 @@ def load(state: pathlib.Path) -> Identity | None:
         port = int(port_file.read_text()) if port_file.exists() else 0
         key_pem = (d / "agent.key").read_bytes()
         return Identity(
-            cluster=str(cn),
+            cluster=ids.ClusterName(str(cn)),
             key_pem=key_pem,
             cert_pem=cert_pem,
             ca_pem=(d / "ca.crt").read_bytes(),
@@ -153,7 +153,7 @@ async def restore(
     if pin and credentials.ca_pin(files["ca.crt"]) != pin:
         return False
     kept = Identity(
-        cluster="",
+        cluster=ids.ClusterName(""),
         key_pem=files["agent.key"],
         cert_pem=files["agent.crt"],
         ca_pem=files["ca.crt"],

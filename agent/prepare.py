@@ -16,7 +16,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from fleetops.agent import errors, explain, guard, inventory, kube, manifests, order
+from fleetops.agent import errors, explain, guard, ids, inventory, kube, manifests, order
 from fleetops.agent import status as st
 from fleetops.proto import bundles
 from fleetops.proto.v1 import types_pb2
@@ -42,6 +42,24 @@ class Prepared:
         """The namespace this object names when it is a Namespace, else ""."""
         key = self.key
         return key.name if key.kind == "Namespace" and not key.group else ""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Target:
+    """Which app one reconcile works on, at which revision, with which bundle content."""
+
+    app: ids.AppName
+    revision: ids.Revision
+    digest: ids.Digest
+
+    @classmethod
+    def of(cls, bundle: types_pb2.Bundle) -> Target:
+        """Where these ids enter the agent: the bundle's protobuf strings."""
+        return cls(
+            app=ids.AppName(bundle.app),
+            revision=ids.Revision(bundle.revision),
+            digest=ids.Digest(bundles.digest(bundle)),
+        )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -181,7 +199,7 @@ class Planner:
         return Prepared(resource, rt)
 
 
-async def unclaimed(inventories: inventory.Store, *, app: str, plan: Plan) -> Plan:
+async def unclaimed(inventories: inventory.Store, *, app: ids.AppName, plan: Plan) -> Plan:
     """`plan` less the objects another app's inventory lists (Namespaces excepted: apps
     may share one, and the namespace prune guard keeps it while anything else is in it).
     Each is refused by name: taking it over would let this app change and later prune

@@ -18,9 +18,19 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-from fleetops.agent import apply, check, context, errors, explain, inventory, kube, prepare, prune
+from fleetops.agent import (
+    apply,
+    check,
+    context,
+    errors,
+    explain,
+    ids,
+    inventory,
+    kube,
+    prepare,
+    prune,
+)
 from fleetops.agent import status as st
-from fleetops.proto import bundles
 from fleetops.proto.v1 import types_pb2
 
 Options = context.Options
@@ -78,13 +88,14 @@ class Reconciler:
         """Health and drift of every resource, through dry-run. Never writes."""
 
         async def work() -> st.AppResult:
-            previous = await self.inventories.load(bundle.app)
+            target = prepare.Target.of(bundle)
+            previous = await self.inventories.load(target.app)
             return await check.check(
                 self._ctx,
                 bundle,
                 policy,
                 plan=await self._planner.plan(bundle),
-                digest=bundles.digest(bundle),
+                target=target,
                 previous=previous,
                 allow_mass_prune=allow_mass_prune,
             )
@@ -101,13 +112,14 @@ class Reconciler:
         """`check`, then re-apply what drifted when the policy has selfHeal."""
 
         async def work() -> st.AppResult:
-            previous = await self.inventories.load(bundle.app)
+            target = prepare.Target.of(bundle)
+            previous = await self.inventories.load(target.app)
             return await check.heal(
                 self._ctx,
                 bundle,
                 policy,
                 plan=await self._planner.plan(bundle),
-                digest=bundles.digest(bundle),
+                target=target,
                 force_heal=False,
                 previous=previous,
                 allow_mass_prune=allow_mass_prune,
@@ -118,7 +130,7 @@ class Reconciler:
     async def inventory_health(self, app: str) -> st.AppResult | None:
         """Health of what the in-cluster inventory lists, when no bundle is at hand; None when
         the cluster has no inventory for the app (see `agent.check.inventory_health`)."""
-        return await check.inventory_health(self._ctx, app)
+        return await check.inventory_health(self._ctx, ids.AppName(app))
 
     async def wait_healthy(
         self,
@@ -143,11 +155,12 @@ class Reconciler:
         try:
             return await work()
         except errors.AgentError as e:
+            target = prepare.Target.of(bundle)
             return explain.app_failure(
                 e,
-                app=bundle.app,
-                revision=bundle.revision,
-                bundle_digest=bundles.digest(bundle),
+                app=target.app,
+                revision=target.revision,
+                bundle_digest=target.digest,
                 app_namespace=bundle.namespace,
                 agent_namespace=self.options.inventory_namespace,
                 cluster=self.options.cluster,
@@ -161,16 +174,18 @@ class Reconciler:
         explicit: bool,
         allow_mass_prune: bool,
     ) -> st.AppResult:
-        digest = bundles.digest(bundle)
-        previous = await self.inventories.load(bundle.app)
+        target = prepare.Target.of(bundle)
+        previous = await self.inventories.load(target.app)
         plan = await self._planner.plan(bundle)
-        if _settled(previous, digest=digest, plan=plan, policy=policy, allowed=allow_mass_prune):
+        if _settled(
+            previous, digest=target.digest, plan=plan, policy=policy, allowed=allow_mass_prune
+        ):
             return await check.heal(
                 self._ctx,
                 bundle,
                 policy,
                 plan=plan,
-                digest=digest,
+                target=target,
                 force_heal=explicit,
                 previous=previous,
                 allow_mass_prune=allow_mass_prune,
@@ -179,9 +194,9 @@ class Reconciler:
             self._ctx,
             bundle,
             policy,
-            digest=digest,
+            target=target,
             previous=previous,
-            plan=await prepare.unclaimed(self.inventories, app=bundle.app, plan=plan),
+            plan=await prepare.unclaimed(self.inventories, app=target.app, plan=plan),
             allow_mass_prune=allow_mass_prune,
         )
 
@@ -189,7 +204,7 @@ class Reconciler:
 def _settled(
     previous: inventory.Inventory | None,
     *,
-    digest: str,
+    digest: ids.Digest,
     plan: prepare.Plan,
     policy: types_pb2.SyncPolicy,
     allowed: bool,

@@ -11,7 +11,7 @@ from typing import TypeAlias
 
 from google.protobuf import timestamp_pb2
 
-from fleetops.agent import drift, health, manifests
+from fleetops.agent import drift, health, ids, manifests
 from fleetops.proto.v1 import types_pb2
 
 Sync: TypeAlias = types_pb2.SyncStatus.ValueType
@@ -198,9 +198,9 @@ class ResourceResult:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class AppResult:
-    app: str
-    revision: str
-    bundle_digest: str
+    app: ids.AppName
+    revision: ids.Revision
+    bundle_digest: ids.Digest
     sync: Sync
     health: health.Status
     reason: str
@@ -226,9 +226,9 @@ class AppResult:
     def rolled_up(
         cls,
         *,
-        app: str,
-        revision: str,
-        bundle_digest: str,
+        app: ids.AppName,
+        revision: ids.Revision,
+        bundle_digest: ids.Digest,
         results: Sequence[ResourceResult],
         reason: str = "",
         sync: Sync | None = None,
@@ -255,7 +255,13 @@ class AppResult:
 
     @classmethod
     def unreconciled(
-        cls, *, app: str, revision: str, bundle_digest: str, reason: str, retry_soon: bool = False
+        cls,
+        *,
+        app: ids.AppName,
+        revision: ids.Revision,
+        bundle_digest: ids.Digest,
+        reason: str,
+        retry_soon: bool = False,
     ) -> AppResult:
         """An app that could not be reconciled at all: ApplyFailed, health Unknown, no
         resources."""
