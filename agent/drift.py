@@ -20,7 +20,7 @@ _IGNORED_TOP = {"status"}
 _IGNORED_META = {"managedFields", "resourceVersion", "generation", "creationTimestamp", "uid"}
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Field:
     path: str
     desired: str
@@ -37,7 +37,7 @@ _MISSING = object()
 
 
 def diff(
-    desired: Mapping[str, Any], live: Mapping[str, Any], *, secret: bool = False
+    *, desired: Mapping[str, Any], live: Mapping[str, Any], secret: bool = False
 ) -> list[Field]:
     """Drifted fields between the dry-run result (`desired`) and the live object."""
     out: list[Field] = []
@@ -48,10 +48,10 @@ def diff(
         if key == "metadata" and isinstance(d, Mapping) and isinstance(v, Mapping):
             d = {k: x for k, x in d.items() if k not in _IGNORED_META}
             v = {k: x for k, x in v.items() if k not in _IGNORED_META}
-        _walk(key, d, v, out)
+        _walk(key, d=d, v=v, out=out)
     if secret:
         out = [
-            Field(f.path, REDACTED, REDACTED)
+            Field(path=f.path, desired=REDACTED, live=REDACTED)
             if f.path.split(".")[0].split("[")[0] in ("data", "stringData")
             else f
             for f in out
@@ -59,10 +59,11 @@ def diff(
     return out
 
 
-def _walk(path: str, d: Any, v: Any, out: list[Field]) -> None:
+def _walk(path: str, *, d: Any, v: Any, out: list[Field]) -> None:
+    """Append to `out` every field where `d` (desired, after dry-run) and `v` (live) differ."""
     if isinstance(d, Mapping) and isinstance(v, Mapping):
         for key in sorted(set(d) | set(v)):
-            _walk(f"{path}.{key}", d.get(key, _MISSING), v.get(key, _MISSING), out)
+            _walk(f"{path}.{key}", d=d.get(key, _MISSING), v=v.get(key, _MISSING), out=out)
         return
     if isinstance(d, list) and isinstance(v, list):
         if _named(d) and _named(v):
@@ -71,15 +72,18 @@ def _walk(path: str, d: Any, v: Any, out: list[Field]) -> None:
             if list(dn) == list(vn) or set(dn) != set(vn):
                 for name in list(dn) + [n for n in vn if n not in dn]:
                     _walk(
-                        f"{path}[name={name}]", dn.get(name, _MISSING), vn.get(name, _MISSING), out
+                        f"{path}[name={name}]",
+                        d=dn.get(name, _MISSING),
+                        v=vn.get(name, _MISSING),
+                        out=out,
                     )
                 return
         if len(d) == len(v):
             for i, (x, y) in enumerate(zip(d, v, strict=True)):
-                _walk(f"{path}[{i}]", x, y, out)
+                _walk(f"{path}[{i}]", d=x, v=y, out=out)
             return
     if d != v:
-        out.append(Field(path, _show(d), _show(v)))
+        out.append(Field(path=path, desired=_show(d), live=_show(v)))
 
 
 def _named(items: Sequence[Any]) -> bool:

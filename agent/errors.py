@@ -75,7 +75,7 @@ class Unreachable(KubeError):
 
 
 class UnknownKind(AgentError):
-    def __init__(self, api_version: str, kind: str) -> None:
+    def __init__(self, *, api_version: str, kind: str) -> None:
         super().__init__(
             f"the cluster serves no kind {kind} in {api_version}: install its CRD first "
             "(or put the CRD in the same bundle), or fix apiVersion/kind"

@@ -9,10 +9,15 @@ that will not come. Pure: it never calls the cluster, and never puts object cont
 
 from __future__ import annotations
 
-from fleetops.agent import errors
+from fleetops.agent import errors, ids
 from fleetops.agent import status as st
 
 APPLY_ROLE = "fleetops-agent-apply"  # the ClusterRole a least-privilege install binds per namespace
+
+
+def first_line(text: str) -> str:
+    """The first line of an error's text (API server messages can run to many lines)."""
+    return text.strip().splitlines()[0] if text.strip() else "no message"
 
 
 def _cluster(cluster: str) -> str:
@@ -60,12 +65,12 @@ def forbidden(
 def app_failure(
     e: errors.AgentError,
     *,
-    app: str,
-    revision: str,
-    bundle_digest: str,
+    app: ids.AppName,
+    revision: ids.Revision,
+    bundle_digest: ids.Digest,
     app_namespace: str,
     agent_namespace: str,
-    cluster: str,
+    cluster: ids.ClusterName,
 ) -> st.AppResult:
     """The result of an app the agent could not reconcile at all: ApplyFailed, health
     Unknown (nothing could be looked at), and the reason. An API server that did not answer
@@ -82,6 +87,6 @@ def app_failure(
         soon = e.status == 429 or e.status >= 500
     else:
         reason, soon = str(e), False
-    return st.failure(
+    return st.AppResult.unreconciled(
         app=app, revision=revision, bundle_digest=bundle_digest, reason=reason, retry_soon=soon
     )

@@ -23,7 +23,7 @@ import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
-from fleetops.agent import manifests
+from fleetops.agent import ids, manifests
 
 INVENTORY_MARK = "fleetops.io/inventory"  # label (or annotation) on every inventory ConfigMap
 PRUNE_NAMESPACE_ANNOTATION = "fleetops.io/prune-namespace"
@@ -32,8 +32,8 @@ DEFAULT_MAX_PRUNE_PERCENT = 50
 
 # Made by Kubernetes in every namespace; never a sign that someone else uses it.
 _AUTOMATIC = {
-    manifests.Key("", "ConfigMap", "", "kube-root-ca.crt"),
-    manifests.Key("", "ServiceAccount", "", "default"),
+    manifests.Key(group="", kind="ConfigMap", namespace="", name="kube-root-ca.crt"),
+    manifests.Key(group="", kind="ServiceAccount", namespace="", name="default"),
 }
 
 
@@ -113,7 +113,7 @@ class MassPrune:
             f"would delete {self.would_delete} of {self.total} objects ({shown}% > {self.limit}%)"
         )
 
-    def reason(self, *, app: str, cluster: str) -> str:
+    def reason(self, *, app: ids.AppName, cluster: ids.ClusterName) -> str:
         if cluster:
             how = f"`fleetops-hub sync {app} --cluster {cluster} --allow-mass-prune`"
         else:  # run without a hub (`fleetops-agent apply`)
@@ -185,7 +185,10 @@ def key_of(obj: Mapping[str, Any]) -> manifests.Key:
     meta = obj.get("metadata") or {}
     group = str(obj.get("apiVersion") or "").rpartition("/")[0]
     return manifests.Key(
-        group, str(obj.get("kind") or ""), str(meta.get("namespace") or ""), str(meta["name"])
+        group=group,
+        kind=str(obj.get("kind") or ""),
+        namespace=str(meta.get("namespace") or ""),
+        name=str(meta["name"]),
     )
 
 

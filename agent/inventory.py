@@ -15,12 +15,16 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from fleetops.agent import errors, guard, kube, manifests
+from fleetops.agent import errors, guard, ids, kube, manifests
 
 DATA_KEY = "inventory.json"
 PSA_ENFORCE = "pod-security.kubernetes.io/enforce"
-_CONFIGMAP = kube.ResourceType("", "v1", "ConfigMap", "configmaps", namespaced=True)
-_NAMESPACE = kube.ResourceType("", "v1", "Namespace", "namespaces", namespaced=False)
+_CONFIGMAP = kube.ResourceType(
+    group="", version="v1", kind="ConfigMap", plural="configmaps", namespaced=True
+)
+_NAMESPACE = kube.ResourceType(
+    group="", version="v1", kind="Namespace", plural="namespaces", namespaced=False
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,16 +35,16 @@ class Entry:
 
 @dataclasses.dataclass(frozen=True)
 class Inventory:
-    app: str
-    revision: str
-    bundle_digest: str
+    app: ids.AppName
+    revision: ids.Revision
+    bundle_digest: ids.Digest
     entries: tuple[Entry, ...]
 
     def keys(self) -> set[manifests.Key]:
         return {e.key for e in self.entries}
 
 
-def configmap_name(app: str) -> str:
+def configmap_name(app: ids.AppName) -> str:
     return f"fleetops-inventory-{app}"
 
 
@@ -52,14 +56,19 @@ class Store:
         self.namespace = namespace
         self._namespace_exists = False
 
-    async def load(self, app: str) -> Inventory | None:
-        cm = await self._client.get(_CONFIGMAP, self.namespace, configmap_name(app))
+    async def load(self, app: ids.AppName) -> Inventory | None:
+        cm = await self._client.get(_CONFIGMAP, namespace=self.namespace, name=configmap_name(app))
         if cm is None:
             return None
         try:
             doc = json.loads((cm.get("data") or {}).get(DATA_KEY, "{}"))
             entries = tuple(
-                Entry(manifests.Key(e["group"], e["kind"], e["namespace"], e["name"]), e["version"])
+                Entry(
+                    manifests.Key(
+                        group=e["group"], kind=e["kind"], namespace=e["namespace"], name=e["name"]
+                    ),
+                    e["version"],
+                )
                 for e in doc.get("resources", [])
             )
         except (ValueError, KeyError, TypeError) as e:
@@ -67,7 +76,12 @@ class Store:
                 f"inventory ConfigMap {self.namespace}/{configmap_name(app)} is corrupt ({e}); "
                 "delete it and sync again (prune will skip objects it no longer knows)"
             ) from None
-        return Inventory(app, doc.get("revision", ""), doc.get("bundleDigest", ""), entries)
+        return Inventory(
+            app=app,
+            revision=ids.Revision(str(doc.get("revision", ""))),
+            bundle_digest=ids.Digest(str(doc.get("bundleDigest", ""))),
+            entries=entries,
+        )
 
     async def owners(self, *, besides: str) -> dict[manifests.Key, str]:
         """Which app's inventory lists each object, for every app but `besides`: an app
@@ -84,14 +98,21 @@ class Store:
             try:
                 doc = json.loads((cm.get("data") or {}).get(DATA_KEY, "{}"))
                 for e in doc.get("resources", []):
-                    key = manifests.Key(e["group"], e["kind"], e["namespace"], e["name"])
+                    key = manifests.Key(
+                        group=e["group"], kind=e["kind"], namespace=e["namespace"], name=e["name"]
+                    )
                     out.setdefault(key, app)
             except (ValueError, KeyError, TypeError, AttributeError):
                 continue
         return out
 
     async def save(
-        self, *, app: str, revision: str, bundle_digest: str, entries: Iterable[Entry]
+        self,
+        *,
+        app: ids.AppName,
+        revision: ids.Revision,
+        bundle_digest: ids.Digest,
+        entries: Iterable[Entry],
     ) -> None:
         await self._ensure_namespace()
         ordered = sorted(
@@ -131,7 +152,7 @@ class Store:
     async def _ensure_namespace(self) -> None:
         if self._namespace_exists:
             return
-        if await self._client.get(_NAMESPACE, "", self.namespace) is None:
+        if await self._client.get(_NAMESPACE, namespace="", name=self.namespace) is None:
             # as the install makes it: nothing but the agent runs here, so Pods must be restricted
             meta = {"name": self.namespace, "labels": {PSA_ENFORCE: "restricted"}}
             body = {"apiVersion": "v1", "kind": "Namespace", "metadata": meta}

@@ -49,7 +49,7 @@ class Timeouts:
     read: float = READ_TIMEOUT
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ResourceType:
     group: str
     version: str
@@ -61,7 +61,7 @@ class ResourceType:
     def api_version(self) -> str:
         return f"{self.group}/{self.version}" if self.group else self.version
 
-    def path(self, namespace: str = "", name: str = "") -> str:
+    def path(self, *, namespace: str = "", name: str = "") -> str:
         base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
         if self.namespaced and namespace:
             base += f"/namespaces/{quote(namespace, safe='')}"
@@ -121,11 +121,13 @@ class Kube:
         except exceptions.ApiException as e:
             if not e.status:  # the client reports a TLS failure as an ApiException without one
                 raise self._unreachable(str(e.reason or e).replace("\n", ": ")) from None
-            raise _error(e.status, e.body, e.reason, method, path) from None
+            raise _error(
+                e.status, body=e.body, http_reason=e.reason, method=method, path=path
+            ) from None
         except (transport.HTTPError, OSError) as e:
             raise self._unreachable(_transport_cause(e, self.timeouts)) from None
         if not 200 <= resp.status < 300:
-            raise _error(resp.status, data, resp.reason, method, path)
+            raise _error(resp.status, body=data, http_reason=resp.reason, method=method, path=path)
         return json.loads(data) if data else {}
 
     def _unreachable(self, cause: str) -> errors.Unreachable:
@@ -155,21 +157,27 @@ class Kube:
         for r in doc.get("resources", []):
             if "/" in r["name"]:  # subresources such as deployments/scale
                 continue
-            kinds[r["kind"]] = ResourceType(group, version, r["kind"], r["name"], r["namespaced"])
+            kinds[r["kind"]] = ResourceType(
+                group=group,
+                version=version,
+                kind=r["kind"],
+                plural=r["name"],
+                namespaced=r["namespaced"],
+            )
         self._discovery[group_version] = kinds
         return kinds
 
-    def _resource_type(self, api_version: str, kind: str) -> ResourceType:
+    def _resource_type(self, *, api_version: str, kind: str) -> ResourceType:
         found = self._group_version(api_version).get(kind)
         if found is None:  # maybe a CRD was just established: ask once more
             self._discovery.pop(api_version, None)
             found = self._group_version(api_version).get(kind)
         if found is None:
-            raise errors.UnknownKind(api_version, kind)
+            raise errors.UnknownKind(api_version=api_version, kind=kind)
         return found
 
-    async def resource_type(self, api_version: str, kind: str) -> ResourceType:
-        return await self._run(self._resource_type, api_version, kind)
+    async def resource_type(self, *, api_version: str, kind: str) -> ResourceType:
+        return await self._run(self._resource_type, api_version=api_version, kind=kind)
 
     def _preferred_version(self, group: str) -> str:
         if not group:
@@ -179,13 +187,15 @@ class Kube:
                 doc = self._call("GET", f"/apis/{group}")
                 self._preferred[group] = doc["preferredVersion"]["version"]
             except errors.NotFound:
-                raise errors.UnknownKind(group, "(any)") from None
+                raise errors.UnknownKind(api_version=group, kind="(any)") from None
         return self._preferred[group]
 
-    async def resource_type_for_group(self, group: str, kind: str) -> ResourceType:
+    async def resource_type_for_group(self, *, group: str, kind: str) -> ResourceType:
         """The preferred version's type for (group, kind): what prune and status use."""
         version = await self._run(self._preferred_version, group)
-        return await self.resource_type(f"{group}/{version}" if group else version, kind)
+        return await self.resource_type(
+            api_version=f"{group}/{version}" if group else version, kind=kind
+        )
 
     def forget_discovery(self) -> None:
         self._discovery.clear()
@@ -193,9 +203,9 @@ class Kube:
 
     # ------------------------------------------------------------ verbs
 
-    async def get(self, rt: ResourceType, namespace: str, name: str) -> dict[str, Any] | None:
+    async def get(self, rt: ResourceType, *, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return await self._run(self._call, "GET", rt.path(namespace, name))
+            return await self._run(self._call, "GET", rt.path(namespace=namespace, name=name))
         except errors.NotFound:
             return None
 
@@ -203,7 +213,9 @@ class Kube:
         self, rt: ResourceType, namespace: str = "", *, label_selector: str = ""
     ) -> list[dict[str, Any]]:
         query = [("labelSelector", label_selector)] if label_selector else []
-        doc = await self._run(self._call, "GET", rt.path(namespace), query=query, count_as="LIST")
+        doc = await self._run(
+            self._call, "GET", rt.path(namespace=namespace), query=query, count_as="LIST"
+        )
         items: list[dict[str, Any]] = doc.get("items", [])
         for item in items:  # list items carry no apiVersion/kind
             item.setdefault("apiVersion", rt.api_version)
@@ -222,7 +234,7 @@ class Kube:
         return await self._run(
             self._call,
             "PATCH",
-            rt.path(str(meta.get("namespace") or ""), str(meta["name"])),
+            rt.path(namespace=str(meta.get("namespace") or ""), name=str(meta["name"])),
             query=query,
             body=json.dumps(obj),
             content_type="application/apply-patch+yaml",
@@ -231,18 +243,20 @@ class Kube:
 
     async def create(self, rt: ResourceType, obj: Mapping[str, Any]) -> dict[str, Any]:
         ns = str(obj["metadata"].get("namespace") or "")
-        return await self._run(self._call, "POST", rt.path(ns), body=dict(obj))
+        return await self._run(self._call, "POST", rt.path(namespace=ns), body=dict(obj))
 
     async def replace(self, rt: ResourceType, obj: Mapping[str, Any]) -> dict[str, Any]:
         meta = obj["metadata"]
-        path = rt.path(str(meta.get("namespace") or ""), str(meta["name"]))
+        path = rt.path(namespace=str(meta.get("namespace") or ""), name=str(meta["name"]))
         return await self._run(self._call, "PUT", path, body=dict(obj))
 
-    async def delete(self, rt: ResourceType, namespace: str, name: str) -> bool:
+    async def delete(self, rt: ResourceType, *, namespace: str, name: str) -> bool:
         """Delete in the background (dependents go too); False when it was already gone."""
         body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
         try:
-            await self._run(self._call, "DELETE", rt.path(namespace, name), body=body)
+            await self._run(
+                self._call, "DELETE", rt.path(namespace=namespace, name=name), body=body
+            )
         except errors.NotFound:
             return False
         return True
@@ -288,7 +302,7 @@ _CONFLICT_MANAGER = re.compile(r'conflicts? with "([^"]+)"')
 
 
 def _error(
-    status: int | None, body: Any, http_reason: Any, method: str, path: str
+    status: int | None, *, body: Any, http_reason: Any, method: str, path: str
 ) -> errors.KubeError:
     """The Status object the API server sent, as one of our errors."""
     message = ""

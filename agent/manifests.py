@@ -18,7 +18,7 @@ from fleetops.proto.v1 import types_pb2
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Key:
     """What identifies an object in a cluster, independent of its API version."""
 
@@ -66,7 +66,7 @@ class Resource:
 
     @property
     def key(self) -> Key:
-        return Key(self.group, self.kind, self.namespace, self.name)
+        return Key(group=self.group, kind=self.kind, namespace=self.namespace, name=self.name)
 
     @property
     def annotations(self) -> Mapping[str, str]:
@@ -98,7 +98,7 @@ class Parsed:
     problems: list[Problem]
 
 
-def parse(source: str, text: str) -> Parsed:
+def parse(*, source: str, text: str) -> Parsed:
     """Parse one file of YAML documents; `List` objects are expanded into their items.
 
     Through the bounded loader: a document whose aliases, depth or size go over its caps (an
@@ -162,7 +162,7 @@ def parse_bundle(bundle: types_pb2.Bundle) -> Parsed:
     resources: list[Resource] = []
     problems: list[Problem] = []
     for manifest in bundle.manifests:
-        parsed = parse(manifest.source, manifest.yaml)
+        parsed = parse(source=manifest.source, text=manifest.yaml)
         resources += parsed.resources
         problems += parsed.problems
     return Parsed(resources, problems)

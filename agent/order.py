@@ -19,13 +19,24 @@ WAVE_ANNOTATIONS = ("fleetops.io/sync-wave", "argocd.argoproj.io/sync-wave")
 _TIERS: tuple[frozenset[str], ...] = (
     frozenset(
         {
-            "PriorityClass", "StorageClass", "PodSecurityPolicy", "ServiceAccount", "Secret",
-            "ConfigMap", "LimitRange", "ResourceQuota", "PersistentVolume",
-            "PersistentVolumeClaim", "NetworkPolicy", "ClusterRole", "Role", "IngressClass",
+            "PriorityClass",
+            "StorageClass",
+            "PodSecurityPolicy",
+            "ServiceAccount",
+            "Secret",
+            "ConfigMap",
+            "LimitRange",
+            "ResourceQuota",
+            "PersistentVolume",
+            "PersistentVolumeClaim",
+            "NetworkPolicy",
+            "ClusterRole",
+            "Role",
+            "IngressClass",
         }
     ),
     frozenset({"ClusterRoleBinding", "RoleBinding", "Service", "Endpoints", "EndpointSlice"}),
-)  # fmt: skip
+)
 FIRST_KINDS = (("", "Namespace"), ("apiextensions.k8s.io", "CustomResourceDefinition"))
 
 

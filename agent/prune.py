@@ -1,12 +1,14 @@
 """Deletes what left an app's bundle, and only what the app may delete.
 
-The reconciler calls `prune` with the inventory entries that are no longer in Git, after a
-complete apply. Each one is looked up first: an object already gone is forgotten, one marked
-`fleetops.io/prune: disabled` or taken over by another field manager stays, one the app may
-not touch (`agent.guard.refusal`: the agent's own namespace, an inventory) is never deleted and
-no longer tracked, and a Namespace goes only when nothing in it is someone else's (or it
-carries `fleetops.io/prune-namespace: force`). Order is `agent.order.prune_order`: workloads
-first, Namespaces last, so the Namespace check sees what the app's own deletions left.
+`held_back` says whether a prune is too big to run without an operator's allowance (the
+app's maxPrunePercent, `agent.guard.MassPrune`). The reconciler calls `prune` with the
+inventory entries that are no longer in Git, after a complete apply. Each one is looked up
+first: an object already gone is forgotten, one marked `fleetops.io/prune: disabled` or taken
+over by another field manager stays, one the app may not touch (`agent.guard.refusal`: the
+agent's own namespace, an inventory) is never deleted and no longer tracked, and a Namespace
+goes only when nothing in it is someone else's (or it carries
+`fleetops.io/prune-namespace: force`). Order is `agent.order.prune_order`: workloads first,
+Namespaces last, so the Namespace check sees what the app's own deletions left.
 
 It must never delete an object the checks above did not clear, and never put Secret content
 anywhere: the Namespace check lists Secrets for their names only.
@@ -15,43 +17,66 @@ anywhere: the Namespace check lists Secrets for their names only.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from fleetops.agent import errors, guard, health, inventory, kube, manifests, order
+from fleetops.agent import errors, explain, guard, health, inventory, kube, manifests, order
 from fleetops.agent import status as st
+from fleetops.proto.v1 import types_pb2
 
 PRUNE_ANNOTATION = "fleetops.io/prune"
 
 
-def _rt(group: str, version: str, kind: str, plural: str) -> kube.ResourceType:
-    return kube.ResourceType(group, version, kind, plural, namespaced=True)
+def _rt(*, group: str, version: str, kind: str, plural: str) -> kube.ResourceType:
+    return kube.ResourceType(
+        group=group, version=version, kind=kind, plural=plural, namespaced=True
+    )
 
 
 # What a Namespace about to be pruned is searched for: objects fleetops did not apply.
 NAMESPACE_CONTENTS = (
-    _rt("", "v1", "ConfigMap", "configmaps"),
-    _rt("", "v1", "Secret", "secrets"),
-    _rt("", "v1", "Pod", "pods"),
-    _rt("", "v1", "Service", "services"),
-    _rt("", "v1", "ServiceAccount", "serviceaccounts"),
-    _rt("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
-    _rt("apps", "v1", "Deployment", "deployments"),
-    _rt("apps", "v1", "StatefulSet", "statefulsets"),
-    _rt("apps", "v1", "DaemonSet", "daemonsets"),
-    _rt("apps", "v1", "ReplicaSet", "replicasets"),
-    _rt("batch", "v1", "Job", "jobs"),
-    _rt("batch", "v1", "CronJob", "cronjobs"),
-    _rt("rbac.authorization.k8s.io", "v1", "Role", "roles"),
-    _rt("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings"),
-    _rt("networking.k8s.io", "v1", "Ingress", "ingresses"),
-    _rt("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"),
-    _rt("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets"),
+    _rt(group="", version="v1", kind="ConfigMap", plural="configmaps"),
+    _rt(group="", version="v1", kind="Secret", plural="secrets"),
+    _rt(group="", version="v1", kind="Pod", plural="pods"),
+    _rt(group="", version="v1", kind="Service", plural="services"),
+    _rt(group="", version="v1", kind="ServiceAccount", plural="serviceaccounts"),
+    _rt(group="", version="v1", kind="PersistentVolumeClaim", plural="persistentvolumeclaims"),
+    _rt(group="apps", version="v1", kind="Deployment", plural="deployments"),
+    _rt(group="apps", version="v1", kind="StatefulSet", plural="statefulsets"),
+    _rt(group="apps", version="v1", kind="DaemonSet", plural="daemonsets"),
+    _rt(group="apps", version="v1", kind="ReplicaSet", plural="replicasets"),
+    _rt(group="batch", version="v1", kind="Job", plural="jobs"),
+    _rt(group="batch", version="v1", kind="CronJob", plural="cronjobs"),
+    _rt(group="rbac.authorization.k8s.io", version="v1", kind="Role", plural="roles"),
+    _rt(group="rbac.authorization.k8s.io", version="v1", kind="RoleBinding", plural="rolebindings"),
+    _rt(group="networking.k8s.io", version="v1", kind="Ingress", plural="ingresses"),
+    _rt(
+        group="autoscaling",
+        version="v2",
+        kind="HorizontalPodAutoscaler",
+        plural="horizontalpodautoscalers",
+    ),
+    _rt(group="policy", version="v1", kind="PodDisruptionBudget", plural="poddisruptionbudgets"),
 )
 
 
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else "no message"
+def held_back(
+    previous: inventory.Inventory | None,
+    *,
+    leftovers: Sequence[inventory.Entry],
+    policy: types_pb2.SyncPolicy,
+    allowed: bool,
+) -> guard.MassPrune | None:
+    """The mass prune a sync must hold back, or None when it may prune. `allowed`: an
+    operator let this bundle prune past the policy's maxPrunePercent."""
+    if previous is None or not leftovers or allowed:
+        return None
+    hold = guard.MassPrune(
+        would_delete=len(leftovers),
+        total=len(previous.entries),
+        limit=guard.max_prune_percent(policy.max_prune_percent),
+    )
+    return hold if hold.held else None
 
 
 def _force_hint(namespace: str) -> str:
@@ -80,7 +105,13 @@ async def prune(
     def stays(e: inventory.Entry, obj: dict[str, Any], message: str) -> None:
         left.add(e.key)
         results.append(
-            st.ResourceResult(e.key, e.version, st.SYNCED, health.assess(obj), message, "kept")
+            st.ResourceResult.kept(
+                key=e.key,
+                version=e.version,
+                reason=message,
+                sync=st.SYNCED,
+                health=health.assess(obj),
+            )
         )
 
     for key in order.prune_order(list(entries)):
@@ -88,18 +119,22 @@ async def prune(
         refused = guard.refusal(key, None, agent_namespace=agent_namespace)
         if refused is not None:  # e.g. an inventory written before apps were confined
             results.append(
-                st.ResourceResult(key, e.version, st.SYNCED, None, refused.on_prune(), "kept")
+                st.ResourceResult.kept(
+                    key=key, version=e.version, reason=refused.on_prune(), sync=st.SYNCED
+                )
             )
             continue
         try:
-            rt = await client.resource_type_for_group(key.group, key.kind)
-            obj = await client.get(rt, key.namespace, key.name)
+            rt = await client.resource_type_for_group(group=key.group, kind=key.kind)
+            obj = await client.get(rt, namespace=key.namespace, name=key.name)
             if obj is None:
                 continue  # already gone: nothing to do, forget it
             refused = guard.refusal(key, obj, agent_namespace=agent_namespace)
             if refused is not None:
                 results.append(
-                    st.ResourceResult(key, e.version, st.SYNCED, None, refused.on_prune(), "kept")
+                    st.ResourceResult.kept(
+                        key=key, version=e.version, reason=refused.on_prune(), sync=st.SYNCED
+                    )
                 )
                 continue
             meta = obj.get("metadata") or {}
@@ -133,29 +168,37 @@ async def prune(
                     if blocked:
                         kept.append(e)
                         results.append(
-                            st.ResourceResult(key, e.version, st.OUT_OF_SYNC, health.assess(obj),
-                                              blocked, "kept")
-                        )  # fmt: skip
+                            st.ResourceResult.kept(
+                                key=key,
+                                version=e.version,
+                                reason=blocked,
+                                health=health.assess(obj),
+                            )
+                        )
                         continue
             if guard.is_crd(key) and not guard.forced(obj):
                 blocked = await _crd_blocked(client, key, obj, owned=owned)
                 if blocked:
                     kept.append(e)
                     results.append(
-                        st.ResourceResult(key, e.version, st.OUT_OF_SYNC, health.assess(obj),
-                                          blocked, "kept")
-                    )  # fmt: skip
+                        st.ResourceResult.kept(
+                            key=key, version=e.version, reason=blocked, health=health.assess(obj)
+                        )
+                    )
                     continue
             pruned.append(obj)
-            await client.delete(rt, key.namespace, key.name)
-            results.append(st.ResourceResult(key, e.version, st.SYNCED, None, message, "pruned"))
+            await client.delete(rt, namespace=key.namespace, name=key.name)
+            results.append(st.ResourceResult.pruned(key=key, version=e.version, reason=message))
         except (errors.KubeError, errors.UnknownKind) as err:
             kept.append(e)
             left.add(key)
             results.append(
-                st.ResourceResult(key, e.version, st.APPLY_FAILED, None,
-                                  f"prune failed: {_first_line(str(err))}", "failed")
-            )  # fmt: skip
+                st.ResourceResult.apply_failed(
+                    key=key,
+                    version=e.version,
+                    reason=f"prune failed: {explain.first_line(str(err))}",
+                )
+            )
     return results, kept
 
 
@@ -169,15 +212,18 @@ async def _crd_blocked(
     if not served or not names.get("plural"):
         return ""
     rt = kube.ResourceType(
-        str(spec.get("group", "")), str(served[0]), str(names.get("kind", "")),
-        str(names["plural"]), namespaced=spec.get("scope", "Namespaced") == "Namespaced",
-    )  # fmt: skip
+        group=str(spec.get("group", "")),
+        version=str(served[0]),
+        kind=str(names.get("kind", "")),
+        plural=str(names["plural"]),
+        namespaced=spec.get("scope", "Namespaced") == "Namespaced",
+    )
     try:
         items = await client.list(rt)
     except errors.KubeError as err:
         return (
             f"left in place: could not check which resources {key} still serves "
-            f"({_first_line(str(err))})"
+            f"({explain.first_line(str(err))})"
         )
     return guard.crd_blocked(key, (guard.key_of(i) for i in items), owned=owned)
 
@@ -201,12 +247,13 @@ async def namespace_blocked(
         if isinstance(found, BaseException):
             return (
                 f"left in place: could not check what Namespace {namespace} holds (list "
-                f"{rt.plural}: {_first_line(str(found))}), and it is pruned only when nothing in "
+                f"{rt.plural}: {explain.first_line(str(found))}), and it is pruned only when "
+                "nothing in "
                 f"it is someone else's: let the agent list {rt.plural} there, or run "
                 f"{_force_hint(namespace)} to prune it with everything inside"
             )
         live += found
-    vanished = await _vanished_owners(client, namespace, live, pruned)
+    vanished = await _vanished_owners(client, namespace, live=live, pruned=pruned)
     blockers = guard.namespace_blockers(
         live, owned=owned, pruned=pruned, vanished=vanished, staying=staying
     )
@@ -216,6 +263,7 @@ async def namespace_blocked(
 async def _vanished_owners(
     client: kube.Kube,
     namespace: str,
+    *,
     live: list[dict[str, Any]],
     pruned: list[dict[str, Any]],
 ) -> set[str]:
@@ -232,8 +280,12 @@ async def _vanished_owners(
 
     async def gone(uid: str, ref: dict[str, Any]) -> bool:
         try:
-            rt = await client.resource_type(str(ref["apiVersion"]), str(ref["kind"]))
-            owner = await client.get(rt, namespace if rt.namespaced else "", str(ref["name"]))
+            rt = await client.resource_type(
+                api_version=str(ref["apiVersion"]), kind=str(ref["kind"])
+            )
+            owner = await client.get(
+                rt, namespace=namespace if rt.namespaced else "", name=str(ref["name"])
+            )
         except errors.UnknownKind:
             return True  # its kind is gone (CRD deleted), and so is every object of it
         except (errors.KubeError, KeyError):

@@ -2,9 +2,9 @@
 
 Its long-running loops run under `proto.supervise.Supervisor` (an error is logged with its
 traceback and the loop starts again after a backoff, 1 s doubling to a minute): the hub
-connection (dial out, send the full state in a Hello, receive assignments, download bundles,
-send reports; reconnect with backoff), the app workers, the resync ticker, certificate renewal,
-keeping the identity in its Secret, and the /healthz server. No failure of one of them stops
+connection (`agent.session`), the app workers (here), the resync ticker, certificate renewal
+(`agent.renewal`), keeping the identity in its Secret, and the /healthz server
+(`agent.probes`). No failure of one of them stops
 the agent: it ends only on SIGTERM/SIGINT, so `fleetops-agent run` exits 0 only then.
 
 Apps are reconciled by workers, one task per app and at most `workers` apps at once, so an app
@@ -24,21 +24,24 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import random
-from typing import Any
 
-import grpc
-
-from fleetops import agent
-from fleetops.agent import errors, health, identity, kube, reconcile, state
+from fleetops.agent import (
+    credentials,
+    errors,
+    health,
+    keystore,
+    kube,
+    probes,
+    reconcile,
+    renewal,
+    session,
+    state,
+)
 from fleetops.agent import status as st
-from fleetops.proto import bundles, supervise
-from fleetops.proto.v1 import agent_pb2, agent_pb2_grpc, types_pb2
+from fleetops.proto import supervise
+from fleetops.proto.v1 import agent_pb2, types_pb2
 
 log = logging.getLogger("fleetops.agent")
-HEARTBEAT = 10.0  # seconds between the agent's heartbeats on the hub stream
-HUB_SILENCE = 25.0  # seconds without a message from the hub (it beats every 10 s): redial
-MAX_MESSAGE = 16 * 1024 * 1024  # gRPC message limit on the hub channel, both ways
 WORKERS = 4  # apps reconciled at once
 
 
@@ -54,20 +57,12 @@ def _same(a: types_pb2.AppReport | None, b: types_pb2.AppReport) -> bool:
     return x == y  # healed_resources is a running total: a new heal is a new report
 
 
-def _without_bundle(a: types_pb2.Assignment) -> types_pb2.Assignment:
-    """The assignment as kept on disk: its bundle is stored on its own."""
-    out = types_pb2.Assignment()
-    out.CopyFrom(a)
-    out.ClearField("bundle")
-    return out
-
-
 class Runner:
     def __init__(
         self,
         *,
         address: str,
-        me: identity.Identity,
+        me: credentials.Identity,
         client: kube.Kube,
         local: state.LocalState,
         options: reconcile.Options,
@@ -75,7 +70,7 @@ class Runner:
         labels: dict[str, str],
         health_listen: str = "",
         identity_secret: str = "",
-        clock: identity.Clock | None = None,
+        clock: renewal.Clock | None = None,
         workers: int = WORKERS,
         stop: asyncio.Event | None = None,
     ) -> None:
@@ -93,7 +88,6 @@ class Runner:
         self.stop = stop or asyncio.Event()
         self.connected = asyncio.Event()
         self.reports: dict[str, types_pb2.AppReport] = {}
-        self._outbox: asyncio.Queue[agent_pb2.AgentMessage] | None = None
         self._dirty: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
         # heals per app since this agent started, sent as a running total: a report lost on a
@@ -103,9 +97,25 @@ class Runner:
         self._slots = asyncio.Semaphore(max(1, workers))
         self._running: dict[str, asyncio.Task[None]] = {}  # app -> its worker
         self._again: set[str] = set()  # dirtied while running: once more after
-        self._probes: asyncio.Server | None = None
-        self._version = ""
         self.supervisor = supervise.Supervisor(self.stop)
+        self.hub = session.HubSession(
+            address=address,
+            identity=lambda: self.me,
+            client=client,
+            local=local,
+            labels=labels,
+            reports=self.reports,
+            enqueue=self.enqueue,
+            stop=self.stop,
+            connected=self.connected,
+        )
+        self.probes = probes.Probes(
+            listen=health_listen,
+            hub=address,
+            stop=self.stop,
+            connected=self.connected,
+            tasks=self._tasks_text,
+        )
 
     # ------------------------------------------------------------ lifecycle
 
@@ -114,9 +124,9 @@ class Runner:
         for stored in self.local.load_all():  # offline first: what we had keeps running
             self.enqueue(stored.assignment.app)
         if self.health_listen:
-            self._probes = await self._bind_probes()  # a bad address ends the agent at once
+            await self.probes.bind()  # a bad address ends the agent at once
         loops = {
-            "hub connection": self._connection_loop,
+            "hub connection": self.hub.run,
             "app workers": self.workers,
             "resync": self._resync_loop,
             "certificate renewal": self._renewal,
@@ -124,7 +134,7 @@ class Runner:
         if self.identity_secret:
             loops["identity secret"] = self._keep_identity
         if self.health_listen:
-            loops["health server"] = self._serve_probes
+            loops["health server"] = self.probes.serve
         for name, factory in loops.items():
             self.supervisor.start(name, factory)
         log.info(
@@ -137,7 +147,7 @@ class Runner:
     async def _keep_identity(self) -> None:
         """Keep the identity in its Secret once (a pod restarted with an empty --state finds it
         there); retried by the supervisor while the API server refuses or does not answer."""
-        await identity.keep(self.local.root, self.kube, self.identity_secret)
+        await keystore.keep(self.local.root, self.kube, secret=self.identity_secret)
         log.info("identity kept in Secret %s", self.identity_secret)
 
     async def _renewal(self) -> None:
@@ -145,10 +155,10 @@ class Runner:
         old certificate; the next connection uses the new one (credentials are built from
         `self.me` on every dial)."""
 
-        def renewed(me: identity.Identity) -> None:
+        def renewed(me: credentials.Identity) -> None:
             self.me = me
 
-        await identity.keep_renewed(
+        await renewal.keep_renewed(
             state=self.local.root,
             address=self.address,
             current=lambda: self.me,
@@ -166,54 +176,6 @@ class Runner:
             + "\n"
             for t in self.supervisor.states.values()
         )
-
-    async def _bind_probes(self) -> asyncio.Server:
-        """/healthz: the agent's loop answers (and how its supervised loops are); /readyz: it
-        is connected to the hub."""
-
-        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            try:
-                line = await asyncio.wait_for(reader.readline(), timeout=5)
-                path = line.split(b" ")[1] if line.count(b" ") >= 2 else b""
-                if path == b"/healthz":
-                    code, text = (
-                        (200, "ok\n" + self._tasks_text())
-                        if not self.stop.is_set()
-                        else (503, "stopping")
-                    )
-                elif path == b"/readyz":
-                    code, text = (
-                        (200, "connected")
-                        if self.connected.is_set()
-                        else (503, f"not connected to the hub at {self.address}")
-                    )
-                else:
-                    code, text = 404, "try /healthz or /readyz"
-                reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}[code]
-                body = (text.rstrip("\n") + "\n").encode()
-                writer.write(
-                    f"HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain\r\n"
-                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-                    + body
-                )
-                await writer.drain()
-            except (TimeoutError, OSError, IndexError):
-                pass
-            finally:
-                writer.close()
-
-        host, _, port = self.health_listen.rpartition(":")
-        if not port.isdigit():
-            raise errors.AgentError(f"--health-listen {self.health_listen!r}: use HOST:PORT")
-        try:
-            return await asyncio.start_server(answer, host.strip("[]") or None, int(port))
-        except OSError as e:
-            raise errors.AgentError(f"--health-listen {self.health_listen}: {e.strerror}") from None
-
-    async def _serve_probes(self) -> None:
-        server, self._probes = self._probes or await self._bind_probes(), None
-        async with server:
-            await server.serve_forever()
 
     def enqueue(self, app: str) -> None:
         if app not in self._queued:
@@ -283,7 +245,7 @@ class Runner:
         report.healed_resources = self._heals[app]
         if not _same(self.reports.get(app), report):
             self.reports[app] = report
-            self._send(agent_pb2.AgentMessage(report=report))
+            self.hub.send(agent_pb2.AgentMessage(report=report))
             log.log(
                 logging.WARNING if result.failed else logging.INFO,
                 "app %s %s: %s %s: %s",
@@ -309,151 +271,3 @@ class Runner:
         self._backoff[app] = min(delay, self.resync)
         loop = asyncio.get_running_loop()
         loop.call_later(self._backoff[app], self.enqueue, app)
-
-    def _send(self, msg: agent_pb2.AgentMessage) -> None:
-        if self._outbox is not None:
-            self._outbox.put_nowait(msg)
-
-    # ------------------------------------------------------------ the hub
-
-    async def _connection_loop(self) -> None:
-        backoff = 1.0
-        while not self.stop.is_set():
-            try:
-                await self._session()
-                backoff = 1.0
-            except grpc.aio.AioRpcError as e:
-                log.warning("hub %s: %s: %s", self.address, e.code().name, e.details())
-                if e.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
-                    backoff = max(backoff, 10.0)
-            except (errors.AgentError, OSError) as e:
-                log.warning("hub %s: %s", self.address, e)
-            finally:
-                self._outbox = None
-                self.connected.clear()
-            delay = backoff * (0.8 + 0.4 * random.random())
-            backoff = min(backoff * 2, 10.0)
-            try:
-                await asyncio.wait_for(self.stop.wait(), timeout=delay)
-            except TimeoutError:
-                pass
-
-    async def _session(self) -> None:
-        options = [
-            ("grpc.keepalive_time_ms", 20_000),
-            ("grpc.keepalive_timeout_ms", 10_000),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.max_pings_without_data", 0),
-            (
-                "grpc.http2.ping_timeout_ms",
-                10_000,
-            ),  # keepalive_timeout_ms alone is not honoured  # a dead hub is found, idle or not
-            # as the hub sets them: its messages stay well under, this is the agreed ceiling
-            ("grpc.max_receive_message_length", MAX_MESSAGE),
-            ("grpc.max_send_message_length", MAX_MESSAGE),
-        ]
-        target = self.me.stream_address(self.address)
-        async with grpc.aio.secure_channel(
-            target, self.me.credentials(), options=options
-        ) as channel:
-            stub = agent_pb2_grpc.AgentServiceStub(channel)
-            outbox: asyncio.Queue[agent_pb2.AgentMessage] = asyncio.Queue()
-            hello = agent_pb2.Hello(
-                agent_version=agent.__version__,
-                kubernetes_version=await self._kubernetes_version(),
-                labels=self.labels,
-                reports=list(self.reports.values()),
-            )
-            outbox.put_nowait(agent_pb2.AgentMessage(hello=hello))
-            in_hello = dict(self.reports)
-
-            async def requests() -> Any:
-                while True:
-                    yield await outbox.get()
-
-            async def heartbeat() -> None:  # the hub ends a stream it has not heard from
-                while True:
-                    await asyncio.sleep(HEARTBEAT)
-                    outbox.put_nowait(agent_pb2.AgentMessage(ack=agent_pb2.Ack()))
-
-            call = stub.Connect(requests())
-            beating = asyncio.ensure_future(heartbeat())
-            try:
-                while True:
-                    try:  # the hub sends a heartbeat when quiet: silence means it is gone
-                        msg = await asyncio.wait_for(call.read(), HUB_SILENCE)
-                    except TimeoutError:
-                        raise errors.AgentError(
-                            f"no word from the hub for {HUB_SILENCE:.0f} s; dialling again"
-                        ) from None
-                    if not isinstance(msg, agent_pb2.HubMessage):  # grpc.aio.EOF
-                        break
-                    if not self.connected.is_set():
-                        # Only now is the stream up: reports made while dialling go out too
-                        # (heals are running totals: the hub counts each one once).
-                        for app, report in self.reports.items():
-                            if in_hello.get(app) is not report:
-                                outbox.put_nowait(agent_pb2.AgentMessage(report=report))
-                        self._outbox = outbox
-                        self.connected.set()
-                        log.info("connected to hub %s as cluster %s", self.address, self.me.cluster)
-                    kind = msg.WhichOneof("msg")
-                    if kind == "assignments":
-                        await self._assignments(stub, msg.assignments)
-                    elif kind == "sync_now":
-                        for stored in self.local.load_all():
-                            if not msg.sync_now.app or stored.assignment.app == msg.sync_now.app:
-                                self.enqueue(stored.assignment.app)
-            finally:
-                beating.cancel()
-                call.cancel()  # ends grpc's reader of `requests` cleanly
-
-    async def _kubernetes_version(self) -> str:
-        """The API server's version for the Hello; the last one known (or "unknown") when it
-        does not answer within 2 s: a hung API server must not hold the hub connection."""
-        try:
-            self._version = await asyncio.wait_for(self.kube.server_version(), timeout=2)
-        except (errors.KubeError, TimeoutError) as e:
-            log.warning("Kubernetes version for the hub: %s", e or "no answer within 2 s")
-        return self._version or "unknown"
-
-    async def _assignments(
-        self, stub: agent_pb2_grpc.AgentServiceStub, msg: agent_pb2.Assignments
-    ) -> None:
-        wanted = {a.app: a for a in msg.assignments}
-        for stored in self.local.load_all():
-            if stored.assignment.app not in wanted:
-                # no longer ours to manage: keep what runs, stop reconciling it
-                self.local.remove(stored.assignment.app)
-                self.reports.pop(stored.assignment.app, None)
-                log.info("app %s is no longer assigned; left as it is", stored.assignment.app)
-        for a in wanted.values():
-            have = self.local.load(a.app)
-            if have is not None and have.assignment == _without_bundle(a):
-                continue
-            if have is not None and bundles.digest(have.bundle) == a.bundle_digest:
-                bundle = have.bundle
-            elif a.HasField("bundle") and bundles.digest(a.bundle) == a.bundle_digest:
-                bundle = a.bundle  # small bundles come inside the assignment
-            else:
-                bundle = await self._download(stub, a.bundle_digest)
-            a = _without_bundle(a)
-            self.local.save(a, bundle)
-            self._send(
-                agent_pb2.AgentMessage(ack=agent_pb2.Ack(app=a.app, generation=a.generation))
-            )
-            self.enqueue(a.app)
-
-    async def _download(
-        self, stub: agent_pb2_grpc.AgentServiceStub, digest: str
-    ) -> types_pb2.Bundle:
-        parts: list[bytes] = []
-        call: Any = stub.GetBundle(agent_pb2.GetBundleRequest(digest=digest))
-        async for chunk in call:
-            parts.append(chunk.data)
-        bundle = types_pb2.Bundle.FromString(b"".join(parts))
-        if bundles.digest(bundle) != digest:
-            raise errors.AgentError(
-                f"bundle {digest[:12]} arrived corrupt (digest mismatch); will retry"
-            )
-        return bundle

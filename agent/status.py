@@ -11,7 +11,7 @@ from typing import TypeAlias
 
 from google.protobuf import timestamp_pb2
 
-from fleetops.agent import drift, health, manifests
+from fleetops.agent import drift, health, ids, manifests
 from fleetops.proto.v1 import types_pb2
 
 Sync: TypeAlias = types_pb2.SyncStatus.ValueType
@@ -23,8 +23,17 @@ PENDING = types_pb2.SYNC_STATUS_PENDING
 UNKNOWN_SYNC = types_pb2.SYNC_STATUS_UNSPECIFIED  # only when the agent cannot compare with Git
 
 _SYNC_SEVERITY = {
-    SYNCED: 0, UNKNOWN_SYNC: 1, PENDING: 1, APPLYING: 2, OUT_OF_SYNC: 3, APPLY_FAILED: 4
-}  # fmt: skip
+    SYNCED: 0,
+    UNKNOWN_SYNC: 1,
+    PENDING: 1,
+    APPLYING: 2,
+    OUT_OF_SYNC: 3,
+    APPLY_FAILED: 4,
+}
+
+
+Health: TypeAlias = health.Health  # the names the fields' own names hide inside the classes
+Field: TypeAlias = drift.Field
 
 
 def sync_name(s: Sync) -> str:
@@ -35,8 +44,12 @@ def sync_name(s: Sync) -> str:
     return "".join(w.title() for w in words)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ResourceResult:
+    """One resource's outcome. Build it with a named constructor (`applied`, `apply_failed`,
+    `refused`, `in_sync`, `out_of_sync`, `skipped`, `kept`, `pruned`, `unread`), which say
+    which sync status goes with which action."""
+
     key: manifests.Key
     version: str
     sync: Sync
@@ -51,12 +64,143 @@ class ResourceResult:
     def failed(self) -> bool:
         return self.sync == APPLY_FAILED
 
+    @classmethod
+    def applied(cls, *, key: manifests.Key, version: str, source: str = "") -> ResourceResult:
+        """Sent with server-side apply and accepted; health is filled in later."""
+        return cls(
+            key=key,
+            version=version,
+            sync=SYNCED,
+            health=None,
+            message="",
+            action="applied",
+            source=source,
+        )
 
-@dataclasses.dataclass(frozen=True)
+    @classmethod
+    def apply_failed(
+        cls,
+        *,
+        key: manifests.Key,
+        version: str,
+        reason: str,
+        source: str = "",
+        health: Health | None = None,
+        conflict_manager: str = "",
+        action: str = "failed",
+    ) -> ResourceResult:
+        """The API server refused it, or it could not be prepared; `reason` says why.
+        `action` is "" when nothing was attempted (a read-only check)."""
+        return cls(
+            key=key,
+            version=version,
+            sync=APPLY_FAILED,
+            health=health,
+            message=reason,
+            action=action,
+            conflict_manager=conflict_manager,
+            source=source,
+        )
+
+    @classmethod
+    def refused(
+        cls, *, key: manifests.Key, version: str, reason: str, source: str
+    ) -> ResourceResult:
+        """The agent refused it before any API call (see `agent.guard`)."""
+        return cls(
+            key=key,
+            version=version,
+            sync=APPLY_FAILED,
+            health=None,
+            message=reason,
+            action="refused",
+            source=source,
+        )
+
+    @classmethod
+    def in_sync(
+        cls,
+        *,
+        key: manifests.Key,
+        version: str,
+        health: Health | None,
+        source: str = "",
+    ) -> ResourceResult:
+        """The live object matches Git."""
+        return cls(key=key, version=version, sync=SYNCED, health=health, message="", source=source)
+
+    @classmethod
+    def out_of_sync(
+        cls,
+        *,
+        key: manifests.Key,
+        version: str,
+        health: Health | None,
+        reason: str,
+        source: str = "",
+        drift: tuple[Field, ...] = (),
+        conflict_manager: str = "",
+    ) -> ResourceResult:
+        """The live object differs from Git (drifted, missing, or held by another manager)."""
+        return cls(
+            key=key,
+            version=version,
+            sync=OUT_OF_SYNC,
+            health=health,
+            message=reason,
+            drift=drift,
+            conflict_manager=conflict_manager,
+            source=source,
+        )
+
+    @classmethod
+    def skipped(cls, *, key: manifests.Key, version: str, reason: str) -> ResourceResult:
+        """Not applied because an earlier wave halted the sync."""
+        return cls(
+            key=key,
+            version=version,
+            sync=OUT_OF_SYNC,
+            health=None,
+            message=reason,
+            action="skipped",
+        )
+
+    @classmethod
+    def kept(
+        cls,
+        *,
+        key: manifests.Key,
+        version: str,
+        reason: str,
+        sync: Sync = OUT_OF_SYNC,
+        health: Health | None = None,
+    ) -> ResourceResult:
+        """No longer in Git but left in the cluster; `reason` says why. SYNCED when keeping it
+        is the app's own choice (prune disabled on it), OUT_OF_SYNC otherwise."""
+        return cls(
+            key=key, version=version, sync=sync, health=health, message=reason, action="kept"
+        )
+
+    @classmethod
+    def pruned(cls, *, key: manifests.Key, version: str, reason: str) -> ResourceResult:
+        """Deleted because it left Git."""
+        return cls(
+            key=key, version=version, sync=SYNCED, health=None, message=reason, action="pruned"
+        )
+
+    @classmethod
+    def unread(
+        cls, *, key: manifests.Key, version: str, health: Health | None, reason: str
+    ) -> ResourceResult:
+        """Looked at without the bundle: sync unknown, health from the live object (if any)."""
+        return cls(key=key, version=version, sync=UNKNOWN_SYNC, health=health, message=reason)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class AppResult:
-    app: str
-    revision: str
-    bundle_digest: str
+    app: ids.AppName
+    revision: ids.Revision
+    bundle_digest: ids.Digest
     sync: Sync
     health: health.Status
     reason: str
@@ -77,6 +221,60 @@ class AppResult:
     @property
     def drifted(self) -> int:
         return sum(1 for r in self.resources if r.drift)
+
+    @classmethod
+    def rolled_up(
+        cls,
+        *,
+        app: ids.AppName,
+        revision: ids.Revision,
+        bundle_digest: ids.Digest,
+        results: Sequence[ResourceResult],
+        reason: str = "",
+        sync: Sync | None = None,
+        healed: int = 0,
+        applied_at: float = 0.0,
+        prune_held: bool = False,
+    ) -> AppResult:
+        """An app's result from its resources' results, worst wins; `reason` and `sync`
+        override what the rollup would say."""
+        rolled_sync = rollup_sync(results) if sync is None else sync
+        rolled_health = rollup_health(results)
+        return cls(
+            app=app,
+            revision=revision,
+            bundle_digest=bundle_digest,
+            sync=rolled_sync,
+            health=rolled_health,
+            reason=reason or reason_for(results, rolled_sync, rolled_health),
+            resources=tuple(results),
+            healed=healed,
+            applied_at=applied_at,
+            prune_held=prune_held,
+        )
+
+    @classmethod
+    def unreconciled(
+        cls,
+        *,
+        app: ids.AppName,
+        revision: ids.Revision,
+        bundle_digest: ids.Digest,
+        reason: str,
+        retry_soon: bool = False,
+    ) -> AppResult:
+        """An app that could not be reconciled at all: ApplyFailed, health Unknown, no
+        resources."""
+        return cls(
+            app=app,
+            revision=revision,
+            bundle_digest=bundle_digest,
+            sync=APPLY_FAILED,
+            health=health.UNKNOWN,
+            reason=reason,
+            resources=(),
+            retry_soon=retry_soon,
+        )
 
 
 def rollup_sync(results: Sequence[ResourceResult]) -> Sync:
@@ -103,50 +301,6 @@ def reason_for(results: Sequence[ResourceResult], sync: Sync, app_health: health
             more = f" (and {len(worst) - 1} more)" if len(worst) > 1 else ""
             return f"{worst[0].key}: {worst[0].health.reason}{more}"  # type: ignore[union-attr]
     return f"{len(results)} resources synced and healthy"
-
-
-def finish(
-    *,
-    app: str,
-    revision: str,
-    bundle_digest: str,
-    results: Sequence[ResourceResult],
-    reason: str = "",
-    sync: Sync | None = None,
-    healed: int = 0,
-    applied_at: float = 0.0,
-    prune_held: bool = False,
-) -> AppResult:
-    rolled_sync = rollup_sync(results) if sync is None else sync
-    rolled_health = rollup_health(results)
-    return AppResult(
-        app=app,
-        revision=revision,
-        bundle_digest=bundle_digest,
-        sync=rolled_sync,
-        health=rolled_health,
-        reason=reason or reason_for(results, rolled_sync, rolled_health),
-        resources=tuple(results),
-        healed=healed,
-        applied_at=applied_at,
-        prune_held=prune_held,
-    )
-
-
-def failure(
-    *, app: str, revision: str, bundle_digest: str, reason: str, retry_soon: bool = False
-) -> AppResult:
-    """An app that could not be reconciled at all: ApplyFailed, health Unknown, no resources."""
-    return AppResult(
-        app=app,
-        revision=revision,
-        bundle_digest=bundle_digest,
-        sync=APPLY_FAILED,
-        health=health.UNKNOWN,
-        reason=reason,
-        resources=(),
-        retry_soon=retry_soon,
-    )
 
 
 def _ts(t: float) -> timestamp_pb2.Timestamp:

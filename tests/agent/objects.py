@@ -9,8 +9,11 @@ from fleetops.proto.v1 import types_pb2
 
 def policy(**kw: bool | int) -> types_pb2.SyncPolicy:
     base: dict[str, bool | int] = {
-        "auto": True, "prune": True, "self_heal": False, "force_conflicts": True
-    }  # fmt: skip
+        "auto": True,
+        "prune": True,
+        "self_heal": False,
+        "force_conflicts": True,
+    }
     base.update(kw)
     return types_pb2.SyncPolicy(**base)
 

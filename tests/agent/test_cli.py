@@ -18,15 +18,20 @@ AGENT = str(pathlib.Path(sys.executable).parent / "fleetops-agent")
 def agent(*args: str, state: pathlib.Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [AGENT, *args, "--state", str(state), "--inventory-namespace", "fleetops-test"],
-        capture_output=True, text=True, check=False, timeout=180,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=180,
+    )
 
 
 def kubectl(cluster: localkube.LocalCluster, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [localkube.binary("kubectl"), f"--kubeconfig={cluster.kubeconfig}", *args],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+    )
 
 
 def write_bundle(root: pathlib.Path, ns: str) -> None:
@@ -53,10 +58,20 @@ def test_apply_then_status_then_drift(
     write_bundle(bundle, unique_name)
     state = tmp_path / "state"
     res = agent(
-        "apply", "--kubeconfig", str(c1.kubeconfig), "--app", unique_name,
-        "--namespace", unique_name, "--bundle", str(bundle), "--prune", "--wait", "60",
+        "apply",
+        "--kubeconfig",
+        str(c1.kubeconfig),
+        "--app",
+        unique_name,
+        "--namespace",
+        unique_name,
+        "--bundle",
+        str(bundle),
+        "--prune",
+        "--wait",
+        "60",
         state=state,
-    )  # fmt: skip
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     assert f"Deployment.apps {unique_name}/web" in res.stdout
     assert "sync Synced  health Healthy" in res.stdout, res.stdout
@@ -72,8 +87,16 @@ def test_apply_then_status_then_drift(
         "-p",
         '{"data":{"level":"debug"}}',
     )
-    res = agent("status", "--kubeconfig", str(c1.kubeconfig), "--app", unique_name, "--output",
-                "json", state=state)  # fmt: skip
+    res = agent(
+        "status",
+        "--kubeconfig",
+        str(c1.kubeconfig),
+        "--app",
+        unique_name,
+        "--output",
+        "json",
+        state=state,
+    )
     assert res.returncode == 0, res.stderr
     report = json.loads(res.stdout)
     assert report["sync"] == "OutOfSync"
@@ -93,9 +116,17 @@ def test_apply_reports_bad_manifest_by_file_and_line(
     )
     (bundle / "good.yaml").write_text(yaml.safe_dump(configmap("good", k="v")))
     res = agent(
-        "apply", "--kubeconfig", str(local_clusters[0].kubeconfig), "--app", unique_name,
-        "--namespace", unique_name, "--bundle", str(bundle), state=tmp_path / "state",
-    )  # fmt: skip
+        "apply",
+        "--kubeconfig",
+        str(local_clusters[0].kubeconfig),
+        "--app",
+        unique_name,
+        "--namespace",
+        unique_name,
+        "--bundle",
+        str(bundle),
+        state=tmp_path / "state",
+    )
     assert res.returncode == 1
     assert "broken.yaml:" in res.stdout and "invalid YAML" in res.stdout, res.stdout
     assert "sync ApplyFailed" in res.stdout
@@ -113,9 +144,18 @@ def test_reconcile_from_local_state_heals_without_a_hub(
     )
     state = tmp_path / "state"
     res = agent(
-        "apply", "--kubeconfig", str(c1.kubeconfig), "--app", unique_name, "--namespace",
-        unique_name, "--bundle", str(bundle), "--self-heal", state=state,
-    )  # fmt: skip
+        "apply",
+        "--kubeconfig",
+        str(c1.kubeconfig),
+        "--app",
+        unique_name,
+        "--namespace",
+        unique_name,
+        "--bundle",
+        str(bundle),
+        "--self-heal",
+        state=state,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     assert kubectl(c1, "-n", unique_name, "delete", "configmap", "settings").returncode == 0
     res = agent("reconcile", "--kubeconfig", str(c1.kubeconfig), "--once", state=state)
@@ -137,20 +177,42 @@ def test_status_without_local_copy_reads_the_inventory(
         yaml.safe_dump_all([namespace(unique_name), configmap("a"), configmap("b")])
     )
     res = agent(
-        "apply", "--kubeconfig", str(c1.kubeconfig), "--app", unique_name, "--namespace",
-        unique_name, "--bundle", str(bundle), state=tmp_path / "state-here",
-    )  # fmt: skip
+        "apply",
+        "--kubeconfig",
+        str(c1.kubeconfig),
+        "--app",
+        unique_name,
+        "--namespace",
+        unique_name,
+        "--bundle",
+        str(bundle),
+        state=tmp_path / "state-here",
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     kubectl(c1, "-n", unique_name, "delete", "configmap", "b")
     # another machine, another state dir: only the cluster remembers what was applied
-    res = agent("status", "--kubeconfig", str(c1.kubeconfig), "--app", unique_name, "--output",
-                "json", state=tmp_path / "state-elsewhere")  # fmt: skip
+    res = agent(
+        "status",
+        "--kubeconfig",
+        str(c1.kubeconfig),
+        "--app",
+        unique_name,
+        "--output",
+        "json",
+        state=tmp_path / "state-elsewhere",
+    )
     assert res.returncode == 0, res.stderr
     report = json.loads(res.stdout)
     assert report["sync"] == "Unknown" and "drift not checked" in report["reason"]
     healths = {r["name"]: r["health"] for r in report["resources"]}
     assert healths == {unique_name: "Healthy", "a": "Healthy", "b": "Missing"}
 
-    res = agent("status", "--kubeconfig", str(c1.kubeconfig), "--app", "never-applied",
-                state=tmp_path / "state-elsewhere")  # fmt: skip
+    res = agent(
+        "status",
+        "--kubeconfig",
+        str(c1.kubeconfig),
+        "--app",
+        "never-applied",
+        state=tmp_path / "state-elsewhere",
+    )
     assert res.returncode == 1 and "never applied to this cluster" in res.stderr

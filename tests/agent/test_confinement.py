@@ -14,10 +14,18 @@ from fleetops.proto.v1 import types_pb2
 from tests.agent.conftest import BundleFactory
 from tests.agent.objects import configmap, namespace, policy
 
-CM = kube.ResourceType("", "v1", "ConfigMap", "configmaps", namespaced=True)
-NS = kube.ResourceType("", "v1", "Namespace", "namespaces", namespaced=False)
+CM = kube.ResourceType(
+    group="", version="v1", kind="ConfigMap", plural="configmaps", namespaced=True
+)
+NS = kube.ResourceType(
+    group="", version="v1", kind="Namespace", plural="namespaces", namespaced=False
+)
 ROLE_BINDING = kube.ResourceType(
-    "rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", namespaced=True
+    group="rbac.authorization.k8s.io",
+    version="v1",
+    kind="RoleBinding",
+    plural="rolebindings",
+    namespaced=True,
 )
 
 
@@ -44,17 +52,22 @@ async def test_objects_aimed_at_the_agents_namespace_are_refused_and_nothing_lan
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "RoleBinding",
         "metadata": {"name": "grab-identity", "namespace": agent_ns},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                    "name": "admin"},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": "admin",
+        },
         "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": unique_name}],
-    }  # fmt: skip
+    }
     result = await rec.sync(
         make_bundle(namespace(unique_name), configmap("mine"), planted, grab), policy()
     )
 
-    assert await cluster.get(CM, agent_ns, "planted") is None
-    assert await cluster.get(ROLE_BINDING, agent_ns, "grab-identity") is None
-    assert await cluster.get(CM, unique_name, "mine") is not None, "the rest of the bundle"
+    assert await cluster.get(CM, namespace=agent_ns, name="planted") is None
+    assert await cluster.get(ROLE_BINDING, namespace=agent_ns, name="grab-identity") is None
+    assert await cluster.get(CM, namespace=unique_name, name="mine") is not None, (
+        "the rest of the bundle"
+    )
     report = {r.ref.name: r for r in st.to_report(result).resources}
     assert report["planted"].sync == st.APPLY_FAILED
     where, _, message = report["planted"].message.partition(": ")
@@ -84,7 +97,7 @@ async def test_the_agents_namespace_object_is_refused(
 
     assert set(refused(result)) == {agent_ns}
     assert f"Namespace {agent_ns} is the fleetops agent's own namespace" in result.reason
-    live = await cluster.get(NS, "", agent_ns)
+    live = await cluster.get(NS, namespace="", name=agent_ns)
     assert live is not None
     assert live["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
 
@@ -101,7 +114,7 @@ async def test_an_app_whose_default_namespace_is_the_agents_writes_nothing_there
 
     assert result.sync == st.APPLY_FAILED
     assert set(refused(result)) == {"no-namespace-given"}
-    assert await cluster.get(CM, agent_ns, "no-namespace-given") is None
+    assert await cluster.get(CM, namespace=agent_ns, name="no-namespace-given") is None
 
 
 async def test_rewriting_another_apps_inventory_is_refused_and_its_prune_deletes_only_its_own(
@@ -149,8 +162,8 @@ async def test_rewriting_another_apps_inventory_is_refused_and_its_prune_deletes
     )
     assert pruned.sync == st.SYNCED, pruned.reason
     assert {r.key.name for r in pruned.resources if r.action == "pruned"} == {"b"}
-    assert await cluster.get(CM, ns_third, "precious") is not None
-    assert await cluster.get(CM, ns_victim, "a") is not None
+    assert await cluster.get(CM, namespace=ns_third, name="precious") is not None
+    assert await cluster.get(CM, namespace=ns_victim, name="a") is not None
 
 
 async def test_an_object_posing_as_an_inventory_is_refused_in_any_namespace(
@@ -164,7 +177,7 @@ async def test_an_object_posing_as_an_inventory_is_refused_in_any_namespace(
 
     assert set(refused(result)) == {"fleetops-inventory-other"}
     assert "is marked as a fleetops inventory (fleetops.io/inventory)" in result.reason
-    assert await cluster.get(CM, unique_name, "fleetops-inventory-other") is None
+    assert await cluster.get(CM, namespace=unique_name, name="fleetops-inventory-other") is None
 
 
 async def test_prune_never_deletes_the_agents_namespace_nor_what_is_in_it(
@@ -181,8 +194,13 @@ async def test_prune_never_deletes_the_agents_namespace_nor_what_is_in_it(
     listed = (await rec.inventories.load(unique_name)).entries  # type: ignore[union-attr]
     other_inventory = inventory.configmap_name(other)
     legacy = [
-        inventory.Entry(manifests.Key("", "Namespace", "", agent_ns), "v1"),
-        inventory.Entry(manifests.Key("", "ConfigMap", agent_ns, other_inventory), "v1"),
+        inventory.Entry(
+            manifests.Key(group="", kind="Namespace", namespace="", name=agent_ns), "v1"
+        ),
+        inventory.Entry(
+            manifests.Key(group="", kind="ConfigMap", namespace=agent_ns, name=other_inventory),
+            "v1",
+        ),
     ]
     await rec.inventories.save(
         app=unique_name, revision="r0", bundle_digest="", entries=[*listed, *legacy]
@@ -190,9 +208,9 @@ async def test_prune_never_deletes_the_agents_namespace_nor_what_is_in_it(
 
     result = await rec.sync(bundle, policy())
 
-    live_ns = await cluster.get(NS, "", agent_ns)
+    live_ns = await cluster.get(NS, namespace="", name=agent_ns)
     assert live_ns is not None and not live_ns["metadata"].get("deletionTimestamp")
-    assert await cluster.get(CM, agent_ns, other_inventory) is not None
+    assert await cluster.get(CM, namespace=agent_ns, name=other_inventory) is not None
     kept = {r.key.name: r.message for r in result.resources if r.action == "kept"}
     assert kept[agent_ns].startswith("not pruned, and no longer tracked by this app: Namespace")
     after = await rec.inventories.load(unique_name)

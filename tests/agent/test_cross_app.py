@@ -9,7 +9,9 @@ from fleetops.agent import status as st
 from tests.agent.conftest import BundleFactory
 from tests.agent.objects import configmap, namespace, policy
 
-CM = kube.ResourceType("", "v1", "ConfigMap", "configmaps", namespaced=True)
+CM = kube.ResourceType(
+    group="", version="v1", kind="ConfigMap", plural="configmaps", namespaced=True
+)
 
 
 async def test_an_app_cannot_take_over_and_then_prune_another_apps_object(
@@ -39,10 +41,10 @@ async def test_an_app_cannot_take_over_and_then_prune_another_apps_object(
     assert set(refusals) == {"settings"}
     assert refusals["settings"].sync == st.APPLY_FAILED
     assert "belongs to app app-a" in refusals["settings"].message
-    live = await cluster.get(CM, unique_name, "settings")
+    live = await cluster.get(CM, namespace=unique_name, name="settings")
     assert live is not None and live["data"] == {"owner": "a"}
-    assert await cluster.get(CM, unique_name, "b-own") is not None
+    assert await cluster.get(CM, namespace=unique_name, name="b-own") is not None
 
     await rec.sync(make_bundle(namespace(unique_name), configmap("b-own"), app="app-b"), policy())
-    live = await cluster.get(CM, unique_name, "settings")
+    live = await cluster.get(CM, namespace=unique_name, name="settings")
     assert live is not None and live["data"] == {"owner": "a"}, "app B pruned app A's object"

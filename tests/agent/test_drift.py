@@ -11,17 +11,22 @@ from tests import localkube
 from tests.agent.conftest import BundleFactory
 from tests.agent.objects import configmap, deployment, namespace, policy
 
-DEPLOY = kube.ResourceType("apps", "v1", "Deployment", "deployments", namespaced=True)
-CM = kube.ResourceType("", "v1", "ConfigMap", "configmaps", namespaced=True)
-SECRET = kube.ResourceType("", "v1", "Secret", "secrets", namespaced=True)
+DEPLOY = kube.ResourceType(
+    group="apps", version="v1", kind="Deployment", plural="deployments", namespaced=True
+)
+CM = kube.ResourceType(
+    group="", version="v1", kind="ConfigMap", plural="configmaps", namespaced=True
+)
+SECRET = kube.ResourceType(group="", version="v1", kind="Secret", plural="secrets", namespaced=True)
 
 
 async def kubectl(cluster: localkube.LocalCluster, *args: str) -> None:
     await asyncio.to_thread(
         subprocess.run,
         [localkube.binary("kubectl"), f"--kubeconfig={cluster.kubeconfig}", *args],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        check=True,
+        capture_output=True,
+    )
 
 
 def only(result: st.AppResult, name: str) -> st.ResourceResult:
@@ -55,7 +60,7 @@ async def test_scaled_deployment_is_reported_and_self_healed(
     healed = await reconciler.heal(bundle, policy(self_heal=True))
     assert healed.healed == 1
     assert only(healed, "web").action == "healed"
-    live = await cluster.get(DEPLOY, ns, "web")
+    live = await cluster.get(DEPLOY, namespace=ns, name="web")
     assert live is not None and live["spec"]["replicas"] == 2
     after = await reconciler.check(bundle, policy(self_heal=True))
     assert after.sync == st.SYNCED, after.reason
@@ -77,7 +82,7 @@ async def test_without_self_heal_drift_is_reported_and_left_alone(
     assert [f.path for f in only(result, "web").drift] == ["spec.replicas"]
     assert result.healed == 0
     assert cluster.writes() == writes, "the agent wrote although self-heal is off"
-    live = await cluster.get(DEPLOY, ns, "web")
+    live = await cluster.get(DEPLOY, namespace=ns, name="web")
     assert live is not None and live["spec"]["replicas"] == 3
 
 
@@ -110,12 +115,12 @@ async def test_deleted_object_is_missing_then_recreated(
     ns = unique_name
     bundle = make_bundle(namespace(ns), configmap("settings", level="info"))
     await reconciler.sync(bundle, policy(self_heal=True))
-    await cluster.delete(CM, ns, "settings")
+    await cluster.delete(CM, namespace=ns, name="settings")
     checked = await reconciler.check(bundle, policy(self_heal=True))
     gone = only(checked, "settings")
     assert gone.sync == st.OUT_OF_SYNC and gone.health is not None and gone.health.name == "Missing"
     await reconciler.heal(bundle, policy(self_heal=True))
-    live = await cluster.get(CM, ns, "settings")
+    live = await cluster.get(CM, namespace=ns, name="settings")
     assert live is not None and live["data"] == {"level": "info"}
 
 
@@ -134,7 +139,7 @@ async def test_a_deleted_namespace_is_recreated_with_its_objects(
     await kubectl(local_clusters[0], "delete", "namespace", ns, "--wait=true", "--timeout=60s")
     healed = await reconciler.reconcile(bundle, policy(self_heal=True))
     assert healed.sync == st.SYNCED, healed.reason
-    live = await cluster.get(CM, ns, "settings")
+    live = await cluster.get(CM, namespace=ns, name="settings")
     assert live is not None and live["data"] == {"level": "info"}
 
 
@@ -154,7 +159,7 @@ async def test_secret_drift_names_the_field_but_never_the_value(
     }
     bundle = make_bundle(namespace(ns), secret)
     await reconciler.sync(bundle, policy())
-    live = await cluster.get(SECRET, ns, "db")
+    live = await cluster.get(SECRET, namespace=ns, name="db")
     assert live is not None
     live["data"]["password"] = "bGl2ZS1wYXNzd29yZC0y"  # "live-password-2"
     await cluster.replace(SECRET, live)

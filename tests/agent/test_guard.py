@@ -48,10 +48,13 @@ def test_what_the_apps_objects_made_is_the_apps_and_an_unknown_owner_is_not() ->
         _obj("ServiceAccount", "default", "s1"),
     ]
     blockers = guard.namespace_blockers(
-        live, owned={Key("apps", "Deployment", "ns", "web")}, pruned=[], vanished=set(),
+        live,
+        owned={Key(group="apps", kind="Deployment", namespace="ns", name="web")},
+        pruned=[],
+        vanished=set(),
         staying=set(),
-    )  # fmt: skip
-    assert blockers.foreign == (Key("", "Pod", "ns", "from-an-operator"),)
+    )
+    assert blockers.foreign == (Key(group="", kind="Pod", namespace="ns", name="from-an-operator"),)
 
 
 def test_dependents_of_an_object_just_pruned_or_of_a_vanished_owner_are_the_apps() -> None:
@@ -76,15 +79,17 @@ def test_claims_of_a_pruned_statefulset_are_the_apps_and_other_claims_are_not() 
     blockers = guard.namespace_blockers(
         live, owned=set(), pruned=[sts], vanished=set(), staying=set()
     )
-    assert blockers.foreign == (Key("", "PersistentVolumeClaim", "ns", "data-db-x"),)
+    assert blockers.foreign == (
+        Key(group="", kind="PersistentVolumeClaim", namespace="ns", name="data-db-x"),
+    )
 
 
 def test_prune_deletes_workloads_before_what_they_use_and_namespaces_last() -> None:
     keys = [
-        Key("", "ConfigMap", "a", "settings"),
-        Key("", "Namespace", "", "a"),
-        Key("apps", "Deployment", "a", "web"),
-        Key("", "Service", "a", "web"),
+        Key(group="", kind="ConfigMap", namespace="a", name="settings"),
+        Key(group="", kind="Namespace", namespace="", name="a"),
+        Key(group="apps", kind="Deployment", namespace="a", name="web"),
+        Key(group="", kind="Service", namespace="a", name="web"),
     ]
     assert [k.kind for k in order.prune_order(keys)] == [
         "Deployment",

@@ -17,8 +17,10 @@ AGENT = str(pathlib.Path(sys.executable).parent / "fleetops-agent")
 def health_of(*files: pathlib.Path) -> dict[str, tuple[str, str]]:
     res = subprocess.run(
         [AGENT, "health", *map(str, files), "--output", "json"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert res.returncode == 0, res.stderr
     objs = json.loads(res.stdout)["objects"]
     return {f"{o['kind']}/{o['name']}": (o["health"], o["reason"]) for o in objs}

@@ -35,7 +35,13 @@ def issued(
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    return identity.Identity("dev", key_pem, cert.pem, authority.cert_pem, 8444)
+    return identity.Identity(
+        cluster="dev",
+        key_pem=key_pem,
+        cert_pem=cert.pem,
+        ca_pem=authority.cert_pem,
+        agent_port=8444,
+    )
 
 
 def files(me: identity.Identity) -> dict[str, bytes]:

@@ -21,7 +21,9 @@ from tests.support import certlife
 
 pytestmark = pytest.mark.cluster
 
-NAMESPACE = kube.ResourceType("", "v1", "Namespace", "namespaces", False)
+NAMESPACE = kube.ResourceType(
+    group="", version="v1", kind="Namespace", plural="namespaces", namespaced=False
+)
 
 
 @pytest.fixture
@@ -57,8 +59,8 @@ async def test_an_expired_identity_in_the_secret_is_not_restored(
     cluster: kube.Kube, namespace: str, tmp_path: pathlib.Path
 ) -> None:
     identity.save(tmp_path / "old-pod", expired_files(tmp_path))
-    await identity.keep(tmp_path / "old-pod", cluster, f"{namespace}/identity")
-    restored = await identity.restore(tmp_path / "new-pod", cluster, f"{namespace}/identity")
+    await identity.keep(tmp_path / "old-pod", cluster, secret=f"{namespace}/identity")
+    restored = await identity.restore(tmp_path / "new-pod", cluster, secret=f"{namespace}/identity")
     assert not restored
     assert identity.load(tmp_path / "new-pod") is None
 
@@ -72,7 +74,7 @@ async def test_a_renewed_certificate_is_kept_in_the_identity_secret(
         me = await asyncio.to_thread(
             identity.register, root, hub.address, await hub.token("dev"), {}
         )
-        await identity.keep(root, cluster, ref)
+        await identity.keep(root, cluster, secret=ref)
         stop = asyncio.Event()
         seen: list[identity.Identity] = []
 
@@ -81,9 +83,15 @@ async def test_a_renewed_certificate_is_kept_in_the_identity_secret(
             stop.set()
 
         await identity.keep_renewed(
-            state=root, address=hub.address, current=lambda: me, renewed=renewed, stop=stop,
-            clock=certlife.StepClock(me.renewal_due), client=cluster, secret=ref,
-        )  # fmt: skip
-    secret = await cluster.get(identity._SECRET, namespace, "identity")
+            state=root,
+            address=hub.address,
+            current=lambda: me,
+            renewed=renewed,
+            stop=stop,
+            clock=certlife.StepClock(me.renewal_due),
+            client=cluster,
+            secret=ref,
+        )
+    secret = await cluster.get(identity._SECRET, namespace=namespace, name="identity")
     assert secret is not None
     assert base64.b64decode(secret["data"]["agent.crt"]) == seen[0].cert_pem != me.cert_pem

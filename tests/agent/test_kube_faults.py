@@ -112,7 +112,9 @@ async def test_forbidden_namespaces_are_the_apps_apply_failed_with_what_to_grant
     client = kube.connect(str(least.kubeconfig))
     fenced = f"{unique_name}-fenced"  # exists, not granted
     absent = f"{unique_name}-absent"  # does not exist, and the agent may not create it
-    ns_type = kube.ResourceType("", "v1", "Namespace", "namespaces", namespaced=False)
+    ns_type = kube.ResourceType(
+        group="", version="v1", kind="Namespace", plural="namespaces", namespaced=False
+    )
     await cluster.create(
         ns_type, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": fenced}}
     )
@@ -148,10 +150,16 @@ async def test_forbidden_namespaces_are_the_apps_apply_failed_with_what_to_grant
 
         # its own namespace lost the Role that lets it keep inventories: a new app cannot start
         await cluster.delete(
-            kube.ResourceType("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings",
-                              namespaced=True),
-            least.agent_namespace, leastpriv.SA,
-        )  # fmt: skip
+            kube.ResourceType(
+                group="rbac.authorization.k8s.io",
+                version="v1",
+                kind="RoleBinding",
+                plural="rolebindings",
+                namespaced=True,
+            ),
+            namespace=least.agent_namespace,
+            name=leastpriv.SA,
+        )
 
         async def inventory_refused() -> st.AppResult | None:
             r = await rec.reconcile(bundle(f"{unique_name}-ok", app="second"), policy())
@@ -163,4 +171,4 @@ async def test_forbidden_namespaces_are_the_apps_apply_failed_with_what_to_grant
         )
     finally:
         client.close()
-        await cluster.delete(ns_type, "", fenced)
+        await cluster.delete(ns_type, namespace="", name=fenced)

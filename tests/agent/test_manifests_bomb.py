@@ -48,7 +48,7 @@ def test_the_rest_of_the_bundle_still_parses_next_to_a_bomb() -> None:
 
 
 def test_a_bomb_after_good_documents_keeps_them(tmp_path: pathlib.Path) -> None:
-    parsed = manifests.parse("mixed.yaml", GOOD + "---\n" + hostile.bomb())
+    parsed = manifests.parse(source="mixed.yaml", text=GOOD + "---\n" + hostile.bomb())
     assert [r.name for r in parsed.resources] == ["good"]
     assert [p.source for p in parsed.problems] == ["mixed.yaml"]
 
@@ -57,10 +57,19 @@ def test_the_agent_command_reports_the_bomb_and_the_good_file(tmp_path: pathlib.
     (tmp_path / "bomb.yaml").write_text(hostile.bomb())
     (tmp_path / "good.yaml").write_text(GOOD)
     res = subprocess.run(
-        [AGENT, "health", str(tmp_path / "bomb.yaml"), str(tmp_path / "good.yaml"),
-         "--output", "json"],
-        capture_output=True, text=True, check=False, timeout=60,
-    )  # fmt: skip
+        [
+            AGENT,
+            "health",
+            str(tmp_path / "bomb.yaml"),
+            str(tmp_path / "good.yaml"),
+            "--output",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     out = json.loads(res.stdout)
     assert [o["name"] for o in out["objects"]] == ["good"]
     assert len(out["errors"]) == 1 and out["errors"][0].startswith(f"{tmp_path}/bomb.yaml:")

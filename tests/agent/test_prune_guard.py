@@ -19,11 +19,19 @@ from tests.agent.objects import configmap, deployment, namespace, policy
 from tests.support import wait
 from tests.support.kubectl_run import kubectl
 
-CM = kube.ResourceType("", "v1", "ConfigMap", "configmaps", namespaced=True)
-NS = kube.ResourceType("", "v1", "Namespace", "namespaces", namespaced=False)
-PODS = kube.ResourceType("", "v1", "Pod", "pods", namespaced=True)
+CM = kube.ResourceType(
+    group="", version="v1", kind="ConfigMap", plural="configmaps", namespaced=True
+)
+NS = kube.ResourceType(
+    group="", version="v1", kind="Namespace", plural="namespaces", namespaced=False
+)
+PODS = kube.ResourceType(group="", version="v1", kind="Pod", plural="pods", namespaced=True)
 PVCS = kube.ResourceType(
-    "", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", namespaced=True
+    group="",
+    version="v1",
+    kind="PersistentVolumeClaim",
+    plural="persistentvolumeclaims",
+    namespaced=True,
 )
 
 
@@ -45,7 +53,7 @@ def the_rest(ns: str) -> list[dict[str, Any]]:
 
 
 async def gone_or_going(cluster: kube.Kube, ns: str) -> bool:
-    live = await cluster.get(NS, "", ns)
+    live = await cluster.get(NS, namespace="", name=ns)
     return live is None or bool(live["metadata"].get("deletionTimestamp"))
 
 
@@ -65,9 +73,15 @@ async def test_a_namespace_holding_someone_elses_secret_is_not_pruned(
     assert (await reconciler.wait_healthy(full, policy(), within=60)).health == st.health.HEALTHY
     # someone keeps a database password there, by hand
     await kubectl(
-        local_clusters[0], "create", "secret", "generic", "db-password", "-n", ns,
+        local_clusters[0],
+        "create",
+        "secret",
+        "generic",
+        "db-password",
+        "-n",
+        ns,
         "--from-literal=password=hunter2-never-in-a-report",
-    )  # fmt: skip
+    )
 
     result = await reconciler.sync(
         make_bundle(*the_rest(ns), revision="r2"), policy()
@@ -117,17 +131,36 @@ async def test_a_namespace_holding_only_what_the_app_made_is_pruned(
     ns = unique_name
     labels = {"app": "db"}
     statefulset = {
-        "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db"},
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": "db"},
         "spec": {
-            "replicas": 1, "serviceName": "db", "selector": {"matchLabels": labels},
-            "template": {"metadata": {"labels": labels}, "spec": {
-                "containers": [{"name": "db", "image": "registry.local/db:1",
-                                "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}},
-            "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {
-                "accessModes": ["ReadWriteOnce"],
-                "resources": {"requests": {"storage": "1Gi"}}}}],
+            "replicas": 1,
+            "serviceName": "db",
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "db",
+                            "image": "registry.local/db:1",
+                            "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                        }
+                    ]
+                },
+            },
+            "volumeClaimTemplates": [
+                {
+                    "metadata": {"name": "data"},
+                    "spec": {
+                        "accessModes": ["ReadWriteOnce"],
+                        "resources": {"requests": {"storage": "1Gi"}},
+                    },
+                }
+            ],
         },
-    }  # fmt: skip
+    }
     await reconciler.sync(
         make_bundle(*two_namespaces(ns, deployment("web"), statefulset)), policy()
     )
@@ -135,7 +168,7 @@ async def test_a_namespace_holding_only_what_the_app_made_is_pruned(
     # a `default` ServiceAccount and the kube-root-ca.crt ConfigMap: none of them is foreign.
     await wait.until("the Deployment's Pod", lambda: cluster.list(PODS, ns), within=60)
     await wait.until("the StatefulSet's claim", lambda: cluster.list(PVCS, ns), within=60)
-    assert await cluster.get(CM, ns, "kube-root-ca.crt") is not None
+    assert await cluster.get(CM, namespace=ns, name="kube-root-ca.crt") is not None
 
     result = await reconciler.sync(make_bundle(*the_rest(ns), revision="r2"), policy())
 
@@ -233,20 +266,29 @@ async def test_the_hubs_allowance_on_a_new_generation_of_the_same_bundle_prunes(
     ns = unique_name
     me = identity.Identity(cluster="c1", key_pem=b"", cert_pem=b"", ca_pem=b"", agent_port=0)
     agent = runner.Runner(
-        address="127.0.0.1:1", me=me, client=cluster, local=state.LocalState(tmp_path),
+        address="127.0.0.1:1",
+        me=me,
+        client=cluster,
+        local=state.LocalState(tmp_path),
         options=reconcile.Options(inventory_namespace="fleetops-test", poll_interval=0.3),
-        resync=600, labels={},
-    )  # fmt: skip
+        resync=600,
+        labels={},
+    )
     before, after = ten_objects(keep=3)
 
     async def assign(bundle: types_pb2.Bundle, generation: int, *, allow: bool) -> None:
         a = types_pb2.Assignment(
-            app=ns, revision=bundle.revision, bundle_digest=bundles.digest(bundle),
-            namespace=ns, policy=policy(), generation=generation, bundle=bundle,
+            app=ns,
+            revision=bundle.revision,
+            bundle_digest=bundles.digest(bundle),
+            namespace=ns,
+            policy=policy(),
+            generation=generation,
+            bundle=bundle,
             allow_mass_prune=allow,
-        )  # fmt: skip
+        )
         # the bundle rides inside the assignment, so no download is needed
-        await agent._assignments(None, agent_pb2.Assignments(assignments=[a]))  # type: ignore[arg-type]
+        await agent.hub.assignments(None, agent_pb2.Assignments(assignments=[a]))  # type: ignore[arg-type]
 
     def reported(generation: int) -> types_pb2.AppReport | None:
         report = agent.reports.get(ns)
@@ -280,12 +322,17 @@ def widget_crd(group: str) -> dict[str, Any]:
         "kind": "CustomResourceDefinition",
         "metadata": {"name": f"widgets.{group}"},
         "spec": {
-            "group": group, "scope": "Namespaced",
-            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget",
-                      "listKind": "WidgetList"},
+            "group": group,
+            "scope": "Namespaced",
+            "names": {
+                "plural": "widgets",
+                "singular": "widget",
+                "kind": "Widget",
+                "listKind": "WidgetList",
+            },
             "versions": [{"name": "v1", "served": True, "storage": True, "schema": OPEN}],
         },
-    }  # fmt: skip
+    }
 
 
 async def test_a_crd_whose_resources_are_not_all_the_apps_is_not_pruned(
@@ -301,21 +348,30 @@ async def test_a_crd_whose_resources_are_not_all_the_apps_is_not_pruned(
     keep_all = policy(max_prune_percent=100)
     first = await rec.sync(make_bundle(namespace(unique_name), crd, mine, configmap("c")), keep_all)
     assert not first.failed, first.reason
-    widgets = await cluster.resource_type(f"{group}/v1", "Widget")
-    theirs = {"apiVersion": f"{group}/v1", "kind": "Widget",
-              "metadata": {"name": "theirs", "namespace": unique_name}}  # fmt: skip
+    widgets = await cluster.resource_type(api_version=f"{group}/v1", kind="Widget")
+    theirs = {
+        "apiVersion": f"{group}/v1",
+        "kind": "Widget",
+        "metadata": {"name": "theirs", "namespace": unique_name},
+    }
     await cluster.create(widgets, theirs)  # someone else's, by hand
 
     second = await rec.sync(make_bundle(namespace(unique_name), configmap("c")), keep_all)
     crd_result = next(r for r in second.resources if r.key.kind == "CustomResourceDefinition")
     assert crd_result.action == "kept"
     assert f"Widget.{group} {unique_name}/theirs" in crd_result.message
-    assert await cluster.get(widgets, unique_name, "theirs") is not None  # still there
-    assert await cluster.get(widgets, unique_name, "mine") is None  # the app's own went
+    assert (
+        await cluster.get(widgets, namespace=unique_name, name="theirs") is not None
+    )  # still there
+    assert (
+        await cluster.get(widgets, namespace=unique_name, name="mine") is None
+    )  # the app's own went
 
     # the operator decides the other resources may go with it
-    crds = await cluster.resource_type("apiextensions.k8s.io/v1", "CustomResourceDefinition")
-    live_crd = await cluster.get(crds, "", f"widgets.{group}")
+    crds = await cluster.resource_type(
+        api_version="apiextensions.k8s.io/v1", kind="CustomResourceDefinition"
+    )
+    live_crd = await cluster.get(crds, namespace="", name=f"widgets.{group}")
     assert live_crd is not None
     live_crd["metadata"].setdefault("annotations", {})["fleetops.io/prune-namespace"] = "force"
     await cluster.replace(crds, live_crd)

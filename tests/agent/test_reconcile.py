@@ -13,8 +13,12 @@ from tests import localkube
 from tests.agent.conftest import BundleFactory
 from tests.agent.objects import configmap, deployment, namespace, policy
 
-CM = kube.ResourceType("", "v1", "ConfigMap", "configmaps", namespaced=True)
-DEPLOY = kube.ResourceType("apps", "v1", "Deployment", "deployments", namespaced=True)
+CM = kube.ResourceType(
+    group="", version="v1", kind="ConfigMap", plural="configmaps", namespaced=True
+)
+DEPLOY = kube.ResourceType(
+    group="apps", version="v1", kind="Deployment", plural="deployments", namespaced=True
+)
 
 
 def by_name(result: st.AppResult) -> dict[str, st.ResourceResult]:
@@ -45,10 +49,10 @@ async def test_create_update_and_prune(
     )
     assert second.sync == st.SYNCED, second.reason
     assert by_name(second)["b"].action == "pruned"
-    live_a = await cluster.get(CM, ns, "a")
+    live_a = await cluster.get(CM, namespace=ns, name="a")
     assert live_a is not None and live_a["data"] == {"k": "2"}
-    assert await cluster.get(CM, ns, "b") is None
-    assert await cluster.get(CM, ns, "not-ours") is not None, (
+    assert await cluster.get(CM, namespace=ns, name="b") is None
+    assert await cluster.get(CM, namespace=ns, name="not-ours") is not None, (
         "prune deleted an object it never applied"
     )
 
@@ -64,7 +68,7 @@ async def test_prune_off_keeps_and_reports_leftovers(
     result = await reconciler.sync(
         make_bundle(namespace(ns), configmap("a"), revision="r2"), policy(prune=False)
     )
-    assert await cluster.get(CM, ns, "b") is not None
+    assert await cluster.get(CM, namespace=ns, name="b") is not None
     left = by_name(result)["b"]
     assert left.sync == st.OUT_OF_SYNC and "prune is off" in left.message
     # prune turned on later still knows b came from this app
@@ -72,7 +76,7 @@ async def test_prune_off_keeps_and_reports_leftovers(
         make_bundle(namespace(ns), configmap("a"), revision="r3"), policy()
     )
     assert by_name(result)["b"].action == "pruned"
-    assert await cluster.get(CM, ns, "b") is None
+    assert await cluster.get(CM, namespace=ns, name="b") is None
 
 
 async def test_prune_protection_annotation(
@@ -89,9 +93,9 @@ async def test_prune_protection_annotation(
     result = await reconciler.sync(
         make_bundle(namespace(ns), revision="r2"), policy(max_prune_percent=100)
     )
-    assert await cluster.get(CM, ns, "keep") is not None
+    assert await cluster.get(CM, namespace=ns, name="keep") is not None
     assert "fleetops.io/prune: disabled" in by_name(result)["keep"].message
-    assert await cluster.get(CM, ns, "go") is None
+    assert await cluster.get(CM, namespace=ns, name="go") is None
 
 
 async def test_empty_bundle_prunes_nothing_unless_allowed(
@@ -102,18 +106,28 @@ async def test_empty_bundle_prunes_nothing_unless_allowed(
 ) -> None:
     ns = unique_name
     await cluster.apply(
-        kube.ResourceType("", "v1", "Namespace", "namespaces", False), namespace(ns), force=True
+        kube.ResourceType(
+            group="", version="v1", kind="Namespace", plural="namespaces", namespaced=False
+        ),
+        namespace(ns),
+        force=True,
     )
     await reconciler.sync(make_bundle(configmap("a"), configmap("b")), policy())
     empty = await reconciler.sync(make_bundle(revision="r2"), policy())
     assert "allowEmpty" in empty.reason
-    assert await cluster.get(CM, ns, "a") is not None and await cluster.get(CM, ns, "b") is not None
+    assert (
+        await cluster.get(CM, namespace=ns, name="a") is not None
+        and await cluster.get(CM, namespace=ns, name="b") is not None
+    )
     # an empty bundle prunes everything: past the mass-prune hold too (tests/agent/test_prune_guard)
     allowed = await reconciler.sync(
         make_bundle(revision="r3"), policy(allow_empty=True, max_prune_percent=100)
     )
     assert allowed.sync == st.SYNCED, allowed.reason
-    assert await cluster.get(CM, ns, "a") is None and await cluster.get(CM, ns, "b") is None
+    assert (
+        await cluster.get(CM, namespace=ns, name="a") is None
+        and await cluster.get(CM, namespace=ns, name="b") is None
+    )
 
 
 async def test_crd_and_its_custom_resource_in_one_bundle(
@@ -130,15 +144,32 @@ async def test_crd_and_its_custom_resource_in_one_bundle(
         "spec": {
             "group": group,
             "scope": "Namespaced",
-            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget",
-                      "listKind": "WidgetList"},
-            "versions": [{
-                "name": "v1", "served": True, "storage": True,
-                "schema": {"openAPIV3Schema": {"type": "object", "properties": {
-                    "spec": {"type": "object", "properties": {"size": {"type": "integer"}}}}}},
-            }],
+            "names": {
+                "plural": "widgets",
+                "singular": "widget",
+                "kind": "Widget",
+                "listKind": "WidgetList",
+            },
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "properties": {
+                                "spec": {
+                                    "type": "object",
+                                    "properties": {"size": {"type": "integer"}},
+                                }
+                            },
+                        }
+                    },
+                }
+            ],
         },
-    }  # fmt: skip
+    }
     widget = {
         "apiVersion": f"{group}/v1",
         "kind": "Widget",
@@ -148,8 +179,8 @@ async def test_crd_and_its_custom_resource_in_one_bundle(
     # the custom resource comes first in the file: order must not depend on the file
     result = await reconciler.sync(make_bundle(widget, crd, namespace(unique_name)), policy())
     assert result.sync == st.SYNCED, result.reason
-    rt = await cluster.resource_type(f"{group}/v1", "Widget")
-    live = await cluster.get(rt, unique_name, "w1")
+    rt = await cluster.resource_type(api_version=f"{group}/v1", kind="Widget")
+    live = await cluster.get(rt, namespace=unique_name, name="w1")
     assert live is not None and live["spec"]["size"] == 3
 
 
@@ -171,10 +202,10 @@ async def test_wave_waits_for_health_and_times_out_with_a_reason(
     assert result.sync == st.APPLY_FAILED
     assert result.reason.startswith("wave -1 did not become healthy within 3 s: Deployment.apps")
     assert "stuck" in result.reason
-    assert await cluster.get(CM, ns, "later") is None, (
+    assert await cluster.get(CM, namespace=ns, name="later") is None, (
         "wave 1 was applied before wave -1 was healthy"
     )
-    assert await cluster.get(CM, ns, "same-wave") is None
+    assert await cluster.get(CM, namespace=ns, name="same-wave") is None
     assert by_name(result)["later"].message.startswith("not applied: wave -1")
 
 
@@ -190,9 +221,9 @@ async def test_healthy_wave_opens_the_next(
     later["metadata"]["annotations"] = {"fleetops.io/sync-wave": "2"}
     result = await reconciler.sync(make_bundle(namespace(ns), first, later), policy())
     assert result.sync == st.SYNCED, result.reason
-    live = await cluster.get(DEPLOY, ns, "first")
+    live = await cluster.get(DEPLOY, namespace=ns, name="first")
     assert live is not None and live["status"].get("availableReplicas") == 1
-    assert await cluster.get(CM, ns, "later") is not None
+    assert await cluster.get(CM, namespace=ns, name="later") is not None
 
 
 async def test_deployment_goes_progressing_then_healthy(
@@ -220,22 +251,32 @@ async def test_conflict_with_another_manager_force_off_and_on(
     other = configmap("shared", ns, owner="other")
     await asyncio.to_thread(
         subprocess.run,
-        [localkube.binary("kubectl"), f"--kubeconfig={local_clusters[0].kubeconfig}", "apply",
-         "--server-side", "--field-manager=other-tool", "-f", "-"],
-        input=json.dumps(other), text=True, check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            localkube.binary("kubectl"),
+            f"--kubeconfig={local_clusters[0].kubeconfig}",
+            "apply",
+            "--server-side",
+            "--field-manager=other-tool",
+            "-f",
+            "-",
+        ],
+        input=json.dumps(other),
+        text=True,
+        check=True,
+        capture_output=True,
+    )
     bundle = make_bundle(namespace(ns), configmap("shared", owner="git"), revision="r2")
     refused = await reconciler.sync(bundle, policy(force_conflicts=False))
     shared = by_name(refused)["shared"]
     assert shared.sync == st.APPLY_FAILED
     assert shared.conflict_manager == "other-tool"
     assert "other-tool" in shared.message and ".data.owner" in shared.message
-    live = await cluster.get(CM, ns, "shared")
+    live = await cluster.get(CM, namespace=ns, name="shared")
     assert live is not None and live["data"]["owner"] == "other"
 
     forced = await reconciler.sync(bundle, policy(force_conflicts=True))
     assert by_name(forced)["shared"].sync == st.SYNCED, forced.reason
-    live = await cluster.get(CM, ns, "shared")
+    live = await cluster.get(CM, namespace=ns, name="shared")
     assert live is not None and live["data"]["owner"] == "git"
 
 
@@ -260,8 +301,12 @@ async def test_bad_resources_fail_alone_and_stop_prune(
     assert any("metadata.name" in m for m in failed.values()), failed
     assert "no kind Gadget in example.com/v1" in failed["g"]
     assert ".dataa: field not declared in schema" in failed["typo"]
-    assert await cluster.get(CM, ns, "good") is not None, "a bad neighbour stopped a good resource"
-    assert await cluster.get(CM, ns, "old") is not None, "prune ran after a partial apply"
+    assert await cluster.get(CM, namespace=ns, name="good") is not None, (
+        "a bad neighbour stopped a good resource"
+    )
+    assert await cluster.get(CM, namespace=ns, name="old") is not None, (
+        "prune ran after a partial apply"
+    )
     assert "not pruned" in by_name(result)["old"].message
 
 
@@ -284,7 +329,7 @@ async def test_inventory_survives_an_agent_restart(
             make_bundle(namespace(ns), configmap("a"), revision="r2"), policy()
         )
         assert by_name(result)["b"].action == "pruned"
-        assert await second.get(CM, ns, "b") is None
+        assert await second.get(CM, namespace=ns, name="b") is None
     finally:
         second.close()
 
@@ -307,8 +352,8 @@ async def test_default_namespace_only_on_namespaced_objects(
     assert result.sync == st.SYNCED, result.reason
     keys = {r.key.name: r.key.namespace for r in result.resources}
     assert keys == {unique_name: "", "a": unique_name, f"{unique_name}-reader": ""}
-    rt = await cluster.resource_type("rbac.authorization.k8s.io/v1", "ClusterRole")
-    assert await cluster.get(rt, "", f"{unique_name}-reader") is not None
+    rt = await cluster.resource_type(api_version="rbac.authorization.k8s.io/v1", kind="ClusterRole")
+    assert await cluster.get(rt, namespace="", name=f"{unique_name}-reader") is not None
 
 
 async def test_real_workloads_reach_the_health_a_user_expects(
@@ -317,27 +362,43 @@ async def test_real_workloads_reach_the_health_a_user_expects(
     labels = {"app": "db"}
     pod = {"containers": [{"name": "c", "image": "registry.local/c:1"}]}
     statefulset = {
-        "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db"},
-        "spec": {"replicas": 2, "serviceName": "db", "selector": {"matchLabels": labels},
-                 "template": {"metadata": {"labels": labels}, "spec": pod}},
-    }  # fmt: skip
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": "db"},
+        "spec": {
+            "replicas": 2,
+            "serviceName": "db",
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": pod},
+        },
+    }
     daemonset = {
-        "apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "node-agent"},
-        "spec": {"selector": {"matchLabels": {"app": "node-agent"}},
-                 "template": {"metadata": {"labels": {"app": "node-agent"}}, "spec": pod}},
-    }  # fmt: skip
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {"name": "node-agent"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "node-agent"}},
+            "template": {"metadata": {"labels": {"app": "node-agent"}}, "spec": pod},
+        },
+    }
     job = {
-        "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "migrate"},
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "migrate"},
         "spec": {"template": {"spec": {**pod, "restartPolicy": "Never"}}},
-    }  # fmt: skip
+    }
     pvc = {
-        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data"},
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "data"},
         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
-    }  # fmt: skip
+    }
     lb = {
-        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "public"},
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "public"},
         "spec": {"type": "LoadBalancer", "selector": labels, "ports": [{"port": 80}]},
-    }  # fmt: skip
+    }
     bundle = make_bundle(namespace(unique_name), statefulset, daemonset, job, pvc, lb)
     await reconciler.sync(bundle, policy())
 

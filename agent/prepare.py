@@ -1,0 +1,227 @@
+"""Turns an app's bundle into a plan: parsed, validated, confined and resolved resources.
+
+Each resource gets its API type (from discovery, or from a CRD in the same bundle) and its
+namespace (the app's default when it has none and is namespaced); a resource that cannot be
+sent gets a failed result instead, with the file and line it came from. The rules of
+`agent.guard` are applied here, before any write: a bundle never writes into the agent's own
+namespace nor an inventory, and never takes over an object another app's inventory lists.
+
+It only reads (discovery, inventories); it never writes to the cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from fleetops.agent import errors, explain, guard, ids, inventory, kube, manifests, order
+from fleetops.agent import status as st
+from fleetops.proto import bundles
+from fleetops.proto.v1 import types_pb2
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A resource ready to send: its type is known and its namespace is set."""
+
+    resource: manifests.Resource
+    rt: kube.ResourceType
+
+    @property
+    def key(self) -> manifests.Key:
+        return self.resource.key
+
+    @property
+    def obj(self) -> Mapping[str, Any]:
+        return self.resource.obj
+
+    @property
+    def named_namespace(self) -> str:
+        """The namespace this object names when it is a Namespace, else ""."""
+        key = self.key
+        return key.name if key.kind == "Namespace" and not key.group else ""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Target:
+    """Which app one reconcile works on, at which revision, with which bundle content."""
+
+    app: ids.AppName
+    revision: ids.Revision
+    digest: ids.Digest
+
+    @classmethod
+    def of(cls, bundle: types_pb2.Bundle) -> Target:
+        """Where these ids enter the agent: the bundle's protobuf strings."""
+        return cls(
+            app=ids.AppName(bundle.app),
+            revision=ids.Revision(bundle.revision),
+            digest=ids.Digest(bundles.digest(bundle)),
+        )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Plan:
+    """What a sync would send (`prepared`) and what it cannot (`failures`)."""
+
+    prepared: list[Prepared]
+    failures: list[st.ResourceResult]
+
+    def by_key(self) -> dict[manifests.Key, Prepared]:
+        return {p.key: p for p in self.prepared}
+
+
+class Planner:
+    """Plans bundles, keeping the last clean plan per app for the next resync of that bundle."""
+
+    def __init__(self, client: kube.Kube, *, agent_namespace: str) -> None:
+        self.kube = client
+        self.agent_namespace = agent_namespace
+        self._plans: dict[str, tuple[str, Plan]] = {}  # app -> (digest, plan without failures)
+
+    async def plan(self, bundle: types_pb2.Bundle) -> Plan:
+        """Parse and resolve a bundle; a plan without failures is kept for the next resync."""
+        digest = bundles.digest(bundle)
+        cached = self._plans.get(bundle.app)
+        if cached is not None and cached[0] == digest:
+            return cached[1]
+        plan = await self._plan_uncached(bundle)
+        if not plan.failures:
+            self._plans[bundle.app] = (digest, plan)
+        return plan
+
+    async def _plan_uncached(self, bundle: types_pb2.Bundle) -> Plan:
+        parsed = await asyncio.to_thread(manifests.parse_bundle, bundle)  # off the event loop
+        failures = [
+            st.ResourceResult.apply_failed(
+                key=manifests.Key(
+                    group="",
+                    kind=p.kind or "(unknown kind)",
+                    namespace="",
+                    name=p.name or f"{p.source}:{p.line}",
+                ),
+                version="",
+                reason=str(p),
+                source=f"{p.source}:{p.line}",
+            )
+            for p in parsed.problems
+        ]
+        bundle_crds = {
+            (str(c.obj["spec"]["group"]), str(c.obj["spec"]["names"]["kind"])): c.obj
+            for c in parsed.resources
+            if c.kind == "CustomResourceDefinition"
+            and c.group == "apiextensions.k8s.io"
+            and isinstance(c.obj.get("spec"), dict)
+            and "names" in c.obj["spec"]
+        }
+        outcomes = await asyncio.gather(
+            *(
+                self._prepare(r, bundle_crds=bundle_crds, default_namespace=bundle.namespace)
+                for r in parsed.resources
+            )
+        )
+        prepared: list[Prepared] = []
+        seen: dict[manifests.Key, manifests.Resource] = {}
+        for outcome in outcomes:
+            if isinstance(outcome, st.ResourceResult):
+                failures.append(outcome)
+                continue
+            first = seen.get(outcome.key)
+            if first is not None:
+                failures.append(
+                    st.ResourceResult.apply_failed(
+                        key=outcome.key,
+                        version=outcome.rt.version,
+                        reason=f"{outcome.resource.where}: defined twice (also at "
+                        f"{first.where}); keep one",
+                        source=outcome.resource.where,
+                    )
+                )
+                continue
+            seen[outcome.key] = outcome.resource
+            prepared.append(outcome)
+        return Plan(prepared=prepared, failures=failures)
+
+    async def _prepare(
+        self,
+        r: manifests.Resource,
+        *,
+        bundle_crds: Mapping[tuple[str, str], Mapping[str, Any]],
+        default_namespace: str,
+    ) -> Prepared | st.ResourceResult:
+        def fail(message: str) -> st.ResourceResult:
+            return st.ResourceResult.apply_failed(
+                key=r.key, version=r.version, reason=f"{r.where}: {message}", source=r.where
+            )
+
+        try:
+            order.wave_of(r)
+        except ValueError as e:
+            return fail(str(e))
+        try:
+            rt = await self.kube.resource_type(api_version=r.api_version, kind=r.kind)
+        except errors.UnknownKind as e:
+            crd = bundle_crds.get((r.group, r.kind))
+            if crd is None:
+                return fail(str(e))
+            rt = kube.ResourceType(
+                group=r.group,
+                version=r.version,
+                kind=r.kind,
+                plural=str(crd["spec"]["names"]["plural"]),
+                namespaced=crd["spec"].get("scope", "Namespaced") == "Namespaced",
+            )
+        except errors.KubeError as e:
+            return fail(f"discovery failed: {explain.first_line(str(e))}")
+        obj = dict(r.obj)
+        meta = dict(obj["metadata"])
+        if rt.namespaced and not meta.get("namespace"):
+            if not default_namespace:
+                return fail(
+                    "namespaced object without metadata.namespace, and the app has no "
+                    "default namespace: set one of them"
+                )
+            meta["namespace"] = default_namespace
+        elif not rt.namespaced and meta.get("namespace"):
+            del meta["namespace"]  # cluster-scoped objects never get one
+        obj["metadata"] = meta
+        resource = manifests.Resource(obj, r.source, r.line)
+        refused = guard.refusal(resource.key, obj, agent_namespace=self.agent_namespace)
+        if refused is not None:
+            return st.ResourceResult.refused(
+                key=resource.key,
+                version=r.version,
+                reason=f"{r.where}: {refused.on_apply()}",
+                source=r.where,
+            )
+        return Prepared(resource, rt)
+
+
+async def unclaimed(inventories: inventory.Store, *, app: ids.AppName, plan: Plan) -> Plan:
+    """`plan` less the objects another app's inventory lists (Namespaces excepted: apps
+    may share one, and the namespace prune guard keeps it while anything else is in it).
+    Each is refused by name: taking it over would let this app change and later prune
+    what the other app applied."""
+    owners = await inventories.owners(besides=app)
+    if not owners:
+        return plan
+    kept: list[Prepared] = []
+    refused: list[st.ResourceResult] = []
+    for p in plan.prepared:
+        owner = owners.get(p.key)
+        if owner is None or (not p.key.group and p.key.kind == "Namespace"):
+            kept.append(p)
+            continue
+        refused.append(
+            st.ResourceResult.refused(
+                key=p.key,
+                version=p.rt.version,
+                reason=f"{p.resource.where}: refused: {p.key} belongs to app {owner} (its "
+                "inventory lists it); an app may not take over another app's objects: "
+                "remove it from one of the two apps",
+                source=p.resource.where,
+            )
+        )
+    return Plan(prepared=kept, failures=[*plan.failures, *refused]) if refused else plan
