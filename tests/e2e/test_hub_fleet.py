@@ -19,7 +19,7 @@ import yaml
 
 from fleetops.proto.v1 import types_pb2
 from tests import localkube
-from tests.e2e import fleet
+from tests.support import fleet
 
 pytestmark = pytest.mark.cluster
 FIXTURES = pathlib.Path(__file__).resolve().parent.parent / "fixtures"

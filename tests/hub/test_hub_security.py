@@ -20,8 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fleetops.hub import apitokens, errors, http, render, server, store
 from fleetops.proto.v1 import agent_pb2, fleet_pb2, fleet_pb2_grpc, types_pb2
-from tests.e2e import fleet
-from tests.support import rawagent, wait
+from tests.support import fleet, rawagent, wait
 
 SECRET = "webhook-secret-for-tests"
 DEV_AND_PROD = [

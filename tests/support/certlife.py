@@ -19,8 +19,7 @@ import yaml
 
 from fleetops.hub import ca, server
 from fleetops.proto.v1 import agent_pb2_grpc
-from tests.e2e import fleet
-from tests.support import rawagent
+from tests.support import fleet, rawagent
 
 
 @dataclasses.dataclass

@@ -18,8 +18,8 @@ from fleetops.tui import app as tui_app
 from fleetops.tui import client as tui_client
 from fleetops.tui.widgets.matrix import Matrix
 from tests import localkube
-from tests.e2e import fleet
 from tests.fakes import FakeAgent
+from tests.support import fleet
 
 SIZE = (120, 30)
 
