@@ -129,7 +129,7 @@ class StepClock:
     async def sleep(self, seconds: float, stop: asyncio.Event) -> None:
         self.naps.append(seconds)
         self.time += seconds
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # not a wait: yield to the loop, as a real sleep would
 
 
 class FakeNoCluster:

@@ -14,7 +14,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -23,6 +22,7 @@ import yaml
 
 from fleetops.proto.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
 from tests import localkube
+from tests.support import wait
 
 BIN = pathlib.Path(sys.executable).parent
 T = TypeVar("T")
@@ -154,18 +154,26 @@ def start_hub(
             text=True,
         )
     process = Process(proc, log)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        m = re.search(
-            r"gRPC on port (\d+), agents on port (\d+), HTTP on port (\d+)", log.read_text()
-        )
-        if m:
-            return Hub(process, data, int(m.group(1)), int(m.group(3)), int(m.group(2)))
+
+    def ports() -> re.Match[str] | None:
         if proc.poll() is not None:
             raise AssertionError(f"hub exited with {proc.returncode}:\n{process.tail()}")
-        time.sleep(0.1)
-    process.stop()
-    raise AssertionError(f"hub did not start within 30 s:\n{process.tail()}")
+        return re.search(
+            r"gRPC on port (\d+), agents on port (\d+), HTTP on port (\d+)", log.read_text()
+        )
+
+    try:
+        m = wait.until_sync(
+            "the hub saying which ports it serves",
+            ports,
+            within=30,
+            every=0.1,
+            explain=process.tail,
+        )
+    except AssertionError:
+        process.stop()
+        raise
+    return Hub(process, data, int(m.group(1)), int(m.group(3)), int(m.group(2)))
 
 
 def start_agent(
@@ -251,20 +259,8 @@ def wait_for(
     timeout: float = 60.0,
     on_fail: Callable[[], str] = str,
 ) -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = probe()
-        except grpc.RpcError as e:
-            last = e
-        else:
-            if last:
-                return last
-        time.sleep(0.2)
-    raise AssertionError(
-        f"{what} did not happen within {timeout:.0f} s (last: {last!r})\n{on_fail()}"
-    )
+    """Kept for importers outside this package's owners; new code calls `wait.until_sync`."""
+    return wait.until_sync(what, probe, within=timeout, retry_on=(grpc.RpcError,), explain=on_fail)
 
 
 def describe(cells: dict[tuple[str, str], fleet_pb2.ClusterAppStatus]) -> str:
