@@ -420,59 +420,102 @@ def test_with_the_hub_down_the_agent_heals_and_reports_later(world: Fleet) -> No
     assert healed[0].actor == "agent:c1"
 
 
-def test_security(world: Fleet, tmp_path: pathlib.Path) -> None:
-    from fleetops.agent import errors as agent_errors
-    from fleetops.agent import identity
-    from fleetops.proto.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2
+# ---------------------------------------------------------------- security, one claim each
 
-    client = world.client()
-    cells = client.cells()
-    # an agent holding c1's certificate may not read c3's (prod) bundle
+
+def c1_identity(world: Fleet) -> Any:
+    from fleetops.agent import identity
+
     c1 = identity.load(world.root / "agent-c1")
     assert c1 is not None and c1.cluster == "c1"
-    prod_bundle = cells[("c3", world.app("web"))].desired_bundle
-    assert prod_bundle != cells[("c1", world.app("web"))].desired_bundle
-    with grpc.secure_channel(f"127.0.0.1:{world.hub.agent_port}", c1.credentials()) as channel:
+    return c1
+
+
+def bundle_of(world: Fleet, cluster: str) -> str:
+    return world.client().cells()[(cluster, world.app("web"))].desired_bundle
+
+
+def read_bundle(world: Fleet, credentials: grpc.ChannelCredentials, digest: str) -> bytes:
+    from fleetops.proto.v1 import agent_pb2, agent_pb2_grpc
+
+    with grpc.secure_channel(f"127.0.0.1:{world.hub.agent_port}", credentials) as channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)
-        with pytest.raises(grpc.RpcError) as denied:
-            list(stub.GetBundle(agent_pb2.GetBundleRequest(digest=prod_bundle), timeout=10))
-        assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        own = cells[("c1", world.app("web"))].desired_bundle
-        assert b"".join(
-            c.data for c in stub.GetBundle(agent_pb2.GetBundleRequest(digest=own), timeout=10)
-        )
-    # the agent port refuses a client without a certificate from the hub's CA
+        chunks = stub.GetBundle(agent_pb2.GetBundleRequest(digest=digest), timeout=10)
+        return b"".join(c.data for c in chunks)
+
+
+def test_an_agent_reads_its_own_bundle(world: Fleet) -> None:
+    assert read_bundle(world, c1_identity(world).credentials(), bundle_of(world, "c1"))
+
+
+def test_an_agent_cannot_read_another_clusters_bundle(world: Fleet) -> None:
+    prod_bundle = bundle_of(world, "c3")
+    assert prod_bundle != bundle_of(world, "c1")
+    with pytest.raises(grpc.RpcError) as denied:
+        read_bundle(world, c1_identity(world).credentials(), prod_bundle)
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert f"bundle {prod_bundle[:12]} is not assigned to cluster c1" in denied.value.details()
+
+
+def test_the_agent_port_refuses_a_client_without_a_certificate(world: Fleet) -> None:
     ca_pem = (world.hub.data / "ca.crt").read_bytes()
-    with grpc.secure_channel(
-        f"127.0.0.1:{world.hub.agent_port}", grpc.ssl_channel_credentials(root_certificates=ca_pem)
-    ) as channel:
-        with pytest.raises(grpc.RpcError):
-            list(
-                agent_pb2_grpc.AgentServiceStub(channel).GetBundle(
-                    agent_pb2.GetBundleRequest(digest=own), timeout=10
-                )
-            )
-    # a plaintext client is refused
+    no_certificate = grpc.ssl_channel_credentials(root_certificates=ca_pem)
+    with pytest.raises(grpc.RpcError) as refused:
+        read_bundle(world, no_certificate, bundle_of(world, "c1"))
+    # refused in the TLS handshake (the port requires a client certificate), so no RPC runs and
+    # the only words are gRPC's own
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "failed to connect" in (refused.value.details() or "")
+
+
+def test_the_fleet_api_refuses_a_plaintext_client(world: Fleet) -> None:
+    from fleetops.proto.v1 import fleet_pb2
+
     with grpc.insecure_channel(world.hub.address) as channel:
         with pytest.raises(grpc.RpcError) as plain:
             fleet_pb2_grpc_stub(channel).GetSnapshot(fleet_pb2.SnapshotRequest(), timeout=5)
-        assert plain.value.code() == grpc.StatusCode.UNAVAILABLE
-    # a registration token works once, and not after it expired
-    token = client.token("c9")
+    assert plain.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_registration_token_works_once(world: Fleet, tmp_path: pathlib.Path) -> None:
+    from fleetops.agent import errors as agent_errors
+    from fleetops.agent import identity
+
+    token = world.client().token("c9")
     identity.register(tmp_path / "first", world.hub.address, token, {})
     with pytest.raises(agent_errors.AgentError, match="already used"):
         identity.register(tmp_path / "again", world.hub.address, token, {})
-    short = client.token("c8", ttl=1)
+
+
+def test_an_expired_registration_token_is_refused(world: Fleet, tmp_path: pathlib.Path) -> None:
+    from fleetops.agent import errors as agent_errors
+    from fleetops.agent import identity
+
+    short = world.client().token("c8", ttl=1)
     time.sleep(1.5)  # token expiry: waits for the hub's injectable clock (another branch)
     with pytest.raises(agent_errors.AgentError, match="expired"):
         identity.register(tmp_path / "late", world.hub.address, short, {})
-    # a token from another hub (wrong CA hash) is refused before anything is sent
-    forged = ".".join(token.split(".")[:2] + ["0" * 64])
+
+
+def test_a_token_from_another_hub_is_refused_before_anything_is_sent(
+    world: Fleet, tmp_path: pathlib.Path
+) -> None:
+    from fleetops.agent import errors as agent_errors
+    from fleetops.agent import identity
+
+    token = world.client().token("c7")
+    forged = ".".join(token.split(".")[:2] + ["0" * 64])  # another CA's hash
     with pytest.raises(agent_errors.AgentError, match="not the hub that issued this token"):
         identity.register(tmp_path / "forged", world.hub.address, forged, {})
-    # a read-only token may look but not act
+    assert "c7" not in {c.name for c in world.client().snapshot().clusters}
+
+
+def test_a_readonly_token_may_look(world: Fleet) -> None:
+    assert world.hub.fleet("readonly").snapshot().clusters
+
+
+def test_a_readonly_token_may_not_act(world: Fleet) -> None:
     readonly = world.hub.fleet("readonly")
-    assert readonly.snapshot().clusters
     with pytest.raises(grpc.RpcError) as ro:
         readonly.rollback(world.app("web"), world.revs[0])
     assert ro.value.code() == grpc.StatusCode.PERMISSION_DENIED
