@@ -1,4 +1,4 @@
-"""End-to-end helpers: a real Git repository, a hub process, agent processes, a fleet client.
+"""Real processes for tests in every package: a Git repository, a hub, agents, a fleet client.
 
 Everything here is real: `git` commits into a bare repository the hub fetches over file://,
 `fleetops-hub serve` and `fleetops-agent run` are separate processes talking mTLS gRPC on
