@@ -62,6 +62,7 @@ class FakeAgent:
                 self.failures.append(e.code().name)
             except OSError as e:
                 self.failures.append(type(e).__name__)
+            # not a wait: the redial backoff is what this fake agent does, like the real one
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, 10)
 
@@ -85,7 +86,7 @@ class FakeAgent:
 
             async def heartbeat() -> None:  # as the real agent does: the hub drops silent ones
                 while True:
-                    await asyncio.sleep(10)
+                    await asyncio.sleep(10)  # not a wait: the heartbeat interval
                     outbox.put_nowait(agent_pb2.AgentMessage(ack=agent_pb2.Ack()))
 
             beating = asyncio.ensure_future(heartbeat())

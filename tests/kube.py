@@ -1,4 +1,4 @@
-"""Test-side Kubernetes helpers: a dynamic client per local cluster, polling with a deadline.
+"""Test-side Kubernetes helpers: a dynamic client per local cluster and server-side apply.
 
 Tests may use the kubernetes client directly; the import-linter contract keeps it out of
 hub, tui and every agent module but agent.kube.
@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import pathlib
 import tempfile
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from kubernetes import config, dynamic  # type: ignore[import-untyped]
 from kubernetes.client import api_client  # type: ignore[import-untyped]
+
+from tests.support import wait
 
 T = TypeVar("T")
 
@@ -41,16 +42,6 @@ def apply(dyn: Any, manifest: dict[str, Any]) -> Any:
 
 
 def eventually(what: str, probe: Callable[[], T | None], timeout: float = 60.0) -> T:
-    """Poll `probe` until it returns something truthy; fail saying what never happened."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = probe()
-        except Exception as e:  # a probe may race the apiserver; keep the last error
-            last = e
-        else:
-            if last:
-                return last
-        time.sleep(0.2)
-    raise AssertionError(f"{what} did not happen within {timeout:.0f} s (last: {last!r})")
+    """Kept for importers outside this module's owners; new code calls `wait.until_sync`."""
+    # a probe may race the apiserver: any error counts as "not yet" and is shown if it stays
+    return wait.until_sync(what, probe, within=timeout, retry_on=(Exception,))

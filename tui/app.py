@@ -1,5 +1,7 @@
 """The Textual app: holds the fleet model, keeps it live from the hub's Watch stream in a
-worker, and runs the operator's actions. `make_app(client=...)` lets tests hand in a client."""
+worker, and runs the operator's actions. `make_app(client=...)` lets tests hand in a client.
+
+It is the top of the TUI: screens see it only as `screens.base.FleetHost` and never import it."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from textual.notifications import SeverityLevel
 
 from fleetops.tui import client as hubclient
 from fleetops.tui import messages, model, text
-from fleetops.tui.screens import overview
+from fleetops.tui.screens import base, overview
 
 
 class FleetApp(App[None]):
@@ -109,4 +111,7 @@ class FleetApp(App[None]):
 
 
 def make_app(*, client: hubclient.HubClient, clock: Callable[[], float] = time.time) -> FleetApp:
-    return FleetApp(client, clock)
+    app = FleetApp(client, clock)
+    host: base.FleetHost = app  # mypy checks here that the app is the host its screens expect
+    del host
+    return app

@@ -12,6 +12,7 @@ import pytest
 from kubernetes.dynamic import exceptions
 
 from tests import kube, localkube
+from tests.support import wait
 
 pytestmark = pytest.mark.cluster
 
@@ -68,7 +69,9 @@ def test_server_side_applied_deployment_becomes_available(
         status = deployments.get(name="web", namespace=unique_name).status
         return status.availableReplicas == 2
 
-    kube.eventually("Deployment web with 2 available replicas", available, timeout=90)
+    wait.until_sync(
+        "Deployment web with 2 available replicas", available, within=90, retry_on=(Exception,)
+    )
     live = deployments.get(name="web", namespace=unique_name)
     managers = [m.manager for m in live.metadata.managedFields]
     assert "fleetops-tests" in managers, f"server-side apply did not record our manager: {managers}"

@@ -22,8 +22,8 @@ from kubernetes import config as _config
 from kubernetes import watch as _watch
 
 from tests import localkube
-from tests.e2e import fleet
 from tests.faults import harness
+from tests.support import fleet
 
 pytestmark = pytest.mark.cluster
 kclient: Any = _client  # the kubernetes client is untyped

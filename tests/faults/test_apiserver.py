@@ -18,9 +18,8 @@ import yaml
 
 from fleetops.proto.v1 import types_pb2
 from tests import localkube
-from tests.e2e import fleet
 from tests.faults import harness
-from tests.support import tcpproxy
+from tests.support import fleet, tcpproxy
 
 pytestmark = pytest.mark.cluster  # the shared clusters, or a localkube cluster of its own
 

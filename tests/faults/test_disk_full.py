@@ -19,8 +19,8 @@ import grpc
 import pytest
 
 from tests import localkube
-from tests.e2e import fleet
 from tests.faults import harness
+from tests.support import fleet
 
 pytestmark = pytest.mark.cluster
 CLUSTER = "c2"

@@ -14,9 +14,8 @@ import urllib.request
 import pytest
 
 from tests import localkube
-from tests.e2e import fleet
 from tests.faults import harness
-from tests.support import tcpproxy
+from tests.support import fleet, tcpproxy
 
 pytestmark = pytest.mark.cluster
 CLUSTER = "c1"

@@ -13,8 +13,8 @@ import time
 import pytest
 
 from tests import localkube
-from tests.e2e import fleet
 from tests.faults import harness
+from tests.support import fleet
 
 pytestmark = pytest.mark.cluster
 CLUSTERS = ("c1", "c2")

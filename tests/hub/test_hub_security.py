@@ -20,8 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fleetops.hub import apitokens, errors, http, render, server, store
 from fleetops.proto.v1 import agent_pb2, fleet_pb2, fleet_pb2_grpc, types_pb2
-from tests.e2e import fleet
-from tests.support import rawagent, wait
+from tests.support import fleet, rawagent, wait
 
 SECRET = "webhook-secret-for-tests"
 DEV_AND_PROD = [
@@ -184,9 +183,9 @@ def test_metrics_label_values_are_escaped_so_they_parse() -> None:
     assert [s.labels["app"] for s in family.samples] == [evil]
 
 
-async def test_unknown_enum_values_show_as_unknown_and_metrics_still_answer(
-    hub: server.Running,
-) -> None:
+async def hostile_enum_report(hub: server.Running) -> types_pb2.AppReport:
+    """What the hub kept of a report with enum values no proto defines and a reason full of
+    terminal escapes and Rich markup."""
     agent = await enrolled(hub, "dev-5", token_labels={"env": "dev"}, claims={})
     async with agent_channel(hub, agent) as ch:
         stream = await agent.connect(ch)
@@ -203,10 +202,30 @@ async def test_unknown_enum_values_show_as_unknown_and_metrics_still_answer(
         )
         await wait.until("the report", lambda: ("dev-5", "web") in hub.hub.reports)
         stream.call.cancel()
-    report = hub.hub.reports[("dev-5", "web")]
+    return hub.hub.reports[("dev-5", "web")]
+
+
+async def test_an_unknown_health_value_shows_as_unknown(hub: server.Running) -> None:
+    report = await hostile_enum_report(hub)
     assert report.health == types_pb2.HEALTH_STATUS_UNKNOWN
+
+
+async def test_an_unknown_sync_value_shows_as_unspecified(hub: server.Running) -> None:
+    report = await hostile_enum_report(hub)
     assert report.sync == types_pb2.SYNC_STATUS_UNSPECIFIED
+
+
+async def test_terminal_escapes_in_a_reported_reason_are_dropped_and_markup_kept_as_text(
+    hub: server.Running,
+) -> None:
+    report = await hostile_enum_report(hub)
     assert "\x1b" not in report.reason and "[/]red" in report.reason
+
+
+async def test_metrics_still_answer_after_a_report_with_unknown_enum_values(
+    hub: server.Running,
+) -> None:
+    await hostile_enum_report(hub)
     text = await asyncio.to_thread(get, hub.http_port, "/metrics")
     assert any(
         s.labels.get("health") == "HEALTH_STATUS_UNKNOWN"
@@ -242,17 +261,45 @@ async def test_the_bootstrap_operator_token_acts_as_admin(hub: server.Running) -
     assert resp.event.actor == "admin"
 
 
-async def test_a_named_readonly_token_cannot_act(hub: server.Running) -> None:
+async def named_token(hub: server.Running, *, name: str, role: str) -> str:
     async with fleet_channel(hub) as ch:
-        stub = fleet_stub(ch)
-        bob = await stub.CreateApiToken(
-            fleet_pb2.CreateApiTokenRequest(name="bob", role="readonly"),
+        made = await fleet_stub(ch).CreateApiToken(
+            fleet_pb2.CreateApiTokenRequest(name=name, role=role),
             metadata=bearer(hub.tokens["operator"]),
         )
-        await stub.GetSnapshot(fleet_pb2.SnapshotRequest(), metadata=bearer(bob.token))
+    return made.token
+
+
+async def test_a_named_readonly_token_may_read(hub: server.Running) -> None:
+    bob = await named_token(hub, name="bob", role="readonly")
+    async with fleet_channel(hub) as ch:
+        snap = await fleet_stub(ch).GetSnapshot(fleet_pb2.SnapshotRequest(), metadata=bearer(bob))
+    assert {a.name for a in snap.apps} == {"web", "other"}
+
+
+# Every method that changes the fleet, with a request that an operator could send.
+OPERATOR_CALLS = [
+    ("Pause", fleet_pb2.PauseRequest(app="web")),
+    ("Sync", fleet_pb2.SyncRequest(app="web")),
+    ("Rollback", fleet_pb2.RollbackRequest(app="web", revision="0" * 40)),
+    ("Unpin", fleet_pb2.UnpinRequest(app="web")),
+    ("RemoveCluster", fleet_pb2.RemoveClusterRequest(cluster="dev-1")),
+    ("CreateToken", fleet_pb2.CreateTokenRequest(cluster="edge")),
+    ("CreateApiToken", fleet_pb2.CreateApiTokenRequest(name="eve", role="operator")),
+    ("RevokeApiToken", fleet_pb2.RevokeApiTokenRequest(name="bob")),
+]
+
+
+@pytest.mark.parametrize(("method", "request_"), OPERATOR_CALLS, ids=[m for m, _ in OPERATOR_CALLS])
+async def test_a_named_readonly_token_cannot_act(
+    hub: server.Running, method: str, request_: object
+) -> None:
+    bob = await named_token(hub, name="bob", role="readonly")
+    async with fleet_channel(hub) as ch:
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await stub.Pause(fleet_pb2.PauseRequest(app="web"), metadata=bearer(bob.token))
+            await getattr(fleet_stub(ch), method)(request_, metadata=bearer(bob))
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert f"{method} changes the fleet and needs an operator token" in (err.value.details() or "")
     assert "'bob' is read-only" in (err.value.details() or "")
 
 
@@ -264,19 +311,36 @@ async def test_a_readonly_token_cannot_mint_an_operator_token(hub: server.Runnin
                 metadata=bearer(hub.tokens["readonly"]),
             )
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "CreateApiToken changes the fleet" in (err.value.details() or "")
+    assert "is read-only" in (err.value.details() or "")
 
 
 async def test_a_revoked_token_is_refused_at_once(hub: server.Running) -> None:
+    carol = await named_token(hub, name="carol", role="operator")
     async with fleet_channel(hub) as ch:
         stub = fleet_stub(ch)
-        admin = bearer(hub.tokens["operator"])
-        carol = await stub.CreateApiToken(
-            fleet_pb2.CreateApiTokenRequest(name="carol", role="operator"), metadata=admin
+        await stub.RevokeApiToken(
+            fleet_pb2.RevokeApiTokenRequest(name="carol"), metadata=bearer(hub.tokens["operator"])
         )
-        await stub.RevokeApiToken(fleet_pb2.RevokeApiTokenRequest(name="carol"), metadata=admin)
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await stub.GetSnapshot(fleet_pb2.SnapshotRequest(), metadata=bearer(carol.token))
+            await stub.GetSnapshot(fleet_pb2.SnapshotRequest(), metadata=bearer(carol))
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "unknown, revoked or expired" in (err.value.details() or "")
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [(), (("authorization", "Bearer not-a-token"),), (("authorization", "Basic YWRtaW4="),)],
+    ids=["no token", "an unknown token", "not a bearer token"],
+)
+async def test_a_call_without_a_valid_token_is_unauthenticated(
+    hub: server.Running, metadata: tuple[tuple[str, str], ...]
+) -> None:
+    async with fleet_channel(hub) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await fleet_stub(ch).GetSnapshot(fleet_pb2.SnapshotRequest(), metadata=metadata)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "a valid fleet API token is required" in (err.value.details() or "")
 
 
 async def test_token_list_shows_names_and_roles_never_secrets(hub: server.Running) -> None:
@@ -307,16 +371,26 @@ async def test_an_expired_named_token_is_refused(tmp_path: pathlib.Path) -> None
         db.close()
 
 
-async def test_a_registration_token_with_an_absurd_ttl_is_refused_before_anything_is_written(
-    hub: server.Running,
-) -> None:
+async def ask_for_an_absurd_ttl(hub: server.Running) -> grpc.aio.AioRpcError:
     async with fleet_channel(hub) as ch:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await fleet_stub(ch).CreateToken(
                 fleet_pb2.CreateTokenRequest(cluster="edge", ttl_seconds=10**12),
                 metadata=bearer(hub.tokens["operator"]),
             )
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    return err.value
+
+
+async def test_a_registration_token_with_an_absurd_ttl_is_an_invalid_argument(
+    hub: server.Running,
+) -> None:
+    err = await ask_for_an_absurd_ttl(hub)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "ttl 1000000000000 s: a registration token may live from 1 s to" in (err.details() or "")
+
+
+async def test_a_registration_token_with_an_absurd_ttl_writes_nothing(hub: server.Running) -> None:
+    await ask_for_an_absurd_ttl(hub)
     assert await hub.hub.db.run(hub.hub.db.rows, "tokens") == []
 
 

@@ -1,6 +1,6 @@
 """One hub, one `fleetops-agent run` process and a Git repo, for agent fault tests.
 
-Real processes, as `tests/e2e/fleet.py` starts them, but with what fault tests need on top: the
+Real processes, as `tests/support/fleet.py` starts them, but with what fault tests need on top: the
 agent's kubeconfig may point anywhere (a `tcpgate.Gate` in front of the API server, a port that
 answers nothing, a ServiceAccount's token), any agent flag may be added, and the hub is read
 through one cell per app. Every process started here is stopped by `close()`, even on failure.
@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from fleetops.proto.v1 import fleet_pb2, types_pb2
-from tests.e2e import fleet
+from tests.support import fleet
 
 AGENT = str(pathlib.Path(sys.executable).parent / "fleetops-agent")
 CLUSTER = "faulty"

@@ -19,8 +19,7 @@ import yaml
 
 from fleetops.hub import ca, server
 from fleetops.proto.v1 import agent_pb2_grpc
-from tests.e2e import fleet
-from tests.support import rawagent
+from tests.support import fleet, rawagent
 
 
 @dataclasses.dataclass
@@ -130,7 +129,7 @@ class StepClock:
     async def sleep(self, seconds: float, stop: asyncio.Event) -> None:
         self.naps.append(seconds)
         self.time += seconds
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # not a wait: yield to the loop, as a real sleep would
 
 
 class FakeNoCluster:

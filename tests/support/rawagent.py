@@ -112,7 +112,7 @@ class RawAgent:
 
         async def heartbeat() -> None:  # as the real agent does, unless the test stops it
             while not call.done():
-                await asyncio.sleep(5)
+                await asyncio.sleep(5)  # not a wait: the heartbeat interval
                 outbox.put_nowait(agent_pb2.AgentMessage(ack=agent_pb2.Ack()))
 
         task = asyncio.ensure_future(heartbeat())

@@ -1,13 +1,12 @@
 """What a TUI test sees of the terminal: the strips the compositor sends to it (the same ones
 `export_screenshot` draws), as lines of text, and what in them could act on a terminal.
 
-Also the one way TUI tests wait for the screen: poll through `pilot.pause` (which lets the app
-process its messages and repaint) until a deadline, then fail naming what never happened and
-what was on screen."""
+Also how TUI tests wait for the screen: `tests.support.wait.until`, pausing through
+`pilot.pause` (which lets the app process its messages and repaint), failing with what was on
+screen."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import unicodedata
 from collections.abc import Callable
@@ -15,6 +14,8 @@ from typing import Any
 
 from textual.app import App
 from textual.pilot import Pilot
+
+from tests.support import wait
 
 # What must never reach a terminal from a segment's text: controls (ESC, BEL, C1 ...),
 # format characters (bidi overrides, zero-width), line and paragraph separators.
@@ -51,10 +52,7 @@ def terminal(app: App[Any]) -> Terminal:
 async def until(
     pilot: Pilot[Any], what: str, check: Callable[[], object], within: float = 10.0
 ) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while asyncio.get_running_loop().time() < deadline:
-        if check():
-            return
-        await pilot.pause(0.05)
-    shown = terminal(pilot.app).text
-    raise AssertionError(f"{what} never happened; on screen:\n{shown}")
+    """`wait.until`, pausing through the pilot and showing the screen when it fails."""
+    await wait.until(
+        what, check, within=within, pause=pilot.pause, explain=lambda: terminal(pilot.app).text
+    )

@@ -421,9 +421,20 @@ def test_the_app_screen_as_the_terminal_shows_it(snap_compare: Any) -> None:
         await screen.until(
             pilot, "the app screen", lambda: bool(pilot.app.screen.query("#clusters"))
         )
-        pilot.app.screen.query_one("#clusters", DataTable).move_cursor(row=1)
-        await pilot.pause(0.1)
+        clusters = pilot.app.screen.query_one("#clusters", DataTable)
+        clusters.move_cursor(row=1)
+        second = str(clusters.get_row_at(1)[0])
+        await screen.until(
+            pilot,
+            f"the resources of {second}",
+            lambda: str(pilot.app.screen.query_one("#resources-title", Static).render()).endswith(
+                second
+            ),
+        )
         pilot.app.screen.query_one("#resources", DataTable).move_cursor(row=1)
-        await pilot.pause(0.2)
+        await screen.until(
+            pilot, "the drift box", lambda: pilot.app.screen.query_one("#drift", Static).display
+        )
+        await pilot.pause()
 
     assert snap_compare(hostile_app(), terminal_size=(140, 30), run_before=open_the_drift)

@@ -13,8 +13,7 @@ import yaml
 from fleetops.hub import fleet_service, render, server
 from fleetops.proto.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
 from fleetops.tui import client as tui_client
-from tests.e2e import fleet
-from tests.support import wait
+from tests.support import fleet, wait
 
 
 @pytest.fixture

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import pathlib
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 import pytest
 import yaml
+from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, Static
 
 from fleetops.hub import render, server
@@ -18,8 +20,8 @@ from fleetops.tui import app as tui_app
 from fleetops.tui import client as tui_client
 from fleetops.tui.widgets.matrix import Matrix
 from tests import localkube
-from tests.e2e import fleet
 from tests.fakes import FakeAgent
+from tests.support import fleet, wait
 
 SIZE = (120, 30)
 
@@ -107,15 +109,16 @@ def client_for(hub: server.Running, role: str = "operator") -> tui_client.HubCli
     return tui_client.HubClient(creds)
 
 
-async def until(pilot: object, what: str, check: Callable[[], bool], within: float = 15.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while asyncio.get_running_loop().time() < deadline:
-        if check():
-            return
-        await pilot.pause(0.1)  # type: ignore[attr-defined]
-    app = pilot.app  # type: ignore[attr-defined]
-    shown = matrix_text(app) if app.screen.query("#matrix") else app.screen.__class__.__name__
-    raise AssertionError(f"{what} never happened; on screen: {shown}")
+async def until(
+    pilot: Pilot[Any], what: str, check: Callable[[], bool], within: float = 15.0
+) -> None:
+    """`wait.until`, pausing through the pilot; on failure it shows the matrix."""
+
+    def shown() -> str:
+        app = pilot.app
+        return str(matrix_text(app) if app.screen.query("#matrix") else type(app.screen).__name__)
+
+    await wait.until(what, check, within=within, every=0.1, pause=pilot.pause, explain=shown)
 
 
 def matrix_text(app: tui_app.FleetApp) -> dict[str, list[str]]:
@@ -173,7 +176,9 @@ async def test_sync_asks_first_then_the_hub_records_it(hub: server.Running) -> N
         await pilot.press("s")
         await until(pilot, "the confirmation", lambda: app.screen.__class__.__name__ == "Confirm")
         await pilot.press("n")
-        await pilot.pause(0.3)
+        await until(
+            pilot, "the answer closing it", lambda: app.screen.__class__.__name__ != "Confirm"
+        )
         assert not [
             e for e in hub.hub.db.call(hub.hub.db.events, app="api") if e.kind == "sync-requested"
         ]

@@ -10,12 +10,13 @@ from typing import Any
 
 import grpc
 from textual.pilot import Pilot
-from textual.widgets import DataTable
+from textual.widgets import DataTable, Static
 
 from fleetops.proto.v1 import fleet_pb2, types_pb2
 from fleetops.tui import app as tui_app
 from fleetops.tui import client as tui_client
 from fleetops.tui.widgets.matrix import Matrix
+from tests.tui import screen
 
 REV_A = "4f2b9c1e8d7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c"
 REV_B = "9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d"
@@ -132,14 +133,19 @@ def app() -> tui_app.FleetApp:
 
 
 async def settled(pilot: Pilot[Any]) -> None:
-    for _ in range(50):
-        if (
+    await screen.until(
+        pilot,
+        "the fleet in the matrix",
+        lambda: (
             pilot.app.screen.query("#matrix")
             and pilot.app.screen.query_one("#matrix", Matrix).row_count
-        ):
-            break
-        await pilot.pause(0.05)
+        ),
+    )
     await pilot.pause()
+
+
+def resources_title(pilot: Pilot[Any]) -> str:
+    return str(pilot.app.screen.query_one("#resources-title", Static).render())
 
 
 def test_overview(snap_compare: Any) -> None:
@@ -156,10 +162,21 @@ def test_app_detail_with_a_drift(snap_compare: Any) -> None:
         table = pilot.app.screen.query_one("#matrix", Matrix)
         table.move_cursor(row=2, column=3)  # us-dev-1 / guestbook
         await pilot.press("enter")
-        await pilot.pause(0.2)
+        await screen.until(
+            pilot,
+            "guestbook's clusters",
+            lambda: (
+                pilot.app.screen.query("#clusters")
+                and pilot.app.screen.query_one("#clusters", DataTable).row_count > 2
+            ),
+        )
         clusters = pilot.app.screen.query_one("#clusters", DataTable)
         clusters.move_cursor(row=2)
-        await pilot.pause(0.2)
+        third = str(clusters.get_row_at(2)[0])
+        await screen.until(
+            pilot, f"the resources of {third}", lambda: resources_title(pilot).endswith(third)
+        )
+        await pilot.pause()
 
     assert snap_compare(app(), terminal_size=(140, 30), run_before=open_guestbook)
 
@@ -169,7 +186,15 @@ def test_cluster_detail_shows_what_the_agent_says_apart_from_labels(snap_compare
         await settled(pilot)
         pilot.app.screen.query_one("#matrix", Matrix).move_cursor(row=0, column=0)
         await pilot.press("c")
-        await pilot.pause(0.2)
+        await screen.until(
+            pilot,
+            "eu-prod-1's cluster screen",
+            lambda: (
+                pilot.app.screen.query("#cluster-info")
+                and "last seen" in str(pilot.app.screen.query_one("#cluster-info", Static).render())
+            ),
+        )
+        await pilot.pause()
 
     fixed = tui_app.make_app(client=FakeHubClient(), clock=lambda: float(LOST_AT))
     assert snap_compare(fixed, terminal_size=(120, 24), run_before=open_eu_prod_1)
@@ -188,7 +213,6 @@ class LostHubClient(FakeHubClient):
         if self.calls > 1:
             await asyncio.Event().wait()
         yield fleet_pb2.FleetChange(version=7, snapshot=fleet_snapshot())
-        await asyncio.sleep(0.2)
         raise grpc.aio.AioRpcError(
             grpc.StatusCode.UNAVAILABLE,
             grpc.aio.Metadata(),
@@ -200,10 +224,11 @@ class LostHubClient(FakeHubClient):
 def test_disconnected_hub_marks_the_data_stale(snap_compare: Any) -> None:
     async def lose_the_hub(pilot: Pilot[Any]) -> None:
         await settled(pilot)
-        for _ in range(40):
-            if "connection lost" in str(pilot.app.screen.query_one("#connection").render()):
-                break
-            await pilot.pause(0.05)
+        await screen.until(
+            pilot,
+            "the connection line saying the connection was lost",
+            lambda: "connection lost" in str(pilot.app.screen.query_one("#connection").render()),
+        )
         await pilot.pause()
 
     lost = tui_app.make_app(client=LostHubClient(), clock=lambda: float(LOST_AT))
@@ -244,12 +269,16 @@ async def test_a_changed_cell_is_repainted() -> None:
         first = app.export_screenshot().replace("&#160;", " ")
         assert "Synced Healthy 9e8d7c6" in first and "guestbook 1/3" in first
         fake.go.set()
-        for _ in range(40):
-            await pilot.pause(0.05)
-            shot = app.export_screenshot().replace("&#160;", " ")
-            if "Synced Degraded 9e8d7c6" in shot and shot.count("Synced Degraded") == 2:
-                break
-        shot = app.export_screenshot().replace("&#160;", " ")
+
+        def screenshot() -> str:
+            return app.export_screenshot().replace("&#160;", " ")
+
+        await screen.until(
+            pilot,
+            "the changed cell repainted",
+            lambda: screenshot().count("Synced Degraded 9e8d7c6") == 2,
+        )
+        shot = screenshot()
         assert shot.count("Synced Degraded 9e8d7c6") == 2, "the changed cell was not repainted"
         assert "Synced Healthy 9e8d7c6" not in shot
         assert "guestbook 0/3" in shot, "the column's count did not follow"
