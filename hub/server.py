@@ -98,7 +98,15 @@ async def start(
     tokens = apitokens.bootstrap(data)
     registry = apitokens.Registry(db=db, bootstrap=tokens)
     await registry.load()
-    hub = core.Hub(cfg=cfg, db=db, data=data, tools=tools or render.Tools())
+    hub = core.Hub(
+        cfg=cfg,
+        db=db,
+        data=data,
+        tools=tools or render.Tools(),
+        authority=authority,
+        registry=registry,
+        cert_lifetime=cert_lifetime,
+    )
     await hub.load()
 
     server = grpc.aio.server(
@@ -117,9 +125,9 @@ async def start(
             ("grpc.max_receive_message_length", core.MAX_MESSAGE),
         ],
     )
-    agents = agent_service.AgentService(hub, authority, cert_lifetime=cert_lifetime)
+    agents = agent_service.AgentService(hub)
     agent_pb2_grpc.add_AgentServiceServicer_to_server(agents, server)
-    fleet = fleet_service.FleetService(hub, authority, registry)
+    fleet = fleet_service.FleetService(hub)
     fleet_pb2_grpc.add_FleetServiceServicer_to_server(fleet, server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -232,7 +240,7 @@ async def _watch_config(
         try:
             cfg = config.load(path)
         except errors.ConfigError as e:
-            hub.config_error = f"{e}; still running the last good config"
+            hub.config_refused(f"{e}; still running the last good config")
             log.error("hub.yaml reload refused: %s", hub.config_error)
             continue
         log.info("hub.yaml reloaded")

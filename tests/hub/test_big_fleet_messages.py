@@ -10,7 +10,7 @@ import grpc
 import pytest
 import yaml
 
-from fleetops.hub import core, render, server
+from fleetops.hub import render, server, sessions
 from fleetops.proto import bundles
 from fleetops.proto.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 from tests.e2e import fleet
@@ -69,7 +69,7 @@ async def test_fifty_apps_of_five_hundred_objects_reach_an_agent_with_default_li
         assert got.ByteSize() < 4 * 1024 * 1024
         inline = [a for a in got.assignments if a.HasField("bundle")]
         fetched = [a for a in got.assignments if not a.HasField("bundle")]
-        assert sum(a.bundle.ByteSize() for a in inline) <= core.INLINE_BUDGET
+        assert sum(a.bundle.ByteSize() for a in inline) <= sessions.INLINE_BUDGET
         assert fetched, "every bundle fitted inline: the test no longer tests the cap"
         stub = agent_pb2_grpc.AgentServiceStub(ch)
         for a in fetched:

@@ -362,14 +362,14 @@ async def test_a_certificate_renewed_before_registering_again_is_revoked_too(
 
 async def test_a_removed_cluster_s_certificate_cannot_connect(hub: certlife.FleetHub) -> None:
     agent = await hub.registered("dev")
-    await hub.running.hub.remove_cluster("dev", "tester")
+    await hub.running.hub.remove_cluster(cluster="dev", actor="tester")
     err = await connect_refusal(hub, agent)
     assert err.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 async def test_a_removed_cluster_s_certificate_cannot_renew(hub: certlife.FleetHub) -> None:
     agent = await hub.registered("dev")
-    await hub.running.hub.remove_cluster("dev", "tester")
+    await hub.running.hub.remove_cluster(cluster="dev", actor="tester")
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await renew(hub, agent)
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -96,10 +96,10 @@ async def test_a_slow_helm_render_holds_neither_connects_nor_other_apps(
         running.hub.trigger_fetch("platform")
         await wait.until(
             "the plain app to move while the chart renders",
-            lambda: running.hub.assignments.get(("c1", "plain"), {}).get("revision") == head,
+            lambda: _revision(running, "c1", "plain") == head,
             within=SLOW / 2,
         )
-        assert running.hub.assignments[("c1", "chart")]["revision"] != head  # still rendering
+        assert _revision(running, "c1", "chart") != head  # still rendering
         second, ch2 = await connect(running, "c2")
         async with ch2:
             s2 = await second.connect(ch2, agent_pb2.Hello())
@@ -107,11 +107,14 @@ async def test_a_slow_helm_render_holds_neither_connects_nor_other_apps(
             assert {a.app for a in got.assignments} == {"plain"}  # the chart comes when rendered
             await wait.until(
                 "the chart to reach both clusters once rendered",
-                lambda: all(
-                    running.hub.assignments.get((c, "chart"), {}).get("revision") == head
-                    for c in ("c1", "c2")
-                ),
+                lambda: all(_revision(running, c, "chart") == head for c in ("c1", "c2")),
                 within=SLOW * 3,
             )
             s2.call.cancel()
         s1.call.cancel()
+
+
+def _revision(running: server.Running, cluster: str, app: str) -> str:
+    """The revision the hub assigns `app` on `cluster` now ('' when none)."""
+    got = running.hub.assignment(cluster, app)
+    return got.revision if got is not None else ""
