@@ -86,7 +86,10 @@ async def start(
     tools: render.Tools | None = None,
     ca_key: pathlib.Path | None = None,
     cert_lifetime: datetime.timedelta = ca.DEFAULT_CERT_LIFETIME,
+    clock: Callable[[], float] = time.time,
 ) -> Running:
+    """Start serving. `clock` is the wall clock of everything with a lifetime the hub
+    decides itself (registration and API tokens); tests move it by hand."""
     cfg = config.load(config_path)
     data.mkdir(parents=True, exist_ok=True, mode=0o700)  # noqa: ASYNC240 (start-up)
     data.chmod(0o700)  # noqa: ASYNC240 (the CA key, tokens and every bundle live here)
@@ -96,7 +99,7 @@ async def start(
     serving = _Serving(data, authority, ca.default_names() + [host] + (names or []))
     db = store.Store(data / "hub.db")
     tokens = apitokens.bootstrap(data)
-    registry = apitokens.Registry(db=db, bootstrap=tokens)
+    registry = apitokens.Registry(db=db, bootstrap=tokens, clock=clock)
     await registry.load()
     hub = core.Hub(
         cfg=cfg,
@@ -106,6 +109,7 @@ async def start(
         authority=authority,
         registry=registry,
         cert_lifetime=cert_lifetime,
+        now=clock,
     )
     await hub.load()
 
