@@ -15,7 +15,7 @@ import datetime
 import pathlib
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import yaml
@@ -61,6 +61,9 @@ class ManualClock:
         self.now += seconds
 
 
+P = TypeVar("P", bound="HubProc")
+
+
 @dataclasses.dataclass
 class HubProc:
     running: server.Running
@@ -93,6 +96,11 @@ class HubProc:
     @property
     def data(self) -> pathlib.Path:
         return self.root / "data"
+
+    def revision(self, cluster: str, app: str) -> str:
+        """The revision the hub assigns `app` on `cluster` now ('' when none)."""
+        got = self.hub.assignment(cluster, app)
+        return got.revision if got is not None else ""
 
     async def token(self, cluster: str, labels: dict[str, str] | None = None) -> str:
         return await rawagent.registration_token(
@@ -143,6 +151,24 @@ async def running(
 ) -> AsyncIterator[HubProc]:
     """A hub serving `config` (a hub.yaml as a dict) from `root`, once each repo in `ready`
     has a head; stopped at the end, pass or fail."""
+    async with running_as(
+        HubProc, root, config, ready=ready, tools=tools, cert_lifetime=cert_lifetime, clock=clock
+    ) as proc:
+        yield proc
+
+
+@contextlib.asynccontextmanager
+async def running_as(
+    kind: type[P],
+    root: pathlib.Path,
+    config: Mapping[str, Any],
+    *,
+    ready: Sequence[str] = ("platform",),
+    tools: render.Tools | None = None,
+    cert_lifetime: datetime.timedelta = ca.DEFAULT_CERT_LIFETIME,
+    clock: Callable[[], float] | None = None,
+) -> AsyncIterator[P]:
+    """`running`, yielding a `kind` (a HubProc with a test area's own helpers)."""
     root.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (set-up, nothing runs yet)
     config_path = root / "hub.yaml"
     config_path.write_text(yaml.safe_dump(dict(config)))  # noqa: ASYNC240 (set-up)
@@ -151,7 +177,7 @@ async def running(
         options["tools"] = tools
     if clock is not None:
         options["clock"] = clock
-    proc = HubProc(await _start(config_path, root / "data", options), root, config_path, options)
+    proc = kind(await _start(config_path, root / "data", options), root, config_path, options)
     try:
         for name in ready:
             await wait.until(f"the first fetch of {name}", lambda n=name: proc.hub.heads.get(n))
