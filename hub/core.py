@@ -155,8 +155,9 @@ class Hub:
 
         rows = await self.db.run(read)
         for r in rows["clusters"]:
-            r["connected"] = 0  # nobody is connected to a process that just started
-            self._clusters.rows[r["name"]] = r
+            cluster = fleetstate.Cluster.from_row(r)
+            cluster.connected = False  # nobody is connected to a process that just started
+            self._clusters.put(cluster)
         for r in rows["assignments"]:
             self.assignments.set(fleetstate.Assignment.from_row(r))
         self._reports.load(rows["reports"])
@@ -363,7 +364,7 @@ class Hub:
         return self._sessions.streams
 
     @property
-    def clusters(self) -> dict[str, dict[str, Any]]:
+    def clusters(self) -> dict[str, fleetstate.Cluster]:
         return self._clusters.rows
 
     @property
@@ -373,10 +374,6 @@ class Hub:
     @property
     def dropped_reports(self) -> int:
         return self._reports.dropped
-
-    @property
-    def version(self) -> int:
-        return self._bus.version
 
     @property
     def watchers(self) -> set[events.Subscription]:

@@ -163,24 +163,17 @@ class Enrollment:
         """`facts` are what the agent says of itself (shown, never matched), `hub_labels`
         came with its token (`fleetops-hub cluster add --labels`); a re-registration keeps
         the earlier hub labels unless its token carries new ones."""
-        row = self._clusters.row(cluster) or {
-            "name": cluster,
-            "labels": "{}",
-            "agent_labels": "{}",
-            "agent_version": "",
-            "kubernetes_version": "",
-            "registered_at": self._now(),
-            "last_seen": 0.0,
-            "connected": 0,
-            "reason": "",
-        }
-        row["agent_labels"] = store.dumps(reports.clean_facts(facts))
+        known = self._clusters.row(cluster)
+        row = dataclasses.replace(
+            known or fleetstate.Cluster(name=cluster, registered_at=self._now()),
+            facts=reports.clean_facts(facts),
+            cert_fingerprint=cert_fingerprint,
+            cert_expires=cert_expires,
+        )
         if hub_labels:
-            row["labels"] = store.dumps(hub_labels)
-        row["cert_fingerprint"] = cert_fingerprint
-        row["cert_expires"] = cert_expires
-        await self._db.run(self._db.upsert, "clusters", row, "name")
-        self._clusters.rows[cluster] = row
+            row.labels = dict(hub_labels)
+        await self._db.run(self._db.upsert, "clusters", row.row(), "name")
+        self._clusters.put(row)
         await self._recorder.record(
             events.Entry(
                 cluster=cluster,
@@ -200,7 +193,7 @@ class Enrollment:
         row = self._clusters.row(cluster)
         if row is None:
             return False
-        known = str(row.get("cert_fingerprint") or "")
+        known = row.cert_fingerprint
         # clusters registered before fingerprints were kept: trust until the first renewal
         return not known or hmac.compare_digest(known, fingerprint)
 
@@ -238,9 +231,9 @@ class Enrollment:
         row = self._clusters.row(cluster)
         if row is None:
             raise errors.PermissionDenied(f"cluster {cluster} is not registered (was it removed?)")
-        new = {**row, "cert_fingerprint": fingerprint, "cert_expires": expires}
-        await self._db.run(self._db.upsert, "clusters", new, "name")  # stored, then believed
-        row.update(new)
+        new = dataclasses.replace(row, cert_fingerprint=fingerprint, cert_expires=expires)
+        await self._db.run(self._db.upsert, "clusters", new.row(), "name")  # stored, believed
+        self._clusters.put(new)
         await self._recorder.record(
             events.Entry(
                 cluster=cluster,

@@ -114,11 +114,53 @@ class Assignments:
         return len(self._rows)
 
 
+@dataclasses.dataclass
+class Cluster:
+    """A registered cluster. Changed in place (connectivity is news several times a minute),
+    so whoever holds one sees the latest."""
+
+    name: str
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)  # from its token
+    facts: dict[str, str] = dataclasses.field(default_factory=dict)  # what the agent says
+    agent_version: str = ""
+    kubernetes_version: str = ""
+    registered_at: float = 0.0
+    last_seen: float = 0.0
+    connected: bool = False
+    reason: str = ""  # why it disconnected
+    cert_fingerprint: str = ""  # the only certificate accepted for it ('' before they were kept)
+    cert_expires: float = 0.0
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Cluster:
+        return cls(
+            name=str(row["name"]),
+            labels=store.loads(row.get("labels")),
+            facts=store.loads(row.get("agent_labels")),
+            agent_version=str(row.get("agent_version") or ""),
+            kubernetes_version=str(row.get("kubernetes_version") or ""),
+            registered_at=float(row.get("registered_at") or 0.0),
+            last_seen=float(row.get("last_seen") or 0.0),
+            connected=bool(row.get("connected")),
+            reason=str(row.get("reason") or ""),
+            cert_fingerprint=str(row.get("cert_fingerprint") or ""),
+            cert_expires=float(row.get("cert_expires") or 0.0),
+        )
+
+    def row(self) -> dict[str, Any]:
+        """The store's row for it."""
+        out = dataclasses.asdict(self)
+        out["labels"] = store.dumps(self.labels)
+        out["agent_labels"] = store.dumps(out.pop("facts"))
+        out["connected"] = int(self.connected)
+        return out
+
+
 class Clusters:
-    """The registered clusters, as the store's rows (labels and facts as JSON text)."""
+    """The registered clusters."""
 
     def __init__(self) -> None:
-        self.rows: dict[str, dict[str, Any]] = {}
+        self.rows: dict[str, Cluster] = {}
 
     def __contains__(self, name: object) -> bool:
         return name in self.rows
@@ -126,8 +168,17 @@ class Clusters:
     def names(self) -> list[str]:
         return sorted(self.rows)
 
-    def row(self, name: str) -> dict[str, Any] | None:
+    def row(self, name: str) -> Cluster | None:
         return self.rows.get(name)
+
+    def put(self, cluster: Cluster) -> None:
+        """Believe `cluster` (already stored): the record others hold is updated in place."""
+        known = self.rows.get(cluster.name)
+        if known is None:
+            self.rows[cluster.name] = cluster
+            return
+        for f in dataclasses.fields(cluster):
+            setattr(known, f.name, getattr(cluster, f.name))
 
     def require(self, name: str) -> None:
         if name not in self.rows:
@@ -135,9 +186,8 @@ class Clusters:
 
     def registered_labels(self, name: str) -> dict[str, str]:
         """The labels the cluster's registration token carried."""
-        row = self.rows.get(name) or {}
-        labels: dict[str, str] = store.loads(row.get("labels"))
-        return labels
+        row = self.rows.get(name)
+        return dict(row.labels) if row is not None else {}
 
     def labels_of(self, cfg: config.Config, name: str) -> dict[str, str]:
         """The labels selectors match (hub.yaml over the token's; never the agent's facts)."""

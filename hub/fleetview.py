@@ -18,7 +18,6 @@ from fleetops.hub import (
     plan,
     rendercache,
     status,
-    store,
 )
 from fleetops.proto import supervise
 from fleetops.proto.v1 import fleet_pb2, types_pb2
@@ -62,21 +61,21 @@ class FleetView:
         c = types_pb2.Cluster(
             name=name,
             labels=labels,
-            agent_facts=store.loads(row.get("agent_labels")),
-            agent_version=row.get("agent_version") or "",
-            kubernetes_version=row.get("kubernetes_version") or "",
+            agent_facts=row.facts,
+            agent_version=row.agent_version,
+            kubernetes_version=row.kubernetes_version,
             groups=[g.name for g in cfg.cluster_groups if g.selector.matches(labels)],
         )
-        if row.get("last_seen"):
-            c.last_seen.FromNanoseconds(int(row["last_seen"] * 1e9))
-        if row.get("cert_expires"):
-            c.certificate_expires.FromNanoseconds(int(row["cert_expires"] * 1e9))
+        if row.last_seen:
+            c.last_seen.FromNanoseconds(int(row.last_seen * 1e9))
+        if row.cert_expires:
+            c.certificate_expires.FromNanoseconds(int(row.cert_expires * 1e9))
         if self._connected(name):
             c.connectivity = types_pb2.CONNECTIVITY_CONNECTED
-        elif row.get("last_seen"):
+        elif row.last_seen:
             c.connectivity = types_pb2.CONNECTIVITY_DISCONNECTED
-            c.reason = f"disconnected since {status.since(row['last_seen'])}" + (
-                f": {row['reason']}" if row.get("reason") else ""
+            c.reason = f"disconnected since {status.since(row.last_seen)}" + (
+                f": {row.reason}" if row.reason else ""
             )
         else:
             c.connectivity = types_pb2.CONNECTIVITY_NEVER_SEEN
@@ -115,7 +114,7 @@ class FleetView:
         target = plan.target_for(cfg, eff, cluster, self._clusters.labels_of(cfg, cluster))
         if target is None:
             return None
-        row = self._clusters.row(cluster) or {}
+        row = self._clusters.row(cluster)
         head = self._heads.get(app.repo, "")
         render_result = self._renders.known(eff, target, head)
         render_error = (
@@ -130,7 +129,7 @@ class FleetView:
             assignment=self._assignments.get(cluster, app.name),
             report=self._reports.get((cluster, app.name)),
             connected=self._connected(cluster),
-            last_seen=row.get("last_seen") or 0.0,
+            last_seen=row.last_seen if row is not None else 0.0,
             render_error=render_error,
             wanted_revision=head,
             auto_sync=eff.sync.auto,

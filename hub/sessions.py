@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Protocol
+from typing import Protocol
 
 from fleetops.hub import errors, fleetstate, rendercache, reports, store
 from fleetops.proto.v1 import agent_pb2, types_pb2
@@ -148,15 +148,13 @@ class Sessions:
             raise
         return stream
 
-    async def _connected(self, cluster: str, row: dict[str, Any], hello: agent_pb2.Hello) -> None:
-        row.update(
-            agent_version=reports.text(hello.agent_version, 100),
-            kubernetes_version=reports.text(hello.kubernetes_version, 100),
-            agent_labels=store.dumps(reports.clean_facts(dict(hello.labels))),
-            connected=1,
-            last_seen=time.time(),
-            reason="",
-        )
+    async def _connected(
+        self, cluster: str, row: fleetstate.Cluster, hello: agent_pb2.Hello
+    ) -> None:
+        row.agent_version = reports.text(hello.agent_version, 100)
+        row.kubernetes_version = reports.text(hello.kubernetes_version, 100)
+        row.facts = reports.clean_facts(dict(hello.labels))
+        row.connected, row.last_seen, row.reason = True, time.time(), ""
         await self._save_connectivity(row)
         for report in hello.reports:
             await self._take_report(cluster, report)
@@ -168,13 +166,13 @@ class Sessions:
             )
             self.push_assignments(cluster)
 
-    async def _save_connectivity(self, row: dict[str, Any]) -> None:
+    async def _save_connectivity(self, row: fleetstate.Cluster) -> None:
         """Connectivity is news, not an acknowledgement: a store that cannot write it does
         not keep an agent out (memory has it; the next write stores it)."""
         try:
-            await self._db.run(self._db.upsert, "clusters", dict(row), "name")
+            await self._db.run(self._db.upsert, "clusters", row.row(), "name")
         except errors.StoreUnavailable as e:
-            log.error("cluster %s: connectivity not saved: %s", row.get("name"), e)
+            log.error("cluster %s: connectivity not saved: %s", row.name, e)
 
     async def disconnect(self, stream: Stream, reason: str) -> None:
         if self.streams.get(stream.cluster) is not stream:
@@ -183,7 +181,7 @@ class Sessions:
         row = self._clusters.row(stream.cluster)
         if row is None:  # removed while it was connected
             return
-        row.update(connected=0, last_seen=time.time(), reason=reason)
+        row.connected, row.last_seen, row.reason = False, time.time(), reason
         await self._save_connectivity(row)
         self._view.cluster_changed(stream.cluster)
         self._view.cells_changed(stream.cluster)
@@ -191,7 +189,7 @@ class Sessions:
     def seen(self, cluster: str) -> None:
         row = self._clusters.row(cluster)
         if row is not None:
-            row["last_seen"] = time.time()
+            row.last_seen = time.time()
         stream = self.streams.get(cluster)
         if stream is not None:
             stream.heard = time.monotonic()
