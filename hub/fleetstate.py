@@ -2,16 +2,18 @@
 only what it reads or writes: the config in force, the registered clusters, the assignments,
 and the operator's choices (pins, pauses, sync requests).
 
-Plain state, no I/O: whoever changes a holder has written the change through the store first
-(a restart loses nothing acknowledged). Loaded from the store at start by `core.Hub.load`.
+Plain state, no I/O, and no import of the store (the pure planner and status read these):
+whoever changes a holder has written the change through the store first, so a restart loses
+nothing acknowledged. Loaded from the store at start by `core.Hub.load`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
-from fleetops.hub import config, errors, plan, store
+from fleetops.hub import config, errors, plan
 
 
 @dataclasses.dataclass
@@ -135,8 +137,8 @@ class Cluster:
     def from_row(cls, row: dict[str, Any]) -> Cluster:
         return cls(
             name=str(row["name"]),
-            labels=store.loads(row.get("labels")),
-            facts=store.loads(row.get("agent_labels")),
+            labels=_labels(row.get("labels")),
+            facts=_labels(row.get("agent_labels")),
             agent_version=str(row.get("agent_version") or ""),
             kubernetes_version=str(row.get("kubernetes_version") or ""),
             registered_at=float(row.get("registered_at") or 0.0),
@@ -150,8 +152,8 @@ class Cluster:
     def row(self) -> dict[str, Any]:
         """The store's row for it."""
         out = dataclasses.asdict(self)
-        out["labels"] = store.dumps(self.labels)
-        out["agent_labels"] = store.dumps(out.pop("facts"))
+        out["labels"] = json.dumps(self.labels, sort_keys=True)
+        out["agent_labels"] = json.dumps(out.pop("facts"), sort_keys=True)
         out["connected"] = int(self.connected)
         return out
 
@@ -206,3 +208,8 @@ class Choices:
     def pin_of(self, app: str, cluster: str) -> str:
         """The pin that applies to (app, cluster): its own, else the app's, else ''."""
         return self.pins.get((app, cluster), "") or self.pins.get((app, ""), "")
+
+
+def _labels(text: str | None) -> dict[str, str]:
+    """Labels as the store keeps them (JSON text, as store.dumps writes it)."""
+    return {str(k): str(v) for k, v in json.loads(text).items()} if text else {}
