@@ -1,33 +1,23 @@
 """The AgentService servicer: registration, certificate renewal, the agents' stream, bundle
 downloads.
 
-Thin: it translates protobuf to calls on `core.Hub` and domain errors to gRPC status codes.
-An agent's identity is the client certificate the hub's CA issued (mTLS; the cluster name is
-its CN); it can read only its own assignments and bundles and report only its own apps.
-
-TLS proves the CA signed a certificate and that it has not expired; whether it is still the
-cluster's certificate is decided here, on every RPC (Connect, GetBundle, Renew), by its
-fingerprint: re-registration and `cluster remove` revoke the old one at once. Renewal is a
-rotation, not a revocation: the certificate a Renew was made with keeps working until its
-successor is first presented, so a lost RenewResponse (or an agent that dies before saving
-it) does not lock the agent out, and a stream opened before the renewal is not dropped.
-A registration token is spent only on a request that can succeed (a CSR that verifies).
+Thin: it translates protobuf to calls on one narrow interface, `AgentHub` (the core
+implements it), and domain errors to gRPC status codes. An agent's identity is the client
+certificate the hub's CA issued (mTLS; the cluster name is its CN); whether that certificate
+is still the cluster's is the hub's decision (`AgentHub.accepts`, see hub.enrollment), asked
+on every RPC (Connect, GetBundle, Renew).
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime
-import hashlib
-import hmac
 import logging
-import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
-from fleetops.hub import ca, core, errors, status
+from fleetops.hub import ca, enrollment, errors, sessions
 from fleetops.hub.services import _abort, cluster_of
 from fleetops.proto.v1 import agent_pb2, agent_pb2_grpc
 
@@ -35,37 +25,34 @@ log = logging.getLogger("fleetops.hub")
 HEARTBEAT = 10.0  # seconds of quiet on an agent's stream before the hub sends a heartbeat
 
 
+class AgentHub(Protocol):
+    """What the agent API needs of the hub."""
+
+    async def register(
+        self, *, token: str, csr_pem: bytes, facts: dict[str, str]
+    ) -> enrollment.Certificate: ...
+
+    async def renew(
+        self, *, cluster: str, presented: str, csr_pem: bytes
+    ) -> enrollment.Certificate: ...
+
+    def accepts(self, cluster: str, fingerprint: str) -> bool: ...
+
+    async def connect(self, cluster: str, hello: agent_pb2.Hello) -> sessions.Stream: ...
+
+    async def heard(self, cluster: str, msg: agent_pb2.AgentMessage) -> None: ...
+
+    async def disconnect(self, stream: sessions.Stream, reason: str) -> None: ...
+
+    async def bundle(self, cluster: str, digest: str) -> bytes: ...
+
+
 class AgentService(agent_pb2_grpc.AgentServiceServicer):
-    def __init__(
-        self,
-        hub: core.Hub,
-        authority: ca.CA,
-        *,
-        cert_lifetime: datetime.timedelta = ca.DEFAULT_CERT_LIFETIME,
-    ) -> None:
+    def __init__(self, hub: AgentHub) -> None:
         self.hub = hub
-        self.ca = authority
-        self.cert_lifetime = cert_lifetime
-        self.agent_port = 0
-        # cluster -> (fingerprint a Renew was made with, the fingerprint it issued): the
-        # first stays accepted while the second is the cluster's current one and unused
-        self._handover: dict[str, tuple[str, str]] = {}
+        self.agent_port = 0  # told to registering agents; set once the server listens
 
     # ------------------------------------------------------------ who is calling
-
-    def _accepts(self, cluster: str, fingerprint: str) -> bool:
-        """Whether `fingerprint` may act for `cluster`: its current certificate, or the one
-        just renewed from until the new one is first presented."""
-        handover = self._handover.get(cluster)
-        if self.hub.certificate_ok(cluster, fingerprint):
-            if handover is not None and hmac.compare_digest(handover[1], fingerprint):
-                del self._handover[cluster]  # the successor is in use: its predecessor retires
-            return True
-        return (
-            handover is not None
-            and hmac.compare_digest(handover[0], fingerprint)
-            and self.hub.certificate_ok(cluster, handover[1])
-        )
 
     async def _agent(
         self, context: grpc.aio.ServicerContext[Any, Any], rpc: str
@@ -81,8 +68,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 "at registration)",
             )
         fingerprint = ca.fingerprint_pem(pems[0])
-        if not self._accepts(cluster, fingerprint):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, _refused(cluster))
+        if not self.hub.accepts(cluster, fingerprint):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, enrollment.refused(cluster))
         return cluster, fingerprint
 
     # ------------------------------------------------------------ certificates
@@ -91,39 +78,16 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self, request: agent_pb2.RegisterRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> agent_pb2.RegisterResponse:
         try:
-            token = ca.parse_registration_token(request.token)
-            if token.pin != self.ca.pin:
-                raise errors.Unauthenticated(
-                    "registration token was issued by another hub (CA hash differs)"
-                )
-            csr = ca.read_csr(bytes(request.csr_pem))  # before the token is spent
-            secret_hash = hashlib.sha256(token.secret.encode()).hexdigest()
-            consumed = await self.hub.db.run(
-                self.hub.db.consume_token, token.id, secret_hash, time.time()
-            )
-            if consumed is None:
-                raise errors.Unauthenticated(
-                    "registration token is unknown, expired or already used; create a new one with "
-                    "`fleetops-hub token create --cluster NAME`"
-                )
-            cluster, labels = consumed
-            issued = self.ca.issue(csr, cluster, lifetime=self.cert_lifetime)
-            self._handover.pop(cluster, None)  # every earlier certificate is revoked
-            await self.hub.register_cluster(
-                cluster,
-                facts=dict(request.labels),
-                hub_labels=labels,
-                cert_fingerprint=issued.fingerprint,
-                cert_expires=issued.expires,
+            done = await self.hub.register(
+                token=request.token, csr_pem=bytes(request.csr_pem), facts=dict(request.labels)
             )
         except errors.HubError as e:
             await _abort(context, e)
             raise AssertionError("unreachable") from None
-        log.info("cluster %s registered (certificate valid until %s)", cluster, _when(issued))
         return agent_pb2.RegisterResponse(
-            cluster=cluster,
-            certificate_pem=issued.pem,
-            ca_pem=self.ca.cert_pem,
+            cluster=done.cluster,
+            certificate_pem=done.pem,
+            ca_pem=done.ca_pem,
             agent_port=self.agent_port,
         )
 
@@ -134,22 +98,13 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         may ask (TLS has already refused an expired one)."""
         cluster, presented = await self._agent(context, "Renew")
         try:
-            csr = ca.read_csr(bytes(request.csr_pem))
-            issued = self.ca.issue(csr, cluster, lifetime=self.cert_lifetime)
-            # checked again with no await since: a re-registration cannot slip in between
-            if not self._accepts(cluster, presented):
-                raise errors.Unauthenticated(_refused(cluster))
-            self._handover[cluster] = (presented, issued.fingerprint)
-            try:
-                await self.hub.certificate_renewed(cluster, issued.fingerprint, issued.expires)
-            except errors.HubError:
-                self._handover.pop(cluster, None)
-                raise
+            issued = await self.hub.renew(
+                cluster=cluster, presented=presented, csr_pem=bytes(request.csr_pem)
+            )
         except errors.HubError as e:
             await _abort(context, e)
             raise AssertionError("unreachable") from None
-        log.info("cluster %s renewed its certificate (valid until %s)", cluster, _when(issued))
-        return agent_pb2.RenewResponse(certificate_pem=issued.pem, ca_pem=self.ca.cert_pem)
+        return agent_pb2.RenewResponse(certificate_pem=issued.pem, ca_pem=issued.ca_pem)
 
     # ------------------------------------------------------------ the stream and bundles
 
@@ -175,18 +130,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         async def read() -> str:
             try:
                 async for msg in request_iterator:
-                    await self.hub.seen(cluster)
-                    if msg.HasField("report"):
-                        if (
-                            msg.report.app
-                            and self.hub.assignments.get((cluster, msg.report.app)) is None
-                        ):
-                            if self.hub.cfg.app(msg.report.app) is None:
-                                continue  # a report for an app the hub no longer knows
-                        await self.hub.report(cluster, msg.report)
-                    elif msg.HasField("hello"):
-                        for r in msg.hello.reports:
-                            await self.hub.report(cluster, r)
+                    await self.hub.heard(cluster, msg)
                 return "the agent closed the stream"
             except grpc.aio.AioRpcError as e:
                 return e.details() or str(e.code())
@@ -225,27 +169,10 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self, request: agent_pb2.GetBundleRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[agent_pb2.BundleChunk]:
         cluster, _ = await self._agent(context, "GetBundle")
-        if not self.hub.may_read_bundle(cluster, request.digest):
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"bundle {request.digest[:12]} is not assigned to cluster {cluster}",
-            )
         try:
-            data = await self.hub.bundle_bytes(request.digest)
+            data = await self.hub.bundle(cluster, request.digest)
         except errors.HubError as e:
             await _abort(context, e)
             return
-        for chunk in core.chunks(data, request.digest):
+        for chunk in sessions.chunks(data, request.digest):
             yield chunk
-
-
-def _refused(cluster: str) -> str:
-    return (
-        f"the client certificate of cluster {cluster} was replaced or revoked (the cluster "
-        "registered again, or was removed); register this agent again with a new token from "
-        f"`fleetops-hub token create --cluster {cluster}`"
-    )
-
-
-def _when(issued: ca.Issued) -> str:
-    return status.since(issued.expires)

@@ -1,8 +1,9 @@
 """The FleetService servicer: what the TUI and scripts see and do.
 
-Thin: it translates protobuf to calls on `core.Hub` and domain errors to gRPC status codes.
-Who calls is settled by `services.AuthInterceptor` before a method runs; the audit actor is
-the caller's token name, never anything the client asserts.
+Thin: it translates protobuf to calls on one narrow interface, `FleetHub` (the core
+implements it), and domain errors to gRPC status codes. Who calls is settled by
+`services.AuthInterceptor` before a method runs; the audit actor is the caller's token name
+(`FleetHub.actor`), never anything the client asserts.
 """
 
 from __future__ import annotations
@@ -11,21 +12,58 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf import timestamp_pb2
 
-from fleetops.hub import apitokens, ca, config, core, errors, status, store
-from fleetops.hub.services import _abort, caller_of
-from fleetops.proto.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
+from fleetops.hub import enrollment, errors, events, store
+from fleetops.hub.services import _abort, bearer
+from fleetops.proto.v1 import fleet_pb2, fleet_pb2_grpc
 
-MAX_REGISTRATION_TTL = 30 * 86400  # a registration token is for an install, not a credential
 MAX_HISTORY = 5000
 HEARTBEAT = 10.0  # seconds of quiet on a Watch stream before an empty change is sent
 STUCK = 30.0  # seconds a watcher may leave changes unread before its stream is ended
 log = logging.getLogger("fleetops.hub")
+
+
+class FleetHub(Protocol):
+    """What the fleet API needs of the hub."""
+
+    def actor(self, bearer: str) -> str: ...
+
+    async def create_registration_token(
+        self, *, cluster: str, labels: dict[str, str], ttl: int, actor: str
+    ) -> enrollment.Token: ...
+
+    async def create_api_token(
+        self, *, name: str, role: str, ttl: float, actor: str
+    ) -> tuple[str, store.ApiToken]: ...
+
+    def api_tokens(self) -> list[store.ApiToken]: ...
+
+    async def revoke_api_token(self, *, name: str, actor: str) -> store.Event: ...
+
+    async def remove_cluster(self, *, cluster: str, actor: str) -> store.Event: ...
+
+    def snapshot(self) -> fleet_pb2.Snapshot: ...
+
+    def subscribe(self) -> events.Subscription: ...
+
+    async def sync(
+        self, *, app: str, cluster: str, actor: str, allow_mass_prune: bool = False
+    ) -> store.Event: ...
+
+    async def rollback(
+        self, *, app: str, revision: str, cluster: str, actor: str
+    ) -> store.Event: ...
+
+    async def unpin(self, *, app: str, cluster: str, actor: str) -> store.Event: ...
+
+    async def pause(self, *, app: str, reason: str, actor: str, paused: bool) -> store.Event: ...
+
+    async def history(self, *, app: str, cluster: str, limit: int) -> list[store.Event]: ...
 
 
 def _ts(seconds: float) -> timestamp_pb2.Timestamp:
@@ -36,93 +74,51 @@ def _ts(seconds: float) -> timestamp_pb2.Timestamp:
 
 @dataclasses.dataclass
 class _Watcher:
-    queue: asyncio.Queue[fleet_pb2.FleetChange]
+    sub: events.Subscription
     task: asyncio.Task[Any]
     sent: float  # when a change last left for this watcher (monotonic)
 
 
 class FleetService(fleet_pb2_grpc.FleetServiceServicer):
-    def __init__(self, hub: core.Hub, authority: ca.CA, registry: apitokens.Registry) -> None:
+    def __init__(self, hub: FleetHub) -> None:
         self.hub = hub
-        self.ca = authority
-        self.registry = registry
         self._watchers: dict[int, _Watcher] = {}
         self._reaper: asyncio.Future[None] | None = None
 
     def _actor(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
         """The audit actor: the caller's token name, never what the client says it is."""
-        return caller_of(context, self.registry).name
+        return self.hub.actor(bearer(context.invocation_metadata()))
 
     async def CreateToken(
         self, request: fleet_pb2.CreateTokenRequest, context: Any
     ) -> fleet_pb2.CreateTokenResponse:
-        # everything is checked before anything is written
-        problem = ""
-        if not config.DNS_LABEL.match(request.cluster) or len(request.cluster) > 63:
-            problem = (
-                f"cluster name {request.cluster!r}: use at most 63 lowercase letters, digits, '-'"
+        try:
+            token = await self.hub.create_registration_token(
+                cluster=request.cluster,
+                labels=dict(request.labels),
+                ttl=request.ttl_seconds,
+                actor=self._actor(context),
             )
-        labels = dict(request.labels)
-        for key, value in labels.items():
-            if not problem and config.label_problem(key, value):
-                problem = f"label {key}={value}: {config.label_problem(key, value)}"
-        ttl = request.ttl_seconds or 3600
-        if not problem and not 0 < ttl <= MAX_REGISTRATION_TTL:
-            problem = (
-                f"ttl {request.ttl_seconds} s: a registration token may live from 1 s to "
-                f"{MAX_REGISTRATION_TTL // 86400} days; make a new one when it runs out"
-            )
-        if problem:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
-        actor = self._actor(context)
-        token = ca.new_registration_token(self.ca)
-        now = time.time()
-        await self.hub.db.run(
-            self.hub.db.upsert,
-            "tokens",
-            {
-                "id": token.id,
-                "secret_hash": token.secret_hash,
-                "cluster": request.cluster,
-                "created_at": now,
-                "expires_at": now + ttl,
-                "used_at": 0.0,
-                "labels": store.dumps(labels),
-            },
-            "id",
-        )
-        await self.hub.record(
-            cluster=request.cluster,
-            kind="token-created",
-            cause=types_pb2.CAUSE_USER,
-            actor=actor,
-            message=f"registration token {token.id} for cluster {request.cluster}, valid {ttl} s",
-        )
-        out = fleet_pb2.CreateTokenResponse(token=str(token), ca_pem=self.ca.cert_pem)
-        out.expires_at.FromNanoseconds(int((now + ttl) * 1e9))
+        except errors.HubError as e:
+            await _abort(context, e)
+            raise AssertionError("unreachable") from None
+        out = fleet_pb2.CreateTokenResponse(token=token.text, ca_pem=token.ca_pem)
+        out.expires_at.CopyFrom(_ts(token.expires_at))
         return out
 
     async def CreateApiToken(
         self, request: fleet_pb2.CreateApiTokenRequest, context: Any
     ) -> fleet_pb2.CreateApiTokenResponse:
-        actor = self._actor(context)
         try:
-            secret, record = await self.registry.create(
+            secret, record = await self.hub.create_api_token(
                 name=request.name,
                 role=request.role,
                 ttl=float(request.ttl_seconds),
-                created_by=actor,
+                actor=self._actor(context),
             )
         except errors.HubError as e:
             await _abort(context, e)
             raise AssertionError("unreachable") from None
-        until = f", valid until {status.since(record.expires_at)}" if record.expires_at else ""
-        await self.hub.record(
-            kind="api-token-created",
-            cause=types_pb2.CAUSE_USER,
-            actor=actor,
-            message=f"{record.role} API token {record.name!r} created by {actor}{until}",
-        )
         out = fleet_pb2.CreateApiTokenResponse(token=secret)
         if record.expires_at:
             out.expires_at.CopyFrom(_ts(record.expires_at))
@@ -132,7 +128,7 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
         self, request: fleet_pb2.ListApiTokensRequest, context: Any
     ) -> fleet_pb2.ListApiTokensResponse:
         out = fleet_pb2.ListApiTokensResponse()
-        for t in self.registry.list():
+        for t in self.hub.api_tokens():
             item = out.tokens.add(name=t.name, role=t.role, created_by=t.created_by)
             item.created_at.CopyFrom(_ts(t.created_at))
             if t.expires_at:
@@ -142,24 +138,15 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
     async def RevokeApiToken(
         self, request: fleet_pb2.RevokeApiTokenRequest, context: Any
     ) -> fleet_pb2.ActionResponse:
-        actor = self._actor(context)
-
-        async def revoke() -> store.Event:
-            await self.registry.revoke(request.name)
-            return await self.hub.record(
-                kind="api-token-revoked",
-                cause=types_pb2.CAUSE_USER,
-                actor=actor,
-                message=f"API token {request.name!r} revoked by {actor}",
-            )
-
-        return await self._action(context, revoke())
+        return await self._action(
+            context, lambda actor: self.hub.revoke_api_token(name=request.name, actor=actor)
+        )
 
     async def RemoveCluster(
         self, request: fleet_pb2.RemoveClusterRequest, context: Any
     ) -> fleet_pb2.ActionResponse:
         return await self._action(
-            context, self.hub.remove_cluster(request.cluster, self._actor(context))
+            context, lambda actor: self.hub.remove_cluster(cluster=request.cluster, actor=actor)
         )
 
     async def GetSnapshot(
@@ -173,12 +160,11 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
         """A snapshot, then every change; an empty change (a heartbeat) after HEARTBEAT
         seconds of quiet, so a client can tell a quiet hub from a lost one. A client that
         stops reading has its stream ended instead of holding it (see `_reap`)."""
-        queue: asyncio.Queue[fleet_pb2.FleetChange] = asyncio.Queue()
         task = asyncio.current_task()
         assert task is not None
-        watcher = _Watcher(queue, task, time.monotonic())
-        self._watchers[id(queue)] = watcher
-        self.hub.watchers.add(queue)
+        sub = self.hub.subscribe()
+        watcher = _Watcher(sub, task, time.monotonic())
+        self._watchers[id(sub)] = watcher
         if self._reaper is None or self._reaper.done():
             self._reaper = asyncio.ensure_future(self._reap())
         try:
@@ -187,14 +173,14 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
             watcher.sent = time.monotonic()
             while True:
                 try:
-                    change = await asyncio.wait_for(queue.get(), HEARTBEAT)
+                    change = await asyncio.wait_for(sub.next(), HEARTBEAT)
                 except TimeoutError:
-                    change = fleet_pb2.FleetChange(version=self.hub.version)
+                    change = fleet_pb2.FleetChange(version=sub.version)
                 yield change
                 watcher.sent = time.monotonic()
         finally:
-            self.hub.watchers.discard(queue)
-            self._watchers.pop(id(queue), None)
+            sub.close()
+            self._watchers.pop(id(sub), None)
 
     async def _reap(self) -> None:
         """End the streams of watchers that stopped reading: changes wait for them and
@@ -203,27 +189,29 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
             await asyncio.sleep(HEARTBEAT / 2)
             now = time.monotonic()
             for w in list(self._watchers.values()):
-                dropped = w.queue not in self.hub.watchers
-                if dropped or (w.queue.qsize() and now - w.sent > STUCK):
+                if w.sub.dropped or (w.sub.pending and now - w.sent > STUCK):
                     log.warning("a fleet watcher stopped reading; its stream is ended")
                     w.task.cancel()
-                    self._watchers.pop(id(w.queue), None)
+                    self._watchers.pop(id(w.sub), None)
 
-    async def _action(self, context: Any, call: Awaitable[Any]) -> fleet_pb2.ActionResponse:
+    async def _action(
+        self, context: Any, call: Callable[[str], Awaitable[store.Event]]
+    ) -> fleet_pb2.ActionResponse:
+        """Run `call(actor)`: its event is the answer, its domain error the status."""
         try:
-            ev = await call
+            ev = await call(self._actor(context))
         except errors.HubError as e:
             await _abort(context, e)
             raise AssertionError("unreachable") from None
-        return fleet_pb2.ActionResponse(message=ev.message, event=core.event_pb(ev))
+        return fleet_pb2.ActionResponse(message=ev.message, event=events.event_pb(ev))
 
     async def Sync(self, request: fleet_pb2.SyncRequest, context: Any) -> fleet_pb2.ActionResponse:
         return await self._action(
             context,
-            self.hub.sync(
-                request.app,
-                request.cluster,
-                self._actor(context),
+            lambda actor: self.hub.sync(
+                app=request.app,
+                cluster=request.cluster,
+                actor=actor,
                 allow_mass_prune=request.allow_mass_prune,
             ),
         )
@@ -233,28 +221,37 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
     ) -> fleet_pb2.ActionResponse:
         return await self._action(
             context,
-            self.hub.rollback(request.app, request.revision, request.cluster, self._actor(context)),
+            lambda actor: self.hub.rollback(
+                app=request.app, revision=request.revision, cluster=request.cluster, actor=actor
+            ),
         )
 
     async def Unpin(
         self, request: fleet_pb2.UnpinRequest, context: Any
     ) -> fleet_pb2.ActionResponse:
         return await self._action(
-            context, self.hub.unpin(request.app, request.cluster, self._actor(context))
+            context,
+            lambda actor: self.hub.unpin(app=request.app, cluster=request.cluster, actor=actor),
         )
 
     async def Pause(
         self, request: fleet_pb2.PauseRequest, context: Any
     ) -> fleet_pb2.ActionResponse:
         return await self._action(
-            context, self.hub.pause(request.app, request.reason, self._actor(context), paused=True)
+            context,
+            lambda actor: self.hub.pause(
+                app=request.app, reason=request.reason, actor=actor, paused=True
+            ),
         )
 
     async def Resume(
         self, request: fleet_pb2.PauseRequest, context: Any
     ) -> fleet_pb2.ActionResponse:
         return await self._action(
-            context, self.hub.pause(request.app, request.reason, self._actor(context), paused=False)
+            context,
+            lambda actor: self.hub.pause(
+                app=request.app, reason=request.reason, actor=actor, paused=False
+            ),
         )
 
     async def History(
@@ -263,5 +260,5 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
         limit = request.limit if 0 < request.limit <= MAX_HISTORY else 0
         if request.limit > MAX_HISTORY:
             limit = MAX_HISTORY
-        events = await self.hub.history(app=request.app, cluster=request.cluster, limit=limit)
-        return fleet_pb2.HistoryResponse(events=[core.event_pb(e) for e in events])
+        found = await self.hub.history(app=request.app, cluster=request.cluster, limit=limit)
+        return fleet_pb2.HistoryResponse(events=[events.event_pb(e) for e in found])

@@ -1,7 +1,7 @@
-"""Planning: which clusters each app targets, through which target, at which revision.
+"""The rules for one (app, cluster): which labels it has, which target matches it, which
+revision it should run. `planner.decide` applies them to the whole fleet.
 
-Pure: config, cluster labels and the current state in, decisions out. Rollout stages will
-plug in here (a stage gate is one more input to `desired_revision`).
+Pure: config, cluster labels and the current state in, decisions out.
 """
 
 from __future__ import annotations

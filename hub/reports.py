@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from fleetops.hub import config
 from fleetops.proto.v1 import types_pb2
 
 MAX_REASON = 1000
@@ -20,6 +21,7 @@ MAX_MESSAGE = 500
 MAX_FIELD = 300
 MAX_RESOURCES = 5000
 MAX_DRIFT_PER_RESOURCE = 50
+MAX_FACTS = 32
 _HEX = re.compile(r"^[0-9a-f]{1,64}$")
 # control, format (zero-width, bidi, BOM, tags), line/paragraph separators and surrogates
 _HIDDEN = ("Cc", "Cf", "Zl", "Zp", "Cs")
@@ -95,4 +97,15 @@ def sanitize(report: types_pb2.AppReport) -> types_pb2.AppReport:
             f"{out.reason} (first {MAX_RESOURCES} of {len(report.resources)} resources shown)",
             MAX_REASON,
         )
+    return out
+
+
+def clean_facts(facts: dict[str, str]) -> dict[str, str]:
+    """What an agent says about itself, kept only when it is a valid Kubernetes label (so it
+    cannot carry markup or control characters) and at most MAX_FACTS of them."""
+    out: dict[str, str] = {}
+    for key, value in sorted(facts.items()):
+        if len(out) >= MAX_FACTS or len(key) > 317 or config.label_problem(key, value):
+            continue
+        out[key] = value
     return out

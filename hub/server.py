@@ -86,7 +86,10 @@ async def start(
     tools: render.Tools | None = None,
     ca_key: pathlib.Path | None = None,
     cert_lifetime: datetime.timedelta = ca.DEFAULT_CERT_LIFETIME,
+    clock: Callable[[], float] = time.time,
 ) -> Running:
+    """Start serving. `clock` is the wall clock of everything with a lifetime the hub
+    decides itself (registration and API tokens); tests move it by hand."""
     cfg = config.load(config_path)
     data.mkdir(parents=True, exist_ok=True, mode=0o700)  # noqa: ASYNC240 (start-up)
     data.chmod(0o700)  # noqa: ASYNC240 (the CA key, tokens and every bundle live here)
@@ -96,9 +99,18 @@ async def start(
     serving = _Serving(data, authority, ca.default_names() + [host] + (names or []))
     db = store.Store(data / "hub.db")
     tokens = apitokens.bootstrap(data)
-    registry = apitokens.Registry(db=db, bootstrap=tokens)
+    registry = apitokens.Registry(db=db, bootstrap=tokens, clock=clock)
     await registry.load()
-    hub = core.Hub(cfg=cfg, db=db, data=data, tools=tools or render.Tools())
+    hub = core.Hub(
+        cfg=cfg,
+        db=db,
+        data=data,
+        tools=tools or render.Tools(),
+        authority=authority,
+        registry=registry,
+        cert_lifetime=cert_lifetime,
+        now=clock,
+    )
     await hub.load()
 
     server = grpc.aio.server(
@@ -117,9 +129,9 @@ async def start(
             ("grpc.max_receive_message_length", core.MAX_MESSAGE),
         ],
     )
-    agents = agent_service.AgentService(hub, authority, cert_lifetime=cert_lifetime)
+    agents = agent_service.AgentService(hub)
     agent_pb2_grpc.add_AgentServiceServicer_to_server(agents, server)
-    fleet = fleet_service.FleetService(hub, authority, registry)
+    fleet = fleet_service.FleetService(hub)
     fleet_pb2_grpc.add_FleetServiceServicer_to_server(fleet, server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -232,7 +244,7 @@ async def _watch_config(
         try:
             cfg = config.load(path)
         except errors.ConfigError as e:
-            hub.config_error = f"{e}; still running the last good config"
+            hub.config_refused(f"{e}; still running the last good config")
             log.error("hub.yaml reload refused: %s", hub.config_error)
             continue
         log.info("hub.yaml reloaded")

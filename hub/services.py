@@ -2,10 +2,11 @@
 domain errors as status codes.
 
 The servicers themselves (agent_service, fleet_service) only translate: messages to calls on
-`core.Hub`, domain errors to gRPC status codes with the same message. Agents prove who they
-are with the client certificate the hub's CA issued (mTLS; the cluster name is the
-certificate's CN), fleet callers with a named bearer token whose role (operator, readonly)
-decides what they may do and whose name is the audit actor.
+their narrow interface (`AgentHub`, `FleetHub`, implemented by `core.Hub`), domain errors to
+gRPC status codes with the same message. Agents prove who they are with the client
+certificate the hub's CA issued (mTLS; the cluster name is the certificate's CN), fleet
+callers with a named bearer token whose role (operator, readonly) decides what they may do
+and whose name is the audit actor.
 """
 
 from __future__ import annotations
@@ -52,16 +53,6 @@ def bearer(metadata: Any) -> str:
             text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
             return text.removeprefix("Bearer ").strip()
     return ""
-
-
-def caller_of(
-    context: grpc.aio.ServicerContext[Any, Any], registry: apitokens.Registry
-) -> apitokens.Caller:
-    """Who is calling (the interceptor has already refused anyone unknown)."""
-    found = registry.resolve(bearer(context.invocation_metadata()))
-    if found is None:  # revoked between the interceptor and here
-        raise errors.Unauthenticated("the fleet API token is unknown, revoked or expired")
-    return found
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]

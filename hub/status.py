@@ -7,8 +7,8 @@ always both shown; every state carries a one-line reason a person can act on.
 from __future__ import annotations
 
 import time
-from typing import Any
 
+from fleetops.hub import fleetstate
 from fleetops.proto.v1 import fleet_pb2, types_pb2
 
 
@@ -25,7 +25,7 @@ def cell(
     cluster: str,
     app: str,
     target: str,
-    assignment: dict[str, Any] | None,
+    assignment: fleetstate.Assignment | None,
     report: types_pb2.AppReport | None,
     connected: bool,
     last_seen: float,
@@ -34,9 +34,9 @@ def cell(
     auto_sync: bool = True,
 ) -> fleet_pb2.ClusterAppStatus:
     out = fleet_pb2.ClusterAppStatus(cluster=cluster, app=app, target=target)
-    if assignment:
-        out.desired_revision = assignment["revision"]
-        out.desired_bundle = assignment["digest"]
+    if assignment is not None:
+        out.desired_revision = assignment.revision
+        out.desired_bundle = assignment.digest
     elif wanted_revision:
         out.desired_revision = wanted_revision
     if report is not None:
@@ -63,14 +63,14 @@ def cell(
             waiting = f"auto-sync is off: sync to deploy {short(wanted_revision)}"
         out.reason = out.reason or waiting
         return out
-    if report is None or report.bundle_digest != assignment["digest"] or (
-        report.generation and report.generation < assignment["generation"]
+    if report is None or report.bundle_digest != assignment.digest or (
+        report.generation and report.generation < assignment.generation
         and report.sync != types_pb2.SYNC_STATUS_APPLY_FAILED
     ):  # fmt: skip
         if (
             report is not None
             and report.sync == types_pb2.SYNC_STATUS_APPLY_FAILED
-            and (report.generation >= assignment["generation"])
+            and (report.generation >= assignment.generation)
         ):
             out.sync = types_pb2.SYNC_STATUS_APPLY_FAILED
             out.reason = out.reason or report.reason
@@ -79,7 +79,7 @@ def cell(
         out.reason = (
             out.reason
             or offline
-            or (f"delivered {short(assignment['revision'])}; waiting for the agent to apply it")
+            or (f"delivered {short(assignment.revision)}; waiting for the agent to apply it")
         )
         return out
     out.sync = report.sync
@@ -90,6 +90,16 @@ def cell(
         out.reason = out.reason or offline or report.reason
     else:
         out.reason = out.reason or report.reason or offline
-    if assignment.get("paused"):
+    if assignment.paused:
         out.reason = f"paused: {out.reason}"
     return out
+
+
+def unexpected(stage: str, e: BaseException) -> str:
+    """A readable reason for an error nobody planned for (the log has the traceback)."""
+    detail = str(e).splitlines()[0][:300] if str(e) else ""
+    return (
+        f"{stage} failed: {type(e).__name__}"
+        + (f": {detail}" if detail else "")
+        + ("; the other apps are unaffected, fix this input and commit again")
+    )

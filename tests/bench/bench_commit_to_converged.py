@@ -26,7 +26,7 @@ import yaml
 
 from fleetops.proto.v1 import types_pb2
 from tests import localkube
-from tests.e2e import fleet
+from tests.support import fleet
 
 SECRET = "bench-webhook-secret"
 NAMES = ["b1", "b2", "b3"]

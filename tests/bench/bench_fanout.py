@@ -30,8 +30,8 @@ import grpc
 import yaml
 
 from fleetops.proto.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, fleet_pb2_grpc
-from tests.e2e import fleet
 from tests.fakes import FakeAgent
+from tests.support import fleet
 
 SECRET = "fanout-webhook-secret"
 

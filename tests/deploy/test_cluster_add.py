@@ -20,7 +20,7 @@ import yaml
 from fleetops.proto.v1 import types_pb2
 from tests import localkube
 from tests.deploy import tools
-from tests.e2e import fleet
+from tests.support import fleet
 
 pytestmark = pytest.mark.cluster
 BIN = pathlib.Path(sys.executable).parent

@@ -31,8 +31,7 @@ import yaml
 
 from fleetops.proto.v1 import fleet_pb2, types_pb2
 from tests import localkube
-from tests.e2e import fleet
-from tests.support import wait
+from tests.support import fleet, wait
 
 T = TypeVar("T")
 Cells = dict[tuple[str, str], fleet_pb2.ClusterAppStatus]

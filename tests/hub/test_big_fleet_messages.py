@@ -6,22 +6,19 @@ from __future__ import annotations
 import pathlib
 from collections.abc import AsyncIterator
 
-import grpc
 import pytest
-import yaml
 
-from fleetops.hub import core, render, server
+from fleetops.hub import sessions
 from fleetops.proto import bundles
 from fleetops.proto.v1 import agent_pb2, agent_pb2_grpc, types_pb2
-from tests.e2e import fleet
-from tests.support import rawagent, wait
+from tests.support import fleet, hubproc
 
 APPS = 50
 RESOURCES = 500
 
 
 @pytest.fixture
-async def hub(tmp_path: pathlib.Path) -> AsyncIterator[server.Running]:
+async def hub(tmp_path: pathlib.Path) -> AsyncIterator[hubproc.HubProc]:
     repo = fleet.Repo.create(tmp_path / "git")
     for a in range(APPS):
         repo.write(
@@ -33,34 +30,16 @@ async def hub(tmp_path: pathlib.Path) -> AsyncIterator[server.Running]:
             ],
         )  # fmt: skip
     repo.commit("50 apps of 500 objects")
-    cfg = tmp_path / "hub.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "repos": [{"name": "platform", "url": repo.url, "pollInterval": "1h"}],
-        "apps": [{"name": f"app{a}", "repo": "platform", "path": f"apps/app{a}",
-                  "namespace": f"ns{a}"} for a in range(APPS)],
-    }))  # fmt: skip
-    running = await server.start(
-        config_path=cfg, data=tmp_path / "data", listen="127.0.0.1:0", agent_listen="127.0.0.1:0",
-        http_listen="127.0.0.1:0", tools=render.Tools(),
-    )  # fmt: skip
-    await wait.until("the first fetch", lambda: running.hub.heads.get("platform"))
-    try:
-        yield running
-    finally:
-        await running.stop()
+    config = hubproc.hub_yaml(repo.url, {f"app{a}": f"apps/app{a}" for a in range(APPS)})
+    async with hubproc.running(tmp_path, config) as proc:
+        yield proc
 
 
 async def test_fifty_apps_of_five_hundred_objects_reach_an_agent_with_default_limits(
-    hub: server.Running,
+    hub: hubproc.HubProc,
 ) -> None:
-    address = f"127.0.0.1:{hub.grpc_port}"
-    token = await rawagent.registration_token(
-        address, hub.ca.cert_pem, hub.tokens["operator"], "big", {}
-    )
-    agent = rawagent.RawAgent()
-    await agent.register(address, hub.ca.cert_pem, token)
-    creds = agent.credentials(hub.ca.cert_pem)
-    async with grpc.aio.secure_channel(f"127.0.0.1:{hub.agent_port}", creds) as ch:  # 4 MiB default
+    agent = await hub.agent("big")
+    async with hub.channel(agent) as ch:  # gRPC's default 4 MiB message limit
         stream = await agent.connect(ch, agent_pb2.Hello())
         got = await stream.next_assignments(within=120)
         while len(got.assignments) < APPS:  # renders that took longer come in later pushes
@@ -69,7 +48,7 @@ async def test_fifty_apps_of_five_hundred_objects_reach_an_agent_with_default_li
         assert got.ByteSize() < 4 * 1024 * 1024
         inline = [a for a in got.assignments if a.HasField("bundle")]
         fetched = [a for a in got.assignments if not a.HasField("bundle")]
-        assert sum(a.bundle.ByteSize() for a in inline) <= core.INLINE_BUDGET
+        assert sum(a.bundle.ByteSize() for a in inline) <= sessions.INLINE_BUDGET
         assert fetched, "every bundle fitted inline: the test no longer tests the cap"
         stub = agent_pb2_grpc.AgentServiceStub(ch)
         for a in fetched:

@@ -146,7 +146,7 @@ async def test_a_certificate_gets_the_configured_lifetime_and_the_hub_records_it
         assert datetime.timedelta(hours=11, minutes=59) < left <= datetime.timedelta(hours=12)
         shown = hub.running.hub.cluster_pb("dev").certificate_expires.ToDatetime(datetime.UTC)
         assert shown == cert.not_valid_after_utc
-        assert hub.running.hub.clusters["dev"]["cert_fingerprint"] == ca.fingerprint(cert)
+        assert hub.running.hub.clusters["dev"].cert_fingerprint == ca.fingerprint(cert)
 
 
 async def test_a_short_lived_certificate_is_renewed_and_the_stream_never_drops(
@@ -183,7 +183,7 @@ async def test_a_short_lived_certificate_is_renewed_and_the_stream_never_drops(
                 "the first certificate's end", lambda: time.time() > me.expires + 0.5, within=10
             )
             assert hub.running.hub.streams.get("dev") is stream, "the agent reconnected"
-            assert hub.running.hub.clusters["dev"]["connected"] == 1
+            assert hub.running.hub.clusters["dev"].connected
             assert agent.connected.is_set()
         finally:
             agent.stop.set()
@@ -362,14 +362,14 @@ async def test_a_certificate_renewed_before_registering_again_is_revoked_too(
 
 async def test_a_removed_cluster_s_certificate_cannot_connect(hub: certlife.FleetHub) -> None:
     agent = await hub.registered("dev")
-    await hub.running.hub.remove_cluster("dev", "tester")
+    await hub.running.hub.remove_cluster(cluster="dev", actor="tester")
     err = await connect_refusal(hub, agent)
     assert err.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 async def test_a_removed_cluster_s_certificate_cannot_renew(hub: certlife.FleetHub) -> None:
     agent = await hub.registered("dev")
-    await hub.running.hub.remove_cluster("dev", "tester")
+    await hub.running.hub.remove_cluster(cluster="dev", actor="tester")
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await renew(hub, agent)
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -9,15 +9,10 @@ import pathlib
 import shutil
 from collections.abc import AsyncIterator, Callable
 
-import grpc
 import pytest
-import yaml
 
-from fleetops.hub import render, server
 from fleetops.proto.v1 import agent_pb2
-from tests import localkube
-from tests.e2e import fleet
-from tests.support import rawagent, wait
+from tests.support import fleet, hubproc, wait
 
 
 def configmap(name: str) -> dict[str, object]:
@@ -67,43 +62,23 @@ BAD_INPUTS: dict[str, tuple[Callable[[fleet.Repo], None], str | None]] = {
 
 
 @pytest.fixture
-async def hub(tmp_path: pathlib.Path) -> AsyncIterator[tuple[server.Running, fleet.Repo]]:
+async def hub(tmp_path: pathlib.Path) -> AsyncIterator[tuple[hubproc.HubProc, fleet.Repo]]:
     repo = fleet.Repo.create(tmp_path / "git")
     repo.write("apps/good/cm.yaml", configmap("good"))
     repo.write("apps/bad/cm.yaml", configmap("bad"))
     repo.commit("both apps render")
-    cfg = tmp_path / "hub.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "repos": [{"name": "platform", "url": repo.url, "pollInterval": "1h"}],
-        "apps": [
-            {"name": "bad", "repo": "platform", "path": "apps/bad", "namespace": "bad"},
-            {"name": "good", "repo": "platform", "path": "apps/good", "namespace": "good"},
-        ],
-    }))  # fmt: skip
-    running = await server.start(
-        config_path=cfg, data=tmp_path / "data", listen="127.0.0.1:0", agent_listen="127.0.0.1:0",
-        http_listen="127.0.0.1:0",
-        tools=render.Tools(helm=localkube.binary("helm"), kustomize=localkube.binary("kustomize")),
-    )  # fmt: skip
-    await wait.until("the first fetch", lambda: running.hub.heads.get("platform"))
-    try:
-        yield running, repo
-    finally:
-        await running.stop()
+    config = hubproc.hub_yaml(repo.url, {"bad": "apps/bad", "good": "apps/good"})
+    async with hubproc.running(tmp_path, config, tools=hubproc.tools()) as proc:
+        yield proc, repo
 
 
 @pytest.mark.parametrize("bad_input", sorted(BAD_INPUTS))
 async def test_one_bad_file_is_that_apps_error_and_the_rest_goes_on(
-    hub: tuple[server.Running, fleet.Repo], bad_input: str
+    hub: tuple[hubproc.HubProc, fleet.Repo], bad_input: str
 ) -> None:
-    running, repo = hub
-    token = await rawagent.registration_token(
-        f"127.0.0.1:{running.grpc_port}", running.ca.cert_pem, running.tokens["operator"], "c1", {}
-    )
-    agent = rawagent.RawAgent()
-    await agent.register(f"127.0.0.1:{running.grpc_port}", running.ca.cert_pem, token)
-    creds = agent.credentials(running.ca.cert_pem)
-    async with grpc.aio.secure_channel(f"127.0.0.1:{running.agent_port}", creds) as ch:
+    proc, repo = hub
+    agent = await proc.agent("c1")
+    async with proc.channel(agent) as ch:
         stream = await agent.connect(ch, agent_pb2.Hello())
         first = await stream.next_assignments()
         before = {a.app: a.revision for a in first.assignments}
@@ -114,16 +89,16 @@ async def test_one_bad_file_is_that_apps_error_and_the_rest_goes_on(
         make_bad(repo)
         repo.write("apps/good/cm2.yaml", configmap("good-2"))
         broken = repo.commit(f"break app bad with a {bad_input}")
-        running.hub.trigger_fetch("platform")
+        proc.hub.trigger_fetch("platform")
         moved = await wait.until(
             "the good app to move to the new commit",
-            lambda: running.hub.assignments.get(("c1", "good"), {}).get("revision") == broken,
+            lambda: proc.revision("c1", "good") == broken,
             within=30,
         )
         assert moved
-        cell = running.hub.cell("c1", running.hub.cfg.app("bad"))  # type: ignore[arg-type]
+        cell = proc.hub.cell("c1", proc.hub.cfg.app("bad"))  # type: ignore[arg-type]
         assert cell is not None
-        held = running.hub.assignments[("c1", "bad")]["revision"] == before["bad"]
+        held = proc.revision("c1", "bad") == before["bad"]
         if reason is None:
             assert not held, "a file the agent judges was held back by the hub"
         else:
@@ -133,10 +108,10 @@ async def test_one_bad_file_is_that_apps_error_and_the_rest_goes_on(
         shutil.rmtree(repo.work / "apps/bad")
         repo.write("apps/bad/cm.yaml", configmap("fixed"))
         fixed = repo.commit("fix app bad")
-        running.hub.trigger_fetch("platform")
+        proc.hub.trigger_fetch("platform")
         await wait.until(
             "the poller to pick up the fix",
-            lambda: running.hub.assignments.get(("c1", "bad"), {}).get("revision") == fixed,
+            lambda: proc.revision("c1", "bad") == fixed,
             within=30,
         )
         stream.call.cancel()

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from fleetops.hub import config, errors, repo
-from tests.e2e import fleet
+from tests.support import fleet
 
 TOKEN = "glpat-test-token-1234"
 

@@ -21,8 +21,7 @@ import pytest
 import yaml
 
 from fleetops.hub import config, errors, repo
-from tests.e2e import fleet
-from tests.support import gitserve, wait
+from tests.support import fleet, gitserve, wait
 
 SHORT = repo.Timeouts(connect=0.5, io=0.5, total=30)
 CM = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}}

@@ -12,12 +12,10 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-import yaml
 
-from fleetops.hub import render, server
+from fleetops.hub import server
 from fleetops.proto.v1 import fleet_pb2, fleet_pb2_grpc
-from tests import localkube
-from tests.e2e import fleet
+from tests.support import fleet, hubproc
 
 SECRET = "webhook-secret-for-tests"
 
@@ -32,21 +30,11 @@ async def running(
         "apps/web/cm.yaml", {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}}
     )
     repo.commit("first")
-    cfg = tmp_path / "hub.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "repos": [{"name": "platform", "url": repo.url, "pollInterval": "1h",
-                   "webhookSecretEnv": "FLEETOPS_TEST_WEBHOOK"}],
-        "apps": [{"name": "web", "repo": "platform", "path": "apps/web", "namespace": "web"}],
-    }))  # fmt: skip
-    hub = await server.start(
-        config_path=cfg, data=tmp_path / "data", listen="127.0.0.1:0", agent_listen="127.0.0.1:0",
-        http_listen="127.0.0.1:0",
-        tools=render.Tools(helm=localkube.binary("helm"), kustomize=localkube.binary("kustomize")),
-    )  # fmt: skip
-    try:
-        yield hub, repo, cfg
-    finally:
-        await hub.stop()
+    config = hubproc.hub_yaml(
+        repo.url, {"web": "apps/web"}, webhookSecretEnv="FLEETOPS_TEST_WEBHOOK"
+    )
+    async with hubproc.running(tmp_path, config, ready=(), tools=hubproc.tools()) as proc:
+        yield proc.running, repo, proc.config_path
 
 
 def post(port: int, path: str, body: bytes, headers: dict[str, str]) -> int:

@@ -8,15 +8,12 @@ import pathlib
 import stat
 from collections.abc import AsyncIterator
 
-import grpc
 import pytest
-import yaml
 
-from fleetops.hub import render, server
+from fleetops.hub import render
 from fleetops.proto.v1 import agent_pb2
 from tests import localkube
-from tests.e2e import fleet
-from tests.support import rawagent, wait
+from tests.support import fleet, hubproc, wait
 
 SLOW = 8  # seconds the fake helm sleeps once it is armed
 
@@ -24,7 +21,7 @@ SLOW = 8  # seconds the fake helm sleeps once it is armed
 @pytest.fixture
 async def hub(
     tmp_path: pathlib.Path,
-) -> AsyncIterator[tuple[server.Running, fleet.Repo, pathlib.Path]]:
+) -> AsyncIterator[tuple[hubproc.HubProc, fleet.Repo, pathlib.Path]]:
     armed = tmp_path / "slow-helm-armed"
     slow_helm = tmp_path / "slow-helm"
     slow_helm.write_text(
@@ -41,46 +38,21 @@ async def hub(
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "plain"}},
     )
     repo.commit("first")
-    cfg = tmp_path / "hub.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "repos": [{"name": "platform", "url": repo.url, "pollInterval": "1h"}],
-        "apps": [
-            {"name": "chart", "repo": "platform", "path": "apps/chart", "namespace": "chart"},
-            {"name": "plain", "repo": "platform", "path": "apps/plain", "namespace": "plain"},
-        ],
-    }))  # fmt: skip
-    running = await server.start(
-        config_path=cfg, data=tmp_path / "data", listen="127.0.0.1:0", agent_listen="127.0.0.1:0",
-        http_listen="127.0.0.1:0",
-        tools=render.Tools(helm=str(slow_helm), kustomize=localkube.binary("kustomize")),
-    )  # fmt: skip
-    await wait.until("the first fetch", lambda: running.hub.heads.get("platform"))
+    config = hubproc.hub_yaml(repo.url, {"chart": "apps/chart", "plain": "apps/plain"})
+    slow = render.Tools(helm=str(slow_helm), kustomize=localkube.binary("kustomize"))
     try:
-        yield running, repo, armed
+        async with hubproc.running(tmp_path, config, tools=slow) as proc:
+            yield proc, repo, armed
     finally:
         armed.unlink(missing_ok=True)
-        await running.stop()
-
-
-async def connect(running: server.Running, name: str) -> tuple[rawagent.RawAgent, grpc.aio.Channel]:
-    address = f"127.0.0.1:{running.grpc_port}"
-    token = await rawagent.registration_token(
-        address, running.ca.cert_pem, running.tokens["operator"], name, {}
-    )
-    agent = rawagent.RawAgent()
-    await agent.register(address, running.ca.cert_pem, token)
-    channel = grpc.aio.secure_channel(
-        f"127.0.0.1:{running.agent_port}", agent.credentials(running.ca.cert_pem)
-    )
-    return agent, channel
 
 
 async def test_a_slow_helm_render_holds_neither_connects_nor_other_apps(
-    hub: tuple[server.Running, fleet.Repo, pathlib.Path],
+    hub: tuple[hubproc.HubProc, fleet.Repo, pathlib.Path],
 ) -> None:
-    running, repo, armed = hub
-    first, ch1 = await connect(running, "c1")
-    async with ch1:
+    proc, repo, armed = hub
+    first = await proc.agent("c1")
+    async with proc.channel(first) as ch1:
         s1 = await first.connect(ch1, agent_pb2.Hello())
         await s1.next_assignments()
         armed.touch()  # from now on every helm template takes SLOW seconds
@@ -93,24 +65,21 @@ async def test_a_slow_helm_render_holds_neither_connects_nor_other_apps(
             {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "plain2"}},
         )
         head = repo.commit("both apps change")
-        running.hub.trigger_fetch("platform")
+        proc.hub.trigger_fetch("platform")
         await wait.until(
             "the plain app to move while the chart renders",
-            lambda: running.hub.assignments.get(("c1", "plain"), {}).get("revision") == head,
+            lambda: proc.revision("c1", "plain") == head,
             within=SLOW / 2,
         )
-        assert running.hub.assignments[("c1", "chart")]["revision"] != head  # still rendering
-        second, ch2 = await connect(running, "c2")
-        async with ch2:
+        assert proc.revision("c1", "chart") != head  # still rendering
+        second = await proc.agent("c2")
+        async with proc.channel(second) as ch2:
             s2 = await second.connect(ch2, agent_pb2.Hello())
             got = await s2.next_assignments(within=SLOW / 2)
             assert {a.app for a in got.assignments} == {"plain"}  # the chart comes when rendered
             await wait.until(
                 "the chart to reach both clusters once rendered",
-                lambda: all(
-                    running.hub.assignments.get((c, "chart"), {}).get("revision") == head
-                    for c in ("c1", "c2")
-                ),
+                lambda: all(proc.revision(c, "chart") == head for c in ("c1", "c2")),
                 within=SLOW * 3,
             )
             s2.call.cancel()

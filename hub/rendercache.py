@@ -1,0 +1,257 @@
+"""Rendering, once: (app, target, revision) -> bundle digest, each rendered at most once and
+at most RENDER_SLOTS at a time, the bundles stored by digest, and the recent or small ones
+kept in memory (raw bytes for GetBundle, parsed for sending inside assignments).
+
+One app's broken input is that app's error (a `Rendered` with `error`), never the fleet's.
+Never plans: which bundle a cluster gets is the planner's decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from fleetops.hub import config, errors, render, repo, status, store
+from fleetops.proto import bundles
+from fleetops.proto.v1 import types_pb2
+
+log = logging.getLogger("fleetops.hub")
+RENDER_SLOTS = 2  # concurrent helm/kustomize processes (each may use a core)
+PRERENDER_WAIT = 2.0  # seconds planning waits for renders before going on without the slow ones
+INLINE_LIMIT = 256 * 1024  # a bundle this small may travel inside an assignment
+MAX_BYTES_KEPT = 64  # bundles whose bytes stay in memory
+MAX_INLINE_KEPT = 256  # small bundles kept parsed in memory
+
+Key = tuple[str, str, str, str]  # (app, target, revision, overrides hash)
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderResult:
+    digest: str
+    error: str
+
+
+def overrides_hash(app: config.App, target: config.Target) -> str:
+    """What besides the tree decides a render: a hub.yaml edit of these re-renders."""
+    doc = {
+        "ns": app.namespace,
+        "path": app.path,
+        "values": target.helm.values,
+        "valuesFiles": list(target.helm.values_files),
+        "kustomize": target.kustomize_dir,
+        "overlays": list(target.yaml_overlays),
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def key(app: config.App, target: config.Target, revision: str) -> Key:
+    return (app.name, target.name, revision, overrides_hash(app, target))
+
+
+class RenderCache:
+    def __init__(
+        self, *, db: store.Store, tools: render.Tools, repos: Mapping[str, repo.RepoCache]
+    ) -> None:
+        self._db = db
+        self._tools = tools
+        self._repos = repos  # the tracker's caches, read only
+        self._slots = asyncio.Semaphore(RENDER_SLOTS)
+        self._rendering: dict[Key, asyncio.Future[RenderResult]] = {}
+        self.results: dict[Key, RenderResult] = {}
+        self._content: dict[tuple[str, str, str], str] = {}  # (app, target, tree key) -> digest
+        self._extra_paths: dict[tuple[str, str], list[str]] = {}
+        self._bytes: dict[str, bytes] = {}
+        self._inline: dict[str, types_pb2.Bundle] = {}
+
+    def load(self, rows: list[dict[str, Any]]) -> None:
+        """The store's `renders` rows."""
+        for r in rows:
+            self.results[(r["app"], r["target"], r["revision"], r["key"] or "")] = RenderResult(
+                r["digest"] or "", r["error"] or ""
+            )
+
+    def known(self, app: config.App, target: config.Target, revision: str) -> RenderResult | None:
+        return self.results.get(key(app, target, revision))
+
+    def busy(self, app: config.App, target: config.Target, revision: str) -> bool:
+        """Rendering now, with no earlier result."""
+        k = key(app, target, revision)
+        return k not in self.results and k in self._rendering
+
+    async def bundle_for(
+        self, app: config.App, target: config.Target, revision: str
+    ) -> RenderResult:
+        """The bundle digest for (app, target, revision), rendering it at most once."""
+        rkey = key(app, target, revision)
+        known = self.results.get(rkey)
+        if known is not None:
+            return known
+        running = self._rendering.get(rkey)
+        if running is not None:  # someone is rendering it: share the result
+            return await asyncio.shield(running)
+        future: asyncio.Future[RenderResult] = asyncio.get_running_loop().create_future()
+        self._rendering[rkey] = future
+        try:
+            async with self._slots:
+                result = await self._render(app, target, revision)
+            self.results[rkey] = result
+            future.set_result(result)
+            await self._db.run(
+                self._db.upsert,
+                "renders",
+                {
+                    "app": app.name,
+                    "target": target.name,
+                    "revision": revision,
+                    "digest": result.digest,
+                    "error": result.error,
+                    "key": rkey[3],
+                    "rendered_at": time.time(),
+                },
+                ("app", "target", "revision"),
+            )
+            return result
+        except BaseException as e:
+            if isinstance(e, asyncio.CancelledError):
+                future.cancel()
+            elif not future.done():
+                future.set_exception(e)
+                future.exception()  # retrieved: waiters see it, nobody else must
+            raise
+        finally:
+            self._rendering.pop(rkey, None)
+
+    async def prerender(
+        self,
+        wanted: Iterable[tuple[config.App, config.Target, str]],
+        *,
+        on_late: Callable[[], None],
+    ) -> None:
+        """Render these concurrently; wait PRERENDER_WAIT seconds at most, and call `on_late`
+        when one of those still running is done (so a slow helm template delays only the
+        apps that need it)."""
+        renders = [asyncio.ensure_future(self.bundle_for(a, t, rev)) for a, t, rev in wanted]
+        if not renders:
+            return
+        _, late = await asyncio.wait(renders, timeout=PRERENDER_WAIT)
+
+        def landed(task: asyncio.Future[RenderResult]) -> None:
+            if not task.cancelled():
+                on_late()
+
+        for task in late:  # planned without them; a pass follows when they are done
+            task.add_done_callback(landed)
+        for task in renders:
+            task.add_done_callback(_consume)
+
+    async def _render(self, app: config.App, target: config.Target, revision: str) -> RenderResult:
+        cache = self._repos.get(app.repo)
+        if cache is None:
+            return RenderResult("", f"repo {app.repo!r} is not configured")
+        paths = [app.path, *[f"{app.path}/{f}" for f in target.helm.values_files]]
+        paths += self._extra_paths.get((app.name, target.name), [])
+        try:
+            tree = overrides_hash(app, target) + ":" + await cache.atree_key(revision, paths)
+        except (KeyError, ValueError) as e:
+            return RenderResult("", f"revision {revision[:12]} is not in the repo cache: {e}")
+        digest = self._content.get((app.name, target.name, tree))
+        if digest:
+            return RenderResult(digest, "")
+        try:
+            checkout = await cache.acheckout(revision)
+            rendered = await render.arender(
+                checkout=checkout.root,
+                refused_links=checkout.refused_links,
+                app=app,
+                target=target,
+                tools=self._tools,
+            )
+            if render.detect(checkout.root / app.path) == "kustomize" or target.kustomize_dir:
+                build = checkout.root / app.path / target.kustomize_dir
+                refs = await asyncio.to_thread(
+                    render.check_kustomize_refs,
+                    checkout.root.resolve(),
+                    build.resolve(),
+                    checkout.refused_links,
+                )
+                root = checkout.root.resolve()
+                self._extra_paths[(app.name, target.name)] = sorted(
+                    {str(p.relative_to(root)) for p in refs} - {app.path}
+                )
+        except errors.RenderError as e:
+            log.warning("app %s target %s at %s: %s", app.name, target.name, revision[:8], e)
+            return RenderResult("", str(e))
+        except Exception as e:  # one app's broken input is that app's error, never the fleet's
+            log.exception(
+                "app %s target %s at %s: render crashed", app.name, target.name, revision[:8]
+            )
+            return RenderResult("", status.unexpected("render", e))
+        try:
+            bundle = types_pb2.Bundle(app=app.name, namespace=app.namespace)
+            for source, text in rendered.manifests:
+                bundle.manifests.add(source=source, yaml=text)
+            digest = bundles.digest(bundle)
+            data = bundle.SerializeToString(deterministic=True)
+        except Exception as e:  # e.g. a bundle protobuf cannot hold
+            log.exception("app %s target %s: bundle failed", app.name, target.name)
+            return RenderResult("", status.unexpected("bundle", e))
+        await self._db.run(
+            self._db.upsert,
+            "bundles",
+            {
+                "digest": digest,
+                "app": app.name,
+                "size": len(data),
+                "data": data,
+                "created_at": time.time(),
+            },
+            "digest",
+        )
+        self._content[(app.name, target.name, tree)] = digest
+        return RenderResult(digest, "")
+
+    async def bundle_bytes(self, digest: str) -> bytes:
+        """A bundle's bytes; the recent ones are kept in memory, since a new revision has
+        every agent of a target ask for the same bundle at once."""
+        data = self._bytes.get(digest)
+        if data is None:
+            row = await self._db.run(self._db.get, "bundles", digest)
+            if row is None:
+                raise errors.NotFound(f"no bundle {digest[:12]}")
+            data = bytes(row["data"])
+            if len(self._bytes) >= MAX_BYTES_KEPT:
+                self._bytes.pop(next(iter(self._bytes)))
+            self._bytes[digest] = data
+        return data
+
+    async def load_inline(self, digests: Iterable[str]) -> None:
+        """Keep small bundles parsed in memory, to send them inside assignments."""
+        for digest in set(digests) - set(self._inline):
+            try:
+                data = await self.bundle_bytes(digest)
+            except errors.NotFound:
+                continue
+            if len(data) <= INLINE_LIMIT:
+                if len(self._inline) >= MAX_INLINE_KEPT:
+                    self._inline.pop(next(iter(self._inline)))
+                self._inline[digest] = types_pb2.Bundle.FromString(data)
+
+    def inline(self, digest: str) -> types_pb2.Bundle | None:
+        return self._inline.get(digest)
+
+    def forget(self, *, renders: set[tuple[str, str, str]], digests: set[str]) -> None:
+        """Keep only the results the store still has (retention pruned the rest)."""
+        self.results = {k: v for k, v in self.results.items() if k[:3] in renders}
+        self._content = {k: d for k, d in self._content.items() if d in digests}
+
+
+def _consume(task: asyncio.Future[RenderResult]) -> None:
+    """Errors of a background render are recorded as its result; never 'never retrieved'."""
+    if not task.cancelled():
+        task.exception()
