@@ -8,15 +8,10 @@ from __future__ import annotations
 
 import pathlib
 import tempfile
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from kubernetes import config, dynamic  # type: ignore[import-untyped]
 from kubernetes.client import api_client  # type: ignore[import-untyped]
-
-from tests.support import wait
-
-T = TypeVar("T")
 
 
 def client(kubeconfig: pathlib.Path) -> Any:
@@ -39,9 +34,3 @@ def apply(dyn: Any, manifest: dict[str, Any]) -> Any:
         field_manager="fleetops-tests",
         force_conflicts=True,
     )
-
-
-def eventually(what: str, probe: Callable[[], T | None], timeout: float = 60.0) -> T:
-    """Kept for importers outside this module's owners; new code calls `wait.until_sync`."""
-    # a probe may race the apiserver: any error counts as "not yet" and is shown if it stays
-    return wait.until_sync(what, probe, within=timeout, retry_on=(Exception,))

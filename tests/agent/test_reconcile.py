@@ -12,6 +12,7 @@ from fleetops.agent import status as st
 from tests import localkube
 from tests.agent.conftest import BundleFactory
 from tests.agent.objects import configmap, deployment, namespace, policy
+from tests.support import wait
 
 CM = kube.ResourceType(
     group="", version="v1", kind="ConfigMap", plural="configmaps", namespaced=True
@@ -402,19 +403,22 @@ async def test_real_workloads_reach_the_health_a_user_expects(
     bundle = make_bundle(namespace(unique_name), statefulset, daemonset, job, pvc, lb)
     await reconciler.sync(bundle, policy())
 
-    async def settled() -> st.AppResult:
-        deadline = asyncio.get_running_loop().time() + 60
-        while True:
-            result = await reconciler.check(bundle, policy())
-            healths = {r.key.name: r.health.name for r in result.resources if r.health}
-            want = {"db": "Healthy", "node-agent": "Healthy", "migrate": "Healthy"}
-            if all(healths.get(k) == v for k, v in want.items()):
-                return result
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"workloads never became healthy: {healths}")
-            await asyncio.sleep(0.5)
+    want = {"db": "Healthy", "node-agent": "Healthy", "migrate": "Healthy"}
+    seen: dict[str, str] = {}
 
-    result = await settled()
+    async def settled() -> st.AppResult | None:
+        result = await reconciler.check(bundle, policy())
+        seen.clear()
+        seen.update({r.key.name: r.health.name for r in result.resources if r.health})
+        return result if all(seen.get(k) == v for k, v in want.items()) else None
+
+    result = await wait.until(
+        "the StatefulSet, DaemonSet and Job healthy",
+        settled,
+        within=60,
+        every=0.5,
+        explain=lambda: f"healths: {seen}",
+    )
     got = {r.key.name: r.health for r in result.resources if r.health}
     assert got["migrate"].reason == "the job completed"
     assert got["data"].name == "Progressing" and "waiting for a volume" in got["data"].reason

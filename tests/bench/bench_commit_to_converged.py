@@ -22,11 +22,12 @@ import tempfile
 import time
 import urllib.request
 
+import grpc
 import yaml
 
 from fleetops.proto.v1 import types_pb2
 from tests import localkube
-from tests.support import fleet
+from tests.support import fleet, wait
 
 SECRET = "bench-webhook-secret"
 NAMES = ["b1", "b2", "b3"]
@@ -126,11 +127,12 @@ def main() -> None:
                     for s in cells
                 )
 
-            fleet.wait_for(
+            wait.until_sync(
                 "initial convergence",
                 lambda: done(rev),
-                timeout=120,
-                on_fail=lambda: fleet.describe(client.cells()),
+                within=120,
+                retry_on=(grpc.RpcError,),  # the hub may still be starting its fleet API
+                explain=lambda: fleet.describe(client.cells()),
             )
             times = []
             for n in range(1, ns.commits + 1):

@@ -14,13 +14,14 @@ import sys
 import urllib.error
 import urllib.request
 
+import grpc
 import pytest
 import yaml
 
 from fleetops.proto.v1 import types_pb2
 from tests import localkube
 from tests.deploy import tools
-from tests.support import fleet
+from tests.support import fleet, wait
 
 pytestmark = pytest.mark.cluster
 BIN = pathlib.Path(sys.executable).parent
@@ -157,11 +158,12 @@ def test_cluster_add_installs_an_agent_that_joins_with_its_labels(
             return f"--- hub\n{hub.process.tail()}\n--- agent\n{running.tail()}"
 
         want = {(cluster, f"{ns}-web"): rev}
-        fleet.wait_for(
+        wait.until_sync(
             "the app on the joined cluster",
             lambda: fleet.converged(client.cells(), want),
-            timeout=90,
-            on_fail=logs,
+            within=90,
+            retry_on=(grpc.RpcError,),  # the hub may still be starting its fleet API
+            explain=logs,
         )
         snap = client.snapshot()
         (joined,) = [c for c in snap.clusters if c.name == cluster]
@@ -170,8 +172,8 @@ def test_cluster_add_installs_an_agent_that_joins_with_its_labels(
         assert (cluster, f"{ns}-dev") not in client.cells()  # env=dev apps stay away
         got = tools.kubectl(admin, "get", "configmap", "web", "-n", ns, "-o", "jsonpath={.data.a}")
         assert got.stdout == "1"
-        fleet.wait_for(
-            "/readyz", lambda: _probe(health, "/readyz") == 200, timeout=10, on_fail=logs
+        wait.until_sync(
+            "/readyz", lambda: _probe(health, "/readyz") == 200, within=10, explain=logs
         )
         assert _probe(health, "/healthz") == 200
         idsecret = tools.kubectl(
@@ -190,11 +192,11 @@ def test_cluster_add_installs_an_agent_that_joins_with_its_labels(
         agent.stop()
         assert _probe(health, "/healthz") == 0
         agent = running = start("state-2")
-        fleet.wait_for(
+        wait.until_sync(
             "/readyz after a restart",
             lambda: _probe(health, "/readyz") == 200,
-            timeout=30,
-            on_fail=logs,
+            within=30,
+            explain=logs,
         )
         assert "identity restored from Secret" in agent.tail()
         registered = [e for e in client.history(cluster=cluster) if e.kind == "registered"]
@@ -204,7 +206,7 @@ def test_cluster_add_installs_an_agent_that_joins_with_its_labels(
         tools.kubectl(
             admin, "patch", "configmap", "web", "-n", ns, "--type=merge", "-p", '{"data":{"a":"2"}}'
         )
-        fleet.wait_for(
+        wait.until_sync(
             "self-heal by the restarted agent",
             lambda: (
                 tools.kubectl(
@@ -212,8 +214,8 @@ def test_cluster_add_installs_an_agent_that_joins_with_its_labels(
                 ).stdout
                 == "1"
             ),
-            timeout=30,
-            on_fail=logs,
+            within=30,
+            explain=logs,
         )
     finally:
         if agent is not None:

@@ -23,7 +23,7 @@ import sqlite3
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import pytest
@@ -33,7 +33,6 @@ from fleetops.proto.v1 import fleet_pb2, types_pb2
 from tests import localkube
 from tests.support import fleet, wait
 
-T = TypeVar("T")
 Cells = dict[tuple[str, str], fleet_pb2.ClusterAppStatus]
 
 
@@ -345,24 +344,11 @@ async def world(
 
 
 # ---------------------------------------------------------------- waiting
+# Fault tests call tests/support/wait.until directly with these two and
+# `explain=world.describe` (what the fleet and its logs looked like when a wait gave up).
 
-
-async def until(
-    world: World | None, what: str, probe: Callable[[], T | None], *, within: float
-) -> T:
-    """tests/support/wait.until; a hub that does not answer (restarting) is "not yet", and
-    a wait that gives up says what the fleet and its logs looked like."""
-
-    def tolerant() -> T | None:
-        try:
-            return probe()
-        except grpc.RpcError:
-            return None
-
-    try:
-        return await wait.until(what, tolerant, within=within, every=0.1)
-    except AssertionError as e:
-        raise AssertionError(f"{e}\n{world.describe() if world else ''}") from None
+EVERY = 0.1  # between probes: each one is a gRPC call to a hub the test may be killing
+RESTARTING = (grpc.RpcError,)  # a hub that does not answer (restarting, cut off) is "not yet"
 
 
 def converged(world: World, want: dict[tuple[str, str], str]) -> bool:

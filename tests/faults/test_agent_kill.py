@@ -23,7 +23,7 @@ from kubernetes import watch as _watch
 
 from tests import localkube
 from tests.faults import harness
-from tests.support import fleet
+from tests.support import fleet, wait
 
 pytestmark = pytest.mark.cluster
 kclient: Any = _client  # the kubernetes client is untyped
@@ -118,24 +118,39 @@ async def test_kill_9_the_agent_between_inventory_write_and_apply(
     async with harness.world(tmp_path, apps=apps, clusters=[CLUSTER], files=files) as w:
         first = fleet.git(w.repo.work, "rev-parse", "HEAD")
         agent = w.add_agent(CLUSTER, kube[CLUSTER])
-        await harness.until(
-            w, "the first 40 objects to converge",
-            lambda: harness.converged(w, {(CLUSTER, name): first}), within=90,
-        )  # fmt: skip
+        await wait.until(
+            "the first 40 objects to converge",
+            lambda: harness.converged(w, {(CLUSTER, name): first}),
+            within=90,
+            every=harness.EVERY,
+            retry_on=harness.RESTARTING,
+            explain=w.describe,
+        )
         before = objects(w)
         assert sorted(before) == FIRST
 
         killer = KillOnInventory(kube[CLUSTER], name, agent.proc.pid, SECOND[-1])
         killer.start()
         try:
-            await harness.until(w, "the inventory watch", killer.watching.is_set, within=30)
+            await wait.until(
+                "the inventory watch",
+                killer.watching.is_set,
+                within=30,
+                every=harness.EVERY,
+                retry_on=harness.RESTARTING,
+                explain=w.describe,
+            )
             assert killer.error is None, killer.error
             files(w.repo, 1)
             second = w.repo.commit("fault suite: 200 more objects, 10 fewer")
-            await harness.until(
-                w, "the agent's inventory write of the new sync (then SIGKILL)",
-                lambda: killer.fired.is_set() or killer.error is not None, within=90,
-            )  # fmt: skip
+            await wait.until(
+                "the agent's inventory write of the new sync (then SIGKILL)",
+                lambda: killer.fired.is_set() or killer.error is not None,
+                within=90,
+                every=harness.EVERY,
+                retry_on=harness.RESTARTING,
+                explain=w.describe,
+            )
             assert killer.error is None, killer.error
         finally:
             killer.close()
@@ -154,10 +169,14 @@ async def test_kill_9_the_agent_between_inventory_write_and_apply(
             lost.append(f"deleted before the sync finished: {sorted(gone)}")
 
         w.restart_agent(CLUSTER)
-        await harness.until(
-            w, "the restarted agent to converge the second commit",
-            lambda: harness.converged(w, {(CLUSTER, name): second}), within=120,
-        )  # fmt: skip
+        await wait.until(
+            "the restarted agent to converge the second commit",
+            lambda: harness.converged(w, {(CLUSTER, name): second}),
+            within=120,
+            every=harness.EVERY,
+            retry_on=harness.RESTARTING,
+            explain=w.describe,
+        )
         took = time.monotonic() - killed
         after = objects(w)
         final = inventory(w)

@@ -19,7 +19,7 @@ import yaml
 from fleetops.proto.v1 import types_pb2
 from tests import localkube
 from tests.faults import harness
-from tests.support import fleet, tcpproxy
+from tests.support import fleet, tcpproxy, wait
 
 pytestmark = pytest.mark.cluster  # the shared clusters, or a localkube cluster of its own
 
@@ -50,17 +50,26 @@ async def test_kube_apiserver_stopped_and_restarted_under_a_running_agent(
             async with harness.world(tmp_path, apps=apps, clusters=["fk"], files=files) as w:
                 first = fleet.git(w.repo.work, "rev-parse", "HEAD")
                 agent = w.add_agent("fk", cluster.kubeconfig, extra=["--kube-timeout", "5"])
-                await harness.until(
-                    w, "first convergence",
-                    lambda: harness.converged(w, {("fk", web): first}), within=120,
-                )  # fmt: skip
+                await wait.until(
+                    "first convergence",
+                    lambda: harness.converged(w, {("fk", web): first}),
+                    within=120,
+                    every=harness.EVERY,
+                    retry_on=harness.RESTARTING,
+                    explain=w.describe,
+                )
 
                 server = yaml.safe_load(cluster.kubeconfig.read_text())["clusters"][0]["cluster"]
                 port = int(server["server"].rpartition(":")[2])
                 api.stop()
-                await harness.until(
-                    w, "the API server to stop serving", lambda: not api.serving(port), within=60
-                )  # fmt: skip
+                await wait.until(
+                    "the API server to stop serving",
+                    lambda: not api.serving(port),
+                    within=60,
+                    every=harness.EVERY,
+                    retry_on=harness.RESTARTING,
+                    explain=w.describe,
+                )
                 stopped = time.monotonic()
                 files(w.repo, 1)
                 second = w.repo.commit("fault suite: a commit while the API server is down")
@@ -74,39 +83,61 @@ async def test_kube_apiserver_stopped_and_restarted_under_a_running_agent(
                     failed = cell.sync == types_pb2.SYNC_STATUS_APPLY_FAILED
                     return cell.reason if failed and f"127.0.0.1:{port}" in cell.reason else ""
 
-                why = await harness.until(
-                    w, "the app to say it cannot reach the API server", reason, within=90
+                why = await wait.until(
+                    "the app to say it cannot reach the API server",
+                    reason,
+                    within=90,
+                    every=harness.EVERY,
+                    retry_on=harness.RESTARTING,
+                    explain=w.describe,
                 )
                 sync = types_pb2.SyncStatus.Name(w.cells()[("fk", web)].sync)
                 assert harness.alive(agent), f"the agent exited:\n{agent.tail()}"
                 # and it reconnects to a restarted hub while its API server is still down
                 w.hub.process.stop()
                 w.hub = await harness.restart_hub(w.hub, w.config)
-                await harness.until(
-                    w, "the agent to reconnect to the restarted hub with its API server down",
-                    lambda: harness.connected(w, ["fk"]), within=60,
-                )  # fmt: skip
+                await wait.until(
+                    "the agent to reconnect to the restarted hub with its API server down",
+                    lambda: harness.connected(w, ["fk"]),
+                    within=60,
+                    every=harness.EVERY,
+                    retry_on=harness.RESTARTING,
+                    explain=w.describe,
+                )
                 assert harness.alive(agent), f"the agent exited:\n{agent.tail()}"
                 assert not api.serving(port)
 
                 api.kill()  # the rest of its graceful stop (waiting on watches) is not the fault
-                await harness.until(
-                    w, "the old API server to exit", lambda: not api.running(), within=30
-                )  # fmt: skip
+                await wait.until(
+                    "the old API server to exit",
+                    lambda: not api.running(),
+                    within=30,
+                    every=harness.EVERY,
+                    retry_on=harness.RESTARTING,
+                    explain=w.describe,
+                )
                 api.start()
                 w.extra_logs.append(api.log)
                 restarted = time.monotonic()
-                await harness.until(
-                    w, "reconvergence to the commit made while the API server was down",
-                    lambda: harness.converged(w, {("fk", web): second}), within=120,
-                )  # fmt: skip
+                await wait.until(
+                    "reconvergence to the commit made while the API server was down",
+                    lambda: harness.converged(w, {("fk", web): second}),
+                    within=120,
+                    every=harness.EVERY,
+                    retry_on=harness.RESTARTING,
+                    explain=w.describe,
+                )
                 took = time.monotonic() - restarted
                 scaled = w.kubectl("fk", "-n", web, "scale", "deployment/web", "--replicas=3")
                 assert scaled.returncode == 0, scaled.stderr
-                await harness.until(
-                    w, "drift made after the restart to be healed",
-                    lambda: replicas(w, "fk", web) == 1, within=30,
-                )  # fmt: skip
+                await wait.until(
+                    "drift made after the restart to be healed",
+                    lambda: replicas(w, "fk", web) == 1,
+                    within=30,
+                    every=harness.EVERY,
+                    retry_on=harness.RESTARTING,
+                    explain=w.describe,
+                )
                 assert harness.alive(agent), f"the agent exited:\n{agent.tail()}"
                 harness.report(
                     capsys, "kube-apiserver stopped and restarted", took, [],
@@ -146,8 +177,13 @@ async def test_a_hung_api_server_is_the_agents_kubeconfig_server(
                     return ""
                 return cell.reason
 
-            why = await harness.until(
-                w, "the app to say the API server does not answer", failed, within=90
+            why = await wait.until(
+                "the app to say the API server does not answer",
+                failed,
+                within=90,
+                every=harness.EVERY,
+                retry_on=harness.RESTARTING,
+                explain=w.describe,
             )
             said = time.monotonic() - started
             assert hung.accepted >= 1, "the agent never dialled the hung API server"
@@ -156,10 +192,14 @@ async def test_a_hung_api_server_is_the_agents_kubeconfig_server(
 
             hung.heal()
             answering = time.monotonic()
-            await harness.until(
-                w, "convergence once the API server answers",
-                lambda: harness.converged(w, {("hung", web): head}), within=120,
-            )  # fmt: skip
+            await wait.until(
+                "convergence once the API server answers",
+                lambda: harness.converged(w, {("hung", web): head}),
+                within=120,
+                every=harness.EVERY,
+                retry_on=harness.RESTARTING,
+                explain=w.describe,
+            )
             took = time.monotonic() - answering
             assert harness.alive(agent), f"the agent exited:\n{agent.tail()}"
             harness.report(

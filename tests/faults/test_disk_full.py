@@ -20,7 +20,7 @@ import pytest
 
 from tests import localkube
 from tests.faults import harness
-from tests.support import fleet
+from tests.support import fleet, wait
 
 pytestmark = pytest.mark.cluster
 CLUSTER = "c2"
@@ -146,10 +146,14 @@ async def test_the_hub_data_directory_runs_out_of_space(
         assert w.hub.data == data
         first = fleet.git(w.repo.work, "rev-parse", "HEAD")
         agent = w.add_agent(CLUSTER, kube[CLUSTER])
-        await harness.until(
-            w, "first convergence", lambda: harness.converged(w, {(CLUSTER, web): first}),
+        await wait.until(
+            "first convergence",
+            lambda: harness.converged(w, {(CLUSTER, web): first}),
             within=90,
-        )  # fmt: skip
+            every=harness.EVERY,
+            retry_on=harness.RESTARTING,
+            explain=w.describe,
+        )
         acknowledged = {e.id for e in w.client().history()}
         healthy_metrics = set(store_metrics(w.hub))
 
@@ -171,8 +175,12 @@ async def test_the_hub_data_directory_runs_out_of_space(
 
         said: dict[str, str] = {}
         try:
-            said["repo"] = await harness.until(
-                None, "the repo to say why it cannot fetch", full_repo_error, within=30
+            said["repo"] = await wait.until(
+                "the repo to say why it cannot fetch",
+                full_repo_error,
+                within=30,
+                every=harness.EVERY,
+                retry_on=harness.RESTARTING,
             )
         except AssertionError as e:
             said["repo"] = f"(nothing that names the full disk: {repo_error()!r}; {e})"
@@ -189,11 +197,14 @@ async def test_the_hub_data_directory_runs_out_of_space(
             CLUSTER, "-n", web, "patch", "configmap", "web-config", "-p", '{"data":{"n":"x"}}'
         )
         assert patched.returncode == 0, patched.stderr
-        await harness.until(
-            w, "the agent to heal the ConfigMap and report it to a hub with a full disk",
+        await wait.until(
+            "the agent to heal the ConfigMap and report it to a hub with a full disk",
             lambda: json_n(w, web) == "0" and heal_reported(w, web),
             within=30,
-        )  # fmt: skip
+            every=harness.EVERY,
+            retry_on=harness.RESTARTING,
+            explain=w.describe,
+        )
         assert harness.alive(w.hub.process), f"the hub died:\n{w.hub.process.tail()}"
         assert harness.connected(w, [CLUSTER]), "the agent lost the hub while the disk was full"
         problems: list[str] = []
@@ -215,10 +226,14 @@ async def test_the_hub_data_directory_runs_out_of_space(
         filler.unlink()
         freed = time.monotonic()
         full_for = freed - full_at
-        await harness.until(
-            w, "the commit made while the disk was full to converge, without a restart",
-            lambda: harness.converged(w, {(CLUSTER, web): second}), within=90,
-        )  # fmt: skip
+        await wait.until(
+            "the commit made while the disk was full to converge, without a restart",
+            lambda: harness.converged(w, {(CLUSTER, web): second}),
+            within=90,
+            every=harness.EVERY,
+            retry_on=harness.RESTARTING,
+            explain=w.describe,
+        )
         took = time.monotonic() - freed
         pid = w.hub.process.proc.pid
         w.client().rollback(web, first)  # the store takes writes again

@@ -15,7 +15,7 @@ import pytest
 
 from tests import localkube
 from tests.faults import harness
-from tests.support import fleet, tcpproxy
+from tests.support import fleet, tcpproxy, wait
 
 pytestmark = pytest.mark.cluster
 CLUSTER = "c1"
@@ -49,9 +49,14 @@ async def test_a_git_server_that_never_answers(
             tmp_path, apps=apps, clusters=[CLUSTER], files=files, repos=stalled
         ) as w:
             head = fleet.git(w.repo.work, "rev-parse", "HEAD")
-            await harness.until(
-                w, "the hub to dial the silent Git server", lambda: silent.accepted >= 1, within=30
-            )  # fmt: skip
+            await wait.until(
+                "the hub to dial the silent Git server",
+                lambda: silent.accepted >= 1,
+                within=30,
+                every=harness.EVERY,
+                retry_on=harness.RESTARTING,
+                explain=w.describe,
+            )
             hanging = time.monotonic()
 
             def repo_error() -> str:
@@ -64,18 +69,30 @@ async def test_a_git_server_that_never_answers(
             history = harness.hub_cli(w.hub, "history", "--output", "json")
             assert history.returncode == 0, history.stderr
             w.add_agent(CLUSTER, kube[CLUSTER])
-            await harness.until(
-                w, "the new agent to converge the other repo's app while the fetch hangs",
-                lambda: harness.connected(w, [CLUSTER])
-                and harness.converged(w, {(CLUSTER, good): head}),
+            await wait.until(
+                "the new agent to converge the other repo's app while the fetch hangs",
+                lambda: (
+                    harness.connected(w, [CLUSTER])
+                    and harness.converged(w, {(CLUSTER, good): head})
+                ),
                 within=60,
-            )  # fmt: skip
+                every=harness.EVERY,
+                retry_on=harness.RESTARTING,
+                explain=w.describe,
+            )
             took = time.monotonic() - hanging
             still_hanging = not repo_error()
             sync = harness.hub_cli(w.hub, "sync", good)
             assert sync.returncode == 0, sync.stderr
 
-            error = await harness.until(w, "the hung repo to show an error", repo_error, within=120)
+            error = await wait.until(
+                "the hung repo to show an error",
+                repo_error,
+                within=120,
+                every=harness.EVERY,
+                retry_on=harness.RESTARTING,
+                explain=w.describe,
+            )
             errored = time.monotonic() - hanging
             assert 'fleetops_repo_fetch_ok{repo="stalled"} 0' in metrics(w.hub)
             assert harness.converged(w, {(CLUSTER, good): head})

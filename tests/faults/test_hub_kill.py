@@ -14,7 +14,7 @@ import pytest
 
 from tests import localkube
 from tests.faults import harness
-from tests.support import fleet
+from tests.support import fleet, wait
 
 pytestmark = pytest.mark.cluster
 CLUSTERS = ("c1", "c2")
@@ -46,10 +46,14 @@ async def test_kill_9_the_hub_while_it_plans_and_while_agents_report(
         for c in CLUSTERS:
             w.add_agent(c, kube[c])
         cells = [(c, a) for c in CLUSTERS for a in (web, cfg)]
-        await harness.until(
-            w, "first convergence", lambda: harness.converged(w, dict.fromkeys(cells, revs[0])),
+        await wait.until(
+            "first convergence",
+            lambda: harness.converged(w, dict.fromkeys(cells, revs[0])),
             within=120,
-        )  # fmt: skip
+            every=harness.EVERY,
+            retry_on=harness.RESTARTING,
+            explain=w.describe,
+        )
 
         acknowledged: set[int] = set()  # history entries read back before a kill
         pins: dict[tuple[str, str], str] = {}  # (app, cluster) -> revision, as answered
@@ -88,10 +92,14 @@ async def test_kill_9_the_hub_while_it_plans_and_while_agents_report(
             def reporting(sha: str = head) -> bool:  # the first agent reported it, others follow
                 return any(s.applied_revision == sha for s in w.cells().values())
 
-            await harness.until(
-                w, f"the hub {moment} commit {i + 1}",
-                planning if moment == "planning" else reporting, within=60,
-            )  # fmt: skip
+            await wait.until(
+                f"the hub {moment} commit {i + 1}",
+                planning if moment == "planning" else reporting,
+                within=60,
+                every=harness.EVERY,
+                retry_on=harness.RESTARTING,
+                explain=w.describe,
+            )
             harness.kill9(w.hub.process)
             started = time.monotonic()
 
@@ -127,8 +135,13 @@ async def test_kill_9_the_hub_while_it_plans_and_while_agents_report(
             def back(want: dict[tuple[str, str], str] = want) -> bool:
                 return harness.connected(w, CLUSTERS) and harness.converged(w, want)
 
-            await harness.until(
-                w, f"reconnection and reconvergence after kill {i + 1}", back, within=120
+            await wait.until(
+                f"reconnection and reconvergence after kill {i + 1}",
+                back,
+                within=120,
+                every=harness.EVERY,
+                retry_on=harness.RESTARTING,
+                explain=w.describe,
             )
             times.append(time.monotonic() - started)
             after = {e.id for e in w.client().history()}

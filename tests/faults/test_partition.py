@@ -16,7 +16,7 @@ import pytest
 from fleetops.proto.v1 import types_pb2
 from tests import localkube
 from tests.faults import harness
-from tests.support import fleet, tcpproxy
+from tests.support import fleet, tcpproxy, wait
 
 pytestmark = pytest.mark.cluster
 CLUSTER = "c2"
@@ -55,11 +55,14 @@ async def test_partition_between_hub_and_agent(
         ):
             w.add_agent(CLUSTER, kube[CLUSTER], hub_address=reg.address)
             want = {(CLUSTER, web): head}
-            await harness.until(
-                w, "convergence through the proxy",
+            await wait.until(
+                "convergence through the proxy",
                 lambda: harness.connected(w, [CLUSTER]) and harness.converged(w, want),
                 within=90,
-            )  # fmt: skip
+                every=harness.EVERY,
+                retry_on=harness.RESTARTING,
+                explain=w.describe,
+            )
             assert stream.accepted >= 1, "the agent's stream did not go through the proxy"
             seen = {e.id for e in w.client().history()}
 
@@ -85,19 +88,27 @@ async def test_partition_between_hub_and_agent(
                 )  # fmt: skip
                 return res.stdout
 
-            await harness.until(
-                w, "the partitioned agent to scale web back to 1",
-                lambda: replicas() == 1, within=30,
-            )  # fmt: skip
+            await wait.until(
+                "the partitioned agent to scale web back to 1",
+                lambda: replicas() == 1,
+                within=30,
+                every=harness.EVERY,
+                retry_on=harness.RESTARTING,
+                explain=w.describe,
+            )
             patched = w.kubectl(
                 CLUSTER, "-n", web, "patch", "configmap", "web-config",
                 "-p", '{"data":{"color":"tampered"}}',
             )  # fmt: skip
             assert patched.returncode == 0, patched.stderr
-            await harness.until(
-                w, "the partitioned agent to restore web-config",
-                lambda: color() == "blue", within=30,
-            )  # fmt: skip
+            await wait.until(
+                "the partitioned agent to restore web-config",
+                lambda: color() == "blue",
+                within=30,
+                every=harness.EVERY,
+                retry_on=harness.RESTARTING,
+                explain=w.describe,
+            )
             healed_offline = time.monotonic() - cut
 
             def disconnected() -> bool:
@@ -107,13 +118,21 @@ async def test_partition_between_hub_and_agent(
 
             problems: list[str] = []
             try:
-                await harness.until(
-                    None, f"the hub to show the cluster Disconnected within {NOTICE:.0f} s",
-                    disconnected, within=NOTICE,
-                )  # fmt: skip
+                await wait.until(
+                    f"the hub to show the cluster Disconnected within {NOTICE:.0f} s",
+                    disconnected,
+                    within=NOTICE,
+                    every=harness.EVERY,
+                    retry_on=harness.RESTARTING,
+                )
             except AssertionError:
-                await harness.until(
-                    w, "the hub to show the cluster Disconnected", disconnected, within=90
+                await wait.until(
+                    "the hub to show the cluster Disconnected",
+                    disconnected,
+                    within=90,
+                    every=harness.EVERY,
+                    retry_on=harness.RESTARTING,
+                    explain=w.describe,
                 )
                 problems.append(
                     f"the hub showed the cluster Disconnected only {time.monotonic() - cut:.1f} s "
@@ -141,12 +160,22 @@ async def test_partition_between_hub_and_agent(
                 return harness.connected(w, [CLUSTER]) and harness.converged(w, want)
 
             try:
-                await harness.until(
-                    None, f"reconnection and reconvergence within {RECONVERGE:.0f} s of the heal",
-                    back, within=RECONVERGE,
-                )  # fmt: skip
+                await wait.until(
+                    f"reconnection and reconvergence within {RECONVERGE:.0f} s of the heal",
+                    back,
+                    within=RECONVERGE,
+                    every=harness.EVERY,
+                    retry_on=harness.RESTARTING,
+                )
             except AssertionError:
-                await harness.until(w, "reconnection and reconvergence", back, within=90)
+                await wait.until(
+                    "reconnection and reconvergence",
+                    back,
+                    within=90,
+                    every=harness.EVERY,
+                    retry_on=harness.RESTARTING,
+                    explain=w.describe,
+                )
                 problems.append(
                     f"reconverged {time.monotonic() - healed:.1f} s after the partition healed "
                     f"(expected within {RECONVERGE:.0f} s)"
@@ -154,7 +183,14 @@ async def test_partition_between_hub_and_agent(
             took = time.monotonic() - healed
             lost: list[str] = []
             try:
-                await harness.until(w, "the offline heals in history", heals, within=15)
+                await wait.until(
+                    "the offline heals in history",
+                    heals,
+                    within=15,
+                    every=harness.EVERY,
+                    retry_on=harness.RESTARTING,
+                    explain=w.describe,
+                )
             except AssertionError:
                 lost.append("the self-heals made during the partition never reached history")
             harness.report(

@@ -14,8 +14,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import yaml
@@ -25,7 +24,6 @@ from tests import localkube
 from tests.support import wait
 
 BIN = pathlib.Path(sys.executable).parent
-T = TypeVar("T")
 
 
 def git(cwd: pathlib.Path, *args: str) -> str:
@@ -251,16 +249,6 @@ def converged(
         if c.sync != types_pb2.SYNC_STATUS_SYNCED or c.health != types_pb2.HEALTH_STATUS_HEALTHY:
             return False
     return True
-
-
-def wait_for(
-    what: str,
-    probe: Callable[[], T | None],
-    timeout: float = 60.0,
-    on_fail: Callable[[], str] = str,
-) -> T:
-    """Kept for importers outside this package's owners; new code calls `wait.until_sync`."""
-    return wait.until_sync(what, probe, within=timeout, retry_on=(grpc.RpcError,), explain=on_fail)
 
 
 def describe(cells: dict[tuple[str, str], fleet_pb2.ClusterAppStatus]) -> str:
