@@ -10,24 +10,21 @@ from typing import Any
 
 import grpc
 import pytest
-import yaml
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, Static
 
-from fleetops.hub import render, server
-from fleetops.proto.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, fleet_pb2_grpc, types_pb2
+from fleetops.proto.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 from fleetops.tui import app as tui_app
 from fleetops.tui import client as tui_client
 from fleetops.tui.widgets.matrix import Matrix
-from tests import localkube
 from tests.fakes import FakeAgent
-from tests.support import fleet, wait
+from tests.support import fleet, hubproc, wait
 
 SIZE = (120, 30)
 
 
 @pytest.fixture
-async def hub(tmp_path: pathlib.Path) -> AsyncIterator[server.Running]:
+async def hub(tmp_path: pathlib.Path) -> AsyncIterator[hubproc.HubProc]:
     repo = fleet.Repo.create(tmp_path / "git")
     repo.write(
         "apps/web/cm.yaml", {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "web"}}
@@ -36,76 +33,55 @@ async def hub(tmp_path: pathlib.Path) -> AsyncIterator[server.Running]:
         "apps/api/cm.yaml", {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "api"}}
     )
     repo.commit("first")
-    cfg = tmp_path / "hub.yaml"
-    cfg.write_text(
-        yaml.safe_dump(
+    config = {
+        "repos": [{"name": "platform", "url": repo.url, "pollInterval": "1s"}],
+        "clusters": [
+            {"name": "eu-1", "labels": {"env": "prod"}},
+            {"name": "us-1", "labels": {"env": "dev"}},
+        ],
+        "clusterGroups": [{"name": "production", "selector": {"matchLabels": {"env": "prod"}}}],
+        "apps": [
+            {"name": "web", "repo": "platform", "path": "apps/web", "namespace": "web"},
             {
-                "repos": [{"name": "platform", "url": repo.url, "pollInterval": "1s"}],
-                "clusters": [
-                    {"name": "eu-1", "labels": {"env": "prod"}},
-                    {"name": "us-1", "labels": {"env": "dev"}},
-                ],
-                "clusterGroups": [
-                    {"name": "production", "selector": {"matchLabels": {"env": "prod"}}}
-                ],
-                "apps": [
-                    {"name": "web", "repo": "platform", "path": "apps/web", "namespace": "web"},
-                    {
-                        "name": "api",
-                        "repo": "platform",
-                        "path": "apps/api",
-                        "namespace": "api",
-                        "sync": {"auto": False},
-                    },
-                ],
-            }
-        )
-    )
-    running = await server.start(
-        config_path=cfg,
-        data=tmp_path / "data",
-        listen="127.0.0.1:0",
-        agent_listen="127.0.0.1:0",
-        http_listen="127.0.0.1:0",
-        tools=render.Tools(helm=localkube.binary("helm"), kustomize=localkube.binary("kustomize")),
-    )
+                "name": "api",
+                "repo": "platform",
+                "path": "apps/api",
+                "namespace": "api",
+                "sync": {"auto": False},
+            },
+        ],
+    }
     agents: list[asyncio.Task[None]] = []
-    try:
-        creds = grpc.ssl_channel_credentials(root_certificates=running.ca.cert_pem)
-        meta = (("authorization", f"Bearer {running.tokens['operator']}"),)
-        async with grpc.aio.secure_channel(f"127.0.0.1:{running.grpc_port}", creds) as ch:
-            for fake in (
-                FakeAgent("eu-1"),
-                FakeAgent(
-                    "us-1",
-                    health=types_pb2.HEALTH_STATUS_DEGRADED,
-                    reason="Deployment web/web: rollout stuck",
-                ),
-            ):
-                tok = await fleet_pb2_grpc.FleetServiceStub(ch).CreateToken(
-                    fleet_pb2.CreateTokenRequest(cluster=fake.name), metadata=meta
-                )
-                resp = await agent_pb2_grpc.AgentServiceStub(ch).Register(
-                    agent_pb2.RegisterRequest(token=tok.token, csr_pem=fake.csr())
-                )
-                fake.cert = resp.certificate_pem
-                agents.append(
-                    asyncio.create_task(
-                        fake.run(
-                            f"127.0.0.1:{running.agent_port}", running.ca.cert_pem, asyncio.Event()
+    async with hubproc.running(tmp_path / "hub", config, tools=hubproc.tools()) as proc:
+        try:
+            async with grpc.aio.secure_channel(
+                proc.address, grpc.ssl_channel_credentials(root_certificates=proc.ca_pem)
+            ) as ch:
+                for fake in (
+                    FakeAgent("eu-1"),
+                    FakeAgent(
+                        "us-1",
+                        health=types_pb2.HEALTH_STATUS_DEGRADED,
+                        reason="Deployment web/web: rollout stuck",
+                    ),
+                ):
+                    resp = await agent_pb2_grpc.AgentServiceStub(ch).Register(
+                        agent_pb2.RegisterRequest(
+                            token=await proc.token(fake.name), csr_pem=fake.csr()
                         )
                     )
-                )
-        yield running
-    finally:
-        for t in agents:
-            t.cancel()
-        await asyncio.gather(*agents, return_exceptions=True)
-        await running.stop()
+                    fake.cert = resp.certificate_pem
+                    run = fake.run(proc.agent_address, proc.ca_pem, asyncio.Event())
+                    agents.append(asyncio.create_task(run))
+            yield proc
+        finally:
+            for t in agents:
+                t.cancel()
+            await asyncio.gather(*agents, return_exceptions=True)
 
 
-def client_for(hub: server.Running, role: str = "operator") -> tui_client.HubClient:
-    creds = tui_client.Credentials(f"127.0.0.1:{hub.grpc_port}", hub.ca.cert_pem, hub.tokens[role])
+def client_for(hub: hubproc.HubProc, role: str = "operator") -> tui_client.HubClient:
+    creds = tui_client.Credentials(hub.address, hub.ca_pem, hub.running.tokens[role])
     return tui_client.HubClient(creds)
 
 
@@ -127,7 +103,7 @@ def matrix_text(app: tui_app.FleetApp) -> dict[str, list[str]]:
 
 
 async def test_the_overview_shows_every_cluster_and_app_with_their_state(
-    hub: server.Running,
+    hub: hubproc.HubProc,
 ) -> None:
     app = tui_app.make_app(client=client_for(hub))
     async with app.run_test(size=SIZE) as pilot:
@@ -149,7 +125,7 @@ async def test_the_overview_shows_every_cluster_and_app_with_their_state(
         assert "live" in str(app.screen.query_one("#connection", Static).render())
 
 
-async def test_filter_by_label_group_and_state(hub: server.Running) -> None:
+async def test_filter_by_label_group_and_state(hub: hubproc.HubProc) -> None:
     app = tui_app.make_app(client=client_for(hub))
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, "two rows", lambda: len(matrix_text(app)) == 2)
@@ -166,7 +142,7 @@ async def test_filter_by_label_group_and_state(hub: server.Running) -> None:
         await until(pilot, "nothing matching both", lambda: set(matrix_text(app)) == set())
 
 
-async def test_sync_asks_first_then_the_hub_records_it(hub: server.Running) -> None:
+async def test_sync_asks_first_then_the_hub_records_it(hub: hubproc.HubProc) -> None:
     app = tui_app.make_app(client=client_for(hub))
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, "two rows", lambda: len(matrix_text(app)) == 2)
@@ -196,7 +172,7 @@ async def test_sync_asks_first_then_the_hub_records_it(hub: server.Running) -> N
         )
 
 
-async def test_a_read_only_token_is_told_why_it_cannot_act(hub: server.Running) -> None:
+async def test_a_read_only_token_is_told_why_it_cannot_act(hub: hubproc.HubProc) -> None:
     app = tui_app.make_app(client=client_for(hub, "readonly"))
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, "two rows", lambda: len(matrix_text(app)) == 2)
@@ -212,7 +188,7 @@ async def test_a_read_only_token_is_told_why_it_cannot_act(hub: server.Running) 
         assert not hub.hub.paused
 
 
-async def test_help_and_the_app_detail(hub: server.Running) -> None:
+async def test_help_and_the_app_detail(hub: hubproc.HubProc) -> None:
     app = tui_app.make_app(client=client_for(hub))
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, "two rows", lambda: len(matrix_text(app)) == 2)
@@ -235,11 +211,11 @@ async def test_help_and_the_app_detail(hub: server.Running) -> None:
         await until(pilot, "the app to exit", lambda: app._exit)
 
 
-async def test_a_lost_hub_is_shown_and_the_data_marked_stale(hub: server.Running) -> None:
+async def test_a_lost_hub_is_shown_and_the_data_marked_stale(hub: hubproc.HubProc) -> None:
     app = tui_app.make_app(client=client_for(hub))
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, "live", lambda: app.live)
-        await hub._server.stop(grace=0)
+        await hub.running._server.stop(grace=0)  # the hub gone, not stopped cleanly
         line = app.screen.query_one("#connection", Static)
         await until(
             pilot, "the lost connection to show", lambda: "stale since" in str(line.render())
@@ -248,7 +224,7 @@ async def test_a_lost_hub_is_shown_and_the_data_marked_stale(hub: server.Running
         assert len(matrix_text(app)) == 2, "the last known fleet stays on screen"
 
 
-async def test_roll_back_to_a_revision_picked_from_the_history(hub: server.Running) -> None:
+async def test_roll_back_to_a_revision_picked_from_the_history(hub: hubproc.HubProc) -> None:
     app = tui_app.make_app(client=client_for(hub))
     async with app.run_test(size=SIZE) as pilot:
         await until(
@@ -277,7 +253,7 @@ async def test_roll_back_to_a_revision_picked_from_the_history(hub: server.Runni
 
 
 async def test_the_cluster_screen_shows_labels_certificate_versions_and_apps(
-    hub: server.Running,
+    hub: hubproc.HubProc,
 ) -> None:
     app = tui_app.make_app(client=client_for(hub))
     async with app.run_test(size=SIZE) as pilot:
