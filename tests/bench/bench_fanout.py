@@ -30,8 +30,7 @@ import grpc
 import yaml
 
 from fleetops.proto.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, fleet_pb2_grpc
-from tests.fakes import FakeAgent
-from tests.support import fleet
+from tests.support import fakes, fleet
 
 SECRET = "fanout-webhook-secret"
 
@@ -91,7 +90,7 @@ async def one_size(n: int, root: pathlib.Path) -> str:
         idle = rss_mb(hub.process.proc.pid)
         ca = (hub.data / "ca.crt").read_bytes()
         meta = (("authorization", f"Bearer {hub.token()}"),)
-        fakes = [FakeAgent(f"fake-{i:05d}") for i in range(n)]
+        agents = [fakes.FakeAgent(f"fake-{i:05d}") for i in range(n)]
         started = time.perf_counter()
         async with grpc.aio.secure_channel(
             hub.address, grpc.ssl_channel_credentials(root_certificates=ca)
@@ -100,7 +99,7 @@ async def one_size(n: int, root: pathlib.Path) -> str:
             agent_stub = agent_pb2_grpc.AgentServiceStub(ch)
             sem = asyncio.Semaphore(64)
 
-            async def register(f: FakeAgent) -> None:
+            async def register(f: fakes.FakeAgent) -> None:
                 async with sem:
                     tok = await fleet_stub.CreateToken(
                         fleet_pb2.CreateTokenRequest(cluster=f.name), metadata=meta
@@ -110,20 +109,20 @@ async def one_size(n: int, root: pathlib.Path) -> str:
                     )
                     f.cert = resp.certificate_pem
 
-            await asyncio.gather(*(register(f) for f in fakes))
+            await asyncio.gather(*(register(f) for f in agents))
         registered = time.perf_counter() - started
         address = f"127.0.0.1:{hub.agent_port}"
-        readies = [asyncio.Event() for _ in fakes]
+        readies = [asyncio.Event() for _ in agents]
         tasks = []
         started = time.perf_counter()
-        for i, f in enumerate(fakes):
+        for i, f in enumerate(agents):
             tasks.append(asyncio.create_task(f.run(address, ca, readies[i])))
             if i % 100 == 99:
                 await asyncio.sleep(0.1)  # dial in waves, as a fleet coming online would
-        while sum(1 for f in fakes if f.applied.get("web") == first) < n:
+        while sum(1 for f in agents if f.applied.get("web") == first) < n:
             if time.perf_counter() - started > 600:
-                done = sum(1 for f in fakes if f.applied.get("web") == first)
-                failures = sorted({x for f in fakes for x in f.failures})
+                done = sum(1 for f in agents if f.applied.get("web") == first)
+                failures = sorted({x for f in agents for x in f.failures})
                 raise SystemExit(f"only {done} of {n} connected; failures: {failures[:5]}")
             await asyncio.sleep(0.2)
         connected = time.perf_counter() - started
@@ -141,12 +140,12 @@ async def one_size(n: int, root: pathlib.Path) -> str:
         rev = repo.commit("round 1")
         t0 = time.perf_counter()
         await asyncio.to_thread(webhook, hub.http_port)
-        while sum(1 for f in fakes if rev in f.acked) < n:
+        while sum(1 for f in agents if rev in f.acked) < n:
             if time.perf_counter() - t0 > 300:
-                got = sum(1 for f in fakes if rev in f.acked)
+                got = sum(1 for f in agents if rev in f.acked)
                 raise SystemExit(f"N={n}: only {got} of {n} acknowledged within 300 s")
             await asyncio.sleep(0.05)
-        fanout = max(f.acked[rev] for f in fakes) - t0
+        fanout = max(f.acked[rev] for f in agents) - t0
         await asyncio.sleep(3)
         after = rss_mb(hub.process.proc.pid)
         for t in tasks:
@@ -157,7 +156,7 @@ async def one_size(n: int, root: pathlib.Path) -> str:
             f"hub RSS idle {idle:.0f} MB, with {n} agents {before:.0f} MB, "
             f"after fan-out {after:.0f} MB "
             f"({(after - idle) / n * 1024:.1f} KB/agent); registering took {registered:.1f} s, "
-            f"connecting {connected:.1f} s (redials: {dict(collections.Counter(x for f in fakes for x in f.failures))})"
+            f"connecting {connected:.1f} s (redials: {dict(collections.Counter(x for f in agents for x in f.failures))})"
         )
     finally:
         hub.process.stop()

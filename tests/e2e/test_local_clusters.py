@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from kubernetes.dynamic import exceptions
 
-from tests import kube, localkube
-from tests.support import wait
+from tests import localkube
+from tests.support import kube, wait
 
 pytestmark = pytest.mark.cluster
 

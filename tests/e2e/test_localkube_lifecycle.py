@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from tests import kube, localkube
-from tests.support import wait
+from tests import localkube
+from tests.support import kube, wait
 
 pytestmark = pytest.mark.cluster
 

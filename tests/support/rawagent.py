@@ -1,6 +1,6 @@
 """A hand-driven agent for attack tests: real gRPC and mTLS, every message chosen by the test.
 
-Unlike the fake agent in tests/fakes.py it does nothing by itself: a test registers it with
+Unlike the fake agent in tests/support/fakes.py it does nothing by itself: a test registers it with
 whatever labels it likes, opens the stream with whatever Hello it likes, reads assignments
 and sends any report, as a lying or compromised agent would.
 """

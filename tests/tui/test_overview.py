@@ -1,5 +1,5 @@
 """The TUI against a real in-process hub: a Git repo, two apps, and FAKE agents (real gRPC
-clients with in-memory clusters, see tests/fakes.py) reporting healthy and degraded."""
+clients with in-memory clusters, see tests/support/fakes.py) reporting healthy and degraded."""
 
 from __future__ import annotations
 
@@ -17,8 +17,7 @@ from fleetops.proto.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 from fleetops.tui import app as tui_app
 from fleetops.tui import client as tui_client
 from fleetops.tui.widgets.matrix import Matrix
-from tests.fakes import FakeAgent
-from tests.support import fleet, hubproc, wait
+from tests.support import fakes, fleet, hubproc, wait
 
 SIZE = (120, 30)
 
@@ -58,8 +57,8 @@ async def hub(tmp_path: pathlib.Path) -> AsyncIterator[hubproc.HubProc]:
                 proc.address, grpc.ssl_channel_credentials(root_certificates=proc.ca_pem)
             ) as ch:
                 for fake in (
-                    FakeAgent("eu-1"),
-                    FakeAgent(
+                    fakes.FakeAgent("eu-1"),
+                    fakes.FakeAgent(
                         "us-1",
                         health=types_pb2.HEALTH_STATUS_DEGRADED,
                         reason="Deployment web/web: rollout stuck",
