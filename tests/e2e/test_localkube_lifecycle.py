@@ -47,7 +47,7 @@ def test_down_and_a_dead_owner_leave_no_process_behind(
     assert processes_of(state) == []
 
     # An owner that dies without calling `down` (a killed test run) takes its clusters with it.
-    owner = subprocess.Popen(["sleep", "600"])
+    owner = subprocess.Popen(["sleep", "600"])  # not a wait: a process to stand in as the owner
     state = tmp_path / "owned"
     try:
         localkube.up(state, ["owned"], owner_pid=owner.pid)
