@@ -21,7 +21,7 @@ import hmac
 import logging
 from collections.abc import Callable
 
-from fleetops.hub import ca, config, errors, events, fleetstate, reports, status, store
+from fleetops.hub import ca, config, errors, events, fleetstate, records, reports, status, storeapi
 from fleetops.proto.v1 import types_pb2
 
 log = logging.getLogger("fleetops.hub")
@@ -52,7 +52,7 @@ class Enrollment:
     def __init__(
         self,
         *,
-        db: store.Store,
+        db: storeapi.StoreApi,
         authority: ca.CA,
         clusters: fleetstate.Clusters,
         recorder: events.Recorder,
@@ -98,18 +98,16 @@ class Enrollment:
         token = ca.new_registration_token(self._ca)
         now = self._now()
         await self._db.run(
-            self._db.upsert,
-            "tokens",
-            {
-                "id": token.id,
-                "secret_hash": token.secret_hash,
-                "cluster": cluster,
-                "created_at": now,
-                "expires_at": now + ttl,
-                "used_at": 0.0,
-                "labels": store.dumps(labels),
-            },
-            "id",
+            self._db.add_registration_token,
+            records.RegistrationToken(
+                id=token.id,
+                secret_hash=token.secret_hash,
+                cluster=cluster,
+                created_at=now,
+                expires_at=now + ttl,
+                used_at=0.0,
+                labels=dict(labels),
+            ),
         )
         await self._recorder.record(
             events.Entry(
@@ -132,13 +130,18 @@ class Enrollment:
             )
         csr = ca.read_csr(csr_pem)  # before the token is spent
         secret_hash = hashlib.sha256(parsed.secret.encode()).hexdigest()
-        consumed = await self._db.run(self._db.consume_token, parsed.id, secret_hash, self._now())
+        consumed = await self._db.run(
+            self._db.use_registration_token,
+            token_id=parsed.id,
+            secret_hash=secret_hash,
+            now=self._now(),
+        )
         if consumed is None:
             raise errors.Unauthenticated(
                 "registration token is unknown, expired or already used; create a new one with "
                 "`fleetops-hub token create --cluster NAME`"
             )
-        cluster, labels = consumed
+        cluster, labels = consumed.cluster, dict(consumed.labels)
         issued = self._ca.issue(csr, cluster, lifetime=self.cert_lifetime)
         self._handover.pop(cluster, None)  # every earlier certificate is revoked
         await self._register_cluster(
@@ -172,7 +175,7 @@ class Enrollment:
         )
         if hub_labels:
             row.labels = dict(hub_labels)
-        await self._db.run(self._db.upsert, "clusters", row.row(), "name")
+        await self._db.run(self._db.put_cluster, row.record())
         self._clusters.put(row)
         await self._recorder.record(
             events.Entry(
@@ -232,7 +235,7 @@ class Enrollment:
         if row is None:
             raise errors.PermissionDenied(f"cluster {cluster} is not registered (was it removed?)")
         new = dataclasses.replace(row, cert_fingerprint=fingerprint, cert_expires=expires)
-        await self._db.run(self._db.upsert, "clusters", new.row(), "name")  # stored, believed
+        await self._db.run(self._db.put_cluster, new.record())  # stored, believed
         self._clusters.put(new)
         await self._recorder.record(
             events.Entry(

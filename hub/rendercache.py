@@ -15,9 +15,8 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
 
-from fleetops.hub import config, errors, render, repo, status, store
+from fleetops.hub import config, errors, records, render, repo, status, storeapi
 from fleetops.proto import bundles
 from fleetops.proto.v1 import types_pb2
 
@@ -56,7 +55,7 @@ def key(app: config.App, target: config.Target, revision: str) -> Key:
 
 class RenderCache:
     def __init__(
-        self, *, db: store.Store, tools: render.Tools, repos: Mapping[str, repo.RepoCache]
+        self, *, db: storeapi.StoreApi, tools: render.Tools, repos: Mapping[str, repo.RepoCache]
     ) -> None:
         self._db = db
         self._tools = tools
@@ -69,12 +68,10 @@ class RenderCache:
         self._bytes: dict[str, bytes] = {}
         self._inline: dict[str, types_pb2.Bundle] = {}
 
-    def load(self, rows: list[dict[str, Any]]) -> None:
-        """The store's `renders` rows."""
-        for r in rows:
-            self.results[(r["app"], r["target"], r["revision"], r["key"] or "")] = RenderResult(
-                r["digest"] or "", r["error"] or ""
-            )
+    def load(self, stored: list[records.Render]) -> None:
+        """The render outcomes the store kept."""
+        for r in stored:
+            self.results[(r.app, r.target, r.revision, r.key)] = RenderResult(r.digest, r.error)
 
     def known(self, app: config.App, target: config.Target, revision: str) -> RenderResult | None:
         return self.results.get(key(app, target, revision))
@@ -103,18 +100,16 @@ class RenderCache:
             self.results[rkey] = result
             future.set_result(result)
             await self._db.run(
-                self._db.upsert,
-                "renders",
-                {
-                    "app": app.name,
-                    "target": target.name,
-                    "revision": revision,
-                    "digest": result.digest,
-                    "error": result.error,
-                    "key": rkey[3],
-                    "rendered_at": time.time(),
-                },
-                ("app", "target", "revision"),
+                self._db.put_render,
+                records.Render(
+                    app=app.name,
+                    target=target.name,
+                    revision=revision,
+                    digest=result.digest,
+                    error=result.error,
+                    key=rkey[3],
+                    rendered_at=time.time(),
+                ),
             )
             return result
         except BaseException as e:
@@ -202,16 +197,10 @@ class RenderCache:
             log.exception("app %s target %s: bundle failed", app.name, target.name)
             return RenderResult("", status.unexpected("bundle", e))
         await self._db.run(
-            self._db.upsert,
-            "bundles",
-            {
-                "digest": digest,
-                "app": app.name,
-                "size": len(data),
-                "data": data,
-                "created_at": time.time(),
-            },
-            "digest",
+            self._db.put_bundle,
+            records.Bundle(
+                digest=digest, app=app.name, size=len(data), data=data, created_at=time.time()
+            ),
         )
         self._content[(app.name, target.name, tree)] = digest
         return RenderResult(digest, "")
@@ -221,10 +210,10 @@ class RenderCache:
         every agent of a target ask for the same bundle at once."""
         data = self._bytes.get(digest)
         if data is None:
-            row = await self._db.run(self._db.get, "bundles", digest)
-            if row is None:
+            stored = await self._db.run(self._db.bundle, digest)
+            if stored is None:
                 raise errors.NotFound(f"no bundle {digest[:12]}")
-            data = bytes(row["data"])
+            data = stored.data
             if len(self._bytes) >= MAX_BYTES_KEPT:
                 self._bytes.pop(next(iter(self._bytes)))
             self._bytes[digest] = data

@@ -5,6 +5,7 @@ StoreUnavailable that leaves nothing half-written."""
 from __future__ import annotations
 
 import contextlib
+import json
 import pathlib
 import sqlite3
 from collections.abc import Iterator
@@ -73,7 +74,7 @@ def old_rows(conn: sqlite3.Connection) -> None:
         INSERT INTO bundles VALUES ('d1', 'web', 3, x'010203', 70.0);
         INSERT INTO renders VALUES ('web', 'default', '{SHA}', 'd1', '', NULL, 80.0);
         INSERT INTO assignments VALUES ('edge-1', 'web', 'default', '{SHA}', 'd1', 4, 'web',
-            '{store.dumps(POLICY)}', 0, 'auto', 90.0);
+            '{json.dumps(POLICY, sort_keys=True)}', 0, 'auto', 90.0);
         INSERT INTO pins VALUES ('web', '', '{OLD_SHA}', 'alice', 95.0);
         INSERT INTO app_state VALUES ('api', 1, NULL);
         INSERT INTO events VALUES (1, 99.0, 'web', 'edge-1', '{SHA}', '', 2, 'alice',
@@ -434,26 +435,32 @@ def test_events_get_ids_in_order_and_filter_by_app_and_cluster(db: store.Store) 
     assert [e.message for e in db.call(db.events, limit=2)] == ["token", "to edge-2"]
 
 
-def test_the_untyped_calls_and_the_typed_queries_see_the_same_rows(db: store.Store) -> None:
-    """Phase 1 of the switch: callers still on the untyped calls and callers already on the
-    typed queries share one database."""
+def test_rows_in_the_database_and_the_typed_queries_agree(db: store.Store) -> None:
+    """What is in the tables (JSON text, 0/1 flags), written by SQL or by the typed queries,
+    reads back the same either way (the untyped row API these once went through is gone)."""
     sync = {"auto": True, "prune": True, "self_heal": False, "force_conflicts": True,
             "allow_empty": False, "max_prune_percent": 50}  # fmt: skip
-    db.call(db.upsert_all, "assignments", [{
-        "cluster": "edge-1", "app": "web", "target": "default", "revision": SHA, "digest": "d1",
-        "generation": 3, "namespace": "web", "policy": store.dumps(sync), "paused": 0,
-        "reason": "auto", "updated_at": 1.0, "allow_mass_prune": "",
-    }], ("cluster", "app"))  # fmt: skip
+
+    def sql(text: str, args: list[object]) -> list[tuple[object, ...]]:
+        return list(db.db.conn.execute(text, args).fetchall())
+
+    db.call(sql, "INSERT INTO assignments (cluster, app, target, revision, digest, generation, "
+            "namespace, policy, paused, reason, updated_at, allow_mass_prune) "
+            "VALUES (?, 'web', 'default', ?, 'd1', 3, 'web', ?, 0, 'auto', 1.0, '')",
+            ["edge-1", SHA, json.dumps(sync, sort_keys=True)])  # fmt: skip
     [typed] = db.call(db.assignments)
     assert typed.policy == sync and typed.generation == 3
     db.call(db.put_assignments, [assignment("edge-2", "web")])
-    old = db.call(db.rows, "assignments", "cluster = ?", ["edge-2"])
-    assert store.loads(old[0]["policy"]) == {"auto": True, "max_prune_percent": 50}
-    assert old[0]["paused"] == 0
-    e = db.call(db.append_event, app="web", kind="sync-requested", message="m")
+    [(policy, paused)] = db.call(
+        sql, "SELECT policy, paused FROM assignments WHERE cluster = ?", ["edge-2"]
+    )
+    assert json.loads(str(policy)) == {"auto": True, "max_prune_percent": 50}
+    assert paused == 0
+    e = db.call(db.record_event, records.NewEvent(app="web", kind="sync-requested", message="m"))
     assert db.call(db.events, app="web") == [e]
     db.call(db.add_registration_token, token("t1", "edge-3", labels={"env": "prod"}))
-    assert db.call(db.consume_token, "t1", "h", 2.0) == ("edge-3", {"env": "prod"})
+    used = db.call(db.use_registration_token, token_id="t1", secret_hash="h", now=2.0)
+    assert used is not None and (used.cluster, dict(used.labels)) == ("edge-3", {"env": "prod"})
 
 
 # ---------------------------------------------------------------- refused writes
