@@ -144,6 +144,10 @@ class Cluster:
     reason: str = ""  # why it disconnected
     cert_fingerprint: str = ""  # the only certificate accepted for it ('' before they were kept)
     cert_expires: float = 0.0
+    # the certificate a renewal was made with: accepted until cert_fingerprint is first
+    # presented ('' when no handover is under way)
+    previous_fingerprint: str = ""
+    previous_expires: float = 0.0
 
     @classmethod
     def from_record(cls, r: records.Cluster) -> Cluster:
@@ -159,6 +163,8 @@ class Cluster:
             reason=r.reason,
             cert_fingerprint=r.cert_fingerprint,
             cert_expires=r.cert_expires,
+            previous_fingerprint=r.previous_fingerprint,
+            previous_expires=r.previous_expires,
         )
 
     def record(self) -> records.Cluster:
@@ -175,6 +181,8 @@ class Cluster:
             reason=self.reason,
             cert_fingerprint=self.cert_fingerprint,
             cert_expires=self.cert_expires,
+            previous_fingerprint=self.previous_fingerprint,
+            previous_expires=self.previous_expires,
         )
 
 

@@ -5,6 +5,7 @@ StoreUnavailable that leaves nothing half-written."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import pathlib
 import sqlite3
@@ -51,6 +52,18 @@ INSERT INTO migrations VALUES (1, 1000.0);
 V2_STEP = """
 ALTER TABLE tokens ADD COLUMN labels TEXT NOT NULL DEFAULT '{}';
 INSERT INTO migrations VALUES (2, 2000.0);
+"""
+# ...and what migration 3 added, as a v3 hub ran it, with a cluster it had issued a certificate
+V3_STEP = """
+ALTER TABLE clusters ADD COLUMN cert_fingerprint TEXT NOT NULL DEFAULT '';
+ALTER TABLE clusters ADD COLUMN cert_expires REAL NOT NULL DEFAULT 0;
+ALTER TABLE assignments ADD COLUMN allow_mass_prune TEXT NOT NULL DEFAULT '';
+CREATE TABLE "api_tokens" ("name" TEXT PRIMARY KEY, "role" TEXT, "secret_hash" TEXT,
+   "created_at" REAL, "expires_at" REAL, "created_by" TEXT);
+CREATE UNIQUE INDEX "idx_api_tokens_secret_hash" ON "api_tokens" ("secret_hash");
+INSERT INTO migrations VALUES (3, 3000.0);
+INSERT INTO clusters VALUES ('edge-3', '{}', '{}', '0.3.0', 'v1.31.0', 300.0, 0.0, 0, '',
+    'f-current', 5000.0);
 """
 SHA = "a" * 40
 OLD_SHA = "b" * 40
@@ -181,6 +194,32 @@ def test_an_old_database_migrates_to_the_latest_version_with_its_rows_intact(
         assert s.call(s.app_states) == [records.AppState(app="api", paused=True, reason="")]
         assert [e.message for e in s.call(s.events)] == ["assigned to edge-1"]
         assert s.call(s.api_tokens) == []  # the table migration 3 added is there, empty
+
+
+def test_a_v3_database_migrates_with_its_certificates_and_no_handover_under_way(
+    tmp_path: pathlib.Path,
+) -> None:
+    path = tmp_path / "hub.db"
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.executescript(V1_SCHEMA + V2_STEP + V3_STEP)
+    with opened(path) as s:
+        ran = s.call(lambda: [r[0] for r in s.db.conn.execute("SELECT version FROM migrations")])
+        assert ran == [1, 2, 3, 4]
+        [edge] = s.call(s.clusters)
+        assert (edge.name, edge.cert_fingerprint, edge.cert_expires) == (
+            "edge-3",
+            "f-current",
+            5000.0,
+        )
+        assert (edge.previous_fingerprint, edge.previous_expires) == ("", 0.0)
+        # the columns migration 4 added hold a renewal handover across a reopen
+        handover = dataclasses.replace(
+            edge, cert_fingerprint="f-new", cert_expires=9000.0,
+            previous_fingerprint="f-current", previous_expires=5000.0,
+        )  # fmt: skip
+        s.call(s.put_cluster, handover)
+    with opened(path) as s:
+        assert s.call(s.clusters) == [handover]
 
 
 def test_reopening_runs_no_migration_twice(tmp_path: pathlib.Path) -> None:
