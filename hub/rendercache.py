@@ -64,7 +64,8 @@ class RenderCache:
         self._rendering: dict[Key, asyncio.Future[RenderResult]] = {}
         self.results: dict[Key, RenderResult] = {}
         self._content: dict[tuple[str, str, str], str] = {}  # (app, target, tree key) -> digest
-        self._extra_paths: dict[tuple[str, str], list[str]] = {}
+        # (app, target) -> the repo paths its last render read (render.Rendered.inputs)
+        self._inputs: dict[tuple[str, str], tuple[str, ...]] = {}
         self._bytes: dict[str, bytes] = {}
         self._inline: dict[str, types_pb2.Bundle] = {}
 
@@ -149,10 +150,11 @@ class RenderCache:
         cache = self._repos.get(app.repo)
         if cache is None:
             return RenderResult("", f"repo {app.repo!r} is not configured")
-        paths = [app.path, *[f"{app.path}/{f}" for f in target.helm.values_files]]
-        paths += self._extra_paths.get((app.name, target.name), [])
+        # The paths the last render read: if none of them changed, the app's directory (and
+        # so what it refers to) did not either, and the render would read the same again.
+        paths = self._inputs.get((app.name, target.name)) or (app.path,)
         try:
-            tree = overrides_hash(app, target) + ":" + await cache.atree_key(revision, paths)
+            tree = await self._tree(cache, app, target, revision=revision, paths=paths)
         except (KeyError, ValueError) as e:
             return RenderResult("", f"revision {revision[:12]} is not in the repo cache: {e}")
         digest = self._content.get((app.name, target.name, tree))
@@ -167,18 +169,10 @@ class RenderCache:
                 target=target,
                 tools=self._tools,
             )
-            if render.detect(checkout.root / app.path) == "kustomize" or target.kustomize_dir:
-                build = checkout.root / app.path / target.kustomize_dir
-                refs = await asyncio.to_thread(
-                    render.check_kustomize_refs,
-                    checkout.root.resolve(),
-                    build.resolve(),
-                    checkout.refused_links,
-                )
-                root = checkout.root.resolve()
-                self._extra_paths[(app.name, target.name)] = sorted(
-                    {str(p.relative_to(root)) for p in refs} - {app.path}
-                )
+            self._inputs[(app.name, target.name)] = rendered.inputs
+            tree = await self._tree(
+                cache, app, target, revision=revision, paths=rendered.inputs or (app.path,)
+            )
         except errors.RenderError as e:
             log.warning("app %s target %s at %s: %s", app.name, target.name, revision[:8], e)
             return RenderResult("", str(e))
@@ -204,6 +198,18 @@ class RenderCache:
         )
         self._content[(app.name, target.name, tree)] = digest
         return RenderResult(digest, "")
+
+    @staticmethod
+    async def _tree(
+        cache: repo.RepoCache,
+        app: config.App,
+        target: config.Target,
+        *,
+        revision: str,
+        paths: tuple[str, ...],
+    ) -> str:
+        """The content key of (app, target) at `revision` when it reads `paths`."""
+        return overrides_hash(app, target) + ":" + await cache.atree_key(revision, list(paths))
 
     async def bundle_bytes(self, digest: str) -> bytes:
         """A bundle's bytes; the recent ones are kept in memory, since a new revision has
