@@ -149,16 +149,7 @@ class Hub:
     async def load(self) -> None:
         """The working set from the store."""
         db = self.db
-
-        def read() -> tuple[
-            list[records.Cluster],
-            list[records.Assignment],
-            list[records.Pin],
-            list[records.AppState],
-        ]:
-            return db.clusters(), db.assignments(), db.pins(), db.app_states()
-
-        clusters, assignments, pins, app_states = await db.run(read)
+        clusters, assignments = await db.run(lambda: (db.clusters(), db.assignments()))
         for c in clusters:
             cluster = fleetstate.Cluster.from_record(c)
             cluster.connected = False  # nobody is connected to a process that just started
@@ -167,9 +158,9 @@ class Hub:
             self.assignments.set(fleetstate.Assignment.from_record(a))
         self._reports.load(await db.run(db.reports))
         self._tracker.load(await db.run(db.repos))
-        for p in pins:
+        for p in await db.run(db.pins):
             self._choices.pins[(p.app, p.cluster)] = p.revision
-        for st in app_states:
+        for st in await db.run(db.app_states):
             if st.paused:
                 self._choices.paused[st.app] = st.reason
         self._renders.load(await db.run(db.renders))
