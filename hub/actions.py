@@ -20,9 +20,10 @@ from fleetops.hub import (
     fleetview,
     plan,
     planning,
+    records,
     rendercache,
     sessions,
-    store,
+    storeapi,
     tracking,
 )
 from fleetops.proto.v1 import types_pb2
@@ -33,7 +34,7 @@ class Parts:
     """What actions act on."""
 
     settings: fleetstate.Settings
-    db: store.Store
+    db: storeapi.StoreApi
     clusters: fleetstate.Clusters
     assignments: fleetstate.Assignments
     choices: fleetstate.Choices
@@ -53,7 +54,7 @@ class Actions:
 
     async def _done(
         self, entry: events.Entry, *, replan: bool = True, app_changed: str = ""
-    ) -> store.Event:
+    ) -> records.Event:
         """The one ending of every action: recorded, replanned, shown."""
         ev = await self._p.recorder.record(entry)
         if replan:
@@ -68,7 +69,7 @@ class Actions:
 
     async def sync(
         self, *, app: str, cluster: str, actor: str, allow_mass_prune: bool = False
-    ) -> store.Event:
+    ) -> records.Event:
         """Deploy the head now (also with auto-sync off), on `cluster` or every cluster."""
         spec = self._p.settings.app(app)
         self._cluster(cluster)
@@ -128,7 +129,7 @@ class Actions:
             replan=False,
         )
 
-    async def rollback(self, *, app: str, revision: str, cluster: str, actor: str) -> store.Event:
+    async def rollback(self, *, app: str, revision: str, cluster: str, actor: str) -> records.Event:
         """Pin `app` (on `cluster`, or everywhere) to `revision`, once it renders for every
         target it would use; auto-sync holds until unpinned."""
         spec = self._p.specs.effective(self._p.settings.app(app))
@@ -149,12 +150,9 @@ class Actions:
                 )
         previous = self._p.choices.pins.get((spec.name, cluster), "")
         await self._p.db.run(
-            self._p.db.upsert,
-            "pins",
-            {"app": spec.name, "cluster": cluster, "revision": full, "actor": actor,
-             "at": time.time()},
-            ("app", "cluster"),
-        )  # fmt: skip
+            self._p.db.put_pin,
+            records.Pin(app=spec.name, cluster=cluster, revision=full, actor=actor, at=time.time()),
+        )
         self._p.choices.pins[(spec.name, cluster)] = full
         where = f"cluster {cluster}" if cluster else "every cluster"
         return await self._done(
@@ -172,15 +170,13 @@ class Actions:
             app_changed=spec.name,
         )
 
-    async def unpin(self, *, app: str, cluster: str, actor: str) -> store.Event:
+    async def unpin(self, *, app: str, cluster: str, actor: str) -> records.Event:
         spec = self._p.settings.app(app)
         previous = self._p.choices.pins.get((spec.name, cluster))
         if previous is None:
             where = f" on cluster {cluster}" if cluster else ""
             raise errors.InvalidArgument(f"app {spec.name} is not pinned{where}")
-        await self._p.db.run(
-            self._p.db.delete, "pins", "app = ? AND cluster = ?", [spec.name, cluster]
-        )
+        await self._p.db.run(self._p.db.delete_pin, app=spec.name, cluster=cluster)
         self._p.choices.pins.pop((spec.name, cluster), None)
         return await self._done(
             events.Entry(
@@ -195,14 +191,11 @@ class Actions:
             app_changed=spec.name,
         )
 
-    async def pause(self, *, app: str, reason: str, actor: str, paused: bool) -> store.Event:
+    async def pause(self, *, app: str, reason: str, actor: str, paused: bool) -> records.Event:
         """Pause (every cluster keeps its revision) or resume an app."""
         spec = self._p.settings.app(app)
         await self._p.db.run(
-            self._p.db.upsert,
-            "app_state",
-            {"app": spec.name, "paused": int(paused), "reason": reason},
-            "app",
+            self._p.db.put_app_state, records.AppState(app=spec.name, paused=paused, reason=reason)
         )
         if paused:
             self._p.choices.paused[spec.name] = reason or f"paused by {actor}"
@@ -220,7 +213,7 @@ class Actions:
             app_changed=spec.name,
         )
 
-    async def remove_cluster(self, *, cluster: str, actor: str) -> store.Event:
+    async def remove_cluster(self, *, cluster: str, actor: str) -> records.Event:
         """Forget a cluster: its certificate stops working at once, its stream ends, its
         assignments go (the agent keeps what runs) and history says who removed it."""
         self._p.clusters.require(cluster)

@@ -16,9 +16,8 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
-from fleetops.hub import errors, events, fleetstate, reports, status, store
+from fleetops.hub import errors, events, fleetstate, records, reports, status, storeapi
 from fleetops.proto.v1 import types_pb2
 
 log = logging.getLogger("fleetops.hub")
@@ -42,7 +41,7 @@ class Reports:
     def __init__(
         self,
         *,
-        db: store.Store,
+        db: storeapi.StoreApi,
         assignments: fleetstate.Assignments,
         recorder: events.Recorder,
         announce: Callable[[str, str], None],
@@ -53,15 +52,15 @@ class Reports:
         self._announce = announce  # (cluster, app): its cell reads differently
         self.latest: dict[tuple[str, str], types_pb2.AppReport] = {}
         self.dropped = 0  # reports for apps the cluster was not assigned
-        self._pending: dict[tuple[str, str], dict[str, Any]] = {}
+        self._pending: dict[tuple[str, str], records.Report] = {}
         self._pending_events: list[events.Entry] = []
         self._seen: dict[tuple[str, str], _AgentSeen] = {}
         self._flush_task: asyncio.Future[None] | None = None
 
-    def load(self, rows: list[dict[str, Any]]) -> None:
-        """The store's `reports` rows."""
-        for r in rows:
-            self.latest[(r["cluster"], r["app"])] = types_pb2.AppReport.FromString(r["data"])
+    def load(self, stored: list[records.Report]) -> None:
+        """The latest reports the store kept."""
+        for r in stored:
+            self.latest[(r.cluster, r.app)] = types_pb2.AppReport.FromString(r.data)
 
     def forget_cluster(self, cluster: str) -> None:
         for key in [k for k in self.latest if k[0] == cluster]:
@@ -82,18 +81,18 @@ class Reports:
         key = (cluster, report.app)
         before = self.latest.get(key)
         self.latest[key] = report
-        self._pending[key] = {
-            "cluster": cluster,
-            "app": report.app,
-            "revision": report.revision,
-            "digest": report.bundle_digest,
-            "generation": report.generation,
-            "sync": report.sync,
-            "health": report.health,
-            "reason": report.reason,
-            "data": report.SerializeToString(deterministic=True),
-            "updated_at": time.time(),
-        }
+        self._pending[key] = records.Report(
+            cluster=cluster,
+            app=report.app,
+            revision=report.revision,
+            digest=report.bundle_digest,
+            generation=report.generation,
+            sync=report.sync,
+            health=report.health,
+            reason=report.reason,
+            data=report.SerializeToString(deterministic=True),
+            updated_at=time.time(),
+        )
         for kind, message in self._agent_events(cluster, report, before):
             self._pending_events.append(
                 events.Entry(
@@ -189,10 +188,10 @@ class Reports:
         entries, self._pending_events = self._pending_events, []
         try:
             if rows:
-                await self._db.run(self._db.upsert_all, "reports", rows, ("cluster", "app"))
-            recorded = await self._db.run(self._db.append_events, [e.fields() for e in entries])
+                await self._db.run(self._db.put_reports, rows)
+            recorded = await self._db.run(self._db.record_events, [e.record() for e in entries])
         except errors.StoreUnavailable as e:
-            self._pending = {**{(r["cluster"], r["app"]): r for r in rows}, **self._pending}
+            self._pending = {**{(r.cluster, r.app): r for r in rows}, **self._pending}
             self._pending_events = (entries + self._pending_events)[-MAX_PENDING_EVENTS:]
             log.error("agent reports are kept in memory until they can be saved: %s", e)
             self._flush_later(STORE_RETRY)

@@ -21,7 +21,7 @@ import secrets
 import time
 from collections.abc import Callable
 
-from fleetops.hub import errors, store
+from fleetops.hub import errors, records, storeapi
 from fleetops.proto import privatefile
 
 ROLES = ("operator", "readonly")
@@ -58,7 +58,7 @@ class Registry:
     def __init__(
         self,
         *,
-        db: store.Store,
+        db: storeapi.StoreApi,
         bootstrap: dict[str, str],
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -67,7 +67,7 @@ class Registry:
         self._bootstrap = {
             _hash(token): Caller(BOOTSTRAP_NAMES[role], role) for role, token in bootstrap.items()
         }
-        self._named: dict[str, store.ApiToken] = {}
+        self._named: dict[str, records.ApiToken] = {}
 
     async def load(self) -> None:
         self._named = {t.secret_hash: t for t in await self._db.run(self._db.api_tokens)}
@@ -89,7 +89,7 @@ class Registry:
 
     async def create(
         self, *, name: str, role: str, ttl: float, created_by: str
-    ) -> tuple[str, store.ApiToken]:
+    ) -> tuple[str, records.ApiToken]:
         """A new token (the secret, shown once) and its record."""
         check_name(name)
         if name in BOOTSTRAP_NAMES.values():
@@ -104,7 +104,7 @@ class Registry:
             )
         secret = f"fo_{secrets.token_urlsafe(32)}"
         now = self._clock()
-        record = store.ApiToken(
+        record = records.ApiToken(
             name=name,
             role=role,
             secret_hash=_hash(secret),
@@ -119,7 +119,7 @@ class Registry:
         self._named[record.secret_hash] = record
         return secret, record
 
-    def list(self) -> list[store.ApiToken]:
+    def list(self) -> list[records.ApiToken]:
         return sorted(self._named.values(), key=lambda t: t.name)
 
     async def revoke(self, name: str) -> None:

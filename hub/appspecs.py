@@ -53,7 +53,7 @@ class AppSpecs:
         if got is not None and got[0] == head and got[1] == app:
             return
         try:
-            text = await asyncio.to_thread(cache.read, head, f"{app.path}/fleet.yaml")
+            text = await asyncio.to_thread(cache.read, head, path=f"{app.path}/fleet.yaml")
             if text is None:
                 self._effective[app.name] = (head, app, app)
                 self.errors.pop(app.name, None)

@@ -15,7 +15,6 @@ import datetime
 import pathlib
 import time
 from collections.abc import Callable
-from typing import Any
 
 from fleetops.hub import (
     actions,
@@ -30,12 +29,13 @@ from fleetops.hub import (
     fleetstate,
     fleetview,
     planning,
+    records,
     render,
     rendercache,
     retention,
     sessions,
     status,
-    store,
+    storeapi,
     tracking,
 )
 from fleetops.proto import supervise
@@ -49,7 +49,7 @@ class Hub:
         self,
         *,
         cfg: config.Config,
-        db: store.Store,
+        db: storeapi.StoreApi,
         data: pathlib.Path,
         tools: render.Tools,
         authority: ca.CA,
@@ -148,26 +148,22 @@ class Hub:
 
     async def load(self) -> None:
         """The working set from the store."""
-        tables = ("clusters", "assignments", "reports", "repos", "pins", "app_state", "renders")
-
-        def read() -> dict[str, list[dict[str, Any]]]:
-            return {t: self.db.rows(t) for t in tables}
-
-        rows = await self.db.run(read)
-        for r in rows["clusters"]:
-            cluster = fleetstate.Cluster.from_row(r)
+        db = self.db
+        clusters, assignments = await db.run(lambda: (db.clusters(), db.assignments()))
+        for c in clusters:
+            cluster = fleetstate.Cluster.from_record(c)
             cluster.connected = False  # nobody is connected to a process that just started
             self._clusters.put(cluster)
-        for r in rows["assignments"]:
-            self.assignments.set(fleetstate.Assignment.from_row(r))
-        self._reports.load(rows["reports"])
-        self._tracker.load(rows["repos"])
-        for r in rows["pins"]:
-            self._choices.pins[(r["app"], r["cluster"])] = r["revision"]
-        for r in rows["app_state"]:
-            if r["paused"]:
-                self._choices.paused[r["app"]] = r["reason"] or ""
-        self._renders.load(rows["renders"])
+        for a in assignments:
+            self.assignments.set(fleetstate.Assignment.from_record(a))
+        self._reports.load(await db.run(db.reports))
+        self._tracker.load(await db.run(db.repos))
+        for p in await db.run(db.pins):
+            self._choices.pins[(p.app, p.cluster)] = p.revision
+        for st in await db.run(db.app_states):
+            if st.paused:
+                self._choices.paused[st.app] = st.reason
+        self._renders.load(await db.run(db.renders))
 
     async def apply_config(self, cfg: config.Config) -> None:
         """A new, valid hub.yaml: new repos fetch at once, and everything is re-planned."""
@@ -274,7 +270,7 @@ class Hub:
 
     async def create_api_token(
         self, *, name: str, role: str, ttl: float, actor: str
-    ) -> tuple[str, store.ApiToken]:
+    ) -> tuple[str, records.ApiToken]:
         secret, record = await self._registry.create(
             name=name, role=role, ttl=ttl, created_by=actor
         )
@@ -289,10 +285,10 @@ class Hub:
         )
         return secret, record
 
-    def api_tokens(self) -> list[store.ApiToken]:
+    def api_tokens(self) -> list[records.ApiToken]:
         return self._registry.list()
 
-    async def revoke_api_token(self, *, name: str, actor: str) -> store.Event:
+    async def revoke_api_token(self, *, name: str, actor: str) -> records.Event:
         await self._registry.revoke(name)
         return await self._recorder.record(
             events.Entry(
@@ -311,26 +307,26 @@ class Hub:
 
     async def sync(
         self, *, app: str, cluster: str, actor: str, allow_mass_prune: bool = False
-    ) -> store.Event:
+    ) -> records.Event:
         return await self._actions.sync(
             app=app, cluster=cluster, actor=actor, allow_mass_prune=allow_mass_prune
         )
 
-    async def rollback(self, *, app: str, revision: str, cluster: str, actor: str) -> store.Event:
+    async def rollback(self, *, app: str, revision: str, cluster: str, actor: str) -> records.Event:
         return await self._actions.rollback(
             app=app, revision=revision, cluster=cluster, actor=actor
         )
 
-    async def unpin(self, *, app: str, cluster: str, actor: str) -> store.Event:
+    async def unpin(self, *, app: str, cluster: str, actor: str) -> records.Event:
         return await self._actions.unpin(app=app, cluster=cluster, actor=actor)
 
-    async def pause(self, *, app: str, reason: str, actor: str, paused: bool) -> store.Event:
+    async def pause(self, *, app: str, reason: str, actor: str, paused: bool) -> records.Event:
         return await self._actions.pause(app=app, reason=reason, actor=actor, paused=paused)
 
-    async def remove_cluster(self, *, cluster: str, actor: str) -> store.Event:
+    async def remove_cluster(self, *, cluster: str, actor: str) -> records.Event:
         return await self._actions.remove_cluster(cluster=cluster, actor=actor)
 
-    async def history(self, *, app: str, cluster: str, limit: int) -> list[store.Event]:
+    async def history(self, *, app: str, cluster: str, limit: int) -> list[records.Event]:
         return await self._retention.history(app=app, cluster=cluster, limit=limit)
 
     # ------------------------------------------------------------ read-outs (metrics, tests)

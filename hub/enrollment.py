@@ -5,9 +5,11 @@ cluster.
 Only the newest certificate of a cluster is accepted: re-registration and `cluster remove`
 revoke the old one at once. Renewal is a rotation, not a revocation: the certificate a Renew
 was made with keeps working until its successor is first presented, so a lost RenewResponse
-does not lock the agent out. That handover is kept in memory only (a hub restart in the
-window means the agent registers again); persisting it needs a store column. A registration
-token is spent only on a request that can succeed (a CSR that verifies).
+does not lock the agent out. That handover is stored with the cluster (its previous
+fingerprint), so a hub restart in the window does not lock the agent out either; its end
+(the successor presented) is stored with the cluster's next write, the connectivity of the
+stream that presented it. A registration token is spent only on a request that can succeed
+(a CSR that verifies).
 
 Never logs a token, a secret hash or a key.
 """
@@ -21,7 +23,7 @@ import hmac
 import logging
 from collections.abc import Callable
 
-from fleetops.hub import ca, config, errors, events, fleetstate, reports, status, store
+from fleetops.hub import ca, config, errors, events, fleetstate, records, reports, status, storeapi
 from fleetops.proto.v1 import types_pb2
 
 log = logging.getLogger("fleetops.hub")
@@ -52,7 +54,7 @@ class Enrollment:
     def __init__(
         self,
         *,
-        db: store.Store,
+        db: storeapi.StoreApi,
         authority: ca.CA,
         clusters: fleetstate.Clusters,
         recorder: events.Recorder,
@@ -69,9 +71,6 @@ class Enrollment:
         self._on_renewed = on_renewed
         self._now = now
         self.cert_lifetime = cert_lifetime
-        # cluster -> (fingerprint a Renew was made with, the fingerprint it issued): the
-        # first stays accepted while the second is the cluster's current one and unused
-        self._handover: dict[str, tuple[str, str]] = {}
 
     # ------------------------------------------------------------ tokens
 
@@ -98,18 +97,16 @@ class Enrollment:
         token = ca.new_registration_token(self._ca)
         now = self._now()
         await self._db.run(
-            self._db.upsert,
-            "tokens",
-            {
-                "id": token.id,
-                "secret_hash": token.secret_hash,
-                "cluster": cluster,
-                "created_at": now,
-                "expires_at": now + ttl,
-                "used_at": 0.0,
-                "labels": store.dumps(labels),
-            },
-            "id",
+            self._db.add_registration_token,
+            records.RegistrationToken(
+                id=token.id,
+                secret_hash=token.secret_hash,
+                cluster=cluster,
+                created_at=now,
+                expires_at=now + ttl,
+                used_at=0.0,
+                labels=dict(labels),
+            ),
         )
         await self._recorder.record(
             events.Entry(
@@ -132,15 +129,19 @@ class Enrollment:
             )
         csr = ca.read_csr(csr_pem)  # before the token is spent
         secret_hash = hashlib.sha256(parsed.secret.encode()).hexdigest()
-        consumed = await self._db.run(self._db.consume_token, parsed.id, secret_hash, self._now())
+        consumed = await self._db.run(
+            self._db.use_registration_token,
+            token_id=parsed.id,
+            secret_hash=secret_hash,
+            now=self._now(),
+        )
         if consumed is None:
             raise errors.Unauthenticated(
                 "registration token is unknown, expired or already used; create a new one with "
                 "`fleetops-hub token create --cluster NAME`"
             )
-        cluster, labels = consumed
+        cluster, labels = consumed.cluster, dict(consumed.labels)
         issued = self._ca.issue(csr, cluster, lifetime=self.cert_lifetime)
-        self._handover.pop(cluster, None)  # every earlier certificate is revoked
         await self._register_cluster(
             cluster,
             facts=facts,
@@ -169,10 +170,12 @@ class Enrollment:
             facts=reports.clean_facts(facts),
             cert_fingerprint=cert_fingerprint,
             cert_expires=cert_expires,
+            previous_fingerprint="",  # every earlier certificate is revoked
+            previous_expires=0.0,
         )
         if hub_labels:
             row.labels = dict(hub_labels)
-        await self._db.run(self._db.upsert, "clusters", row.row(), "name")
+        await self._db.run(self._db.put_cluster, row.record())
         self._clusters.put(row)
         await self._recorder.record(
             events.Entry(
@@ -200,15 +203,16 @@ class Enrollment:
     def accepts(self, cluster: str, fingerprint: str) -> bool:
         """Whether `fingerprint` may act for `cluster`: its current certificate, or the one
         just renewed from until the new one is first presented."""
-        handover = self._handover.get(cluster)
+        row = self._clusters.row(cluster)
+        if row is None:
+            return False
         if self.certificate_ok(cluster, fingerprint):
-            if handover is not None and hmac.compare_digest(handover[1], fingerprint):
-                del self._handover[cluster]  # the successor is in use: its predecessor retires
+            if row.previous_fingerprint and row.cert_fingerprint:
+                # the successor is in use: its predecessor retires (stored with the next write)
+                row.previous_fingerprint, row.previous_expires = "", 0.0
             return True
-        return (
-            handover is not None
-            and hmac.compare_digest(handover[0], fingerprint)
-            and self.certificate_ok(cluster, handover[1])
+        return bool(row.previous_fingerprint) and hmac.compare_digest(
+            row.previous_fingerprint, fingerprint
         )
 
     async def renew(self, *, cluster: str, presented: str, csr_pem: bytes) -> Certificate:
@@ -218,21 +222,25 @@ class Enrollment:
         # checked again with no await since: a re-registration cannot slip in between
         if not self.accepts(cluster, presented):
             raise errors.Unauthenticated(refused(cluster))
-        self._handover[cluster] = (presented, issued.fingerprint)
-        try:
-            await self._renewed(cluster, issued.fingerprint, issued.expires)
-        except errors.HubError:
-            self._handover.pop(cluster, None)
-            raise
+        await self._renewed(cluster, presented, issued)
         log.info("cluster %s renewed its certificate (valid until %s)", cluster, _when(issued))
         return Certificate(cluster, issued.pem, self._ca.cert_pem, issued.expires)
 
-    async def _renewed(self, cluster: str, fingerprint: str, expires: float) -> None:
+    async def _renewed(self, cluster: str, presented: str, issued: ca.Issued) -> None:
+        """Store the handover: `issued` is the cluster's certificate, and `presented` (the
+        one the Renew was made with) stays accepted until `issued` is first presented."""
         row = self._clusters.row(cluster)
         if row is None:
             raise errors.PermissionDenied(f"cluster {cluster} is not registered (was it removed?)")
-        new = dataclasses.replace(row, cert_fingerprint=fingerprint, cert_expires=expires)
-        await self._db.run(self._db.upsert, "clusters", new.row(), "name")  # stored, believed
+        was_current = hmac.compare_digest(row.cert_fingerprint, presented)
+        new = dataclasses.replace(
+            row,
+            cert_fingerprint=issued.fingerprint,
+            cert_expires=issued.expires,
+            previous_fingerprint=presented,
+            previous_expires=row.cert_expires if was_current else row.previous_expires,
+        )
+        await self._db.run(self._db.put_cluster, new.record())  # stored, believed
         self._clusters.put(new)
         await self._recorder.record(
             events.Entry(
@@ -241,14 +249,10 @@ class Enrollment:
                 cause=types_pb2.CAUSE_AGENT,
                 actor=f"agent:{cluster}",
                 message=f"cluster {cluster} renewed its certificate (valid until "
-                f"{status.since(expires)})",
+                f"{status.since(issued.expires)})",
             )
         )
         self._on_renewed(cluster)
-
-    def forget(self, cluster: str) -> None:
-        """The cluster was removed: no handover survives it."""
-        self._handover.pop(cluster, None)
 
 
 def refused(cluster: str) -> str:

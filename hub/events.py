@@ -12,7 +12,7 @@ import asyncio
 import dataclasses
 from collections.abc import Iterable
 
-from fleetops.hub import store
+from fleetops.hub import records, storeapi
 from fleetops.proto.v1 import fleet_pb2, types_pb2
 
 MAX_QUEUED = 10_000  # changes a subscriber may leave unread before it is dropped
@@ -80,34 +80,35 @@ class Entry:
     revision: str = ""
     previous_revision: str = ""
 
-    def fields(self) -> dict[str, str | int]:
-        return dataclasses.asdict(self)
+    def record(self) -> records.NewEvent:
+        """The store's record of it."""
+        return records.NewEvent(**dataclasses.asdict(self))
 
 
 class Recorder:
     """Appends entries to the store's event log, then publishes them."""
 
-    def __init__(self, *, db: store.Store, bus: Bus) -> None:
+    def __init__(self, *, db: storeapi.StoreApi, bus: Bus) -> None:
         self._db = db
         self._bus = bus
 
-    async def record(self, entry: Entry) -> store.Event:
-        ev = await self._db.run(self._db.append_event, **entry.fields())
+    async def record(self, entry: Entry) -> records.Event:
+        ev = await self._db.run(self._db.record_event, entry.record())
         self._bus.publish(fleet_pb2.FleetChange(event=event_pb(ev)))
         return ev
 
-    async def record_all(self, entries: Iterable[Entry]) -> list[store.Event]:
+    async def record_all(self, entries: Iterable[Entry]) -> list[records.Event]:
         """Many entries in one transaction (all or none), then published."""
-        recorded = await self._db.run(self._db.append_events, [e.fields() for e in entries])
+        recorded = await self._db.run(self._db.record_events, [e.record() for e in entries])
         self.published(recorded)
         return recorded
 
-    def published(self, recorded: Iterable[store.Event]) -> None:
+    def published(self, recorded: Iterable[records.Event]) -> None:
         for ev in recorded:
             self._bus.publish(fleet_pb2.FleetChange(event=event_pb(ev)))
 
 
-def event_pb(e: store.Event) -> types_pb2.Event:
+def event_pb(e: records.Event) -> types_pb2.Event:
     out = types_pb2.Event(
         id=e.id,
         app=e.app,

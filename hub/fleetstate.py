@@ -4,16 +4,17 @@ and the operator's choices (pins, pauses, sync requests).
 
 Plain state, no I/O, and no import of the store (the pure planner and status read these):
 whoever changes a holder has written the change through the store first, so a restart loses
-nothing acknowledged. Loaded from the store at start by `core.Hub.load`.
+nothing acknowledged. Loaded from the store at start by `core.Hub.load`. The working-set
+types convert to and from the store's records (hub.records) here and nowhere else:
+`from_record` and `record()` on each.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-from typing import Any
+from collections.abc import Mapping
 
-from fleetops.hub import config, errors, plan
+from fleetops.hub import config, errors, plan, records
 
 
 @dataclasses.dataclass
@@ -42,7 +43,7 @@ class Assignment:
     revision: str
     digest: str
     namespace: str
-    policy: str  # JSON of config.Sync's fields (SyncPolicy's field names)
+    policy: Mapping[str, bool | int]  # config.Sync's fields (SyncPolicy's field names)
     paused: bool
     reason: str  # why this revision: auto, pin, sync, hold
     allow_mass_prune: str = ""  # the digest an operator allowed to prune past the guard
@@ -50,27 +51,38 @@ class Assignment:
     updated_at: float = 0.0
 
     @classmethod
-    def from_row(cls, row: dict[str, Any]) -> Assignment:
+    def from_record(cls, r: records.Assignment) -> Assignment:
         return cls(
-            cluster=str(row["cluster"]),
-            app=str(row["app"]),
-            target=str(row["target"] or ""),
-            revision=str(row["revision"] or ""),
-            digest=str(row["digest"] or ""),
-            namespace=str(row["namespace"] or ""),
-            policy=str(row["policy"] or "{}"),
-            paused=bool(row["paused"]),
-            reason=str(row["reason"] or ""),
-            allow_mass_prune=str(row.get("allow_mass_prune") or ""),
-            generation=int(row["generation"] or 0),
-            updated_at=float(row["updated_at"] or 0.0),
+            cluster=r.cluster,
+            app=r.app,
+            target=r.target,
+            revision=r.revision,
+            digest=r.digest,
+            namespace=r.namespace,
+            policy=dict(r.policy),
+            paused=r.paused,
+            reason=r.reason,
+            allow_mass_prune=r.allow_mass_prune,
+            generation=r.generation,
+            updated_at=r.updated_at,
         )
 
-    def row(self) -> dict[str, Any]:
-        """The store's row for it."""
-        out = dataclasses.asdict(self)
-        out["paused"] = int(self.paused)
-        return out
+    def record(self) -> records.Assignment:
+        """The store's record of it."""
+        return records.Assignment(
+            cluster=self.cluster,
+            app=self.app,
+            target=self.target,
+            revision=self.revision,
+            digest=self.digest,
+            generation=self.generation,
+            namespace=self.namespace,
+            policy=dict(self.policy),
+            paused=self.paused,
+            reason=self.reason,
+            updated_at=self.updated_at,
+            allow_mass_prune=self.allow_mass_prune,
+        )
 
     def same_delivery(self, other: Assignment) -> bool:
         """Whether the agent would get the same thing (the reason does not travel)."""
@@ -132,30 +144,46 @@ class Cluster:
     reason: str = ""  # why it disconnected
     cert_fingerprint: str = ""  # the only certificate accepted for it ('' before they were kept)
     cert_expires: float = 0.0
+    # the certificate a renewal was made with: accepted until cert_fingerprint is first
+    # presented ('' when no handover is under way)
+    previous_fingerprint: str = ""
+    previous_expires: float = 0.0
 
     @classmethod
-    def from_row(cls, row: dict[str, Any]) -> Cluster:
+    def from_record(cls, r: records.Cluster) -> Cluster:
         return cls(
-            name=str(row["name"]),
-            labels=_labels(row.get("labels")),
-            facts=_labels(row.get("agent_labels")),
-            agent_version=str(row.get("agent_version") or ""),
-            kubernetes_version=str(row.get("kubernetes_version") or ""),
-            registered_at=float(row.get("registered_at") or 0.0),
-            last_seen=float(row.get("last_seen") or 0.0),
-            connected=bool(row.get("connected")),
-            reason=str(row.get("reason") or ""),
-            cert_fingerprint=str(row.get("cert_fingerprint") or ""),
-            cert_expires=float(row.get("cert_expires") or 0.0),
+            name=r.name,
+            labels=dict(r.labels),
+            facts=dict(r.agent_labels),
+            agent_version=r.agent_version,
+            kubernetes_version=r.kubernetes_version,
+            registered_at=r.registered_at,
+            last_seen=r.last_seen,
+            connected=r.connected,
+            reason=r.reason,
+            cert_fingerprint=r.cert_fingerprint,
+            cert_expires=r.cert_expires,
+            previous_fingerprint=r.previous_fingerprint,
+            previous_expires=r.previous_expires,
         )
 
-    def row(self) -> dict[str, Any]:
-        """The store's row for it."""
-        out = dataclasses.asdict(self)
-        out["labels"] = json.dumps(self.labels, sort_keys=True)
-        out["agent_labels"] = json.dumps(out.pop("facts"), sort_keys=True)
-        out["connected"] = int(self.connected)
-        return out
+    def record(self) -> records.Cluster:
+        """The store's record of it (a snapshot: later changes in place are not in it)."""
+        return records.Cluster(
+            name=self.name,
+            labels=dict(self.labels),
+            agent_labels=dict(self.facts),
+            agent_version=self.agent_version,
+            kubernetes_version=self.kubernetes_version,
+            registered_at=self.registered_at,
+            last_seen=self.last_seen,
+            connected=self.connected,
+            reason=self.reason,
+            cert_fingerprint=self.cert_fingerprint,
+            cert_expires=self.cert_expires,
+            previous_fingerprint=self.previous_fingerprint,
+            previous_expires=self.previous_expires,
+        )
 
 
 class Clusters:
@@ -208,8 +236,3 @@ class Choices:
     def pin_of(self, app: str, cluster: str) -> str:
         """The pin that applies to (app, cluster): its own, else the app's, else ''."""
         return self.pins.get((app, cluster), "") or self.pins.get((app, ""), "")
-
-
-def _labels(text: str | None) -> dict[str, str]:
-    """Labels as the store keeps them (JSON text, as store.dumps writes it)."""
-    return {str(k): str(v) for k, v in json.loads(text).items()} if text else {}

@@ -202,5 +202,15 @@ V3 = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (V1, V2, V3)
+V4 = Migration(
+    4,
+    "the certificate a renewal was made with is kept with its cluster until the new one is "
+    "first presented, so a hub restart in that handover does not lock the agent out",
+    (
+        Sql("ALTER TABLE clusters ADD COLUMN previous_fingerprint TEXT NOT NULL DEFAULT ''"),
+        Sql("ALTER TABLE clusters ADD COLUMN previous_expires REAL NOT NULL DEFAULT 0"),
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (V1, V2, V3, V4)
 LATEST = MIGRATIONS[-1].version

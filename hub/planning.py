@@ -22,7 +22,7 @@ from fleetops.hub import (
     planner,
     rendercache,
     status,
-    store,
+    storeapi,
 )
 from fleetops.proto.v1 import types_pb2
 
@@ -34,7 +34,7 @@ class Planning:
         self,
         *,
         settings: fleetstate.Settings,
-        db: store.Store,
+        db: storeapi.StoreApi,
         clusters: fleetstate.Clusters,
         assignments: fleetstate.Assignments,
         choices: fleetstate.Choices,
@@ -173,9 +173,7 @@ class Planning:
 
     async def write(self, rows: list[fleetstate.Assignment]) -> None:
         """Store these assignments (one transaction), then believe them."""
-        await self._db.run(
-            self._db.upsert_all, "assignments", [r.row() for r in rows], ("cluster", "app")
-        )
+        await self._db.run(self._db.put_assignments, [r.record() for r in rows])
         for row in rows:
             self._assignments.set(row)
 
@@ -229,7 +227,7 @@ class Planning:
             revision=desired.revision,
             digest=result.digest,
             namespace=app.namespace,
-            policy=store.dumps(dataclasses.asdict(app.sync)),  # SyncPolicy's field names
+            policy=dataclasses.asdict(app.sync),  # SyncPolicy's field names
             paused=desired.paused,
             reason=desired.why,
             allow_mass_prune=cur.allow_mass_prune
@@ -259,7 +257,5 @@ class Planning:
         )
 
     async def _drop(self, cluster: str, app: str) -> None:
-        await self._db.run(
-            self._db.delete, "assignments", "cluster = ? AND app = ?", [cluster, app]
-        )
+        await self._db.run(self._db.delete_assignment, cluster=cluster, app=app)
         self._assignments.drop(cluster, app)

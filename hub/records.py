@@ -28,6 +28,10 @@ class Cluster:
     reason: str  # why it disconnected
     cert_fingerprint: str = ""  # "": registered before fingerprints were kept
     cert_expires: float = 0.0
+    # the certificate its last renewal was made with, accepted until the renewed one is first
+    # presented ("": no renewal handover under way)
+    previous_fingerprint: str = ""
+    previous_expires: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -41,7 +41,6 @@ __all__ = [
     "Rendered",
     "Tools",
     "arender",
-    "check_kustomize_refs",
     "detect",
     "merge",
     "render",
@@ -108,22 +107,6 @@ def render(
     else:
         manifests = tuple(plain.render(src, app_dir=app_dir, target=target))
     return Rendered(manifests, src.inputs())
-
-
-def check_kustomize_refs(
-    root: pathlib.Path,
-    start: pathlib.Path,
-    refused: tuple[str, ...],
-    *,
-    limits: Limits = DEFAULT_LIMITS,
-) -> list[pathlib.Path]:
-    """Every local directory the kustomization tree at `start` refers to, checked to stay in
-    the repository at `root` (see kustomize.referenced_dirs).
-
-    Kept for callers from before `Rendered.inputs`, which already holds these directories
-    (repo-relative) for every Kustomize render; new code should read that instead."""
-    src = Source.of(root, refused_links=refused, limits=limits)
-    return kustomize.referenced_dirs(src, start=start)
 
 
 async def arender(**kw: Any) -> Rendered:

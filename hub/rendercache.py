@@ -15,9 +15,8 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
 
-from fleetops.hub import config, errors, render, repo, status, store
+from fleetops.hub import config, errors, records, render, repo, status, storeapi
 from fleetops.proto import bundles
 from fleetops.proto.v1 import types_pb2
 
@@ -56,7 +55,7 @@ def key(app: config.App, target: config.Target, revision: str) -> Key:
 
 class RenderCache:
     def __init__(
-        self, *, db: store.Store, tools: render.Tools, repos: Mapping[str, repo.RepoCache]
+        self, *, db: storeapi.StoreApi, tools: render.Tools, repos: Mapping[str, repo.RepoCache]
     ) -> None:
         self._db = db
         self._tools = tools
@@ -65,16 +64,15 @@ class RenderCache:
         self._rendering: dict[Key, asyncio.Future[RenderResult]] = {}
         self.results: dict[Key, RenderResult] = {}
         self._content: dict[tuple[str, str, str], str] = {}  # (app, target, tree key) -> digest
-        self._extra_paths: dict[tuple[str, str], list[str]] = {}
+        # (app, target) -> the repo paths its last render read (render.Rendered.inputs)
+        self._inputs: dict[tuple[str, str], tuple[str, ...]] = {}
         self._bytes: dict[str, bytes] = {}
         self._inline: dict[str, types_pb2.Bundle] = {}
 
-    def load(self, rows: list[dict[str, Any]]) -> None:
-        """The store's `renders` rows."""
-        for r in rows:
-            self.results[(r["app"], r["target"], r["revision"], r["key"] or "")] = RenderResult(
-                r["digest"] or "", r["error"] or ""
-            )
+    def load(self, stored: list[records.Render]) -> None:
+        """The render outcomes the store kept."""
+        for r in stored:
+            self.results[(r.app, r.target, r.revision, r.key)] = RenderResult(r.digest, r.error)
 
     def known(self, app: config.App, target: config.Target, revision: str) -> RenderResult | None:
         return self.results.get(key(app, target, revision))
@@ -103,18 +101,16 @@ class RenderCache:
             self.results[rkey] = result
             future.set_result(result)
             await self._db.run(
-                self._db.upsert,
-                "renders",
-                {
-                    "app": app.name,
-                    "target": target.name,
-                    "revision": revision,
-                    "digest": result.digest,
-                    "error": result.error,
-                    "key": rkey[3],
-                    "rendered_at": time.time(),
-                },
-                ("app", "target", "revision"),
+                self._db.put_render,
+                records.Render(
+                    app=app.name,
+                    target=target.name,
+                    revision=revision,
+                    digest=result.digest,
+                    error=result.error,
+                    key=rkey[3],
+                    rendered_at=time.time(),
+                ),
             )
             return result
         except BaseException as e:
@@ -154,10 +150,11 @@ class RenderCache:
         cache = self._repos.get(app.repo)
         if cache is None:
             return RenderResult("", f"repo {app.repo!r} is not configured")
-        paths = [app.path, *[f"{app.path}/{f}" for f in target.helm.values_files]]
-        paths += self._extra_paths.get((app.name, target.name), [])
+        # The paths the last render read: if none of them changed, the app's directory (and
+        # so what it refers to) did not either, and the render would read the same again.
+        paths = self._inputs.get((app.name, target.name)) or (app.path,)
         try:
-            tree = overrides_hash(app, target) + ":" + await cache.atree_key(revision, paths)
+            tree = await self._tree(cache, app, target, revision=revision, paths=paths)
         except (KeyError, ValueError) as e:
             return RenderResult("", f"revision {revision[:12]} is not in the repo cache: {e}")
         digest = self._content.get((app.name, target.name, tree))
@@ -172,18 +169,10 @@ class RenderCache:
                 target=target,
                 tools=self._tools,
             )
-            if render.detect(checkout.root / app.path) == "kustomize" or target.kustomize_dir:
-                build = checkout.root / app.path / target.kustomize_dir
-                refs = await asyncio.to_thread(
-                    render.check_kustomize_refs,
-                    checkout.root.resolve(),
-                    build.resolve(),
-                    checkout.refused_links,
-                )
-                root = checkout.root.resolve()
-                self._extra_paths[(app.name, target.name)] = sorted(
-                    {str(p.relative_to(root)) for p in refs} - {app.path}
-                )
+            self._inputs[(app.name, target.name)] = rendered.inputs
+            tree = await self._tree(
+                cache, app, target, revision=revision, paths=rendered.inputs or (app.path,)
+            )
         except errors.RenderError as e:
             log.warning("app %s target %s at %s: %s", app.name, target.name, revision[:8], e)
             return RenderResult("", str(e))
@@ -202,29 +191,35 @@ class RenderCache:
             log.exception("app %s target %s: bundle failed", app.name, target.name)
             return RenderResult("", status.unexpected("bundle", e))
         await self._db.run(
-            self._db.upsert,
-            "bundles",
-            {
-                "digest": digest,
-                "app": app.name,
-                "size": len(data),
-                "data": data,
-                "created_at": time.time(),
-            },
-            "digest",
+            self._db.put_bundle,
+            records.Bundle(
+                digest=digest, app=app.name, size=len(data), data=data, created_at=time.time()
+            ),
         )
         self._content[(app.name, target.name, tree)] = digest
         return RenderResult(digest, "")
+
+    @staticmethod
+    async def _tree(
+        cache: repo.RepoCache,
+        app: config.App,
+        target: config.Target,
+        *,
+        revision: str,
+        paths: tuple[str, ...],
+    ) -> str:
+        """The content key of (app, target) at `revision` when it reads `paths`."""
+        return overrides_hash(app, target) + ":" + await cache.atree_key(revision, list(paths))
 
     async def bundle_bytes(self, digest: str) -> bytes:
         """A bundle's bytes; the recent ones are kept in memory, since a new revision has
         every agent of a target ask for the same bundle at once."""
         data = self._bytes.get(digest)
         if data is None:
-            row = await self._db.run(self._db.get, "bundles", digest)
-            if row is None:
+            stored = await self._db.run(self._db.bundle, digest)
+            if stored is None:
                 raise errors.NotFound(f"no bundle {digest[:12]}")
-            data = bytes(row["data"])
+            data = stored.data
             if len(self._bytes) >= MAX_BYTES_KEPT:
                 self._bytes.pop(next(iter(self._bytes)))
             self._bytes[digest] = data

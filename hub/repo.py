@@ -253,7 +253,7 @@ class RepoCache:
                 c.commit_time,
             )
 
-    def read(self, sha: str, path: str) -> str | None:
+    def read(self, sha: str, *, path: str) -> str | None:
         """A file's text at a commit, or None when it is not there."""
         with self._lock:
             tree = self._open()[sha].peel(pygit2.Commit).tree

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from fleetops.hub import errors, fleetstate, rendercache, store
+from fleetops.hub import errors, fleetstate, records, rendercache, storeapi
 from fleetops.proto.v1 import types_pb2
 
 log = logging.getLogger("fleetops.hub")
@@ -24,7 +24,7 @@ class Retention:
         self,
         *,
         settings: fleetstate.Settings,
-        db: store.Store,
+        db: storeapi.StoreApi,
         renders: rendercache.RenderCache,
         flush: Callable[[], Awaitable[None]],
     ) -> None:
@@ -54,7 +54,7 @@ class Retention:
         )
 
         def remaining() -> tuple[set[tuple[str, str, str]], set[str]]:
-            renders = {(r["app"], r["target"], r["revision"]) for r in self._db.rows("renders")}
+            renders = {(r.app, r.target, r.revision) for r in self._db.renders()}
             return renders, self._db.bundle_digests()
 
         renders, digests = await self._db.run(remaining)
@@ -63,7 +63,7 @@ class Retention:
             log.info("retention: forgot %s", ", ".join(f"{n} {t}" for t, n in gone.items() if n))
         return gone
 
-    async def history(self, *, app: str, cluster: str, limit: int) -> list[store.Event]:
+    async def history(self, *, app: str, cluster: str, limit: int) -> list[records.Event]:
         with contextlib.suppress(errors.StoreUnavailable):  # the history on disk still reads
             await self._flush()  # what agents just said belongs in the answer
         return await self._db.run(self._db.events, app=app, cluster=cluster, limit=limit or 200)

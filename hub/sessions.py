@@ -14,9 +14,9 @@ import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
-from fleetops.hub import errors, fleetstate, rendercache, reports, store
+from fleetops.hub import errors, fleetstate, rendercache, reports, storeapi
 from fleetops.proto.v1 import agent_pb2, types_pb2
 
 log = logging.getLogger("fleetops.hub")
@@ -52,7 +52,7 @@ class Sessions:
         self,
         *,
         settings: fleetstate.Settings,
-        db: store.Store,
+        db: storeapi.StoreApi,
         clusters: fleetstate.Clusters,
         assignments: fleetstate.Assignments,
         renders: rendercache.RenderCache,
@@ -87,7 +87,7 @@ class Sessions:
         cfg = self._settings.cfg
         for _app, row in sorted(self._assignments.of(cluster).items()):
             app = cfg.app(row.app)
-            allowed = store.loads(row.policy)
+            allowed: dict[str, Any] = dict(row.policy)  # SyncPolicy field name -> value
             a = msg.assignments.add(
                 app=row.app,
                 revision=row.revision,
@@ -170,7 +170,7 @@ class Sessions:
         """Connectivity is news, not an acknowledgement: a store that cannot write it does
         not keep an agent out (memory has it; the next write stores it)."""
         try:
-            await self._db.run(self._db.upsert, "clusters", row.row(), "name")
+            await self._db.run(self._db.put_cluster, row.record())
         except errors.StoreUnavailable as e:
             log.error("cluster %s: connectivity not saved: %s", row.name, e)
 

@@ -14,17 +14,16 @@ import asyncio
 import concurrent.futures
 import errno
 import functools
-import json
 import os
 import pathlib
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import sqlite_utils
 
-from fleetops.hub import errors, migrations, records, sqltables
+from fleetops.hub import errors, migrations, sqltables
 
 if TYPE_CHECKING:
     from fleetops.hub import storeapi
@@ -33,13 +32,8 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-# Kept for callers until phase 2 of issue 12 moves them to hub.records.
-ApiToken = records.ApiToken
-Event = records.Event
-
-
 class Store(sqltables.Tables):
-    """The SQLite store (hub.storeapi.StoreApi), plus the untyped row API being replaced."""
+    """The SQLite store (hub.storeapi.StoreApi)."""
 
     def __init__(self, path: pathlib.Path) -> None:
         self.path = path
@@ -106,66 +100,6 @@ class Store(sqltables.Tables):
         self._pool.submit(_close).result()
         self._pool.shutdown(wait=True)
 
-    # ------------------------------------------------------------ untyped, being replaced
-    # Issue 12 phase 1: these take and return untyped rows and stay only until their callers
-    # move to the typed queries (hub.storeapi); then they go. Add no callers.
-
-    def get(self, table: str, pk: Any) -> dict[str, Any] | None:
-        try:
-            return dict(self.db.table(table).get(pk))
-        except sqlite_utils.db.NotFoundError:
-            return None
-
-    def rows(
-        self, table: str, where: str = "", args: Iterable[Any] = (), order: str = ""
-    ) -> list[dict[str, Any]]:
-        return [
-            dict(r)
-            for r in self.db.table(table).rows_where(
-                where or None, list(args), order_by=order or None
-            )
-        ]
-
-    def upsert(self, table: str, row: dict[str, Any], pk: str | tuple[str, ...]) -> None:
-        self.upsert_all(table, [row], pk)
-
-    def upsert_all(self, table: str, rows: list[dict[str, Any]], pk: str | tuple[str, ...]) -> None:
-        """Insert or replace many rows in one transaction (plain SQL: sqlite-utils' per-row
-        introspection costs more than the write when thousands of agents report at once)."""
-        if not rows:
-            return
-        keys = (pk,) if isinstance(pk, str) else pk
-        cols = list(rows[0])
-        updates = ", ".join(f"[{c}] = excluded.[{c}]" for c in cols if c not in keys)
-        sql = (
-            f"INSERT INTO [{table}] ({', '.join(f'[{c}]' for c in cols)}) "
-            f"VALUES ({', '.join('?' for _ in cols)}) "
-            f"ON CONFLICT ({', '.join(f'[{k}]' for k in keys)}) DO UPDATE SET {updates}"
-        )
-        with self._transaction() as conn:
-            conn.executemany(sql, [[r[c] for c in cols] for r in rows])
-
-    def delete(self, table: str, where: str, args: Iterable[Any]) -> None:
-        self.db.execute(f"DELETE FROM [{table}] WHERE {where}", list(args))
-
-    def consume_token(
-        self, token_id: str, secret_hash: str, now: float
-    ) -> tuple[str, dict[str, str]] | None:
-        """Untyped, being replaced by use_registration_token: (cluster, labels) or None."""
-        token = self.use_registration_token(token_id=token_id, secret_hash=secret_hash, now=now)
-        return (token.cluster, dict(token.labels)) if token is not None else None
-
-    def append_event(self, **fields: Any) -> records.Event:
-        """Untyped, being replaced by record_event."""
-        return self.append_events([fields])[0]
-
-    def append_events(self, rows: list[dict[str, Any]]) -> list[records.Event]:
-        """Untyped, being replaced by record_events: fields not given are empty (0 for
-        cause, now for at)."""
-        return self.record_events(
-            [records.NewEvent(**{"kind": "", "message": "", **r}) for r in rows]
-        )
-
 
 def _apply(db: sqlite_utils.Database, step: migrations.Step) -> None:
     if isinstance(step, migrations.CreateTable):
@@ -189,16 +123,6 @@ def unavailable(path: pathlib.Path, e: BaseException) -> errors.StoreUnavailable
         f"the hub cannot write to its data directory {path.parent}: {why}; nothing of this "
         "was recorded: free space there (the hub retries on its own)"
     )
-
-
-# Untyped, being replaced: callers encode JSON columns themselves only until they hand the
-# store records (hub.records), whose mappings it encodes.
-def dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True)
-
-
-def loads(text: str | None) -> Any:
-    return json.loads(text) if text else {}
 
 
 if TYPE_CHECKING:

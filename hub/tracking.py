@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fleetops.hub import errors, events, fleetstate, repo, store
+from fleetops.hub import errors, events, fleetstate, records, repo, storeapi
 from fleetops.proto.v1 import fleet_pb2
 
 log = logging.getLogger("fleetops.hub")
@@ -27,7 +27,7 @@ class Tracker:
         self,
         *,
         settings: fleetstate.Settings,
-        db: store.Store,
+        db: storeapi.StoreApi,
         bus: events.Bus,
         data: pathlib.Path,
         on_revision: Callable[[], Awaitable[Any]],
@@ -42,17 +42,17 @@ class Tracker:
         self.status: dict[str, fleet_pb2.RepoStatus] = {}
         self._fetch_now: dict[str, asyncio.Event] = {}
 
-    def load(self, rows: list[dict[str, Any]]) -> None:
-        """The store's `repos` rows: last known heads and fetch errors."""
-        for r in rows:
-            if r["revision"]:
-                self.heads[r["name"]] = r["revision"]
-            self.status[r["name"]] = fleet_pb2.RepoStatus(
-                name=r["name"],
-                url=repo.redact(r["url"]),
-                branch=r["branch"],
-                revision=r["revision"],
-                error=r["error"] or "",
+    def load(self, stored: list[records.Repo]) -> None:
+        """The repos the store kept: last known heads and fetch errors."""
+        for r in stored:
+            if r.revision:
+                self.heads[r.name] = r.revision
+            self.status[r.name] = fleet_pb2.RepoStatus(
+                name=r.name,
+                url=repo.redact(r.url),
+                branch=r.branch,
+                revision=r.revision,
+                error=r.error,
             )
         self.sync_repos()
 
@@ -135,17 +135,15 @@ class Tracker:
             return
         commit = await asyncio.to_thread(cache.commit, sha)
         await self._db.run(
-            self._db.upsert,
-            "revisions",
-            {
-                "repo": repo_name,
-                "sha": sha,
-                "message": commit.message,
-                "author": commit.author,
-                "time": commit.time,
-                "seen_at": time.time(),
-            },
-            ("repo", "sha"),
+            self._db.put_revision,
+            records.Revision(
+                repo=repo_name,
+                sha=sha,
+                message=commit.message,
+                author=commit.author,
+                time=commit.time,
+                seen_at=time.time(),
+            ),
         )
         self.heads[repo_name] = sha
         st.revision = sha
@@ -159,17 +157,15 @@ class Tracker:
         cfg = self._settings.cfg
         spec = cfg.repo(name) if any(r.name == name for r in cfg.repos) else None
         await self._db.run(
-            self._db.upsert,
-            "repos",
-            {
-                "name": name,
-                "url": spec.url if spec else st.url,
-                "branch": st.branch,
-                "revision": self.heads.get(name, ""),
-                "fetched_at": time.time(),
-                "error": st.error,
-            },
-            "name",
+            self._db.put_repo,
+            records.Repo(
+                name=name,
+                url=spec.url if spec else st.url,
+                branch=st.branch,
+                revision=self.heads.get(name, ""),
+                fetched_at=time.time(),
+                error=st.error,
+            ),
         )
 
     async def resolve(self, repo_name: str, revision: str) -> str:

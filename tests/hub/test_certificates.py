@@ -274,6 +274,31 @@ async def test_a_lost_renewal_answer_does_not_lock_the_agent_out(hub: certlife.F
     assert again.certificate_pem
 
 
+async def test_a_lost_renewal_answer_does_not_lock_the_agent_out_across_a_hub_restart(
+    hub: certlife.FleetHub,
+) -> None:
+    agent = await hub.registered("dev")
+    await renew(hub, agent)  # the hub records the new certificate; the agent never hears of it
+    await hub.restart()  # mid-handover: the certificate the agent holds is the previous one
+    again = await renew(hub, agent)
+    assert again.certificate_pem
+    agent.cert = again.certificate_pem
+    assert await an_assigned_digest(hub, agent)  # and the renewed one connects
+
+
+async def test_after_a_restart_the_renewed_certificate_in_use_still_retires_the_old_one(
+    hub: certlife.FleetHub,
+) -> None:
+    old = await hub.registered("dev")
+    new = rawagent.RawAgent()
+    new.cert = (await renew(hub, old, new.csr())).certificate_pem
+    await hub.restart()
+    assert await an_assigned_digest(hub, new)  # the renewed certificate in use
+    await hub.restart()  # its predecessor's retirement was stored, not only believed
+    err = await connect_refusal(hub, old)
+    assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
 async def test_once_the_renewed_certificate_is_used_the_old_one_is_refused(
     hub: certlife.FleetHub,
 ) -> None:

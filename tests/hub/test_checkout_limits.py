@@ -102,7 +102,7 @@ def test_an_oversized_fleet_yaml_is_refused_before_it_is_read(tmp_path: pathlib.
     )
     cache.fetch()
     with pytest.raises(errors.RenderError, match="apps/web/fleet.yaml is .* over the 1024 KiB"):
-        cache.read(sha, "apps/web/fleet.yaml")
+        cache.read(sha, path="apps/web/fleet.yaml")
 
 
 def test_a_plain_yaml_app_bigger_than_the_output_limit_is_refused(tmp_path: pathlib.Path) -> None:

@@ -391,7 +391,7 @@ async def test_a_registration_token_with_an_absurd_ttl_is_an_invalid_argument(
 
 async def test_a_registration_token_with_an_absurd_ttl_writes_nothing(hub: server.Running) -> None:
     await ask_for_an_absurd_ttl(hub)
-    assert await hub.hub.db.run(hub.hub.db.rows, "tokens") == []
+    assert await hub.hub.db.run(hub.hub.db.registration_tokens) == []
 
 
 async def test_history_limit_is_clamped(hub: server.Running) -> None:
@@ -418,8 +418,7 @@ async def test_cluster_remove_deletes_assignments_and_is_in_history(hub: server.
         stream.call.cancel()
     assert resp.event.kind == "cluster-removed" and resp.event.actor == "admin"
     assert "gone-1" not in {c.name for c in hub.hub.snapshot().clusters}
-    rows = await hub.hub.db.run(hub.hub.db.rows, "assignments", "cluster = ?", ["gone-1"])
-    assert rows == []
+    assert await hub.hub.db.run(hub.hub.db.assignments_for_cluster, "gone-1") == []
 
 
 async def test_allow_mass_prune_is_sent_for_the_current_bundle_only(

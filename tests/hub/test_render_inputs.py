@@ -8,7 +8,7 @@ import pathlib
 
 import pytest
 
-from fleetops.hub import config, render, repo
+from fleetops.hub import config, confined, kustomize, render, repo
 from tests import localkube
 from tests.support import hostile
 
@@ -97,7 +97,7 @@ def test_plain_yaml_reads_only_its_directory_and_what_its_links_stand_for(
     assert out.inputs == ("apps/api", "common/ns.yaml")
 
 
-def test_the_old_kustomize_walk_still_answers_what_inputs_now_carry(
+def test_the_kustomize_walk_answers_what_inputs_carry(
     tmp_path: pathlib.Path, tools: render.Tools
 ) -> None:
     r = hostile.Repo(tmp_path / "src")
@@ -111,5 +111,6 @@ def test_the_old_kustomize_walk_still_answers_what_inputs_now_carry(
 
     co = cache.checkout(cache.fetch())
     root = co.root.resolve()
-    walked = render.check_kustomize_refs(root, (root / "apps/shop").resolve(), co.refused_links)
+    src = confined.Source.of(root, refused_links=co.refused_links, limits=confined.DEFAULT_LIMITS)
+    walked = kustomize.referenced_dirs(src, start=(root / "apps/shop").resolve())
     assert {str(p.relative_to(root)) for p in walked} == set(out.inputs)

@@ -104,7 +104,7 @@ async def test_reads_of_fetched_commits_answer_while_a_fetch_hangs_and_the_revis
         return (
             await cache.acheckout(first),
             await cache.atree_key(first, ["apps/web"]),
-            await asyncio.to_thread(cache.read, first, "apps/web/cm.yaml"),
+            await asyncio.to_thread(cache.read, first, path="apps/web/cm.yaml"),
             await asyncio.to_thread(cache.resolve, first[:10]),
             await asyncio.to_thread(cache.commit, first),
         )
@@ -125,7 +125,7 @@ async def test_reads_of_fetched_commits_answer_while_a_fetch_hangs_and_the_revis
 
     proxy.mode = "forward"  # the host is back
     assert await cache.afetch() == second
-    assert cache.read(second, "apps/web/cm.yaml") == yaml.safe_dump({**CM, "data": {"v": "2"}})
+    assert cache.read(second, path="apps/web/cm.yaml") == yaml.safe_dump({**CM, "data": {"v": "2"}})
 
 
 async def test_a_host_trickling_its_answer_is_cut_off_at_the_fetch_deadline(

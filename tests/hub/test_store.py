@@ -5,6 +5,8 @@ StoreUnavailable that leaves nothing half-written."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import pathlib
 import sqlite3
 from collections.abc import Iterator
@@ -51,6 +53,18 @@ V2_STEP = """
 ALTER TABLE tokens ADD COLUMN labels TEXT NOT NULL DEFAULT '{}';
 INSERT INTO migrations VALUES (2, 2000.0);
 """
+# ...and what migration 3 added, as a v3 hub ran it, with a cluster it had issued a certificate
+V3_STEP = """
+ALTER TABLE clusters ADD COLUMN cert_fingerprint TEXT NOT NULL DEFAULT '';
+ALTER TABLE clusters ADD COLUMN cert_expires REAL NOT NULL DEFAULT 0;
+ALTER TABLE assignments ADD COLUMN allow_mass_prune TEXT NOT NULL DEFAULT '';
+CREATE TABLE "api_tokens" ("name" TEXT PRIMARY KEY, "role" TEXT, "secret_hash" TEXT,
+   "created_at" REAL, "expires_at" REAL, "created_by" TEXT);
+CREATE UNIQUE INDEX "idx_api_tokens_secret_hash" ON "api_tokens" ("secret_hash");
+INSERT INTO migrations VALUES (3, 3000.0);
+INSERT INTO clusters VALUES ('edge-3', '{}', '{}', '0.3.0', 'v1.31.0', 300.0, 0.0, 0, '',
+    'f-current', 5000.0);
+"""
 SHA = "a" * 40
 OLD_SHA = "b" * 40
 POLICY = {"auto": True, "prune": False, "self_heal": False, "force_conflicts": True}  # v1's
@@ -73,7 +87,7 @@ def old_rows(conn: sqlite3.Connection) -> None:
         INSERT INTO bundles VALUES ('d1', 'web', 3, x'010203', 70.0);
         INSERT INTO renders VALUES ('web', 'default', '{SHA}', 'd1', '', NULL, 80.0);
         INSERT INTO assignments VALUES ('edge-1', 'web', 'default', '{SHA}', 'd1', 4, 'web',
-            '{store.dumps(POLICY)}', 0, 'auto', 90.0);
+            '{json.dumps(POLICY, sort_keys=True)}', 0, 'auto', 90.0);
         INSERT INTO pins VALUES ('web', '', '{OLD_SHA}', 'alice', 95.0);
         INSERT INTO app_state VALUES ('api', 1, NULL);
         INSERT INTO events VALUES (1, 99.0, 'web', 'edge-1', '{SHA}', '', 2, 'alice',
@@ -180,6 +194,32 @@ def test_an_old_database_migrates_to_the_latest_version_with_its_rows_intact(
         assert s.call(s.app_states) == [records.AppState(app="api", paused=True, reason="")]
         assert [e.message for e in s.call(s.events)] == ["assigned to edge-1"]
         assert s.call(s.api_tokens) == []  # the table migration 3 added is there, empty
+
+
+def test_a_v3_database_migrates_with_its_certificates_and_no_handover_under_way(
+    tmp_path: pathlib.Path,
+) -> None:
+    path = tmp_path / "hub.db"
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.executescript(V1_SCHEMA + V2_STEP + V3_STEP)
+    with opened(path) as s:
+        ran = s.call(lambda: [r[0] for r in s.db.conn.execute("SELECT version FROM migrations")])
+        assert ran == [1, 2, 3, 4]
+        [edge] = s.call(s.clusters)
+        assert (edge.name, edge.cert_fingerprint, edge.cert_expires) == (
+            "edge-3",
+            "f-current",
+            5000.0,
+        )
+        assert (edge.previous_fingerprint, edge.previous_expires) == ("", 0.0)
+        # the columns migration 4 added hold a renewal handover across a reopen
+        handover = dataclasses.replace(
+            edge, cert_fingerprint="f-new", cert_expires=9000.0,
+            previous_fingerprint="f-current", previous_expires=5000.0,
+        )  # fmt: skip
+        s.call(s.put_cluster, handover)
+    with opened(path) as s:
+        assert s.call(s.clusters) == [handover]
 
 
 def test_reopening_runs_no_migration_twice(tmp_path: pathlib.Path) -> None:
@@ -434,26 +474,32 @@ def test_events_get_ids_in_order_and_filter_by_app_and_cluster(db: store.Store) 
     assert [e.message for e in db.call(db.events, limit=2)] == ["token", "to edge-2"]
 
 
-def test_the_untyped_calls_and_the_typed_queries_see_the_same_rows(db: store.Store) -> None:
-    """Phase 1 of the switch: callers still on the untyped calls and callers already on the
-    typed queries share one database."""
+def test_rows_in_the_database_and_the_typed_queries_agree(db: store.Store) -> None:
+    """What is in the tables (JSON text, 0/1 flags), written by SQL or by the typed queries,
+    reads back the same either way (the untyped row API these once went through is gone)."""
     sync = {"auto": True, "prune": True, "self_heal": False, "force_conflicts": True,
             "allow_empty": False, "max_prune_percent": 50}  # fmt: skip
-    db.call(db.upsert_all, "assignments", [{
-        "cluster": "edge-1", "app": "web", "target": "default", "revision": SHA, "digest": "d1",
-        "generation": 3, "namespace": "web", "policy": store.dumps(sync), "paused": 0,
-        "reason": "auto", "updated_at": 1.0, "allow_mass_prune": "",
-    }], ("cluster", "app"))  # fmt: skip
+
+    def sql(text: str, args: list[object]) -> list[tuple[object, ...]]:
+        return list(db.db.conn.execute(text, args).fetchall())
+
+    db.call(sql, "INSERT INTO assignments (cluster, app, target, revision, digest, generation, "
+            "namespace, policy, paused, reason, updated_at, allow_mass_prune) "
+            "VALUES (?, 'web', 'default', ?, 'd1', 3, 'web', ?, 0, 'auto', 1.0, '')",
+            ["edge-1", SHA, json.dumps(sync, sort_keys=True)])  # fmt: skip
     [typed] = db.call(db.assignments)
     assert typed.policy == sync and typed.generation == 3
     db.call(db.put_assignments, [assignment("edge-2", "web")])
-    old = db.call(db.rows, "assignments", "cluster = ?", ["edge-2"])
-    assert store.loads(old[0]["policy"]) == {"auto": True, "max_prune_percent": 50}
-    assert old[0]["paused"] == 0
-    e = db.call(db.append_event, app="web", kind="sync-requested", message="m")
+    [(policy, paused)] = db.call(
+        sql, "SELECT policy, paused FROM assignments WHERE cluster = ?", ["edge-2"]
+    )
+    assert json.loads(str(policy)) == {"auto": True, "max_prune_percent": 50}
+    assert paused == 0
+    e = db.call(db.record_event, records.NewEvent(app="web", kind="sync-requested", message="m"))
     assert db.call(db.events, app="web") == [e]
     db.call(db.add_registration_token, token("t1", "edge-3", labels={"env": "prod"}))
-    assert db.call(db.consume_token, "t1", "h", 2.0) == ("edge-3", {"env": "prod"})
+    used = db.call(db.use_registration_token, token_id="t1", secret_hash="h", now=2.0)
+    assert used is not None and (used.cluster, dict(used.labels)) == ("edge-3", {"env": "prod"})
 
 
 # ---------------------------------------------------------------- refused writes
