@@ -23,7 +23,7 @@ RENEW_AT = 2 / 3  # of the certificate's lifetime
 EXPIRY_MARGIN = 3600.0  # a certificate this close to its end (or a tenth of its life) is spent
 
 
-@dataclasses.dataclass(frozen=True)  # not kw_only yet: tests/hub builds one positionally
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Identity:
     """An agent's credentials for the hub; `cluster` is its name in the fleet."""
 

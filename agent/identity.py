@@ -19,8 +19,6 @@ never logs it.
 
 from __future__ import annotations
 
-import pathlib
-
 from fleetops.agent import credentials, enroll, keystore, renewal
 
 Identity = credentials.Identity
@@ -34,27 +32,5 @@ renew = renewal.renew
 keep_renewed = renewal.keep_renewed
 Clock = renewal.Clock
 SystemClock = renewal.SystemClock
-_SECRET = keystore.SECRET  # tests/hub reads it
-_presented_chain = enroll.presented_chain  # tests/hub reads it
-
-
-# Positional forms for callers outside agent/ (tests/hub, tests/e2e) that predate the
-# keyword-only `enroll` functions; new code calls `enroll.register(state, hub=..., token=...)`.
-
-
-def register(
-    state: pathlib.Path,
-    address: str,
-    token: str,
-    labels: dict[str, str],
-    *,
-    ca_pem: bytes = b"",
-    now: float | None = None,
-) -> Identity:
-    """`enroll.register` with the hub's address and the token given in that order."""
-    return enroll.register(state, hub=address, token=token, labels=labels, ca_pem=ca_pem, now=now)
-
-
-def fetch_pinned_ca(address: str, pin: str, *, timeout: float = 10.0) -> bytes:
-    """`enroll.fetch_pinned_ca` with the pin given second."""
-    return enroll.fetch_pinned_ca(address, pin=pin, timeout=timeout)
+register = enroll.register
+fetch_pinned_ca = enroll.fetch_pinned_ca

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from fleetops.agent import identity, kube
+from fleetops.agent import enroll, identity, keystore, kube
 from fleetops.hub import ca
 from tests.support import certlife
 
@@ -72,7 +72,7 @@ async def test_a_renewed_certificate_is_kept_in_the_identity_secret(
     async with certlife.fleet_hub(tmp_path / "hub", with_app=False) as hub:
         root = tmp_path / "agent"
         me = await asyncio.to_thread(
-            identity.register, root, hub.address, await hub.token("dev"), {}
+            enroll.register, root, hub=hub.address, token=await hub.token("dev"), labels={}
         )
         await identity.keep(root, cluster, secret=ref)
         stop = asyncio.Event()
@@ -92,6 +92,6 @@ async def test_a_renewed_certificate_is_kept_in_the_identity_secret(
             client=cluster,
             secret=ref,
         )
-    secret = await cluster.get(identity._SECRET, namespace=namespace, name="identity")
+    secret = await cluster.get(keystore.SECRET, namespace=namespace, name="identity")
     assert secret is not None
     assert base64.b64decode(secret["data"]["agent.crt"]) == seen[0].cert_pem != me.cert_pem

@@ -482,25 +482,25 @@ def test_the_fleet_api_refuses_a_plaintext_client(world: Fleet) -> None:
 
 
 def test_a_registration_token_works_once(world: Fleet, tmp_path: pathlib.Path) -> None:
+    from fleetops.agent import enroll
     from fleetops.agent import errors as agent_errors
-    from fleetops.agent import identity
 
     token = world.client().token("c9")
-    identity.register(tmp_path / "first", world.hub.address, token, {})
+    enroll.register(tmp_path / "first", hub=world.hub.address, token=token, labels={})
     with pytest.raises(agent_errors.AgentError, match="already used"):
-        identity.register(tmp_path / "again", world.hub.address, token, {})
+        enroll.register(tmp_path / "again", hub=world.hub.address, token=token, labels={})
 
 
 def test_a_token_from_another_hub_is_refused_before_anything_is_sent(
     world: Fleet, tmp_path: pathlib.Path
 ) -> None:
+    from fleetops.agent import enroll
     from fleetops.agent import errors as agent_errors
-    from fleetops.agent import identity
 
     token = world.client().token("c7")
     forged = ".".join(token.split(".")[:2] + ["0" * 64])  # another CA's hash
     with pytest.raises(agent_errors.AgentError, match="not the hub that issued this token"):
-        identity.register(tmp_path / "forged", world.hub.address, forged, {})
+        enroll.register(tmp_path / "forged", hub=world.hub.address, token=forged, labels={})
     assert "c7" not in {c.name for c in world.client().snapshot().clusters}
 
 

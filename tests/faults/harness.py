@@ -1,5 +1,5 @@
 """The fault suite's fleet: real `fleetops-hub serve` and `fleetops-agent run` processes (as
-tests/e2e/fleet.py starts them), a Git repository made in a temp dir, small apps, and what
+tests/support/fleet.py starts them), a Git repository made in a temp dir, small apps, and what
 every fault test needs around them: kill -9, an integrity check of the hub's SQLite file, a
 wait that says what the fleet looked like when it gave up, and the one `FAULT` line each test
 prints (time to reconverge, what was lost).
@@ -106,30 +106,11 @@ async def start_hub(
     agent_port: int = 0,
     advertise: Sequence[str] = (),
 ) -> fleet.Hub:
-    """tests/e2e/fleet.start_hub, plus `--advertise` names (a proxy's address), and ready only
+    """tests/support/fleet.start_hub, plus `--advertise` names (a proxy's address), and ready only
     once this very process says it listens: a restart appends to the same log, whose earlier
     lines name the same ports."""
     log = data.parent / f"{data.name}.log"
-    cmd = [
-        str(fleet.BIN / "fleetops-hub"),
-        "serve",
-        "--config",
-        str(config),
-        "--data",
-        str(data),
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--agent-listen",
-        f"127.0.0.1:{agent_port}",
-        "--http",
-        f"127.0.0.1:{http_port}",
-        "--helm",
-        localkube.binary("helm"),
-        "--kustomize",
-        localkube.binary("kustomize"),
-        "--log-level",
-        "INFO",
-    ]
+    cmd = fleet.hub_command(config, data, port=port, agent_port=agent_port, http_port=http_port)
     for name in advertise:
         cmd += ["--advertise", name]
     process, offset = _spawn(cmd, log)
@@ -169,7 +150,7 @@ def start_agent(
     resync: float = 2.0,
     extra: Sequence[str] = (),
 ) -> fleet.Process:
-    """tests/e2e/fleet.start_agent, to any hub address (a proxy's) and with extra flags."""
+    """tests/support/fleet.start_agent, to any hub address (a proxy's) and with extra flags."""
     state.mkdir(parents=True, exist_ok=True)
     log = state.parent / f"{state.name}.log"
     with open(log, "a") as out:

@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from fleetops.agent import enroll, identity, reconcile, runner, state
 from fleetops.agent import errors as agent_errors
-from fleetops.agent import identity, reconcile, runner, state
 from fleetops.hub import ca, cli, server
 from fleetops.hub import errors as hub_errors
 from fleetops.proto.v1 import agent_pb2
@@ -57,13 +57,14 @@ async def an_assigned_digest(hub: certlife.FleetHub, agent: rawagent.RawAgent) -
     channel, _ = hub.stub(agent)
     async with channel:
         stream = await agent.connect(channel)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+
+        async def assigned() -> str | None:
             got = await stream.next_assignments(30)
-            if got.assignments:
-                stream.call.cancel()
-                return str(got.assignments[0].bundle_digest)
-    raise AssertionError("the hub never assigned the app to the cluster")
+            return str(got.assignments[0].bundle_digest) if got.assignments else None
+
+        digest = await wait.until("the hub to assign the app to the cluster", assigned, within=30)
+        stream.call.cancel()
+        return digest
 
 
 async def download(hub: certlife.FleetHub, agent: rawagent.RawAgent, digest: str) -> bytes:
@@ -93,7 +94,7 @@ def peer_chain(
         ctx.load_cert_chain(certfile=client_cert[0], keyfile=client_cert[1])
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         with ctx.wrap_socket(sock, server_hostname="127.0.0.1") as tls:
-            chain = identity._presented_chain(tls)
+            chain = enroll.presented_chain(tls)
     return [x509.load_der_x509_certificate(der) for der in chain]
 
 
@@ -116,7 +117,13 @@ def expired_identity(hub: certlife.FleetHub, cluster: str) -> identity.Identity:
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    return identity.Identity(cluster, key_pem, issued.pem, hub.ca_pem, hub.running.agent_port)
+    return identity.Identity(
+        cluster=cluster,
+        key_pem=key_pem,
+        cert_pem=issued.pem,
+        ca_pem=hub.ca_pem,
+        agent_port=hub.running.agent_port,
+    )
 
 
 def keep_on_disk(root: pathlib.Path, me: identity.Identity) -> None:
@@ -157,7 +164,7 @@ async def test_a_short_lived_certificate_is_renewed_and_the_stream_never_drops(
     ) as hub:
         root = tmp_path / "agent"
         me = await asyncio.to_thread(
-            identity.register, root, hub.address, await hub.token("dev"), {}
+            enroll.register, root, hub=hub.address, token=await hub.token("dev"), labels={}
         )
         agent = runner.Runner(
             address=hub.address,
@@ -198,7 +205,7 @@ async def test_after_a_renewal_the_agent_reconnects_with_the_new_certificate(
     ) as hub:
         root = tmp_path / "agent"
         me = await asyncio.to_thread(
-            identity.register, root, hub.address, await hub.token("dev"), {}
+            enroll.register, root, hub=hub.address, token=await hub.token("dev"), labels={}
         )
         agent = runner.Runner(
             address=hub.address,
@@ -232,7 +239,9 @@ async def test_a_renewal_saves_a_new_key_in_place_of_the_old_identity(
     hub: certlife.FleetHub, tmp_path: pathlib.Path
 ) -> None:
     root = tmp_path / "agent"
-    me = await asyncio.to_thread(identity.register, root, hub.address, await hub.token("dev"), {})
+    me = await asyncio.to_thread(
+        enroll.register, root, hub=hub.address, token=await hub.token("dev"), labels={}
+    )
     new = await identity.renew(root, hub.address, me)
     assert new.key_pem != me.key_pem
     assert identity.load(root) == new
@@ -245,7 +254,7 @@ async def test_failed_renewals_are_retried_with_backoff_and_logged(
     async with certlife.fleet_hub(tmp_path, with_app=False) as hub:
         root = tmp_path / "agent"
         me = await asyncio.to_thread(
-            identity.register, root, hub.address, await hub.token("dev"), {}
+            enroll.register, root, hub=hub.address, token=await hub.token("dev"), labels={}
         )
     # the hub is gone: every attempt fails for real (connection refused)
     clock = certlife.StepClock(me.renewal_due + 1)
@@ -433,7 +442,11 @@ async def test_an_agent_registers_with_the_pinned_token_through_the_leaf(
     hub: certlife.FleetHub, tmp_path: pathlib.Path
 ) -> None:
     me = await asyncio.to_thread(
-        identity.register, tmp_path / "agent", hub.address, await hub.token("dev"), {}
+        enroll.register,
+        tmp_path / "agent",
+        hub=hub.address,
+        token=await hub.token("dev"),
+        labels={},
     )
     assert identity.ca_pin(me.ca_pem) == hub.running.ca.pin
     assert hub.running.hub.certificate_ok("dev", ca.fingerprint_pem(me.cert_pem))
@@ -476,7 +489,7 @@ async def test_a_server_that_shows_the_pinned_ca_over_a_leaf_it_did_not_sign_is_
 ) -> None:
     with pytest.raises(agent_errors.AgentError, match="did not sign"):
         await asyncio.to_thread(
-            identity.fetch_pinned_ca, f"127.0.0.1:{impostor}", hub.running.ca.pin
+            enroll.fetch_pinned_ca, f"127.0.0.1:{impostor}", pin=hub.running.ca.pin
         )
 
 
@@ -518,7 +531,9 @@ async def test_an_expired_identity_registers_again_with_a_fresh_token(
     await hub.registered("dev")
     expired = expired_identity(hub, "dev")
     keep_on_disk(root, expired)
-    me = await asyncio.to_thread(identity.register, root, hub.address, await hub.token("dev"), {})
+    me = await asyncio.to_thread(
+        enroll.register, root, hub=hub.address, token=await hub.token("dev"), labels={}
+    )
     assert me.cert_pem != expired.cert_pem and me.expires > time.time()
     assert hub.running.hub.certificate_ok("dev", ca.fingerprint_pem(me.cert_pem))
 
@@ -529,7 +544,7 @@ async def test_an_expired_identity_without_a_token_says_how_to_register_again(
     root = tmp_path / "agent"
     keep_on_disk(root, expired_identity(hub, "dev"))
     with pytest.raises(agent_errors.AgentError, match="token create --cluster dev"):
-        identity.register(root, hub.address, "", {})
+        enroll.register(root, hub=hub.address, token="", labels={})
 
 
 # ---------------------------------------------------------------- start-up

@@ -15,7 +15,7 @@ import pytest
 
 from fleetops.hub import server
 from fleetops.proto.v1 import fleet_pb2, fleet_pb2_grpc
-from tests.support import fleet, hubproc
+from tests.support import fleet, hubproc, wait
 
 SECRET = "webhook-secret-for-tests"
 
@@ -58,20 +58,11 @@ def get(port: int, path: str) -> str:
         return str(resp.read().decode())
 
 
-async def eventually(what: str, probe: object, within: float = 15.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while asyncio.get_running_loop().time() < deadline:
-        if probe():  # type: ignore[operator]
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{what} did not happen within {within} s")
-
-
 async def test_a_signed_push_fetches_at_once_and_bad_ones_are_refused(
     running: tuple[server.Running, fleet.Repo, pathlib.Path],
 ) -> None:
     hub, repo, _ = running
-    await eventually("the first fetch", lambda: hub.hub.heads.get("platform"))
+    await wait.until("the first fetch", lambda: hub.hub.heads.get("platform"))
     first = hub.hub.heads["platform"]
     repo.write(
         "apps/web/cm.yaml", {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "b"}}
@@ -92,11 +83,11 @@ async def test_a_signed_push_fetches_at_once_and_bad_ones_are_refused(
     assert await call(
         post, port, "/webhook/platform", b"x" * (2 * 1024 * 1024), {"X-Hub-Signature-256": good}
     ) in (413, 0)
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.5)  # not a wait: the claim is that nothing is fetched meanwhile
     assert hub.hub.heads["platform"] == first, "an unverified webhook made the hub fetch"
     assert await call(post, port, "/webhook/platform", body, {"X-Hub-Signature-256": good}) == 202
-    await eventually(
-        "the fetch after a signed webhook", lambda: hub.hub.heads["platform"] == second, 5
+    await wait.until(
+        "the fetch after a signed webhook", lambda: hub.hub.heads["platform"] == second, within=5
     )
     # GitLab sends the secret itself, Gitea an HMAC without prefix
     assert await call(post, port, "/webhook/platform", body, {"X-Gitlab-Token": SECRET}) == 202
@@ -113,13 +104,13 @@ async def test_a_bad_reload_keeps_the_last_good_config(
     cfg.write_text(
         good.replace("path: apps/web", "path: apps/web\n  targets: [{name: x, clusterGroup: nope}]")
     )
-    await eventually("the reload to be refused", lambda: hub.hub.config_error, 10)
+    await wait.until("the reload to be refused", lambda: hub.hub.config_error, within=10)
     assert "clusterGroup: unknown cluster group 'nope'" in hub.hub.config_error
     assert "fleetops_config_ok 0" in await asyncio.to_thread(get, hub.http_port, "/metrics")
     assert [a.name for a in hub.hub.cfg.apps] == ["web"]
     cfg.write_text(good.replace("name: web", "name: web2"))
-    await eventually(
-        "the next good reload", lambda: [a.name for a in hub.hub.cfg.apps] == ["web2"], 10
+    await wait.until(
+        "the next good reload", lambda: [a.name for a in hub.hub.cfg.apps] == ["web2"], within=10
     )
     assert hub.hub.config_error == ""
 
@@ -150,10 +141,10 @@ async def test_a_failed_fetch_keeps_the_last_good_revision_and_says_why(
     running: tuple[server.Running, fleet.Repo, pathlib.Path],
 ) -> None:
     hub, repo, cfg = running
-    await eventually("the first fetch", lambda: hub.hub.heads.get("platform"))
+    await wait.until("the first fetch", lambda: hub.hub.heads.get("platform"))
     good = hub.hub.heads["platform"]
     cfg.write_text(cfg.read_text().replace(repo.url, repo.url + "-moved"))
-    await eventually("the fetch error", lambda: hub.hub.repo_status["platform"].error, 10)
+    await wait.until("the fetch error", lambda: hub.hub.repo_status["platform"].error, within=10)
     status = hub.hub.repo_status["platform"]
     assert "fetch from file://" in status.error and "failed" in status.error
     assert hub.hub.heads["platform"] == good

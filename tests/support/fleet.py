@@ -116,6 +116,32 @@ class Hub:
         return FleetClient(fleet_pb2_grpc.FleetServiceStub(self.channel()), self.token(role))
 
 
+def hub_command(
+    config: pathlib.Path, data: pathlib.Path, *, port: int, agent_port: int, http_port: int
+) -> list[str]:
+    """`fleetops-hub serve` on loopback with the tests' helm and kustomize."""
+    return [
+        str(BIN / "fleetops-hub"),
+        "serve",
+        "--config",
+        str(config),
+        "--data",
+        str(data),
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--agent-listen",
+        f"127.0.0.1:{agent_port}",
+        "--http",
+        f"127.0.0.1:{http_port}",
+        "--helm",
+        localkube.binary("helm"),
+        "--kustomize",
+        localkube.binary("kustomize"),
+        "--log-level",
+        "INFO",
+    ]
+
+
 def start_hub(
     config: pathlib.Path,
     data: pathlib.Path,
@@ -127,26 +153,7 @@ def start_hub(
     log = data.parent / f"{data.name}.log"
     with open(log, "a") as out:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen(
-            [
-                str(BIN / "fleetops-hub"),
-                "serve",
-                "--config",
-                str(config),
-                "--data",
-                str(data),
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--agent-listen",
-                f"127.0.0.1:{agent_port}",
-                "--http",
-                f"127.0.0.1:{http_port}",
-                "--helm",
-                localkube.binary("helm"),
-                "--kustomize",
-                localkube.binary("kustomize"),
-                "--log-level",
-                "INFO",
-            ],
+            hub_command(config, data, port=port, agent_port=agent_port, http_port=http_port),
             stdout=out,
             stderr=subprocess.STDOUT,
             text=True,
