@@ -1,7 +1,6 @@
 """The agent's exceptions. Every message says what happened, to which object, and what to do.
 
 AgentError
-├── ManifestError        a bundle file is not valid YAML or not a Kubernetes object
 ├── KubeError            the kube-apiserver refused or failed a request
 │   ├── NotFound         the object (or its kind) does not exist
 │   ├── Conflict         server-side apply conflicted with another field manager
@@ -17,16 +16,6 @@ from __future__ import annotations
 
 class AgentError(Exception):
     """Base of every error the agent raises on purpose."""
-
-
-class ManifestError(AgentError):
-    """A manifest could not be read as a Kubernetes object."""
-
-    def __init__(self, message: str, *, source: str, line: int | None = None) -> None:
-        where = f"{source}:{line}" if line is not None else source
-        super().__init__(f"{where}: {message}")
-        self.source = source
-        self.line = line
 
 
 class KubeError(AgentError):

@@ -1,7 +1,7 @@
 """What an app's bundle may not touch, and when a prune must hold back: the agent's blast-radius
 rules, as pure functions the reconciler consults before any API call.
 
-Three rules, each a trust boundary of DESIGN.md ("an app's bundle on a cluster"):
+Three rules, each a trust boundary of the design ("an app's bundle on a cluster"):
 
 - **Confinement**: an app never writes to, or prunes from, the agent's own namespace (its
   inventories and identity Secret live there), nor the Namespace object itself, nor any object

@@ -33,8 +33,7 @@ from fleetops.agent import (
 from fleetops.agent import status as st
 from fleetops.proto.v1 import types_pb2
 
-Options = context.Options
-PRUNE_ANNOTATION = prune.PRUNE_ANNOTATION
+Options = context.Options  # the facade's options: callers build them as reconcile.Options
 
 
 class Reconciler:

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import grpc
 
 from fleetops.hub import ca, enrollment, errors, sessions
-from fleetops.hub.services import _abort, cluster_of
+from fleetops.hub.services import abort, cluster_of
 from fleetops.proto.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger("fleetops.hub")
@@ -82,7 +82,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 token=request.token, csr_pem=bytes(request.csr_pem), facts=dict(request.labels)
             )
         except errors.HubError as e:
-            await _abort(context, e)
+            await abort(context, e)
             raise AssertionError("unreachable") from None
         return agent_pb2.RegisterResponse(
             cluster=done.cluster,
@@ -102,7 +102,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 cluster=cluster, presented=presented, csr_pem=bytes(request.csr_pem)
             )
         except errors.HubError as e:
-            await _abort(context, e)
+            await abort(context, e)
             raise AssertionError("unreachable") from None
         return agent_pb2.RenewResponse(certificate_pem=issued.pem, ca_pem=issued.ca_pem)
 
@@ -123,7 +123,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         try:
             stream = await self.hub.connect(cluster, first.hello)
         except errors.HubError as e:
-            await _abort(context, e)
+            await abort(context, e)
             return
         log.info("cluster %s connected", cluster)
 
@@ -172,7 +172,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         try:
             data = await self.hub.bundle(cluster, request.digest)
         except errors.HubError as e:
-            await _abort(context, e)
+            await abort(context, e)
             return
         for chunk in sessions.chunks(data, request.digest):
             yield chunk

@@ -1,4 +1,5 @@
-"""The hub's certificate authority, the certificates it issues, and registration tokens.
+"""The hub's certificate authority, the certificates it issues, and the form of registration
+tokens (made and parsed here; spent, once, in `hub.enrollment`).
 
 The CA signs and never serves. It issues two kinds of certificates:
 
@@ -36,11 +37,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fleetops.hub import certs, errors
 
-# re-exported: callers know them as ca.X
+# the certificate vocabulary callers use, named here so that they import one module
 from fleetops.hub.certs import (
     DEFAULT_CERT_LIFETIME,
-    MAX_CERT_LIFETIME,
-    MIN_CERT_LIFETIME,
     SERVING_LIFETIME,
     fingerprint,
     fingerprint_pem,
@@ -53,8 +52,6 @@ from fleetops.proto import privatefile
 __all__ = [
     "CA",
     "DEFAULT_CERT_LIFETIME",
-    "MAX_CERT_LIFETIME",
-    "MIN_CERT_LIFETIME",
     "SERVING_LIFETIME",
     "Issued",
     "RegistrationToken",

@@ -19,7 +19,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from fleetops.hub import enrollment, errors, events, records
-from fleetops.hub.services import _abort, bearer
+from fleetops.hub.services import abort, bearer
 from fleetops.proto.v1 import fleet_pb2, fleet_pb2_grpc
 
 MAX_HISTORY = 5000
@@ -100,7 +100,7 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
                 actor=self._actor(context),
             )
         except errors.HubError as e:
-            await _abort(context, e)
+            await abort(context, e)
             raise AssertionError("unreachable") from None
         out = fleet_pb2.CreateTokenResponse(token=token.text, ca_pem=token.ca_pem)
         out.expires_at.CopyFrom(_ts(token.expires_at))
@@ -117,7 +117,7 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
                 actor=self._actor(context),
             )
         except errors.HubError as e:
-            await _abort(context, e)
+            await abort(context, e)
             raise AssertionError("unreachable") from None
         out = fleet_pb2.CreateApiTokenResponse(token=secret)
         if record.expires_at:
@@ -201,7 +201,7 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
         try:
             ev = await call(self._actor(context))
         except errors.HubError as e:
-            await _abort(context, e)
+            await abort(context, e)
             raise AssertionError("unreachable") from None
         return fleet_pb2.ActionResponse(message=ev.message, event=events.event_pb(ev))
 

@@ -213,4 +213,3 @@ V4 = Migration(
 )
 
 MIGRATIONS: tuple[Migration, ...] = (V1, V2, V3, V4)
-LATEST = MIGRATIONS[-1].version

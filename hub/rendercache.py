@@ -2,6 +2,11 @@
 at most RENDER_SLOTS at a time, the bundles stored by digest, and the recent or small ones
 kept in memory (raw bytes for GetBundle, parsed for sending inside assignments).
 
+A render is keyed by content, not by commit: the tree ids, at the revision, of the repo paths
+the app's last render read (`Rendered.inputs`: its directory, values files, Kustomize bases,
+symlink targets), so a commit elsewhere in the repo renders nothing again, and a commit to a
+base outside the app's directory does.
+
 One app's broken input is that app's error (a `Rendered` with `error`), never the fleet's.
 Never plans: which bundle a cluster gets is the planner's decision.
 """

@@ -43,29 +43,17 @@ import pygit2
 
 from fleetops.hub import checkout as checkouts
 from fleetops.hub import config, errors, gitfetch
-from fleetops.hub.checkout import (  # re-exported: they lived here before hub.checkout
-    MAX_EXPORT_BLOB,
-    MAX_EXPORT_BYTES,
-    MAX_EXPORT_DEPTH,
-    MAX_EXPORT_ENTRIES,
-    Checkout,
-    drop_escaping_links,
-    process_work_dir,
-)
-from fleetops.hub.gitfetch import DEFAULT_TIMEOUTS, Timeouts, redact, set_timeouts
+
+# what callers of the Git side use, named here so that they import one module
+from fleetops.hub.checkout import Checkout, process_work_dir
+from fleetops.hub.gitfetch import Timeouts, redact, set_timeouts
 
 __all__ = [
-    "MAX_EXPORT_BLOB",
-    "MAX_EXPORT_BYTES",
-    "MAX_EXPORT_DEPTH",
-    "MAX_EXPORT_ENTRIES",
     "MAX_READ",
-    "DEFAULT_TIMEOUTS",
     "Checkout",
     "Commit",
     "RepoCache",
     "Timeouts",
-    "drop_escaping_links",
     "process_work_dir",
     "redact",
     "set_timeouts",

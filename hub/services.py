@@ -21,7 +21,6 @@ from fleetops.hub import apitokens, errors
 
 log = logging.getLogger("fleetops.hub")
 
-AGENT_PREFIX = "/fleetops.v1.AgentService/"
 FLEET_PREFIX = "/fleetops.v1.FleetService/"
 READ_ONLY_METHODS = {"GetSnapshot", "Watch", "History"}  # everything else needs an operator
 _CODES = {
@@ -35,7 +34,7 @@ _CODES = {
 }
 
 
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], e: errors.HubError) -> None:
+async def abort(context: grpc.aio.ServicerContext[Any, Any], e: errors.HubError) -> None:
     await context.abort(_CODES.get(type(e), grpc.StatusCode.INTERNAL), str(e))
 
 

@@ -148,12 +148,6 @@ class Tables:
     def api_tokens(self) -> list[records.ApiToken]:
         return self._select(records.ApiToken, "api_tokens", order="name")
 
-    def api_token_by_hash(self, secret_hash: str) -> records.ApiToken | None:
-        found = self._select(
-            records.ApiToken, "api_tokens", "secret_hash = ?", [secret_hash], order="name"
-        )
-        return found[0] if found else None
-
     def revoke_api_token(self, name: str) -> bool:
         cur = self._conn.execute("DELETE FROM api_tokens WHERE name = ?", [name])
         return cur.rowcount == 1

@@ -1,7 +1,9 @@
 """One cell of the fleet matrix: what should run, what runs, and why, for (cluster, app).
 
 Pure. Desired revision (the assignment) and applied revision (the agent's last report) are
-always both shown; every state carries a one-line reason a person can act on.
+always both shown; every state carries a one-line reason a person can act on. Also the
+wording the hub's parts share for those reasons: `since` (how long ago), `short` (a revision),
+`unexpected` (an error nobody planned for, said without a traceback).
 """
 
 from __future__ import annotations

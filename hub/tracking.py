@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fleetops.hub import errors, events, fleetstate, records, repo, storeapi
+from fleetops.hub import errors, events, fleetstate, gitfetch, records, repo, storeapi
 from fleetops.proto.v1 import fleet_pb2
 
 log = logging.getLogger("fleetops.hub")
@@ -49,7 +49,7 @@ class Tracker:
                 self.heads[r.name] = r.revision
             self.status[r.name] = fleet_pb2.RepoStatus(
                 name=r.name,
-                url=repo.redact(r.url),
+                url=gitfetch.redact(r.url),
                 branch=r.branch,
                 revision=r.revision,
                 error=r.error,
@@ -65,7 +65,9 @@ class Tracker:
             self._fetch_now.setdefault(spec.name, asyncio.Event())
             self.status.setdefault(
                 spec.name,
-                fleet_pb2.RepoStatus(name=spec.name, url=repo.redact(spec.url), branch=spec.branch),
+                fleet_pb2.RepoStatus(
+                    name=spec.name, url=gitfetch.redact(spec.url), branch=spec.branch
+                ),
             )
 
     def fetch_all(self) -> None:

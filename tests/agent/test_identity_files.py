@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from fleetops.agent import identity
+from fleetops.agent import credentials, keystore
 from fleetops.hub import ca
 
 
@@ -22,7 +22,7 @@ def issued(
     *,
     lifetime: datetime.timedelta = datetime.timedelta(days=90),
     now: datetime.datetime | None = None,
-) -> identity.Identity:
+) -> credentials.Identity:
     """An identity whose certificate a real hub CA issued."""
     authority = ca.load_or_create(tmp_path / "hub")
     key = ec.generate_private_key(ec.SECP256R1())
@@ -35,7 +35,7 @@ def issued(
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    return identity.Identity(
+    return credentials.Identity(
         cluster="dev",
         key_pem=key_pem,
         cert_pem=cert.pem,
@@ -44,7 +44,7 @@ def issued(
     )
 
 
-def files(me: identity.Identity) -> dict[str, bytes]:
+def files(me: credentials.Identity) -> dict[str, bytes]:
     return {
         "agent.key": me.key_pem,
         "agent.crt": me.cert_pem,
@@ -57,11 +57,11 @@ def test_a_save_cut_short_before_it_was_complete_keeps_the_old_identity(
     tmp_path: pathlib.Path,
 ) -> None:
     old, new = issued(tmp_path), issued(tmp_path)
-    identity.save(tmp_path, files(old))
+    keystore.save(tmp_path, files(old))
     staged = tmp_path / "identity" / "next"
     staged.mkdir()
     (staged / "agent.key").write_bytes(new.key_pem)  # the crash came here
-    assert identity.load(tmp_path) == old
+    assert keystore.load(tmp_path) == old
     assert not staged.exists()
 
 
@@ -69,7 +69,7 @@ def test_a_save_cut_short_while_moving_files_is_finished_by_the_next_load(
     tmp_path: pathlib.Path,
 ) -> None:
     old, new = issued(tmp_path), issued(tmp_path)
-    identity.save(tmp_path, files(old))
+    keystore.save(tmp_path, files(old))
     d = tmp_path / "identity"
     staged = d / "next"
     staged.mkdir()
@@ -77,11 +77,11 @@ def test_a_save_cut_short_while_moving_files_is_finished_by_the_next_load(
         (staged / name).write_bytes(data)
     (staged / "complete").write_bytes(b"")
     shutil.move(staged / "agent.key", d / "agent.key")  # the crash came after the first move
-    assert identity.load(tmp_path) == new
+    assert keystore.load(tmp_path) == new
 
 
 def test_saved_files_are_readable_by_the_agent_only(tmp_path: pathlib.Path) -> None:
-    identity.save(tmp_path, files(issued(tmp_path)))
+    keystore.save(tmp_path, files(issued(tmp_path)))
     d = tmp_path / "identity"
     assert d.stat().st_mode & 0o777 == 0o700
     assert {p.name: p.stat().st_mode & 0o777 for p in d.iterdir()} == {

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from fleetops.agent import enroll, identity, keystore, kube
+from fleetops.agent import credentials, enroll, keystore, kube, renewal
 from fleetops.hub import ca
 from tests.support import certlife
 
@@ -58,11 +58,11 @@ def expired_files(tmp_path: pathlib.Path) -> dict[str, bytes]:
 async def test_an_expired_identity_in_the_secret_is_not_restored(
     cluster: kube.Kube, namespace: str, tmp_path: pathlib.Path
 ) -> None:
-    identity.save(tmp_path / "old-pod", expired_files(tmp_path))
-    await identity.keep(tmp_path / "old-pod", cluster, secret=f"{namespace}/identity")
-    restored = await identity.restore(tmp_path / "new-pod", cluster, secret=f"{namespace}/identity")
+    keystore.save(tmp_path / "old-pod", expired_files(tmp_path))
+    await keystore.keep(tmp_path / "old-pod", cluster, secret=f"{namespace}/identity")
+    restored = await keystore.restore(tmp_path / "new-pod", cluster, secret=f"{namespace}/identity")
     assert not restored
-    assert identity.load(tmp_path / "new-pod") is None
+    assert keystore.load(tmp_path / "new-pod") is None
 
 
 async def test_a_renewed_certificate_is_kept_in_the_identity_secret(
@@ -74,15 +74,15 @@ async def test_a_renewed_certificate_is_kept_in_the_identity_secret(
         me = await asyncio.to_thread(
             enroll.register, root, hub=hub.address, token=await hub.token("dev"), labels={}
         )
-        await identity.keep(root, cluster, secret=ref)
+        await keystore.keep(root, cluster, secret=ref)
         stop = asyncio.Event()
-        seen: list[identity.Identity] = []
+        seen: list[credentials.Identity] = []
 
-        def renewed(new: identity.Identity) -> None:
+        def renewed(new: credentials.Identity) -> None:
             seen.append(new)
             stop.set()
 
-        await identity.keep_renewed(
+        await renewal.keep_renewed(
             state=root,
             address=hub.address,
             current=lambda: me,

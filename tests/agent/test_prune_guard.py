@@ -9,7 +9,7 @@ import asyncio
 import pathlib
 from typing import Any
 
-from fleetops.agent import identity, kube, reconcile, runner, state
+from fleetops.agent import credentials, kube, reconcile, runner, state
 from fleetops.agent import status as st
 from fleetops.proto import bundles
 from fleetops.proto.v1 import agent_pb2, types_pb2
@@ -264,7 +264,7 @@ async def test_the_hubs_allowance_on_a_new_generation_of_the_same_bundle_prunes(
     """The runner as the hub drives it: assignments arrive, the worker reconciles, reports go
     up. The identity is a stand-in (no hub connection is made): it only names the cluster."""
     ns = unique_name
-    me = identity.Identity(cluster="c1", key_pem=b"", cert_pem=b"", ca_pem=b"", agent_port=0)
+    me = credentials.Identity(cluster="c1", key_pem=b"", cert_pem=b"", ca_pem=b"", agent_port=0)
     agent = runner.Runner(
         address="127.0.0.1:1",
         me=me,

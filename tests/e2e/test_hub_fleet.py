@@ -428,9 +428,9 @@ def test_with_the_hub_down_the_agent_heals_and_reports_later(world: Fleet) -> No
 
 
 def c1_identity(world: Fleet) -> Any:
-    from fleetops.agent import identity
+    from fleetops.agent import keystore
 
-    c1 = identity.load(world.root / "agent-c1")
+    c1 = keystore.load(world.root / "agent-c1")
     assert c1 is not None and c1.cluster == "c1"
     return c1
 

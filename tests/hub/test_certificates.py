@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from fleetops.agent import enroll, identity, reconcile, runner, state
+from fleetops.agent import credentials, enroll, keystore, reconcile, renewal, runner, state
 from fleetops.agent import errors as agent_errors
 from fleetops.hub import ca, cli, server
 from fleetops.hub import errors as hub_errors
@@ -104,7 +104,7 @@ def spki(cert: x509.Certificate) -> bytes:
     )
 
 
-def expired_identity(hub: certlife.FleetHub, cluster: str) -> identity.Identity:
+def expired_identity(hub: certlife.FleetHub, cluster: str) -> credentials.Identity:
     """An identity for `cluster` whose certificate the hub's CA issued 100 days ago."""
     key = ec.generate_private_key(ec.SECP256R1())
     csr = (
@@ -117,7 +117,7 @@ def expired_identity(hub: certlife.FleetHub, cluster: str) -> identity.Identity:
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    return identity.Identity(
+    return credentials.Identity(
         cluster=cluster,
         key_pem=key_pem,
         cert_pem=issued.pem,
@@ -126,8 +126,8 @@ def expired_identity(hub: certlife.FleetHub, cluster: str) -> identity.Identity:
     )
 
 
-def keep_on_disk(root: pathlib.Path, me: identity.Identity) -> None:
-    identity.save(
+def keep_on_disk(root: pathlib.Path, me: credentials.Identity) -> None:
+    keystore.save(
         root,
         {
             "agent.key": me.key_pem,
@@ -242,9 +242,9 @@ async def test_a_renewal_saves_a_new_key_in_place_of_the_old_identity(
     me = await asyncio.to_thread(
         enroll.register, root, hub=hub.address, token=await hub.token("dev"), labels={}
     )
-    new = await identity.renew(root, hub.address, me)
+    new = await renewal.renew(root, hub.address, me)
     assert new.key_pem != me.key_pem
-    assert identity.load(root) == new
+    assert keystore.load(root) == new
     assert hub.running.hub.certificate_ok("dev", ca.fingerprint_pem(new.cert_pem))
 
 
@@ -260,20 +260,20 @@ async def test_failed_renewals_are_retried_with_backoff_and_logged(
     clock = certlife.StepClock(me.renewal_due + 1)
     stop = asyncio.Event()
 
-    def current() -> identity.Identity:
+    def current() -> credentials.Identity:
         if len(clock.naps) >= 3:
             stop.set()
         return me
 
     caplog.set_level(logging.WARNING, "fleetops.agent")
-    await identity.keep_renewed(
+    await renewal.keep_renewed(
         state=root, address=hub.address, current=current, renewed=lambda _: None, stop=stop,
         clock=clock, deadline=5,
     )  # fmt: skip
     # each nap is the wait before the next attempt: 5 s doubling, with a little jitter
     assert [round(n / 5) * 5 for n in clock.naps] == [5, 10, 20], clock.naps
     assert "renewing the certificate of cluster dev failed (attempt 1)" in caplog.text
-    assert identity.load(root) == me  # nothing half-saved
+    assert keystore.load(root) == me  # nothing half-saved
 
 
 async def test_a_lost_renewal_answer_does_not_lock_the_agent_out(hub: certlife.FleetHub) -> None:
@@ -332,7 +332,7 @@ async def test_an_expired_certificate_cannot_renew(
     await hub.registered("dev")
     expired = expired_identity(hub, "dev")
     with pytest.raises(agent_errors.AgentError, match="UNAVAILABLE"):  # TLS refuses it
-        await identity.renew(tmp_path / "agent", hub.address, expired, deadline=5)
+        await renewal.renew(tmp_path / "agent", hub.address, expired, deadline=5)
 
 
 async def test_renew_without_a_client_certificate_is_unauthenticated(
@@ -448,7 +448,7 @@ async def test_an_agent_registers_with_the_pinned_token_through_the_leaf(
         token=await hub.token("dev"),
         labels={},
     )
-    assert identity.ca_pin(me.ca_pem) == hub.running.ca.pin
+    assert credentials.ca_pin(me.ca_pem) == hub.running.ca.pin
     assert hub.running.hub.certificate_ok("dev", ca.fingerprint_pem(me.cert_pem))
 
 
