@@ -150,33 +150,15 @@ def start_agent(
     resync: float = 2.0,
     extra: Sequence[str] = (),
 ) -> fleet.Process:
-    """tests/support/fleet.start_agent, to any hub address (a proxy's) and with extra flags."""
-    state.mkdir(parents=True, exist_ok=True)
-    log = state.parent / f"{state.name}.log"
-    with open(log, "a") as out:
-        proc = subprocess.Popen(
-            [
-                str(fleet.BIN / "fleetops-agent"),
-                "run",
-                "--hub",
-                hub_address,
-                "--token",
-                token,
-                "--kubeconfig",
-                str(kubeconfig),
-                "--state",
-                str(state),
-                "--resync",
-                str(resync),
-                "--wave-timeout",
-                "60",
-                *extra,
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-    return fleet.Process(proc, log)
+    """An agent for the fault tests: to any hub address (a proxy's) and with extra flags."""
+    return fleet.run_agent(
+        hub_address=hub_address,
+        token=token,
+        kubeconfig=kubeconfig,
+        state=state,
+        resync=resync,
+        extra=extra,
+    )
 
 
 def kill9(process: fleet.Process) -> None:

@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -189,6 +190,26 @@ def start_agent(
     *,
     resync: float = 2.0,
 ) -> Process:
+    return run_agent(
+        hub_address=hub.address,
+        token=token,
+        kubeconfig=cluster.kubeconfig,
+        state=state,
+        resync=resync,
+    )
+
+
+def run_agent(
+    *,
+    hub_address: str,
+    token: str,
+    kubeconfig: pathlib.Path,
+    state: pathlib.Path,
+    resync: float = 2.0,
+    extra: Sequence[str] = (),
+) -> Process:
+    """`fleetops-agent run` against any hub address (the hub's, or a proxy's), logging beside
+    its state directory."""
     state.mkdir(parents=True, exist_ok=True)
     log = state.parent / f"{state.name}.log"
     with open(log, "a") as out:
@@ -197,17 +218,18 @@ def start_agent(
                 str(BIN / "fleetops-agent"),
                 "run",
                 "--hub",
-                hub.address,
+                hub_address,
                 "--token",
                 token,
                 "--kubeconfig",
-                str(cluster.kubeconfig),
+                str(kubeconfig),
                 "--state",
                 str(state),
                 "--resync",
                 str(resync),
                 "--wave-timeout",
                 "60",
+                *extra,
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
