@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66leetops/proto/v1/types.proto\x12\x0b\x66leetops.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x85\x01\n\nSyncPolicy\x12\x0c\n\x04\x61uto\x18\x01 \x01(\x08\x12\r\n\x05prune\x18\x02 \x01(\x08\x12\x11\n\tself_heal\x18\x03 \x01(\x08\x12\x17\n\x0f\x66orce_conflicts\x18\x04 \x01(\x08\x12\x13\n\x0b\x61llow_empty\x18\x05 \x01(\x08\x12\x19\n\x11max_prune_percent\x18\x06 \x01(\x05\"\\\n\x0bResourceRef\x12\r\n\x05group\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x11\n\tnamespace\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\";\n\x0c\x44riftedField\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x65sired\x18\x02 \x01(\t\x12\x0c\n\x04live\x18\x03 \x01(\t\"\xde\x01\n\x0eResourceStatus\x12%\n\x03ref\x18\x01 \x01(\x0b\x32\x18.fleetops.v1.ResourceRef\x12%\n\x04sync\x18\x02 \x01(\x0e\x32\x17.fleetops.v1.SyncStatus\x12)\n\x06health\x18\x03 \x01(\x0e\x32\x19.fleetops.v1.HealthStatus\x12\x0f\n\x07message\x18\x04 \x01(\t\x12(\n\x05\x64rift\x18\x05 \x03(\x0b\x32\x19.fleetops.v1.DriftedField\x12\x18\n\x10\x63onflict_manager\x18\x06 \x01(\t\"(\n\x08Manifest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0c\n\x04yaml\x18\x02 \x01(\t\"d\n\x06\x42undle\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12(\n\tmanifests\x18\x04 \x03(\x0b\x32\x15.fleetops.v1.Manifest\"\x8a\x02\n\nAssignment\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\x15\n\rbundle_digest\x18\x03 \x01(\t\x12\x11\n\tnamespace\x18\x04 \x01(\t\x12\'\n\x06policy\x18\x05 \x01(\x0b\x32\x17.fleetops.v1.SyncPolicy\x12\x12\n\ngeneration\x18\x06 \x01(\x03\x12\x0e\n\x06paused\x18\x07 \x01(\x08\x12\x12\n\ndepends_on\x18\x08 \x03(\t\x12\x13\n\x0b\x62undle_size\x18\t \x01(\x03\x12#\n\x06\x62undle\x18\n \x01(\x0b\x32\x13.fleetops.v1.Bundle\x12\x18\n\x10\x61llow_mass_prune\x18\x0b \x01(\x08\"\x91\x03\n\tAppReport\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\x15\n\rbundle_digest\x18\x03 \x01(\t\x12\x12\n\ngeneration\x18\x04 \x01(\x03\x12%\n\x04sync\x18\x05 \x01(\x0e\x32\x17.fleetops.v1.SyncStatus\x12)\n\x06health\x18\x06 \x01(\x0e\x32\x19.fleetops.v1.HealthStatus\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12.\n\tresources\x18\x08 \x03(\x0b\x32\x1b.fleetops.v1.ResourceStatus\x12/\n\x0bobserved_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\napplied_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11\x64rifted_resources\x18\x0b \x01(\x05\x12\x18\n\x10healed_resources\x18\x0c \x01(\x05\x12\x12\n\nprune_held\x18\r \x01(\x08\"\xd2\x03\n\x07\x43luster\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x30\n\x06labels\x18\x02 \x03(\x0b\x32 .fleetops.v1.Cluster.LabelsEntry\x12/\n\x0c\x63onnectivity\x18\x03 \x01(\x0e\x32\x19.fleetops.v1.Connectivity\x12-\n\tlast_seen\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\ragent_version\x18\x05 \x01(\t\x12\x1a\n\x12kubernetes_version\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x0e\n\x06groups\x18\x08 \x03(\t\x12\x39\n\x0b\x61gent_facts\x18\t \x03(\x0b\x32$.fleetops.v1.Cluster.AgentFactsEntry\x12\x37\n\x13\x63\x65rtificate_expires\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x31\n\x0f\x41gentFactsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xd7\x01\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\x03\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03\x61pp\x18\x03 \x01(\t\x12\x0f\n\x07\x63luster\x18\x04 \x01(\t\x12\x10\n\x08revision\x18\x05 \x01(\t\x12\x19\n\x11previous_revision\x18\x06 \x01(\t\x12!\n\x05\x63\x61use\x18\x07 \x01(\x0e\x32\x12.fleetops.v1.Cause\x12\r\n\x05\x61\x63tor\x18\x08 \x01(\t\x12\x0c\n\x04kind\x18\t \x01(\t\x12\x0f\n\x07message\x18\n \x01(\t*\xaf\x01\n\nSyncStatus\x12\x1b\n\x17SYNC_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12SYNC_STATUS_SYNCED\x10\x01\x12\x1b\n\x17SYNC_STATUS_OUT_OF_SYNC\x10\x02\x12\x18\n\x14SYNC_STATUS_APPLYING\x10\x03\x12\x1c\n\x18SYNC_STATUS_APPLY_FAILED\x10\x04\x12\x17\n\x13SYNC_STATUS_PENDING\x10\x05*\xd6\x01\n\x0cHealthStatus\x12\x1d\n\x19HEALTH_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15HEALTH_STATUS_HEALTHY\x10\x01\x12\x1d\n\x19HEALTH_STATUS_PROGRESSING\x10\x02\x12\x1a\n\x16HEALTH_STATUS_DEGRADED\x10\x03\x12\x1b\n\x17HEALTH_STATUS_SUSPENDED\x10\x04\x12\x19\n\x15HEALTH_STATUS_MISSING\x10\x05\x12\x19\n\x15HEALTH_STATUS_UNKNOWN\x10\x06*\x84\x01\n\x0c\x43onnectivity\x12\x1c\n\x18\x43ONNECTIVITY_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43ONNECTIVITY_CONNECTED\x10\x01\x12\x1d\n\x19\x43ONNECTIVITY_DISCONNECTED\x10\x02\x12\x1b\n\x17\x43ONNECTIVITY_NEVER_SEEN\x10\x03*\xa9\x01\n\x0bRolloutGate\x12\x1c\n\x18ROLLOUT_GATE_UNSPECIFIED\x10\x00\x12\x18\n\x14ROLLOUT_GATE_WAITING\x10\x01\x12\x19\n\x15ROLLOUT_GATE_DEFERRED\x10\x02\x12\x17\n\x13ROLLOUT_GATE_BAKING\x10\x03\x12\x17\n\x13ROLLOUT_GATE_HALTED\x10\x04\x12\x15\n\x11ROLLOUT_GATE_DONE\x10\x05*{\n\x05\x43\x61use\x12\x15\n\x11\x43\x41USE_UNSPECIFIED\x10\x00\x12\x0e\n\nCAUSE_AUTO\x10\x01\x12\x0e\n\nCAUSE_USER\x10\x02\x12\x12\n\x0e\x43\x41USE_ROLLBACK\x10\x03\x12\x16\n\x12\x43\x41USE_ROLLOUT_GATE\x10\x04\x12\x0f\n\x0b\x43\x41USE_AGENT\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66leetops/proto/v1/types.proto\x12\x0b\x66leetops.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x85\x01\n\nSyncPolicy\x12\x0c\n\x04\x61uto\x18\x01 \x01(\x08\x12\r\n\x05prune\x18\x02 \x01(\x08\x12\x11\n\tself_heal\x18\x03 \x01(\x08\x12\x17\n\x0f\x66orce_conflicts\x18\x04 \x01(\x08\x12\x13\n\x0b\x61llow_empty\x18\x05 \x01(\x08\x12\x19\n\x11max_prune_percent\x18\x06 \x01(\x05\"\\\n\x0bResourceRef\x12\r\n\x05group\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x11\n\tnamespace\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\";\n\x0c\x44riftedField\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x65sired\x18\x02 \x01(\t\x12\x0c\n\x04live\x18\x03 \x01(\t\"\xec\x01\n\x0eResourceStatus\x12%\n\x03ref\x18\x01 \x01(\x0b\x32\x18.fleetops.v1.ResourceRef\x12%\n\x04sync\x18\x02 \x01(\x0e\x32\x17.fleetops.v1.SyncStatus\x12)\n\x06health\x18\x03 \x01(\x0e\x32\x19.fleetops.v1.HealthStatus\x12\x0f\n\x07message\x18\x04 \x01(\t\x12(\n\x05\x64rift\x18\x05 \x03(\x0b\x32\x19.fleetops.v1.DriftedField\x12\x18\n\x10\x63onflict_manager\x18\x06 \x01(\t\x12\x0c\n\x04hook\x18\x07 \x01(\t\"(\n\x08Manifest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0c\n\x04yaml\x18\x02 \x01(\t\"\xca\x01\n\x06\x42undle\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12(\n\tmanifests\x18\x04 \x03(\x0b\x32\x15.fleetops.v1.Manifest\x12\x33\n\x12ignore_differences\x18\x05 \x03(\x0b\x32\x17.fleetops.v1.IgnoreRule\x12/\n\rhealth_checks\x18\x06 \x03(\x0b\x32\x18.fleetops.v1.HealthCheck\"\xb5\x01\n\nIgnoreRule\x12\r\n\x05group\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x11\n\tnamespace\x18\x04 \x01(\t\x12\x15\n\rjson_pointers\x18\x05 \x03(\t\x12\x1b\n\x13jq_path_expressions\x18\x06 \x03(\t\x12\x1f\n\x17managed_fields_managers\x18\x07 \x03(\t\x12\x14\n\x0cwhole_object\x18\x08 \x01(\x08\"7\n\x0bHealthCheck\x12\r\n\x05group\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0b\n\x03lua\x18\x03 \x01(\t\"\x8a\x02\n\nAssignment\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\x15\n\rbundle_digest\x18\x03 \x01(\t\x12\x11\n\tnamespace\x18\x04 \x01(\t\x12\'\n\x06policy\x18\x05 \x01(\x0b\x32\x17.fleetops.v1.SyncPolicy\x12\x12\n\ngeneration\x18\x06 \x01(\x03\x12\x0e\n\x06paused\x18\x07 \x01(\x08\x12\x12\n\ndepends_on\x18\x08 \x03(\t\x12\x13\n\x0b\x62undle_size\x18\t \x01(\x03\x12#\n\x06\x62undle\x18\n \x01(\x0b\x32\x13.fleetops.v1.Bundle\x12\x18\n\x10\x61llow_mass_prune\x18\x0b \x01(\x08\"\x91\x03\n\tAppReport\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\x15\n\rbundle_digest\x18\x03 \x01(\t\x12\x12\n\ngeneration\x18\x04 \x01(\x03\x12%\n\x04sync\x18\x05 \x01(\x0e\x32\x17.fleetops.v1.SyncStatus\x12)\n\x06health\x18\x06 \x01(\x0e\x32\x19.fleetops.v1.HealthStatus\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12.\n\tresources\x18\x08 \x03(\x0b\x32\x1b.fleetops.v1.ResourceStatus\x12/\n\x0bobserved_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\napplied_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11\x64rifted_resources\x18\x0b \x01(\x05\x12\x18\n\x10healed_resources\x18\x0c \x01(\x05\x12\x12\n\nprune_held\x18\r \x01(\x08\"\xd2\x03\n\x07\x43luster\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x30\n\x06labels\x18\x02 \x03(\x0b\x32 .fleetops.v1.Cluster.LabelsEntry\x12/\n\x0c\x63onnectivity\x18\x03 \x01(\x0e\x32\x19.fleetops.v1.Connectivity\x12-\n\tlast_seen\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\ragent_version\x18\x05 \x01(\t\x12\x1a\n\x12kubernetes_version\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x0e\n\x06groups\x18\x08 \x03(\t\x12\x39\n\x0b\x61gent_facts\x18\t \x03(\x0b\x32$.fleetops.v1.Cluster.AgentFactsEntry\x12\x37\n\x13\x63\x65rtificate_expires\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x31\n\x0f\x41gentFactsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xd7\x01\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\x03\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03\x61pp\x18\x03 \x01(\t\x12\x0f\n\x07\x63luster\x18\x04 \x01(\t\x12\x10\n\x08revision\x18\x05 \x01(\t\x12\x19\n\x11previous_revision\x18\x06 \x01(\t\x12!\n\x05\x63\x61use\x18\x07 \x01(\x0e\x32\x12.fleetops.v1.Cause\x12\r\n\x05\x61\x63tor\x18\x08 \x01(\t\x12\x0c\n\x04kind\x18\t \x01(\t\x12\x0f\n\x07message\x18\n \x01(\t*\xaf\x01\n\nSyncStatus\x12\x1b\n\x17SYNC_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12SYNC_STATUS_SYNCED\x10\x01\x12\x1b\n\x17SYNC_STATUS_OUT_OF_SYNC\x10\x02\x12\x18\n\x14SYNC_STATUS_APPLYING\x10\x03\x12\x1c\n\x18SYNC_STATUS_APPLY_FAILED\x10\x04\x12\x17\n\x13SYNC_STATUS_PENDING\x10\x05*\xd6\x01\n\x0cHealthStatus\x12\x1d\n\x19HEALTH_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15HEALTH_STATUS_HEALTHY\x10\x01\x12\x1d\n\x19HEALTH_STATUS_PROGRESSING\x10\x02\x12\x1a\n\x16HEALTH_STATUS_DEGRADED\x10\x03\x12\x1b\n\x17HEALTH_STATUS_SUSPENDED\x10\x04\x12\x19\n\x15HEALTH_STATUS_MISSING\x10\x05\x12\x19\n\x15HEALTH_STATUS_UNKNOWN\x10\x06*\x84\x01\n\x0c\x43onnectivity\x12\x1c\n\x18\x43ONNECTIVITY_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43ONNECTIVITY_CONNECTED\x10\x01\x12\x1d\n\x19\x43ONNECTIVITY_DISCONNECTED\x10\x02\x12\x1b\n\x17\x43ONNECTIVITY_NEVER_SEEN\x10\x03*\xa9\x01\n\x0bRolloutGate\x12\x1c\n\x18ROLLOUT_GATE_UNSPECIFIED\x10\x00\x12\x18\n\x14ROLLOUT_GATE_WAITING\x10\x01\x12\x19\n\x15ROLLOUT_GATE_DEFERRED\x10\x02\x12\x17\n\x13ROLLOUT_GATE_BAKING\x10\x03\x12\x17\n\x13ROLLOUT_GATE_HALTED\x10\x04\x12\x15\n\x11ROLLOUT_GATE_DONE\x10\x05*{\n\x05\x43\x61use\x12\x15\n\x11\x43\x41USE_UNSPECIFIED\x10\x00\x12\x0e\n\nCAUSE_AUTO\x10\x01\x12\x0e\n\nCAUSE_USER\x10\x02\x12\x12\n\x0e\x43\x41USE_ROLLBACK\x10\x03\x12\x16\n\x12\x43\x41USE_ROLLOUT_GATE\x10\x04\x12\x0f\n\x0b\x43\x41USE_AGENT\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,16 +36,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CLUSTER_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_CLUSTER_AGENTFACTSENTRY']._loaded_options = None
   _globals['_CLUSTER_AGENTFACTSENTRY']._serialized_options = b'8\001'
-  _globals['_SYNCSTATUS']._serialized_start=2100
-  _globals['_SYNCSTATUS']._serialized_end=2275
-  _globals['_HEALTHSTATUS']._serialized_start=2278
-  _globals['_HEALTHSTATUS']._serialized_end=2492
-  _globals['_CONNECTIVITY']._serialized_start=2495
-  _globals['_CONNECTIVITY']._serialized_end=2627
-  _globals['_ROLLOUTGATE']._serialized_start=2630
-  _globals['_ROLLOUTGATE']._serialized_end=2799
-  _globals['_CAUSE']._serialized_start=2801
-  _globals['_CAUSE']._serialized_end=2924
+  _globals['_SYNCSTATUS']._serialized_start=2458
+  _globals['_SYNCSTATUS']._serialized_end=2633
+  _globals['_HEALTHSTATUS']._serialized_start=2636
+  _globals['_HEALTHSTATUS']._serialized_end=2850
+  _globals['_CONNECTIVITY']._serialized_start=2853
+  _globals['_CONNECTIVITY']._serialized_end=2985
+  _globals['_ROLLOUTGATE']._serialized_start=2988
+  _globals['_ROLLOUTGATE']._serialized_end=3157
+  _globals['_CAUSE']._serialized_start=3159
+  _globals['_CAUSE']._serialized_end=3282
   _globals['_SYNCPOLICY']._serialized_start=80
   _globals['_SYNCPOLICY']._serialized_end=213
   _globals['_RESOURCEREF']._serialized_start=215
@@ -53,21 +53,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DRIFTEDFIELD']._serialized_start=309
   _globals['_DRIFTEDFIELD']._serialized_end=368
   _globals['_RESOURCESTATUS']._serialized_start=371
-  _globals['_RESOURCESTATUS']._serialized_end=593
-  _globals['_MANIFEST']._serialized_start=595
-  _globals['_MANIFEST']._serialized_end=635
-  _globals['_BUNDLE']._serialized_start=637
-  _globals['_BUNDLE']._serialized_end=737
-  _globals['_ASSIGNMENT']._serialized_start=740
-  _globals['_ASSIGNMENT']._serialized_end=1006
-  _globals['_APPREPORT']._serialized_start=1009
-  _globals['_APPREPORT']._serialized_end=1410
-  _globals['_CLUSTER']._serialized_start=1413
-  _globals['_CLUSTER']._serialized_end=1879
-  _globals['_CLUSTER_LABELSENTRY']._serialized_start=1783
-  _globals['_CLUSTER_LABELSENTRY']._serialized_end=1828
-  _globals['_CLUSTER_AGENTFACTSENTRY']._serialized_start=1830
-  _globals['_CLUSTER_AGENTFACTSENTRY']._serialized_end=1879
-  _globals['_EVENT']._serialized_start=1882
-  _globals['_EVENT']._serialized_end=2097
+  _globals['_RESOURCESTATUS']._serialized_end=607
+  _globals['_MANIFEST']._serialized_start=609
+  _globals['_MANIFEST']._serialized_end=649
+  _globals['_BUNDLE']._serialized_start=652
+  _globals['_BUNDLE']._serialized_end=854
+  _globals['_IGNORERULE']._serialized_start=857
+  _globals['_IGNORERULE']._serialized_end=1038
+  _globals['_HEALTHCHECK']._serialized_start=1040
+  _globals['_HEALTHCHECK']._serialized_end=1095
+  _globals['_ASSIGNMENT']._serialized_start=1098
+  _globals['_ASSIGNMENT']._serialized_end=1364
+  _globals['_APPREPORT']._serialized_start=1367
+  _globals['_APPREPORT']._serialized_end=1768
+  _globals['_CLUSTER']._serialized_start=1771
+  _globals['_CLUSTER']._serialized_end=2237
+  _globals['_CLUSTER_LABELSENTRY']._serialized_start=2141
+  _globals['_CLUSTER_LABELSENTRY']._serialized_end=2186
+  _globals['_CLUSTER_AGENTFACTSENTRY']._serialized_start=2188
+  _globals['_CLUSTER_AGENTFACTSENTRY']._serialized_end=2237
+  _globals['_EVENT']._serialized_start=2240
+  _globals['_EVENT']._serialized_end=2455
 # @@protoc_insertion_point(module_scope)

@@ -286,12 +286,17 @@ class ResourceStatus(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     DRIFT_FIELD_NUMBER: _builtins.int
     CONFLICT_MANAGER_FIELD_NUMBER: _builtins.int
+    HOOK_FIELD_NUMBER: _builtins.int
     sync: Global___SyncStatus.ValueType
     health: Global___HealthStatus.ValueType
     message: _builtins.str
     """one line a person can act on"""
     conflict_manager: _builtins.str
     """the other field manager when an apply conflicted"""
+    hook: _builtins.str
+    """When the object is a sync hook: its phases, e.g. "PreSync" or "PostSync", comma separated
+    (Argo CD's names; Helm hooks are mapped to them). Empty for ordinary objects.
+    """
     @_builtins.property
     def ref(self) -> Global___ResourceRef: ...
     @_builtins.property
@@ -305,10 +310,11 @@ class ResourceStatus(_message.Message):
         message: _builtins.str = ...,
         drift: _abc.Iterable[Global___DriftedField] | None = ...,
         conflict_manager: _builtins.str = ...,
+        hook: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ref", b"ref"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conflict_manager", b"conflict_manager", "drift", b"drift", "health", b"health", "message", b"message", "ref", b"ref", "sync", b"sync"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conflict_manager", b"conflict_manager", "drift", b"drift", "health", b"health", "hook", b"hook", "message", b"message", "ref", b"ref", "sync", b"sync"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -352,12 +358,24 @@ class Bundle(_message.Message):
     REVISION_FIELD_NUMBER: _builtins.int
     NAMESPACE_FIELD_NUMBER: _builtins.int
     MANIFESTS_FIELD_NUMBER: _builtins.int
+    IGNORE_DIFFERENCES_FIELD_NUMBER: _builtins.int
+    HEALTH_CHECKS_FIELD_NUMBER: _builtins.int
     app: _builtins.str
     revision: _builtins.str
     namespace: _builtins.str
     """default namespace for namespaced objects without one"""
     @_builtins.property
     def manifests(self) -> _containers.RepeatedCompositeFieldContainer[Global___Manifest]: ...
+    @_builtins.property
+    def ignore_differences(self) -> _containers.RepeatedCompositeFieldContainer[Global___IgnoreRule]:
+        """Fields (or whole objects) that are neither drift nor healed: hub.yaml ignoreDifferences
+        and fleet.yaml diff.comparePatches, resolved for this target.
+        """
+
+    @_builtins.property
+    def health_checks(self) -> _containers.RepeatedCompositeFieldContainer[Global___HealthCheck]:
+        """Custom health checks in Argo CD's Lua format, from hub.yaml healthChecks."""
+
     def __init__(
         self,
         *,
@@ -365,14 +383,100 @@ class Bundle(_message.Message):
         revision: _builtins.str = ...,
         namespace: _builtins.str = ...,
         manifests: _abc.Iterable[Global___Manifest] | None = ...,
+        ignore_differences: _abc.Iterable[Global___IgnoreRule] | None = ...,
+        health_checks: _abc.Iterable[Global___HealthCheck] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "manifests", b"manifests", "namespace", b"namespace", "revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "health_checks", b"health_checks", "ignore_differences", b"ignore_differences", "manifests", b"manifests", "namespace", b"namespace", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Bundle: _TypeAlias = Bundle  # noqa: Y015
+
+@_typing.final
+class IgnoreRule(_message.Message):
+    """Argo CD's ignoreDifferences entry. group and kind are globs ("*" allowed); an empty group
+    is the core group only; empty name or namespace match any object.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    JSON_POINTERS_FIELD_NUMBER: _builtins.int
+    JQ_PATH_EXPRESSIONS_FIELD_NUMBER: _builtins.int
+    MANAGED_FIELDS_MANAGERS_FIELD_NUMBER: _builtins.int
+    WHOLE_OBJECT_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    kind: _builtins.str
+    name: _builtins.str
+    namespace: _builtins.str
+    whole_object: _builtins.bool
+    """Fleet's comparePatches op "ignore": never drift"""
+    @_builtins.property
+    def json_pointers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """RFC 6901, e.g. "/spec/replicas" """
+
+    @_builtins.property
+    def jq_path_expressions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """e.g. ".spec.template.spec.containers[] | select(.name == \\"istio-proxy\\")" """
+
+    @_builtins.property
+    def managed_fields_managers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """fields these field managers own are ignored"""
+
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        name: _builtins.str = ...,
+        namespace: _builtins.str = ...,
+        json_pointers: _abc.Iterable[_builtins.str] | None = ...,
+        jq_path_expressions: _abc.Iterable[_builtins.str] | None = ...,
+        managed_fields_managers: _abc.Iterable[_builtins.str] | None = ...,
+        whole_object: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "jq_path_expressions", b"jq_path_expressions", "json_pointers", b"json_pointers", "kind", b"kind", "managed_fields_managers", b"managed_fields_managers", "name", b"name", "namespace", b"namespace", "whole_object", b"whole_object"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IgnoreRule: _TypeAlias = IgnoreRule  # noqa: Y015
+
+@_typing.final
+class HealthCheck(_message.Message):
+    """A health check for one kind: Lua that sees the live object as `obj` and returns
+    {status = "Healthy"|"Progressing"|"Degraded"|"Suspended", message = "..."}.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    LUA_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    """"" for the core group"""
+    kind: _builtins.str
+    lua: _builtins.str
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        lua: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "kind", b"kind", "lua", b"lua"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HealthCheck: _TypeAlias = HealthCheck  # noqa: Y015
 
 @_typing.final
 class Assignment(_message.Message):
