@@ -22,9 +22,11 @@ from collections.abc import Sequence
 import grpc
 
 from fleetops import hub
-from fleetops.hub import ca, errors, install, render, server
+from fleetops.hub import ca, errors, install, programs, render, server
 from fleetops.hub.cli_admin import run_client
 from fleetops.hub.cli_output import plain, status_rows
+
+log = logging.getLogger(__name__)
 
 __all__ = ["build_parser", "cmd_serve", "main", "plain", "run_client", "status_rows"]
 
@@ -80,8 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="lifetime of the agents' client certificates, e.g. 90d, 12h or 60s (default 90d); "
         "agents renew theirs at two thirds of it",
     )
-    serve.add_argument("--helm", default="helm", help="helm binary")
-    serve.add_argument("--kustomize", default="kustomize", help="kustomize binary")
+    serve.add_argument(
+        "--helm",
+        default="",
+        help="helm binary (default: helm on PATH, else the one `make setup` built)",
+    )
+    serve.add_argument(
+        "--kustomize",
+        default="",
+        help="kustomize binary (default: kustomize on PATH, else the one `make setup` built)",
+    )
     serve.add_argument("--log-level", default="INFO")
 
     def client_args(p: argparse.ArgumentParser) -> None:
@@ -255,6 +265,16 @@ def _cert_lifetime(text: str) -> datetime.timedelta:
         ) from None
 
 
+def _tools(*, helm: str, kustomize: str) -> render.Tools:
+    """The renderer programs; a missing one is a warning now and each app's error later."""
+    found = [programs.find("helm", explicit=helm), programs.find("kustomize", explicit=kustomize)]
+    for f in found:
+        if f.missing:
+            log.warning("%s; apps that need it will show this as their error", f.missing)
+    h, k = found
+    return render.Tools(helm=h.path or h.name, kustomize=k.path or k.name)
+
+
 async def cmd_serve(ns: argparse.Namespace) -> int:
     logging.basicConfig(level=ns.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
     running = await server.start(
@@ -264,7 +284,7 @@ async def cmd_serve(ns: argparse.Namespace) -> int:
         agent_listen=ns.agent_listen,
         http_listen=ns.http,
         names=ns.advertise,
-        tools=render.Tools(helm=ns.helm, kustomize=ns.kustomize),
+        tools=_tools(helm=ns.helm, kustomize=ns.kustomize),
         ca_key=ns.ca_key,
         cert_lifetime=ns.cert_lifetime,
     )

@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping
 
-from fleetops.hub import errors
+from fleetops.hub import errors, programs
 from fleetops.hub.confined import Limits
 
 
@@ -94,8 +94,11 @@ def run(
             start_new_session=True,  # its own process group, stopped as a whole
         )
     except OSError:
+        name = os.path.basename(args[0])
         raise errors.RenderError(
-            f"{what}: {os.path.basename(args[0])} is not installed on the hub"
+            f"{what}: {name} is not installed on the hub (looked on PATH and in "
+            f"{programs.cache_bin()}): install it, run `make setup`, or start the hub with "
+            f"--{name} PATH"
         ) from None
     with proc:  # closes the pipes and reaps it
         try:

@@ -14,7 +14,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -118,9 +118,22 @@ class Hub:
 
 
 def hub_command(
-    config: pathlib.Path, data: pathlib.Path, *, port: int, agent_port: int, http_port: int
+    config: pathlib.Path,
+    data: pathlib.Path,
+    *,
+    port: int,
+    agent_port: int,
+    http_port: int,
+    pinned_tools: bool = True,
 ) -> list[str]:
-    """`fleetops-hub serve` on loopback with the tests' helm and kustomize."""
+    """`fleetops-hub serve` on loopback with the tests' helm and kustomize (without
+    `pinned_tools`, the hub finds its own)."""
+    tools = [
+        "--helm",
+        localkube.binary("helm"),
+        "--kustomize",
+        localkube.binary("kustomize"),
+    ]
     return [
         str(BIN / "fleetops-hub"),
         "serve",
@@ -134,10 +147,7 @@ def hub_command(
         f"127.0.0.1:{agent_port}",
         "--http",
         f"127.0.0.1:{http_port}",
-        "--helm",
-        localkube.binary("helm"),
-        "--kustomize",
-        localkube.binary("kustomize"),
+        *(tools if pinned_tools else []),
         "--log-level",
         "INFO",
     ]
@@ -150,11 +160,22 @@ def start_hub(
     port: int = 0,
     http_port: int = 0,
     agent_port: int = 0,
+    pinned_tools: bool = True,
+    env: Mapping[str, str] | None = None,
 ) -> Hub:
     log = data.parent / f"{data.name}.log"
+    command = hub_command(
+        config,
+        data,
+        port=port,
+        agent_port=agent_port,
+        http_port=http_port,
+        pinned_tools=pinned_tools,
+    )
     with open(log, "a") as out:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen(
-            hub_command(config, data, port=port, agent_port=agent_port, http_port=http_port),
+            command,
+            env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
             text=True,
