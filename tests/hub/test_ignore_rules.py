@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+
 import pytest
 
-from fleetops.hub import config, errors, fleetyaml, ignorerules
+from fleetops.hub import config, errors, fleetyaml, ignorerules, rendercache
 
 APP = config.App(name="web", repo="r", path="apps/web")
 
@@ -116,3 +120,32 @@ def test_bad_compare_patches_name_the_file_and_field(old: str, new: str, message
     with pytest.raises(errors.RenderError) as err:
         fleetyaml.apply(APP, FLEET.replace(old, new, 1))
     assert str(err.value).startswith(message), str(err.value)
+
+
+def test_changing_the_rules_re_renders_and_no_rules_keep_the_render_key() -> None:
+    """The rules are in the bundle, so a change must reach agents as a new bundle: it is part
+    of the render key; apps without rules keep the key they had before rules existed."""
+    target = config.Target(name="default")
+    plain = rendercache.overrides_hash(APP, target)
+    before = hashlib.sha256(
+        json.dumps(
+            {"ns": "", "path": "apps/web", "values": {}, "valuesFiles": [], "kustomize": "",
+             "overlays": []},
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()[:16]  # fmt: skip
+    assert plain == before
+    one = ignorerules.IgnoreRule(kind="Deployment", group="apps", json_pointers=("/spec/replicas",))
+    other = dataclasses.replace(one, json_pointers=("/spec/template",))
+    app_one = rendercache.overrides_hash(
+        dataclasses.replace(APP, ignore_differences=(one,)), target
+    )
+    app_other = rendercache.overrides_hash(
+        dataclasses.replace(APP, ignore_differences=(other,)), target
+    )
+    # fleet.yaml's rules live on the target
+    on_target = rendercache.overrides_hash(
+        APP, dataclasses.replace(target, ignore_differences=(other,))
+    )
+    assert len({plain, app_one, app_other}) == 3
+    assert on_target not in (plain, app_one)
