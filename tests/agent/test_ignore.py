@@ -393,3 +393,32 @@ async def test_whole_object_rule_is_always_in_sync(
     healed = await reconciler.heal(bundle, policy(self_heal=True))
     assert healed.sync == st.SYNCED and healed.healed == 0, healed.reason
     assert await replicas(cluster, ns) == 4
+
+
+async def test_ignored_field_owned_by_another_manager_is_no_conflict_without_force(
+    local_clusters: list[localkube.LocalCluster],
+    cluster: kube.Kube,
+    reconciler: reconcile.Reconciler,
+    make_bundle: BundleFactory,
+    unique_name: str,
+) -> None:
+    """With forceConflicts off, Git's replicas would conflict with kubectl's; ignored, the
+    dry-run and the sync send kubectl's value, so there is neither conflict nor drift."""
+    ns = unique_name
+    no_force = policy(self_heal=True, force_conflicts=False)
+    bundle = make_bundle(namespace(ns), deployment("web", replicas=2))
+    bundle.ignore_differences.append(replicas_rule(json_pointers=["/spec/replicas"]))
+    await reconciler.sync(bundle, no_force)
+    await kubectl(local_clusters[0], "-n", ns, "scale", "deployment/web", "--replicas=5")
+    checked = await reconciler.check(bundle, no_force)
+    assert checked.sync == st.SYNCED, checked.reason
+    changed = make_bundle(namespace(ns), deployment("web", replicas=2, minReadySeconds=2))
+    changed.ignore_differences.append(replicas_rule(json_pointers=["/spec/replicas"]))
+    synced = await reconciler.sync(changed, no_force)
+    assert synced.sync == st.SYNCED, synced.reason
+    assert await replicas(cluster, ns) == 5
+
+    # the same bundle without the rule: Git's 2 conflicts with kubectl's 5, and says so
+    plain = make_bundle(namespace(ns), deployment("web", replicas=2, minReadySeconds=2))
+    conflicted = await reconciler.check(plain, no_force)
+    assert only(conflicted, "web").conflict_manager == "kubectl", conflicted.reason
