@@ -7,6 +7,10 @@ with why it is still there. `heal` is `check` plus re-applying what drifted or w
 when the policy has selfHeal or the sync was asked for. `inventory_health` is what can be said
 without the bundle: the health of what the in-cluster inventory lists.
 
+Ignored fields (the bundle's ignore rules, `agent.ignore`) are never drift: they are removed
+from both sides before comparing, an object ignored as a whole is always in sync, and the
+dry-run and the self-heal send the live values there, so healing never resets them.
+
 `check` never writes; `heal` never sends a write when nothing drifted.
 """
 
@@ -18,7 +22,19 @@ import time
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
-from fleetops.agent import apply, drift, errors, explain, health, ids, inventory, kube, manifests
+from fleetops.agent import (
+    apply,
+    drift,
+    errors,
+    explain,
+    health,
+    ids,
+    ignore,
+    inventory,
+    kube,
+    manifests,
+    respect,
+)
 from fleetops.agent import prune as pruning
 from fleetops.agent import status as st
 from fleetops.agent.context import Context
@@ -37,8 +53,9 @@ async def heal(
     previous: inventory.Inventory | None,
     allow_mass_prune: bool,
 ) -> st.AppResult:
-    """`check`, then re-apply what is out of sync when selfHeal is on or `force_heal`."""
-    result = await check(
+    """`check`, then re-apply what is out of sync when selfHeal is on or `force_heal`;
+    ignored fields keep their live values."""
+    result, live = await _check(
         ctx,
         bundle,
         policy,
@@ -56,7 +73,14 @@ async def heal(
     # Someone may have deleted the whole namespace: objects cannot come back without it.
     await apply.ensure_default_namespace(ctx, bundle, plan.prepared)
     fixed = await asyncio.gather(
-        *(apply.apply_one(ctx, by_key[r.key], force=policy.force_conflicts) for r in todo)
+        *(
+            apply.apply_one(
+                ctx,
+                respect.one(by_key[r.key], live.get(r.key), bundle=bundle),
+                force=policy.force_conflicts,
+            )
+            for r in todo
+        )
     )
     replaced: dict[manifests.Key, st.ResourceResult] = {}
     for r, (applied, obj) in zip(todo, fixed, strict=True):
@@ -95,6 +119,29 @@ async def check(
     allow_mass_prune: bool,
 ) -> st.AppResult:
     """Health and drift of every resource in `plan`, through dry-run. Never writes."""
+    result, _ = await _check(
+        ctx,
+        bundle,
+        policy,
+        plan=plan,
+        target=target,
+        previous=previous,
+        allow_mass_prune=allow_mass_prune,
+    )
+    return result
+
+
+async def _check(
+    ctx: Context,
+    bundle: types_pb2.Bundle,
+    policy: types_pb2.SyncPolicy,
+    *,
+    plan: Plan,
+    target: Target,
+    previous: inventory.Inventory | None,
+    allow_mass_prune: bool,
+) -> tuple[st.AppResult, dict[manifests.Key, dict[str, Any]]]:
+    """`check`'s result, and the live objects it read."""
     live, unreadable = await _fetch_live(ctx, plan.prepared)
     full = ctx.next_check_is_full(target.app)
 
@@ -107,6 +154,7 @@ async def check(
             denied=unreadable.get(p.key),
             full=full,
             force=policy.force_conflicts,
+            rules=ignore.matching(bundle.ignore_differences, p.key),
         )
 
     results = list(await asyncio.gather(*(one(p) for p in plan.prepared)))
@@ -137,7 +185,7 @@ async def check(
         results=plan.failures + results,
         reason=held,
         prune_held=bool(held),
-    )
+    ), live
 
 
 async def _check_one(
@@ -149,8 +197,10 @@ async def _check_one(
     denied: errors.Forbidden | None,
     full: bool,
     force: bool,
+    rules: ignore.Rules,
 ) -> st.ResourceResult:
-    """One object against Git: `full` dry-runs it even when its resourceVersion is known."""
+    """One object against Git: `full` dry-runs it even when its resourceVersion is known;
+    `rules`: what of it is ignored."""
     key, version, where = p.key, p.rt.version, p.resource.where
     if denied is not None:
         reason = ctx.denied(denied, namespace=p.named_namespace)
@@ -167,10 +217,13 @@ async def _check_one(
         )
     h = health.assess(live)
     rv = str(live["metadata"].get("resourceVersion") or "")
-    if not full and ctx.known_in_sync(app, key=key, desired=p.obj, live_version=rv):
+    if rules.whole_object or (
+        not full and ctx.known_in_sync(app, key=key, desired=p.obj, live_version=rv)
+    ):
         return st.ResourceResult.in_sync(key=key, version=version, health=h, source=where)
+    body = ignore.respect(p.obj, live, rules) if rules else p.obj
     try:
-        dry = await ctx.kube.apply(p.rt, p.obj, force=force, dry_run=True)
+        dry = await ctx.kube.apply(p.rt, body, force=force, dry_run=True)
     except errors.Conflict as e:
         managers = ", ".join(e.managers) or "another field manager"
         return st.ResourceResult.out_of_sync(
@@ -195,7 +248,10 @@ async def _check_one(
             health=h,
             action="",
         )
-    fields = drift.diff(desired=dry, live=live, secret=key.kind == "Secret" and not key.group)
+    seen: dict[str, Any] = live
+    if rules:
+        dry, seen = ignore.strip(dry, rules, live=live), ignore.strip(live, rules, live=live)
+    fields = drift.diff(desired=dry, live=seen, secret=key.kind == "Secret" and not key.group)
     if not fields:
         ctx.remember(app, key=key, desired=p.obj, live=live)
         return st.ResourceResult.in_sync(key=key, version=version, health=h, source=where)

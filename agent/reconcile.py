@@ -29,6 +29,7 @@ from fleetops.agent import (
     kube,
     prepare,
     prune,
+    respect,
 )
 from fleetops.agent import status as st
 from fleetops.proto.v1 import types_pb2
@@ -195,7 +196,11 @@ class Reconciler:
             policy,
             target=target,
             previous=previous,
-            plan=await prepare.unclaimed(self.inventories, app=target.app, plan=plan),
+            plan=await respect.plan(  # ignored fields keep their live values
+                self._ctx,
+                bundle,
+                await prepare.unclaimed(self.inventories, app=target.app, plan=plan),
+            ),
             allow_mass_prune=allow_mass_prune,
         )
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from fleetops.hub import configfields, errors, selectors
+from fleetops.hub import configfields, errors, ignorerules, selectors
 
 # re-exported: the hub's API checks names and labels by the same rules
 from fleetops.hub.configfields import DNS_LABEL as DNS_LABEL
@@ -62,6 +62,8 @@ class Target:
     helm: Helm = dataclasses.field(default_factory=Helm)
     kustomize_dir: str = ""
     yaml_overlays: tuple[str, ...] = ()
+    # fleet.yaml diff.comparePatches (top level and this customization), for this target
+    ignore_differences: tuple[ignorerules.IgnoreRule, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +85,8 @@ class App:
     sync: Sync = dataclasses.field(default_factory=Sync)
     targets: tuple[Target, ...] | None = None  # None: not given (fleet.yaml or every cluster)
     depends_on: tuple[str, ...] = ()
+    # fields that are neither drift nor healed, on every target (hub.yaml ignoreDifferences)
+    ignore_differences: tuple[ignorerules.IgnoreRule, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,7 +210,18 @@ def parse(text: str, *, file: str) -> Config:
     for i, item in enumerate(r.items(root.get("apps"), "apps")):
         p = f"apps[{i}]"
         m = r.mapping(
-            item, p, ("name", "repo", "path", "namespace", "sync", "targets", "dependsOn")
+            item,
+            p,
+            (
+                "name",
+                "repo",
+                "path",
+                "namespace",
+                "sync",
+                "targets",
+                "dependsOn",
+                "ignoreDifferences",
+            ),
         )
         repo = r.string(m, "repo", path=p, required=True)
         if repo not in repo_names:
@@ -249,15 +264,19 @@ def parse(text: str, *, file: str) -> Config:
             )
             _unique(r, path=f"{p}.targets", names=[t.name for t in targets])
         depends = [str(d) for d in r.items(m.get("dependsOn"), f"{p}.dependsOn")]
+        name = r.name(m, "name", path=p)
         apps.append(
             App(
-                name=r.name(m, "name", path=p),
+                name=name,
                 repo=repo,
                 path=r.relpath(m, "path", path=p),
                 namespace=namespace,
                 sync=sync,
                 targets=targets,
                 depends_on=tuple(depends),
+                ignore_differences=ignorerules.parse_app(
+                    r, m.get("ignoreDifferences"), path=f"{p}.ignoreDifferences", app=name
+                ),
             )
         )
     _unique(r, path="apps", names=[x.name for x in apps])

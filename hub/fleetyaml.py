@@ -7,6 +7,9 @@ helm.valuesFiles, kustomize.dir, yaml.overlays), with the file's top-level `helm
 `kustomize` settings as the defaults every target starts from, and a last catch-all target
 so that clusters no customization matches still get the app, as in Fleet. Pure.
 
+`diff.comparePatches`, of the top level and of each customization, become the ignore rules
+of each target (hub.ignorerules reads them).
+
 The file comes from a repository committer: it is read with the bounded loader
 (proto.yamlsafe), so an alias bomb is a RenderError naming the file and line, never a stalled
 hub.
@@ -19,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from fleetops.hub import config, configfields, errors
+from fleetops.hub import config, configfields, errors, ignorerules
 from fleetops.proto import yamlsafe
 
 _FILE = "fleet.yaml"
@@ -54,6 +57,7 @@ def apply(app: config.App, text: str) -> config.App:
     if not isinstance(top_helm, dict) or not isinstance(top_kustomize, dict):
         raise errors.RenderError(f"{where}: helm and kustomize must be mappings")
     targets = []
+    top_rules = ignorerules.parse_fleet(doc, where=where, path="")  # diff.comparePatches
     customizations = doc.get("targetCustomizations") or []
     if not isinstance(customizations, list):
         raise errors.RenderError(f"{where}: targetCustomizations must be a list")
@@ -78,7 +82,10 @@ def apply(app: config.App, text: str) -> config.App:
                 "use clusterSelector or a clusterGroup from hub.yaml"
             )
         try:
-            targets.append(_target(reader, spec, path=f"targetCustomizations[{i}]"))
+            rules = ignorerules.parse_fleet(
+                item, where=where, path=f"targetCustomizations[{i}].", under=top_rules
+            )
+            targets.append(_target(reader, spec, path=f"targetCustomizations[{i}]", rules=rules))
         except errors.ConfigError as e:
             raise errors.RenderError(str(e)) from None
     default = {"name": "default", "clusterSelector": {},
@@ -86,16 +93,23 @@ def apply(app: config.App, text: str) -> config.App:
                "kustomize": {k: v for k, v in top_kustomize.items() if k == "dir"}}  # fmt: skip
     if all(t.name != "default" for t in targets):
         try:
-            targets.append(_target(reader, default, path="(defaults)"))
+            targets.append(_target(reader, default, path="(defaults)", rules=top_rules))
         except errors.ConfigError as e:
             raise errors.RenderError(str(e)) from None
     return dataclasses.replace(app, namespace=namespace, targets=tuple(targets))
 
 
-def _target(reader: configfields.Reader, spec: dict[str, Any], *, path: str) -> config.Target:
+def _target(
+    reader: configfields.Reader,
+    spec: dict[str, Any],
+    *,
+    path: str,
+    rules: tuple[ignorerules.IgnoreRule, ...] = (),
+) -> config.Target:
     names = [spec["clusterGroup"]] if spec.get("clusterGroup") else []
     spec = {**spec, "name": _dns(spec["name"])}
-    return config.parse_target(reader, spec, path=path, groups=names)
+    target = config.parse_target(reader, spec, path=path, groups=names)
+    return dataclasses.replace(target, ignore_differences=rules)
 
 
 def _dns(name: str) -> str:

@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 
-from fleetops.hub import config, errors, records, render, repo, status, storeapi
+from fleetops.hub import config, errors, ignorerules, records, render, repo, status, storeapi
 from fleetops.proto import bundles
 from fleetops.proto.v1 import types_pb2
 
@@ -43,7 +43,7 @@ class RenderResult:
 
 def overrides_hash(app: config.App, target: config.Target) -> str:
     """What besides the tree decides a render: a hub.yaml edit of these re-renders."""
-    doc = {
+    doc: dict[str, object] = {
         "ns": app.namespace,
         "path": app.path,
         "values": target.helm.values,
@@ -51,6 +51,8 @@ def overrides_hash(app: config.App, target: config.Target) -> str:
         "kustomize": target.kustomize_dir,
         "overlays": list(target.yaml_overlays),
     }
+    if rules := app.ignore_differences + target.ignore_differences:  # they are in the bundle
+        doc["ignore"] = ignorerules.describe(rules)
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -188,6 +190,8 @@ class RenderCache:
             return RenderResult("", status.unexpected("render", e))
         try:
             bundle = types_pb2.Bundle(app=app.name, namespace=app.namespace)
+            rules = app.ignore_differences + target.ignore_differences
+            bundle.ignore_differences.extend(ignorerules.to_proto(rules))
             for source, text in rendered.manifests:
                 bundle.manifests.add(source=source, yaml=text)
             digest = bundles.digest(bundle)

@@ -85,3 +85,76 @@ def test_duplicate_names_are_refused() -> None:
     text = BASE + "  - {name: guestbook, repo: platform, path: other}\n"
     with pytest.raises(errors.ConfigError, match=r"apps\[1\].name: duplicate name 'guestbook'"):
         config.parse(text, file="hub.yaml")
+
+
+IGNORING = (
+    BASE
+    + """\
+    ignoreDifferences:
+      - group: apps
+        kind: Deployment
+        jsonPointers: [/spec/replicas, /metadata/annotations/example.com~1hash]
+      - group: "*"
+        kind: "*"
+        name: web
+        namespace: guestbook
+        jqPathExpressions: ['.spec.template.spec.containers[] | select(.name == "istio-proxy")']
+        managedFieldsManagers: [kube-controller-manager]
+"""
+)
+
+
+def test_ignore_differences_load_as_argo_cd_writes_them() -> None:
+    app = config.parse(IGNORING, file="hub.yaml").apps[0]
+    first, second = app.ignore_differences
+    assert (first.group, first.kind, first.name) == ("apps", "Deployment", "")
+    assert first.json_pointers == ("/spec/replicas", "/metadata/annotations/example.com~1hash")
+    assert (second.group, second.kind, second.name, second.namespace) == (
+        "*",
+        "*",
+        "web",
+        "guestbook",
+    )
+    assert second.jq_path_expressions == (
+        '.spec.template.spec.containers[] | select(.name == "istio-proxy")',
+    )
+    assert second.managed_fields_managers == ("kube-controller-manager",)
+    assert not first.whole_object and not second.whole_object
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("jsonPointers: [/spec/replicas,", "jsonPointers: [spec/replicas,"),
+         "hub.yaml: apps[0].ignoreDifferences[0].jsonPointers[0]: app guestbook: 'spec/replicas' "
+         "is not a JSON pointer: it starts with '/'"),
+        (("example.com~1hash", "example.com~2hash"),
+         "hub.yaml: apps[0].ignoreDifferences[0].jsonPointers[1]: app guestbook: "
+         "'/metadata/annotations/example.com~2hash': '~' must be followed by 0 or 1"),
+        (('select(.name == "istio-proxy")', 'select(.name == "istio-proxy"'),
+         "hub.yaml: apps[0].ignoreDifferences[1].jqPathExpressions[0]: app guestbook: "
+         "'.spec.template.spec.containers[] | select(.name == \"istio-proxy\"' is not a valid "
+         "jq expression: jq: error: syntax error"),
+        (("        kind: Deployment\n", ""),
+         "hub.yaml: apps[0].ignoreDifferences[0].kind: is required"),
+        (("        managedFieldsManagers:", "        managedFieldManagers:"),
+         "hub.yaml: apps[0].ignoreDifferences[1].managedFieldManagers: unknown field; allowed "
+         "here: group, kind, name, namespace, jsonPointers, jqPathExpressions, "
+         "managedFieldsManagers"),
+        (("jsonPointers: [/spec/replicas, /metadata/annotations/example.com~1hash]",
+          "jsonPointers: []"),
+         "hub.yaml: apps[0].ignoreDifferences[0]: app guestbook: ignores nothing: give "
+         "jsonPointers, jqPathExpressions or managedFieldsManagers"),
+        (("managedFieldsManagers: [kube-controller-manager]", "managedFieldsManagers: [1]"),
+         "hub.yaml: apps[0].ignoreDifferences[1].managedFieldsManagers[0]: expected a non-empty "
+         "string"),
+    ],
+)  # fmt: skip
+def test_bad_ignore_differences_name_the_app_the_index_and_the_field(
+    change: tuple[str, str], message: str
+) -> None:
+    old, new = change
+    assert old in IGNORING
+    with pytest.raises(errors.ConfigError) as err:
+        config.parse(IGNORING.replace(old, new, 1), file="hub.yaml")
+    assert str(err.value).startswith(message), str(err.value)

@@ -1,0 +1,323 @@
+"""Which fields of an object are neither drift nor healed: the bundle's ignore rules.
+
+A bundle carries hub.yaml `ignoreDifferences` (Argo CD's fields) and fleet.yaml
+`diff.comparePatches` (Fleet's) as `IgnoreRule`s. `matching` picks the rules for one object
+(group and kind are globs, an empty group is the core group only, an empty name or namespace
+is any); `strip` removes the ignored paths from an object before it is compared, and
+`respect` gives a desired object the live values at its ignored paths before it is applied,
+so a sync or a self-heal never resets what another controller owns (Argo CD's
+RespectIgnoreDifferences, on by default here; `status` is never copied).
+
+A path is ignored when a JSON pointer (RFC 6901) names it, a jq path expression yields it,
+or one of the named field managers owns it in the live object's managedFields. A path that
+does not exist is a no-op, and so is a jq expression that fails on this object.
+
+Pure: no I/O. It never adds a field the desired object does not set.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import fnmatch
+import functools
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import jq  # type: ignore[import-not-found]  # a C extension without stubs
+
+from fleetops.agent import manifests
+from fleetops.proto.v1 import types_pb2
+
+Step = str | int
+Path = tuple[Step, ...]
+
+_GONE = object()  # a removed value, swept out once every path is handled
+_MISSING = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class Rules:
+    """The ignore rules that apply to one object, merged."""
+
+    pointers: tuple[tuple[str, ...], ...] = ()
+    jq_paths: tuple[str, ...] = ()
+    managers: frozenset[str] = frozenset()
+    whole_object: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.pointers or self.jq_paths or self.managers or self.whole_object)
+
+
+NONE = Rules()
+
+
+def parse_pointer(text: str) -> tuple[str, ...]:
+    """RFC 6901: "/spec/replicas" -> ("spec", "replicas"); `~1` is "/", `~0` is "~"."""
+    if not text.startswith("/"):
+        raise ValueError(f"{text!r}: a JSON pointer starts with '/' (e.g. /spec/replicas)")
+    tokens = []
+    for raw in text[1:].split("/"):
+        rest = raw.replace("~0", "").replace("~1", "")
+        if "~" in rest:
+            raise ValueError(f"{text!r}: '~' must be followed by 0 or 1 (~0 is '~', ~1 is '/')")
+        tokens.append(raw.replace("~1", "/").replace("~0", "~"))
+    return tuple(tokens)
+
+
+def matches(rule: types_pb2.IgnoreRule, key: manifests.Key) -> bool:
+    """Argo CD's matching: globs on group and kind (an empty group is the core group only),
+    and an exact name and namespace when the rule gives one."""
+    if not rule.kind or not fnmatch.fnmatchcase(key.kind, rule.kind):
+        return False
+    group_ok = fnmatch.fnmatchcase(key.group, rule.group) if rule.group else not key.group
+    return (
+        group_ok
+        and (not rule.name or rule.name == key.name)
+        and (not rule.namespace or rule.namespace == key.namespace)
+    )
+
+
+def matching(rules: Iterable[types_pb2.IgnoreRule], key: manifests.Key) -> Rules:
+    """The union of the rules that match `key`; NONE when none does. A pointer that is not
+    valid RFC 6901 is skipped (the hub refuses it at load)."""
+    pointers: list[tuple[str, ...]] = []
+    jq_paths: list[str] = []
+    managers: set[str] = set()
+    whole = False
+    for rule in rules:
+        if not matches(rule, key):
+            continue
+        for p in rule.json_pointers:
+            try:
+                pointers.append(parse_pointer(p))
+            except ValueError:
+                continue
+        jq_paths += rule.jq_path_expressions
+        managers.update(rule.managed_fields_managers)
+        whole = whole or rule.whole_object
+    if not (pointers or jq_paths or managers or whole):
+        return NONE
+    return Rules(tuple(pointers), tuple(jq_paths), frozenset(managers), whole)
+
+
+def paths(obj: Mapping[str, Any], rules: Rules, *, live: Mapping[str, Any] | None) -> list[Path]:
+    """The ignored paths that exist in `obj`; managers' fields come from `live`'s
+    managedFields (the dry-run result's own say only what fleetops would own)."""
+    out: list[Path] = []
+    for pointer in rules.pointers:
+        found = _resolve(obj, pointer)
+        if found is not None:
+            out.append(found)
+    for expr in rules.jq_paths:
+        out += _jq_paths(expr, obj)
+    if rules.managers and live is not None:
+        for entry in (live.get("metadata") or {}).get("managedFields") or []:
+            if isinstance(entry, Mapping) and entry.get("manager") in rules.managers:
+                tree = entry.get("fieldsV1")
+                if isinstance(tree, Mapping):
+                    _owned(tree, obj, (), out)
+    return [p for p in out if p]
+
+
+def strip(
+    obj: Mapping[str, Any], rules: Rules, *, live: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """A copy of `obj` without its ignored paths, for comparing."""
+    out: dict[str, Any] = copy.deepcopy(dict(obj))
+    if not rules:
+        return out
+    for p in paths(obj, rules, live=live):
+        _mark(out, p)
+    swept = _sweep(out)
+    assert isinstance(swept, dict)
+    return swept
+
+
+def respect(
+    desired: Mapping[str, Any], live: Mapping[str, Any] | None, rules: Rules
+) -> dict[str, Any]:
+    """`desired` with the live values at the ignored paths it sets, so applying it changes
+    nothing there. Only the fields `desired` sets are copied (fleetops never takes over a
+    field it did not send); a field live lacks is dropped; `status` is never copied. With
+    no live object (a create) the full desired object is applied."""
+    out: dict[str, Any] = copy.deepcopy(dict(desired))
+    if not rules or live is None:
+        return out
+    if rules.whole_object:
+        targets: list[Path] = [(k,) for k in out if k not in ("apiVersion", "kind", "metadata")]
+        meta = out.get("metadata") or {}
+        targets += [("metadata", k) for k in ("labels", "annotations") if k in meta]
+    else:
+        targets = paths(desired, rules, live=live)
+    for p in targets:
+        if p[0] == "status" or p[:2] in (("metadata", "name"), ("metadata", "namespace")):
+            continue
+        value = _get(live, _translate(p, desired=desired, live=live))
+        if value is _MISSING:
+            _mark(out, p)
+        else:
+            _put(out, p, _shaped(_get(desired, p), value))
+    swept = _sweep(out)
+    assert isinstance(swept, dict)
+    return swept
+
+
+@functools.lru_cache(maxsize=256)
+def _program(expr: str) -> Any:
+    return jq.compile(f"[path({expr})]")
+
+
+def _jq_paths(expr: str, obj: Mapping[str, Any]) -> list[Path]:
+    try:
+        found = _program(expr).input_value(obj).first()
+    except ValueError:  # a syntax error, or the expression fails on this object: no paths
+        return []
+    out: list[Path] = []
+    for p in found if isinstance(found, list) else []:
+        if isinstance(p, list) and all(
+            isinstance(s, str) or (isinstance(s, int) and not isinstance(s, bool)) for s in p
+        ):
+            if _get(obj, tuple(p)) is not _MISSING:
+                out.append(tuple(p))
+    return out
+
+
+def _resolve(obj: Any, pointer: tuple[str, ...]) -> Path | None:
+    """The concrete path a pointer names in `obj`, or None when it is not there."""
+    steps: list[Step] = []
+    for token in pointer:
+        if isinstance(obj, Mapping) and token in obj:
+            steps.append(token)
+            obj = obj[token]
+        elif isinstance(obj, list) and token.isdigit() and int(token) < len(obj):
+            steps.append(int(token))
+            obj = obj[int(token)]
+        else:
+            return None
+    return tuple(steps)
+
+
+def _owned(tree: Mapping[str, Any], obj: Any, prefix: Path, out: list[Path]) -> None:
+    """The paths in `obj` a managedFields `fieldsV1` tree owns. A leaf, or a list element
+    owned as a whole ("."), is a path; a map's own "." is not (only its listed children are,
+    so another manager's keys in the same map stay compared)."""
+    for k, sub in tree.items():
+        if k == ".":
+            continue
+        kind, _, raw = k.partition(":")
+        step = _child(kind, raw, obj)
+        if step is None:
+            continue
+        child = obj[step]
+        path = (*prefix, step)
+        children = [c for c in sub if c != "."] if isinstance(sub, Mapping) else []
+        if not children or (kind != "f" and isinstance(sub, Mapping) and "." in sub):
+            out.append(path)
+        else:
+            _owned(sub, child, path, out)
+
+
+def _child(kind: str, raw: str, obj: Any) -> Step | None:
+    """The step a fieldsV1 key (`f:name`, `k:{json}`, `v:json`, `i:n`) names in `obj`."""
+    if kind == "f":
+        return raw if isinstance(obj, Mapping) and raw in obj else None
+    if not isinstance(obj, list):
+        return None
+    try:
+        want = json.loads(raw)
+    except ValueError:
+        return None
+    for i, item in enumerate(obj):
+        if kind == "k" and isinstance(want, Mapping) and isinstance(item, Mapping):
+            if all(item.get(a) == b for a, b in want.items()):
+                return i
+        elif kind == "v" and item == want:
+            return i
+        elif kind == "i" and want == i:
+            return i
+    return None
+
+
+def _get(obj: Any, path: Path | None) -> Any:
+    if path is None:
+        return _MISSING
+    for step in path:
+        if isinstance(step, str) and isinstance(obj, Mapping) and step in obj:
+            obj = obj[step]
+        elif isinstance(step, int) and isinstance(obj, list) and 0 <= step < len(obj):
+            obj = obj[step]
+        else:
+            return _MISSING
+        if obj is _GONE:
+            return _MISSING
+    return obj
+
+
+def _mark(obj: Any, path: Path) -> None:
+    """Mark the value at `path` removed (indexes of later paths stay valid)."""
+    _put(obj, path, _GONE)
+
+
+def _put(obj: Any, path: Path, value: Any) -> None:
+    parent = _get(obj, path[:-1])
+    last = path[-1]
+    if isinstance(parent, dict) and isinstance(last, str) and last in parent:
+        parent[last] = value
+    elif isinstance(parent, list) and isinstance(last, int) and 0 <= last < len(parent):
+        parent[last] = value
+
+
+def _sweep(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _sweep(v) for k, v in obj.items() if v is not _GONE}
+    if isinstance(obj, list):
+        return [_sweep(v) for v in obj if v is not _GONE]
+    return obj
+
+
+def _translate(p: Path, *, desired: Any, live: Any) -> Path | None:
+    """`p` (a path in `desired`) as a path in `live`: list items that have a name are
+    found by name (live may hold injected items before them), others by index."""
+    out: list[Step] = []
+    for step in p:
+        if isinstance(step, int) and isinstance(desired, list) and isinstance(live, list):
+            item = desired[step] if step < len(desired) else None
+            name = item.get("name") if isinstance(item, Mapping) else None
+            if isinstance(name, str):
+                hits = [
+                    i
+                    for i, x in enumerate(live)
+                    if isinstance(x, Mapping) and x.get("name") == name
+                ]
+                if not hits:
+                    return None
+                step_live: Step = hits[0]
+            else:
+                step_live = step
+        else:
+            step_live = step
+        desired = _get(desired, (step,))
+        live = _get(live, (step_live,))
+        if live is _MISSING:
+            return None
+        out.append(step_live)
+    return tuple(out)
+
+
+def _shaped(want: Any, have: Any) -> Any:
+    """The live value `have` cut to the fields `want` sets: maps keep `want`'s keys, lists
+    of named items keep `want`'s items (found by name), anything else is `have`."""
+    if isinstance(want, Mapping) and isinstance(have, Mapping):
+        return {k: _shaped(v, have[k]) for k, v in want.items() if k in have}
+    if isinstance(want, list) and isinstance(have, list) and _named(want) and _named(have):
+        by_name = {x["name"]: x for x in have}
+        return [_shaped(x, by_name[x["name"]]) for x in want if x["name"] in by_name]
+    return copy.deepcopy(have)
+
+
+def _named(items: Sequence[Any]) -> bool:
+    return bool(items) and all(
+        isinstance(x, Mapping) and isinstance(x.get("name"), str) for x in items
+    )
