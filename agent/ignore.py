@@ -25,7 +25,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import jq  # type: ignore[import-not-found]  # a C extension without stubs
+import jq  # a C extension without stubs (see the mypy overrides)
 
 from fleetops.agent import manifests
 from fleetops.proto.v1 import types_pb2

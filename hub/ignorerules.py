@@ -19,7 +19,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import jq  # type: ignore[import-not-found]  # a C extension without stubs
+import jq  # a C extension without stubs (see the mypy overrides)
 
 from fleetops.hub import configfields, errors
 from fleetops.proto.v1 import types_pb2
