@@ -72,9 +72,13 @@ def render(
                     "in the same folder of the app (or added by an earlier overlay): add that "
                     "file or rename the patch"
                 )
+            name = src.rel(app_dir / base)
+            if origin[base] != app_dir / base:  # an earlier overlay wrote it
+                name += f" (from {src.rel(origin[base])})"
             files[base] = _patch_file(
-                src, base=origin[base], text=files[base], patch=path, limit=limits.max_output
-            )
+                src, base=origin[base], name=name, text=files[base], patch=path,
+                limit=limits.max_output,
+            )  # fmt: skip
     total = sum(len(text) for text in files.values())
     if total > limits.max_output:
         raise errors.RenderError(
@@ -94,10 +98,11 @@ def render(
 
 
 def _patch_file(
-    src: Source, *, base: pathlib.Path, text: str, patch: pathlib.Path, limit: int
+    src: Source, *, base: pathlib.Path, name: str, text: str, patch: pathlib.Path, limit: int
 ) -> str:
-    """The text of `base` (its current `text`) with the patch file `patch` applied."""
-    where, target = src.rel(patch), src.rel(base)
+    """The text of the file `name` (its current `text`, read from `base`) with the patch file
+    `patch` applied."""
+    where, target = src.rel(patch), name
     try:
         docs = [d for d in src.load_yaml(base, text) if d is not None]
     except yaml.YAMLError as e:
