@@ -16,6 +16,7 @@ from fleetops.hub import config, errors, fleetyaml, plan, render
 
 FIXTURES = pathlib.Path(__file__).resolve().parent.parent / "fixtures"
 EXAMPLE = FIXTURES / "fleet-multi-cluster"
+CM = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cm}\n"
 
 
 def write(root: pathlib.Path, files: dict[str, str]) -> None:
@@ -114,7 +115,7 @@ def test_fleets_example_other_clusters_get_the_base() -> None:
 def test_a_yml_patch_patches_the_yml_file_and_subfolders_carry_over(tmp_path: pathlib.Path) -> None:
     write(tmp_path, {
         "app/web.yml": yaml.safe_dump(deployment("web", {"name": "app", "image": "a:1"})),
-        "app/sub/cm.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cm}\ndata: {a: '1'}\n",
+        "app/sub/cm.yaml": CM + "data: {a: '1'}\n",
         "app/overlays/x/web_patch.yml": "spec: {replicas: 4}\n",
         "app/overlays/x/sub/cm_patch.yaml": "data: {b: '2'}\n",
     })  # fmt: skip
@@ -230,9 +231,9 @@ def test_overlays_apply_in_list_order_and_replacements_before_patches(
     tmp_path: pathlib.Path,
 ) -> None:
     write(tmp_path, {
-        "app/cm.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cm}\ndata: {a: base}\n",
+        "app/cm.yaml": CM + "data: {a: base}\n",
         # one overlay replaces cm.yaml and patches it: the patch lands on the replacement
-        "app/overlays/one/cm.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cm}\ndata: {a: one}\n",
+        "app/overlays/one/cm.yaml": CM + "data: {a: one}\n",
         "app/overlays/one/cm_patch.yaml": "data: {b: one}\n",
         "app/overlays/two/cm_patch.yaml": "data: {b: two}\n",
         # a file added by an earlier overlay can be patched by a later one
