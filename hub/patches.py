@@ -168,8 +168,10 @@ def _operation(doc: JSON, op: Mapping[str, Any], name: str) -> JSON:
         source = _pointer(op, "from")
         if name == "move" and path[: len(source)] == source and len(path) > len(source):
             raise PatchError("cannot move a value into itself")
-        value = copy.deepcopy(_get(doc, source))
-        if name == "move":
+        value = _get(doc, source)
+        if name == "copy":
+            value = copy.deepcopy(value)
+        else:
             doc = _remove(doc, source)[0]
         return _add(doc, path, value)
     raise PatchError(f"unknown op {name!r}; use add, remove, replace, move, copy or test")
@@ -341,31 +343,43 @@ def _smp_map(base: JSON, patch: JSON, schema: str, *, path: str) -> JSON:
 def _smp_list(base: JSON, patch: list[Any], field: _Field, *, path: str) -> list[Any]:
     current = list(base) if isinstance(base, list) else []
     if field.union:
-        return current + [copy.deepcopy(v) for v in patch if v not in current]
+        seen = {_ident(v) for v in current}
+        for v in patch:
+            if _ident(v) not in seen:
+                seen.add(_ident(v))
+                current.append(copy.deepcopy(v))
+        return current
     if any(isinstance(e, Mapping) and e.get(_DIRECTIVE) == "replace" for e in patch):
         return [_strip(e) for e in patch if not (isinstance(e, Mapping) and _DIRECTIVE in e)]
-    out = [copy.deepcopy(e) for e in current]
+    out: list[Any] = current  # items are replaced, never changed: the base stays as it was
+    index: dict[str, int] = {}  # merge key -> position (a file can hold thousands of items)
+    for i, e in enumerate(out):
+        if isinstance(e, Mapping) and field.key in e:
+            index.setdefault(_ident(e[field.key]), i)
     for item in patch:
         if not isinstance(item, Mapping) or field.key not in item:
             raise PatchError(
                 f"{path}: each item needs its merge key {field.key!r} (Kubernetes merges "
                 "this list by it); add it, or replace the list with a JSON patch"
             )
-        key = item[field.key]
-        at = next(
-            (i for i, e in enumerate(out) if isinstance(e, Mapping) and e.get(field.key) == key),
-            None,
-        )
+        key = _ident(item[field.key])
+        at = index.get(key)
         merged = _smp_map(out[at] if at is not None else None, item, field.schema,
-                          path=f"{path}[{field.key}={key}]")  # fmt: skip
+                          path=f"{path}[{field.key}={item[field.key]}]")  # fmt: skip
         if merged is _DELETE:
             if at is not None:
-                del out[at]
+                out[at] = _DELETE
+                del index[key]
         elif at is None:
+            index[key] = len(out)
             out.append(merged)
         else:
             out[at] = merged
-    return out
+    return [e for e in out if e is not _DELETE]
+
+
+def _ident(value: JSON) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 def _strip(value: JSON) -> JSON:

@@ -129,7 +129,14 @@ def _patch_file(
             raise errors.RenderError(
                 f"{where}: cannot patch {target} ({_describe(docs[i])}) with a {style.value}: {e}"
             ) from None
-    return yaml.safe_dump_all(docs, sort_keys=False)
+    return yaml.dump_all(docs, Dumper=_Dumper, sort_keys=False)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Writes a value each time it occurs: no anchors the agent would have to expand."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 def _select(docs: list[Any], edit: Any, *, where: str, target: str) -> int:

@@ -339,3 +339,22 @@ def test_the_example_renders_the_same_from_a_copy(tmp_path: pathlib.Path) -> Non
     shutil.copytree(EXAMPLE, tmp_path / "app")
     got = run(tmp_path, ("servicelb", "scale3"))
     assert got["Service/frontend"]["spec"]["type"] == "LoadBalancer"
+
+
+def test_a_patched_file_holds_no_yaml_aliases(tmp_path: pathlib.Path) -> None:
+    # the base shares one label map by an anchor; the rendered file spells it out twice
+    write(tmp_path, {
+        "app/web.yaml": (
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, labels: &l {app: web}}\n"
+            "spec:\n  selector: {matchLabels: *l}\n  template: {metadata: {labels: *l}}\n"
+        ),
+        "app/overlays/x/web_patch.yaml": "spec: {replicas: 2}\n",
+    })  # fmt: skip
+    app = config.App(name="app", repo="r", path="app", namespace="app")
+    target = config.Target(name="t", yaml_overlays=("x",))
+    rendered = render.render(
+        checkout=tmp_path, refused_links=(), app=app, target=target, tools=render.Tools()
+    )
+    [(_, text)] = rendered.manifests
+    assert "&" not in text and "*" not in text
+    assert yaml.safe_load(text)["spec"]["selector"]["matchLabels"] == {"app": "web"}
