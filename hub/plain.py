@@ -79,12 +79,8 @@ def render(
                 src, base=origin[base], name=name, text=files[base], patch=path,
                 limit=limits.max_output,
             )  # fmt: skip
-    total = sum(len(text) for text in files.values())
-    if total > limits.max_output:
-        raise errors.RenderError(
-            f"the app's YAML files hold {total} bytes, over the {limits.max_output} byte limit "
-            "for one bundle; split the app"
-        )
+            _check_size(files, limit=limits.max_output)  # patches can grow files (copy)
+    _check_size(files, limit=limits.max_output)
     for rel, text in list(files.items()):
         try:
             docs = src.load_yaml(origin[rel], text)
@@ -95,6 +91,15 @@ def render(
         if not any(isinstance(d, dict) and "kind" in d for d in docs):
             del files[rel]
     return sorted(files.items())
+
+
+def _check_size(files: dict[str, str], *, limit: int) -> None:
+    total = sum(len(text) for text in files.values())
+    if total > limit:
+        raise errors.RenderError(
+            f"the app's YAML files hold {total} bytes, over the {limit} byte limit "
+            "for one bundle; split the app"
+        )
 
 
 def _patch_file(

@@ -358,3 +358,21 @@ def test_a_patched_file_holds_no_yaml_aliases(tmp_path: pathlib.Path) -> None:
     [(_, text)] = rendered.manifests
     assert "&" not in text and "*" not in text
     assert yaml.safe_load(text)["spec"]["selector"]["matchLabels"] == {"app": "web"}
+
+
+def test_a_patch_that_doubles_the_object_forty_times_is_refused(tmp_path: pathlib.Path) -> None:
+    # the attack: a few hundred bytes of JSON patch that would grow a ConfigMap to terabytes
+    doubling = "".join("- {op: copy, from: /data, path: /data/x}\n" for _ in range(40))
+    write(tmp_path, {
+        "app/cm.yaml": CM + "data: {a: " + "x" * 1000 + "}\n",
+        "app/overlays/x/cm_patch.yaml": doubling,
+    })  # fmt: skip
+    app = config.App(name="app", repo="r", path="app", namespace="app")
+    with pytest.raises(errors.RenderError) as err:
+        render.render(
+            checkout=tmp_path, refused_links=(), app=app, tools=render.Tools(),
+            target=config.Target(name="t", yaml_overlays=("x",)),
+            limits=render.Limits(max_output=100_000),
+        )  # fmt: skip
+    assert str(err.value).startswith("app/overlays/x/cm_patch.yaml: cannot patch app/cm.yaml")
+    assert "the values copied exceed 100000 characters" in str(err.value)
