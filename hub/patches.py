@@ -379,7 +379,11 @@ def _smp_list(base: JSON, patch: list[Any], field: _Field, *, path: str) -> list
 
 
 def _ident(value: JSON) -> str:
-    return json.dumps(value, sort_keys=True, default=str)
+    """A merge key as a dict key (keys may be maps or lists)."""
+    try:
+        return json.dumps(value, sort_keys=True, default=str)
+    except TypeError:  # a map with keys of mixed types cannot be sorted
+        return repr(value)
 
 
 def _strip(value: JSON) -> JSON:

@@ -130,11 +130,16 @@ def _patch_file(
         style = patches.patch_style(docs[i], edit)
         try:
             docs[i] = patches.apply(docs[i], edit, max_copied=limit)
-        except patches.PatchError as e:
+        except (patches.PatchError, RecursionError) as e:
             raise errors.RenderError(
                 f"{where}: cannot patch {target} ({_describe(docs[i])}) with a {style.value}: {e}"
             ) from None
-    return yaml.dump_all(docs, Dumper=_Dumper, sort_keys=False)
+    try:
+        return yaml.dump_all(docs, Dumper=_Dumper, sort_keys=False)
+    except RecursionError:  # operations can nest a value deeper than any file could
+        raise errors.RenderError(
+            f"{where}: the patched {target} is nested too deeply to write; flatten the patch"
+        ) from None
 
 
 class _Dumper(yaml.SafeDumper):
