@@ -5,7 +5,9 @@ default namespace (`defaultNamespace` or `namespace`) and one target per
 `targetCustomizations` entry (clusterSelector, clusterGroup, clusterName, helm.values,
 helm.valuesFiles, kustomize.dir, yaml.overlays), with the file's top-level `helm` and
 `kustomize` settings as the defaults every target starts from, and a last catch-all target
-so that clusters no customization matches still get the app, as in Fleet. Pure.
+so that clusters no customization matches still get the app, as in Fleet. The top-level
+`yaml.overlays` come first in every target's overlays, the catch-all's included, and a
+customization's own follow (Fleet appends them). Pure.
 
 `diff.comparePatches`, of the top level and of each customization, become the ignore rules
 of each target (hub.ignorerules reads them).
@@ -56,6 +58,7 @@ def apply(app: config.App, text: str) -> config.App:
     top_kustomize = doc.get("kustomize") or {}
     if not isinstance(top_helm, dict) or not isinstance(top_kustomize, dict):
         raise errors.RenderError(f"{where}: helm and kustomize must be mappings")
+    top_overlays = _top_overlays(reader, doc.get("yaml"))
     targets = []
     top_rules = ignorerules.parse_fleet(doc, where=where, path="")  # diff.comparePatches
     customizations = doc.get("targetCustomizations") or []
@@ -74,6 +77,8 @@ def apply(app: config.App, text: str) -> config.App:
         for key in ("clusterSelector", "clusterGroup", "clusterName", "yaml"):
             if key in item:
                 spec[key] = item[key]
+        if top_overlays:
+            spec["yaml"] = _with_overlays(top_overlays, item.get("yaml"))
         spec["helm"] = {k: v for k, v in spec["helm"].items() if k in ("values", "valuesFiles")}
         spec["kustomize"] = {k: v for k, v in spec["kustomize"].items() if k == "dir"}
         if "clusterGroupSelector" in item:
@@ -90,13 +95,36 @@ def apply(app: config.App, text: str) -> config.App:
             raise errors.RenderError(str(e)) from None
     default = {"name": "default", "clusterSelector": {},
                "helm": {k: v for k, v in top_helm.items() if k in ("values", "valuesFiles")},
-               "kustomize": {k: v for k, v in top_kustomize.items() if k == "dir"}}  # fmt: skip
+               "kustomize": {k: v for k, v in top_kustomize.items() if k == "dir"},
+               "yaml": {"overlays": top_overlays}}  # fmt: skip
     if all(t.name != "default" for t in targets):
         try:
             targets.append(_target(reader, default, path="(defaults)", rules=top_rules))
         except errors.ConfigError as e:
             raise errors.RenderError(str(e)) from None
     return dataclasses.replace(app, namespace=namespace, targets=tuple(targets))
+
+
+def _top_overlays(reader: configfields.Reader, value: Any) -> list[str]:
+    """The top-level `yaml.overlays`, validated as a customization's are."""
+    try:
+        m = reader.mapping(value, "yaml", ("overlays",))
+        overlays = [str(o) for o in reader.items(m.get("overlays"), "yaml.overlays")]
+        for j, o in enumerate(overlays):
+            reader.relpath({"o": o}, "o", path=f"yaml.overlays[{j}]")
+    except errors.ConfigError as e:
+        raise errors.RenderError(str(e)) from None
+    return overlays
+
+
+def _with_overlays(top: list[str], own: Any) -> Any:
+    """A customization's `yaml` with the top-level overlays first; anything but a mapping
+    with a list is left for config.parse_target to report."""
+    if own is None:
+        return {"overlays": top}
+    if isinstance(own, dict) and isinstance(own.get("overlays") or [], list):
+        return {**own, "overlays": [*top, *(own.get("overlays") or [])]}
+    return own
 
 
 def _target(

@@ -1,28 +1,36 @@
-"""Rendering a directory of plain YAML, in-process, with Fleet-style YAML overlays.
+"""Rendering a directory of plain YAML, in-process, with Fleet's YAML overlays.
 
 Every manifest file under the app's directory (recursive; hidden paths and `overlays/` left
 out) is a manifest of the bundle when one of its documents has a `kind`. A target's YAML
-overlays (`overlays/<name>/`) replace base files of the same name, remove them (an empty file)
-or patch objects (`*_patch.yaml`, a JSON merge patch matched by kind and name). Files are read
-through hub.confined only; no program runs here.
+overlays (`overlays/<name>/`, in the target's list order) act on files by their path, as in
+Fleet: `overlays/<name>/<rel>` replaces or adds the file `<rel>` (an empty file removes its
+objects); a file whose name holds `_patch.` patches the file of the same name without `_patch`
+in the same folder (`sub/web_patch.yaml` -> `sub/web.yaml`), with the patch kind hub.patches
+picks from the content. Within one overlay, replacements and additions come first, then
+patches, each in path order (Fleet leaves this order undefined). A patch of a file with several
+documents patches the one document its kind and metadata.name select, never dropping the
+others. Files are read through hub.confined only; no program runs here.
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
-from collections.abc import Mapping
+import posixpath
 from typing import Any
 
 import yaml
 
-from fleetops.hub import config, errors
+from fleetops.hub import config, errors, patches
 from fleetops.hub.confined import Source
 from fleetops.hub.kustomize import KUSTOMIZATION_FILES, MANIFEST_SUFFIXES
 from fleetops.proto import yamlsafe
 
 NOT_MANIFESTS = {"fleet.yaml", "Chart.yaml", "Chart.lock", *KUSTOMIZATION_FILES}
+PATCH_MARK = "_patch."  # in a file name: a patch of the file named without it
+# hub.render re-exports these two names; kept so that module stays as it is.
 PATCH_SUFFIXES = tuple(f"_patch{s}" for s in MANIFEST_SUFFIXES)
+merge = patches.merge_patch
 
 
 def render(
@@ -40,7 +48,6 @@ def render(
             continue
         if path.is_file() and path.suffix in MANIFEST_SUFFIXES and path.name not in NOT_MANIFESTS:
             files[rel], origin[rel] = src.read_text(path), path
-    patches: list[tuple[str, str]] = []
     app_rel = src.rel(app_dir)
     for overlay in target.yaml_overlays if target else ():
         odir = src.inside(os.path.join(app_rel, "overlays", overlay), what="yaml.overlays entry")
@@ -48,93 +55,129 @@ def render(
             raise errors.RenderError(f"yaml overlay {overlay!r}: overlays/{overlay} does not exist")
         src.refuse_escaping_links(odir)
         src.depends_on(odir)
+        replacements: list[tuple[str, pathlib.Path]] = []
+        patch_files: list[tuple[str, pathlib.Path]] = []
         for path in sorted(odir.rglob("*")):
-            if not path.is_file() or path.suffix not in MANIFEST_SUFFIXES:
-                continue
-            rel = path.relative_to(odir).as_posix()
-            text = src.read_text(path)
-            if rel.endswith(PATCH_SUFFIXES):
-                patches.append((f"overlays/{overlay}/{rel}", text))
-            elif text.strip():
-                files[rel], origin[rel] = text, path  # replaces the base file of the same name
-            else:
-                files.pop(rel, None)  # an empty overlay file removes the base file
-    total = sum(len(text) for text in files.values())
-    if total > limits.max_output:
-        raise errors.RenderError(
-            f"the app's YAML files hold {total} bytes, over the {limits.max_output} byte limit "
-            "for one bundle; split the app"
-        )
-    parsed: dict[str, list[Any]] = {}
+            if path.is_file() and path.suffix in MANIFEST_SUFFIXES:
+                rel = path.relative_to(odir).as_posix()
+                (patch_files if PATCH_MARK in path.name else replacements).append((rel, path))
+        for rel, path in replacements:  # an empty file leaves no objects: the base is removed
+            files[rel], origin[rel] = src.read_text(path), path
+        for rel, path in patch_files:
+            base = posixpath.join(posixpath.dirname(rel), path.name.replace(PATCH_MARK, ".", 1))
+            if base not in files:
+                raise errors.RenderError(
+                    f"{src.rel(path)}: patches {src.rel(app_dir / base)}, which does not exist; "
+                    f"a patch applies to the file of the same name without {PATCH_MARK[:-1]!r}, "
+                    "in the same folder of the app (or added by an earlier overlay): add that "
+                    "file or rename the patch"
+                )
+            name = src.rel(app_dir / base)
+            if origin[base] != app_dir / base:  # an earlier overlay wrote it
+                name += f" (from {src.rel(origin[base])})"
+            files[base] = _patch_file(
+                src, base=origin[base], name=name, text=files[base], patch=path,
+                limit=limits.max_output,
+            )  # fmt: skip
+            _check_size(files, limit=limits.max_output)  # patches can grow files (copy)
+    _check_size(files, limit=limits.max_output)
     for rel, text in list(files.items()):
         try:
-            parsed[rel] = src.load_yaml(origin[rel], text)
+            docs = src.load_yaml(origin[rel], text)
         except yaml.YAMLError:
             continue  # files that do not parse pass through, so the agent reports them
         # Helm values and other config files are not applied: a file qualifies when any of
         # its documents has a kind.
-        if not any(isinstance(d, dict) and "kind" in d for d in parsed[rel]):
+        if not any(isinstance(d, dict) and "kind" in d for d in docs):
             del files[rel]
-    if patches:
-        files = _apply_patches(
-            src,
-            app_dir=app_dir,
-            files={rel: origin[rel] for rel in files},
-            parsed=parsed,
-            patches=patches,
-        )
     return sorted(files.items())
 
 
-def _apply_patches(
-    src: Source,
-    *,
-    app_dir: pathlib.Path,
-    files: dict[str, pathlib.Path],
-    parsed: dict[str, list[Any]],
-    patches: list[tuple[str, str]],
-) -> dict[str, str]:
-    broken = sorted(set(files) - set(parsed))
-    if broken:
+def _check_size(files: dict[str, str], *, limit: int) -> None:
+    total = sum(len(text) for text in files.values())
+    if total > limit:
         raise errors.RenderError(
-            f"{src.rel(files[broken[0]])}: invalid YAML; yaml.overlays patches cannot apply"
+            f"the app's YAML files hold {total} bytes, over the {limit} byte limit "
+            "for one bundle; split the app"
         )
-    objs = {rel: [d for d in parsed[rel] if d is not None] for rel in files}
-    for source, text in patches:
+
+
+def _patch_file(
+    src: Source, *, base: pathlib.Path, name: str, text: str, patch: pathlib.Path, limit: int
+) -> str:
+    """The text of the file `name` (its current `text`, read from `base`) with the patch file
+    `patch` applied."""
+    where, target = src.rel(patch), name
+    try:
+        docs = [d for d in src.load_yaml(base, text) if d is not None]
+    except yaml.YAMLError as e:
+        raise errors.RenderError(
+            f"{target}: invalid YAML: {yamlsafe.describe(e)}; {where} cannot apply to it"
+        ) from None
+    try:
+        edits = [d for d in src.load_yaml(patch, src.read_text(patch)) if d is not None]
+    except yaml.YAMLError as e:
+        raise errors.RenderError(f"{where}: invalid YAML: {yamlsafe.describe(e)}") from None
+    if not edits:
+        raise errors.RenderError(f"{where}: holds no patch; write one or delete the file")
+    if not docs:
+        raise errors.RenderError(
+            f"{where}: {target} holds no object to patch (it is empty, or an earlier overlay "
+            "emptied it); patch a file that has one"
+        )
+    for edit in edits:
+        i = _select(docs, edit, where=where, target=target)
+        style = patches.patch_style(docs[i], edit)
         try:
-            docs = [d for d in src.load_yaml(app_dir / source, text) if isinstance(d, dict)]
-        except yaml.YAMLError as e:
+            docs[i] = patches.apply(docs[i], edit, max_copied=limit)
+        except (patches.PatchError, RecursionError) as e:
             raise errors.RenderError(
-                f"{src.rel(app_dir / source)}: invalid YAML: {yamlsafe.describe(e)}"
+                f"{where}: cannot patch {target} ({_describe(docs[i])}) with a {style.value}: {e}"
             ) from None
-        for patch in docs:
-            kind = patch.get("kind")
-            name = (patch.get("metadata") or {}).get("name")
-            hits = [
-                (rel, i)
-                for rel, docs_of in objs.items()
-                for i, obj in enumerate(docs_of)
-                if isinstance(obj, dict)
-                and obj.get("kind") == kind
-                and (obj.get("metadata") or {}).get("name") == name
-            ]
-            if not hits:
-                raise errors.RenderError(
-                    f"{source}: patch for {kind} {name} matches no object in the base"
-                )
-            for rel, i in hits:
-                objs[rel][i] = merge(objs[rel][i], patch=patch)
-    return {rel: yaml.safe_dump_all(docs_of, sort_keys=False) for rel, docs_of in objs.items()}
+    try:
+        return yaml.dump_all(docs, Dumper=_Dumper, sort_keys=False)
+    except RecursionError:  # operations can nest a value deeper than any file could
+        raise errors.RenderError(
+            f"{where}: the patched {target} is nested too deeply to write; flatten the patch"
+        ) from None
 
 
-def merge(base: Any, *, patch: Any) -> Any:
-    """JSON merge patch (RFC 7386): maps merge, null deletes, anything else replaces."""
-    if not isinstance(patch, Mapping):
-        return patch
-    out = dict(base) if isinstance(base, Mapping) else {}
-    for k, v in patch.items():
-        if v is None:
-            out.pop(k, None)
-        else:
-            out[k] = merge(out.get(k), patch=v)
-    return out
+class _Dumper(yaml.SafeDumper):
+    """Writes a value each time it occurs: no anchors the agent would have to expand."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _select(docs: list[Any], edit: Any, *, where: str, target: str) -> int:
+    """Which document of the base `edit` patches: the only one, or the one its kind and
+    metadata.name select."""
+    if len(docs) == 1:
+        return 0
+    kind, name = _kind_name(edit)
+    hits = [i for i, d in enumerate(docs) if kind and name and _kind_name(d) == (kind, name)]
+    if len(hits) == 1:
+        return hits[0]
+    if not kind or not name:
+        raise errors.RenderError(
+            f"{where}: {target} holds {len(docs)} documents and the patch does not say which "
+            "to patch; split the file into one file per object, or give the patch the "
+            "object's kind and metadata.name"
+        )
+    raise errors.RenderError(
+        f"{where}: {target} holds {len(docs)} documents and {len(hits)} of them are "
+        f"{kind} {name}; split the file into one file per object"
+    )
+
+
+def _kind_name(doc: Any) -> tuple[str, str]:
+    if not isinstance(doc, dict):
+        return "", ""
+    meta = doc.get("metadata")
+    name = meta.get("name") if isinstance(meta, dict) else None
+    return str(doc.get("kind") or ""), str(name or "")
+
+
+def _describe(doc: Any) -> str:
+    kind, name = _kind_name(doc)
+    return f"{kind} {name}".strip() or "no kind"

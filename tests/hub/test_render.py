@@ -67,14 +67,14 @@ def test_yaml_overlays_replace_remove_and_patch(
     assert got["Deployment/web"]["spec"] == {"replicas": 3}
 
 
-def test_a_patch_that_matches_nothing_is_an_error(
+def test_a_patch_whose_base_file_is_missing_is_an_error_naming_both(
     tmp_path: pathlib.Path, tools: render.Tools
 ) -> None:
     write(tmp_path, {
         "shop/cm.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\n",
         "shop/overlays/x/typo_patch.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: setings}\n",
     })  # fmt: skip
-    with pytest.raises(errors.RenderError, match="patch for ConfigMap setings matches no object"):
+    with pytest.raises(errors.RenderError, match="typo_patch.yaml: patches shop/typo.yaml, which"):
         render.render(checkout=tmp_path, refused_links=(), app=app("shop"),
                       target=config.Target(name="x", yaml_overlays=("x",)), tools=tools)  # fmt: skip
 
