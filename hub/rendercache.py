@@ -50,6 +50,11 @@ def overrides_hash(app: config.App, target: config.Target) -> str:
         "valuesFiles": list(target.helm.values_files),
         "kustomize": target.kustomize_dir,
         "overlays": list(target.yaml_overlays),
+        **(
+            {"health": [dataclasses.astuple(c) for c in app.health_checks]}
+            if app.health_checks
+            else {}
+        ),
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -188,6 +193,10 @@ class RenderCache:
             return RenderResult("", status.unexpected("render", e))
         try:
             bundle = types_pb2.Bundle(app=app.name, namespace=app.namespace)
+            bundle.health_checks.extend(
+                types_pb2.HealthCheck(group=c.group, kind=c.kind, lua=c.lua)
+                for c in app.health_checks
+            )
             for source, text in rendered.manifests:
                 bundle.manifests.add(source=source, yaml=text)
             digest = bundles.digest(bundle)
