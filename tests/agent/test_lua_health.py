@@ -171,6 +171,12 @@ def test_limits_are_named_and_the_runtime_survives_them() -> None:
     loop, bomb = verdict("Loop"), verdict("Bomb")
     assert loop is not None and "instruction limit exceeded" in loop.message
     assert bomb is not None and "memory limit exceeded" in bomb.message
+    # a script that hit a limit does not block the agent again for the next object
+    started = time.monotonic()
+    again = verdict("Loop")
+    assert time.monotonic() - started < 0.05
+    assert again is not None and again.status == "Unknown"
+    assert "loop.lua is disabled: instruction limit exceeded on an earlier object" in again.message
     for _ in range(3):  # the same runtime keeps answering after its limits were hit
         assert verdict("Fine") == luahealth.Verdict("Healthy", "ok", "fine.lua")
 
