@@ -189,9 +189,10 @@ class Checks:
         if source is None:
             return None
         if source in self._broken:
-            return Verdict("Unknown", f"health check {source.origin} {self._broken[source]}", "")
+            reason = f"health check {source.origin} {self._broken[source]}"
+            return Verdict("Unknown", reason, source.origin)
         try:
-            lua_obj = self._runtime.table_from(dict(obj), recursive=True)
+            lua_obj = self._runtime.table_from(_visible(obj, group=group), recursive=True)
             ok, result = self._run(self._compiled[source], lua_obj, INSTRUCTION_LIMIT, TIME_LIMIT)
         except lua54.LuaMemoryError:
             ok, result = False, "memory limit exceeded"
@@ -207,6 +208,14 @@ class Checks:
                 "hub.yaml check is compiled afresh, a --health-checks one on agent restart)"
             )
         return _failed(source, str(result))
+
+
+def _visible(obj: Mapping[str, Any], *, group: str) -> dict[str, Any]:
+    """What a script may see: a Secret's keys but never its values (a message could show them)."""
+    if group or obj.get("kind") != "Secret":
+        return dict(obj)
+    hidden = {f: dict.fromkeys(obj.get(f) or {}, "") for f in ("data", "stringData") if f in obj}
+    return {**obj, **hidden}
 
 
 def _failed(source: Source, error: str) -> Verdict:

@@ -225,3 +225,19 @@ def test_an_exact_script_beats_a_wildcard() -> None:
     assert pool is not None and pool.origin == "pool.lua"
     assert other is not None and other.origin == "any.lua"
     assert checks.script_for("example.org", "Pool") is None
+
+
+def test_a_secret_check_sees_keys_never_values() -> None:
+    script = (
+        "local keys = {}\n"
+        "for k, v in pairs(obj.data) do keys[#keys + 1] = k .. '=' .. v end\n"
+        'return {status = "Healthy", message = table.concat(keys, ",")}'
+    )
+    checks = health.Checks(luahealth.Checks([luahealth.Source("", "Secret", script, "s.lua")]))
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "db"},
+        "data": {"password": "c3VwZXItc2VjcmV0"},
+    }
+    assert checks.assess(secret).reason == "password="
