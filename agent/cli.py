@@ -54,6 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
             f"{kube.CONNECT_TIMEOUT:g} s); default {kube.READ_TIMEOUT:g}",
         )
         p.add_argument("--output", choices=("text", "json"), default="text")
+        health_checks_arg(p)
+
+    def health_checks_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--health-checks",
+            type=pathlib.Path,
+            default=None,
+            metavar="DIR",
+            help="custom health checks in Argo CD's Lua format, laid out "
+            "<group>/<Kind>/health.lua (<Kind>/health.lua for the core group, '_' a wildcard); "
+            "they override the built-in rules, and the hub's healthChecks override them",
+        )
 
     apply = sub.add_parser(
         "apply",
@@ -112,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     hl.add_argument("files", nargs="+", type=pathlib.Path, metavar="FILE")
     hl.add_argument("--output", choices=("text", "json"), default="text")
+    health_checks_arg(hl)
 
     run = sub.add_parser(
         "run",

@@ -22,6 +22,7 @@ from fleetops.agent import (
     health,
     keystore,
     kube,
+    luahealth,
     manifests,
     output,
     reconcile,
@@ -37,7 +38,19 @@ def _options(ns: argparse.Namespace) -> reconcile.Options:
     return reconcile.Options(
         inventory_namespace=ns.inventory_namespace,
         wave_timeout=getattr(ns, "wave_timeout", 300.0),
+        health_checks=_health_checks(ns),
     )
+
+
+def _health_checks(ns: argparse.Namespace) -> tuple[luahealth.Source, ...]:
+    """The scripts under --health-checks DIR; a directory that cannot be read stops the start."""
+    root = getattr(ns, "health_checks", None)
+    if root is None:
+        return ()
+    try:
+        return tuple(luahealth.load_dir(root))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise errors.AgentError(f"--health-checks {root}: {e}") from None
 
 
 def _connect(ns: argparse.Namespace) -> kube.Kube:
@@ -160,6 +173,7 @@ async def reconcile_loop(ns: argparse.Namespace) -> int:
 def health_of_files(ns: argparse.Namespace) -> int:
     rows: list[dict[str, str]] = []
     problems: list[str] = []
+    checks = health.Checks(luahealth.Checks(_health_checks(ns)))
     for path in ns.files:
         try:
             text = path.read_text()
@@ -169,7 +183,7 @@ def health_of_files(ns: argparse.Namespace) -> int:
         parsed = manifests.parse(source=str(path), text=text)
         problems += [str(p) for p in parsed.problems]
         for r in parsed.resources:
-            h = health.assess(r.obj)
+            h = checks.assess(r.obj)
             rows.append(
                 {
                     "apiVersion": r.api_version,

@@ -2,6 +2,8 @@
 what was last seen in sync (so a check can skip the dry-run of an object nobody touched).
 
 It holds state and small helpers only; it never decides what to apply, prune or heal.
+It also holds the compiled custom health checks: the agent's own (`--health-checks`) and, per
+distinct set, those bundles carry (compiled once, not per object or per reconcile).
 """
 
 from __future__ import annotations
@@ -9,10 +11,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
-from fleetops.agent import errors, explain, ids, inventory, kube, manifests
+from fleetops.agent import errors, explain, health, ids, inventory, kube, luahealth, manifests
+from fleetops.proto.v1 import types_pb2
+
+T = TypeVar("T")
+_COMPILED_SETS = 16  # distinct bundle check sets kept compiled (the hub sends one to all)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -27,6 +33,8 @@ class Options:
     # The cluster's name in the fleet, for messages that tell an operator what to run on the
     # hub (e.g. to allow a held prune); empty when the agent runs without a hub.
     cluster: ids.ClusterName = ids.ClusterName("")
+    # Custom health checks of this agent (`--health-checks DIR`); a bundle's own come first.
+    health_checks: tuple[luahealth.Source, ...] = ()
 
 
 def fingerprint(obj: Mapping[str, Any]) -> str:
@@ -44,6 +52,28 @@ class Context:
         # app -> key -> (fingerprint of the desired object, live resourceVersion) last seen in sync
         self._in_sync: dict[ids.AppName, dict[manifests.Key, tuple[str, str]]] = {}
         self._checks: dict[ids.AppName, int] = {}
+        self._own_health = luahealth.Checks(options.health_checks)
+        self._bundle_health: dict[tuple[tuple[str, str, str], ...], luahealth.Checks] = {}
+
+    def health_checks(self, bundle: types_pb2.Bundle | None) -> health.Checks:
+        """The bundle's checks (hub.yaml), then the agent's, then the built-ins."""
+        key = tuple((c.group, c.kind, c.lua) for c in bundle.health_checks) if bundle else ()
+        if not key:
+            return health.Checks(self._own_health)
+        compiled = self._bundle_health.pop(key, None)
+        if compiled is None:
+            compiled = luahealth.inline(
+                bundle.health_checks if bundle else (), where="healthChecks"
+            )
+        self._bundle_health[key] = compiled  # newest last; the oldest goes first
+        while len(self._bundle_health) > _COMPILED_SETS:
+            del self._bundle_health[next(iter(self._bundle_health))]
+        return health.Checks(compiled, self._own_health)
+
+    async def checked(self, bundle: types_pb2.Bundle | None, work: Callable[[], Awaitable[T]]) -> T:
+        """`work()` with health assessed by `health_checks(bundle)` throughout."""
+        with health.using(self.health_checks(bundle)):
+            return await work()
 
     def remember(
         self,

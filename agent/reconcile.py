@@ -130,7 +130,9 @@ class Reconciler:
     async def inventory_health(self, app: str) -> st.AppResult | None:
         """Health of what the in-cluster inventory lists, when no bundle is at hand; None when
         the cluster has no inventory for the app (see `agent.check.inventory_health`)."""
-        return await check.inventory_health(self._ctx, ids.AppName(app))
+        return await self._ctx.checked(
+            None, lambda: check.inventory_health(self._ctx, ids.AppName(app))
+        )
 
     async def wait_healthy(
         self,
@@ -153,7 +155,7 @@ class Reconciler:
     ) -> st.AppResult:
         """`work()`, or the app's failure when the agent could not reconcile it at all."""
         try:
-            return await work()
+            return await self._ctx.checked(bundle, work)  # custom health checks throughout
         except errors.AgentError as e:
             target = prepare.Target.of(bundle)
             return explain.app_failure(

@@ -2,7 +2,8 @@
 
 Every error names the file, the field path (`apps[0].targets[1].clusterGroup`) and what is
 allowed, and nothing is half-loaded: `load` returns a whole `Config` or raises. Pure apart
-from reading the one file; never touches Git or the store. This module holds the config's
+from reading the one file (and the Lua files its healthChecks name); never touches Git or the
+store. This module holds the config's
 value types and how a document becomes one; checking each field is hub.configfields'.
 """
 
@@ -77,6 +78,15 @@ class Sync:
 
 
 @dataclasses.dataclass(frozen=True)
+class HealthCheck:
+    """A custom health check in Argo CD's Lua format, for objects of group/kind."""
+
+    group: str  # "" for the core group
+    kind: str
+    lua: str
+
+
+@dataclasses.dataclass(frozen=True)
 class App:
     name: str
     repo: str
@@ -87,6 +97,8 @@ class App:
     depends_on: tuple[str, ...] = ()
     # fields that are neither drift nor healed, on every target (hub.yaml ignoreDifferences)
     ignore_differences: tuple[ignorerules.IgnoreRule, ...] = ()
+    # hub.yaml's top-level healthChecks: the hub puts them into every bundle of every app
+    health_checks: tuple[HealthCheck, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +120,7 @@ class Config:
     cluster_groups: tuple[ClusterGroup, ...] = ()
     apps: tuple[App, ...] = ()
     retention: Retention = dataclasses.field(default_factory=Retention)
+    health_checks: tuple[HealthCheck, ...] = ()
 
     def repo(self, name: str) -> Repo:
         return next(r for r in self.repos if r.name == name)
@@ -133,7 +146,10 @@ def parse(text: str, *, file: str) -> Config:
         mark = e.problem_mark
         where = f"line {mark.line + 1}" if mark else "?"
         raise r.fail("", message=f"invalid YAML at {where}: {e.problem}") from None
-    root = r.mapping(doc, "", ("repos", "clusters", "clusterGroups", "apps", "retention"))
+    root = r.mapping(
+        doc, "", ("repos", "clusters", "clusterGroups", "apps", "retention", "healthChecks")
+    )
+    health_checks = _health_checks(r, root.get("healthChecks"), base=pathlib.Path(file).parent)
     rm = r.mapping(root.get("retention"), "retention", ("events", "eventsPerApp", "revisions"))
     retention = Retention(
         events=r.duration(rm, "events", path="retention", default=Retention.events),
@@ -277,6 +293,7 @@ def parse(text: str, *, file: str) -> Config:
                 ignore_differences=ignorerules.parse_app(
                     r, m.get("ignoreDifferences"), path=f"{p}.ignoreDifferences", app=name
                 ),
+                health_checks=health_checks,
             )
         )
     _unique(r, path="apps", names=[x.name for x in apps])
@@ -285,7 +302,52 @@ def parse(text: str, *, file: str) -> Config:
         for d in a.depends_on:
             if d not in app_names:
                 raise r.fail(f"apps[{i}].dependsOn", message=f"unknown app {d!r}")
-    return Config(file, tuple(repos), tuple(clusters), tuple(groups), tuple(apps), retention)
+    return Config(
+        file,
+        tuple(repos),
+        tuple(clusters),
+        tuple(groups),
+        tuple(apps),
+        retention,
+        health_checks=health_checks,
+    )
+
+
+def _health_checks(
+    r: configfields.Reader, value: Any, *, base: pathlib.Path
+) -> tuple[HealthCheck, ...]:
+    """hub.yaml `healthChecks`: `- {group, kind, lua: |...}` or `file:` (relative to hub.yaml)."""
+    checks: list[HealthCheck] = []
+    seen: dict[tuple[str, str], int] = {}
+    for i, item in enumerate(r.items(value, "healthChecks")):
+        p = f"healthChecks[{i}]"
+        m = r.mapping(item, p, ("group", "kind", "lua", "file"))
+        group = r.string(m, "group", path=p)
+        kind = r.string(m, "kind", path=p, required=True)
+        if ("lua" in m) == ("file" in m):
+            raise r.fail(p, message="give the script inline as lua: | or in a file: path, not both")
+        if "lua" in m:
+            lua, where = r.string(m, "lua", path=p, required=True), f"{p}.lua"
+        else:
+            name = r.string(m, "file", path=p, required=True)
+            where = f"{p}.file"
+            try:
+                lua = (base / name).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                reason = getattr(e, "strerror", None) or str(e)
+                raise r.fail(where, message=f"cannot read {base / name}: {reason}") from None
+        problem = configfields.lua_problem(lua)
+        if problem:
+            raise r.fail(where, message=f"the Lua does not compile: {problem}")
+        if (group, kind) in seen:
+            raise r.fail(
+                f"{p}.kind",
+                message=f"healthChecks[{seen[group, kind]}] already checks {group or 'core'}/"
+                f"{kind}; one script per kind",
+            )
+        seen[group, kind] = i
+        checks.append(HealthCheck(group, kind, lua))
+    return tuple(checks)
 
 
 def parse_target(r: configfields.Reader, item: Any, *, path: str, groups: list[str]) -> Target:

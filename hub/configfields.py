@@ -13,6 +13,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from lupa import lua54
+
 from fleetops.hub import errors, selectors
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -35,6 +37,17 @@ def label_problem(key: str, value: str) -> str:
             "and ending with a letter or digit"
         )
     return ""
+
+
+def lua_problem(source: str) -> str:
+    """Why a health check's Lua does not compile (compiled only, never run), or ''."""
+    runtime = lua54.LuaRuntime(register_eval=False, register_builtins=False, max_memory=16 << 20)
+    try:
+        check = runtime.eval("function(s) local f, err = load(s, '=lua', 't') return err end")
+        problem = check(source)
+    except lua54.LuaError as e:
+        return str(e)
+    return str(problem) if problem else ""
 
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")

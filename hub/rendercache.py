@@ -50,6 +50,11 @@ def overrides_hash(app: config.App, target: config.Target) -> str:
         "valuesFiles": list(target.helm.values_files),
         "kustomize": target.kustomize_dir,
         "overlays": list(target.yaml_overlays),
+        **(
+            {"health": [dataclasses.astuple(c) for c in app.health_checks]}
+            if app.health_checks
+            else {}
+        ),
     }
     if rules := app.ignore_differences + target.ignore_differences:  # they are in the bundle
         doc["ignore"] = ignorerules.describe(rules)
@@ -192,6 +197,10 @@ class RenderCache:
             bundle = types_pb2.Bundle(app=app.name, namespace=app.namespace)
             rules = app.ignore_differences + target.ignore_differences
             bundle.ignore_differences.extend(ignorerules.to_proto(rules))
+            bundle.health_checks.extend(
+                types_pb2.HealthCheck(group=c.group, kind=c.kind, lua=c.lua)
+                for c in app.health_checks
+            )
             for source, text in rendered.manifests:
                 bundle.manifests.add(source=source, yaml=text)
             digest = bundles.digest(bundle)

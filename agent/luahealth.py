@@ -1,0 +1,283 @@
+"""Custom health checks in Argo CD's Lua format, run in a sandbox.
+
+A script sees the live object as the global `obj` (Lua tables, arrays 1-based) and returns
+`{status = "Healthy"|"Progressing"|"Degraded"|"Suspended"|"Missing"|"Unknown", message = ...}`;
+nil or an empty table means "no verdict" (the built-in rules decide). Scripts come from hub.yaml
+`healthChecks` (in the bundle) or from a directory laid out like Argo CD's
+resource_customizations: `<group>/<Kind>/health.lua`, `<Kind>/health.lua` for the core group,
+and `_` in a folder name as a wildcard that only applies where no exact script exists.
+
+The sandbox: only base functions (no load/dofile/loadfile/require/collectgarbage/print), table,
+string (no string.dump), math and os.time/date/clock; an instruction budget and a memory cap per
+runtime. A script that errors, loops, blows the memory or returns a bad status gives an UNKNOWN
+verdict with the error: it must never raise out of `Checks.verdict` or touch the host.
+Known limit: one call of a C function (a pathological string pattern) is not interruptible.
+Each set of scripts is compiled once, into one runtime, never per object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import pathlib
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from lupa import lua54
+
+STATUSES = ("Healthy", "Progressing", "Degraded", "Suspended", "Missing", "Unknown")
+INSTRUCTION_LIMIT = 20_000_000  # a fraction of a second of plain Lua
+TIME_LIMIT = 1.0  # seconds per run, as Argo CD's; checked between instructions
+MEMORY_LIMIT = 64 << 20  # bytes per runtime (one per set of scripts)
+MAX_SCRIPT = 256 << 10  # bytes of Lua per script
+_MESSAGE_MAX = 500
+
+# Runs once per runtime, before any script, with the full standard library; returns the
+# function that compiles a script into its own environment and the one that runs it.
+_SETUP = r"""
+local now = ...  -- the host's monotonic clock, for the time limit
+local sethook, pcall_, xpcall_, error_, load_ = debug.sethook, pcall, xpcall, error, load
+local pack, collect, tostring_ = table.pack, collectgarbage, tostring
+local LIMIT = setmetatable({}, {__tostring = function() return "limit" end})
+local reason = nil
+
+local function rethrow_limits(ok, ...)
+  -- a script's own pcall must not swallow the instruction budget or the memory cap
+  if not ok then
+    local e = ...
+    if e == LIMIT or e == "not enough memory" then error_(e, 0) end
+  end
+  return ok, ...
+end
+
+local function copy(t, skip)
+  local out = {}
+  for k, v in pairs(t) do if not (skip and skip[k]) then out[k] = v end end
+  return out
+end
+
+-- everything a script may use, taken now: the globals go after setup
+local lib = {}
+for _, k in ipairs({"assert", "error", "ipairs", "next", "pairs", "rawequal", "rawget",
+                    "rawlen", "rawset", "select", "setmetatable", "getmetatable", "tonumber",
+                    "tostring", "type", "_VERSION"}) do
+  lib[k] = _G[k]
+end
+lib.pcall = function(f, ...) return rethrow_limits(pcall_(f, ...)) end
+lib.xpcall = function(f, h, ...) return rethrow_limits(xpcall_(f, h, ...)) end
+lib.unpack = table.unpack  -- the Lua 5.1 name, as Argo CD's gopher-lua has it
+local string_, table_, math_ = copy(string, {dump = true}), copy(table), copy(math)
+local os_ = {time = os.time, date = os.date, clock = os.clock}
+
+-- the shared string metatable would let one script change string methods for every other
+getmetatable("").__metatable = false
+
+local function compile(source, name)
+  -- each script its own environment and library tables: one cannot change another's
+  local env = copy(lib)
+  env.string, env.table, env.math, env.os = copy(string_), copy(table_), copy(math_), copy(os_)
+  env._G = env
+  local fn, err = load_(source, "=" .. name, "t", env)
+  if not fn then return nil, err end
+  return function(obj)
+    env.obj = obj
+    return fn()
+  end, ""
+end
+
+local function run(check, obj, budget, seconds)
+  local used, deadline = 0, now() + seconds
+  reason = nil
+  sethook(function()
+    used = used + 1000
+    if used > budget then reason = "instruction limit"; error_(LIMIT, 0) end
+    if now() > deadline then reason = "time limit"; error_(LIMIT, 0) end
+  end, "", 1000)
+  local result = pack(pcall_(check, obj))
+  sethook()
+  if not result[1] then
+    local e = result[2]
+    collect("collect")
+    if e == LIMIT then return false, reason .. " exceeded" end
+    if e == "not enough memory" then return false, "memory limit exceeded" end
+    return false, tostring_(e)
+  end
+  return true, result[2]
+end
+
+return compile, run
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """One script: for objects of `group`/`kind` (globs: `*`), from `origin` (for messages)."""
+
+    group: str
+    kind: str
+    lua: str
+    origin: str
+
+    @property
+    def exact(self) -> bool:
+        return "*" not in self.group + self.kind
+
+    def matches(self, group: str, kind: str) -> bool:
+        return fnmatch.fnmatchcase(group, self.group) and fnmatch.fnmatchcase(kind, self.kind)
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    status: str  # one of STATUSES
+    message: str
+    origin: str  # which script said so
+
+
+class Checks:
+    """A compiled set of scripts in one sandboxed runtime. `verdict` is None where no script
+    applies or the script gave no verdict."""
+
+    def __init__(self, sources: Iterable[Source]) -> None:
+        self.sources = tuple(sources)
+        self._compiled: dict[Source, Any] = {}
+        self._broken: dict[Source, str] = {}
+        self._runtime: Any = None
+        self._run: Any = None
+        if self.sources:
+            self._start()
+
+    def _start(self) -> None:
+        rt = lua54.LuaRuntime(register_eval=False, register_builtins=False, max_memory=MEMORY_LIMIT)
+        compile_, self._run = rt.execute(_SETUP, time.monotonic)
+        g = rt.globals()
+        for name in (
+            "debug",
+            "io",
+            "os",
+            "package",
+            "require",
+            "dofile",
+            "loadfile",
+            "load",
+            "python",
+        ):
+            g[name] = None  # nothing a script could reach, even through a leaked reference
+        self._runtime = rt
+        for s in self.sources:
+            if len(s.lua.encode()) > MAX_SCRIPT:
+                self._broken[s] = f"the script is larger than {MAX_SCRIPT >> 10} KiB"
+                continue
+            try:
+                fn, err = compile_(s.lua, s.origin)
+            except lua54.LuaError as e:
+                fn, err = None, str(e)
+            if fn is None:
+                self._broken[s] = f"does not compile: {err}"
+            else:
+                self._compiled[s] = fn
+
+    def script_for(self, group: str, kind: str) -> Source | None:
+        """The exact script for group/kind, else the first wildcard one that matches."""
+        exact = [s for s in self.sources if s.exact and s.matches(group, kind)]
+        if exact:
+            return exact[0]
+        return next((s for s in self.sources if s.matches(group, kind)), None)
+
+    def verdict(self, obj: Mapping[str, Any], *, group: str, kind: str) -> Verdict | None:
+        source = self.script_for(group, kind)
+        if source is None:
+            return None
+        if source in self._broken:
+            reason = f"health check {source.origin} {self._broken[source]}"
+            return Verdict("Unknown", reason, source.origin)
+        try:
+            lua_obj = self._runtime.table_from(_visible(obj, group=group), recursive=True)
+            ok, result = self._run(self._compiled[source], lua_obj, INSTRUCTION_LIMIT, TIME_LIMIT)
+        except lua54.LuaMemoryError:
+            ok, result = False, "memory limit exceeded"
+        except Exception as e:  # noqa: BLE001 - lupa's own errors; a script never crashes us
+            return _failed(source, f"{type(e).__name__}: {e}")
+        if ok:
+            return _read(result, source)
+        if str(result).endswith("limit exceeded"):
+            # Each run blocks the agent's loop for up to TIME_LIMIT: a script that hit a limit
+            # once is not run again for other objects until the checks change.
+            self._broken[source] = (
+                f"is disabled: {result} on an earlier object (fix the script: a changed "
+                "hub.yaml check is compiled afresh, a --health-checks one on agent restart)"
+            )
+        return _failed(source, str(result))
+
+
+def _visible(obj: Mapping[str, Any], *, group: str) -> dict[str, Any]:
+    """What a script may see: a Secret's keys but never its values (a message could show them)."""
+    if group or obj.get("kind") != "Secret":
+        return dict(obj)
+    hidden = {f: dict.fromkeys(obj.get(f) or {}, "") for f in ("data", "stringData") if f in obj}
+    return {**obj, **hidden}
+
+
+def _failed(source: Source, error: str) -> Verdict:
+    return Verdict("Unknown", f"health check {source.origin} failed: {_line(error)}", source.origin)
+
+
+def _line(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _MESSAGE_MAX else text[: _MESSAGE_MAX - 3] + "..."
+
+
+def _read(result: Any, source: Source) -> Verdict | None:
+    if result is None:
+        return None
+    if lua54.lua_type(result) != "table":
+        return _failed(
+            source,
+            f"returned a {lua54.lua_type(result) or type(result).__name__}, "
+            "expected a table {status=..., message=...}",
+        )
+    status, message = result["status"], result["message"]
+    if status is None and message is None and not list(result.keys()):
+        return None  # an empty table: no verdict
+    if not isinstance(status, str) or status not in STATUSES:
+        return _failed(
+            source,
+            f"returned an invalid health status {status!r}; use one of {', '.join(STATUSES)}",
+        )
+    return Verdict(status, _line(str(message)) if message is not None else "", source.origin)
+
+
+def inline(checks: Sequence[Any], *, where: str) -> Checks:
+    """Checks from proto HealthCheck messages (group, kind, lua), e.g. a bundle's."""
+    return Checks(
+        Source(c.group, c.kind, c.lua, f"{where}[{i}] {c.group or 'core'}/{c.kind}")
+        for i, c in enumerate(checks)
+    )
+
+
+def load_dir(root: pathlib.Path) -> list[Source]:
+    """Scripts laid out as Argo CD's resource_customizations: `<group>/<Kind>/health.lua`,
+    `<Kind>/health.lua` for the core group; `_` in a folder name is a wildcard. Raises
+    OSError/ValueError naming the file when the directory cannot be read."""
+    if not root.is_dir():
+        raise ValueError(f"{root}: not a directory (expected <group>/<Kind>/health.lua inside)")
+    found: list[Source] = []
+    for path in sorted(root.rglob("health.lua")):
+        parts = path.relative_to(root).parts[:-1]
+        if len(parts) == 2:
+            group, kind = parts
+        elif len(parts) == 1:
+            group, kind = "", parts[0]
+        else:
+            raise ValueError(
+                f"{path}: expected <group>/<Kind>/health.lua or <Kind>/health.lua (core group)"
+            )
+        found.append(
+            Source(
+                group.replace("_", "*"),
+                kind.replace("_", "*"),
+                path.read_text(encoding="utf-8"),
+                str(path),
+            )
+        )
+    return found
