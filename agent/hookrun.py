@@ -201,3 +201,27 @@ async def _delete_and_wait(ctx: Context, p: Prepared) -> str:
     except errors.KubeError as e:
         return f"could not delete the earlier object: {explain.first_line(str(e))}"
     return ""
+
+
+async def observed(ctx: Context, hooks_: Sequence[HookPrepared]) -> list[st.ResourceResult]:
+    """How the hooks of an applied bundle look now, for a check (which never runs them): their
+    health when they exist, else that their delete policy removed them. Never a drift, and
+    never counted in the app's health (`agent.status.rollup_health`)."""
+
+    async def one(h: HookPrepared) -> st.ResourceResult:
+        p = h.prepared
+        try:
+            obj = await _get(ctx, p)
+        except errors.Forbidden as e:
+            found, note = None, ctx.denied(e)
+        except errors.KubeError as e:
+            found, note = None, f"cannot read: {explain.first_line(str(e))}"
+        else:
+            found = health.assess(obj) if obj is not None else None
+            note = "" if obj is not None else "not in the cluster: deleted by its delete policy"
+        result = st.ResourceResult.in_sync(
+            key=p.key, version=p.rt.version, health=found, source=p.resource.where
+        )
+        return dataclasses.replace(result, hook=h.hook.label, message=note)
+
+    return list(await asyncio.gather(*(one(h) for h in hooks_)))

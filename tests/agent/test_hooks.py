@@ -218,6 +218,9 @@ async def test_a_resync_of_an_in_sync_app_does_not_rerun_hooks(
     ):
         assert again.sync == st.SYNCED, again.reason
         assert not again.drifted and not again.healed
+        # the report still shows the hooks, as they are now
+        shown = {r.key.name: (r.hook, r.health.name if r.health else "") for r in again.resources}
+        assert shown["migrate"] == ("PreSync", "Healthy") and shown[seed] == ("PreSync", "Healthy")
     for name, uid in uids.items():
         obj = await cluster.get(JOB, namespace=ns, name=name)
         assert obj is not None and obj["metadata"]["uid"] == uid, f"{name} ran again on a resync"
