@@ -81,18 +81,13 @@ async def apply_plan(
 
     all_results = plan.failures + [results[p.key] for p in plan.prepared]
     complete = not halted and not any(r.failed for r in all_results + ran.results)
-    if not complete:  # SyncFail hooks run when a sync fails; their own failure changes nothing
-        ran += await _run_sync_fail(ctx, plan, force=policy.force_conflicts)
-    else:
-        ran += hookrun.not_run(
-            [
-                h
-                for h in plan.hooks
-                if h.hook.runs_in(hooks.SYNC_FAIL) and h.key not in {r.key for r in ran.results}
-            ],
-            phase=hooks.SYNC_FAIL,
-            why="not run: SyncFail hooks run only when a sync fails",
-        )
+    ran += await hookrun.sync_fail(
+        ctx,
+        [h for h in plan.hooks if h.hook.runs_in(hooks.SYNC_FAIL)],
+        failed=not complete,
+        ran=ran,
+        apply=functools.partial(apply_one, ctx, force=policy.force_conflicts),
+    )
     # hooks are never pruned: an object that became a hook is no leftover either
     leftovers = [e for e in old_entries if e.key not in by_key and e.key not in hook_keys]
     kept: list[inventory.Entry] = []
@@ -141,7 +136,11 @@ async def apply_plan(
         reason = halted
     elif ran.failed and not complete:
         reason = ran.failed
-    elif not plan.prepared and not plan.failures and old_entries and not policy.allow_empty:
+    elif (
+        not (plan.prepared or plan.hooks or plan.failures)
+        and old_entries
+        and not policy.allow_empty
+    ):
         reason = "the bundle is empty; nothing was pruned because allowEmpty is off"
     elif held:
         reason = held
@@ -149,25 +148,12 @@ async def apply_plan(
         app=target.app,
         revision=target.revision,
         bundle_digest=target.digest,
-        results=all_results + _last_per_key(ran.results) + plan.noted + prune_results,
+        results=all_results + ran.last_per_key() + plan.noted + prune_results,
         reason=reason,
         sync=st.APPLY_FAILED if halted else None,
         applied_at=time.time(),
         prune_held=bool(held),
     )
-
-
-def _last_per_key(results: Sequence[st.ResourceResult]) -> list[st.ResourceResult]:
-    """One result per hook: a hook of several phases reports how its last run went."""
-    return list({r.key: r for r in results}.values())
-
-
-async def _run_sync_fail(ctx: Context, plan: Plan, *, force: bool) -> hookrun.Outcome:
-    fail_hooks = [h for h in plan.hooks if h.hook.runs_in(hooks.SYNC_FAIL)]
-    outcome = await hookrun.run_phase(
-        ctx, fail_hooks, phase=hooks.SYNC_FAIL, apply=functools.partial(apply_one, ctx, force=force)
-    )
-    return dataclasses.replace(outcome, failed="")  # a failing SyncFail hook fails nothing more
 
 
 async def _apply_phases(
@@ -193,8 +179,8 @@ async def _apply_phases(
             for p in plan.prepared
         }
         why = f"not run: {ran.failed}"
-        ran += hookrun.not_run(in_phase[hooks.SYNC], phase=hooks.SYNC, why=why)
-        ran += hookrun.not_run(in_phase[hooks.POST_SYNC], phase=hooks.POST_SYNC, why=why)
+        ran += hookrun.not_run(in_phase[hooks.SYNC], why=why)
+        ran += hookrun.not_run(in_phase[hooks.POST_SYNC], why=why)
         return results, {}, ran.failed, ran
     results, live, halted, in_waves = await _apply_waves(
         ctx, plan=plan, sync_hooks=in_phase[hooks.SYNC], apply=apply
@@ -213,7 +199,7 @@ async def _apply_phases(
             results,
             live,
             halted,
-            ran + hookrun.not_run(post, phase=hooks.POST_SYNC, why=f"not run: {halted}"),
+            ran + hookrun.not_run(post, why=f"not run: {halted}"),
         )
     ran += await hookrun.run_phase(ctx, post, phase=hooks.POST_SYNC, apply=apply)
     return results, live, ran.failed, ran
@@ -238,7 +224,7 @@ async def _apply_waves(
             for r in step.resources:
                 if r.key in hook_by_key:
                     why = f"not run: {halted}"
-                    ran += hookrun.not_run([hook_by_key[r.key]], phase=hooks.SYNC, why=why)
+                    ran += hookrun.not_run([hook_by_key[r.key]], why=why)
                     continue
                 results[r.key] = st.ResourceResult.skipped(
                     key=r.key, version=versions[r.key], reason=f"not applied: {halted}"

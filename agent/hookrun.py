@@ -45,6 +45,15 @@ class Outcome:
             gone=self.gone | other.gone,
         )
 
+    def last_per_key(self) -> list[st.ResourceResult]:
+        """One result per hook: a hook of several phases reports how its last run went (a
+        phase it did not get to never hides one it ran in)."""
+        last: dict[manifests.Key, st.ResourceResult] = {}
+        for r in self.results:
+            if r.key not in last or r.action != "skipped":
+                last[r.key] = r
+        return list(last.values())
+
 
 Started = tuple[HookPrepared, st.ResourceResult, dict[str, Any] | None]
 # How an object is applied (`agent.apply.apply_one` with the app's force setting): its result,
@@ -63,20 +72,44 @@ async def run_phase(
     total = Outcome(results=[])
     for wave in sorted(waves):
         if total.failed:
-            total += not_run(waves[wave], phase=phase, why=f"not run: {total.failed}")
+            total += not_run(waves[wave], why=f"not run: {total.failed}")
             continue
         started = list(await asyncio.gather(*(start(ctx, h, apply=apply) for h in waves[wave])))
         total += await finish(ctx, started, phase=phase)
     return total
 
 
-def not_run(hooks_: Sequence[HookPrepared], *, phase: str, why: str) -> Outcome:
-    """Hooks of `phase` a sync did not get to (the reason says why)."""
+async def sync_fail(
+    ctx: Context, hooks_: Sequence[HookPrepared], *, failed: bool, ran: Outcome, apply: Apply
+) -> Outcome:
+    """SyncFail hooks: run when the sync `failed` (a failing SyncFail hook fails nothing more:
+    the sync has failed already), else noted as not run (in sync: nothing to do for them)."""
+    if failed:
+        outcome = await run_phase(ctx, hooks_, phase=hooks.SYNC_FAIL, apply=apply)
+        return dataclasses.replace(outcome, failed="")
+    ran_keys = {r.key for r in ran.results}
+    return Outcome(
+        results=[
+            st.ResourceResult.not_run(
+                key=h.key,
+                version=h.prepared.rt.version,
+                reason="not run: SyncFail hooks run only when a sync fails",
+                hook=h.hook.label,
+                source=h.prepared.resource.where,
+            )
+            for h in hooks_
+            if h.key not in ran_keys
+        ]
+    )
+
+
+def not_run(hooks_: Sequence[HookPrepared], *, why: str) -> Outcome:
+    """Hooks a sync did not get to (the reason says why)."""
     return Outcome(
         results=[
             dataclasses.replace(
                 st.ResourceResult.skipped(key=h.key, version=h.prepared.rt.version, reason=why),
-                hook=phase,
+                hook=h.hook.label,
                 source=h.prepared.resource.where,
             )
             for h in hooks_

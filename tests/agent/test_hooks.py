@@ -67,10 +67,13 @@ async def test_presync_runs_before_the_objects_and_postsync_after_they_are_healt
 ) -> None:
     ns = unique_name
     smoke = hooked(configmap("smoke"), **{"helm.sh/hook": "post-install,post-upgrade"})
+    on_fail = hooked(configmap("on-fail"), **{"argocd.argoproj.io/hook": "SyncFail"})
     result = await reconciler.sync(
-        make_bundle(namespace(ns), presync(job("migrate")), deployment("web"), smoke), policy()
+        make_bundle(namespace(ns), presync(job("migrate")), deployment("web"), smoke, on_fail),
+        policy(),
     )
     assert result.sync == st.SYNCED, result.reason
+    assert await cluster.get(CM, namespace=ns, name="on-fail") is None, "SyncFail ran on success"
     got = by_name(result)
     assert got["migrate"].hook == "PreSync" and "succeeded" in got["migrate"].message
     assert got["smoke"].hook == "PostSync"
@@ -80,6 +83,7 @@ async def test_presync_runs_before_the_objects_and_postsync_after_they_are_healt
         "migrate": "PreSync",
         "web": "",
         "smoke": "PostSync",
+        "on-fail": "SyncFail",
     }
 
     migrate = await cluster.get(JOB, namespace=ns, name="migrate")
