@@ -260,3 +260,42 @@ async def test_hooks_are_never_pruned_and_policies_clean_them_up(
     assert second.sync == st.SYNCED, second.reason
     assert "report" not in by_name(second), "a hook that left the bundle was treated as a leftover"
     assert await cluster.get(CM, namespace=ns, name="report") is not None, "a hook was pruned"
+
+
+async def test_a_sync_hook_finishes_before_the_next_wave(
+    cluster: kube.Kube,
+    reconciler: reconcile.Reconciler,
+    make_bundle: BundleFactory,
+    unique_name: str,
+) -> None:
+    ns = unique_name
+    seed = hooked(job("seed"), **{"argocd.argoproj.io/hook": "Sync"})
+    web = hooked(deployment("web"), **{"argocd.argoproj.io/sync-wave": "1"})
+    result = await reconciler.sync(make_bundle(namespace(ns), seed, web), policy())
+    assert result.sync == st.SYNCED, result.reason
+    assert by_name(result)["seed"].hook == "Sync"
+    finished = await cluster.get(JOB, namespace=ns, name="seed")
+    created = await cluster.get(DEPLOY, namespace=ns, name="web")
+    assert finished is not None and created is not None
+    assert when(finished["status"]["completionTime"]) <= when(
+        created["metadata"]["creationTimestamp"]
+    ), "wave 1 was applied before the Sync hook of wave 0 finished"
+
+
+async def test_a_bad_hook_annotation_fails_that_object_only(
+    cluster: kube.Kube,
+    reconciler: reconcile.Reconciler,
+    make_bundle: BundleFactory,
+    unique_name: str,
+) -> None:
+    ns = unique_name
+    typo = hooked(configmap("typo"), **{"argocd.argoproj.io/hook": "PreSynch"})
+    result = await reconciler.sync(make_bundle(namespace(ns), configmap("a"), typo), policy())
+    bad = by_name(result)["typo"]
+    assert bad.failed
+    assert "manifests.yaml:" in bad.message
+    assert "argocd.argoproj.io/hook: unknown phase PreSynch; use a comma list of PreSync" in (
+        bad.message
+    )
+    assert await cluster.get(CM, namespace=ns, name="a") is not None
+    assert await cluster.get(CM, namespace=ns, name="typo") is None
