@@ -129,7 +129,8 @@ async def apply_plan(
         revision=target.revision,
         bundle_digest=target.digest if complete else ids.Digest(""),
         entries={e for e in entries | set(kept) if e.key not in hook_keys},
-        hooks={e for e in old_hooks | new_hooks if e.key not in ran.gone},
+        # a hook deleted by its policy, or one that is an ordinary object now, is no hook to keep
+        hooks={e for e in old_hooks | new_hooks if e.key not in ran.gone and e.key not in by_key},
     )
     reason = ""
     if halted:
