@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 HOOK = "argocd.argoproj.io/hook"
@@ -185,9 +185,3 @@ def with_generated_name(doc: Mapping[str, Any], *, revision: str) -> Mapping[str
         return doc
     suffix = hashlib.sha256(revision.encode()).hexdigest()[:10]
     return {**doc, "metadata": {**meta, "name": f"{prefix}{suffix}"}}
-
-
-def ordered_phases(hooks: Iterable[Hook]) -> list[str]:
-    """The run phases the hooks use, in the order a sync runs them."""
-    used = {p for h in hooks for p in h.phases}
-    return [p for p in RUN_PHASES if p in used]
