@@ -1,5 +1,10 @@
 """Sends a plan to the cluster with server-side apply, wave by wave, then settles the prune.
 
+Sync hooks (`agent.hooks`, run by `agent.hookrun`) frame the waves: PreSync hooks first (each
+wave of them must succeed), Sync hooks inside the waves, PostSync hooks once every object is
+healthy; a failed hook halts the sync like a wave that does not become healthy, and SyncFail
+hooks run whenever a sync fails. Hooks are kept apart in the inventory and never pruned.
+
 `apply_plan` records the union of old and new objects in the inventory before the first
 write (a crash mid-apply must never make the agent forget an object it applied), applies each
 wave of `agent.order` (tiers in parallel), waits for CRDs to be Established and gated waves to
@@ -14,14 +19,27 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from fleetops.agent import errors, explain, health, ids, inventory, kube, manifests, order, prune
+from fleetops.agent import (
+    errors,
+    explain,
+    health,
+    hookrun,
+    hooks,
+    ids,
+    inventory,
+    kube,
+    manifests,
+    order,
+    prune,
+)
 from fleetops.agent import status as st
 from fleetops.agent.context import Context
-from fleetops.agent.prepare import Plan, Prepared, Target
+from fleetops.agent.prepare import HookPrepared, Plan, Prepared, Target
 from fleetops.proto.v1 import types_pb2
 
 PASSING = (health.HEALTHY, health.SUSPENDED)
@@ -41,9 +59,12 @@ async def apply_plan(
 ) -> st.AppResult:
     """Apply `plan` (already cleared of other apps' objects), then prune when allowed."""
     by_key = plan.by_key()
+    hook_keys = {h.key for h in plan.hooks}
     old_entries = set(previous.entries) if previous else set()
+    old_hooks = set(previous.hooks) if previous else set()
     new_entries = {inventory.Entry(p.key, p.rt.version) for p in plan.prepared}
-    await ensure_default_namespace(ctx, bundle, plan.prepared)
+    new_hooks = {inventory.Entry(h.key, h.prepared.rt.version) for h in plan.hooks}
+    await ensure_default_namespace(ctx, bundle, [*plan.prepared, *(h.prepared for h in plan.hooks)])
     # Record the union before touching anything: a crash mid-apply must never make the
     # agent forget an object it applied.
     await ctx.inventories.save(
@@ -51,15 +72,24 @@ async def apply_plan(
         revision=target.revision,
         bundle_digest=ids.Digest(""),
         entries=old_entries | new_entries,
+        hooks=old_hooks | new_hooks,
     )
-    results, live, halted = await _apply_waves(ctx, plan=plan, force=policy.force_conflicts)
+    results, live, halted, ran = await _apply_phases(ctx, plan=plan, force=policy.force_conflicts)
     for key, obj in live.items():
         results[key] = dataclasses.replace(results[key], health=health.assess(obj))
         ctx.remember(target.app, key=key, desired=by_key[key].obj, live=obj)
 
     all_results = plan.failures + [results[p.key] for p in plan.prepared]
-    complete = not halted and not any(r.failed for r in all_results)
-    leftovers = [e for e in old_entries if e.key not in by_key]
+    complete = not halted and not any(r.failed for r in all_results + ran.results)
+    ran += await hookrun.sync_fail(
+        ctx,
+        [h for h in plan.hooks if h.hook.runs_in(hooks.SYNC_FAIL)],
+        failed=not complete,
+        ran=ran,
+        apply=functools.partial(apply_one, ctx, force=policy.force_conflicts),
+    )
+    # hooks are never pruned: an object that became a hook is no leftover either
+    leftovers = [e for e in old_entries if e.key not in by_key and e.key not in hook_keys]
     kept: list[inventory.Entry] = []
     prune_results: list[st.ResourceResult] = []
     held = ""
@@ -75,7 +105,7 @@ async def apply_plan(
         keep_all("not pruned: the sync did not complete, and prune never follows a partial apply")
     elif not policy.prune:
         keep_all("no longer in Git; prune is off for this app")
-    elif not plan.prepared and not policy.allow_empty:
+    elif not plan.prepared and not plan.hooks and not policy.allow_empty:
         keep_all("not pruned: the bundle is empty and allowEmpty is off")
     elif (
         hold := prune.held_back(
@@ -90,19 +120,28 @@ async def apply_plan(
             leftovers,
             agent_namespace=ctx.options.inventory_namespace,
             owned={e.key for e in old_entries | new_entries},
-            staying=set(by_key),
+            staying=set(by_key) | hook_keys,
         )
 
+    entries = new_entries if complete else old_entries | new_entries
     await ctx.inventories.save(
         app=target.app,
         revision=target.revision,
         bundle_digest=target.digest if complete else ids.Digest(""),
-        entries=(new_entries if complete else old_entries | new_entries) | set(kept),
+        entries={e for e in entries | set(kept) if e.key not in hook_keys},
+        # a hook deleted by its policy, or one that is an ordinary object now, is no hook to keep
+        hooks={e for e in old_hooks | new_hooks if e.key not in ran.gone and e.key not in by_key},
     )
     reason = ""
     if halted:
         reason = halted
-    elif not plan.prepared and not plan.failures and old_entries and not policy.allow_empty:
+    elif ran.failed and not complete:
+        reason = ran.failed
+    elif (
+        not (plan.prepared or plan.hooks or plan.failures)
+        and old_entries
+        and not policy.allow_empty
+    ):
         reason = "the bundle is empty; nothing was pruned because allowEmpty is off"
     elif held:
         reason = held
@@ -110,7 +149,7 @@ async def apply_plan(
         app=target.app,
         revision=target.revision,
         bundle_digest=target.digest,
-        results=all_results + prune_results,
+        results=all_results + ran.last_per_key() + plan.noted + prune_results,
         reason=reason,
         sync=st.APPLY_FAILED if halted else None,
         applied_at=time.time(),
@@ -118,37 +157,105 @@ async def apply_plan(
     )
 
 
-async def _apply_waves(
+async def _apply_phases(
     ctx: Context, *, plan: Plan, force: bool
-) -> tuple[dict[manifests.Key, st.ResourceResult], Live, str]:
-    """Each wave in order; the results, the live objects applied, and why it halted (or "")."""
+) -> tuple[dict[manifests.Key, st.ResourceResult], Live, str, hookrun.Outcome]:
+    """PreSync hooks, then the waves (with Sync hooks), then, once everything is healthy,
+    PostSync hooks. The ordinary objects' results, their live objects, why the sync halted
+    (or ""), and what the hooks did."""
+    apply = functools.partial(apply_one, ctx, force=force)
+    in_phase = {
+        phase: [h for h in plan.hooks if h.hook.runs_in(phase)]
+        for phase in (hooks.PRE_SYNC, hooks.SYNC, hooks.POST_SYNC)
+    }
+    # The Namespaces PreSync hooks live in come first (Argo CD would need CreateNamespace)
+    homes = {h.key.namespace for h in in_phase[hooks.PRE_SYNC]} - {""}
+    await asyncio.gather(*(apply(p) for p in plan.prepared if p.named_namespace in homes))
+    ran = await hookrun.run_phase(ctx, in_phase[hooks.PRE_SYNC], phase=hooks.PRE_SYNC, apply=apply)
+    if ran.failed:
+        results = {
+            p.key: st.ResourceResult.skipped(
+                key=p.key, version=p.rt.version, reason=f"not applied: {ran.failed}"
+            )
+            for p in plan.prepared
+        }
+        why = f"not run: {ran.failed}"
+        ran += hookrun.not_run(in_phase[hooks.SYNC], why=why)
+        ran += hookrun.not_run(in_phase[hooks.POST_SYNC], why=why)
+        return results, {}, ran.failed, ran
+    results, live, halted, in_waves = await _apply_waves(
+        ctx, plan=plan, sync_hooks=in_phase[hooks.SYNC], apply=apply
+    )
+    ran += in_waves
+    post = in_phase[hooks.POST_SYNC]
+    if post and not halted and any(r.failed for r in results.values()):
+        halted = "PostSync hooks not run: not every object applied"
+    if post and not halted:
+        applied = [p for p in plan.prepared if p.key in live]
+        halted = await _wait_healthy(ctx, "the synced objects", applied, live)
+        if halted:
+            halted = f"PostSync hooks not run: {halted}"
+    if halted:
+        return (
+            results,
+            live,
+            halted,
+            ran + hookrun.not_run(post, why=f"not run: {halted}"),
+        )
+    ran += await hookrun.run_phase(ctx, post, phase=hooks.POST_SYNC, apply=apply)
+    return results, live, ran.failed, ran
+
+
+async def _apply_waves(
+    ctx: Context, *, plan: Plan, sync_hooks: Sequence[HookPrepared], apply: hookrun.Apply
+) -> tuple[dict[manifests.Key, st.ResourceResult], Live, str, hookrun.Outcome]:
+    """Each wave in order, Sync hooks with the objects of their wave (a wave ends when its
+    hooks finished); the results, the live objects applied, why it halted (or ""), and what
+    the Sync hooks did."""
     by_key = plan.by_key()
+    hook_by_key = {h.key: h for h in sync_hooks}
+    versions = {p.key: p.rt.version for p in plan.prepared}
     results: dict[manifests.Key, st.ResourceResult] = {}
     live: Live = {}
     halted = ""
-    for step in order.plan([p.resource for p in plan.prepared]):
+    ran = hookrun.Outcome(results=[])
+    resources = [p.resource for p in plan.prepared] + [h.prepared.resource for h in sync_hooks]
+    for step in order.plan(resources):
         if halted:
             for r in step.resources:
+                if r.key in hook_by_key:
+                    why = f"not run: {halted}"
+                    ran += hookrun.not_run([hook_by_key[r.key]], why=why)
+                    continue
                 results[r.key] = st.ResourceResult.skipped(
-                    key=r.key, version=by_key[r.key].rt.version, reason=f"not applied: {halted}"
+                    key=r.key, version=versions[r.key], reason=f"not applied: {halted}"
                 )
             continue
+        started: list[hookrun.Started] = []
         for tier in step.tiers:
-            outcomes = await asyncio.gather(
-                *(apply_one(ctx, by_key[r.key], force=force) for r in tier)
+            objects = [by_key[r.key] for r in tier if r.key in by_key]
+            tier_hooks = [hook_by_key[r.key] for r in tier if r.key in hook_by_key]
+            outcomes, hook_starts = await asyncio.gather(
+                asyncio.gather(*(apply(p) for p in objects)),
+                asyncio.gather(*(hookrun.start(ctx, h, apply=apply) for h in tier_hooks)),
             )
-            for r, (result, obj) in zip(tier, outcomes, strict=True):
-                results[r.key] = result
+            started += hook_starts
+            for p, (result, obj) in zip(objects, outcomes, strict=True):
+                results[p.key] = result
                 if obj is not None:
-                    live[r.key] = obj
+                    live[p.key] = obj
         applied = [by_key[r.key] for r in step.resources if r.key in live]
         crds = [p for p in applied if p.rt.kind == "CustomResourceDefinition"]
         if crds:
             halted = await _wait_established(ctx, crds, live)
             ctx.kube.forget_discovery()
+        if started:
+            finished = await hookrun.finish(ctx, started, phase=hooks.SYNC)
+            ran += finished
+            halted = halted or finished.failed
         if step.gate and not halted:
             halted = await _wait_healthy(ctx, step.label, applied, live)
-    return results, live, halted
+    return results, live, halted, ran
 
 
 async def ensure_default_namespace(

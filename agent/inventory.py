@@ -4,6 +4,8 @@ One ConfigMap per app (`fleetops-inventory-<app>` in the agent's namespace) list
 the agent applied, so a new agent pod, or one whose local disk is gone, still knows what it
 owns. Prune deletes only objects listed here. The inventory holds identities (group, kind,
 namespace, name, version), never object content, so no Secret data is ever copied into it.
+Sync hooks are listed apart (`hooks`): prune never looks at them (only their delete policies
+remove them), and the next sync finds them there to delete before creating them again.
 Only the agent writes inventories: an app's bundle may not touch the agent's namespace nor
 anything marked `fleetops.io/inventory` (`agent.guard`).
 """
@@ -39,6 +41,7 @@ class Inventory:
     revision: ids.Revision
     bundle_digest: ids.Digest
     entries: tuple[Entry, ...]
+    hooks: tuple[Entry, ...] = ()  # sync hooks: never pruned, see agent.hookrun
 
     def keys(self) -> set[manifests.Key]:
         return {e.key for e in self.entries}
@@ -62,15 +65,8 @@ class Store:
             return None
         try:
             doc = json.loads((cm.get("data") or {}).get(DATA_KEY, "{}"))
-            entries = tuple(
-                Entry(
-                    manifests.Key(
-                        group=e["group"], kind=e["kind"], namespace=e["namespace"], name=e["name"]
-                    ),
-                    e["version"],
-                )
-                for e in doc.get("resources", [])
-            )
+            entries = _entries(doc.get("resources", []))
+            hooks = _entries(doc.get("hooks", []))
         except (ValueError, KeyError, TypeError) as e:
             raise errors.StateError(
                 f"inventory ConfigMap {self.namespace}/{configmap_name(app)} is corrupt ({e}); "
@@ -81,6 +77,7 @@ class Store:
             revision=ids.Revision(str(doc.get("revision", ""))),
             bundle_digest=ids.Digest(str(doc.get("bundleDigest", ""))),
             entries=entries,
+            hooks=hooks,
         )
 
     async def owners(self, *, besides: str) -> dict[manifests.Key, str]:
@@ -97,7 +94,7 @@ class Store:
                 continue
             try:
                 doc = json.loads((cm.get("data") or {}).get(DATA_KEY, "{}"))
-                for e in doc.get("resources", []):
+                for e in [*doc.get("resources", []), *doc.get("hooks", [])]:
                     key = manifests.Key(
                         group=e["group"], kind=e["kind"], namespace=e["namespace"], name=e["name"]
                     )
@@ -113,26 +110,18 @@ class Store:
         revision: ids.Revision,
         bundle_digest: ids.Digest,
         entries: Iterable[Entry],
+        hooks: Iterable[Entry] = (),
     ) -> None:
         await self._ensure_namespace()
-        ordered = sorted(
-            set(entries), key=lambda e: (e.key.group, e.key.kind, e.key.namespace, e.key.name)
-        )
         doc: dict[str, Any] = {
             "app": app,
             "revision": revision,
             "bundleDigest": bundle_digest,
-            "resources": [
-                {
-                    "group": e.key.group,
-                    "version": e.version,
-                    "kind": e.key.kind,
-                    "namespace": e.key.namespace,
-                    "name": e.key.name,
-                }
-                for e in ordered
-            ],
+            "resources": _listing(entries),
         }
+        hook_list = _listing(hooks)
+        if hook_list:  # absent when empty, so inventories without hooks read as before
+            doc["hooks"] = hook_list
         body = {
             "apiVersion": "v1",
             "kind": "ConfigMap",
@@ -158,3 +147,31 @@ class Store:
             body = {"apiVersion": "v1", "kind": "Namespace", "metadata": meta}
             await self._client.apply(_NAMESPACE, body, force=True)
         self._namespace_exists = True
+
+
+def _entries(listed: list[dict[str, str]]) -> tuple[Entry, ...]:
+    return tuple(
+        Entry(
+            manifests.Key(
+                group=e["group"], kind=e["kind"], namespace=e["namespace"], name=e["name"]
+            ),
+            e["version"],
+        )
+        for e in listed
+    )
+
+
+def _listing(entries: Iterable[Entry]) -> list[dict[str, str]]:
+    ordered = sorted(
+        set(entries), key=lambda e: (e.key.group, e.key.kind, e.key.namespace, e.key.name)
+    )
+    return [
+        {
+            "group": e.key.group,
+            "version": e.version,
+            "kind": e.key.kind,
+            "namespace": e.key.namespace,
+            "name": e.key.name,
+        }
+        for e in ordered
+    ]

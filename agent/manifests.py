@@ -12,6 +12,7 @@ import pathlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from fleetops.agent import hooks
 from fleetops.proto import yamlsafe
 from fleetops.proto.v1 import types_pb2
 
@@ -98,7 +99,7 @@ class Parsed:
     problems: list[Problem]
 
 
-def parse(*, source: str, text: str) -> Parsed:
+def parse(*, source: str, text: str, revision: str = "") -> Parsed:
     """Parse one file of YAML documents; `List` objects are expanded into their items.
 
     Through the bounded loader: a document whose aliases, depth or size go over its caps (an
@@ -111,12 +112,18 @@ def parse(*, source: str, text: str) -> Parsed:
             message = yamlsafe.describe(doc.error).removeprefix(f"line {doc.line}: ")
             problems.append(Problem(source, doc.line, f"invalid YAML: {message}"))
             continue
-        _collect(doc.value, source, doc.line, resources, problems)
+        _collect(doc.value, source, doc.line, resources, problems, revision=revision)
     return Parsed(resources, problems)
 
 
 def _collect(
-    doc: Any, source: str, line: int, resources: list[Resource], problems: list[Problem]
+    doc: Any,
+    source: str,
+    line: int,
+    resources: list[Resource],
+    problems: list[Problem],
+    *,
+    revision: str,
 ) -> None:
     if doc is None:
         return
@@ -126,8 +133,9 @@ def _collect(
     kind = doc.get("kind")
     if isinstance(kind, str) and kind.endswith("List") and isinstance(doc.get("items"), list):
         for item in doc["items"]:
-            _collect(item, source, line, resources, problems)
+            _collect(item, source, line, resources, problems, revision=revision)
         return
+    doc = hooks.with_generated_name(doc, revision=revision)  # a hook may use generateName
     problem = validate(doc)
     if problem:
         meta = doc["metadata"] if isinstance(doc.get("metadata"), dict) else {}
@@ -150,7 +158,9 @@ def validate(doc: Mapping[str, Any]) -> str:
         if not (isinstance(meta, dict) and meta.get("generateName")):
             missing.append("metadata.name")
         else:
-            return "metadata.generateName is not supported: GitOps needs a fixed metadata.name"
+            return (
+                "metadata.generateName is only for sync hooks: GitOps needs a fixed metadata.name"
+            )
     if missing:
         return (
             f"missing {', '.join(missing)}: every object needs apiVersion, kind and metadata.name"
@@ -162,7 +172,7 @@ def parse_bundle(bundle: types_pb2.Bundle) -> Parsed:
     resources: list[Resource] = []
     problems: list[Problem] = []
     for manifest in bundle.manifests:
-        parsed = parse(source=manifest.source, text=manifest.yaml)
+        parsed = parse(source=manifest.source, text=manifest.yaml, revision=bundle.revision)
         resources += parsed.resources
         problems += parsed.problems
     return Parsed(resources, problems)

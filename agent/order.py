@@ -2,8 +2,10 @@
 
 Namespaces and CRDs go first (the rest may live in them or be instances of them), then the
 sync waves in ascending order (`fleetops.io/sync-wave`, Argo CD's `argocd.argoproj.io/sync-wave`
-honoured too, default 0). Inside a wave, resources are applied in tiers by kind (what others
-refer to first), each tier concurrently. Pure: it only sorts.
+honoured too, default 0; a Helm hook's `helm.sh/hook-weight` when neither is set). Inside a
+wave, resources are applied in tiers by kind (what others refer to first), each tier
+concurrently. Sync hooks (`agent.hooks`) take part in their wave like any object; the other
+phases are ordered by `hook_waves`. Pure: it only sorts.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from fleetops.agent import manifests
+from fleetops.agent import hooks, manifests
 
 WAVE_ANNOTATIONS = ("fleetops.io/sync-wave", "argocd.argoproj.io/sync-wave")
 
@@ -56,7 +58,8 @@ class Step:
 
 def wave_of(resource: manifests.Resource) -> int:
     """The resource's sync wave; raises ValueError naming the annotation when it is no integer."""
-    for key in WAVE_ANNOTATIONS:
+    weight = hooks.weight_annotation(resource.annotations)
+    for key in (*WAVE_ANNOTATIONS, *([weight] if weight else [])):
         value = resource.annotations.get(key)
         if value is not None:
             try:

@@ -2,7 +2,9 @@
 
 Each resource gets its API type (from discovery, or from a CRD in the same bundle) and its
 namespace (the app's default when it has none and is namespaced); a resource that cannot be
-sent gets a failed result instead, with the file and line it came from. The rules of
+sent gets a failed result instead, with the file and line it came from. Sync hooks
+(`agent.hooks`) are set apart from the ordinary objects, and hooks a sync never runs (Helm
+tests, PreDelete, `hook: Skip`) are only noted. The rules of
 `agent.guard` are applied here, before any write: a bundle never writes into the agent's own
 namespace nor an inventory, and never takes over an object another app's inventory lists.
 
@@ -16,7 +18,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from fleetops.agent import errors, explain, guard, ids, inventory, kube, manifests, order
+from fleetops.agent import errors, explain, guard, hooks, ids, inventory, kube, manifests, order
 from fleetops.agent import status as st
 from fleetops.proto import bundles
 from fleetops.proto.v1 import types_pb2
@@ -44,6 +46,22 @@ class Prepared:
         return key.name if key.kind == "Namespace" and not key.group else ""
 
 
+@dataclasses.dataclass(frozen=True)
+class HookPrepared:
+    """A sync hook ready to run: the object, and its phases and delete policies."""
+
+    prepared: Prepared
+    hook: hooks.Hook
+
+    @property
+    def key(self) -> manifests.Key:
+        return self.prepared.key
+
+    @property
+    def wave(self) -> int:
+        return order.wave_of(self.prepared.resource)  # validated when it was prepared
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Target:
     """Which app one reconcile works on, at which revision, with which bundle content."""
@@ -64,10 +82,13 @@ class Target:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Plan:
-    """What a sync would send (`prepared`) and what it cannot (`failures`)."""
+    """What a sync would send (`prepared`: the ordinary objects; `hooks`: the sync hooks), what
+    it cannot (`failures`), and hooks it never runs (`noted`, e.g. Helm tests)."""
 
     prepared: list[Prepared]
     failures: list[st.ResourceResult]
+    hooks: list[HookPrepared] = dataclasses.field(default_factory=list)
+    noted: list[st.ResourceResult] = dataclasses.field(default_factory=list)
 
     def by_key(self) -> dict[manifests.Key, Prepared]:
         return {p.key: p for p in self.prepared}
@@ -142,7 +163,7 @@ class Planner:
                 continue
             seen[outcome.key] = outcome.resource
             prepared.append(outcome)
-        return Plan(prepared=prepared, failures=failures)
+        return _split_hooks(prepared, failures)
 
     async def _prepare(
         self,
@@ -158,6 +179,7 @@ class Planner:
 
         try:
             order.wave_of(r)
+            hooks.classify(r.annotations)
         except ValueError as e:
             return fail(str(e))
         try:
@@ -199,6 +221,42 @@ class Planner:
         return Prepared(resource, rt)
 
 
+def _split_hooks(prepared: list[Prepared], failures: list[st.ResourceResult]) -> Plan:
+    """The plan with hooks set apart from the ordinary objects (`classify` already passed)."""
+    ordinary: list[Prepared] = []
+    run: list[HookPrepared] = []
+    noted: list[st.ResourceResult] = []
+    for p in prepared:
+        annotations = p.resource.annotations
+        if hooks.skipped(annotations):
+            noted.append(
+                st.ResourceResult.not_run(
+                    key=p.key,
+                    version=p.rt.version,
+                    reason=f"not applied: {hooks.HOOK}: {hooks.SKIP}",
+                    hook=hooks.SKIP,
+                    source=p.resource.where,
+                )
+            )
+            continue
+        hook = hooks.classify(annotations)
+        if hook is None:
+            ordinary.append(p)
+        elif hook.runs:
+            run.append(HookPrepared(p, hook))
+        else:
+            noted.append(
+                st.ResourceResult.not_run(
+                    key=p.key,
+                    version=p.rt.version,
+                    reason=f"hook not applied on sync: {hook.why_not_run}",
+                    hook=hook.label or "(none)",
+                    source=p.resource.where,
+                )
+            )
+    return Plan(prepared=ordinary, failures=failures, hooks=run, noted=noted)
+
+
 async def unclaimed(inventories: inventory.Store, *, app: ids.AppName, plan: Plan) -> Plan:
     """`plan` less the objects another app's inventory lists (Namespaces excepted: apps
     may share one, and the namespace prune guard keeps it while anything else is in it).
@@ -207,13 +265,12 @@ async def unclaimed(inventories: inventory.Store, *, app: ids.AppName, plan: Pla
     owners = await inventories.owners(besides=app)
     if not owners:
         return plan
-    kept: list[Prepared] = []
     refused: list[st.ResourceResult] = []
-    for p in plan.prepared:
+
+    def claimed(p: Prepared) -> bool:
         owner = owners.get(p.key)
         if owner is None or (not p.key.group and p.key.kind == "Namespace"):
-            kept.append(p)
-            continue
+            return False
         refused.append(
             st.ResourceResult.refused(
                 key=p.key,
@@ -224,4 +281,12 @@ async def unclaimed(inventories: inventory.Store, *, app: ids.AppName, plan: Pla
                 source=p.resource.where,
             )
         )
-    return Plan(prepared=kept, failures=[*plan.failures, *refused]) if refused else plan
+        return True
+
+    kept = [p for p in plan.prepared if not claimed(p)]
+    kept_hooks = [h for h in plan.hooks if not claimed(h.prepared)]
+    if not refused:
+        return plan
+    return dataclasses.replace(
+        plan, prepared=kept, hooks=kept_hooks, failures=[*plan.failures, *refused]
+    )

@@ -1,10 +1,11 @@
 """Makes one cluster match one app's bundle: the facade the runner and the CLI call.
 
 `Reconciler` composes the steps: `agent.prepare` (parse, validate, confine, resolve: the plan),
-`agent.apply` (waves of server-side apply, field manager `fleetops`, then `agent.prune` of what
-left the bundle, only what the in-cluster inventory says the agent applied), and `agent.check`
-(health and drift through server-side dry-run, and self-heal). `reconcile` syncs a bundle the
-cluster does not have yet and checks (and self-heals) one it has; `sync` always syncs.
+`agent.apply` (sync hooks around waves of server-side apply, field manager `fleetops`, then
+`agent.prune` of what left the bundle, only what the in-cluster inventory says the agent
+applied), and `agent.check` (health and drift through server-side dry-run, and self-heal).
+`reconcile` syncs a bundle the cluster does not have yet and checks (and self-heals) one it
+has; `sync` always syncs. Hooks run only in a sync; a check reports how they look.
 
 An app it cannot reconcile at all (the API server refuses the agent or does not answer) still
 gets a result, ApplyFailed with the reason (`agent.explain`): the public methods never raise the
@@ -15,6 +16,7 @@ else: every rule lives in the step that applies it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 
@@ -24,6 +26,7 @@ from fleetops.agent import (
     context,
     errors,
     explain,
+    hookrun,
     ids,
     inventory,
     kube,
@@ -90,15 +93,17 @@ class Reconciler:
         async def work() -> st.AppResult:
             target = prepare.Target.of(bundle)
             previous = await self.inventories.load(target.app)
-            return await check.check(
+            plan = await self._planner.plan(bundle)
+            result = await check.check(
                 self._ctx,
                 bundle,
                 policy,
-                plan=await self._planner.plan(bundle),
+                plan=plan,
                 target=target,
                 previous=previous,
                 allow_mass_prune=allow_mass_prune,
             )
+            return await self._with_hooks(result, plan)
 
         return await self._contained(bundle, work)
 
@@ -114,16 +119,18 @@ class Reconciler:
         async def work() -> st.AppResult:
             target = prepare.Target.of(bundle)
             previous = await self.inventories.load(target.app)
-            return await check.heal(
+            plan = await self._planner.plan(bundle)
+            result = await check.heal(
                 self._ctx,
                 bundle,
                 policy,
-                plan=await self._planner.plan(bundle),
+                plan=plan,
                 target=target,
                 force_heal=False,
                 previous=previous,
                 allow_mass_prune=allow_mass_prune,
             )
+            return await self._with_hooks(result, plan)
 
         return await self._contained(bundle, work)
 
@@ -149,6 +156,14 @@ class Reconciler:
             if result.health in apply.PASSING or result.failed or time.monotonic() >= deadline:
                 return result
             await asyncio.sleep(self.options.poll_interval)
+
+    async def _with_hooks(self, result: st.AppResult, plan: prepare.Plan) -> st.AppResult:
+        """A check's result with the plan's hooks as they are now (`agent.hookrun.observed`)
+        and the hooks a sync never runs: a check looks at hooks but never runs them."""
+        if not plan.hooks and not plan.noted:
+            return result
+        extra = await hookrun.observed(self._ctx, plan.hooks)
+        return dataclasses.replace(result, resources=(*result.resources, *extra, *plan.noted))
 
     async def _contained(
         self, bundle: types_pb2.Bundle, work: Callable[[], Awaitable[st.AppResult]]
@@ -181,8 +196,8 @@ class Reconciler:
         plan = await self._planner.plan(bundle)
         if _settled(
             previous, digest=target.digest, plan=plan, policy=policy, allowed=allow_mass_prune
-        ):
-            return await check.heal(
+        ):  # hooks ran when this bundle was synced: a check or a heal never runs them again
+            result = await check.heal(
                 self._ctx,
                 bundle,
                 policy,
@@ -192,6 +207,7 @@ class Reconciler:
                 previous=previous,
                 allow_mass_prune=allow_mass_prune,
             )
+            return await self._with_hooks(result, plan)
         return await apply.apply_plan(
             self._ctx,
             bundle,

@@ -12,6 +12,7 @@ It only reads the cluster; what to apply stays the plan's, what to send stays ag
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 from fleetops.agent import errors, ignore, manifests
@@ -45,9 +46,9 @@ async def plan(ctx: Context, bundle: types_pb2.Bundle, planned: Plan) -> Plan:
             return None
 
     lives = dict(zip((p.key for p in todo), await asyncio.gather(*map(read, todo)), strict=True))
-    return Plan(
+    return dataclasses.replace(  # hooks, failures and notes stay as planned
+        planned,
         prepared=[
             one(p, lives[p.key], bundle=bundle) if p.key in lives else p for p in planned.prepared
         ],
-        failures=planned.failures,
     )

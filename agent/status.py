@@ -59,10 +59,28 @@ class ResourceResult:
     drift: tuple[drift.Field, ...] = ()
     conflict_manager: str = ""
     source: str = ""
+    hook: str = ""  # a sync hook's phases, e.g. "PreSync" (agent.hooks); "" for other objects
 
     @property
     def failed(self) -> bool:
         return self.sync == APPLY_FAILED
+
+    @classmethod
+    def not_run(
+        cls, *, key: manifests.Key, version: str, reason: str, hook: str, source: str
+    ) -> ResourceResult:
+        """A hook a sync never applies (a Helm test, PreDelete, `hook: Skip`): nothing to
+        do, so it counts as in sync."""
+        return cls(
+            key=key,
+            version=version,
+            sync=SYNCED,
+            health=None,
+            message=reason,
+            action="not applied",
+            source=source,
+            hook=hook,
+        )
 
     @classmethod
     def applied(cls, *, key: manifests.Key, version: str, source: str = "") -> ResourceResult:
@@ -282,7 +300,9 @@ def rollup_sync(results: Sequence[ResourceResult]) -> Sync:
 
 
 def rollup_health(results: Sequence[ResourceResult]) -> health.Status:
-    return health.worst(r.health.status for r in results if r.health is not None)
+    """Worst health of the app's objects; hooks are left out (a finished migration Job is
+    not the app's health, and a failed one fails the sync instead)."""
+    return health.worst(r.health.status for r in results if r.health is not None and not r.hook)
 
 
 def reason_for(results: Sequence[ResourceResult], sync: Sync, app_health: health.Status) -> str:
@@ -296,7 +316,11 @@ def reason_for(results: Sequence[ResourceResult], sync: Sync, app_health: health
         more = f" (and {len(out) - 1} more)" if len(out) > 1 else ""
         return f"{out[0].key}: {out[0].message}{more}"
     if app_health != health.HEALTHY:
-        worst = [r for r in results if r.health is not None and r.health.status == app_health]
+        worst = [
+            r
+            for r in results
+            if r.health is not None and not r.hook and r.health.status == app_health
+        ]
         if worst:
             more = f" (and {len(worst) - 1} more)" if len(worst) > 1 else ""
             return f"{worst[0].key}: {worst[0].health.reason}{more}"  # type: ignore[union-attr]
@@ -342,5 +366,6 @@ def to_report(result: AppResult, *, generation: int = 0) -> types_pb2.AppReport:
                 types_pb2.DriftedField(path=f.path, desired=f.desired, live=f.live) for f in r.drift
             ],
             conflict_manager=r.conflict_manager,
+            hook=r.hook,
         )
     return report

@@ -76,6 +76,7 @@ def sanitize(report: types_pb2.AppReport) -> types_pb2.AppReport:
             health=_health(r.health),
             message=text(r.message, MAX_MESSAGE),
             conflict_manager=text(r.conflict_manager, MAX_FIELD),
+            hook=text(r.hook, MAX_FIELD),
         )
         res.ref.CopyFrom(
             types_pb2.ResourceRef(

@@ -121,7 +121,10 @@ class AppDetail(base.FleetScreen):
         cell = self.fleet_app.fleet.cells.get((cluster, self.app_name))
         table = self.query_one("#resources", DataTable)
         table.clear(columns=True)
-        table.add_columns("KIND", "OBJECT", "SYNC", "HEALTH", "MESSAGE / DRIFT")
+        # a HOOK column (the sync hook's phases) only when the app has hooks on this cluster
+        hooks = cell is not None and any(r.hook for r in cell.resources)
+        table.add_columns("KIND", "OBJECT", *(["HOOK"] if hooks else []), "SYNC", "HEALTH")
+        table.add_column("MESSAGE / DRIFT")
         self.query_one("#resources-title", Static).update(text.line("resources on ", cluster))
         self._cluster = cluster
         self.show_drift(-1)
@@ -133,6 +136,7 @@ class AppDetail(base.FleetScreen):
             table.add_row(
                 text.plain(r.ref.kind),
                 text.plain(where),
+                *([text.plain(r.hook)] if hooks else []),
                 text.plain(model.sync_name(r.sync)),
                 text.plain(model.health_name(r.health)),
                 text.plain(drift, "dark_orange") if drift else text.plain(r.message),
