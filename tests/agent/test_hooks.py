@@ -299,3 +299,23 @@ async def test_a_bad_hook_annotation_fails_that_object_only(
     )
     assert await cluster.get(CM, namespace=ns, name="a") is not None
     assert await cluster.get(CM, namespace=ns, name="typo") is None
+
+
+async def test_hooks_run_in_an_app_that_also_has_ignore_rules(
+    cluster: kube.Kube,
+    reconciler: reconcile.Reconciler,
+    make_bundle: BundleFactory,
+    unique_name: str,
+) -> None:
+    """An ignore rule rewrites the plan before the sync (live values at ignored paths); the
+    plan's hooks must survive that rewrite."""
+    ns = unique_name
+    first = make_bundle(namespace(ns), deployment("web"), revision="r1")
+    assert (await reconciler.sync(first, policy())).sync == st.SYNCED
+    second = make_bundle(namespace(ns), presync(job("migrate")), deployment("web"), revision="r2")
+    second.ignore_differences.add(group="apps", kind="Deployment", json_pointers=["/spec/replicas"])
+    result = await reconciler.sync(second, policy())
+    assert result.sync == st.SYNCED, result.reason
+    assert by_name(result)["migrate"].hook == "PreSync"
+    migrate = await cluster.get(JOB, namespace=ns, name="migrate")
+    assert migrate is not None, "the PreSync hook of an app with ignore rules never ran"
