@@ -5,7 +5,10 @@
 `agent.prune` of what left the bundle, only what the in-cluster inventory says the agent
 applied), and `agent.check` (health and drift through server-side dry-run, and self-heal).
 `reconcile` syncs a bundle the cluster does not have yet and checks (and self-heals) one it
-has; `sync` always syncs. Hooks run only in a sync; a check reports how they look.
+has; `sync` always syncs. Hooks run only in a sync; a check reports how they look. A sync
+that a hook failed is not run again by `reconcile` for the same bundle (a failing migration
+Job must not re-run every resync, as Argo CD's auto-sync does not retry a failed revision):
+a new bundle, `retry=True` (the hub's `sync`) or `sync` runs it again.
 
 An app it cannot reconcile at all (the API server refuses the agent or does not answer) still
 gets a result, ApplyFailed with the reason (`agent.explain`): the public methods never raise the
@@ -47,6 +50,8 @@ class Reconciler:
         self._ctx = context.Context(client, self.options)
         self.inventories = self._ctx.inventories
         self._planner = prepare.Planner(client, agent_namespace=self.options.inventory_namespace)
+        # app -> (bundle, reason) of its last sync, which a hook failed
+        self._hook_failed: dict[ids.AppName, tuple[ids.Digest, str]] = {}
 
     async def reconcile(
         self,
@@ -54,10 +59,14 @@ class Reconciler:
         policy: types_pb2.SyncPolicy,
         *,
         allow_mass_prune: bool = False,
+        retry: bool = False,
     ) -> st.AppResult:
         """What the agent's loop calls: sync a bundle the cluster does not have yet, else
         check it (and self-heal when the policy says so). `allow_mass_prune`: an operator let
-        this bundle prune past the policy's maxPrunePercent."""
+        this bundle prune past the policy's maxPrunePercent. `retry`: an operator asked for a
+        sync, so a bundle whose sync a hook failed is synced again."""
+        if retry:
+            self._hook_failed.pop(ids.AppName(bundle.app), None)
         return await self._contained(
             bundle,
             lambda: self._reconcile(
@@ -208,7 +217,11 @@ class Reconciler:
                 allow_mass_prune=allow_mass_prune,
             )
             return await self._with_hooks(result, plan)
-        return await apply.apply_plan(
+        failed = self._hook_failed.get(target.app)
+        if not explicit and failed is not None and failed[0] == target.digest:
+            return await self._not_retried(bundle, policy, plan=plan, target=target, why=failed[1])
+        self._hook_failed.pop(target.app, None)
+        result = await apply.apply_plan(
             self._ctx,
             bundle,
             policy,
@@ -220,6 +233,36 @@ class Reconciler:
                 await prepare.unclaimed(self.inventories, app=target.app, plan=plan),
             ),
             allow_mass_prune=allow_mass_prune,
+        )
+        if result.failed and any(r.hook and r.failed for r in result.resources):
+            self._hook_failed[target.app] = (target.digest, result.reason)
+        return result
+
+    async def _not_retried(
+        self,
+        bundle: types_pb2.Bundle,
+        policy: types_pb2.SyncPolicy,
+        *,
+        plan: prepare.Plan,
+        target: prepare.Target,
+        why: str,
+    ) -> st.AppResult:
+        """How the app looks now, still failed: its sync stopped on a hook and is not re-run."""
+        result = await check.check(
+            self._ctx,
+            bundle,
+            policy,
+            plan=plan,
+            target=target,
+            previous=await self.inventories.load(target.app),
+            allow_mass_prune=False,
+        )
+        result = await self._with_hooks(result, plan)
+        return dataclasses.replace(
+            result,
+            sync=st.APPLY_FAILED,
+            reason=f"{why}; not retried for this revision: fix it in Git, or run "
+            f"`fleetops-hub sync {target.app}` to run the sync again",
         )
 
 

@@ -97,6 +97,7 @@ class Runner:
         self._slots = asyncio.Semaphore(max(1, workers))
         self._running: dict[str, asyncio.Task[None]] = {}  # app -> its worker
         self._again: set[str] = set()  # dirtied while running: once more after
+        self._retry: set[str] = set()  # an operator asked for a sync: retry a failed one
         self.supervisor = supervise.Supervisor(self.stop)
         self.hub = session.HubSession(
             address=address,
@@ -106,6 +107,7 @@ class Runner:
             labels=labels,
             reports=self.reports,
             enqueue=self.enqueue,
+            sync_now=self.sync_now,
             stop=self.stop,
             connected=self.connected,
         )
@@ -177,6 +179,12 @@ class Runner:
             for t in self.supervisor.states.values()
         )
 
+    def sync_now(self, app: str) -> None:
+        """The hub relayed an operator's sync: reconcile now, re-running a sync a hook
+        failed."""
+        self._retry.add(app)
+        self.enqueue(app)
+
     def enqueue(self, app: str) -> None:
         if app not in self._queued:
             self._queued.add(app)
@@ -238,7 +246,11 @@ class Runner:
         if a.paused:
             result = await self.rec.check(bundle, a.policy, allow_mass_prune=a.allow_mass_prune)
         else:
-            result = await self.rec.reconcile(bundle, a.policy, allow_mass_prune=a.allow_mass_prune)
+            retry = app in self._retry
+            self._retry.discard(app)
+            result = await self.rec.reconcile(
+                bundle, a.policy, allow_mass_prune=a.allow_mass_prune, retry=retry
+            )
         self._follow_up(app, result)
         report = st.to_report(result, generation=a.generation)
         self._heals[app] = self._heals.get(app, 0) + report.healed_resources

@@ -49,6 +49,7 @@ class HubSession:
         labels: dict[str, str],
         reports: dict[str, types_pb2.AppReport],
         enqueue: Callable[[str], None],
+        sync_now: Callable[[str], None],
         stop: asyncio.Event,
         connected: asyncio.Event,
     ) -> None:
@@ -59,6 +60,7 @@ class HubSession:
         self.labels = labels
         self.reports = reports  # app -> the latest report, shared with the runner
         self.enqueue = enqueue
+        self.sync_now = sync_now  # an operator's sync: also re-runs a sync a hook failed
         self.stop = stop
         self.connected = connected
         self._outbox: asyncio.Queue[agent_pb2.AgentMessage] | None = None
@@ -162,7 +164,7 @@ class HubSession:
                     elif kind == "sync_now":
                         for stored in self.local.load_all():
                             if not msg.sync_now.app or stored.assignment.app == msg.sync_now.app:
-                                self.enqueue(stored.assignment.app)
+                                self.sync_now(stored.assignment.app)
             finally:
                 beating.cancel()
                 call.cancel()  # ends grpc's reader of `requests` cleanly

@@ -162,6 +162,29 @@ async def test_a_failing_presync_hook_stops_the_sync_and_runs_syncfail(
     assert got["old"].action == "kept"
     assert got["on-fail"].hook == "SyncFail"
 
+    # the agent's loop does not run the failed sync again for this revision (no Job re-run
+    # every resync), until an operator asks for a sync
+    bundle = make_bundle(
+        namespace(ns), presync(job("migrate", fail=True)), deployment("web"), on_fail, revision="r2"
+    )
+    failed_job = await cluster.get(JOB, namespace=ns, name="migrate")
+    assert failed_job is not None
+    again = await reconciler.reconcile(bundle, policy(max_prune_percent=100))
+    assert again.sync == st.APPLY_FAILED
+    assert "not retried for this revision" in again.reason, again.reason
+    assert f"fleetops-hub sync {ns}" in again.reason
+    still = await cluster.get(JOB, namespace=ns, name="migrate")
+    assert still is not None and still["metadata"]["uid"] == failed_job["metadata"]["uid"], (
+        "a resync re-ran the failed hook"
+    )
+    retried = await reconciler.reconcile(bundle, policy(max_prune_percent=100), retry=True)
+    assert retried.sync == st.APPLY_FAILED
+    assert "not retried" not in retried.reason
+    rerun = await cluster.get(JOB, namespace=ns, name="migrate")
+    assert rerun is not None and rerun["metadata"]["uid"] != failed_job["metadata"]["uid"], (
+        "an operator's sync did not run the hook again"
+    )
+
 
 async def test_a_new_revision_reruns_an_immutable_job(
     cluster: kube.Kube,
