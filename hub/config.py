@@ -15,7 +15,9 @@ from typing import Any
 
 import yaml
 
-from fleetops.hub import configfields, errors, selectors
+from fleetops.hub import chartspec, configfields, errors, selectors
+from fleetops.hub.chartspec import Chart as Chart
+from fleetops.hub.chartspec import HelmRepository as HelmRepository
 
 # re-exported: the hub's API checks names and labels by the same rules
 from fleetops.hub.configfields import DNS_LABEL as DNS_LABEL
@@ -83,6 +85,7 @@ class App:
     sync: Sync = dataclasses.field(default_factory=Sync)
     targets: tuple[Target, ...] | None = None  # None: not given (fleet.yaml or every cluster)
     depends_on: tuple[str, ...] = ()
+    helm: Chart = dataclasses.field(default_factory=Chart)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +107,7 @@ class Config:
     cluster_groups: tuple[ClusterGroup, ...] = ()
     apps: tuple[App, ...] = ()
     retention: Retention = dataclasses.field(default_factory=Retention)
+    helm_repositories: tuple[HelmRepository, ...] = ()
 
     def repo(self, name: str) -> Repo:
         return next(r for r in self.repos if r.name == name)
@@ -129,7 +133,9 @@ def parse(text: str, *, file: str) -> Config:
         mark = e.problem_mark
         where = f"line {mark.line + 1}" if mark else "?"
         raise r.fail("", message=f"invalid YAML at {where}: {e.problem}") from None
-    root = r.mapping(doc, "", ("repos", "clusters", "clusterGroups", "apps", "retention"))
+    root = r.mapping(
+        doc, "", ("repos", "clusters", "clusterGroups", "apps", "retention", "helmRepositories")
+    )
     rm = r.mapping(root.get("retention"), "retention", ("events", "eventsPerApp", "revisions"))
     retention = Retention(
         events=r.duration(rm, "events", path="retention", default=Retention.events),
@@ -200,13 +206,20 @@ def parse(text: str, *, file: str) -> Config:
         )
     _unique(r, path="clusterGroups", names=[x.name for x in groups])
 
+    helm_repos = tuple(
+        chartspec.repository(r, item, path=f"helmRepositories[{i}]")
+        for i, item in enumerate(r.items(root.get("helmRepositories"), "helmRepositories"))
+    )
+    _unique(r, path="helmRepositories", names=[x.name for x in helm_repos])
     repo_names = [x.name for x in repos]
     group_names = [x.name for x in groups]
     apps = []
     for i, item in enumerate(r.items(root.get("apps"), "apps")):
         p = f"apps[{i}]"
         m = r.mapping(
-            item, p, ("name", "repo", "path", "namespace", "sync", "targets", "dependsOn")
+            item,
+            p,
+            ("name", "repo", "path", "namespace", "sync", "targets", "dependsOn", "helm"),
         )
         repo = r.string(m, "repo", path=p, required=True)
         if repo not in repo_names:
@@ -258,6 +271,7 @@ def parse(text: str, *, file: str) -> Config:
                 sync=sync,
                 targets=targets,
                 depends_on=tuple(depends),
+                helm=chartspec.chart(r, m.get("helm"), path=f"{p}.helm", repos=helm_repos),
             )
         )
     _unique(r, path="apps", names=[x.name for x in apps])
@@ -266,7 +280,9 @@ def parse(text: str, *, file: str) -> Config:
         for d in a.depends_on:
             if d not in app_names:
                 raise r.fail(f"apps[{i}].dependsOn", message=f"unknown app {d!r}")
-    return Config(file, tuple(repos), tuple(clusters), tuple(groups), tuple(apps), retention)
+    return Config(
+        file, tuple(repos), tuple(clusters), tuple(groups), tuple(apps), retention, helm_repos
+    )
 
 
 def parse_target(r: configfields.Reader, item: Any, *, path: str, groups: list[str]) -> Target:

@@ -5,7 +5,10 @@ default namespace (`defaultNamespace` or `namespace`) and one target per
 `targetCustomizations` entry (clusterSelector, clusterGroup, clusterName, helm.values,
 helm.valuesFiles, kustomize.dir, yaml.overlays), with the file's top-level `helm` and
 `kustomize` settings as the defaults every target starts from, and a last catch-all target
-so that clusters no customization matches still get the app, as in Fleet. Pure.
+so that clusters no customization matches still get the app, as in Fleet. The top-level
+`helm.repo`, `helm.chart`, `helm.version` and `helm.releaseName` say where the chart comes from
+(hub.chartspec; the repo URL must match a helmRepositories entry, checked when it is fetched).
+Pure.
 
 The file comes from a repository committer: it is read with the bounded loader
 (proto.yamlsafe), so an alias bomb is a RenderError naming the file and line, never a stalled
@@ -19,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from fleetops.hub import config, configfields, errors
+from fleetops.hub import chartspec, config, configfields, errors
 from fleetops.proto import yamlsafe
 
 _FILE = "fleet.yaml"
@@ -89,6 +92,16 @@ def apply(app: config.App, text: str) -> config.App:
             targets.append(_target(reader, default, path="(defaults)"))
         except errors.ConfigError as e:
             raise errors.RenderError(str(e)) from None
+    chart = {k: top_helm[k] for k in ("repo", "chart", "version", "releaseName") if k in top_helm}
+    if chart:
+        try:
+            source = chartspec.chart_fields(reader, chart, path="helm")
+        except errors.ConfigError as e:
+            raise errors.RenderError(str(e)) from None
+        helm = dataclasses.replace(
+            source, values=app.helm.values, values_files=app.helm.values_files
+        )
+        app = dataclasses.replace(app, helm=helm)
     return dataclasses.replace(app, namespace=namespace, targets=tuple(targets))
 
 
