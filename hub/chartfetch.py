@@ -84,10 +84,13 @@ def get(url: str, *, repo: config.HelmRepository, what: str, max_bytes: int) -> 
                 )
             data: bytes = resp.read(max_bytes + 1)
     except urllib.error.HTTPError as e:
+        if e.code == 401 and request.has_header("Authorization"):
+            e.code = 403  # sent and refused
         hint = {
             401: "the repository wants credentials: set usernameEnv/passwordEnv (or "
             "usernameFile/passwordFile) on its helmRepositories entry, or check them",
-            403: "the credentials were refused; check usernameEnv/passwordEnv (or the files)",
+            403: "the credentials were refused; check what usernameEnv/passwordEnv (or "
+            "usernameFile/passwordFile) hold",
             404: "not found; check the repository url and the chart name",
         }.get(e.code, "the repository failed")
         raise FetchError(f"{what}: {_safe(url)} answered HTTP {e.code}: {hint}") from None

@@ -40,6 +40,9 @@ INDEX_LIMITS = yamlsafe.Limits(
     max_chars=chartfetch.MAX_INDEX, max_nodes=20_000_000, max_alias_nodes=1_000_000
 )
 MAX_DEPENDENCIES = 50
+# An index fetched this recently serves every app and target of one planning pass; a
+# resolution that is due (new revision, interval passed) fetches it again after that.
+INDEX_REUSE = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,7 +178,7 @@ class Charts:
         return self._store(repo, name, picked, f"sha256:{digest}", data)
 
     def _pull_oci(self, repo: config.HelmRepository, *, name: str, version: str) -> Pulled:
-        self._root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._private(self._root)
         archive, got, digest = chartfetch.oci_pull(
             f"{repo.url}/{name}", version=version, repo=repo, tools=self._tools, root=self._root
         )
@@ -189,6 +192,15 @@ class Charts:
     def _dir(self, repo: config.HelmRepository, name: str, version: str) -> pathlib.Path:
         safe = [urllib.parse.quote(p, safe="") for p in (repo.name, name, version)]
         return self._root.joinpath(*safe)
+
+    def _private(self, folder: pathlib.Path) -> None:
+        """`folder` and every directory between it and the cache root: the owner's only."""
+        self._root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self._root, 0o700)
+        path = self._root
+        for part in folder.relative_to(self._root).parts:
+            path = path / part
+            path.mkdir(exist_ok=True, mode=0o700)
 
     def _cached(self, repo: config.HelmRepository, name: str, version: str) -> Pulled | None:
         meta = self._dir(repo, name, version) / "pulled.json"
@@ -207,6 +219,7 @@ class Charts:
         if not version:
             raise FetchError(f"chart {name} from {repo.name}: the archive names no version")
         folder = self._dir(repo, name, version)
+        self._private(folder)
         sha = _sha256(data)
         archive = folder / f"{sha.removeprefix('sha256:')}.tgz"
         privatefile.write(archive, data)
@@ -217,7 +230,7 @@ class Charts:
     def _index(self, repo: config.HelmRepository) -> dict[str, list[dict[str, Any]]]:
         with self._lock:
             got = self._indexes.get(repo.name)
-        if got is not None and self._clock() - got[0] < repo.interval:
+        if got is not None and self._clock() - got[0] < min(INDEX_REUSE, repo.interval):
             return got[1]
         data = chartfetch.get(
             repo.url + "/index.yaml",

@@ -1,0 +1,339 @@
+"""Charts from Helm repositories and OCI registries, on a real hub: a real chart repository
+(`helm repo index` over http.server on loopback) and a real OCI registry (docker-registry),
+charts made with `helm package`, the hub's own fetch stage, then `helm template` offline."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import pathlib
+import stat
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import pytest
+import yaml
+
+from fleetops.hub import config, errors
+from fleetops.proto.v1 import agent_pb2, types_pb2
+from tests.support import chartrepo, fleet, hubproc, wait
+
+
+@contextlib.asynccontextmanager
+async def connected(proc: hubproc.HubProc, cluster: str) -> AsyncIterator[None]:
+    agent = await proc.agent(cluster)
+    async with proc.channel(agent) as channel:
+        stream = await agent.connect(channel, agent_pb2.Hello())
+        await stream.next_assignments()
+        yield
+        stream.call.cancel()
+
+
+def hub_config(
+    git: fleet.Repo, repos: list[dict[str, Any]], helm: Mapping[str, Any], *, app: str = "shop"
+) -> dict[str, Any]:
+    cfg = hubproc.hub_yaml(git.url, {app: "apps/shop"})
+    cfg["helmRepositories"] = repos
+    cfg["apps"][0]["helm"] = dict(helm)
+    return cfg
+
+
+def git_repo(tmp_path: pathlib.Path) -> fleet.Repo:
+    git = fleet.Repo.create(tmp_path / "git")
+    git.write("apps/shop/values-prod.yaml", {"greeting": "from git"})
+    git.commit("values")
+    return git
+
+
+async def configmap(proc: hubproc.HubProc, app: str = "shop") -> dict[str, str]:
+    """The data of the ConfigMap in the bundle c1 is assigned for `app`."""
+    got = proc.hub.assignment("c1", app)
+    assert got is not None
+    bundle = types_pb2.Bundle.FromString(await proc.hub.bundle("c1", got.digest))
+    docs = [d for m in bundle.manifests for d in yaml.safe_load_all(m.yaml) if d]
+    (cm,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    return dict(cm["data"])
+
+
+def render_error(proc: hubproc.HubProc, app: str = "shop") -> str:
+    found = next(a for a in proc.hub.snapshot().apps if a.name == app)
+    return " ".join(t.render_error for t in found.targets)
+
+
+async def until_version(proc: hubproc.HubProc, version: str) -> None:
+    async def deployed() -> bool:
+        return proc.hub.assignment("c1", "shop") is not None and (
+            (await configmap(proc)).get("chartVersion") == version
+        )
+
+    await wait.until(
+        f"chart {version} assigned to c1",
+        deployed,
+        within=60,
+        explain=lambda: render_error(proc) or "no render error",
+    )
+
+
+async def test_a_range_picks_the_newest_match_and_a_new_upstream_version_is_picked_up(
+    tmp_path: pathlib.Path,
+) -> None:
+    with chartrepo.http_repo(tmp_path / "repo") as charts:
+        for v in ("1.0.0", "1.1.0", "2.0.0", "1.2.0-rc.1"):
+            charts.publish(chartrepo.package(tmp_path, "demo", v))
+        git = git_repo(tmp_path)
+        cfg = hub_config(
+            git,
+            [{"name": "local", "url": charts.url, "interval": "1s"}],
+            {"repo": "local", "chart": "demo", "version": "^1.0", "releaseName": "web",
+             "valuesFiles": ["values-prod.yaml"]},
+        )  # fmt: skip
+        async with (
+            hubproc.running(tmp_path / "hub", cfg, tools=hubproc.tools()) as proc,
+            connected(proc, "c1"),
+        ):
+            await until_version(proc, "1.1.0")  # not 2.0.0, not the prerelease
+            data = await configmap(proc)
+            assert data["greeting"] == "from git"  # values files work on a remote chart
+            first = proc.hub.assignment("c1", "shop")
+            assert first is not None
+            assert "demo 1.1.0 (sha256:" in proc.hub._renders.chart_of(proc.hub.cfg.apps[0])
+
+            charts.publish(chartrepo.package(tmp_path, "demo", "1.3.0"))
+
+            async def picked_up() -> bool:
+                proc.hub.trigger_fetch("platform")  # Git polls with no new commit
+                return (await configmap(proc)).get("chartVersion") == "1.3.0"
+
+            # the range is resolved again once the repository's interval (1 s) has passed
+            await wait.until("chart 1.3.0 picked up by the range", picked_up, every=0.3, within=60)
+            second = proc.hub.assignment("c1", "shop")
+            assert second is not None and second.revision == first.revision  # Git did not move
+            history = await proc.hub.history(app="shop", cluster="c1", limit=10)
+            assert any("chart demo 1.3.0" in e.message for e in history)
+
+
+async def test_basic_auth_from_env_and_bad_credentials_are_the_apps_error_without_the_secret(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "s3cret-never-shown"
+    monkeypatch.setenv("CHARTS_USER", "fleet")
+    monkeypatch.setenv("CHARTS_PASSWORD", secret)
+    caplog.set_level(logging.DEBUG)
+    with chartrepo.http_repo(tmp_path / "repo", auth=f"fleet:{secret}") as charts:
+        charts.publish(chartrepo.package(tmp_path, "demo", "1.0.0"))
+        git = git_repo(tmp_path)
+        entry = {"name": "private", "url": charts.url, "usernameEnv": "CHARTS_USER",
+                 "passwordEnv": "CHARTS_PASSWORD"}  # fmt: skip
+        cfg = hub_config(git, [entry], {"repo": "private", "chart": "demo", "version": "1.0.0"})
+        cfg["apps"].append({"name": "other", "repo": "platform", "path": "apps/shop"})
+        async with (
+            hubproc.running(tmp_path / "hub", cfg, tools=hubproc.tools()) as proc,
+            connected(proc, "c1"),
+        ):
+            await until_version(proc, "1.0.0")
+        monkeypatch.setenv("CHARTS_PASSWORD", "wrong")
+        cfg["apps"][0]["helm"]["version"] = "1.0.1"  # not cached: must ask the repository
+        charts.publish(chartrepo.package(tmp_path, "demo", "1.0.1"))
+        async with (
+            hubproc.running(tmp_path / "hub2", cfg, tools=hubproc.tools()) as proc,
+            connected(proc, "c1"),
+        ):
+            await wait.until(
+                "the bad credentials shown on the app",
+                lambda: "credentials were refused" in render_error(proc),
+                within=30,
+            )
+            assert proc.hub.assignment("c1", "shop") is None
+            await wait.until(
+                "the other app deployed", lambda: proc.revision("c1", "other") != "", within=30
+            )
+    assert secret not in caplog.text and "wrong" not in render_error(proc)
+
+
+async def test_a_tampered_archive_is_refused_by_its_index_digest(tmp_path: pathlib.Path) -> None:
+    with chartrepo.http_repo(tmp_path / "repo") as charts:
+        charts.publish(chartrepo.package(tmp_path, "demo", "1.0.0"))
+        evil = chartrepo.package(tmp_path / "evil", "demo", "1.0.0", greeting="evil")
+        (charts.dir / "demo-1.0.0.tgz").write_bytes(evil.read_bytes())  # index not rebuilt
+        git = git_repo(tmp_path)
+        cfg = hub_config(git, [{"name": "local", "url": charts.url}], {"repo": "local",
+                         "chart": "demo", "version": "1.0.0"})  # fmt: skip
+        async with (
+            hubproc.running(tmp_path / "hub", cfg, tools=hubproc.tools()) as proc,
+            connected(proc, "c1"),
+        ):
+            await wait.until(
+                "the digest mismatch shown",
+                lambda: "but the index says" in render_error(proc),
+                within=30,
+            )
+            assert proc.hub.assignment("c1", "shop") is None
+            cached = list((proc.data / "charts").rglob("*.tgz"))
+            assert cached == []  # nothing kept from it
+
+
+async def test_an_unreachable_repository_keeps_the_last_revision(tmp_path: pathlib.Path) -> None:
+    charts = chartrepo.HttpRepo(tmp_path / "repo")
+    try:
+        charts.publish(chartrepo.package(tmp_path, "demo", "1.0.0"))
+        git = git_repo(tmp_path)
+        cfg = hub_config(git, [{"name": "local", "url": charts.url, "interval": "1s"}],
+                         {"repo": "local", "chart": "demo", "version": "~1.0",
+                          "valuesFiles": ["values-prod.yaml"]})  # fmt: skip
+        async with (
+            hubproc.running(tmp_path / "hub", cfg, tools=hubproc.tools()) as proc,
+            connected(proc, "c1"),
+        ):
+            await until_version(proc, "1.0.0")
+            before = proc.hub.assignment("c1", "shop")
+            charts.stop()
+
+            def shown() -> bool:
+                proc.hub.trigger_fetch("platform")  # polls: the range is due again
+                return "cannot reach" in render_error(proc)
+
+            await wait.until("the unreachable repository shown", shown, every=0.3, within=30)
+            git.write("apps/shop/values-prod.yaml", {"greeting": "new commit"})
+            head = git.commit("values again")
+            proc.hub.trigger_fetch("platform")
+            await wait.until("the hub sees the commit", lambda: proc.hub.heads["platform"] == head)
+            await proc.hub.replan()
+            after = proc.hub.assignment("c1", "shop")
+            assert after is not None and before is not None
+            assert (after.revision, after.digest) == (before.revision, before.digest)
+            assert "cannot reach" in render_error(proc)
+            assert (await configmap(proc))["greeting"] == "from git"
+    finally:
+        charts.stop()
+
+
+async def test_an_exact_cached_version_renders_with_the_repository_down(
+    tmp_path: pathlib.Path,
+) -> None:
+    charts = chartrepo.HttpRepo(tmp_path / "repo")
+    try:
+        charts.publish(chartrepo.package(tmp_path, "demo", "1.0.0"))
+        git = git_repo(tmp_path)
+        cfg = hub_config(git, [{"name": "local", "url": charts.url}],
+                         {"repo": "local", "chart": "demo", "version": "1.0.0"})  # fmt: skip
+        async with (
+            hubproc.running(tmp_path / "hub", cfg, tools=hubproc.tools()) as proc,
+            connected(proc, "c1"),
+        ):
+            await until_version(proc, "1.0.0")
+            charts.stop()
+            git.write("apps/shop/values-prod.yaml", {"greeting": "new commit"})
+            head = git.commit("values again")
+            proc.hub.trigger_fetch("platform")
+            await wait.until("the new commit assigned", lambda: proc.revision("c1", "shop") == head)
+    finally:
+        charts.stop()
+
+
+async def test_a_chart_from_an_oci_registry_with_its_manifest_digest(
+    tmp_path: pathlib.Path,
+) -> None:
+    with chartrepo.oci_registry(tmp_path / "oci") as registry:
+        for v in ("0.1.0", "0.2.0"):
+            pushed = registry.push(chartrepo.package(tmp_path, "demo", v))
+        digest = pushed.split("Digest:")[1].split()[0]
+        git = git_repo(tmp_path)
+        url = f"oci://{registry.host}/charts"
+        cfg = hub_config(
+            git,
+            [{"name": "oci", "url": url, "insecurePlainHttp": True}],
+            {"chart": f"{url}/demo", "version": ">=0.1.0 <1.0.0"},
+        )
+        async with (
+            hubproc.running(tmp_path / "hub", cfg, tools=hubproc.tools()) as proc,
+            connected(proc, "c1"),
+        ):
+            await until_version(proc, "0.2.0")
+            assert f"demo 0.2.0 ({digest[:19]})" in proc.hub._renders.chart_of(proc.hub.cfg.apps[0])
+            for f in (proc.data / "charts").rglob("*"):
+                assert not f.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO), f  # private
+
+
+async def test_dependencies_come_from_allowlisted_repositories_only(
+    tmp_path: pathlib.Path,
+) -> None:
+    with chartrepo.http_repo(tmp_path / "repo") as charts:
+        charts.publish(chartrepo.package(tmp_path, "common", "1.4.0", greeting="sub"))
+        git = fleet.Repo.create(tmp_path / "git")
+        chartrepo.write_chart(
+            git.work / "apps", "shop", "0.1.0",
+            dependencies=[{"name": "common", "version": "^1.0", "repository": charts.url}],
+        )  # fmt: skip
+        chartrepo.write_chart(
+            git.work / "apps", "bad", "0.1.0",
+            dependencies=[{"name": "evil", "version": "1.0.0",
+                           "repository": "https://charts.example.com/stable"}],
+        )  # fmt: skip
+        git.commit("two charts with dependencies")
+        cfg = hubproc.hub_yaml(git.url, {"shop": "apps/shop", "bad": "apps/bad"})
+        cfg["helmRepositories"] = [{"name": "local", "url": charts.url}]
+        async with (
+            hubproc.running(tmp_path / "hub", cfg, tools=hubproc.tools()) as proc,
+            connected(proc, "c1"),
+        ):
+            await wait.until("shop assigned", lambda: proc.revision("c1", "shop") != "")
+            got = proc.hub.assignment("c1", "shop")
+            assert got is not None
+            bundle = types_pb2.Bundle.FromString(await proc.hub.bundle("c1", got.digest))
+            names = {
+                d["metadata"]["name"]
+                for m in bundle.manifests
+                for d in yaml.safe_load_all(m.yaml)
+                if d
+            }
+            assert names == {"shop-shop", "shop-common"}
+            await wait.until(
+                "the dependency outside the allowlist named",
+                lambda: (
+                    "dependency evil comes from https://charts.example.com/stable"
+                    in render_error(proc, "bad")
+                ),
+                within=30,
+            )
+            assert "add a helmRepositories entry" in render_error(proc, "bad")
+
+
+def test_hub_yaml_refuses_a_chart_outside_the_allowlist_and_names_the_fix() -> None:
+    doc = {
+        "repos": [{"name": "platform", "url": "https://git.example.com/p.git"}],
+        "helmRepositories": [{"name": "ghcr", "url": "oci://ghcr.io/org/charts"}],
+        "apps": [{"name": "shop", "repo": "platform", "path": "apps/shop",
+                  "helm": {"chart": "oci://quay.io/other/demo", "version": "1.x"}}],
+    }  # fmt: skip
+    with pytest.raises(errors.ConfigError) as e:
+        config.parse(yaml.safe_dump(doc), file="hub.yaml")
+    assert "apps[0].helm.chart" in str(e.value)
+    assert "add a helmRepositories entry with url oci://quay.io/other" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("entry", "field", "says"),
+    [
+        ({"url": "ftp://x"}, "url", "expected https://"),
+        ({"url": "https://u:p@x.io"}, "url", "must not contain credentials"),
+        ({"url": "oci://ghcr.io/o", "insecurePlainHttp": True}, "insecurePlainHttp", "loopback"),
+        ({"url": "https://x.io", "usernameEnv": "U"}, "", "need both a username"),
+    ],
+)
+def test_helm_repositories_are_validated(entry: dict[str, Any], field: str, says: str) -> None:
+    doc = {"helmRepositories": [{"name": "r", **entry}]}
+    with pytest.raises(errors.ConfigError) as e:
+        config.parse(yaml.safe_dump(doc), file="hub.yaml")
+    assert f"helmRepositories[0]{'.' + field if field else ''}" in str(e.value)
+    assert says in str(e.value)
+
+
+def test_a_bad_version_range_names_the_field() -> None:
+    doc = {
+        "repos": [{"name": "platform", "url": "https://git.example.com/p.git"}],
+        "helmRepositories": [{"name": "r", "url": "https://charts.example.com"}],
+        "apps": [{"name": "shop", "repo": "platform", "path": "a",
+                  "helm": {"repo": "r", "chart": "demo", "version": "latest"}}],
+    }  # fmt: skip
+    with pytest.raises(errors.ConfigError, match=r"apps\[0\]\.helm\.version.*e\.g\."):
+        config.parse(yaml.safe_dump(doc), file="hub.yaml")
