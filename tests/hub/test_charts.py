@@ -337,3 +337,39 @@ def test_a_bad_version_range_names_the_field() -> None:
     }  # fmt: skip
     with pytest.raises(errors.ConfigError, match=r"apps\[0\]\.helm\.version.*e\.g\."):
         config.parse(yaml.safe_dump(doc), file="hub.yaml")
+
+
+async def test_fleet_yaml_helm_repo_is_matched_against_the_allowlist_by_url(
+    tmp_path: pathlib.Path,
+) -> None:
+    with chartrepo.http_repo(tmp_path / "repo") as charts:
+        charts.publish(chartrepo.package(tmp_path, "demo", "1.0.0"))
+        git = fleet.Repo.create(tmp_path / "git")
+        git.write("apps/shop/fleet.yaml", {"defaultNamespace": "shop", "helm": {
+            "repo": charts.url + "/", "chart": "demo", "version": "1.0.0",
+            "releaseName": "web", "values": {"greeting": "fleet"}}})  # fmt: skip
+        git.write("apps/stray/fleet.yaml", {"helm": {
+            "repo": "https://charts.example.com/stable", "chart": "demo"}})  # fmt: skip
+        git.commit("fleet.yaml apps")
+        cfg = hubproc.hub_yaml(git.url, {"shop": "apps/shop", "stray": "apps/stray"})
+        cfg["helmRepositories"] = [{"name": "local", "url": charts.url}]
+        async with (
+            hubproc.running(tmp_path / "hub", cfg, tools=hubproc.tools()) as proc,
+            connected(proc, "c1"),
+        ):
+            await until_version(proc, "1.0.0")
+            got = proc.hub.assignment("c1", "shop")
+            assert got is not None
+            bundle = types_pb2.Bundle.FromString(await proc.hub.bundle("c1", got.digest))
+            cm = next(d for d in yaml.safe_load_all(bundle.manifests[0].yaml) if d)
+            assert cm["metadata"]["name"] == "web-demo"  # helm.releaseName
+            assert cm["data"]["greeting"] == "fleet"
+            await wait.until(
+                "the stray repository named with the fix",
+                lambda: (
+                    "add a helmRepositories entry with url https://charts.example.com/stable"
+                    in render_error(proc, "stray")
+                ),
+                within=30,
+            )
+            assert proc.hub.assignment("c1", "stray") is None
