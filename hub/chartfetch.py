@@ -154,14 +154,25 @@ def oci_pull(
         args += ["--plain-http"]
     if repo.ca_file:
         args += ["--ca-file", repo.ca_file]
-    _, out = sandbox.run_both(
-        args,
-        what=f"helm pull {ref}",
-        limits=PULL_LIMITS,
-        scratch=work,
-        shown={dest: "<download>"},
-        network=True,
-    )
+    try:
+        _, out = sandbox.run_both(
+            args,
+            what=f"helm pull {ref}",
+            limits=PULL_LIMITS,
+            scratch=work,
+            shown={dest: "<download>"},
+            network=True,
+        )
+    except errors.RenderError as e:
+        text = str(e)
+        if any(w in text.lower() for w in ("401", "403", "unauthorized", "denied", "credential")):
+            text += (
+                f" (Helm repository {repo.name}: check the credentials its helmRepositories "
+                "entry names in usernameEnv/passwordEnv or usernameFile/passwordFile)"
+            )
+        elif "not found" in text.lower() or "no matching" in text.lower():
+            text += " (check the chart name and that a version in the range was pushed)"
+        raise FetchError(text) from None
     archives = sorted(dest.glob("*.tgz"))
     if len(archives) != 1:
         raise FetchError(f"helm pull {ref}: expected one chart archive, got {len(archives)}")

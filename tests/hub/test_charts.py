@@ -373,3 +373,38 @@ async def test_fleet_yaml_helm_repo_is_matched_against_the_allowlist_by_url(
                 within=30,
             )
             assert proc.hub.assignment("c1", "stray") is None
+
+
+async def test_an_oci_registry_with_credentials_from_files_and_the_password_nowhere_else(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "oci-pass-never-shown"
+    caplog.set_level(logging.DEBUG)
+    with chartrepo.oci_registry(tmp_path / "oci", auth=f"fleet:{secret}") as registry:
+        registry.push(chartrepo.package(tmp_path, "demo", "1.0.0"))
+        (tmp_path / "user").write_text("fleet\n")
+        (tmp_path / "password").write_text(secret + "\n")
+        git = git_repo(tmp_path)
+        url = f"oci://{registry.host}/charts"
+        entry = {"name": "oci", "url": url, "insecurePlainHttp": True,
+                 "usernameFile": str(tmp_path / "user"),
+                 "passwordFile": str(tmp_path / "password")}  # fmt: skip
+        cfg = hub_config(git, [entry], {"chart": f"{url}/demo", "version": "^1"})
+        async with (
+            hubproc.running(tmp_path / "hub", cfg, tools=hubproc.tools()) as proc,
+            connected(proc, "c1"),
+        ):
+            await until_version(proc, "1.0.0")
+        (tmp_path / "password").write_text("wrong\n")
+        async with (
+            hubproc.running(tmp_path / "hub2", cfg, tools=hubproc.tools()) as proc,
+            connected(proc, "c1"),
+        ):
+            await wait.until(
+                "the refused login shown on the app",
+                lambda: "helm pull" in render_error(proc) and "401" in render_error(proc),
+                within=30,
+                explain=lambda: render_error(proc),
+            )
+            assert proc.hub.assignment("c1", "shop") is None
+    assert secret not in caplog.text

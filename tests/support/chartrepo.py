@@ -9,6 +9,7 @@ import base64
 import contextlib
 import functools
 import http.server
+import json
 import os
 import pathlib
 import shutil
@@ -131,21 +132,29 @@ def http_repo(root: pathlib.Path, *, auth: str = "") -> Iterator[HttpRepo]:
 
 
 class OciRegistry:
-    def __init__(self, root: pathlib.Path) -> None:
+    """docker-registry on a free loopback port; with `auth` ("user:password") it wants
+    basic auth (htpasswd, bcrypt)."""
+
+    def __init__(self, root: pathlib.Path, *, auth: str = "") -> None:
         self.root = root
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
+        self.auth = auth
+        doc: dict[str, Any] = {
+            "version": 0.1,
+            "storage": {"filesystem": {"rootdirectory": str(root / "blobs")}},
+            "http": {"addr": self.host},
+            "log": {"level": "error"},
+        }
+        if auth:
+            user, password = auth.split(":", 1)
+            line = subprocess.run(
+                ["htpasswd", "-Bbn", user, password], capture_output=True, text=True, check=True
+            ).stdout
+            (root / "htpasswd").write_text(line)
+            doc["auth"] = {"htpasswd": {"realm": "charts", "path": str(root / "htpasswd")}}
         config = root / "registry.yml"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "version": 0.1,
-                    "storage": {"filesystem": {"rootdirectory": str(root / "blobs")}},
-                    "http": {"addr": self.host},
-                    "log": {"level": "error"},
-                }
-            )
-        )
+        config.write_text(yaml.safe_dump(doc))
         self._log = (root / "registry.log").open("wb")
         self._proc = subprocess.Popen(
             ["/usr/bin/docker-registry", "serve", str(config)],
@@ -165,9 +174,15 @@ class OciRegistry:
     def push(self, tgz: pathlib.Path, *, path: str = "charts") -> str:
         """`helm push` to oci://HOST/path; the output (which names the manifest digest)."""
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.root)}
+        login = []
+        if self.auth:
+            token = base64.b64encode(self.auth.encode()).decode()
+            cfg = self.root / "push-auth.json"
+            cfg.write_text(json.dumps({"auths": {self.host: {"auth": token}}}))
+            login = ["--registry-config", str(cfg)]
         done = subprocess.run(
             [localkube.binary("helm"), "push", str(tgz), f"oci://{self.host}/{path}",
-             "--plain-http"],
+             "--plain-http", *login],
             capture_output=True, text=True, check=True, env=env,
         )  # fmt: skip
         return done.stdout + done.stderr
@@ -184,9 +199,9 @@ class OciRegistry:
 
 
 @contextlib.contextmanager
-def oci_registry(root: pathlib.Path) -> Iterator[OciRegistry]:
+def oci_registry(root: pathlib.Path, *, auth: str = "") -> Iterator[OciRegistry]:
     root.mkdir(parents=True, exist_ok=True)
-    registry = OciRegistry(root)
+    registry = OciRegistry(root, auth=auth)
     try:
         yield registry
     finally:
