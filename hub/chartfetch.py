@@ -14,6 +14,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import ssl
 import tempfile
 import urllib.error
@@ -142,6 +143,22 @@ def oci_pull(
     new temporary directory under `root`: (the archive, the version pulled, the manifest
     digest). The caller moves the archive and removes the directory."""
     work = pathlib.Path(tempfile.mkdtemp(prefix="pull-", dir=root))
+    try:
+        return _pull(ref, version=version, repo=repo, tools=tools, root=root, work=work)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def _pull(
+    ref: str,
+    *,
+    version: str,
+    repo: config.HelmRepository,
+    tools: sandbox.Tools,
+    root: pathlib.Path,
+    work: pathlib.Path,
+) -> tuple[pathlib.Path, str, str]:
     dest = work / "out"
     dest.mkdir()
     args = [tools.helm, "pull", ref, "--destination", str(dest)]
