@@ -201,6 +201,7 @@ class RenderCache:
                     error=result.error,
                     key=rkey[3],
                     rendered_at=time.time(),
+                    charts=fetched.key,
                 ),
             )
             return result

@@ -109,7 +109,11 @@ async def test_a_range_picks_the_newest_match_and_a_new_upstream_version_is_pick
             second = proc.hub.assignment("c1", "shop")
             assert second is not None and second.revision == first.revision  # Git did not move
             history = await proc.hub.history(app="shop", cluster="c1", limit=10)
-            assert any("chart demo 1.3.0" in e.message for e in history)
+            assert any("chart demo 1.3.0 (sha256:" in e.message for e in history)
+            stored = await proc.hub.db.run(proc.hub.db.renders)
+            # the render record keeps the chart the revision ran: repository, version, digest
+            (now,) = [r for r in stored if r.app == "shop" and r.revision == first.revision]
+            assert now.charts.startswith("local/demo@1.3.0#sha256:")
 
 
 async def test_basic_auth_from_env_and_bad_credentials_are_the_apps_error_without_the_secret(
