@@ -56,7 +56,7 @@ class Pulled:
     archive: pathlib.Path
 
     def describe(self) -> str:
-        return f"{self.chart} {self.version} ({self.digest[:19]})"
+        return f"{self.chart} {self.version} ({self.digest})"
 
 
 @dataclasses.dataclass(frozen=True)

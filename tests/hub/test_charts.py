@@ -253,7 +253,7 @@ async def test_a_chart_from_an_oci_registry_with_its_manifest_digest(
             connected(proc, "c1"),
         ):
             await until_version(proc, "0.2.0")
-            assert f"demo 0.2.0 ({digest[:19]})" in proc.hub._renders.chart_of(proc.hub.cfg.apps[0])
+            assert f"demo 0.2.0 ({digest})" in proc.hub._renders.chart_of(proc.hub.cfg.apps[0])
             for f in (proc.data / "charts").rglob("*"):
                 assert not f.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO), f  # private
 
