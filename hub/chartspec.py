@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -28,6 +29,8 @@ _REPO_FIELDS = (
     "insecurePlainHttp",
     "interval",
 )
+_CHART_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_REF_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")  # host:port, then path segments
 CHART_FIELDS = ("repo", "chart", "version", "releaseName", "values", "valuesFiles")
 
 
@@ -181,6 +184,19 @@ def chart_fields(r: configfields.Reader, value: Any, *, path: str) -> Chart:
         )
     if name and not repo and not name.startswith("oci://"):
         r.relpath({"chart": name}, "chart", path=path)  # a chart directory in the repository
+    elif name:
+        where = name.removeprefix("oci://")
+        parts = where.split("/")
+        if (
+            not _CHART_NAME.match(parts[-1])
+            or any(p in ("", ".", "..") for p in parts)
+            or not all(_REF_PART.match(p) for p in parts)
+        ):
+            raise r.fail(
+                f"{path}.chart",
+                message=f"{name!r}: expected a chart name (letters, digits, '.', '_', '-') or "
+                "oci://host/path/name",
+            )
     values = m.get("values") or {}
     if not isinstance(values, dict):
         raise r.fail(f"{path}.values", message="expected a mapping of Helm values")
@@ -202,8 +218,12 @@ def allowed(source: Chart, repos: Sequence[HelmRepository]) -> tuple[HelmReposit
     an oci:// reference); NotAllowed saying which entry to add."""
     if source.chart.startswith("oci://"):
         ref = source.chart.rstrip("/")
-        base, _, name = ref.rpartition("/")
-        found = next((x for x in repos if x.oci and base == x.url), None)
+        base = ref.rpartition("/")[0]
+        found = next(
+            (x for x in repos if x.oci and (base == x.url or base.startswith(x.url + "/"))),
+            None,
+        )
+        name = ref[len(found.url) + 1 :] if found is not None else ""
         if found is None or not name:
             raise NotAllowed(
                 f"chart {ref!r} is not under an allowlisted OCI registry path; add a "

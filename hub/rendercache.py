@@ -128,8 +128,12 @@ class RenderCache:
         return f"chart {pulled.describe()}" if pulled else ""
 
     def charts_due(self) -> bool:
-        """A chart version range is due to be resolved again (its repository's interval)."""
-        return self.charts is not None and self.charts.due(self._helm_repositories())
+        """A chart version range is due to be resolved again (its repository's interval),
+        or a chart could not be fetched last time (tried again on every Git poll, so an
+        app recovers when its repository is back)."""
+        if self.charts is None:
+            return False
+        return bool(self.fetch_errors) or self.charts.due(self._helm_repositories())
 
     def forget_due_charts(self) -> None:
         """Drop the chart resolutions a planning pass did not renew (no cluster uses them)."""

@@ -207,6 +207,17 @@ async def test_an_unreachable_repository_keeps_the_last_revision(tmp_path: pathl
             assert (after.revision, after.digest) == (before.revision, before.digest)
             assert "cannot reach" in render_error(proc)
             assert (await configmap(proc))["greeting"] == "from git"
+
+            charts = chartrepo.HttpRepo(tmp_path / "repo", port=charts.port)  # back up
+
+            async def recovered() -> bool:
+                proc.hub.trigger_fetch("platform")  # the failed fetch is retried on polls
+                return proc.revision("c1", "shop") == head
+
+            await wait.until("the new commit assigned once the repository is back", recovered,
+                             every=0.3, within=30)  # fmt: skip
+            assert (await configmap(proc))["greeting"] == "new commit"
+            assert render_error(proc) == ""
     finally:
         charts.stop()
 
@@ -313,6 +324,41 @@ def test_hub_yaml_refuses_a_chart_outside_the_allowlist_and_names_the_fix() -> N
         config.parse(yaml.safe_dump(doc), file="hub.yaml")
     assert "apps[0].helm.chart" in str(e.value)
     assert "add a helmRepositories entry with url oci://quay.io/other" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("helm", "says"),
+    [
+        ({"repo": "r", "chart": "../../etc"}, "expected a chart name"),
+        ({"chart": "oci://ghcr.io/org/charts/../../x"}, "expected a chart name"),
+        ({"repo": "r", "chart": "oci://ghcr.io/org/charts/x"}, "give either repo"),
+        ({"repo": "nope", "chart": "demo"}, "unknown Helm repository 'nope'"),
+        ({"chart": "demo", "version": "1.0.0"}, "needs a chart from a repository"),
+        ({"repo": "r", "chart": "demo", "releaseName": "Web_1"}, "Helm's rule"),
+    ],
+)
+def test_helm_sources_are_validated(helm: dict[str, str], says: str) -> None:
+    doc = {
+        "repos": [{"name": "platform", "url": "https://git.example.com/p.git"}],
+        "helmRepositories": [{"name": "r", "url": "oci://ghcr.io/org/charts"}],
+        "apps": [{"name": "shop", "repo": "platform", "path": "a", "helm": helm}],
+    }
+    with pytest.raises(errors.ConfigError, match=r"apps\[0\]\.helm") as e:
+        config.parse(yaml.safe_dump(doc), file="hub.yaml")
+    assert says in str(e.value)
+
+
+def test_an_oci_chart_anywhere_under_an_allowlisted_path_is_allowed() -> None:
+    doc = {
+        "repos": [{"name": "platform", "url": "https://git.example.com/p.git"}],
+        "helmRepositories": [{"name": "ghcr", "url": "oci://ghcr.io/org/charts"}],
+        "apps": [{"name": "shop", "repo": "platform", "path": "a",
+                  "helm": {"chart": "oci://ghcr.io/org/charts/team/demo", "version": "~1.2"}}],
+    }  # fmt: skip
+    app = config.parse(yaml.safe_dump(doc), file="hub.yaml").apps[0]
+    assert (app.helm.chart, app.helm.version, app.helm.remote) == (
+        "oci://ghcr.io/org/charts/team/demo", "~1.2", True,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(

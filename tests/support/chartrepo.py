@@ -99,16 +99,19 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 class HttpRepo:
     """A Helm chart repository: `publish` a packaged chart and the index is rebuilt."""
 
-    def __init__(self, root: pathlib.Path, *, auth: str = "") -> None:
+    def __init__(self, root: pathlib.Path, *, auth: str = "", port: int = 0) -> None:
+        """Serving `root`/served on `port` (0: a free one; the port of a stopped repository
+        brings it back with what it held)."""
         self.dir = root / "served"
-        self.dir.mkdir(parents=True)
+        self.dir.mkdir(parents=True, exist_ok=True)
         handler = functools.partial(type("H", (_Handler,), {"auth": auth}), directory=self.dir)
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
         self._home = root
-        self.publish_index()
+        if not (self.dir / "index.yaml").exists():
+            self.publish_index()
 
     def publish(self, tgz: pathlib.Path) -> None:
         shutil.copy(tgz, self.dir / tgz.name)
@@ -116,6 +119,10 @@ class HttpRepo:
 
     def publish_index(self) -> None:
         helm("repo", "index", str(self.dir), "--url", self.url, home=self._home)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
 
     def stop(self) -> None:
         self._server.shutdown()
