@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import os
 import pathlib
 import shutil
-import tarfile
 import threading
 import time
 import urllib.parse
@@ -30,8 +28,8 @@ from typing import Any
 
 import yaml
 
-from fleetops.hub import chartfetch, chartspec, config, semver
-from fleetops.hub.chartfetch import FetchError
+from fleetops.hub import chartarchive, chartfetch, chartspec, config, semver
+from fleetops.hub.chartarchive import FetchError
 from fleetops.hub.sandbox import Tools
 from fleetops.proto import privatefile, yamlsafe
 
@@ -121,14 +119,22 @@ class Charts:
             got = self._resolved.get(k)
         if got is not None and revision in got.revisions and self._clock() - got.at < repo.interval:
             return got.pulled
-        pulled = self.pull(repo, name=name, version=source.version)
+        pulled = self.pull(repo, name=name, version=source.version, repos=repos)
         with self._lock:
             seen = got.revisions if got is not None and got.pulled == pulled else frozenset()
             self._resolved[k] = _Resolution(pulled, self._clock(), seen | {revision})
         return pulled
 
-    def pull(self, repo: config.HelmRepository, *, name: str, version: str) -> Pulled:
-        """The archive of chart `name` at `version` (exact or a range) from `repo`."""
+    def pull(
+        self,
+        repo: config.HelmRepository,
+        *,
+        name: str,
+        version: str,
+        repos: Sequence[config.HelmRepository] = (),
+    ) -> Pulled:
+        """The archive of chart `name` at `version` (exact or a range) from `repo`; its
+        archive may live under another allowlist entry of `repos`."""
         rng = semver.parse_range(version) if version else None
         if rng is not None and rng.exact is not None:
             cached = self._cached(repo, name, str(rng.exact))
@@ -159,13 +165,15 @@ class Charts:
         if not urls or not isinstance(urls[0], str):
             raise FetchError(f"{repo.name}: index entry {name} {picked} has no download URL")
         url = urllib.parse.urljoin(repo.url + "/", urls[0])
-        if not _under_allowlist(url, repo):
+        host = _allowlisted(url, repo=repo, repos=repos)
+        if host is None:
             raise FetchError(
                 f"{repo.name}: chart {name} {picked} downloads from {url}, outside the "
-                f"repository ({repo.url}); add a helmRepositories entry for it or mirror it"
+                f"allowlist; add a helmRepositories entry whose url it starts with (e.g. "
+                f"{url.rsplit('/', 1)[0]}) or mirror the chart"
             )
         data = chartfetch.get(
-            url, repo=repo, what=f"chart {name} {picked}", max_bytes=chartfetch.MAX_CHART
+            url, repo=host, what=f"chart {name} {picked}", max_bytes=chartfetch.MAX_CHART
         )
         digest = hashlib.sha256(data).hexdigest()
         want = str(entry.get("digest") or "").removeprefix("sha256:")
@@ -184,7 +192,7 @@ class Charts:
         )
         try:
             data = archive.read_bytes()
-            got = got or _chart_yaml(data).get("version", "")
+            got = got or chartarchive.chart_yaml(data).get("version", "")
             return self._store(repo, name, str(got), digest or _sha256(data), data)
         finally:
             shutil.rmtree(archive.parent.parent, ignore_errors=True)
@@ -297,7 +305,7 @@ class Charts:
                 )
             version = str(dep.get("version") or "")
             try:
-                out.append(self.pull(repo, name=name, version=version))
+                out.append(self.pull(repo, name=name, version=version, repos=repos))
             except semver.RangeError as e:
                 raise FetchError(f"chart {chart_name}: dependency {name}: {e}") from None
         return tuple(out)
@@ -307,9 +315,9 @@ class Charts:
     ) -> tuple[Pulled, ...]:
         """The dependencies a pulled archive lacks (most are packaged with theirs)."""
         data = pulled.archive.read_bytes()
-        chart_yaml = _chart_yaml(data)
+        chart_yaml = chartarchive.chart_yaml(data)
         return self.dependencies(
-            chart_yaml, present=_vendored(data), repos=repos, chart_name=pulled.chart
+            chart_yaml, present=chartarchive.vendored(data), repos=repos, chart_name=pulled.chart
         )
 
 
@@ -327,81 +335,12 @@ def _newest(published: Mapping[str, Any]) -> list[str]:
     return [v for _, v in sorted(versions, reverse=True)[:5]]
 
 
-def _under_allowlist(url: str, repo: config.HelmRepository) -> bool:
-    """Archives come from the repository's own host (index repos often keep them beside
-    index.yaml or under another path of the same host)."""
+def _allowlisted(
+    url: str, *, repo: config.HelmRepository, repos: Sequence[config.HelmRepository]
+) -> config.HelmRepository | None:
+    """The allowlist entry an archive URL is fetched under (its credentials go with it):
+    the repository's own host, else an entry the URL starts with; None when none allows it."""
     a, b = urllib.parse.urlsplit(url), urllib.parse.urlsplit(repo.url)
-    return (a.scheme, a.hostname, a.port) == (b.scheme, b.hostname, b.port)
-
-
-def _members(data: bytes) -> list[tarfile.TarInfo]:
-    try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-            return tar.getmembers()
-    except (tarfile.TarError, OSError, EOFError) as e:
-        raise FetchError(f"a chart archive does not read: {e}") from None
-
-
-def _chart_yaml(data: bytes) -> dict[str, Any]:
-    """Chart.yaml of a packaged chart (at <chart>/Chart.yaml)."""
-    try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-            for m in tar:
-                parts = m.name.split("/")
-                if len(parts) == 2 and parts[1] == "Chart.yaml" and m.isfile():
-                    f = tar.extractfile(m)
-                    text = f.read(1024 * 1024).decode(errors="replace") if f else ""
-                    doc = yamlsafe.load(text, source="Chart.yaml")
-                    return doc if isinstance(doc, dict) else {}
-    except (tarfile.TarError, OSError, EOFError, yaml.YAMLError) as e:
-        raise FetchError(f"a chart archive's Chart.yaml does not read: {e}") from None
-    raise FetchError("a chart archive holds no <chart>/Chart.yaml; is it a Helm chart?")
-
-
-def _vendored(data: bytes) -> set[str]:
-    """Names of the charts a packaged chart carries in its charts/."""
-    out = set()
-    for m in _members(data):
-        parts = m.name.split("/")
-        if len(parts) >= 3 and parts[1] == "charts":
-            out.add(_chart_name(parts[2]) if len(parts) == 3 else parts[2])
-    return out
-
-
-def _chart_name(file: str) -> str:
-    """`common-1.2.3.tgz` -> `common` (the name ends before the version's first digit)."""
-    stem = file.removesuffix(".tgz")
-    head, sep, tail = stem.rpartition("-")
-    while sep and not tail[:1].isdigit():
-        head, sep, tail = head.rpartition("-")
-    return head if sep else stem
-
-
-def vendored_in(chart_dir: pathlib.Path) -> set[str]:
-    """Names of the charts a chart directory carries in its charts/."""
-    charts = chart_dir / "charts"
-    if not charts.is_dir():
-        return set()
-    return {_chart_name(p.name) if p.name.endswith(".tgz") else p.name for p in charts.iterdir()}
-
-
-def extract(archive: pathlib.Path, *, dest: pathlib.Path, max_bytes: int) -> pathlib.Path:
-    """Unpack a chart archive into `dest` (regular files and directories only, nothing
-    outside `dest`, at most `max_bytes`); the chart's directory."""
-    data = archive.read_bytes()
-    total = 0
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-        members = []
-        for m in tar.getmembers():
-            if not (m.isfile() or m.isdir()):
-                continue  # links and devices: a chart needs none
-            total += m.size
-            if total > max_bytes:
-                raise FetchError(f"chart archive {archive.name}: over {max_bytes} bytes unpacked")
-            members.append(m)
-        tar.extractall(dest, members=members, filter="data")
-    tops = [p for p in dest.iterdir() if p.is_dir()]
-    if len(tops) != 1 or not (tops[0] / "Chart.yaml").is_file():
-        raise FetchError(f"chart archive {archive.name} holds no single chart directory")
-    os.chmod(tops[0], 0o700)
-    return tops[0]
+    if (a.scheme, a.hostname, a.port) == (b.scheme, b.hostname, b.port):
+        return repo
+    return next((r for r in repos if not r.oci and url.startswith(r.url + "/")), None)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import yaml
 
-from fleetops.hub import charts, config
+from fleetops.hub import chartarchive, charts, config
 from fleetops.hub.charts import FetchError
 from fleetops.proto import yamlsafe
 
@@ -78,7 +78,7 @@ def local_dependencies(
     name = str(doc.get("name") or app.name)
     try:
         pulled = store.dependencies(
-            doc, present=charts.vendored_in(chart_dir), repos=repos, chart_name=name
+            doc, present=chartarchive.vendored_in(chart_dir), repos=repos, chart_name=name
         )
     except FetchError as e:
         raise FetchError(f"{where}: {e}") from None

@@ -16,7 +16,7 @@ import pathlib
 import shutil
 import tempfile
 
-from fleetops.hub import charts, config, errors, sandbox
+from fleetops.hub import chartarchive, config, errors, sandbox
 from fleetops.hub.confined import Source
 
 
@@ -40,7 +40,7 @@ def render(
         if archive is not None:
             unpacked = scratch / "remote"
             unpacked.mkdir(mode=0o700)
-            copy = charts.extract(archive, dest=unpacked, max_bytes=src.limits.max_chart)
+            copy = chartarchive.extract(archive, dest=unpacked, max_bytes=src.limits.max_chart)
             shown[copy] = f"(chart {app.helm.chart})"
         elif chart is not None:
             copy = scratch / "chart"
