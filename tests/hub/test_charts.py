@@ -458,3 +458,34 @@ async def test_an_oci_registry_with_credentials_from_files_and_the_password_nowh
             )
             assert proc.hub.assignment("c1", "shop") is None
     assert secret not in caplog.text
+
+
+async def test_a_redirect_to_another_host_never_carries_the_repository_credentials(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CHARTS_USER", "fleet")
+    monkeypatch.setenv("CHARTS_PASSWORD", "pw")
+    with (
+        chartrepo.http_repo(tmp_path / "repo", auth="fleet:pw") as charts,
+        chartrepo.http_repo(tmp_path / "elsewhere") as elsewhere,
+    ):
+        tgz = chartrepo.package(tmp_path, "demo", "1.0.0")
+        charts.publish(tgz)
+        elsewhere.publish(tgz)
+        charts.redirects["/demo-1.0.0.tgz"] = f"{elsewhere.url}/demo-1.0.0.tgz"
+        git = git_repo(tmp_path)
+        entry = {"name": "private", "url": charts.url, "usernameEnv": "CHARTS_USER",
+                 "passwordEnv": "CHARTS_PASSWORD"}  # fmt: skip
+        cfg = hub_config(git, [entry], {"repo": "private", "chart": "demo", "version": "1.0.0"})
+        async with (
+            hubproc.running(tmp_path / "hub", cfg, tools=hubproc.tools()) as proc,
+            connected(proc, "c1"),
+        ):
+            await wait.until(
+                "the redirect refused",
+                lambda: "refused with credentials attached" in render_error(proc),
+                within=30,
+                explain=lambda: render_error(proc),
+            )
+            assert proc.hub.assignment("c1", "shop") is None
+        assert [a for a in elsewhere.seen if a] == []  # the other host never saw them

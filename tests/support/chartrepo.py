@@ -81,8 +81,11 @@ def free_port() -> int:
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
     auth = ""  # "user:password" when the repository wants it
+    redirects: dict[str, str] = {}  # per server: path -> where it went
+    seen: list[str] = []  # per server: the Authorization headers received
 
     def do_GET(self) -> None:
+        self.seen.append(self.headers.get("Authorization") or "")
         if self.auth:
             want = "Basic " + base64.b64encode(self.auth.encode()).decode()
             if self.headers.get("Authorization") != want:
@@ -90,6 +93,11 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
                 self.send_header("WWW-Authenticate", 'Basic realm="charts"')
                 self.end_headers()
                 return
+        if self.path in self.redirects:
+            self.send_response(302)
+            self.send_header("Location", self.redirects[self.path])
+            self.end_headers()
+            return
         super().do_GET()
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -104,7 +112,11 @@ class HttpRepo:
         brings it back with what it held)."""
         self.dir = root / "served"
         self.dir.mkdir(parents=True, exist_ok=True)
-        handler = functools.partial(type("H", (_Handler,), {"auth": auth}), directory=self.dir)
+        self.redirects: dict[str, str] = {}
+        self.seen: list[str] = []
+        kind = type("H", (_Handler,), {"auth": auth, "redirects": self.redirects,
+                                       "seen": self.seen})  # fmt: skip
+        handler = functools.partial(kind, directory=self.dir)
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
