@@ -183,6 +183,12 @@ def chart_fields(r: configfields.Reader, value: Any, *, path: str) -> Chart:
             f"{path}.repo", message="give either repo and a chart name, or chart as oci://..."
         )
     if name and not repo and not name.startswith("oci://"):
+        if "://" in name or name.startswith("git::"):
+            raise r.fail(
+                f"{path}.chart",
+                message=f"{name!r}: a chart URL is not fetched; use repo (a helmRepositories "
+                "url or name) with the chart's name, or an oci:// reference",
+            )
         r.relpath({"chart": name}, "chart", path=path)  # a chart directory in the repository
     elif name:
         where = name.removeprefix("oci://")

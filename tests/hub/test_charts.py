@@ -334,6 +334,7 @@ def test_hub_yaml_refuses_a_chart_outside_the_allowlist_and_names_the_fix() -> N
         ({"repo": "r", "chart": "oci://ghcr.io/org/charts/x"}, "give either repo"),
         ({"repo": "nope", "chart": "demo"}, "unknown Helm repository 'nope'"),
         ({"chart": "demo", "version": "1.0.0"}, "needs a chart from a repository"),
+        ({"chart": "https://x.io/demo-1.0.0.tgz"}, "a chart URL is not fetched"),
         ({"repo": "r", "chart": "demo", "releaseName": "Web_1"}, "Helm's rule"),
     ],
 )
