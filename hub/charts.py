@@ -106,6 +106,21 @@ class Charts:
             got = self._resolved.get((repo.name, name, source.version))
         return got.pulled if got else None
 
+    def fresh(
+        self, source: config.Chart, *, repos: Sequence[config.HelmRepository], revision: str
+    ) -> Pulled | None:
+        """What `source` resolved to, when that needs no new resolution for `revision`
+        (no network, no blocking)."""
+        try:
+            repo, name = chartspec.allowed(source, repos)
+        except chartspec.NotAllowed:
+            return None
+        with self._lock:
+            got = self._resolved.get((repo.name, name, source.version))
+        if got is not None and revision in got.revisions and self._clock() - got.at < repo.interval:
+            return got.pulled
+        return None
+
     def resolve(
         self, source: config.Chart, *, repos: Sequence[config.HelmRepository], revision: str
     ) -> Pulled:

@@ -94,6 +94,7 @@ class RenderCache:
         self._inputs: dict[tuple[str, str], tuple[str, ...]] = {}
         self._bytes: dict[str, bytes] = {}
         self._fetched: dict[chartstore.Pulled, str] = {}  # an app's chart -> Fetched.key
+        self._fetched_whole: dict[chartstore.Pulled, chartstage.Fetched] = {}
         self._inline: dict[str, types_pb2.Bundle] = {}
 
     def load(self, stored: list[records.Render]) -> None:
@@ -147,6 +148,10 @@ class RenderCache:
         if self.charts is None:
             return RenderResult("", "charts from Helm repositories are not enabled on this hub")
         store = self.charts
+        known = store.fresh(app.helm, repos=self._helm_repositories(), revision=revision)
+        if known is not None and known in self._fetched_whole:  # every cluster of a pass
+            self.fetch_errors.pop((app.name, target.name), None)
+            return self._fetched_whole[known]
         try:
             fetched = await asyncio.to_thread(
                 chartstage.remote,
@@ -168,6 +173,9 @@ class RenderCache:
         self.fetch_errors.pop((app.name, target.name), None)
         if fetched.chart is not None:
             self._fetched[fetched.chart] = fetched.key
+            if len(self._fetched_whole) >= MAX_INLINE_KEPT:
+                self._fetched_whole.pop(next(iter(self._fetched_whole)))
+            self._fetched_whole[fetched.chart] = fetched
         return fetched
 
     async def bundle_for(
