@@ -490,3 +490,34 @@ async def test_a_redirect_to_another_host_never_carries_the_repository_credentia
             )
             assert proc.hub.assignment("c1", "shop") is None
         assert [a for a in elsewhere.seen if a] == []  # the other host never saw them
+
+
+async def test_a_remote_chart_lacking_its_dependencies_gets_them_from_the_allowlist(
+    tmp_path: pathlib.Path,
+) -> None:
+    with chartrepo.http_repo(tmp_path / "repo") as charts:
+        charts.publish(chartrepo.package(tmp_path, "common", "1.2.0", greeting="sub"))
+        dep = [{"name": "common", "version": "~1.2", "repository": charts.url}]
+        charts.publish(
+            chartrepo.archive_without_dependencies(tmp_path, "demo", "1.0.0", dependencies=dep)
+        )
+        git = git_repo(tmp_path)
+        cfg = hub_config(git, [{"name": "local", "url": charts.url}],
+                         {"repo": "local", "chart": "demo", "version": "1.0.0"})  # fmt: skip
+        async with (
+            hubproc.running(tmp_path / "hub", cfg, tools=hubproc.tools()) as proc,
+            connected(proc, "c1"),
+        ):
+            await wait.until(
+                "shop assigned", lambda: proc.revision("c1", "shop") != "", within=30,
+                explain=lambda: render_error(proc),
+            )  # fmt: skip
+            got = proc.hub.assignment("c1", "shop")
+            assert got is not None
+            bundle = types_pb2.Bundle.FromString(await proc.hub.bundle("c1", got.digest))
+            names = {d["metadata"]["name"] for m in bundle.manifests
+                     for d in yaml.safe_load_all(m.yaml) if d}  # fmt: skip
+            assert names == {"shop-demo", "shop-common"}
+            stored = await proc.hub.db.run(proc.hub.db.renders)
+            (render,) = [r for r in stored if r.app == "shop"]
+            assert "local/common@1.2.0#sha256:" in render.charts

@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tarfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -71,6 +72,20 @@ def package(where: pathlib.Path, name: str, version: str, **kw: Any) -> pathlib.
     out.mkdir(parents=True, exist_ok=True)
     helm("package", str(chart), "--destination", str(out), home=where)
     return out / f"{name}-{version}.tgz"
+
+
+def archive_without_dependencies(
+    where: pathlib.Path, name: str, version: str, *, dependencies: list[Mapping[str, Any]]
+) -> pathlib.Path:
+    """A chart archive declaring `dependencies` it does not carry (`helm package` refuses to
+    make one; some published charts are like it): written with tarfile."""
+    chart = write_chart(where / "raw", name, version, dependencies=dependencies)
+    out = where / "packages"
+    out.mkdir(parents=True, exist_ok=True)
+    tgz = out / f"{name}-{version}.tgz"
+    with tarfile.open(tgz, "w:gz") as tar:
+        tar.add(chart, arcname=name)
+    return tgz
 
 
 def free_port() -> int:
