@@ -75,11 +75,13 @@ class Charts:
         self._clock = clock
         self._lock = threading.Lock()
         self._indexes: dict[str, tuple[float, dict[str, list[dict[str, Any]]]]] = {}
+        # (repository url, chart, range) -> what it resolved to: a url edited in hub.yaml
+        # resolves again
         self._resolved: dict[tuple[str, str, str], _Resolution] = {}
 
     def due(self, repos: Sequence[config.HelmRepository]) -> bool:
         """Some range was resolved longer ago than its repository's interval."""
-        intervals = {r.name: r.interval for r in repos}
+        intervals = {r.url: r.interval for r in repos}
         now = self._clock()
         with self._lock:
             return any(
@@ -88,7 +90,7 @@ class Charts:
 
     def forget_due(self, repos: Sequence[config.HelmRepository]) -> None:
         """Forget resolutions past their interval (nothing resolved them again)."""
-        intervals = {r.name: r.interval for r in repos}
+        intervals = {r.url: r.interval for r in repos}
         now = self._clock()
         with self._lock:
             for k in [k for k, r in self._resolved.items() if now - r.at >= intervals.get(k[0], 0)]:
@@ -103,7 +105,7 @@ class Charts:
         except chartspec.NotAllowed:
             return None
         with self._lock:
-            got = self._resolved.get((repo.name, name, source.version))
+            got = self._resolved.get((repo.url, name, source.version))
         return got.pulled if got else None
 
     def fresh(
@@ -116,7 +118,7 @@ class Charts:
         except chartspec.NotAllowed:
             return None
         with self._lock:
-            got = self._resolved.get((repo.name, name, source.version))
+            got = self._resolved.get((repo.url, name, source.version))
         if got is not None and revision in got.revisions and self._clock() - got.at < repo.interval:
             return got.pulled
         return None
@@ -129,7 +131,7 @@ class Charts:
             repo, name = chartspec.allowed(source, repos)
         except chartspec.NotAllowed as e:
             raise FetchError(f"helm.chart: {e}") from None
-        k = (repo.name, name, source.version)
+        k = (repo.url, name, source.version)
         with self._lock:
             got = self._resolved.get(k)
         if got is not None and revision in got.revisions and self._clock() - got.at < repo.interval:
@@ -252,7 +254,7 @@ class Charts:
 
     def _index(self, repo: config.HelmRepository) -> dict[str, list[dict[str, Any]]]:
         with self._lock:
-            got = self._indexes.get(repo.name)
+            got = self._indexes.get(repo.url)
         if got is not None and self._clock() - got[0] < min(INDEX_REUSE, repo.interval):
             return got[1]
         data = chartfetch.get(
@@ -281,7 +283,7 @@ class Charts:
             if isinstance(v, list)
         }
         with self._lock:
-            self._indexes[repo.name] = (self._clock(), index)
+            self._indexes[repo.url] = (self._clock(), index)
         return index
 
     def dependencies(
