@@ -152,6 +152,8 @@ class Charts:
     ) -> Pulled:
         """The archive of chart `name` at `version` (exact or a range) from `repo`; its
         archive may live under another allowlist entry of `repos`."""
+        if name.startswith(("https://", "http://")):
+            return self._pull_url(repo, url=name)
         rng = semver.parse_range(version) if version else None
         if rng is not None and rng.exact is not None:
             cached = self._cached(repo, name, str(rng.exact))
@@ -202,6 +204,24 @@ class Charts:
             )
         return self._store(repo, name, picked, f"sha256:{digest}", data)
 
+    def _pull_url(self, repo: config.HelmRepository, *, url: str) -> Pulled:
+        """A chart archive by URL (Fleet's `helm.chart: https://...tgz`): fetched once."""
+        cached = self._cached(repo, url, "archive")
+        if cached is None:
+            data = chartfetch.get(
+                url, repo=repo, what=f"chart {url}", max_bytes=chartfetch.MAX_CHART
+            )
+            meta = chartarchive.chart_yaml(data)
+            cached = self._store(
+                repo,
+                url,
+                "archive",
+                _sha256(data),
+                data,
+                shown=(str(meta.get("name") or url), str(meta.get("version") or "")),
+            )
+        return cached
+
     def _pull_oci(self, repo: config.HelmRepository, *, name: str, version: str) -> Pulled:
         self._private(self._root)
         archive, got, digest = chartfetch.oci_pull(
@@ -234,12 +254,20 @@ class Charts:
             archive = meta.parent / doc["archive"]
             if _sha256(archive.read_bytes()) != doc["sha256"] or doc["url"] != repo.url:
                 return None
-            return Pulled(repo.name, name, version, doc["digest"], archive)
-        except (OSError, ValueError, KeyError, TypeError):
+            shown = doc.get("shown") or (name, version)
+            return Pulled(repo.name, str(shown[0]), str(shown[1]), doc["digest"], archive)
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
             return None
 
     def _store(
-        self, repo: config.HelmRepository, name: str, version: str, digest: str, data: bytes
+        self,
+        repo: config.HelmRepository,
+        name: str,
+        version: str,
+        digest: str,
+        data: bytes,
+        *,
+        shown: tuple[str, str] | None = None,  # (chart, version) when not the cache's key
     ) -> Pulled:
         if not version:
             raise FetchError(f"chart {name} from {repo.name}: the archive names no version")
@@ -248,9 +276,17 @@ class Charts:
         sha = _sha256(data)
         archive = folder / f"{sha.removeprefix('sha256:')}.tgz"
         privatefile.write(archive, data)
-        doc = {"archive": archive.name, "sha256": sha, "digest": digest, "url": repo.url}
+        doc: dict[str, Any] = {
+            "archive": archive.name,
+            "sha256": sha,
+            "digest": digest,
+            "url": repo.url,
+        }
+        if shown:
+            doc["shown"] = list(shown)
         privatefile.write(folder / "pulled.json", json.dumps(doc).encode())
-        return Pulled(repo.name, name, version, digest, archive)
+        chart, version = shown or (name, version)
+        return Pulled(repo.name, chart, version, digest, archive)
 
     def _index(self, repo: config.HelmRepository) -> dict[str, list[dict[str, Any]]]:
         with self._lock:

@@ -72,7 +72,7 @@ class Chart:
 
     @property
     def remote(self) -> bool:
-        return bool(self.repo) or self.chart.startswith("oci://")
+        return bool(self.repo) or self.chart.startswith(("oci://", "https://", "http://"))
 
 
 class NotAllowed(ValueError):
@@ -167,7 +167,7 @@ def chart_fields(r: configfields.Reader, value: Any, *, path: str) -> Chart:
     version = r.string({"version": version}, "version", path=path)
     if repo and not name:
         raise r.fail(f"{path}.chart", message="is required with repo: the chart's name")
-    if version and not (repo or name.startswith("oci://")):
+    if version and not (repo or name.startswith(("oci://", "https://", "http://"))):
         raise r.fail(
             f"{path}.version",
             message="needs a chart from a repository: set repo (and chart), or chart to an "
@@ -182,15 +182,30 @@ def chart_fields(r: configfields.Reader, value: Any, *, path: str) -> Chart:
         raise r.fail(
             f"{path}.repo", message="give either repo and a chart name, or chart as oci://..."
         )
-    if name and not repo and not name.startswith("oci://"):
+    archive_url = name.startswith(("https://", "http://")) and not repo
+    if archive_url:  # Fleet's form: a chart archive's URL, under an allowlisted url
+        if version:
+            raise r.fail(
+                f"{path}.version",
+                message="a chart archive URL is one version; drop version, or use repo and "
+                "the chart's name for a range",
+            )
+        if not name.endswith(".tgz") or any(c in name for c in "?#@ "):
+            raise r.fail(
+                f"{path}.chart",
+                message=f"{name!r}: expected the URL of a chart archive (.tgz) without "
+                "credentials or query",
+            )
+    elif name and not repo and not name.startswith("oci://"):
         if "://" in name or name.startswith("git::"):
             raise r.fail(
                 f"{path}.chart",
                 message=f"{name!r}: a chart URL is not fetched; use repo (a helmRepositories "
-                "url or name) with the chart's name, or an oci:// reference",
+                "url or name) with the chart's name, an oci:// reference, or an https:// "
+                "URL of a .tgz",
             )
         r.relpath({"chart": name}, "chart", path=path)  # a chart directory in the repository
-    elif name:
+    elif name and not archive_url:
         where = name.removeprefix("oci://")
         parts = where.split("/")
         if (
@@ -236,6 +251,16 @@ def allowed(source: Chart, repos: Sequence[HelmRepository]) -> tuple[HelmReposit
                 f"helmRepositories entry with url {base or ref}"
             )
         return found, name
+    if source.chart.startswith(("https://", "http://")) and not source.repo:
+        by_prefix = next(
+            (x for x in repos if not x.oci and source.chart.startswith(x.url + "/")), None
+        )
+        if by_prefix is None:
+            raise NotAllowed(
+                f"chart archive {source.chart} is not under an allowlisted url; add a "
+                f"helmRepositories entry with url {source.chart.rsplit('/', 1)[0]}"
+            )
+        return by_prefix, source.chart
     by_name = next((x for x in repos if x.name == source.repo), None)
     if by_name is not None:
         return by_name, source.chart

@@ -334,7 +334,9 @@ def test_hub_yaml_refuses_a_chart_outside_the_allowlist_and_names_the_fix() -> N
         ({"repo": "r", "chart": "oci://ghcr.io/org/charts/x"}, "give either repo"),
         ({"repo": "nope", "chart": "demo"}, "unknown Helm repository 'nope'"),
         ({"chart": "demo", "version": "1.0.0"}, "needs a chart from a repository"),
-        ({"chart": "https://x.io/demo-1.0.0.tgz"}, "a chart URL is not fetched"),
+        ({"chart": "https://x.io/demo-1.0.0.tgz"}, "entry with url https://x.io"),
+        ({"chart": "git::https://x.io/charts//demo"}, "a chart URL is not fetched"),
+        ({"chart": "https://x.io/d.tgz", "version": "1.x"}, "is one version"),
         ({"repo": "r", "chart": "demo", "releaseName": "Web_1"}, "Helm's rule"),
     ],
 )
@@ -399,10 +401,14 @@ async def test_fleet_yaml_helm_repo_is_matched_against_the_allowlist_by_url(
         git.write("apps/shop/fleet.yaml", {"defaultNamespace": "shop", "helm": {
             "repo": charts.url + "/", "chart": "demo", "version": "1.0.0",
             "releaseName": "web", "values": {"greeting": "fleet"}}})  # fmt: skip
+        git.write("apps/byurl/fleet.yaml", {"defaultNamespace": "byurl", "helm": {
+            "chart": charts.url + "/demo-1.0.0.tgz"}})  # fmt: skip
         git.write("apps/stray/fleet.yaml", {"helm": {
             "repo": "https://charts.example.com/stable", "chart": "demo"}})  # fmt: skip
         git.commit("fleet.yaml apps")
-        cfg = hubproc.hub_yaml(git.url, {"shop": "apps/shop", "stray": "apps/stray"})
+        cfg = hubproc.hub_yaml(
+            git.url, {"shop": "apps/shop", "stray": "apps/stray", "byurl": "apps/byurl"}
+        )
         cfg["helmRepositories"] = [{"name": "local", "url": charts.url}]
         async with (
             hubproc.running(tmp_path / "hub", cfg, tools=hubproc.tools()) as proc,
@@ -424,6 +430,12 @@ async def test_fleet_yaml_helm_repo_is_matched_against_the_allowlist_by_url(
                 within=30,
             )
             assert proc.hub.assignment("c1", "stray") is None
+            # Fleet's other form: the URL of a chart archive under an allowlisted url
+            await wait.until("byurl assigned", lambda: proc.revision("c1", "byurl") != "",
+                             within=30, explain=lambda: render_error(proc, "byurl"))  # fmt: skip
+            assert "chart demo 1.0.0 (sha256:" in proc.hub._renders.chart_of(
+                proc.hub._specs.effective(proc.hub.cfg.apps[2])
+            )
 
 
 async def test_an_oci_registry_with_credentials_from_files_and_the_password_nowhere_else(
