@@ -8,6 +8,7 @@ reach the operator's terminal. No gRPC calls here (hub.cli_admin makes them).
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -128,9 +129,14 @@ def print_status(snap: fleet_pb2.Snapshot, *, output: str) -> int:
     return 0
 
 
+# how hub.planning names the chart from a Helm repository an assignment runs
+_CHART = re.compile(r", chart (\S+) (\S+) \((sha256:[0-9a-f]{64})\)")
+
+
 def print_history(events: Sequence[types_pb2.Event], *, output: str) -> int:
-    """`history`: the events, oldest first as the hub sent them."""
-    rows = [
+    """`history`: the events, oldest first as the hub sent them; in JSON an assignment of a
+    chart from a Helm repository also has `chart` (name, version, digest)."""
+    rows: list[dict[str, object]] = [
         {
             "at": when(e.at.seconds),
             "app": e.app,
@@ -143,14 +149,19 @@ def print_history(events: Sequence[types_pb2.Event], *, output: str) -> int:
         }
         for e in events
     ]
+    for row, e in zip(rows, events, strict=True):
+        found = _CHART.search(e.message)
+        if found:
+            row["chart"] = dict(zip(("name", "version", "digest"), found.groups(), strict=True))
     if output == "json":
         print(json.dumps(rows, indent=2))
         return 0
     for r in rows:
         print(
             plain(
-                f"{r['at']}  {r['kind']:<15} {r['app'] or '-':<12} {r['cluster'] or '*':<10} "
-                f"{r['revision'][:8] or '-':<8}  {r['actor']:<14} {r['message']}"
+                f"{r['at']}  {r['kind']!s:<15} {r['app'] or '-'!s:<12} "
+                f"{r['cluster'] or '*'!s:<10} {str(r['revision'])[:8] or '-':<8}  "
+                f"{r['actor']!s:<14} {r['message']}"
             )
         )
     return 0

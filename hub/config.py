@@ -16,7 +16,9 @@ from typing import Any
 
 import yaml
 
-from fleetops.hub import configfields, errors, ignorerules, selectors
+from fleetops.hub import chartspec, configfields, errors, ignorerules, selectors
+from fleetops.hub.chartspec import Chart as Chart
+from fleetops.hub.chartspec import HelmRepository as HelmRepository
 
 # re-exported: the hub's API checks names and labels by the same rules
 from fleetops.hub.configfields import DNS_LABEL as DNS_LABEL
@@ -99,6 +101,7 @@ class App:
     ignore_differences: tuple[ignorerules.IgnoreRule, ...] = ()
     # hub.yaml's top-level healthChecks: the hub puts them into every bundle of every app
     health_checks: tuple[HealthCheck, ...] = ()
+    helm: Chart = dataclasses.field(default_factory=Chart)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +124,7 @@ class Config:
     apps: tuple[App, ...] = ()
     retention: Retention = dataclasses.field(default_factory=Retention)
     health_checks: tuple[HealthCheck, ...] = ()
+    helm_repositories: tuple[HelmRepository, ...] = ()
 
     def repo(self, name: str) -> Repo:
         return next(r for r in self.repos if r.name == name)
@@ -147,7 +151,17 @@ def parse(text: str, *, file: str) -> Config:
         where = f"line {mark.line + 1}" if mark else "?"
         raise r.fail("", message=f"invalid YAML at {where}: {e.problem}") from None
     root = r.mapping(
-        doc, "", ("repos", "clusters", "clusterGroups", "apps", "retention", "healthChecks")
+        doc,
+        "",
+        (
+            "repos",
+            "clusters",
+            "clusterGroups",
+            "apps",
+            "retention",
+            "healthChecks",
+            "helmRepositories",
+        ),
     )
     health_checks = _health_checks(r, root.get("healthChecks"), base=pathlib.Path(file).parent)
     rm = r.mapping(root.get("retention"), "retention", ("events", "eventsPerApp", "revisions"))
@@ -220,6 +234,11 @@ def parse(text: str, *, file: str) -> Config:
         )
     _unique(r, path="clusterGroups", names=[x.name for x in groups])
 
+    helm_repos = tuple(
+        chartspec.repository(r, item, path=f"helmRepositories[{i}]")
+        for i, item in enumerate(r.items(root.get("helmRepositories"), "helmRepositories"))
+    )
+    _unique(r, path="helmRepositories", names=[x.name for x in helm_repos])
     repo_names = [x.name for x in repos]
     group_names = [x.name for x in groups]
     apps = []
@@ -237,6 +256,7 @@ def parse(text: str, *, file: str) -> Config:
                 "targets",
                 "dependsOn",
                 "ignoreDifferences",
+                "helm",
             ),
         )
         repo = r.string(m, "repo", path=p, required=True)
@@ -294,6 +314,7 @@ def parse(text: str, *, file: str) -> Config:
                     r, m.get("ignoreDifferences"), path=f"{p}.ignoreDifferences", app=name
                 ),
                 health_checks=health_checks,
+                helm=chartspec.chart(r, m.get("helm"), path=f"{p}.helm", repos=helm_repos),
             )
         )
     _unique(r, path="apps", names=[x.name for x in apps])
@@ -310,6 +331,7 @@ def parse(text: str, *, file: str) -> Config:
         tuple(apps),
         retention,
         health_checks=health_checks,
+        helm_repositories=helm_repos,
     )
 
 

@@ -22,6 +22,7 @@ from fleetops.hub import (
     apitokens,
     appspecs,
     ca,
+    charts,
     config,
     enrollment,
     errors,
@@ -67,9 +68,20 @@ class Hub:
         self.assignments = fleetstate.Assignments()
         self._choices = fleetstate.Choices()
         self._tracker = tracking.Tracker(
-            settings=self._settings, db=db, bus=self._bus, data=data, on_revision=self.replan
+            settings=self._settings,
+            db=db,
+            bus=self._bus,
+            data=data,
+            on_revision=self.replan,
+            on_unchanged=self._charts_due,
         )
-        self._renders = rendercache.RenderCache(db=db, tools=tools, repos=self._tracker.repos)
+        self._renders = rendercache.RenderCache(
+            db=db,
+            tools=tools,
+            repos=self._tracker.repos,
+            charts=charts.Charts(root=data / "charts", tools=tools),
+            helm_repositories=lambda: self._settings.cfg.helm_repositories,
+        )
         self._specs = appspecs.AppSpecs(settings=self._settings, repos=self._tracker.repos)
         self._reports = agentreports.Reports(
             db=db,
@@ -180,6 +192,13 @@ class Hub:
     async def replan(self) -> set[str]:
         """Plan the whole fleet again (a head moved, hub.yaml changed)."""
         return await self._planning.replan()
+
+    async def _charts_due(self) -> None:
+        """A repo poll found no new commit: plan again when a chart version range is due to
+        be resolved again, so a new upstream version in range is picked up."""
+        if self._renders.charts_due():
+            await self.replan()
+            self._renders.forget_due_charts()
 
     def _registered(self, cluster: str) -> None:
         self._view.cluster_changed(cluster)

@@ -7,10 +7,14 @@ helm.valuesFiles, kustomize.dir, yaml.overlays), with the file's top-level `helm
 `kustomize` settings as the defaults every target starts from, and a last catch-all target
 so that clusters no customization matches still get the app, as in Fleet. The top-level
 `yaml.overlays` come first in every target's overlays, the catch-all's included, and a
-customization's own follow (Fleet appends them). Pure.
+customization's own follow (Fleet appends them).
 
 `diff.comparePatches`, of the top level and of each customization, become the ignore rules
 of each target (hub.ignorerules reads them).
+
+`helm.repo`, `helm.chart`, `helm.version` and `helm.releaseName` say where the chart comes from
+(hub.chartspec; the repo URL must match a helmRepositories entry, checked when it is fetched).
+Pure.
 
 The file comes from a repository committer: it is read with the bounded loader
 (proto.yamlsafe), so an alias bomb is a RenderError naming the file and line, never a stalled
@@ -24,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from fleetops.hub import config, configfields, errors, ignorerules
+from fleetops.hub import chartspec, config, configfields, errors, ignorerules
 from fleetops.proto import yamlsafe
 
 _FILE = "fleet.yaml"
@@ -102,6 +106,16 @@ def apply(app: config.App, text: str) -> config.App:
             targets.append(_target(reader, default, path="(defaults)", rules=top_rules))
         except errors.ConfigError as e:
             raise errors.RenderError(str(e)) from None
+    chart = {k: top_helm[k] for k in ("repo", "chart", "version", "releaseName") if k in top_helm}
+    if chart:
+        try:
+            source = chartspec.chart_fields(reader, chart, path="helm")
+        except errors.ConfigError as e:
+            raise errors.RenderError(str(e)) from None
+        helm = dataclasses.replace(
+            source, values=app.helm.values, values_files=app.helm.values_files
+        )
+        app = dataclasses.replace(app, helm=helm)
     return dataclasses.replace(app, namespace=namespace, targets=tuple(targets))
 
 

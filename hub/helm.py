@@ -3,8 +3,9 @@
 Helm renders a copy of the chart that holds only regular files (links inside the repository
 dereferenced, any other refused), so `.Files.Get` and `.Files.Glob` cannot follow a link out;
 values files are copied in the same way, and inline values are written as JSON. The program
-itself runs through hub.sandbox. Never reads a file outside the repository, never fetches
-chart dependencies (no network).
+itself runs through hub.sandbox. A chart from a Helm repository or OCI registry, and the
+dependencies a chart lacks, were fetched before (hub.charts): here they are only unpacked and
+copied. Never reads a file outside the repository, never fetches anything (no network).
 """
 
 from __future__ import annotations
@@ -12,34 +13,54 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 import tempfile
 
-from fleetops.hub import config, errors, sandbox
+from fleetops.hub import chartarchive, config, errors, sandbox
 from fleetops.hub.confined import Source
 
 
 def render(
     src: Source,
     *,
-    chart: pathlib.Path,
+    chart: pathlib.Path | None,
     app: config.App,
     target: config.Target | None,
     tools: sandbox.Tools,
+    archive: pathlib.Path | None = None,
+    dependencies: tuple[pathlib.Path, ...] = (),
 ) -> str:
-    """`helm template` of the chart at `chart` (resolved, inside the repository) with the
-    target's values; the manifests as one YAML stream."""
+    """`helm template` of the chart at `chart` (resolved, inside the repository), or of the
+    chart `archive` the fetch stage pulled (hub.charts), with the chart `dependencies` it
+    fetched placed in its charts/, and the app's and the target's values; the manifests as
+    one YAML stream."""
     with tempfile.TemporaryDirectory(prefix="fleetops-helm-") as tmp:
         scratch = pathlib.Path(tmp)
-        copy = scratch / "chart"
-        shown = {copy: src.rel(chart)}
-        copy_chart(src, chart=chart, dest=copy)
-        for name in ("Chart.yaml", "values.yaml"):
-            if (copy / name).is_file():
-                src.bounded(chart / name, (copy / name).read_text(errors="replace"))
-        args = [tools.helm, "template", app.name, str(copy), "--include-crds"]
+        shown: dict[pathlib.Path, str] = {}
+        if archive is not None:
+            unpacked = scratch / "remote"
+            unpacked.mkdir(mode=0o700)
+            copy = chartarchive.extract(archive, dest=unpacked, max_bytes=src.limits.max_chart)
+            shown[copy] = f"(chart {app.helm.chart})"
+        elif chart is not None:
+            copy = scratch / "chart"
+            shown[copy] = src.rel(chart)
+            copy_chart(src, chart=chart, dest=copy)
+            for name in ("Chart.yaml", "values.yaml"):
+                if (copy / name).is_file():
+                    src.bounded(chart / name, (copy / name).read_text(errors="replace"))
+        else:
+            raise errors.RenderError("helm: no chart to render")
+        if dependencies:
+            (copy / "charts").mkdir(mode=0o700, exist_ok=True)
+            for dep in dependencies:
+                shutil.copyfile(dep, copy / "charts" / dep.name)
+        release = app.helm.release_name or app.name
+        args = [tools.helm, "template", release, str(copy), "--include-crds"]
         if app.namespace:
             args += ["--namespace", app.namespace]
-        for i, f in enumerate(target.helm.values_files if target else ()):
+        files = [*app.helm.values_files, *(target.helm.values_files if target else ())]
+        for i, f in enumerate(files):
             path = src.inside(os.path.join(app.path, f), what="helm.valuesFiles entry")
             if not path.is_file():
                 raise errors.RenderError(f"helm.valuesFiles entry {f!r} does not exist")
@@ -49,11 +70,15 @@ def render(
             values.write_text(text)
             shown[values] = src.rel(path)
             args += ["--values", str(values)]
-        if target and target.helm.values:
-            inline = scratch / "values.json"
-            inline.write_text(json.dumps(target.helm.values))
-            shown[inline] = f"(helm.values of target {target.name})"
-            args += ["--values", str(inline)]
+        inline = [("helm.values of the app", app.helm.values)]
+        if target:
+            inline.append((f"helm.values of target {target.name}", target.helm.values))
+        for i, (what, given) in enumerate(inline):
+            if given:
+                path = scratch / f"inline-{i}.json"
+                path.write_text(json.dumps(given))
+                shown[path] = f"({what})"
+                args += ["--values", str(path)]
         return sandbox.run(
             args, what="helm template", limits=src.limits, scratch=scratch, shown=shown
         )

@@ -212,4 +212,11 @@ V4 = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (V1, V2, V3, V4)
+V5 = Migration(
+    5,
+    "a render records the charts it fetched from Helm repositories (repository, chart, "
+    "resolved version and digest), so the history says which upstream chart a revision ran",
+    (Sql("ALTER TABLE renders ADD COLUMN charts TEXT NOT NULL DEFAULT ''"),),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (V1, V2, V3, V4, V5)

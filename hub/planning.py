@@ -241,6 +241,7 @@ class Planning:
         )
         if cur is not None and cur.revision == row.revision and cur.digest == row.digest:
             return row, None  # only the policy or pause flag changed: no history entry
+        chart = self._renders.chart_of(app)  # a chart from a repository: its version, digest
         why = {"pin": types_pb2.CAUSE_ROLLBACK, "sync": types_pb2.CAUSE_USER}.get(
             desired.why, cause
         )
@@ -253,7 +254,8 @@ class Planning:
             revision=desired.revision,
             previous_revision=cur.revision if cur else "",
             message=f"{status.short(desired.revision)} ({target.name}) assigned to {cluster}"
-            + (" (pinned)" if desired.why == "pin" else ""),
+            + (" (pinned)" if desired.why == "pin" else "")
+            + (f", {chart}" if chart else ""),
         )
 
     async def _drop(self, cluster: str, app: str) -> None:

@@ -105,6 +105,9 @@ class Render:
     error: str
     key: str  # the overrides hash it was rendered with
     rendered_at: float
+    # a chart from a Helm repository: the archives it used, "repo/chart@version#digest;..."
+    # (the chart first, then fetched dependencies); "" for a chart in Git or no chart
+    charts: str = ""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

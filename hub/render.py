@@ -13,6 +13,9 @@ that hold them, and helm and kustomize run through hub.sandbox (scratch director
 environment, no network, time, memory and output limits, repo-relative paths in messages).
 A render error affects only that app and target.
 
+A chart from a Helm repository or OCI registry, and chart dependencies, are fetched before
+(hub.charts, the only stage with network) and handed in as archives.
+
 The result carries the repo paths the render depended on (`Rendered.inputs`), so the hub's
 render cache keys on them instead of walking the checkout again.
 """
@@ -74,13 +77,31 @@ def render(
     target: config.Target | None,
     tools: Tools,
     limits: Limits = DEFAULT_LIMITS,
+    archive: pathlib.Path | None = None,
+    dependencies: tuple[pathlib.Path, ...] = (),
 ) -> Rendered:
     """The manifests of `app` for `target` from the checkout at `checkout`, and the repo
-    paths they came from; a RenderError says what is wrong with the app."""
+    paths they came from; a RenderError says what is wrong with the app. A chart from a
+    repository comes as the `archive` the fetch stage pulled (hub.charts), and `dependencies`
+    are the chart archives a chart lacks in its charts/, fetched there too."""
     src = Source.of(checkout, refused_links=refused_links, limits=limits)
     app_dir = src.inside(app.path, what="app path")
     if not app_dir.is_dir():
         raise errors.RenderError(f"path {app.path!r} does not exist at this revision")
+    if app.helm.remote:
+        if archive is None:
+            raise errors.RenderError(f"chart {app.helm.chart!r} was not fetched")
+        # the app's directory holds only values files: those it reads are its inputs
+        out = helm.render(
+            src,
+            chart=None,
+            archive=archive,
+            dependencies=dependencies,
+            app=app,
+            target=target,
+            tools=tools,
+        )
+        return Rendered((("helm", out),), src.inputs())
     bad_links = src.refused_under(app.path)
     if bad_links:
         raise errors.RenderError(
@@ -91,6 +112,13 @@ def render(
     src.refuse_escaping_links(app_dir)
     src.depends_on(app_dir)
     kind = detect(app_dir)
+    chart_dir = app_dir
+    if app.helm.chart:  # a chart directory named relative to the app's path (Fleet's form)
+        chart_dir = src.inside(os.path.join(app.path, app.helm.chart), what="helm.chart")
+        if not (chart_dir / "Chart.yaml").is_file():
+            raise errors.RenderError(f"helm.chart {app.helm.chart!r} holds no Chart.yaml")
+        src.depends_on(chart_dir)
+        kind = "helm"
     if kind == "kustomize" or (target and target.kustomize_dir):
         build_dir = app_dir
         if target and target.kustomize_dir:
@@ -102,7 +130,14 @@ def render(
         out = kustomize.build(src, build_dir=build_dir, tools=tools)
         manifests: tuple[tuple[str, str], ...] = (("kustomize", out),)
     elif kind == "helm":
-        out = helm.render(src, chart=app_dir, app=app, target=target, tools=tools)
+        out = helm.render(
+            src,
+            chart=chart_dir,
+            dependencies=dependencies,
+            app=app,
+            target=target,
+            tools=tools,
+        )
         manifests = (("helm", out),)
     else:
         manifests = tuple(plain.render(src, app_dir=app_dir, target=target))

@@ -7,6 +7,11 @@ the app's last render read (`Rendered.inputs`: its directory, values files, Kust
 symlink targets), so a commit elsewhere in the repo renders nothing again, and a commit to a
 base outside the app's directory does.
 
+A chart from a Helm repository or OCI registry is fetched first (hub.chartstage, the only
+network step): the version its range resolves to and the archive's digest are part of the
+key, so a new upstream version renders again; a fetch failure is that app's error and its
+clusters keep what they run.
+
 One app's broken input is that app's error (a `Rendered` with `error`), never the fleet's.
 Never plans: which bundle a cluster gets is the planner's decision.
 """
@@ -19,9 +24,20 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from fleetops.hub import config, errors, ignorerules, records, render, repo, status, storeapi
+from fleetops.hub import charts as chartstore
+from fleetops.hub import (
+    chartstage,
+    config,
+    errors,
+    ignorerules,
+    records,
+    render,
+    repo,
+    status,
+    storeapi,
+)
 from fleetops.proto import bundles
 from fleetops.proto.v1 import types_pb2
 
@@ -41,8 +57,9 @@ class RenderResult:
     error: str
 
 
-def overrides_hash(app: config.App, target: config.Target) -> str:
-    """What besides the tree decides a render: a hub.yaml edit of these re-renders."""
+def overrides_hash(app: config.App, target: config.Target, fetched: str = "") -> str:
+    """What besides the tree decides a render: a hub.yaml edit of these re-renders, and so
+    does a new chart version or digest from a repository (`fetched`, chartstage.Fetched.key)."""
     doc: dict[str, object] = {
         "ns": app.namespace,
         "path": app.path,
@@ -58,20 +75,34 @@ def overrides_hash(app: config.App, target: config.Target) -> str:
     }
     if rules := app.ignore_differences + target.ignore_differences:  # they are in the bundle
         doc["ignore"] = ignorerules.describe(rules)
+    if app.helm != config.Chart():  # only then: earlier renders keep their keys
+        doc["helm"] = dataclasses.asdict(app.helm)
+    if fetched:
+        doc["fetched"] = fetched
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def key(app: config.App, target: config.Target, revision: str) -> Key:
-    return (app.name, target.name, revision, overrides_hash(app, target))
+def key(app: config.App, target: config.Target, revision: str, fetched: str = "") -> Key:
+    return (app.name, target.name, revision, overrides_hash(app, target, fetched))
 
 
 class RenderCache:
     def __init__(
-        self, *, db: storeapi.StoreApi, tools: render.Tools, repos: Mapping[str, repo.RepoCache]
+        self,
+        *,
+        db: storeapi.StoreApi,
+        tools: render.Tools,
+        repos: Mapping[str, repo.RepoCache],
+        charts: chartstore.Charts | None = None,
+        helm_repositories: Callable[[], Sequence[config.HelmRepository]] = tuple,
     ) -> None:
         self._db = db
         self._tools = tools
         self._repos = repos  # the tracker's caches, read only
+        self.charts = charts  # the fetch stage's archives (None: no chart from a repository)
+        self._helm_repositories = helm_repositories  # hub.yaml's allowlist in force
+        # (app, target) -> why its chart could not be fetched, at the last try
+        self.fetch_errors: dict[tuple[str, str], str] = {}
         self._slots = asyncio.Semaphore(RENDER_SLOTS)
         self._rendering: dict[Key, asyncio.Future[RenderResult]] = {}
         self.results: dict[Key, RenderResult] = {}
@@ -79,6 +110,8 @@ class RenderCache:
         # (app, target) -> the repo paths its last render read (render.Rendered.inputs)
         self._inputs: dict[tuple[str, str], tuple[str, ...]] = {}
         self._bytes: dict[str, bytes] = {}
+        self._fetched: dict[chartstore.Pulled, str] = {}  # an app's chart -> Fetched.key
+        self._fetched_whole: dict[chartstore.Pulled, chartstage.Fetched] = {}
         self._inline: dict[str, types_pb2.Bundle] = {}
 
     def load(self, stored: list[records.Render]) -> None:
@@ -86,19 +119,94 @@ class RenderCache:
         for r in stored:
             self.results[(r.app, r.target, r.revision, r.key)] = RenderResult(r.digest, r.error)
 
+    def _key(self, app: config.App, target: config.Target, revision: str) -> Key:
+        """The key with the chart version resolved last (no network)."""
+        if not app.helm.remote or self.charts is None:
+            return key(app, target, revision)
+        pulled = self.charts.current(app.helm, self._helm_repositories())
+        return key(app, target, revision, self._fetched.get(pulled, "") if pulled else "")
+
     def known(self, app: config.App, target: config.Target, revision: str) -> RenderResult | None:
-        return self.results.get(key(app, target, revision))
+        failed = self.fetch_errors.get((app.name, target.name))
+        if failed:
+            return RenderResult("", failed)
+        return self.results.get(self._key(app, target, revision))
 
     def busy(self, app: config.App, target: config.Target, revision: str) -> bool:
         """Rendering now, with no earlier result."""
-        k = key(app, target, revision)
+        k = self._key(app, target, revision)
         return k not in self.results and k in self._rendering
+
+    def chart_of(self, app: config.App) -> str:
+        """The chart from a repository `app` renders now (`chart NAME VERSION (digest)`), or
+        "" when its chart is in Git."""
+        if not app.helm.remote or self.charts is None:
+            return ""
+        pulled = self.charts.current(app.helm, self._helm_repositories())
+        return f"chart {pulled.describe()}" if pulled else ""
+
+    def charts_due(self) -> bool:
+        """A chart version range is due to be resolved again (its repository's interval),
+        or a chart could not be fetched last time (tried again on every Git poll, so an
+        app recovers when its repository is back)."""
+        if self.charts is None:
+            return False
+        return bool(self.fetch_errors) or self.charts.due(self._helm_repositories())
+
+    def forget_due_charts(self) -> None:
+        """Drop the chart resolutions a planning pass did not renew (no cluster uses them)."""
+        if self.charts is not None:
+            self.charts.forget_due(self._helm_repositories())
+
+    async def _fetch(
+        self, app: config.App, target: config.Target, revision: str
+    ) -> chartstage.Fetched | RenderResult:
+        """The fetch stage for a chart from a repository: the archives, or the error."""
+        if self.charts is None:
+            return RenderResult("", "charts from Helm repositories are not enabled on this hub")
+        store = self.charts
+        known = store.fresh(app.helm, repos=self._helm_repositories(), revision=revision)
+        if known is not None and known in self._fetched_whole:  # every cluster of a pass
+            self.fetch_errors.pop((app.name, target.name), None)
+            return self._fetched_whole[known]
+        try:
+            fetched = await asyncio.to_thread(
+                chartstage.remote,
+                app,
+                store=store,
+                repos=self._helm_repositories(),
+                revision=revision,
+            )
+        except errors.RenderError as e:  # FetchError, or a chart that does not read
+            message = f"fetching the chart: {e}"
+            log.warning("app %s target %s: %s", app.name, target.name, message)
+            self.fetch_errors[(app.name, target.name)] = message
+            return RenderResult("", message)
+        except Exception as e:  # that app's error, never the hub's
+            log.exception("app %s: fetching the chart crashed", app.name)
+            message = status.unexpected("chart fetch", e)
+            self.fetch_errors[(app.name, target.name)] = message
+            return RenderResult("", message)
+        self.fetch_errors.pop((app.name, target.name), None)
+        if fetched.chart is not None:
+            self._fetched[fetched.chart] = fetched.key
+            if len(self._fetched_whole) >= MAX_INLINE_KEPT:
+                self._fetched_whole.pop(next(iter(self._fetched_whole)))
+            self._fetched_whole[fetched.chart] = fetched
+        return fetched
 
     async def bundle_for(
         self, app: config.App, target: config.Target, revision: str
     ) -> RenderResult:
-        """The bundle digest for (app, target, revision), rendering it at most once."""
-        rkey = key(app, target, revision)
+        """The bundle digest for (app, target, revision), rendering it at most once. A chart
+        from a repository is fetched first (its version range resolved again when due)."""
+        fetched = chartstage.Fetched()
+        if app.helm.remote:
+            got = await self._fetch(app, target, revision)
+            if isinstance(got, RenderResult):
+                return got  # not kept: the next pass tries again
+            fetched = got
+        rkey = key(app, target, revision, fetched.key)
         known = self.results.get(rkey)
         if known is not None:
             return known
@@ -109,7 +217,7 @@ class RenderCache:
         self._rendering[rkey] = future
         try:
             async with self._slots:
-                result = await self._render(app, target, revision)
+                result = await self._render(app, target, revision, fetched)
             self.results[rkey] = result
             future.set_result(result)
             await self._db.run(
@@ -122,6 +230,7 @@ class RenderCache:
                     error=result.error,
                     key=rkey[3],
                     rendered_at=time.time(),
+                    charts=fetched.key,
                 ),
             )
             return result
@@ -158,7 +267,13 @@ class RenderCache:
         for task in renders:
             task.add_done_callback(_consume)
 
-    async def _render(self, app: config.App, target: config.Target, revision: str) -> RenderResult:
+    async def _render(
+        self,
+        app: config.App,
+        target: config.Target,
+        revision: str,
+        fetched: chartstage.Fetched,
+    ) -> RenderResult:
         cache = self._repos.get(app.repo)
         if cache is None:
             return RenderResult("", f"repo {app.repo!r} is not configured")
@@ -166,7 +281,9 @@ class RenderCache:
         # so what it refers to) did not either, and the render would read the same again.
         paths = self._inputs.get((app.name, target.name)) or (app.path,)
         try:
-            tree = await self._tree(cache, app, target, revision=revision, paths=paths)
+            tree = await self._tree(
+                cache, app, target, revision=revision, paths=paths, fetched=fetched.key
+            )
         except (KeyError, ValueError) as e:
             return RenderResult("", f"revision {revision[:12]} is not in the repo cache: {e}")
         digest = self._content.get((app.name, target.name, tree))
@@ -174,16 +291,32 @@ class RenderCache:
             return RenderResult(digest, "")
         try:
             checkout = await cache.acheckout(revision)
+            archives = tuple(p.archive for p in fetched.dependencies)
+            if not app.helm.remote and self.charts is not None:
+                archives = await asyncio.to_thread(
+                    chartstage.local_dependencies,
+                    app,
+                    checkout=checkout.root,
+                    store=self.charts,
+                    repos=self._helm_repositories(),
+                )
             rendered = await render.arender(
                 checkout=checkout.root,
                 refused_links=checkout.refused_links,
                 app=app,
                 target=target,
                 tools=self._tools,
+                archive=fetched.chart.archive if fetched.chart else None,
+                dependencies=archives,
             )
             self._inputs[(app.name, target.name)] = rendered.inputs
             tree = await self._tree(
-                cache, app, target, revision=revision, paths=rendered.inputs or (app.path,)
+                cache,
+                app,
+                target,
+                revision=revision,
+                paths=rendered.inputs or (app.path,),
+                fetched=fetched.key,
             )
         except errors.RenderError as e:
             log.warning("app %s target %s at %s: %s", app.name, target.name, revision[:8], e)
@@ -225,9 +358,14 @@ class RenderCache:
         *,
         revision: str,
         paths: tuple[str, ...],
+        fetched: str,
     ) -> str:
         """The content key of (app, target) at `revision` when it reads `paths`."""
-        return overrides_hash(app, target) + ":" + await cache.atree_key(revision, list(paths))
+        return (
+            overrides_hash(app, target, fetched)
+            + ":"
+            + await cache.atree_key(revision, list(paths))
+        )
 
     async def bundle_bytes(self, digest: str) -> bytes:
         """A bundle's bytes; the recent ones are kept in memory, since a new revision has

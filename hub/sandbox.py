@@ -69,6 +69,23 @@ def run(
     """Run a renderer in `scratch` (its cwd and HOME) with a scrubbed environment, no network,
     the time and output limits; its stdout, or a RenderError with its scrubbed stderr.
     `shown` maps paths on the hub's disk to how the user knows them."""
+    return run_both(args, what=what, limits=limits, scratch=scratch, shown=shown)[0]
+
+
+def run_both(
+    args: list[str],
+    *,
+    what: str,
+    limits: Limits,
+    scratch: pathlib.Path,
+    shown: Mapping[pathlib.Path, str],
+    network: bool = False,
+) -> tuple[str, str]:
+    """Run a renderer in `scratch` (its cwd and HOME) with a scrubbed environment, no network,
+    the time and output limits; (stdout, stderr scrubbed), or a RenderError with its
+    scrubbed stderr. `network`: only for
+    the chart fetch stage (hub.charts), which talks to allowlisted registries; never for
+    rendering."""
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(scratch),
@@ -82,6 +99,9 @@ def run(
         "GIT_ALLOW_PROTOCOL": "file",
         "GOMEMLIMIT": str(limits.max_memory * 4 // 5),  # Go collects harder before the cap
     }
+    if network:
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"):
+            env.pop(name)
     scrub = scrubber(shown, scratch)
     try:
         proc = subprocess.Popen(
@@ -126,7 +146,7 @@ def run(
                 "alias bomb or an oversized input in a file it reads?)"
             )
         raise errors.RenderError(f"{what} failed: {message[-2000:]}")
-    return out.decode(errors="replace")
+    return out.decode(errors="replace"), scrub(err.decode(errors="replace"))
 
 
 def _collect(proc: subprocess.Popen[bytes], *, what: str, limits: Limits) -> tuple[bytes, bytes]:

@@ -31,12 +31,14 @@ class Tracker:
         bus: events.Bus,
         data: pathlib.Path,
         on_revision: Callable[[], Awaitable[Any]],
+        on_unchanged: Callable[[], Awaitable[Any]] | None = None,
     ) -> None:
         self._settings = settings
         self._db = db
         self._bus = bus
         self._data = data
         self._on_revision = on_revision
+        self._on_unchanged = on_unchanged  # a fetch found no new commit (chart ranges poll)
         self.repos: dict[str, repo.RepoCache] = {}
         self.heads: dict[str, str] = {}
         self.status: dict[str, fleet_pb2.RepoStatus] = {}
@@ -134,6 +136,8 @@ class Tracker:
         st.fetched_at.GetCurrentTime()
         if sha == self.heads.get(repo_name):
             await self._save(repo_name)
+            if self._on_unchanged is not None:
+                await self._on_unchanged()
             return
         commit = await asyncio.to_thread(cache.commit, sha)
         await self._db.run(

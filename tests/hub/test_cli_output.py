@@ -3,6 +3,8 @@ each, no terminal escapes, and values the CLI does not know shown as Unknown."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from fleetops.hub import cli_output
@@ -41,3 +43,14 @@ def test_invisible_and_bidi_characters_are_shown_not_hidden(
     assert cli_output.print_history(events, output="text") == 0
     out = capsys.readouterr().out
     assert "prod\ufffd-eu\ufffd1\ufffd\ufffdx\ufffd" in out
+
+
+def test_history_names_the_chart_an_assignment_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    digest = "sha256:" + "ab" * 32
+    message = f"1a2b3c4d (default) assigned to c1, chart demo 1.3.0 ({digest})"
+    events = [types_pb2.Event(kind="assigned", app="shop", cluster="c1", message=message)]
+    assert cli_output.print_history(events, output="text") == 0
+    assert f"chart demo 1.3.0 ({digest})" in capsys.readouterr().out
+    assert cli_output.print_history(events, output="json") == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert row["chart"] == {"name": "demo", "version": "1.3.0", "digest": digest}

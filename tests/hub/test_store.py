@@ -194,6 +194,7 @@ def test_an_old_database_migrates_to_the_latest_version_with_its_rows_intact(
         assert s.call(s.app_states) == [records.AppState(app="api", paused=True, reason="")]
         assert [e.message for e in s.call(s.events)] == ["assigned to edge-1"]
         assert s.call(s.api_tokens) == []  # the table migration 3 added is there, empty
+        assert s.call(s.renders)[0].charts == ""  # migration 5: a render of a chart in Git
 
 
 def test_a_v3_database_migrates_with_its_certificates_and_no_handover_under_way(
@@ -204,7 +205,7 @@ def test_a_v3_database_migrates_with_its_certificates_and_no_handover_under_way(
         conn.executescript(V1_SCHEMA + V2_STEP + V3_STEP)
     with opened(path) as s:
         ran = s.call(lambda: [r[0] for r in s.db.conn.execute("SELECT version FROM migrations")])
-        assert ran == [1, 2, 3, 4]
+        assert ran == [1, 2, 3, 4, 5]
         [edge] = s.call(s.clusters)
         assert (edge.name, edge.cert_fingerprint, edge.cert_expires) == (
             "edge-3",
