@@ -5,12 +5,15 @@ to stay in the repository; remote references (URLs, git, helmCharts) are refused
 rendering has no network; referenced YAML files go through the bounded loader. Kustomize then
 runs with the root-only load restrictor through hub.sandbox. The directories walked are
 recorded as inputs of the render, so the hub's render cache never walks them again.
+`post_render` is Fleet's Helm post-render: a chart's output put through the kustomization of
+the target's kustomize.dir.
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 import tempfile
 from typing import Any
 
@@ -54,6 +57,45 @@ def build(src: Source, *, build_dir: pathlib.Path, tools: sandbox.Tools) -> str:
             limits=src.limits,
             scratch=pathlib.Path(scratch),
             shown={src.root: "."},
+        )
+
+
+FLEET_MANIFESTS = "fleet-manifests.yaml"  # what Fleet names the Helm output it post-renders
+
+
+def post_render(
+    src: Source, *, build_dir: pathlib.Path, rendered: str, tools: sandbox.Tools
+) -> str:
+    """Fleet's Helm post-render: the chart's output, as `fleet-manifests.yaml` first in the
+    `resources` of the kustomization at `build_dir`, built by kustomize (a chart with a
+    `kustomize.dir`). The repository is never written: the kustomization tree is copied to a
+    scratch directory first. A directory without a kustomization leaves the output as it is,
+    as in Fleet."""
+    if not is_kustomization(build_dir):
+        return rendered
+    dirs = referenced_dirs(src, start=build_dir)
+    for d in dirs:
+        src.refuse_escaping_links(d)
+    with tempfile.TemporaryDirectory(prefix="fleetops-render-") as scratch:
+        tree = pathlib.Path(scratch) / "repo"
+        for d in dirs:
+            shutil.copytree(d, tree / os.path.relpath(d, src.root), dirs_exist_ok=True)
+        top = tree / os.path.relpath(build_dir, src.root)
+        kfile = next(top / k for k in KUSTOMIZATION_FILES if (top / k).is_file())
+        doc = src.load_yaml(kfile, kfile.read_text(encoding="utf-8"))
+        kustomization = doc[0] if len(doc) == 1 and isinstance(doc[0], dict) else {}
+        resources = _list(kustomization.get("resources"))
+        if FLEET_MANIFESTS not in resources:
+            kustomization["resources"] = [FLEET_MANIFESTS, *resources]
+        (top / FLEET_MANIFESTS).write_text(rendered, encoding="utf-8")
+        kfile.write_text(yaml.safe_dump(kustomization, sort_keys=False), encoding="utf-8")
+        restrictor = ["--load-restrictor", "LoadRestrictionsRootOnly"]
+        return sandbox.run(
+            [tools.kustomize, "build", *restrictor, str(top)],
+            what="kustomize build (after helm)",
+            limits=src.limits,
+            scratch=pathlib.Path(scratch),
+            shown={tree: ".", src.root: "."},
         )
 
 

@@ -101,6 +101,7 @@ def render(
             target=target,
             tools=tools,
         )
+        out = _post_render(src, app=app, target=target, rendered=out, tools=tools)
         return Rendered((("helm", out),), src.inputs())
     bad_links = src.refused_under(app.path)
     if bad_links:
@@ -119,7 +120,7 @@ def render(
             raise errors.RenderError(f"helm.chart {app.helm.chart!r} holds no Chart.yaml")
         src.depends_on(chart_dir)
         kind = "helm"
-    if kind == "kustomize" or (target and target.kustomize_dir):
+    if kind == "kustomize" or (kind != "helm" and target and target.kustomize_dir):
         build_dir = app_dir
         if target and target.kustomize_dir:
             build_dir = src.inside(
@@ -138,10 +139,25 @@ def render(
             target=target,
             tools=tools,
         )
+        out = _post_render(src, app=app, target=target, rendered=out, tools=tools)
         manifests = (("helm", out),)
     else:
         manifests = tuple(plain.render(src, app_dir=app_dir, target=target))
     return Rendered(manifests, src.inputs())
+
+
+def _post_render(
+    src: Source, *, app: config.App, target: config.Target | None, rendered: str, tools: Tools
+) -> str:
+    """A chart's output through the target's kustomize.dir, as Fleet does (helm, then
+    kustomize); the output itself when the target names no kustomize.dir."""
+    if not (target and target.kustomize_dir):
+        return rendered
+    build_dir = src.inside(os.path.join(app.path, target.kustomize_dir), what="kustomize.dir")
+    if not build_dir.is_dir():
+        raise errors.RenderError(f"kustomize.dir {target.kustomize_dir!r} does not exist")
+    src.depends_on(build_dir)
+    return kustomize.post_render(src, build_dir=build_dir, rendered=rendered, tools=tools)
 
 
 async def arender(**kw: Any) -> Rendered:

@@ -133,3 +133,38 @@ def test_a_renderer_over_its_memory_limit_is_stopped_with_a_clear_error(
     ):
         render.render(checkout=FIXTURES, refused_links=(), app=app("kustomize/overlays/prod"),
                       target=None, tools=tools, limits=small)  # fmt: skip
+
+
+def test_a_chart_with_a_kustomize_dir_is_post_rendered_as_fleet_does(
+    tmp_path: pathlib.Path, tools: render.Tools
+) -> None:
+    """Fleet's helm-kustomize examples: the chart renders, then the target's kustomize.dir
+    patches its output (Fleet puts it first in the kustomization's resources)."""
+    for f in (FIXTURES / "charts/web").rglob("*"):
+        if f.is_file():
+            write(tmp_path, {f"shop/{f.relative_to(FIXTURES / 'charts/web')}": f.read_text()})
+    write(tmp_path, {
+        "shop/overlays/prod/kustomization.yaml": "patches:\n- path: replicas.yaml\n",
+        "shop/overlays/prod/replicas.yaml": "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: shop}\nspec: {replicas: 7}\n",
+        "shop/overlays/plain/notes.txt": "no kustomization here\n",
+    })  # fmt: skip
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    prod = config.Target(name="prod", kustomize_dir="overlays/prod")
+    got = objects(
+        render.render(
+            checkout=tmp_path, refused_links=(), app=app("shop"), target=prod, tools=tools
+        )
+    )
+    assert set(got) == {"Deployment/shop", "Service/shop"}, "the chart's objects were lost"
+    assert got["Deployment/shop"]["spec"]["replicas"] == 7, "the kustomize.dir patch was ignored"
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before, (
+        "post-rendering wrote into the checkout"
+    )
+    plain = config.Target(name="plain", kustomize_dir="overlays/plain")
+    unchanged = objects(
+        render.render(
+            checkout=tmp_path, refused_links=(), app=app("shop"), target=plain, tools=tools
+        )
+    )
+    assert unchanged["Deployment/shop"]["spec"]["replicas"] != 7
+    assert set(unchanged) == {"Deployment/shop", "Service/shop"}
