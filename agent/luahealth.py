@@ -68,6 +68,15 @@ lib.pcall = function(f, ...) return rethrow_limits(pcall_(f, ...)) end
 lib.xpcall = function(f, h, ...) return rethrow_limits(xpcall_(f, h, ...)) end
 lib.unpack = table.unpack  -- the Lua 5.1 name, as Argo CD's gopher-lua has it
 local string_, table_, math_ = copy(string, {dump = true}), copy(table), copy(math)
+-- Lua 5.1 names Argo CD's published scripts use (gopher-lua is 5.1; this runtime is 5.4)
+table_.getn = function(t) return #t end
+table_.maxn = function(t)
+  local n = 0
+  for k in pairs(t) do if type(k) == "number" and k > n then n = k end end
+  return n
+end
+math_.mod, math_.pow = math.fmod, function(x, y) return x ^ y end
+string_.gfind = string.gmatch
 local os_ = {time = os.time, date = os.date, clock = os.clock}
 
 -- the shared string metatable would let one script change string methods for every other

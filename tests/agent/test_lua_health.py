@@ -213,6 +213,24 @@ def test_obj_arrays_are_one_based_as_in_argo_cd() -> None:
     assert got is not None and got.message == "2 Ready nil"
 
 
+def test_lua_5_1_names_argo_cd_scripts_use_work() -> None:
+    """Argo CD runs gopher-lua (Lua 5.1); its published scripts call table.getn, unpack and
+    friends, which Lua 5.4 dropped. Without them such a script is Unknown on every object."""
+    script = (
+        "local active = obj.status.active\n"
+        "local first = unpack(active)\n"
+        "if table.getn(active) > 0 and table.maxn(active) == 2 and math.mod(7, 4) == 3 then\n"
+        '  return {status = "Healthy", message = "running " .. first.name}\n'
+        "end\n"
+        'return {status = "Degraded", message = "no"}'
+    )
+    checks = luahealth.Checks([luahealth.Source("batch", "CronJob", script, "cronjob.lua")])
+    obj = {"status": {"active": [{"name": "a"}, {"name": "b"}]}}
+    assert checks.verdict(obj, group="batch", kind="CronJob") == luahealth.Verdict(
+        "Healthy", "running a", "cronjob.lua"
+    )
+
+
 def test_an_exact_script_beats_a_wildcard() -> None:
     checks = luahealth.Checks(
         [
