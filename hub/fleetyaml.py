@@ -63,6 +63,7 @@ def apply(app: config.App, text: str) -> config.App:
     if not isinstance(top_helm, dict) or not isinstance(top_kustomize, dict):
         raise errors.RenderError(f"{where}: helm and kustomize must be mappings")
     top_overlays = _top_overlays(reader, doc.get("yaml"))
+    _untemplated(top_helm, where=where, path="helm")
     targets = []
     top_rules = ignorerules.parse_fleet(doc, where=where, path="")  # diff.comparePatches
     customizations = doc.get("targetCustomizations") or []
@@ -73,6 +74,11 @@ def apply(app: config.App, text: str) -> config.App:
             raise errors.RenderError(f"{where}: targetCustomizations[{i}] must be a mapping")
         if item.get("doNotDeploy"):
             continue
+        _untemplated(
+            _merge(top_helm, over=item.get("helm") or {}),
+            where=where,
+            path=f"targetCustomizations[{i}].helm",
+        )
         spec: dict[str, Any] = {
             "name": str(item.get("name") or f"customization-{i}"),
             "helm": _merge(top_helm, over=item.get("helm") or {}),
@@ -117,6 +123,33 @@ def apply(app: config.App, text: str) -> config.App:
         )
         app = dataclasses.replace(app, helm=helm)
     return dataclasses.replace(app, namespace=namespace, targets=tuple(targets))
+
+
+def _untemplated(helm: Any, *, where: str, path: str) -> None:
+    """Fleet evaluates `${ }` in helm.values per cluster (.ClusterName, .ClusterLabels...);
+    fleetops renders once per target for all its clusters, so such a value would reach the
+    cluster as literal text: a RenderError naming it, unless `disablePreProcess` says the text
+    is meant as it is."""
+    if not isinstance(helm, dict) or helm.get("disablePreProcess") is True:
+        return
+
+    def walk(value: Any, at: str) -> None:
+        if isinstance(value, str) and "${" in value:
+            raise errors.RenderError(
+                f"{where}: {at}: {value[:80]!r} uses Fleet's ${{ }} values templating, which "
+                "fleetops does not evaluate (a target renders once for all its clusters); give "
+                "per-cluster values in targetCustomizations, or set helm.disablePreProcess: "
+                "true to pass the text as it is"
+            )
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(k, at)
+                walk(v, f"{at}.{k}")
+        elif isinstance(value, list):
+            for j, v in enumerate(value):
+                walk(v, f"{at}[{j}]")
+
+    walk(helm.get("values"), f"{path}.values")
 
 
 def _top_overlays(reader: configfields.Reader, value: Any) -> list[str]:

@@ -376,3 +376,26 @@ def test_a_patch_that_doubles_the_object_forty_times_is_refused(tmp_path: pathli
         )  # fmt: skip
     assert str(err.value).startswith("app/overlays/x/cm_patch.yaml: cannot patch app/cm.yaml")
     assert "the values copied exceed 100000 characters" in str(err.value)
+
+
+def test_fleet_values_templating_is_an_error_not_literal_text() -> None:
+    """Fleet evaluates `${ .ClusterLabels.env }` in helm.values per cluster; fleetops renders
+    per target, so the text would reach the clusters as it is: refused, naming the value."""
+    app = config.App(name="shop", repo="r", path="shop")
+    text = (
+        "targetCustomizations:\n"
+        "- name: dev\n"
+        "  clusterSelector: {matchLabels: {env: dev}}\n"
+        "  helm:\n"
+        "    values:\n"
+        "      ingress: {hosts: ['${ .ClusterName }.example.com']}\n"
+    )
+    with pytest.raises(errors.RenderError) as e:
+        fleetyaml.apply(app, text)
+    assert "shop/fleet.yaml: targetCustomizations[0].helm.values.ingress.hosts[0]" in str(e.value)
+    assert "disablePreProcess" in str(e.value)
+    literal = fleetyaml.apply(
+        app, "helm:\n  disablePreProcess: true\n  values: {greeting: '${ not a template }'}\n"
+    )
+    assert literal.targets is not None
+    assert literal.targets[-1].helm.values == {"greeting": "${ not a template }"}
