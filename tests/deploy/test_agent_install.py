@@ -199,6 +199,18 @@ def test_install_dry_runs_and_grants_least_privilege(
         assert not can("get", "secrets", "-n", "kube-system")
     finally:
         tools.kubectl(admin, "delete", "namespace", ns, "--wait=false")
+        # the refused app's inventory still claims default/hello: on shared clusters it would
+        # refuse the next run's app before RBAC is even asked
+        for app in (ns, f"{ns}-x"):
+            tools.kubectl(
+                admin,
+                "delete",
+                "configmap",
+                f"fleetops-inventory-{app}",
+                "-n",
+                "fleetops-system",
+                "--ignore-not-found",
+            )
         tools.kubectl(
             admin,
             "delete",
