@@ -28,6 +28,7 @@ from fleetops.proto import yamlsafe
 
 NOT_MANIFESTS = {"fleet.yaml", "Chart.yaml", "Chart.lock", *KUSTOMIZATION_FILES}
 PATCH_MARK = "_patch."  # in a file name: a patch of the file named without it
+ALIAS_GROWTH = 4  # how many times its YAML a patched file may take once aliases are written out
 # hub.render re-exports these two names; kept so that module stays as it is.
 PATCH_SUFFIXES = tuple(f"_patch{s}" for s in MANIFEST_SUFFIXES)
 merge = patches.merge_patch
@@ -134,12 +135,44 @@ def _patch_file(
             raise errors.RenderError(
                 f"{where}: cannot patch {target} ({_describe(docs[i])}) with a {style.value}: {e}"
             ) from None
+    # Aliases are written out in full: a small file of aliases to a big value must not make
+    # the hub write (slowly, in-process) many times what the repository holds.
+    allowed = min(limit, ALIAS_GROWTH * (len(text) + patch.stat().st_size) + (1 << 20))
+    if _written_size(docs, budget=allowed) > allowed:
+        raise errors.RenderError(
+            f"{where}: the patched {target} would be over {allowed} bytes once its YAML "
+            f"aliases are written out (each alias becomes a full copy, and a patched file may "
+            f"grow at most {ALIAS_GROWTH} times); write the values out or patch less"
+        )
     try:
         return yaml.dump_all(docs, Dumper=_Dumper, sort_keys=False)
     except RecursionError:  # operations can nest a value deeper than any file could
         raise errors.RenderError(
             f"{where}: the patched {target} is nested too deeply to write; flatten the patch"
         ) from None
+
+
+def _written_size(value: Any, *, budget: int) -> int:
+    """About how many bytes `value` takes written out with every alias expanded (each key and
+    scalar counted at each occurrence); stops counting past `budget`, so an alias bomb costs
+    no more than the budget to measure."""
+    total = 0
+    todo = [value]
+    while todo and total <= budget:
+        v = todo.pop()
+        if isinstance(v, dict):
+            total += 2 * len(v)
+            for k, item in v.items():
+                todo.append(k)
+                todo.append(item)
+        elif isinstance(v, list):
+            total += 2 * len(v) + 2
+            todo.extend(v)
+        elif isinstance(v, (str, bytes)):
+            total += len(v) + 1
+        else:
+            total += 8
+    return total
 
 
 class _Dumper(yaml.SafeDumper):

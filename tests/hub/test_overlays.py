@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pathlib
 import shutil
+import time
 from typing import Any
 
 import pytest
@@ -399,3 +400,38 @@ def test_fleet_values_templating_is_an_error_not_literal_text() -> None:
     )
     assert literal.targets is not None
     assert literal.targets[-1].helm.values == {"greeting": "${ not a template }"}
+
+
+def test_a_patch_of_aliases_to_a_big_value_is_refused_quickly(tmp_path: pathlib.Path) -> None:
+    """YAML aliases are written out in full when a patched file is written: thirty aliases to a
+    1 MiB scalar would have the hub spend about half a minute writing 30 MiB in-process."""
+    (tmp_path / "shop/overlays/x").mkdir(parents=True)
+    (tmp_path / "shop/cm.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n")
+    big = "x" * (1 << 20)
+    aliases = "".join(f"  a{i}: *s\n" for i in range(1, 30))
+    (tmp_path / "shop/overlays/x/cm_patch.yaml").write_text(f"data:\n  a0: &s {big}\n{aliases}")
+    started = time.monotonic()
+    with pytest.raises(errors.RenderError) as e:
+        render.render(
+            checkout=tmp_path,
+            refused_links=(),
+            app=config.App(name="shop", repo="r", path="shop", namespace="shop"),
+            target=config.Target(name="x", yaml_overlays=("x",)),
+            tools=render.Tools(),
+        )
+    assert "shop/overlays/x/cm_patch.yaml: the patched shop/cm.yaml would be over" in str(e.value)
+    assert "aliases" in str(e.value)
+    assert time.monotonic() - started < 5, "the refusal itself took the time it protects"
+    # a few aliases of a small value are fine
+    (tmp_path / "shop/overlays/x/cm_patch.yaml").write_text(
+        "data:\n  a0: &s small\n  a1: *s\n  a2: *s\n"
+    )
+    got = render.render(
+        checkout=tmp_path,
+        refused_links=(),
+        app=config.App(name="shop", repo="r", path="shop", namespace="shop"),
+        target=config.Target(name="x", yaml_overlays=("x",)),
+        tools=render.Tools(),
+    )
+    (doc,) = [d for _s, text in got.manifests for d in yaml.safe_load_all(text) if d]
+    assert doc["data"] == {"a0": "small", "a1": "small", "a2": "small"}
