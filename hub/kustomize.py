@@ -78,8 +78,7 @@ def post_render(
         src.refuse_escaping_links(d)
     with tempfile.TemporaryDirectory(prefix="fleetops-render-") as scratch:
         tree = pathlib.Path(scratch) / "repo"
-        for d in dirs:
-            shutil.copytree(d, tree / os.path.relpath(d, src.root), dirs_exist_ok=True)
+        _copy_tree(src, dirs=dirs, into=tree)
         top = tree / os.path.relpath(build_dir, src.root)
         kfile = next(top / k for k in KUSTOMIZATION_FILES if (top / k).is_file())
         doc = src.load_yaml(kfile, kfile.read_text(encoding="utf-8"))
@@ -97,6 +96,33 @@ def post_render(
             scratch=pathlib.Path(scratch),
             shown={tree: ".", src.root: "."},
         )
+
+
+def _copy_tree(src: Source, *, dirs: list[pathlib.Path], into: pathlib.Path) -> None:
+    """The files under `dirs` (resolved, in the repository) copied to `into` at their repo
+    paths. Directory links are not followed (two links to `.` would copy the tree without
+    end); a file link is copied as the file it names when that is in the repository. The
+    copy is bounded like a chart copy: Limits.max_chart bytes, max_chart_entries files."""
+    size = count = 0
+    for d in dirs:
+        for top, subdirs, files in os.walk(d, followlinks=False):
+            subdirs[:] = [s for s in subdirs if not os.path.islink(os.path.join(top, s))]
+            for name in files:
+                path = pathlib.Path(top, name)
+                real = pathlib.Path(os.path.realpath(path))
+                if not real.is_file() or not str(real).startswith(str(src.root).rstrip("/") + "/"):
+                    continue  # a link out of the repository was refused already; skip it
+                count += 1
+                size += real.stat().st_size
+                if count > src.limits.max_chart_entries or size > src.limits.max_chart:
+                    raise errors.RenderError(
+                        f"kustomize.dir {src.rel(dirs[0])}: the kustomization tree holds more "
+                        f"than {src.limits.max_chart_entries} files or "
+                        f"{src.limits.max_chart >> 20} MiB; make it smaller"
+                    )
+                dest = into / os.path.relpath(path, src.root)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(real, dest)
 
 
 def referenced_dirs(src: Source, *, start: pathlib.Path) -> list[pathlib.Path]:
