@@ -76,6 +76,7 @@ lib.xpcall = function(f, h, ...)
   -- The handler runs after the unwinding, as ordinary code. A real message handler runs where
   -- the error was raised: for a limit that is inside the hook, where no hook counts, so a
   -- handler that loops there would never be stopped.
+  if type_(h) ~= "function" then error_("bad argument #2 to 'xpcall' (function expected)", 2) end
   local r = pack(pcall_(f, ...))
   if r[1] then return unpack_(r, 1, r.n) end
   rethrow_limits(false, r[2])
