@@ -7,10 +7,15 @@ nil or an empty table means "no verdict" (the built-in rules decide). Scripts co
 resource_customizations: `<group>/<Kind>/health.lua`, `<Kind>/health.lua` for the core group,
 and `_` in a folder name as a wildcard that only applies where no exact script exists.
 
-The sandbox: only base functions (no load/dofile/loadfile/require/collectgarbage/print), table,
-string (no string.dump), math and os.time/date/clock; an instruction budget and a memory cap per
-runtime. A script that errors, loops, blows the memory or returns a bad status gives an UNKNOWN
-verdict with the error: it must never raise out of `Checks.verdict` or touch the host.
+The sandbox: only base functions (no load/dofile/loadfile/require/collectgarbage/print, and a
+setmetatable that refuses __gc and __close), table, string (no string.dump), math and
+os.time/date/clock; an instruction budget and a memory cap per runtime. Every step of a script's
+code runs under the instruction hook: its result is read raw inside the hooked run and only plain
+strings come back to Python (a script's object never reaches tostring or Python), and xpcall's
+handler runs after the unwinding (a real message handler for a limit would run inside the hook,
+where nothing counts). A script that errors, loops, blows the memory or returns a bad status
+gives an UNKNOWN verdict with the error: it must never raise out of `Checks.verdict` or touch
+the host.
 Known limit: one call of a C function (a pathological string pattern) is not interruptible.
 Each set of scripts is compiled once, into one runtime, never per object.
 """
@@ -140,7 +145,7 @@ local function read(result)
     return "failed", "returned a " .. type_(result) .. ", expected " .. SHAPE
   end
   if getmetatable_(result) ~= nil then
-    return "failed", "returned a table with a metatable, expected a plain " .. SHAPE
+    return "failed", "returned a table with a metatable, expected " .. SHAPE .. " without one"
   end
   local status, message = rawget_(result, "status"), rawget_(result, "message")
   if status == nil and message == nil and next_(result) == nil then return "none" end

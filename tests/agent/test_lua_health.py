@@ -276,6 +276,14 @@ ESCAPES = {
     "looping __gc finaliser": (
         'setmetatable({}, {__gc = function() while true do end end}); error("x")'
     ),
+    "__gc added to the metatable afterwards": (
+        "local mt = {} local o = setmetatable({}, mt)"
+        " mt.__gc = function() while true do end end o = nil error('x')"
+    ),
+    "looping __close": (
+        "local mt = {} local o = setmetatable({}, mt)"
+        " mt.__close = function() while true do end end local x <close> = o error('x')"
+    ),
     "looping xpcall message handler": (
         "while true do xpcall(function() while true do end end,"
         " function(e) while true do end end) end"
