@@ -175,14 +175,18 @@ def respect(
 JQ_TIME_LIMIT = 2.0  # seconds per expression and object
 JQ_MEMORY_LIMIT = 1 << 30  # bytes of address space for the worker process
 _JQ_OUTPUT_LIMIT = 16 << 20  # bytes of paths per answer
+_JQ_START_LIMIT = 30.0  # seconds for the worker to start (not counted against an expression)
 
 # The worker: one JSON request a line ({"expr", "obj"}), one JSON answer a line ({"paths"} or
-# {"error"}). Its limits are set before jq is imported; it ends when its stdin closes.
+# {"error"}), after a first "ready" line. Its limits are set before jq is imported; it ends when
+# its stdin closes.
 _JQ_WORKER = r"""
 import json, resource, sys
 limit = int(sys.argv[1])
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 import jq
+sys.stdout.write("ready\n")
+sys.stdout.flush()
 programs = {}
 for line in sys.stdin:
     req = json.loads(line)
@@ -222,6 +226,9 @@ class _Jq:
         request = json.dumps({"expr": expr, "obj": obj}, default=str).encode() + b"\n"
         with self._lock:
             try:
+                if not self._started():
+                    self.stop()
+                    return {"error": "the jq worker did not start"}
                 line = self._ask(request)
             except OSError as e:
                 self.stop()
@@ -235,22 +242,30 @@ class _Jq:
         except ValueError:
             return {"error": "the jq worker answered nonsense"}
 
+    def _started(self) -> bool:
+        if self._proc is not None and self._proc.poll() is None:
+            return True
+        self.stop()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", _JQ_WORKER, str(JQ_MEMORY_LIMIT)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        return self._line(_JQ_START_LIMIT) == b"ready\n"
+
     def _ask(self, request: bytes) -> bytes | None:
-        if self._proc is None or self._proc.poll() is not None:
-            self.stop()
-            self._proc = subprocess.Popen(
-                [sys.executable, "-c", _JQ_WORKER, str(JQ_MEMORY_LIMIT)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-            )
-        proc = self._proc
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(request)
-        proc.stdin.flush()
-        deadline = time.monotonic() + JQ_TIME_LIMIT
+        assert self._proc is not None and self._proc.stdin is not None
+        self._proc.stdin.write(request)
+        self._proc.stdin.flush()
+        return self._line(JQ_TIME_LIMIT)
+
+    def _line(self, seconds: float) -> bytes | None:
+        """One line from the worker, or None past `seconds`, the output cap or its end."""
+        assert self._proc is not None and self._proc.stdout is not None
+        deadline = time.monotonic() + seconds
         got = b""
-        fd = proc.stdout.fileno()
+        fd = self._proc.stdout.fileno()
         while not got.endswith(b"\n"):
             left = deadline - time.monotonic()
             if left <= 0 or len(got) > _JQ_OUTPUT_LIMIT:
