@@ -274,7 +274,9 @@ class Checks:
         try:
             lua_obj = self._runtime.table_from(_visible(obj, group=group), recursive=True)
             # plain strings only: nothing of the script's is read here, outside the hook
-            kind, *said = self._run(self._compiled[source], lua_obj, INSTRUCTION_LIMIT, TIME_LIMIT)
+            answer = self._run(self._compiled[source], lua_obj, INSTRUCTION_LIMIT, TIME_LIMIT)
+            # lupa hands back one return value bare, several as a tuple
+            kind, *said = answer if isinstance(answer, tuple) else (answer,)
         except lua54.LuaMemoryError:
             kind, said = "limit", ["memory limit exceeded"]
         except Exception as e:  # noqa: BLE001 - lupa's own errors; a script never crashes us
