@@ -173,7 +173,7 @@ def respect(
 
 
 JQ_TIME_LIMIT = 2.0  # seconds per expression and object
-JQ_MEMORY_LIMIT = 1 << 30  # bytes of address space for the worker process
+JQ_MEMORY_LIMIT = 128 << 20  # bytes of address space for the worker (the pod has 256Mi)
 _JQ_OUTPUT_LIMIT = 16 << 20  # bytes of paths per answer
 _JQ_START_LIMIT = 30.0  # seconds for the worker to start (not counted against an expression)
 
@@ -184,6 +184,11 @@ _JQ_WORKER = r"""
 import json, resource, sys
 limit = int(sys.argv[1])
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+try:  # if the pod runs out of memory all the same, the kernel ends the worker, not the agent
+    with open("/proc/self/oom_score_adj", "w") as f:
+        f.write("1000")
+except OSError:
+    pass
 import jq
 sys.stdout.write("ready\n")
 sys.stdout.flush()
