@@ -12,20 +12,28 @@ A path is ignored when a JSON pointer (RFC 6901) names it, a jq path expression 
 or one of the named field managers owns it in the live object's managedFields. A path that
 does not exist is a no-op, and so is a jq expression that fails on this object.
 
-Pure: no I/O. It never adds a field the desired object does not set.
+Pure but for one edge: jq expressions run in a worker process with a time and memory limit
+(JQ_TIME_LIMIT, JQ_MEMORY_LIMIT), because the jq binding cannot be interrupted and
+`def f: f; f` or `repeat(.)` would otherwise hang the agent. An expression that hits a limit
+ignores nothing and is not run again in this process. It never adds a field the desired object
+does not set.
 """
 
 from __future__ import annotations
 
+import atexit
 import copy
 import dataclasses
 import fnmatch
-import functools
 import json
+import os
+import select
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
-
-import jq  # a C extension without stubs (see the mypy overrides)
 
 from fleetops.agent import manifests
 from fleetops.proto.v1 import types_pb2
@@ -164,16 +172,125 @@ def respect(
     return swept
 
 
-@functools.lru_cache(maxsize=256)
-def _program(expr: str) -> Any:
-    return jq.compile(f"[path({expr})]")
+JQ_TIME_LIMIT = 2.0  # seconds per expression and object
+JQ_MEMORY_LIMIT = 128 << 20  # bytes of address space for the worker (the pod has 256Mi)
+_JQ_OUTPUT_LIMIT = 16 << 20  # bytes of paths per answer
+_JQ_START_LIMIT = 30.0  # seconds for the worker to start (not counted against an expression)
+
+# The worker: one JSON request a line ({"expr", "obj"}), one JSON answer a line ({"paths"} or
+# {"error"}), after a first "ready" line. Its limits are set before jq is imported; it ends when
+# its stdin closes.
+_JQ_WORKER = r"""
+import json, resource, sys
+limit = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+try:  # if the pod runs out of memory all the same, the kernel ends the worker, not the agent
+    with open("/proc/self/oom_score_adj", "w") as f:
+        f.write("1000")
+except OSError:
+    pass
+import jq
+sys.stdout.write("ready\n")
+sys.stdout.flush()
+programs = {}
+for line in sys.stdin:
+    req = json.loads(line)
+    try:
+        program = programs.get(req["expr"])
+        if program is None:
+            program = programs[req["expr"]] = jq.compile("[path(" + req["expr"] + ")]")
+        out = {"paths": program.input_value(req["obj"]).first()}
+    except (ValueError, MemoryError) as e:
+        out = {"error": str(e)[:500]}
+    sys.stdout.write(json.dumps(out) + "\n")
+    sys.stdout.flush()
+"""
+
+
+class _Jq:
+    """One worker process for the agent, started on first use and restarted after a limit."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.slow: set[str] = set()  # expressions that hit a limit: not run again
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+            for f in (proc.stdin, proc.stdout):
+                if f is not None:
+                    f.close()
+
+    def paths(self, expr: str, obj: Mapping[str, Any]) -> Any:
+        """The worker's answer for `expr` on `obj`: a dict with "paths" or "error"."""
+        if expr in self.slow:
+            return {"error": "disabled: it hit a limit on an earlier object"}
+        request = json.dumps({"expr": expr, "obj": obj}, default=str).encode() + b"\n"
+        with self._lock:
+            try:
+                if not self._started():
+                    self.stop()
+                    return {"error": "the jq worker did not start"}
+                line = self._ask(request)
+            except OSError as e:
+                self.stop()
+                return {"error": f"the jq worker failed: {e}"}
+            if line is None:
+                self.stop()
+                self.slow.add(expr)
+                return {"error": "exceeded its time, memory or output limit"}
+        try:
+            return json.loads(line)
+        except ValueError:
+            return {"error": "the jq worker answered nonsense"}
+
+    def _started(self) -> bool:
+        if self._proc is not None and self._proc.poll() is None:
+            return True
+        self.stop()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", _JQ_WORKER, str(JQ_MEMORY_LIMIT)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        return self._line(_JQ_START_LIMIT) == b"ready\n"
+
+    def _ask(self, request: bytes) -> bytes | None:
+        assert self._proc is not None and self._proc.stdin is not None
+        self._proc.stdin.write(request)
+        self._proc.stdin.flush()
+        return self._line(JQ_TIME_LIMIT)
+
+    def _line(self, seconds: float) -> bytes | None:
+        """One line from the worker, or None past `seconds`, the output cap or its end."""
+        assert self._proc is not None and self._proc.stdout is not None
+        deadline = time.monotonic() + seconds
+        got = b""
+        fd = self._proc.stdout.fileno()
+        while not got.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0 or len(got) > _JQ_OUTPUT_LIMIT:
+                return None
+            ready, _, _ = select.select([fd], [], [], left)
+            if ready:
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:  # the worker died (the memory limit)
+                    return None
+                got += chunk
+        return got
+
+
+_JQ = _Jq()
+atexit.register(_JQ.stop)
 
 
 def _jq_paths(expr: str, obj: Mapping[str, Any]) -> list[Path]:
-    try:
-        found = _program(expr).input_value(obj).first()
-    except ValueError:  # a syntax error, or the expression fails on this object: no paths
-        return []
+    # a syntax error, an expression that fails on this object or one that hit a limit: no paths
+    found = _JQ.paths(expr, obj).get("paths")
     out: list[Path] = []
     for p in found if isinstance(found, list) else []:
         if isinstance(p, list) and all(

@@ -7,10 +7,15 @@ nil or an empty table means "no verdict" (the built-in rules decide). Scripts co
 resource_customizations: `<group>/<Kind>/health.lua`, `<Kind>/health.lua` for the core group,
 and `_` in a folder name as a wildcard that only applies where no exact script exists.
 
-The sandbox: only base functions (no load/dofile/loadfile/require/collectgarbage/print), table,
-string (no string.dump), math and os.time/date/clock; an instruction budget and a memory cap per
-runtime. A script that errors, loops, blows the memory or returns a bad status gives an UNKNOWN
-verdict with the error: it must never raise out of `Checks.verdict` or touch the host.
+The sandbox: only base functions (no load/dofile/loadfile/require/collectgarbage/print, and a
+setmetatable that refuses __gc and __close), table, string (no string.dump), math and
+os.time/date/clock; an instruction budget and a memory cap per runtime. Every step of a script's
+code runs under the instruction hook: its result is read raw inside the hooked run and only plain
+strings come back to Python (a script's object never reaches tostring or Python), and xpcall's
+handler runs after the unwinding (a real message handler for a limit would run inside the hook,
+where nothing counts). A script that errors, loops, blows the memory or returns a bad status
+gives an UNKNOWN verdict with the error: it must never raise out of `Checks.verdict` or touch
+the host.
 Known limit: one call of a C function (a pathological string pattern) is not interruptible.
 Each set of scripts is compiled once, into one runtime, never per object.
 """
@@ -37,16 +42,23 @@ _MESSAGE_MAX = 500
 # function that compiles a script into its own environment and the one that runs it.
 _SETUP = r"""
 local now = ...  -- the host's monotonic clock, for the time limit
-local sethook, pcall_, xpcall_, error_, load_ = debug.sethook, pcall, xpcall, error, load
-local pack, collect, tostring_ = table.pack, collectgarbage, tostring
-local LIMIT = setmetatable({}, {__tostring = function() return "limit" end})
-local reason = nil
+local sethook, pcall_, error_, load_ = debug.sethook, pcall, error, load
+local pack, unpack_, collect = table.pack, table.unpack, collectgarbage
+local type_, rawget_, rawequal_, next_ = type, rawget, rawequal, next
+local setmetatable_, getmetatable_ = setmetatable, getmetatable
+local format = string.format
+local LIMIT = {}
+local reason = nil  -- set by the hook when a limit is hit, until the next run
 
 local function rethrow_limits(ok, ...)
-  -- a script's own pcall must not swallow the instruction budget or the memory cap
+  -- a script's own pcall/xpcall must not swallow the instruction budget or the memory cap; once
+  -- a limit was hit, whatever the error became ("error in error handling" when the hook fired
+  -- inside an xpcall handler), it goes on up
   if not ok then
     local e = ...
-    if e == LIMIT or e == "not enough memory" then error_(e, 0) end
+    if reason ~= nil or rawequal_(e, LIMIT) or rawequal_(e, "not enough memory") then
+      error_(e, 0)
+    end
   end
   return ok, ...
 end
@@ -60,12 +72,31 @@ end
 -- everything a script may use, taken now: the globals go after setup
 local lib = {}
 for _, k in ipairs({"assert", "error", "ipairs", "next", "pairs", "rawequal", "rawget",
-                    "rawlen", "rawset", "select", "setmetatable", "getmetatable", "tonumber",
-                    "tostring", "type", "_VERSION"}) do
+                    "rawlen", "rawset", "select", "getmetatable", "tonumber", "tostring",
+                    "type", "_VERSION"}) do
   lib[k] = _G[k]
 end
 lib.pcall = function(f, ...) return rethrow_limits(pcall_(f, ...)) end
-lib.xpcall = function(f, h, ...) return rethrow_limits(xpcall_(f, h, ...)) end
+lib.xpcall = function(f, h, ...)
+  -- The handler runs after the unwinding, as ordinary code. A real message handler runs where
+  -- the error was raised: for a limit that is inside the hook, where no hook counts, so a
+  -- handler that loops there would never be stopped.
+  if type_(h) ~= "function" then error_("bad argument #2 to 'xpcall' (function expected)", 2) end
+  local r = pack(pcall_(f, ...))
+  if r[1] then return unpack_(r, 1, r.n) end
+  rethrow_limits(false, r[2])
+  local handled = pack(pcall_(h, r[2]))
+  rethrow_limits(handled[1], handled[2])
+  return false, handled[2]
+end
+lib.setmetatable = function(t, mt)
+  -- a finaliser runs whenever the collector does, also while no hook counts (a Python call
+  -- into this runtime): it could loop forever there. __close is refused the same way.
+  if type_(mt) == "table" and (rawget_(mt, "__gc") ~= nil or rawget_(mt, "__close") ~= nil) then
+    error_("setmetatable: __gc and __close metamethods are not allowed in health checks", 2)
+  end
+  return setmetatable_(t, mt)
+end
 lib.unpack = table.unpack  -- the Lua 5.1 name, as Argo CD's gopher-lua has it
 local string_, table_, math_ = copy(string, {dump = true}), copy(table), copy(math)
 -- Lua 5.1 names Argo CD's published scripts use (gopher-lua is 5.1; this runtime is 5.4)
@@ -95,24 +126,64 @@ local function compile(source, name)
   end, ""
 end
 
+local STATUS = {Healthy = true, Progressing = true, Degraded = true, Suspended = true,
+                Missing = true, Unknown = true}
+
+local function error_text(e)
+  -- never tostring on a script's value: a __tostring metamethod is script code
+  if type_(e) == "string" then return e end
+  if type_(e) == "number" then return format("%.14g", e) end
+  return "error (a " .. type_(e) .. ")"
+end
+
+local SHAPE = "a table {status=..., message=...}"
+
+local function read(result)
+  -- the verdict as plain strings, read raw: no metamethod of the script's runs here
+  if result == nil then return "none" end
+  if type_(result) ~= "table" then
+    return "failed", "returned a " .. type_(result) .. ", expected " .. SHAPE
+  end
+  if getmetatable_(result) ~= nil then
+    return "failed", "returned a table with a metatable, expected " .. SHAPE .. " without one"
+  end
+  local status, message = rawget_(result, "status"), rawget_(result, "message")
+  if status == nil and message == nil and next_(result) == nil then return "none" end
+  if type_(status) ~= "string" or not STATUS[status] then
+    local shown = "(a " .. type_(status) .. ")"
+    if type_(status) == "string" then shown = format("%q", status) end
+    return "failed", "returned an invalid health status " .. shown .. "; use one of "
+      .. "Healthy, Progressing, Degraded, Suspended, Missing, Unknown"
+  end
+  if message == nil then message = "" end
+  if type_(message) ~= "string" then
+    return "failed", "returned a message that is a " .. type_(message) .. ", expected a string"
+  end
+  return "verdict", status, message
+end
+
+local function checked(check, obj)
+  return read(check(obj))
+end
+
 local function run(check, obj, budget, seconds)
+  -- returns "none", "verdict", status, message, "failed", text or "limit", text: plain strings.
+  -- The hook counts for every step of the script's, reading its result included.
   local used, deadline = 0, now() + seconds
   reason = nil
   sethook(function()
     used = used + 1000
-    if used > budget then reason = "instruction limit"; error_(LIMIT, 0) end
-    if now() > deadline then reason = "time limit"; error_(LIMIT, 0) end
+    if used > budget then reason = reason or "instruction limit"; error_(LIMIT, 0) end
+    if now() > deadline then reason = reason or "time limit"; error_(LIMIT, 0) end
   end, "", 1000)
-  local result = pack(pcall_(check, obj))
+  local result = pack(pcall_(checked, check, obj))
+  pcall_(collect, "collect")  -- no finaliser of a script's exists (setmetatable refuses them)
   sethook()
-  if not result[1] then
-    local e = result[2]
-    collect("collect")
-    if e == LIMIT then return false, reason .. " exceeded" end
-    if e == "not enough memory" then return false, "memory limit exceeded" end
-    return false, tostring_(e)
-  end
-  return true, result[2]
+  local e = result[2]
+  if reason ~= nil then return "limit", reason .. " exceeded" end
+  if result[1] then return e, result[3], result[4] end
+  if rawequal_(e, "not enough memory") then return "limit", "memory limit exceeded" end
+  return "failed", error_text(e)
 end
 
 return compile, run
@@ -202,21 +273,26 @@ class Checks:
             return Verdict("Unknown", reason, source.origin)
         try:
             lua_obj = self._runtime.table_from(_visible(obj, group=group), recursive=True)
-            ok, result = self._run(self._compiled[source], lua_obj, INSTRUCTION_LIMIT, TIME_LIMIT)
+            # plain strings only: nothing of the script's is read here, outside the hook
+            answer = self._run(self._compiled[source], lua_obj, INSTRUCTION_LIMIT, TIME_LIMIT)
+            # lupa hands back one return value bare, several as a tuple
+            kind, *said = answer if isinstance(answer, tuple) else (answer,)
         except lua54.LuaMemoryError:
-            ok, result = False, "memory limit exceeded"
+            kind, said = "limit", ["memory limit exceeded"]
         except Exception as e:  # noqa: BLE001 - lupa's own errors; a script never crashes us
             return _failed(source, f"{type(e).__name__}: {e}")
-        if ok:
-            return _read(result, source)
-        if str(result).endswith("limit exceeded"):
+        if kind == "none":
+            return None
+        if kind == "verdict":
+            return Verdict(str(said[0]), _line(str(said[1])), source.origin)
+        if kind == "limit":
             # Each run blocks the agent's loop for up to TIME_LIMIT: a script that hit a limit
             # once is not run again for other objects until the checks change.
             self._broken[source] = (
-                f"is disabled: {result} on an earlier object (fix the script: a changed "
+                f"is disabled: {said[0]} on an earlier object (fix the script: a changed "
                 "hub.yaml check is compiled afresh, a --health-checks one on agent restart)"
             )
-        return _failed(source, str(result))
+        return _failed(source, str(said[0]))
 
 
 def _visible(obj: Mapping[str, Any], *, group: str) -> dict[str, Any]:
@@ -234,26 +310,6 @@ def _failed(source: Source, error: str) -> Verdict:
 def _line(text: str) -> str:
     text = " ".join(text.split())
     return text if len(text) <= _MESSAGE_MAX else text[: _MESSAGE_MAX - 3] + "..."
-
-
-def _read(result: Any, source: Source) -> Verdict | None:
-    if result is None:
-        return None
-    if lua54.lua_type(result) != "table":
-        return _failed(
-            source,
-            f"returned a {lua54.lua_type(result) or type(result).__name__}, "
-            "expected a table {status=..., message=...}",
-        )
-    status, message = result["status"], result["message"]
-    if status is None and message is None and not list(result.keys()):
-        return None  # an empty table: no verdict
-    if not isinstance(status, str) or status not in STATUSES:
-        return _failed(
-            source,
-            f"returned an invalid health status {status!r}; use one of {', '.join(STATUSES)}",
-        )
-    return Verdict(status, _line(str(message)) if message is not None else "", source.origin)
 
 
 def inline(checks: Sequence[Any], *, where: str) -> Checks:

@@ -8,6 +8,10 @@ other field manager that owns a Deployment's replicas.
 from __future__ import annotations
 
 import copy
+import json
+import pathlib
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -130,6 +134,51 @@ def test_jq_that_is_not_a_path_expression_ignores_nothing() -> None:
         WEB,
     )
     assert ignore.strip(pod(APP), rules, live=None) == pod(APP)
+
+
+# Runs in a child (with an address-space cap) so that a hang is a failed test, not a stuck run.
+_HOSTILE_JQ_CHILD = r"""
+import json, resource, sys, time
+resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+from fleetops.agent import ignore
+from fleetops.proto.v1 import types_pb2
+from tests.agent import test_ignore as t
+rules = ignore.matching([t.rule(group="apps", kind="Deployment", json_pointers=["/spec/replicas"],
+    jq_path_expressions=[sys.argv[1], '.spec.template.spec.containers[] | .image'])], t.WEB)
+took = []
+for _ in range(2):
+    started = time.monotonic()
+    out = ignore.strip(t.pod(t.APP), rules, live=None)
+    took.append(time.monotonic() - started)
+print(json.dumps({"took": took, "out": out}))
+"""
+
+
+@pytest.mark.parametrize(
+    "expr", ["def f: f; f", "repeat(.)", "limit(100000000; repeat(.))", "[range(1e12)] | .[0]"]
+)
+def test_a_jq_expression_that_never_ends_cannot_hang_the_agent(expr: str) -> None:
+    """hub.yaml jqPathExpressions run on every drift check of a matching object: one that
+    never finishes hit a bound, ignores nothing, and the rule's other paths still apply."""
+    try:
+        res = subprocess.run(
+            [sys.executable, "-c", _HOSTILE_JQ_CHILD, expr],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+            cwd=pathlib.Path(__file__).resolve().parents[2],
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{expr!r}: the drift check never returned (the agent would hang)")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    first, again = out["took"]
+    assert first < ignore.JQ_TIME_LIMIT + 3, out["took"]
+    assert again < 0.5, out["took"]  # not run again for the next object
+    want = pod({"name": "app"})
+    del want["spec"]["replicas"]
+    assert out["out"] == want
 
 
 def managed(*entries: tuple[str, dict[str, Any]]) -> list[dict[str, Any]]:

@@ -259,3 +259,107 @@ def test_a_secret_check_sees_keys_never_values() -> None:
         "data": {"password": "c3VwZXItc2VjcmV0"},
     }
     assert checks.assess(secret).reason == "password="
+
+
+# Scripts that once ran Lua where no hook counted, and hung the agent for good (review M1).
+ESCAPES = {
+    "error object with a looping __tostring": (
+        "error(setmetatable({}, {__tostring = function() while true do end end}))"
+    ),
+    "result with a looping __index": (
+        "return setmetatable({}, {__index = function() while true do end end})"
+    ),
+    "message with a looping __tostring": (
+        'return {status = "Healthy",'
+        " message = setmetatable({}, {__tostring = function() while true do end end})}"
+    ),
+    "looping __gc finaliser": (
+        'setmetatable({}, {__gc = function() while true do end end}); error("x")'
+    ),
+    "__gc added to the metatable afterwards": (
+        "local mt = {} local o = setmetatable({}, mt)"
+        " mt.__gc = function() while true do end end o = nil error('x')"
+    ),
+    "looping __close": (
+        "local mt = {} local o = setmetatable({}, mt)"
+        " mt.__close = function() while true do end end local x <close> = o error('x')"
+    ),
+    "looping xpcall message handler": (
+        "while true do xpcall(function() while true do end end,"
+        " function(e) while true do end end) end"
+    ),
+}
+
+# Runs in a child so that a hang is a failed test, not a stuck test run.
+_ESCAPE_CHILD = r"""
+import json, sys, time
+from fleetops.agent import luahealth
+checks = luahealth.Checks([
+    luahealth.Source("example.com", "Widget", sys.argv[1], "widget.lua"),
+    luahealth.Source("example.com", "Fine", 'return {status="Healthy", message="ok"}', "fine.lua"),
+])
+started = time.monotonic()
+got = checks.verdict({"kind": "Widget"}, group="example.com", kind="Widget")
+took = time.monotonic() - started
+fine = [checks.verdict({"kind": "Fine"}, group="example.com", kind="Fine") for _ in range(3)]
+print(json.dumps({"took": took, "got": got and [got.status, got.message],
+                  "fine": [f and [f.status, f.message] for f in fine]}))
+"""
+
+
+@pytest.mark.parametrize("name", sorted(ESCAPES))
+def test_a_script_cannot_escape_the_instruction_hook(name: str) -> None:
+    try:
+        res = subprocess.run(
+            [sys.executable, "-c", _ESCAPE_CHILD, ESCAPES[name]],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{name}: the health check never returned (the agent would hang)")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["took"] < 5, out
+    assert out["got"][0] == "Unknown", out
+    assert out["got"][1].startswith("health check widget.lua "), out
+    # the same runtime keeps answering for the other checks
+    assert out["fine"] == [["Healthy", "ok"]] * 3, out
+
+
+def test_errors_and_results_are_described_without_running_the_script() -> None:
+    scripts = {
+        "Err": "error({code = 1})",
+        "Num": "error(42)",
+        "Msg": 'return {status = "Healthy", message = 7}',
+        "Meta": 'return setmetatable({status = "Healthy"}, {})',
+    }
+    checks = luahealth.Checks(
+        luahealth.Source("example.com", k, v, f"{k}.lua") for k, v in scripts.items()
+    )
+
+    def message(kind: str) -> str:
+        got = checks.verdict({"kind": kind}, group="example.com", kind=kind)
+        assert got is not None and got.status == "Unknown", got
+        return got.message
+
+    assert message("Err") == "health check Err.lua failed: error (a table)"
+    assert message("Num") == "health check Num.lua failed: 42"
+    assert "returned a message that is a number, expected a string" in message("Msg")
+    assert "returned a table with a metatable" in message("Meta")
+
+
+def test_pcall_and_xpcall_still_work_for_ordinary_errors() -> None:
+    """xpcall's handler now runs after the unwinding: what a script sees must not change."""
+    script = (
+        'local ok, e = pcall(error, "first")\n'
+        'local ok2, h = xpcall(function() error("second", 0) end,'
+        ' function(m) return "handled " .. m end)\n'
+        "local ok3, a, b = xpcall(function(x, y) return x + y, x * y end, tostring, 2, 3)\n"
+        'return {status = "Healthy", message = table.concat({tostring(ok), e, tostring(ok2), h,'
+        ' tostring(ok3), a, b}, " ")}'
+    )
+    checks = luahealth.Checks([luahealth.Source("example.com", "W", script, "w.lua")])
+    got = checks.verdict({}, group="example.com", kind="W")
+    assert got == luahealth.Verdict("Healthy", "false first false handled second true 5 6", "w.lua")
