@@ -111,6 +111,7 @@ string_.gfind = string.gmatch
 local os_ = {time = os.time, date = os.date, clock = os.clock}
 
 -- the shared string metatable would let one script change string methods for every other
+string.dump = nil  -- strings index the real string table: ("").dump must not be there
 getmetatable("").__metatable = false
 
 local function compile(source, name)

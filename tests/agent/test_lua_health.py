@@ -133,6 +133,7 @@ HOSTILE = {
     "io.open": "local f = io.open('/etc/hostname') return {status = 'Healthy', message = f:read()}",
     "require": "local os = require('os') os.execute('true')",
     "load bytecode": "return load(string.dump(function() end))()",
+    "dump through a string": "return {status = 'Healthy', message = ('').dump(function() end)}",
     "python bridge": "return {status = 'Healthy', message = python.eval('1+1')}",
     "invalid status": "return {status = 'Great', message = 'all good'}",
     "not a table": "return 'Healthy'",
