@@ -26,6 +26,7 @@ import copy
 import dataclasses
 import fnmatch
 import json
+import logging
 import os
 import select
 import subprocess
@@ -207,6 +208,9 @@ for line in sys.stdin:
 """
 
 
+log = logging.getLogger(__name__)
+
+
 class _Jq:
     """One worker process for the agent, started on first use and restarted after a limit."""
 
@@ -241,6 +245,12 @@ class _Jq:
             if line is None:
                 self.stop()
                 self.slow.add(expr)
+                log.warning(
+                    "ignore rule jqPathExpressions %r exceeded its time, memory or output "
+                    "limit; it ignores nothing from now on (fix it in hub.yaml "
+                    "ignoreDifferences; the agent runs it again after a restart)",
+                    expr[:200],
+                )
                 return {"error": "exceeded its time, memory or output limit"}
         try:
             return json.loads(line)
