@@ -74,11 +74,12 @@ def get(
     repo: config.HelmRepository,
     what: str,
     max_bytes: int,
-    deadline: float = DEADLINE,
+    deadline: float | None = None,
 ) -> bytes:
     """The body at `url` (http or https), at most `max_bytes`, within `deadline` seconds all
-    told; FetchError saying what failed and what to do. Credentials go only to the
-    repository's own scheme, host and port (so never over http from an https entry)."""
+    told (DEADLINE unless given); FetchError saying what failed and what to do. Credentials
+    go only to the repository's own scheme, host and port (never over http from https)."""
+    deadline = DEADLINE if deadline is None else deadline
     if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
         raise FetchError(f"{what}: {_safe(url)} is not an http(s) URL; refused")
     request = urllib.request.Request(url, headers={"User-Agent": "fleetops-hub"})
@@ -110,7 +111,7 @@ def get(
         raise
     except Exception as e:
         if not watch.expired:
-            return _failed(e, url=url, what=what, sent=request.has_header("Authorization"))
+            _failed(e, url=url, what=what, sent=request.has_header("Authorization"))
         raise FetchError(
             f"{what}: {_safe(url)} did not answer in full within {deadline:g} s; stopped (a "
             "slow or stalled server; the clusters keep what they run)"
