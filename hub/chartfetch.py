@@ -388,6 +388,9 @@ def _pull(
         args += ["--plain-http"]
     if repo.ca_file:
         args += ["--ca-file", repo.ca_file]
+    prlimit = shutil.which("prlimit")
+    if prlimit:  # the kernel stops helm writing a file over the cap (PULL_LIMITS: the time)
+        args = [prlimit, f"--fsize={MAX_CHART}", "--", *args]
     try:
         _, out = sandbox.run_both(
             args,
@@ -404,6 +407,8 @@ def _pull(
                 f" (Helm repository {repo.name}: check the credentials its helmRepositories "
                 "entry names in usernameEnv/passwordEnv or usernameFile/passwordFile)"
             )
+        elif "file too large" in text.lower() or "file size limit" in text.lower():
+            text += f" (the chart archive is over {MAX_CHART} bytes; refused)"
         elif "not found" in text.lower() or "no matching" in text.lower():
             text += " (check the chart name and that a version in the range was pushed)"
         raise FetchError(text) from None

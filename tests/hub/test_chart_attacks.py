@@ -8,6 +8,7 @@ import base64
 import contextlib
 import io
 import pathlib
+import secrets
 import socket
 import tarfile
 import threading
@@ -340,3 +341,20 @@ def test_a_redirect_without_credentials_never_goes_to_loopback_or_link_local() -
     assert "credentials" in refusal("https://cdn.example/demo.tgz", creds=True)
     assert "credentials" in refusal("http://charts.example/demo-1.0.0.tgz", creds=True)
     assert refusal("https://charts.example/other/demo.tgz", creds=True) == ""
+
+
+def test_an_oci_chart_over_the_byte_cap_is_refused(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with chartrepo.oci_registry(tmp_path / "oci") as registry:
+        big = chartrepo.package(tmp_path, "demo", "1.0.0", greeting=secrets.token_hex(20_000))
+        registry.push(big)
+        monkeypatch.setattr(chartfetch, "MAX_CHART", 4096)
+        url = f"oci://{registry.host}/charts"
+        repo = entry("oci", url, insecure_plain_http=True)
+        with pytest.raises(charts.FetchError, match="over 4096 bytes") as got:
+            store(tmp_path).resolve(
+                chartspec.Chart(chart=f"{url}/demo", version="1.0.0"), repos=[repo], revision="r"
+            )
+        assert "file too large" in str(got.value)  # stopped as helm wrote it, not after
+    assert not [f for f in (tmp_path / "cache").rglob("*.tgz")]
