@@ -1,7 +1,9 @@
 """Talking to allowlisted Helm repositories: GET an index.yaml or a chart archive over HTTP(S)
-(deadline, size cap, basic auth only to the repository's own host), and `helm pull` from an
-OCI registry with a private registry config the hub writes (never a password on argv, in
-the environment or in a log).
+(one overall deadline per fetch, a size cap, basic auth only to the repository's own scheme,
+host and port, redirects only to http(s) and, without credentials, never to a loopback or
+link-local address), and `helm pull` from an OCI registry (a deadline, a file-size cap) with
+a registry config the hub writes privately for that one pull and removes after it (never a
+password on argv, in the environment or in a log).
 
 The network edge of hub.charts, which decides what to fetch; this module never decides, never
 renders, and is given only URLs that hub.chartspec allowed.

@@ -230,14 +230,16 @@ def test_an_archive_with_too_many_members_is_refused_naming_the_chart(
         s = store(tmp_path)
         pulled = s.pull(repos[0], name="demo", version="1.0.0", repos=repos)
         start = time.monotonic()
-        with pytest.raises(charts.FetchError, match=r"chart demo 1\.0\.0: .* over 10000 files"):
+        with pytest.raises(charts.FetchError, match=r"chart demo 1\.0\.0: .* over 20000 files"):
             s.dependencies_of_archive(pulled, repos=repos)
-        with pytest.raises(charts.FetchError, match=r"demo-1\.0\.0\.tgz.* over 10000 files"):
+        with pytest.raises(charts.FetchError, match=r"demo-1\.0\.0\.tgz.* over 20000 files"):
             chartarchive.extract(
                 tmp_path / "bomb" / "demo-1.0.0.tgz", dest=tmp_path / "out", max_bytes=1 << 30
             )
-        assert time.monotonic() - start < 5
-        assert len(list((tmp_path / "out").rglob("*"))) <= chartarchive.MAX_MEMBERS + 2
+        # bounded (the review's 300,000 members took 10 s and 131 MB in one scan); generous,
+        # as the test machine is shared
+        assert time.monotonic() - start < 20
+        assert not (tmp_path / "out").exists()  # refused before writing anything
 
 
 # L2 ---------------------------------------------------------------------------------------
