@@ -343,6 +343,8 @@ def registry_config(repo: config.HelmRepository, *, root: pathlib.Path) -> pathl
     return path
 
 
+# words of a refused login (the status codes as words: digests and names hold digit runs)
+_REFUSED = re.compile(r"\b(401|403|unauthorized|denied|credentials?)\b")
 _PULLED = re.compile(r"^Pulled:\s*\S+:(\S+)\s*$", re.M)
 _DIGEST = re.compile(r"^Digest:\s*(sha256:[0-9a-f]{64})\s*$", re.M)
 
@@ -404,14 +406,15 @@ def _pull(
         )
     except errors.RenderError as e:
         text = str(e)
-        if any(w in text.lower() for w in ("401", "403", "unauthorized", "denied", "credential")):
+        low = text.lower()
+        if any(w in low for w in ("file too large", "file size limit", "sigxfsz")):
+            text += f" (the chart archive is over {MAX_CHART} bytes; refused)"
+        elif _REFUSED.search(low):
             text += (
                 f" (Helm repository {repo.name}: check the credentials its helmRepositories "
                 "entry names in usernameEnv/passwordEnv or usernameFile/passwordFile)"
             )
-        elif "file too large" in text.lower() or "file size limit" in text.lower():
-            text += f" (the chart archive is over {MAX_CHART} bytes; refused)"
-        elif "not found" in text.lower() or "no matching" in text.lower():
+        elif "not found" in low or "no matching" in low:
             text += " (check the chart name and that a version in the range was pushed)"
         raise FetchError(text) from None
     finally:
