@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from fleetops.hub import chartarchive, chartfetch, charts, chartspec
+from fleetops.hub import chartarchive, chartfetch, charts, chartspec, config, errors
 from tests.support import chartrepo, hubproc
 
 
@@ -360,3 +360,24 @@ def test_an_oci_chart_over_the_byte_cap_is_refused(
             )
         assert "file too large" in str(got.value)  # stopped as helm wrote it, not after
     assert not [f for f in (tmp_path / "cache").rglob("*.tgz")]
+
+
+@pytest.mark.parametrize(
+    ("helm", "field"),
+    [
+        ({"repo": "r", "chart": "demo", "version": "9" * 5000}, "version"),
+        ({"chart": "https://charts.example.com/team/../other/x-1.0.0.tgz"}, "chart"),
+        ({"chart": "https://charts.example.com/team/%2e%2e/other/x-1.0.0.tgz"}, "chart"),
+    ],
+    ids=["5000-digit version", "dot-dot archive", "encoded dot-dot archive"],
+)
+def test_hub_yaml_refuses_a_huge_version_or_a_walking_archive_url(
+    helm: dict[str, str], field: str
+) -> None:
+    doc = {
+        "repos": [{"name": "platform", "url": "https://git.example.com/p.git"}],
+        "helmRepositories": [{"name": "r", "url": "https://charts.example.com/team"}],
+        "apps": [{"name": "shop", "repo": "platform", "path": "a", "helm": helm}],
+    }
+    with pytest.raises(errors.ConfigError, match=rf"apps\[0\]\.helm\.{field}"):
+        config.parse(yaml.safe_dump(doc), file="hub.yaml")
