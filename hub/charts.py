@@ -350,14 +350,14 @@ class Charts:
             if not isinstance(dep, dict) or not isinstance(dep.get("name"), str):
                 raise FetchError(f"chart {chart_name}: dependencies[{i}] needs a name")
             name = dep["name"]
-            if not chartspec.chart_name_ok(name):
+            if name in present:
+                continue  # vendored in charts/: nothing to build, nothing fetched
+            if not chartspec.chart_name_ok(name):  # it goes into URLs and cache paths
                 raise FetchError(
                     f"chart {chart_name}: dependencies[{i}] name {name[:100]!r} is not a chart "
                     "name (letters, digits, '.', '_', '-'; no URL, '/' or '..'); a dependency "
                     "comes from its repository by name"
                 )
-            if name in present:
-                continue  # vendored in charts/: nothing to build
             where = str(dep.get("repository") or "")
             if not where or where.startswith("file://"):
                 raise FetchError(
