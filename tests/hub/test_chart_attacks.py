@@ -13,14 +13,15 @@ import socket
 import tarfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 import yaml
 
 from fleetops.hub import chartarchive, chartfetch, charts, chartspec, config, errors
-from tests.support import chartrepo, hubproc
+from fleetops.proto.v1 import agent_pb2
+from tests.support import chartrepo, fleet, hubproc, wait
 
 
 def store(tmp_path: pathlib.Path) -> charts.Charts:
@@ -48,6 +49,22 @@ def rewrite_index(repo: chartrepo.HttpRepo, chart: str, **fields: Any) -> None:
     path.write_text(yaml.safe_dump(doc))
 
 
+@contextlib.asynccontextmanager
+async def connected(proc: hubproc.HubProc, cluster: str) -> AsyncIterator[None]:
+    """An agent for `cluster` connected to the hub, receiving assignments."""
+    agent = await proc.agent(cluster)
+    async with proc.channel(agent) as channel:
+        stream = await agent.connect(channel, agent_pb2.Hello())
+        await stream.next_assignments()
+        yield
+        stream.call.cancel()
+
+
+def render_error(proc: hubproc.HubProc, app: str = "shop") -> str:
+    found = next(a for a in proc.hub.snapshot().apps if a.name == app)
+    return " ".join(t.render_error for t in found.targets)
+
+
 # H3 ---------------------------------------------------------------------------------------
 
 
@@ -68,6 +85,40 @@ def test_a_dependency_named_by_url_is_refused_and_nothing_is_fetched(
             assert "is not a chart name" in str(got.value)
         assert internal.seen == []  # the internal address was never asked
         assert corp.seen == []  # nor the entry's host, with or without its credentials
+
+
+async def test_a_committed_chart_with_a_url_dependency_is_its_apps_error_and_fetches_nothing(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with (
+        chartrepo.http_repo(tmp_path / "corp") as corp,
+        chartrepo.http_repo(tmp_path / "internal") as internal,
+    ):
+        monkeypatch.setenv("CHARTS_USER", "fleet")
+        monkeypatch.setenv("CHARTS_PASSWORD", "pw")
+        git = fleet.Repo.create(tmp_path / "git")
+        chartrepo.write_chart(
+            git.work / "apps", "shop", "0.1.0",
+            dependencies=[{"name": f"{internal.url}/latest/meta-data/x", "repository": "@corp"}],
+        )  # fmt: skip
+        git.commit("a chart whose dependency is a URL")
+        cfg = hubproc.hub_yaml(git.url, {"shop": "apps/shop"})
+        cfg["helmRepositories"] = [{"name": "corp", "url": corp.url,
+                                    "usernameEnv": "CHARTS_USER",
+                                    "passwordEnv": "CHARTS_PASSWORD"}]  # fmt: skip
+        async with (
+            hubproc.running(tmp_path / "hub", cfg, tools=hubproc.tools()) as proc,
+            connected(proc, "c1"),
+        ):
+            await wait.until(
+                "the URL dependency refused",
+                lambda: "is not a chart name" in render_error(proc),
+                within=30,
+                explain=lambda: render_error(proc) or "no render error",
+            )
+            assert "apps/shop/Chart.yaml" in render_error(proc)
+            assert proc.hub.assignment("c1", "shop") is None
+        assert internal.seen == [] and corp.seen == []  # nothing was asked of either
 
 
 def test_credentials_of_an_https_entry_never_go_to_plain_http_on_its_host(
