@@ -1,6 +1,8 @@
 """Chart archives (`.tgz` as `helm package` makes them) read without trusting them: their
 Chart.yaml, the charts they carry in charts/, and unpacking one with regular files and
-directories only, inside the destination, size-capped. No network, no rendering.
+directories only, inside the destination, size-capped. Members are streamed, at most
+MAX_MEMBERS of them and MAX_UNPACKED bytes (a small gzip can hold millions of empty files).
+No network, no rendering.
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ import io
 import os
 import pathlib
 import tarfile
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, cast
 
 import yaml
 
@@ -22,34 +25,56 @@ class FetchError(errors.RenderError):
     run."""
 
 
-def members(data: bytes) -> list[tarfile.TarInfo]:
-    try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-            return tar.getmembers()
-    except (tarfile.TarError, OSError, EOFError) as e:
-        raise FetchError(f"a chart archive does not read: {e}") from None
+MAX_MEMBERS = 20_000  # files and directories in one chart archive (as confined.Limits allows
+# an in-repo chart; big charts hold hundreds)
+MAX_UNPACKED = 256 * 1024 * 1024  # bytes, headers (512 each) included, read while scanning
 
 
-def chart_yaml(data: bytes) -> dict[str, Any]:
-    """Chart.yaml of a packaged chart (at <chart>/Chart.yaml)."""
+def _scan(data: bytes, *, what: str) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
+    """The members of a chart archive, streamed, at most MAX_MEMBERS and MAX_UNPACKED bytes
+    (a tiny gzip can hold millions of empty members); FetchError naming `what` past either."""
+    count = total = 0
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
             for m in tar:
-                parts = m.name.split("/")
-                if len(parts) == 2 and parts[1] == "Chart.yaml" and m.isfile():
-                    f = tar.extractfile(m)
-                    text = f.read(1024 * 1024).decode(errors="replace") if f else ""
-                    doc = yamlsafe.load(text, source="Chart.yaml")
-                    return doc if isinstance(doc, dict) else {}
+                count += 1
+                total += 512 + max(m.size, 0)
+                if count > MAX_MEMBERS:
+                    raise FetchError(
+                        f"{what}: the archive holds over {MAX_MEMBERS} files; refused (a chart "
+                        "holds hundreds at most)"
+                    )
+                if total > MAX_UNPACKED:
+                    raise FetchError(f"{what}: the archive is over {MAX_UNPACKED} bytes unpacked")
+                yield tar, m
+                cast(Any, tar).members.clear()  # tarfile keeps each member read: keep none
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise FetchError(f"{what}: the archive does not read: {e}") from None
+
+
+def members(data: bytes, *, what: str = "a chart archive") -> list[tarfile.TarInfo]:
+    return [m for _, m in _scan(data, what=what)]
+
+
+def chart_yaml(data: bytes, *, what: str = "a chart archive") -> dict[str, Any]:
+    """Chart.yaml of a packaged chart (at <chart>/Chart.yaml)."""
+    try:
+        for tar, m in _scan(data, what=what):
+            parts = m.name.split("/")
+            if len(parts) == 2 and parts[1] == "Chart.yaml" and m.isfile():
+                f = tar.extractfile(m)
+                text = f.read(1024 * 1024).decode(errors="replace") if f else ""
+                doc = yamlsafe.load(text, source="Chart.yaml")
+                return doc if isinstance(doc, dict) else {}
     except (tarfile.TarError, OSError, EOFError, yaml.YAMLError) as e:
-        raise FetchError(f"a chart archive's Chart.yaml does not read: {e}") from None
-    raise FetchError("a chart archive holds no <chart>/Chart.yaml; is it a Helm chart?")
+        raise FetchError(f"{what}: its Chart.yaml does not read: {e}") from None
+    raise FetchError(f"{what}: the archive holds no <chart>/Chart.yaml; is it a Helm chart?")
 
 
-def vendored(data: bytes) -> set[str]:
+def vendored(data: bytes, *, what: str = "a chart archive") -> set[str]:
     """Names of the charts a packaged chart carries in its charts/."""
     out = set()
-    for m in members(data):
+    for _, m in _scan(data, what=what):
         parts = m.name.split("/")
         if len(parts) >= 3 and parts[1] == "charts":
             out.add(chart_name(parts[2]) if len(parts) == 3 else parts[2])
@@ -78,16 +103,19 @@ def extract(archive: pathlib.Path, *, dest: pathlib.Path, max_bytes: int) -> pat
     outside `dest`, at most `max_bytes`); the chart's directory."""
     data = archive.read_bytes()
     total = 0
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-        members = []
-        for m in tar.getmembers():
+    what = f"chart archive {archive.name}"
+    for _ in _scan(data, what=what):
+        pass  # a refused archive leaves nothing on disk
+    try:
+        for tar, m in _scan(data, what=what):
             if not (m.isfile() or m.isdir()):
                 continue  # links and devices: a chart needs none
             total += m.size
             if total > max_bytes:
-                raise FetchError(f"chart archive {archive.name}: over {max_bytes} bytes unpacked")
-            members.append(m)
-        tar.extractall(dest, members=members, filter="data")
+                raise FetchError(f"{what}: over {max_bytes} bytes unpacked")
+            tar.extract(m, dest, filter="data")
+    except (tarfile.TarError, OSError) as e:
+        raise FetchError(f"{what}: does not unpack: {e}") from None
     tops = [p for p in dest.iterdir() if p.is_dir()]
     if len(tops) != 1 or not (tops[0] / "Chart.yaml").is_file():
         raise FetchError(f"chart archive {archive.name} holds no single chart directory")

@@ -136,7 +136,10 @@ class Charts:
             got = self._resolved.get(k)
         if got is not None and revision in got.revisions and self._clock() - got.at < repo.interval:
             return got.pulled
-        pulled = self.pull(repo, name=name, version=source.version, repos=repos)
+        if name.startswith(("https://", "http://")):
+            pulled = self._pull_url(repo, url=name)  # allowed() checked it is under `repo`
+        else:
+            pulled = self.pull(repo, name=name, version=source.version, repos=repos)
         with self._lock:
             seen = got.revisions if got is not None and got.pulled == pulled else frozenset()
             self._resolved[k] = _Resolution(pulled, self._clock(), seen | {revision})
@@ -151,9 +154,15 @@ class Charts:
         repos: Sequence[config.HelmRepository] = (),
     ) -> Pulled:
         """The archive of chart `name` at `version` (exact or a range) from `repo`; its
-        archive may live under another allowlist entry of `repos`."""
-        if name.startswith(("https://", "http://")):
-            return self._pull_url(repo, url=name)
+        archive may live under another allowlist entry of `repos`. `name` is a chart name
+        (for an OCI registry, path segments under the entry ending in one), never a URL."""
+        if not all(chartspec.chart_name_ok(part) for part in name.split("/")) or (
+            "/" in name and not repo.oci
+        ):
+            raise FetchError(
+                f"chart name {name!r} is not a chart name (letters, digits, '.', '_', '-'; no "
+                f"URL, '/' or '..'); nothing was fetched from {repo.name}"
+            )
         rng = semver.parse_range(version) if version else None
         if rng is not None and rng.exact is not None:
             cached = self._cached(repo, name, str(rng.exact))
@@ -211,7 +220,7 @@ class Charts:
             data = chartfetch.get(
                 url, repo=repo, what=f"chart {url}", max_bytes=chartfetch.MAX_CHART
             )
-            meta = chartarchive.chart_yaml(data)
+            meta = chartarchive.chart_yaml(data, what=f"chart {url}")
             cached = self._store(
                 repo,
                 url,
@@ -229,7 +238,7 @@ class Charts:
         )
         try:
             data = archive.read_bytes()
-            got = got or chartarchive.chart_yaml(data).get("version", "")
+            got = got or chartarchive.chart_yaml(data, what=f"chart {name}").get("version", "")
             return self._store(repo, name, str(got), digest or _sha256(data), data)
         finally:
             shutil.rmtree(archive.parent.parent, ignore_errors=True)
@@ -342,7 +351,13 @@ class Charts:
                 raise FetchError(f"chart {chart_name}: dependencies[{i}] needs a name")
             name = dep["name"]
             if name in present:
-                continue  # vendored in charts/: nothing to build
+                continue  # vendored in charts/: nothing to build, nothing fetched
+            if not chartspec.chart_name_ok(name):  # it goes into URLs and cache paths
+                raise FetchError(
+                    f"chart {chart_name}: dependencies[{i}] name {name[:100]!r} is not a chart "
+                    "name (letters, digits, '.', '_', '-'; no URL, '/' or '..'); a dependency "
+                    "comes from its repository by name"
+                )
             where = str(dep.get("repository") or "")
             if not where or where.startswith("file://"):
                 raise FetchError(
@@ -368,10 +383,10 @@ class Charts:
     ) -> tuple[Pulled, ...]:
         """The dependencies a pulled archive lacks (most are packaged with theirs)."""
         data = pulled.archive.read_bytes()
-        chart_yaml = chartarchive.chart_yaml(data)
-        return self.dependencies(
-            chart_yaml, present=chartarchive.vendored(data), repos=repos, chart_name=pulled.chart
-        )
+        what = f"chart {pulled.chart} {pulled.version}"
+        chart_yaml = chartarchive.chart_yaml(data, what=what)
+        present = chartarchive.vendored(data, what=what)
+        return self.dependencies(chart_yaml, present=present, repos=repos, chart_name=pulled.chart)
 
 
 def _sha256(data: bytes) -> str:
@@ -393,7 +408,7 @@ def _allowlisted(
 ) -> config.HelmRepository | None:
     """The allowlist entry an archive URL is fetched under (its credentials go with it):
     the repository's own host, else an entry the URL starts with; None when none allows it."""
-    a, b = urllib.parse.urlsplit(url), urllib.parse.urlsplit(repo.url)
-    if (a.scheme, a.hostname, a.port) == (b.scheme, b.hostname, b.port):
+    here = chartspec.origin(url)
+    if here is not None and here == chartspec.origin(repo.url) and chartspec.segments(url):
         return repo
-    return next((r for r in repos if not r.oci and url.startswith(r.url + "/")), None)
+    return next((r for r in repos if not r.oci and chartspec.under(url, r.url)), None)

@@ -252,9 +252,7 @@ def allowed(source: Chart, repos: Sequence[HelmRepository]) -> tuple[HelmReposit
             )
         return found, name
     if source.chart.startswith(("https://", "http://")) and not source.repo:
-        by_prefix = next(
-            (x for x in repos if not x.oci and source.chart.startswith(x.url + "/")), None
-        )
+        by_prefix = next((x for x in repos if not x.oci and under(source.chart, x.url)), None)
         if by_prefix is None:
             raise NotAllowed(
                 f"chart archive {source.chart} is not under an allowlisted url; add a "
@@ -272,6 +270,66 @@ def allowed(source: Chart, repos: Sequence[HelmRepository]) -> tuple[HelmReposit
             f"entry with url {url} to hub.yaml (or name an existing entry)"
         )
     return by_url, source.chart
+
+
+def chart_name_ok(name: str) -> bool:
+    """`name` is one chart name (letters, digits, '.', '_', '-', starting with a letter or
+    digit): no scheme, no '/', never '.' or '..'. A Chart.yaml dependency's name is joined into
+    URLs and cache paths, so nothing else may pass."""
+    return bool(_CHART_NAME.match(name)) and len(name) <= 253
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "oci": 443}
+
+
+def origin(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of `url`, lowercased, with the scheme's default port; None when
+    it has no host or a port that does not parse."""
+    p = urllib.parse.urlsplit(url)
+    scheme = p.scheme.lower()
+    try:
+        port = p.port
+    except ValueError:
+        return None
+    if not p.hostname or scheme not in _DEFAULT_PORTS:
+        return None
+    return scheme, p.hostname.lower(), port or _DEFAULT_PORTS[scheme]
+
+
+def segments(url: str) -> tuple[str, ...] | None:
+    """The path of `url` as percent-decoded segments; None when one is '.' or '..' (or
+    decodes to one), or holds a '/', a backslash or a NUL once decoded: such a path means
+    another place to a server that normalises it, so it is never compared."""
+    p = urllib.parse.urlsplit(url)
+    if "\\" in p.path:
+        return None
+    raw = p.path.split("/")[1:] if p.path.startswith("/") else p.path.split("/")
+    out = []
+    for part in raw:
+        try:
+            plain = urllib.parse.unquote(part, errors="strict")
+        except UnicodeDecodeError:
+            return None
+        if plain in (".", "..") or any(c in plain for c in "/\\\0"):
+            return None
+        out.append(plain)
+    while out and out[-1] == "":
+        out.pop()  # https://host/charts/ is https://host/charts
+    return tuple(out)
+
+
+def under(url: str, base: str) -> bool:
+    """`url` is strictly below `base` (an allowlist entry's url): the same scheme, host and
+    port after normalising, and `base`'s path segments, then more. No query, fragment or
+    credentials in `url`."""
+    p = urllib.parse.urlsplit(url)
+    if p.username or p.password or p.query or p.fragment:
+        return False
+    here, there = origin(url), origin(base)
+    a, b = segments(url), segments(base)
+    if here is None or here != there or a is None or b is None:
+        return False
+    return len(a) > len(b) and a[: len(b)] == b
 
 
 def dependency_repository(

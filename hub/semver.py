@@ -40,6 +40,23 @@ class RangeError(ValueError):
     """A version or range that does not parse; the message says what is allowed."""
 
 
+MAX_VERSION = 256  # characters in one version (Helm's longest in the wild are under 100)
+MAX_RANGE = 1024  # characters in one range
+MAX_NUMBER = 18  # digits in one numeric part: it fits 63 bits (Masterminds parses uint64)
+
+
+def _number(digits: str, *, text: str) -> int:
+    """A numeric part of `text`; RangeError past MAX_NUMBER digits (int() of thousands of
+    digits is a ValueError, and would end `best` for a whole index)."""
+    if len(digits) > MAX_NUMBER:
+        raise RangeError(
+            f"{text[:40]!r}…: a version number part is over {MAX_NUMBER} digits"
+            if len(text) > 40
+            else f"{text!r}: a version number part is over {MAX_NUMBER} digits"
+        )
+    return int(digits)
+
+
 @functools.total_ordering
 @dataclasses.dataclass(frozen=True)
 class Version:
@@ -78,14 +95,19 @@ class Version:
 def parse(text: str) -> Version:
     """A version as Helm reads chart versions: `1.2.3`, `v1.2.3`, `1.2` (1.2.0),
     `1.2.3-rc.1+build.5`. RangeError when it is none."""
+    if len(text) > MAX_VERSION:
+        raise RangeError(f"{text[:40]!r}…: a version is at most {MAX_VERSION} characters")
     m = _VERSION.match(text.strip())
     if not m:
         raise RangeError(f"{text!r} is not a semantic version (e.g. 1.2.3 or 1.2.3-rc.1)")
     pre = tuple(m.group(4).split(".")) if m.group(4) else ()
+    for p in pre:
+        if p.isdigit():
+            _number(p, text=text)  # compared as a number
     return Version(
-        int(m.group(1)),
-        int(m.group(2) or 0),
-        int(m.group(3) or 0),
+        _number(m.group(1), text=text),
+        _number(m.group(2) or "0", text=text),
+        _number(m.group(3) or "0", text=text),
         pre,
         m.group(5) or "",
         text.strip(),
@@ -144,6 +166,8 @@ def parse_range(text: str) -> Range:
     source = text.strip()
     if not source:
         raise RangeError("an empty version range; write e.g. 1.2.3 or ^1.2")
+    if len(source) > MAX_RANGE:
+        raise RangeError(f"{text[:40]!r}…: a version range is at most {MAX_RANGE} characters")
     groups = []
     for part in source.split("||"):
         part = _OPERATOR_SPACE.sub(r"\1", part.strip())
@@ -198,12 +222,15 @@ def _constraint(
             f"{text!r}: {token!r} has a prerelease but no exact version (e.g. >=2.0.0-rc.1)"
         )
     prerelease = tuple(pre_text.split(".")) if pre_text else ()
+    for p in prerelease:
+        if p.isdigit():
+            _number(p, text=text)  # compared as a number
     any_major = major in _WILD
     minor_dirty, patch_dirty = minor == "x", patch == "x"
     base = Version(
-        0 if any_major else int(major),
-        0 if minor_dirty else int(minor),
-        0 if patch_dirty else int(patch),
+        0 if any_major else _number(major, text=text),
+        0 if minor_dirty else _number(minor, text=text),
+        0 if patch_dirty else _number(patch, text=text),
         prerelease,
     )
     # the first version past the wildcard: 1.x -> 2.0.0, 1.2.x -> 1.3.0

@@ -102,3 +102,22 @@ def test_a_range_that_does_not_parse_says_what_is_allowed(rng: str) -> None:
 def test_versions_that_are_not_semver_are_refused_by_name() -> None:
     with pytest.raises(semver.RangeError, match="'banana' is not a semantic version"):
         semver.parse("banana")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["9" * 5000, "1.0.0-" + "1" * 5000, "1." + "2" * 19 + ".0"],
+    ids=["5000-digit major", "5000-digit prerelease", "19-digit minor"],
+)
+def test_a_huge_version_is_a_range_error_not_a_value_error(text: str) -> None:
+    with pytest.raises(semver.RangeError, match="digits|characters"):
+        semver.parse(text)
+    with pytest.raises(semver.RangeError, match="digits|characters"):
+        semver.parse_range(">=" + text)
+    with pytest.raises(semver.RangeError, match="characters"):
+        semver.parse("1.0.0-" + "x" * 300)
+
+
+def test_one_huge_version_among_candidates_is_skipped() -> None:
+    published = ["1.0.0", "9" * 5000, "1.0.0-" + "1" * 5000, "1.1.0"]
+    assert semver.best(published, semver.parse_range(">=1.0.0")) == "1.1.0"
