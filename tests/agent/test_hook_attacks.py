@@ -15,7 +15,7 @@ from fleetops.agent import kube, reconcile
 from fleetops.agent import status as st
 from tests.agent.conftest import BundleFactory
 from tests.agent.objects import configmap, namespace, policy
-from tests.agent.test_hooks import CM, JOB, by_name, hooked, job, presync
+from tests.agent.test_hooks import CM, by_name, hooked, presync
 
 NS = kube.ResourceType(
     group="", version="v1", kind="Namespace", plural="namespaces", namespaced=False
@@ -173,16 +173,17 @@ async def test_a_hook_named_like_another_apps_hook_leaves_it_alone(
     ns = unique_name
     other = f"{unique_name}-b"
     b = await reconciler.sync(
-        make_bundle(namespace(ns), presync(job("migrate")), app=other), policy()
+        make_bundle(namespace(ns), presync(configmap("migrate", k="b")), app=other), policy()
     )
     assert b.sync == st.SYNCED, b.reason
-    before = await cluster.get(JOB, namespace=ns, name="migrate")
+    before = await cluster.get(CM, namespace=ns, name="migrate")
     assert before is not None and before["metadata"]["annotations"][MARK] == other
 
-    result = await reconciler.sync(make_bundle(presync(job("migrate", image="evil:1"))), policy())
+    result = await reconciler.sync(make_bundle(presync(configmap("migrate", k="a"))), policy())
 
-    after = await cluster.get(JOB, namespace=ns, name="migrate")
+    after = await cluster.get(CM, namespace=ns, name="migrate")
     assert after is not None and after["metadata"]["uid"] == before["metadata"]["uid"]
+    assert after["data"] == {"k": "b"}
     assert result.sync != st.SYNCED
     assert by_name(result)["migrate"].action == "refused"
 
@@ -267,7 +268,7 @@ async def test_two_apps_with_one_generate_name_in_one_namespace_both_run(
     assert first.sync == st.SYNCED, first.reason
 
     def seeded() -> dict[str, Any]:
-        generated = presync(job("ignored"))
+        generated = presync(configmap("ignored"))
         del generated["metadata"]["name"]
         generated["metadata"]["generateName"] = "seed-"
         return generated
@@ -278,5 +279,27 @@ async def test_two_apps_with_one_generate_name_in_one_namespace_both_run(
         assert result.sync == st.SYNCED, f"{app}: {result.reason}"
         names += [r.key.name for r in result.resources if r.key.name.startswith("seed-")]
     assert len(set(names)) == 2, f"both apps named their hook {names}"
-    jobs = await cluster.list(JOB, ns)
-    assert sorted(j["metadata"]["name"] for j in jobs) == sorted(names)
+    for name in names:
+        assert await cluster.get(CM, namespace=ns, name=name) is not None, f"{name} never ran"
+
+
+async def test_a_refused_hook_does_not_claim_the_object_from_another_app(
+    cluster: kube.Kube,
+    reconciler: reconcile.Reconciler,
+    make_bundle: BundleFactory,
+    unique_name: str,
+) -> None:
+    ns = unique_name
+    first = await reconciler.sync(make_bundle(namespace(ns)), policy())
+    assert first.sync == st.SYNCED, first.reason
+    await cluster.create(CM, configmap("settings", ns, owner="someone-else"))
+    hostile = await reconciler.sync(make_bundle(presync(configmap("settings"))), policy())
+    assert by_name(hostile)["settings"].action == "refused"
+
+    # the team that made it now manages it with fleetops: app A's refused hook is no claim
+    adopt = await reconciler.sync(
+        make_bundle(configmap("settings", owner="team-b"), app=f"{ns}-b"), policy()
+    )
+    assert adopt.sync == st.SYNCED, adopt.reason
+    live = await cluster.get(CM, namespace=ns, name="settings")
+    assert live is not None and live["data"] == {"owner": "team-b"}
