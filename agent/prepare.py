@@ -247,17 +247,6 @@ def _split_hooks(prepared: list[Prepared], failures: list[st.ResourceResult], *,
     failures = list(failures)
     for p in prepared:
         annotations = p.resource.annotations
-        if hooks.has_mark(p.obj) and not hooks.is_hook_doc(p.obj):
-            failures.append(
-                st.ResourceResult.refused(
-                    key=p.key,
-                    version=p.rt.version,
-                    reason=f"{p.resource.where}: refused: {p.key} carries {hooks.MARK}, which "
-                    "only the agent sets, on the hooks it applies: remove that annotation",
-                    source=p.resource.where,
-                )
-            )
-            continue
         if hooks.skipped(annotations):
             noted.append(
                 st.ResourceResult.not_run(
@@ -270,7 +259,17 @@ def _split_hooks(prepared: list[Prepared], failures: list[st.ResourceResult], *,
             )
             continue
         hook = hooks.classify(annotations)
-        if hook is None:
+        if hook is None and hooks.has_mark(p.obj):
+            failures.append(
+                st.ResourceResult.refused(
+                    key=p.key,
+                    version=p.rt.version,
+                    reason=f"{p.resource.where}: refused: {p.key} carries {hooks.MARK}, which "
+                    "only the agent sets, on the hooks it applies: remove that annotation",
+                    source=p.resource.where,
+                )
+            )
+        elif hook is None:
             ordinary.append(p)
         elif (refused := guard.hook_refusal(p.key)) is not None:
             failures.append(
