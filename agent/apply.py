@@ -124,13 +124,20 @@ async def apply_plan(
         )
 
     entries = new_entries if complete else old_entries | new_entries
+    refused = {r.key for r in ran.results if r.action == "refused"}
     await ctx.inventories.save(
         app=target.app,
         revision=target.revision,
         bundle_digest=target.digest if complete else ids.Digest(""),
         entries={e for e in entries | set(kept) if e.key not in hook_keys},
-        # a hook deleted by its policy, or one that is an ordinary object now, is no hook to keep
-        hooks={e for e in old_hooks | new_hooks if e.key not in ran.gone and e.key not in by_key},
+        # a hook deleted by its policy, or one that is an ordinary object now, is no hook to
+        # keep; nor one refused because a live object of its name is not this app's hook (it
+        # must not claim that object from the app that may own it)
+        hooks={
+            e
+            for e in old_hooks | new_hooks
+            if e.key not in ran.gone and e.key not in by_key and e.key not in refused
+        },
     )
     reason = ""
     if halted:

@@ -1,7 +1,7 @@
 """What an app's bundle may not touch, and when a prune must hold back: the agent's blast-radius
 rules, as pure functions the reconciler consults before any API call.
 
-Three rules, each a trust boundary of the design ("an app's bundle on a cluster"):
+Four rules, each a trust boundary of the design ("an app's bundle on a cluster"):
 
 - **Confinement**: an app never writes to, or prunes from, the agent's own namespace (its
   inventories and identity Secret live there), nor the Namespace object itself, nor any object
@@ -9,6 +9,8 @@ Three rules, each a trust boundary of the design ("an app's bundle on a cluster"
 - **Namespace prune**: a Namespace is deleted only when everything in it is this app's (listed in
   its inventory, or made by something that is), unless the Namespace carries
   `fleetops.io/prune-namespace: force`.
+- **Hooks**: a sync hook's delete policies delete it, so no kind whose deletion reaches past the
+  object itself (a Namespace, a CustomResourceDefinition, cluster-wide RBAC) may be a hook.
 - **Mass prune**: a sync that would prune more than the app's `maxPrunePercent` of its inventory
   applies but does not prune, until an operator allows it once.
 
@@ -50,6 +52,9 @@ class Refusal:
     def on_apply(self) -> str:
         return f"refused: {self.why}; an app may not write there: {self.fix}"
 
+    def on_hook(self) -> str:
+        return f"refused: {self.why}; {self.fix}"
+
     def on_prune(self) -> str:
         return f"not pruned, and no longer tracked by this app: {self.why}; an app never deletes it"
 
@@ -81,6 +86,36 @@ def refusal(
             f"remove the {INVENTORY_MARK} label and annotation, or drop the object",
         )
     return None
+
+
+# ---------------------------------------------------------------- hooks
+
+# Kinds a hook may not be: deleting one (BeforeHookCreation, the default, deletes it before
+# every run) deletes far more than the hook, or the access of whatever is bound by it.
+_NO_HOOK = {
+    ("", "Namespace"): "deleting a Namespace deletes everything in it",
+    ("apiextensions.k8s.io", "CustomResourceDefinition"): (
+        "deleting a CustomResourceDefinition deletes every resource of its kind, cluster-wide"
+    ),
+    ("rbac.authorization.k8s.io", "ClusterRole"): (
+        "deleting a ClusterRole takes access away from everything bound to it, cluster-wide"
+    ),
+    ("rbac.authorization.k8s.io", "ClusterRoleBinding"): (
+        "deleting a ClusterRoleBinding takes cluster-wide access away (the agent's own among them)"
+    ),
+}
+
+
+def hook_refusal(key: manifests.Key) -> Refusal | None:
+    """Why this object may not be a sync hook (its delete policies would delete it), or None."""
+    what = _NO_HOOK.get((key.group, key.kind))
+    if what is None:
+        return None
+    return Refusal(
+        f"{key} may not be a sync hook: a hook's delete policies delete it, and {what}",
+        "remove its hook annotations (argocd.argoproj.io/hook, helm.sh/hook) to apply it as an "
+        "ordinary object, which prune protects",
+    )
 
 
 # ---------------------------------------------------------------- mass prune

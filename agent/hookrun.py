@@ -8,8 +8,10 @@ Degraded (or unreadable, or gone) failed, anything else is still running, up to 
 timeout. A kind without its own health check is Healthy once it exists, so it is done as soon
 as it is created.
 
-It never touches an object that is not one of the app's hooks, and never reports object
-content: a hook's result carries its key, phases, health and a one-line reason only.
+It never touches an object that is not one of the app's hooks: a live object of the hook's
+name that lacks the app's mark (`hooks.MARK`, put on every hook it applies) is neither
+deleted nor applied over, and the hook fails saying so. It never reports object content: a
+hook's result carries its key, phases, health and a one-line reason only.
 """
 
 from __future__ import annotations
@@ -118,15 +120,14 @@ def not_run(hooks_: Sequence[HookPrepared], *, why: str) -> Outcome:
 
 
 async def start(ctx: Context, h: HookPrepared, *, apply: Apply) -> Started:
-    """Delete the hook's earlier object when BeforeHookCreation says so, then apply it."""
+    """Refuse the hook when a live object of its name is not one of the app's hooks; else
+    delete the hook's earlier object when BeforeHookCreation says so, then apply it."""
     p = h.prepared
-    if hooks.BEFORE_HOOK_CREATION in h.hook.delete_policies:
-        problem = await _delete_and_wait(ctx, p)
-        if problem:
-            failed = st.ResourceResult.apply_failed(
-                key=p.key, version=p.rt.version, reason=problem, source=p.resource.where
-            )
-            return h, dataclasses.replace(failed, hook=h.hook.label), None
+    problem, refused = await _clear(ctx, h)
+    if problem:
+        make = st.ResourceResult.refused if refused else st.ResourceResult.apply_failed
+        failed = make(key=p.key, version=p.rt.version, reason=problem, source=p.resource.where)
+        return h, dataclasses.replace(failed, hook=h.hook.label), None
     result, obj = await apply(p)
     return h, dataclasses.replace(result, hook=h.hook.label), obj
 
@@ -138,6 +139,7 @@ async def finish(ctx: Context, started: Sequence[Started], *, phase: str) -> Out
     results: dict[manifests.Key, st.ResourceResult] = {}
     ended: dict[manifests.Key, bool] = {}  # key -> succeeded
     waiting: dict[manifests.Key, tuple[HookPrepared, dict[str, Any]]] = {}
+    last: dict[manifests.Key, dict[str, Any]] = {}  # how each hook was last seen
     for h, result, obj in started:
         results[h.key] = result
         if obj is None:
@@ -146,6 +148,7 @@ async def finish(ctx: Context, started: Sequence[Started], *, phase: str) -> Out
             waiting[h.key] = (h, obj)
     while waiting:
         for key, (_, obj) in list(waiting.items()):
+            last[key] = obj
             vanished = health.missing(f"{key} (deleted while running)")
             found = health.assess(obj) if obj else vanished
             if found.status in DONE or found.status in FAILED:
@@ -175,7 +178,11 @@ async def finish(ctx: Context, started: Sequence[Started], *, phase: str) -> Out
     for key, succeeded in ended.items():
         h = by_key[key]
         policy = hooks.HOOK_SUCCEEDED if succeeded else hooks.HOOK_FAILED
-        if policy not in h.hook.delete_policies or results[key].action == "failed":
+        if policy not in h.hook.delete_policies or results[key].action in ("failed", "refused"):
+            continue
+        if not hooks.is_hook_of(last.get(key) or {}, app=h.app):
+            note = f"; not deleted ({policy}): it no longer carries {hooks.MARK}: {h.app}"
+            results[key] = dataclasses.replace(results[key], message=results[key].message + note)
             continue
         try:
             await ctx.kube.delete(h.prepared.rt, namespace=key.namespace, name=key.name)
@@ -214,11 +221,20 @@ async def _get(ctx: Context, p: Prepared) -> dict[str, Any] | None:
     return await ctx.kube.get(p.rt, namespace=p.key.namespace, name=p.key.name)
 
 
-async def _delete_and_wait(ctx: Context, p: Prepared) -> str:
-    """Delete the hook's earlier object, if any, and wait until it is gone; "" or why not."""
+async def _clear(ctx: Context, h: HookPrepared) -> tuple[str, bool]:
+    """Make way for the hook: "" when it may be applied, else why not and whether it was
+    refused (a live object of its name that is not one of the app's hooks: never deleted nor
+    applied over). With BeforeHookCreation, the app's earlier hook is deleted, and waited for
+    until it is gone (so an immutable Job is created afresh)."""
+    p = h.prepared
     try:
-        if await _get(ctx, p) is None:
-            return ""
+        live = await _get(ctx, p)
+        if live is None:
+            return "", False
+        if not hooks.is_hook_of(live, app=h.app):
+            return hooks.not_ours(p.key, app=h.app), True
+        if hooks.BEFORE_HOOK_CREATION not in h.hook.delete_policies:
+            return "", False
         await ctx.kube.delete(p.rt, namespace=p.key.namespace, name=p.key.name)
         deadline = time.monotonic() + ctx.options.wave_timeout
         while await _get(ctx, p) is not None:
@@ -227,13 +243,13 @@ async def _delete_and_wait(ctx: Context, p: Prepared) -> str:
                     f"the earlier {p.key} was still being deleted after "
                     f"{ctx.options.wave_timeout:.0f} s ({hooks.BEFORE_HOOK_CREATION}): look at "
                     "its finalizers"
-                )
+                ), False
             await asyncio.sleep(ctx.options.poll_interval)
     except errors.Forbidden as e:
-        return ctx.denied(e)
+        return ctx.denied(e), False
     except errors.KubeError as e:
-        return f"could not delete the earlier object: {explain.first_line(str(e))}"
-    return ""
+        return f"could not delete the earlier object: {explain.first_line(str(e))}", False
+    return "", False
 
 
 async def observed(ctx: Context, hooks_: Sequence[HookPrepared]) -> list[st.ResourceResult]:

@@ -7,7 +7,12 @@ post-install/post-upgrade as PostSync, pre-delete/post-delete become PreDelete/P
 test and rollback hooks are never applied, and crd-install is no hook at all. Delete policies
 are the union of `argocd.argoproj.io/hook-delete-policy` and `helm.sh/hook-delete-policy`
 (BeforeHookCreation when neither names one). A generateName hook gets a name fixed per
-revision, so the same sync always names it the same.
+app, namespace and revision, so the same sync always names it the same and two apps never
+share one.
+
+The agent marks every hook it applies with `fleetops.io/hook-of: <app>` (`marked`), and a
+delete policy only ever deletes a live object that carries this app's mark (`is_hook_of`): a
+hook named like someone else's object must fail, never delete it.
 
 Pure: it reads annotations and never touches the cluster. It must never classify an object it
 cannot read as ordinary silently: an unknown phase or policy is an error naming the annotation.
@@ -25,6 +30,8 @@ DELETE_POLICY = "argocd.argoproj.io/hook-delete-policy"
 HELM_HOOK = "helm.sh/hook"
 HELM_DELETE_POLICY = "helm.sh/hook-delete-policy"
 HELM_WEIGHT = "helm.sh/hook-weight"
+# Set by the agent (never taken from Git) on every hook it applies: the app the hook is of.
+MARK = "fleetops.io/hook-of"
 
 PRE_SYNC = "PreSync"
 SYNC = "Sync"
@@ -173,15 +180,56 @@ def is_hook_doc(doc: Mapping[str, Any]) -> bool:
     return bool(_split(annotations.get(HOOK, "")) or _split(annotations.get(HELM_HOOK, "")))
 
 
+def name_seed(*, app: str, namespace: str, revision: str) -> str:
+    """What a generateName suffix is derived from: the app, its default namespace and the
+    revision (two apps of one commit with the same generateName must not share a name)."""
+    return "\0".join((app, namespace, revision))
+
+
 def with_generated_name(doc: Mapping[str, Any], *, revision: str) -> Mapping[str, Any]:
     """A hook with `metadata.generateName` and no name gets `generateName` plus a suffix fixed
-    by `revision`, so one revision's sync always names it the same (and a new revision names
-    it anew). Any other document comes back unchanged."""
+    by `revision` (a `name_seed`: app, default namespace and revision) and the namespace the
+    document names, so one revision's sync always names it the same, a new revision names it
+    anew, and other apps name theirs differently. Any other document comes back unchanged."""
     meta = doc.get("metadata")
     if not isinstance(meta, Mapping) or meta.get("name") or not is_hook_doc(doc):
         return doc
     prefix = meta.get("generateName")
     if not isinstance(prefix, str) or not prefix:
         return doc
-    suffix = hashlib.sha256(revision.encode()).hexdigest()[:10]
+    seed = "\0".join((revision, str(meta.get("namespace") or "")))
+    suffix = hashlib.sha256(seed.encode()).hexdigest()[:10]
     return {**doc, "metadata": {**meta, "name": f"{prefix}{suffix}"}}
+
+
+def marked(doc: Mapping[str, Any], *, app: str) -> dict[str, Any]:
+    """The hook as the agent applies it: with `MARK` naming `app` (whatever Git put there)."""
+    meta = dict(doc.get("metadata") or {})
+    annotations = dict(meta.get("annotations") or {})
+    annotations[MARK] = app
+    meta["annotations"] = annotations
+    return {**doc, "metadata": meta}
+
+
+def has_mark(doc: Mapping[str, Any]) -> bool:
+    """Whether a document from Git carries `MARK` (only the agent may set it)."""
+    meta = doc.get("metadata")
+    annotations = meta.get("annotations") if isinstance(meta, Mapping) else None
+    return isinstance(annotations, Mapping) and MARK in annotations
+
+
+def is_hook_of(live: Mapping[str, Any], *, app: str) -> bool:
+    """Whether a live object is a hook the agent applied for `app` (it carries its mark): the
+    only objects a hook's delete policies may delete."""
+    meta = live.get("metadata")
+    annotations = meta.get("annotations") if isinstance(meta, Mapping) else None
+    return bool(app) and isinstance(annotations, Mapping) and annotations.get(MARK) == app
+
+
+def not_ours(key: object, *, app: str) -> str:
+    """Why a hook is not run when a live object of its name is not one of `app`'s hooks."""
+    return (
+        f"refused: {key} exists and is not a hook of app {app} (it lacks the {MARK}: {app} "
+        "annotation the agent puts on the hooks it creates), and running the hook would "
+        "delete or take over that object: rename the hook or delete the object"
+    )

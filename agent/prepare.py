@@ -6,7 +6,9 @@ sent gets a failed result instead, with the file and line it came from. Sync hoo
 (`agent.hooks`) are set apart from the ordinary objects, and hooks a sync never runs (Helm
 tests, PreDelete, `hook: Skip`) are only noted. The rules of
 `agent.guard` are applied here, before any write: a bundle never writes into the agent's own
-namespace nor an inventory, and never takes over an object another app's inventory lists.
+namespace nor an inventory, and never takes over an object another app's inventory lists;
+hooks pass the same rules (Namespaces included), may not be of a kind whose deletion reaches
+past them (`guard.hook_refusal`), and are marked as this app's (`hooks.marked`).
 
 It only reads (discovery, inventories); it never writes to the cluster.
 """
@@ -48,10 +50,12 @@ class Prepared:
 
 @dataclasses.dataclass(frozen=True)
 class HookPrepared:
-    """A sync hook ready to run: the object, and its phases and delete policies."""
+    """A sync hook ready to run: the object (marked as `app`'s hook), and its phases and
+    delete policies."""
 
     prepared: Prepared
     hook: hooks.Hook
+    app: str
 
     @property
     def key(self) -> manifests.Key:
@@ -114,7 +118,7 @@ class Planner:
         return plan
 
     async def _plan_uncached(self, bundle: types_pb2.Bundle) -> Plan:
-        parsed = await asyncio.to_thread(manifests.parse_bundle, bundle)  # off the event loop
+        parsed = await asyncio.to_thread(_parse, bundle)  # off the event loop
         failures = [
             st.ResourceResult.apply_failed(
                 key=manifests.Key(
@@ -163,7 +167,7 @@ class Planner:
                 continue
             seen[outcome.key] = outcome.resource
             prepared.append(outcome)
-        return _split_hooks(prepared, failures)
+        return _split_hooks(prepared, failures, app=bundle.app)
 
     async def _prepare(
         self,
@@ -221,11 +225,26 @@ class Planner:
         return Prepared(resource, rt)
 
 
-def _split_hooks(prepared: list[Prepared], failures: list[st.ResourceResult]) -> Plan:
-    """The plan with hooks set apart from the ordinary objects (`classify` already passed)."""
+def _parse(bundle: types_pb2.Bundle) -> manifests.Parsed:
+    """`manifests.parse_bundle`, with generateName hooks named per app, namespace and revision
+    (`hooks.name_seed`), so two apps of one commit never name theirs the same."""
+    seed = hooks.name_seed(app=bundle.app, namespace=bundle.namespace, revision=bundle.revision)
+    resources: list[manifests.Resource] = []
+    problems: list[manifests.Problem] = []
+    for manifest in bundle.manifests:
+        parsed = manifests.parse(source=manifest.source, text=manifest.yaml, revision=seed)
+        resources += parsed.resources
+        problems += parsed.problems
+    return manifests.Parsed(resources, problems)
+
+
+def _split_hooks(prepared: list[Prepared], failures: list[st.ResourceResult], *, app: str) -> Plan:
+    """The plan with hooks set apart from the ordinary objects (`classify` already passed);
+    hooks of a kind `guard.hook_refusal` names are refused, the others marked as `app`'s."""
     ordinary: list[Prepared] = []
     run: list[HookPrepared] = []
     noted: list[st.ResourceResult] = []
+    failures = list(failures)
     for p in prepared:
         annotations = p.resource.annotations
         if hooks.skipped(annotations):
@@ -240,10 +259,32 @@ def _split_hooks(prepared: list[Prepared], failures: list[st.ResourceResult]) ->
             )
             continue
         hook = hooks.classify(annotations)
-        if hook is None:
+        if hook is None and hooks.has_mark(p.obj):
+            failures.append(
+                st.ResourceResult.refused(
+                    key=p.key,
+                    version=p.rt.version,
+                    reason=f"{p.resource.where}: refused: {p.key} carries {hooks.MARK}, which "
+                    "only the agent sets, on the hooks it applies: remove that annotation",
+                    source=p.resource.where,
+                )
+            )
+        elif hook is None:
             ordinary.append(p)
+        elif (refused := guard.hook_refusal(p.key)) is not None:
+            failures.append(
+                st.ResourceResult.refused(
+                    key=p.key,
+                    version=p.rt.version,
+                    reason=f"{p.resource.where}: {refused.on_hook()}",
+                    source=p.resource.where,
+                )
+            )
         elif hook.runs:
-            run.append(HookPrepared(p, hook))
+            resource = manifests.Resource(
+                hooks.marked(p.obj, app=app), p.resource.source, p.resource.line
+            )
+            run.append(HookPrepared(Prepared(resource, p.rt), hook, app))
         else:
             noted.append(
                 st.ResourceResult.not_run(
@@ -258,18 +299,18 @@ def _split_hooks(prepared: list[Prepared], failures: list[st.ResourceResult]) ->
 
 
 async def unclaimed(inventories: inventory.Store, *, app: ids.AppName, plan: Plan) -> Plan:
-    """`plan` less the objects another app's inventory lists (Namespaces excepted: apps
-    may share one, and the namespace prune guard keeps it while anything else is in it).
-    Each is refused by name: taking it over would let this app change and later prune
-    what the other app applied."""
+    """`plan` less the objects another app's inventory lists (ordinary Namespaces excepted:
+    apps may share one, and the namespace prune guard keeps it while anything else is in it;
+    a hook never, since its delete policies delete it). Each is refused by name: taking it
+    over would let this app change and later prune what the other app applied."""
     owners = await inventories.owners(besides=app)
     if not owners:
         return plan
     refused: list[st.ResourceResult] = []
 
-    def claimed(p: Prepared) -> bool:
+    def claimed(p: Prepared, *, hook: bool = False) -> bool:
         owner = owners.get(p.key)
-        if owner is None or (not p.key.group and p.key.kind == "Namespace"):
+        if owner is None or (not hook and p.named_namespace):
             return False
         refused.append(
             st.ResourceResult.refused(
@@ -284,7 +325,7 @@ async def unclaimed(inventories: inventory.Store, *, app: ids.AppName, plan: Pla
         return True
 
     kept = [p for p in plan.prepared if not claimed(p)]
-    kept_hooks = [h for h in plan.hooks if not claimed(h.prepared)]
+    kept_hooks = [h for h in plan.hooks if not claimed(h.prepared, hook=True)]
     if not refused:
         return plan
     return dataclasses.replace(

@@ -214,6 +214,9 @@ async def test_a_new_revision_reruns_an_immutable_job(
     after = await cluster.get(JOB, namespace=ns, name="migrate")
     assert after is not None
     assert after["metadata"]["uid"] != before["metadata"]["uid"], "the Job was not created anew"
+    # the mark that lets the next revision delete it (and nothing that lacks it)
+    assert before["metadata"]["annotations"]["fleetops.io/hook-of"] == ns
+    assert after["metadata"]["annotations"]["fleetops.io/hook-of"] == ns
     assert after["spec"]["template"]["spec"]["containers"][0]["image"].endswith("migrate:2")
     assert "completionTime" in after["status"]
 
