@@ -21,6 +21,7 @@ class Column:
     cells: tuple[str, ...]
     floor: int = 0  # squeezed no narrower than this; 0: never squeezed
     rest: bool = False  # takes what the others leave (at least its floor)
+    comfort: int = 0  # the rest column: kept this wide (or its natural width) while others give
 
     @property
     def natural(self) -> int:
@@ -29,7 +30,19 @@ class Column:
 
 def fit(columns: list[Column], width: int) -> list[int]:
     """Each column's width, so that together (with cell padding) they fill `width`.
-    Squeezable columns give way widest first, down to their floors."""
+    Squeezable columns give way widest first, down to their floors, while the rest column
+    keeps its comfortable width; when that is not enough, it too goes down to its floor."""
+    comfortable = [
+        dataclasses.replace(c, floor=max(c.floor, min(c.natural, c.comfort))) if c.rest else c
+        for c in columns
+    ]
+    widths = _fit(comfortable, width)
+    if sum(widths) + PADDING * len(columns) <= width:
+        return widths
+    return _fit(columns, width)
+
+
+def _fit(columns: list[Column], width: int) -> list[int]:
     widths = [c.floor if c.rest else c.natural for c in columns]
     over = sum(widths) + PADDING * len(columns) - width
     while over > 0:
@@ -61,14 +74,18 @@ def end(value: Text, width: int) -> Text:
 
 
 def middle(value: Text, width: int) -> Text:
-    """`value` cut to `width` cells in the middle (a namespace/name keeps the namespace's
-    start and the name's end, where names differ), an ellipsis where it was cut."""
+    """`value` cut to `width` cells in the middle (a namespace/name keeps the namespace,
+    or its start, and the name's end, where generated names differ), an ellipsis where it
+    was cut."""
     if value.cell_len <= width:
         return value
     if width < 8 or value.cell_len != len(value.plain):  # too narrow, or wide characters
         return end(value, width)
     keep = width - cell_len(ELLIPSIS)
     head = keep // 3
+    slash = value.plain.find("/") + 1
+    if 0 < slash <= keep // 2:  # the whole namespace, when it leaves half for the name
+        head = slash
     tail = keep - head
     cut = value[:head]
     cut.append(ELLIPSIS)

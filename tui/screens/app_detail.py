@@ -173,6 +173,7 @@ class AppDetail(base.FleetScreen):
                 tuple(row[i].plain for row in rows),
                 floor=floors[i],
                 rest=i == len(labels) - 1,
+                comfort=40,
             )
             for i, label in enumerate(labels)
         ]
