@@ -128,3 +128,39 @@ async def test_at_80_columns_every_column_is_still_there() -> None:
     assert kind == "Deployment" and shown.startswith("payments/") and shown.endswith("ments-api")
     assert all("Synced" in row and "Healthy" in row for row in (hpa, deploy, config))
     assert all(len(row) <= 80 for row in (hpa, deploy, config))
+
+
+async def test_a_resize_refits_the_columns_and_keeps_the_selected_resource() -> None:
+    app = tui_app.make_app(client=FakeHubClient())
+    async with app.run_test(size=(100, 30)) as pilot:
+        await screen.until(
+            pilot,
+            "the fleet in the matrix",
+            lambda: (
+                app.screen.query("#matrix") and app.screen.query_one("#matrix", Matrix).row_count
+            ),
+        )
+        app.screen.query_one("#matrix", Matrix).move_cursor(row=0, column=3)
+        await pilot.press("enter")
+        await screen.until(
+            pilot,
+            "the resources on the app screen",
+            lambda: (
+                bool(app.screen.query("#resources"))
+                and app.screen.query_one("#resources", DataTable).row_count == len(RESOURCES)
+            ),
+        )
+        table = app.screen.query_one("#resources", DataTable)
+        table.focus()
+        await pilot.press("down", "down")
+        await screen.until(pilot, "the third resource selected", lambda: table.cursor_row == 2)
+        await pilot.resize_terminal(140, 40)
+
+        def long_name_shown() -> str:
+            _, rows = resource_rows(screen.terminal(app).lines)
+            return rows[2].split()[1]
+
+        await screen.until(
+            pilot, "the long name refitted to 140 columns", lambda: len(long_name_shown()) > 40
+        )
+        assert table.cursor_row == 2, "the resize lost the selected resource"

@@ -139,6 +139,8 @@ class AppDetail(base.FleetScreen):
         as wide as they need (squeezed last, with an ellipsis), the message takes the rest."""
         cell = self.fleet_app.fleet.cells.get((cluster, self.app_name))
         table = self.query_one("#resources", DataTable)
+        # the same cluster again (a resize, a status update): the selected resource stays
+        selected = table.cursor_row if cluster == self._cluster else 0
         self.query_one("#resources-title", Static).update(text.line("resources on ", cluster))
         self._cluster = cluster
         self.show_drift(-1)
@@ -177,7 +179,7 @@ class AppDetail(base.FleetScreen):
             )
             for i, label in enumerate(labels)
         ]
-        widths = columns.fit(specs, max(table.size.width, self.size.width) - SCROLLBAR)
+        widths = columns.fit(specs, self.size.width - SCROLLBAR)  # the table spans the screen
         table.clear(columns=True)
         for label, width in zip(labels, widths, strict=True):
             table.add_column(label, width=width)
@@ -189,6 +191,8 @@ class AppDetail(base.FleetScreen):
                     for i, value in enumerate(row)
                 )
             )
+        if rows and selected > 0:
+            table.move_cursor(row=min(selected, len(rows) - 1))
 
 
 def drift_line(r: types_pb2.ResourceStatus) -> str:
