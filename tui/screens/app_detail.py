@@ -9,13 +9,26 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Header, Static
 
-from fleetops.tui import model, text
+from fleetops.proto.v1 import types_pb2
+from fleetops.tui import columns, model, text
 from fleetops.tui.screens import base
 
 STYLE = model.LEVEL_STYLE
+SCROLLBAR = 2  # kept free so a long list's scrollbar does not push the message off
 
 
 class AppDetail(base.FleetScreen):
+    # The clusters table is as tall as its rows (up to half the screen), so the resources
+    # follow it without a gap and take the rest.
+    CSS = """
+    AppDetail #clusters {
+        height: auto;
+        max-height: 50%;
+    }
+    AppDetail #resources {
+        height: 1fr;
+    }
+    """
     BINDINGS = [
         Binding("escape,backspace", "app.pop_screen", "back"),
         Binding("q", "app.quit", "quit"),
@@ -117,27 +130,70 @@ class AppDetail(base.FleetScreen):
         box.update(text.lines(rows))
         box.display = True
 
+    def on_resize(self) -> None:
+        if self._cluster:  # the columns follow the width
+            self.show_resources(self._cluster)
+
     def show_resources(self, cluster: str) -> None:
+        """The cluster's resources, the columns fitted to the table's width: kind and object
+        as wide as they need (squeezed last, with an ellipsis), the message takes the rest."""
         cell = self.fleet_app.fleet.cells.get((cluster, self.app_name))
         table = self.query_one("#resources", DataTable)
-        table.clear(columns=True)
-        # a HOOK column (the sync hook's phases) only when the app has hooks on this cluster
-        hooks = cell is not None and any(r.hook for r in cell.resources)
-        table.add_columns("KIND", "OBJECT", *(["HOOK"] if hooks else []), "SYNC", "HEALTH")
-        table.add_column("MESSAGE / DRIFT")
+        # the same cluster again (a resize, a status update): the selected resource stays
+        selected = table.cursor_row if cluster == self._cluster else 0
         self.query_one("#resources-title", Static).update(text.line("resources on ", cluster))
         self._cluster = cluster
         self.show_drift(-1)
-        if cell is None:
-            return
-        for r in cell.resources:
-            drift = "; ".join(f"{d.path}: Git {d.desired} ≠ live {d.live}" for d in r.drift)
-            where = f"{r.ref.namespace}/{r.ref.name}" if r.ref.namespace else r.ref.name
-            table.add_row(
+        resources = list(cell.resources) if cell is not None else []
+        # a HOOK column (the sync hook's phases) only when the app has hooks on this cluster
+        hooks = any(r.hook for r in resources)
+        rows = [
+            [
                 text.plain(r.ref.kind),
-                text.plain(where),
+                text.plain(f"{r.ref.namespace}/{r.ref.name}" if r.ref.namespace else r.ref.name),
                 *([text.plain(r.hook)] if hooks else []),
                 text.plain(model.sync_name(r.sync)),
                 text.plain(model.health_name(r.health)),
-                text.plain(drift, "dark_orange") if drift else text.plain(r.message),
+                text.plain(drift, "dark_orange")
+                if (drift := drift_line(r))
+                else text.plain(r.message),
+            ]
+            for r in resources
+        ]
+        labels = [
+            "KIND",
+            "OBJECT",
+            *(["HOOK"] if hooks else []),
+            "SYNC",
+            "HEALTH",
+            "MESSAGE / DRIFT",
+        ]
+        floors = [10, 20, *([8] if hooks else []), 0, 0, 16]
+        specs = [
+            columns.Column(
+                label,
+                tuple(row[i].plain for row in rows),
+                floor=floors[i],
+                rest=i == len(labels) - 1,
+                comfort=40,
             )
+            for i, label in enumerate(labels)
+        ]
+        widths = columns.fit(specs, self.size.width - SCROLLBAR)  # the table spans the screen
+        table.clear(columns=True)
+        for label, width in zip(labels, widths, strict=True):
+            table.add_column(label, width=width)
+        object_at = 1
+        for row in rows:
+            table.add_row(
+                *(
+                    (columns.middle if i == object_at else columns.end)(value, widths[i])
+                    for i, value in enumerate(row)
+                )
+            )
+        if rows and selected > 0:
+            table.move_cursor(row=min(selected, len(rows) - 1))
+
+
+def drift_line(r: types_pb2.ResourceStatus) -> str:
+    return "; ".join(f"{d.path}: Git {d.desired} ≠ live {d.live}" for d in r.drift)
