@@ -66,10 +66,13 @@ class _DeadlinePassed(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class Commit:
+    """A commit in Git's own words: its subject (first line), author, committer time."""
+
     sha: str
     message: str
     author: str
     time: int
+    author_email: str = ""
 
 
 _fetch_locks_lock = threading.Lock()
@@ -239,6 +242,7 @@ class RepoCache:
                 c.message.strip().splitlines()[0] if c.message.strip() else "",
                 c.author.name,
                 c.commit_time,
+                c.author.email,
             )
 
     def read(self, sha: str, *, path: str) -> str | None:

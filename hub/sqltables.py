@@ -163,6 +163,17 @@ class Tables:
     def put_revision(self, revision: records.Revision) -> None:
         self._put("revisions", [revision], ("repo", "sha"))
 
+    def commits(self, shas: Sequence[str]) -> dict[str, records.Revision]:
+        """The revisions seen with these SHAs (of any repo), by SHA."""
+        wanted = sorted({s for s in shas if s})[:500]
+        if not wanted:
+            return {}
+        found = self._select(
+            records.Revision, "revisions", f"sha IN ({', '.join('?' for _ in wanted)})", wanted,
+            order="seen_at",
+        )  # fmt: skip
+        return {r.sha: r for r in found}
+
     def revisions(self, repo: str) -> list[records.Revision]:
         return self._select(records.Revision, "revisions", "repo = ?", [repo],
                             order="seen_at DESC, rowid DESC")  # fmt: skip
@@ -310,7 +321,8 @@ class Tables:
 
 
 _EVENT_COLUMNS = ("at", "app", "cluster", "revision", "previous_revision", "cause", "actor",
-                  "kind", "message")  # fmt: skip
+                  "kind", "message", "author", "author_email", "subject",
+                  "committed_at")  # fmt: skip
 
 
 def _columns(kind: type) -> tuple[str, ...]:

@@ -147,6 +147,7 @@ class Tracker:
                 sha=sha,
                 message=commit.message,
                 author=commit.author,
+                author_email=commit.author_email,
                 time=commit.time,
                 seen_at=time.time(),
             ),
