@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pathlib
 
-from textual.widgets import DataTable
+from textual.widgets import DataTable, Static
 
 from fleetops.tui import app as tui_app
 from fleetops.tui import client as tui_client
@@ -46,3 +46,23 @@ async def test_the_history_screen_shows_each_commits_author_and_subject(
             }
             assert shown[world.bob[:8]] == ("Bob Builder", gitwords.BOB_SUBJECT), rows
             assert shown[world.alice[:8]] == ("Alice Liddell", gitwords.ALICE_SUBJECT), rows
+
+
+async def test_the_app_screen_header_shows_the_head_commits_subject(
+    tmp_path: pathlib.Path,
+) -> None:
+    async with gitwords.two_authors(tmp_path) as world:
+        p = world.hub
+        creds = tui_client.Credentials(p.address, p.ca_pem, p.running.tokens["readonly"])
+        app = tui_app.make_app(client=tui_client.HubClient(creds))
+        async with app.run_test(size=SIZE) as pilot:
+            matrix = app.screen.query_one("#matrix", Matrix)
+            await wait.until("eu-1 in the matrix", lambda: "eu-1" in matrix.rows, pause=pilot.pause)
+            matrix.focus()
+            matrix.move_cursor(row=0, column=3)  # cluster, agent, ok, web
+            await pilot.press("enter")
+            await wait.until(
+                "the app screen", lambda: bool(app.screen.query("#summary")), pause=pilot.pause
+            )
+            header = str(app.screen.query_one("#summary", Static).render()).splitlines()[0]
+            assert f'head {world.bob[:7]} "{gitwords.BOB_SUBJECT}" by Bob Builder' in header
