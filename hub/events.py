@@ -100,7 +100,10 @@ class Entry:
         message = self.message
         mechanism = _MECHANISM.get(self.cause)
         if self.kind == "assigned" and mechanism and author:
-            message = f"{message} ({mechanism} of a commit by {author})"
+            # the same commit again: its render moved (a chart version, or hub.yaml's values)
+            again = self.previous_revision == self.revision
+            what = "a new render of a commit" if again else "a commit"
+            message = f"{message} ({mechanism} of {what} by {author})"
         return dataclasses.replace(
             new,
             message=message,

@@ -75,6 +75,15 @@ class Commit:
     author_email: str = ""
 
 
+MAX_COMMIT_TEXT = 200  # characters of a commit's subject, author name or email the hub keeps
+
+
+def _capped(text: str) -> str:
+    """A committer's text kept bounded: one line, at most MAX_COMMIT_TEXT characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_COMMIT_TEXT else text[: MAX_COMMIT_TEXT - 1] + "…"
+
+
 _fetch_locks_lock = threading.Lock()
 # One lock per bare directory that only fetches take: two caches of one repo (a hub
 # reloading its config, or two hubs in one process) must not fetch into it at once.
@@ -239,10 +248,10 @@ class RepoCache:
             c = self._open()[sha].peel(pygit2.Commit)
             return Commit(
                 str(c.id),
-                c.message.strip().splitlines()[0] if c.message.strip() else "",
-                c.author.name,
+                _capped(c.message.strip().splitlines()[0] if c.message.strip() else ""),
+                _capped(c.author.name),
                 c.commit_time,
-                c.author.email,
+                _capped(c.author.email),
             )
 
     def read(self, sha: str, *, path: str) -> str | None:

@@ -266,9 +266,13 @@ class Tables:
         if cluster:
             where.append("(cluster = ? OR cluster = '')")
             args.append(cluster)
-        return self._select(
+        found = self._select(
             records.Event, "events", " AND ".join(where), args, order="id DESC", limit=limit
         )
+        # entries recorded without their commit's words (an agent's `applied`, or recorded
+        # before v6) read them from the revisions the hub still keeps
+        commits = self.commits([e.revision for e in found if e.revision and not e.author])
+        return [_in_gits_words(e, commits.get(e.revision)) if not e.author else e for e in found]
 
     # ------------------------------------------------------------ retention
 
@@ -318,6 +322,18 @@ class Tables:
                 "AND digest NOT IN (SELECT digest FROM reports)"
             ).rowcount
         return gone
+
+
+def _in_gits_words(event: records.Event, commit: records.Revision | None) -> records.Event:
+    if commit is None:
+        return event
+    return dataclasses.replace(
+        event,
+        author=commit.author,
+        author_email=commit.author_email,
+        subject=commit.message,
+        committed_at=commit.time,
+    )
 
 
 _EVENT_COLUMNS = ("at", "app", "cluster", "revision", "previous_revision", "cause", "actor",

@@ -58,6 +58,9 @@ async def test_the_fleet_api_history_names_each_commits_author_and_subject(
         # the auto-sync of bob's commit names bob as its origin, next to the mechanism
         assert second.cause == types_pb2.CAUSE_AUTO and second.actor == "auto"
         assert "auto-sync of a commit by Bob Builder" in second.message, second.message
+        # what the agent reported applying is in the same words
+        applied = [e for e in events if e.kind == "applied" and e.revision == world.bob]
+        assert applied and all(e.author == "Bob Builder" for e in applied), events
 
 
 async def test_history_cli_shows_author_and_subject_in_text_and_json(
