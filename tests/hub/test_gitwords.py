@@ -8,6 +8,7 @@ import asyncio
 import json
 import pathlib
 
+from fleetops.hub import config, records, repo, store
 from fleetops.proto.v1 import types_pb2
 from fleetops.tui import client as tui_client
 from tests.support import fleet, gitwords
@@ -82,3 +83,40 @@ async def test_history_cli_shows_author_and_subject_in_text_and_json(
         assert bob["subject"] == gitwords.BOB_SUBJECT and bob["committed_at"]
         assert by_rev[world.alice]["author"] == "Alice Liddell"
         assert by_rev[world.alice]["subject"] == gitwords.ALICE_SUBJECT
+
+
+def test_an_event_recorded_without_git_words_reads_them_from_the_revision_kept(
+    tmp_path: pathlib.Path,
+) -> None:
+    """An agent's `applied` (or an event from before store v6) names only a SHA; history still
+    shows who committed it while the hub keeps that revision."""
+    db = store.Store(tmp_path / "hub.db")
+    try:
+        sha = "ab" * 20
+        db.call(
+            db.put_revision,
+            records.Revision(
+                repo="platform", sha=sha, message="web: colour it blue", author="Bob Builder",
+                author_email="bob@example.net", time=1_700_000_000, seen_at=1.0,
+            ),
+        )  # fmt: skip
+        db.call(db.record_event, records.NewEvent(kind="applied", message="m", revision=sha))
+        [ev] = db.call(db.events, app="", cluster="", limit=10)
+        assert (ev.author, ev.author_email, ev.subject, ev.committed_at) == (
+            "Bob Builder", "bob@example.net", "web: colour it blue", 1_700_000_000,
+        )  # fmt: skip
+    finally:
+        db.close()
+
+
+def test_a_huge_commit_subject_is_kept_to_one_bounded_line(tmp_path: pathlib.Path) -> None:
+    git = fleet.Repo.create(tmp_path / "git")
+    git.write("a.yaml", {"a": 1})
+    sha = gitwords.commit_as(git, gitwords.ALICE, "x" * 5000 + "\tend")
+    cache = repo.RepoCache(
+        tmp_path / "cache", config.Repo(name="platform", url=git.url, branch="main")
+    )
+    assert cache.fetch() == sha
+    got = cache.commit(sha)
+    assert len(got.message) == repo.MAX_COMMIT_TEXT and got.message.endswith("…")
+    assert (got.author, got.author_email) == ("Alice Liddell", "alice@example.org")
