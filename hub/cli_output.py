@@ -134,8 +134,10 @@ _CHART = re.compile(r", chart (\S+) (\S+) \((sha256:[0-9a-f]{64})\)")
 
 
 def print_history(events: Sequence[types_pb2.Event], *, output: str) -> int:
-    """`history`: the events, oldest first as the hub sent them; in JSON an assignment of a
-    chart from a Helm repository also has `chart` (name, version, digest)."""
+    """`history`: the events, oldest first as the hub sent them, each with the commit it names
+    in Git's words (author, email, subject, committer time; text shows author and subject); in
+    JSON an assignment of a chart from a Helm repository also has `chart` (name, version,
+    digest)."""
     rows: list[dict[str, object]] = [
         {
             "at": when(e.at.seconds),
@@ -146,6 +148,10 @@ def print_history(events: Sequence[types_pb2.Event], *, output: str) -> int:
             "cause": enum_name(types_pb2.Cause, e.cause, "CAUSE_"),
             "actor": e.actor,
             "message": e.message,
+            "author": e.author,
+            "author_email": e.author_email,
+            "subject": e.subject,
+            "committed_at": when(e.committed_at.seconds) if e.committed_at.seconds else "",
         }
         for e in events
     ]
@@ -162,6 +168,7 @@ def print_history(events: Sequence[types_pb2.Event], *, output: str) -> int:
                 f"{r['at']}  {r['kind']!s:<15} {r['app'] or '-'!s:<12} "
                 f"{r['cluster'] or '*'!s:<10} {str(r['revision'])[:8] or '-':<8}  "
                 f"{r['actor']!s:<14} {r['message']}"
+                + (f"  [{r['author']}: {r['subject']}]" if r["author"] or r["subject"] else "")
             )
         )
     return 0

@@ -3,7 +3,10 @@ fleet API's Watch streams now; rollouts and notifications later), and every hist
 appended to the store before it is published.
 
 `Bus` never blocks a publisher: a subscriber that stops reading is dropped, not waited for.
-`Recorder` is the one way anything enters the audit log.
+`Recorder` is the one way anything enters the audit log. An entry naming a revision the hub
+saw at a repo's head is recorded in Git's own words: the commit's author, email, subject and
+committer time go with it, and an assignment names the author next to the mechanism
+(`auto-sync of a commit by alice`). Commit text is a committer's: capped here, shown plain.
 """
 
 from __future__ import annotations
@@ -16,6 +19,14 @@ from fleetops.hub import records, storeapi
 from fleetops.proto.v1 import fleet_pb2, types_pb2
 
 MAX_QUEUED = 10_000  # changes a subscriber may leave unread before it is dropped
+MAX_COMMIT_TEXT = 200  # characters of a commit's author, email or subject an event keeps
+
+# how an assignment came about, by its cause, in the words history uses
+_MECHANISM: dict[int, str] = {
+    types_pb2.CAUSE_AUTO: "auto-sync",
+    types_pb2.CAUSE_USER: "sync",
+    types_pb2.CAUSE_ROLLBACK: "rollback",
+}
 
 
 class Subscription:
@@ -80,9 +91,32 @@ class Entry:
     revision: str = ""
     previous_revision: str = ""
 
-    def record(self) -> records.NewEvent:
-        """The store's record of it."""
-        return records.NewEvent(**dataclasses.asdict(self))
+    def record(self, commit: records.Revision | None = None) -> records.NewEvent:
+        """The store's record of it, in Git's words when `commit` is the revision it names."""
+        new = records.NewEvent(**dataclasses.asdict(self))
+        if commit is None:
+            return new
+        author = _capped(commit.author)
+        message = self.message
+        mechanism = _MECHANISM.get(self.cause)
+        if self.kind == "assigned" and mechanism and author:
+            # the same commit again: its render moved (a chart version, or hub.yaml's values)
+            again = self.previous_revision == self.revision
+            what = "a new render of a commit" if again else "a commit"
+            message = f"{message} ({mechanism} of {what} by {author})"
+        return dataclasses.replace(
+            new,
+            message=message,
+            author=author,
+            author_email=_capped(commit.author_email),
+            subject=_capped(commit.message),
+            committed_at=commit.time,
+        )
+
+
+def _capped(text: str) -> str:
+    text = " ".join(text.split())  # one line: no newlines or tabs from a commit
+    return text if len(text) <= MAX_COMMIT_TEXT else text[: MAX_COMMIT_TEXT - 1] + "…"
 
 
 class Recorder:
@@ -93,13 +127,18 @@ class Recorder:
         self._bus = bus
 
     async def record(self, entry: Entry) -> records.Event:
-        ev = await self._db.run(self._db.record_event, entry.record())
-        self._bus.publish(fleet_pb2.FleetChange(event=event_pb(ev)))
+        (ev,) = await self.record_all([entry])
         return ev
 
     async def record_all(self, entries: Iterable[Entry]) -> list[records.Event]:
-        """Many entries in one transaction (all or none), then published."""
-        recorded = await self._db.run(self._db.record_events, [e.record() for e in entries])
+        """Many entries in one transaction (all or none), each in its commit's words, then
+        published."""
+        todo = list(entries)
+        shas = [e.revision for e in todo if e.revision]
+        commits = await self._db.run(self._db.commits, shas) if shas else {}
+        recorded = await self._db.run(
+            self._db.record_events, [e.record(commits.get(e.revision)) for e in todo]
+        )
         self.published(recorded)
         return recorded
 
@@ -119,6 +158,11 @@ def event_pb(e: records.Event) -> types_pb2.Event:
         actor=e.actor,
         kind=e.kind,
         message=e.message,
+        author=e.author,
+        author_email=e.author_email,
+        subject=e.subject,
     )
     out.at.FromNanoseconds(int(e.at * 1e9))
+    if e.committed_at:
+        out.committed_at.FromSeconds(e.committed_at)
     return out

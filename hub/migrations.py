@@ -219,4 +219,18 @@ V5 = Migration(
     (Sql("ALTER TABLE renders ADD COLUMN charts TEXT NOT NULL DEFAULT ''"),),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (V1, V2, V3, V4, V5)
+V6 = Migration(
+    6,
+    "history in Git's own words: a revision keeps its author's email, and an event keeps the "
+    "author, subject and committer time of the commit it names (the revision may be forgotten "
+    "by retention long before the event is)",
+    (
+        Sql("ALTER TABLE revisions ADD COLUMN author_email TEXT NOT NULL DEFAULT ''"),
+        Sql("ALTER TABLE events ADD COLUMN author TEXT NOT NULL DEFAULT ''"),
+        Sql("ALTER TABLE events ADD COLUMN author_email TEXT NOT NULL DEFAULT ''"),
+        Sql("ALTER TABLE events ADD COLUMN subject TEXT NOT NULL DEFAULT ''"),
+        Sql("ALTER TABLE events ADD COLUMN committed_at INTEGER NOT NULL DEFAULT 0"),
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (V1, V2, V3, V4, V5, V6)

@@ -77,10 +77,11 @@ class Revision:
 
     repo: str
     sha: str
-    message: str
-    author: str
-    time: int  # the commit's own time (seconds)
+    message: str  # its subject: the first line of the commit message
+    author: str  # the author's name
+    time: int  # the committer time (seconds)
     seen_at: float  # when the hub first saw it at the head
+    author_email: str = ""  # as Git has it ("": seen before v6 kept it)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -180,6 +181,11 @@ class Event:
     actor: str
     kind: str
     message: str
+    # the commit `revision` names, in Git's own words ("" / 0: the hub never saw it)
+    author: str = ""
+    author_email: str = ""
+    subject: str = ""
+    committed_at: int = 0  # the committer time (seconds)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -195,3 +201,8 @@ class NewEvent:
     revision: str = ""
     previous_revision: str = ""
     at: float | None = None
+    # the commit `revision` names, in Git's own words ("" / 0: the hub never saw it)
+    author: str = ""
+    author_email: str = ""
+    subject: str = ""
+    committed_at: int = 0  # the committer time (seconds)

@@ -66,10 +66,22 @@ class _DeadlinePassed(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class Commit:
+    """A commit in Git's own words: its subject (first line), author, committer time."""
+
     sha: str
     message: str
     author: str
     time: int
+    author_email: str = ""
+
+
+MAX_COMMIT_TEXT = 200  # characters of a commit's subject, author name or email the hub keeps
+
+
+def _capped(text: str) -> str:
+    """A committer's text kept bounded: one line, at most MAX_COMMIT_TEXT characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_COMMIT_TEXT else text[: MAX_COMMIT_TEXT - 1] + "…"
 
 
 _fetch_locks_lock = threading.Lock()
@@ -236,9 +248,10 @@ class RepoCache:
             c = self._open()[sha].peel(pygit2.Commit)
             return Commit(
                 str(c.id),
-                c.message.strip().splitlines()[0] if c.message.strip() else "",
-                c.author.name,
+                _capped(c.message.strip().splitlines()[0] if c.message.strip() else ""),
+                _capped(c.author.name),
                 c.commit_time,
+                _capped(c.author.email),
             )
 
     def read(self, sha: str, *, path: str) -> str | None:

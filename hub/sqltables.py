@@ -163,6 +163,17 @@ class Tables:
     def put_revision(self, revision: records.Revision) -> None:
         self._put("revisions", [revision], ("repo", "sha"))
 
+    def commits(self, shas: Sequence[str]) -> dict[str, records.Revision]:
+        """The revisions seen with these SHAs (of any repo), by SHA."""
+        wanted = sorted({s for s in shas if s})[:500]
+        if not wanted:
+            return {}
+        found = self._select(
+            records.Revision, "revisions", f"sha IN ({', '.join('?' for _ in wanted)})", wanted,
+            order="seen_at",
+        )  # fmt: skip
+        return {r.sha: r for r in found}
+
     def revisions(self, repo: str) -> list[records.Revision]:
         return self._select(records.Revision, "revisions", "repo = ?", [repo],
                             order="seen_at DESC, rowid DESC")  # fmt: skip
@@ -255,9 +266,13 @@ class Tables:
         if cluster:
             where.append("(cluster = ? OR cluster = '')")
             args.append(cluster)
-        return self._select(
+        found = self._select(
             records.Event, "events", " AND ".join(where), args, order="id DESC", limit=limit
         )
+        # entries recorded without their commit's words (an agent's `applied`, or recorded
+        # before v6) read them from the revisions the hub still keeps
+        commits = self.commits([e.revision for e in found if e.revision and not e.author])
+        return [_in_gits_words(e, commits.get(e.revision)) if not e.author else e for e in found]
 
     # ------------------------------------------------------------ retention
 
@@ -309,8 +324,21 @@ class Tables:
         return gone
 
 
+def _in_gits_words(event: records.Event, commit: records.Revision | None) -> records.Event:
+    if commit is None:
+        return event
+    return dataclasses.replace(
+        event,
+        author=commit.author,
+        author_email=commit.author_email,
+        subject=commit.message,
+        committed_at=commit.time,
+    )
+
+
 _EVENT_COLUMNS = ("at", "app", "cluster", "revision", "previous_revision", "cause", "actor",
-                  "kind", "message")  # fmt: skip
+                  "kind", "message", "author", "author_email", "subject",
+                  "committed_at")  # fmt: skip
 
 
 def _columns(kind: type) -> tuple[str, ...]:

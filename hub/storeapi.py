@@ -84,6 +84,10 @@ class StoreApi(Protocol):
 
     def put_revision(self, revision: records.Revision) -> None: ...
 
+    def commits(self, shas: Sequence[str]) -> dict[str, records.Revision]:
+        """The revisions seen with these SHAs (of any repo), by SHA; unknown ones left out."""
+        ...
+
     def revisions(self, repo: str) -> list[records.Revision]:
         """The revisions seen of `repo`, newest first."""
         ...

@@ -112,6 +112,7 @@ class Tracker:
                 self.heads[repo_name] = before  # so the next pass plans this commit again
             st = self.status[repo_name]
             st.revision = before or ""
+            st.head_author = st.head_subject = ""  # read again for `before` on the next fetch
             st.error = str(e)
             st.fetched_at.GetCurrentTime()
             log.error("repo %s: %s", repo_name, e)
@@ -135,6 +136,10 @@ class Tracker:
         st.error = ""
         st.fetched_at.GetCurrentTime()
         if sha == self.heads.get(repo_name):
+            if not st.head_subject and not st.head_author:  # after a restart: Git's words again
+                known = await asyncio.to_thread(cache.commit, sha)
+                st.head_author, st.head_subject = known.author, known.message
+                self._bus.publish(fleet_pb2.FleetChange(repo=st))
             await self._save(repo_name)
             if self._on_unchanged is not None:
                 await self._on_unchanged()
@@ -147,12 +152,14 @@ class Tracker:
                 sha=sha,
                 message=commit.message,
                 author=commit.author,
+                author_email=commit.author_email,
                 time=commit.time,
                 seen_at=time.time(),
             ),
         )
         self.heads[repo_name] = sha
         st.revision = sha
+        st.head_author, st.head_subject = commit.author, commit.message
         await self._save(repo_name)
         log.info("repo %s: new revision %s (%s)", repo_name, sha[:8], commit.message)
         self._bus.publish(fleet_pb2.FleetChange(repo=st))

@@ -93,6 +93,22 @@ def short(rev: str) -> str:
     return rev[:7] if rev else "-"
 
 
+HEAD_SUBJECT_MOST = 72  # characters of a head commit's subject the app screen's header shows
+
+
+def head_words(repo: fleet_pb2.RepoStatus | None, revision: str) -> str:
+    """The head commit in Git's own words for a header line (` "subject" by author`), or ""
+    when the repo's status does not describe that very commit."""
+    if repo is None or not revision or repo.revision != revision:
+        return ""
+    if not repo.head_subject and not repo.head_author:
+        return ""
+    subject = repo.head_subject
+    if len(subject) > HEAD_SUBJECT_MOST:
+        subject = subject[: HEAD_SUBJECT_MOST - 1] + "…"
+    return f' "{subject}"' + (f" by {repo.head_author}" if repo.head_author else "")
+
+
 SYNC_SHORT = {
     "Synced": "ok",
     "OutOfSync": "OOS",

@@ -32,6 +32,8 @@ class RepoStatus(_message.Message):
     REVISION_FIELD_NUMBER: _builtins.int
     FETCHED_AT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    HEAD_AUTHOR_FIELD_NUMBER: _builtins.int
+    HEAD_SUBJECT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     url: _builtins.str
     """credentials stripped"""
@@ -40,6 +42,12 @@ class RepoStatus(_message.Message):
     """last good revision"""
     error: _builtins.str
     """the last fetch error, empty when the last fetch worked"""
+    head_author: _builtins.str
+    """the commit `revision` names, in Git's own words (empty until the hub has read it)
+    its author's name
+    """
+    head_subject: _builtins.str
+    """the first line of its message"""
     @_builtins.property
     def fetched_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -51,10 +59,12 @@ class RepoStatus(_message.Message):
         revision: _builtins.str = ...,
         fetched_at: _timestamp_pb2.Timestamp | None = ...,
         error: _builtins.str = ...,
+        head_author: _builtins.str = ...,
+        head_subject: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["fetched_at", b"fetched_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["branch", b"branch", "error", b"error", "fetched_at", b"fetched_at", "name", b"name", "revision", b"revision", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["branch", b"branch", "error", b"error", "fetched_at", b"fetched_at", "head_author", b"head_author", "head_subject", b"head_subject", "name", b"name", "revision", b"revision", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -725,6 +725,10 @@ class Event(_message.Message):
     ACTOR_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    AUTHOR_FIELD_NUMBER: _builtins.int
+    AUTHOR_EMAIL_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    COMMITTED_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     app: _builtins.str
     cluster: _builtins.str
@@ -737,8 +741,20 @@ class Event(_message.Message):
     kind: _builtins.str
     """assigned, applied, apply-failed, pinned, unpinned, paused, resumed, synced, healed"""
     message: _builtins.str
+    author: _builtins.str
+    """the commit `revision` names, in Git's own words (empty when the hub never saw it)
+    the commit's author name
+    """
+    author_email: _builtins.str
+    """as Git has it"""
+    subject: _builtins.str
+    """the first line of the commit message"""
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def committed_at(self) -> _timestamp_pb2.Timestamp:
+        """the committer time"""
+
     def __init__(
         self,
         *,
@@ -752,10 +768,14 @@ class Event(_message.Message):
         actor: _builtins.str = ...,
         kind: _builtins.str = ...,
         message: _builtins.str = ...,
+        author: _builtins.str = ...,
+        author_email: _builtins.str = ...,
+        subject: _builtins.str = ...,
+        committed_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "committed_at", b"committed_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "app", b"app", "at", b"at", "cause", b"cause", "cluster", b"cluster", "id", b"id", "kind", b"kind", "message", b"message", "previous_revision", b"previous_revision", "revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "app", b"app", "at", b"at", "author", b"author", "author_email", b"author_email", "cause", b"cause", "cluster", b"cluster", "committed_at", b"committed_at", "id", b"id", "kind", b"kind", "message", b"message", "previous_revision", b"previous_revision", "revision", b"revision", "subject", b"subject"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

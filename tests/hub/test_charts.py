@@ -109,7 +109,10 @@ async def test_a_range_picks_the_newest_match_and_a_new_upstream_version_is_pick
             second = proc.hub.assignment("c1", "shop")
             assert second is not None and second.revision == first.revision  # Git did not move
             history = await proc.hub.history(app="shop", cluster="c1", limit=10)
-            assert any("chart demo 1.3.0 (sha256:" in e.message for e in history)
+            [moved] = [e for e in history if "chart demo 1.3.0 (sha256:" in e.message]
+            # the chart moved under the same commit: history names the commit next to it
+            assert (moved.author, moved.subject) == ("Fleet Tester", "values")
+            assert "auto-sync of a new render of a commit by Fleet Tester" in moved.message
             stored = await proc.hub.db.run(proc.hub.db.renders)
             # the render record keeps the chart the revision ran: repository, version, digest
             (now,) = [r for r in stored if r.app == "shop" and r.revision == first.revision]

@@ -111,6 +111,8 @@ def hostile_event() -> types_pb2.Event:
         actor=ACTOR,
         kind="applied[/]",
         message=EVENT_MESSAGE,
+        author="[b]mallory[/b]\x1b[31m",  # a commit's author and subject are a committer's
+        subject="[link=https://evil.example]fix[/link]\x1b[2J",
     )
     e.at.FromSeconds(NOW - 60)
     return e
@@ -318,7 +320,7 @@ async def test_the_cluster_screen_shows_labels_apart_from_what_the_agent_says() 
         assert "cluster eu-1" in shown.text and "[bold red]eu[/]^[[5m" in shown.text
 
 
-async def test_the_history_shows_messages_and_actors_literally() -> None:
+async def test_the_history_shows_messages_actors_and_commit_text_literally() -> None:
     app = hostile_app()
     async with app.run_test(size=SIZE) as pilot:
         table = await overview_ready(pilot, app)
@@ -331,6 +333,8 @@ async def test_the_history_shows_messages_and_actors_literally() -> None:
             "applied[/]",
             "eu-1",
             "deadbeef",
+            "[b]mallory[/b]^[[31m",
+            "[link=https://evil.example]fix[/link]^[[2J",
             "Unknown",  # cause 13
             "[/]alice^[[31m",
             "[bold red]rolled back[/] by [link=https://evil.example]x[/link] ^[[2J",

@@ -67,6 +67,7 @@ class AppDetail(base.FleetScreen):
             app.namespace or "-",
             "   head ",
             model.short(app.head_revision),
+            model.head_words(fleet.repos.get(app.repo), app.head_revision),
             f"   pinned {model.short(app.pinned_revision)}" if app.pinned_revision else "",
             "   PAUSED" if app.paused else "",
         )

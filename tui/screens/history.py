@@ -1,6 +1,7 @@
 """An app's history (who, what, when, why), and rolling back to a revision picked from it.
-Event messages, actors and kinds come from the hub (and through it from agents): every string
-goes through `tui.text`, so it is shown literally."""
+Each revision is shown in Git's own words: the commit's author and subject next to its SHA.
+Event messages, actors, kinds and commit text come from the hub (and through it from agents and
+committers): every string goes through `tui.text`, so it is shown literally."""
 
 from __future__ import annotations
 
@@ -38,7 +39,10 @@ class History(base.FleetScreen):
     def on_mount(self) -> None:
         self.title = text.visible(f"history of {self.app_name}")
         table = self.query_one("#events", DataTable)
-        table.add_columns("WHEN (UTC)", "WHAT", "CLUSTER", "REVISION", "WHY", "WHO", "MESSAGE")
+        table.add_columns(
+            "WHEN (UTC)", "WHAT", "CLUSTER", "REVISION", "AUTHOR", "SUBJECT", "WHY", "WHO",
+            "MESSAGE",
+        )  # fmt: skip
         table.focus()
         self.load()
 
@@ -61,6 +65,8 @@ class History(base.FleetScreen):
                 text.plain(e.kind),
                 text.plain(e.cluster or "*"),
                 text.plain(e.revision[:8] or "-"),
+                text.plain(e.author or "-"),
+                text.plain(e.subject or "-"),
                 model.cause_name(e.cause),
                 text.plain(e.actor),
                 text.plain(e.message),
