@@ -10,8 +10,9 @@ Every request has a deadline: a connect timeout (TCP and TLS) and a read timeout
 a couple of immediate reconnects, never a retried read; so an API server that is down or that
 accepts and never answers costs one timeout, not a hung thread. Whatever the transport raises
 (urllib3's MaxRetryError, a reset, a TLS failure) comes out as `errors.Unreachable` naming the
-server, never as a foreign exception. The agent has no watches; one would need its own
-server-side timeout (`timeoutSeconds`) on top of these.
+server, never as a foreign exception. A watch (`watch`) is the one long request: it asks the
+server to end it after `timeoutSeconds`, reads with that plus the read timeout, streams on a
+thread of its own (never the request pool), and is closed when its caller is cancelled.
 
 It must never log request or response bodies: they may be Secrets.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import json
@@ -41,6 +43,10 @@ FIELD_MANAGER = "fleetops"
 CONNECT_TIMEOUT = 5.0  # TCP connect and TLS handshake
 READ_TIMEOUT = 30.0  # waiting for the answer to one request
 T = TypeVar("T")
+WATCH_SECONDS = 300  # the server ends a watch after this; the caller resumes it
+EventSink = Callable[[dict[str, Any]], None]
+Objects = list[dict[str, Any]]
+Opened = list[Any]  # the open watch response, to close it from the event loop
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,6 +227,141 @@ class Kube:
             item.setdefault("apiVersion", rt.api_version)
             item.setdefault("kind", rt.kind)
         return items
+
+    async def list_at(
+        self, rt: ResourceType, namespace: str = "", *, field_selector: str = ""
+    ) -> tuple[Objects, str]:
+        """`list`, and the list's resourceVersion: where a watch of it starts."""
+        query = [("fieldSelector", field_selector)] if field_selector else []
+        doc = await self._run(
+            self._call, "GET", rt.path(namespace=namespace), query=query, count_as="LIST"
+        )
+        items: Objects = doc.get("items", [])
+        for item in items:
+            item.setdefault("apiVersion", rt.api_version)
+            item.setdefault("kind", rt.kind)
+        return items, str((doc.get("metadata") or {}).get("resourceVersion") or "")
+
+    async def watch(
+        self,
+        rt: ResourceType,
+        namespace: str = "",
+        *,
+        resource_version: str,
+        on_event: EventSink,
+        field_selector: str = "",
+        timeout_seconds: int = WATCH_SECONDS,
+    ) -> None:
+        """Stream the changes of `rt` in `namespace` after `resource_version` (bookmarks
+        included) to `on_event` on the event loop, until the server ends the watch (normal
+        return) or it fails: `errors.KubeError` with status 410 when the version is too old
+        (list again), `errors.Unreachable` when the connection broke. Cancelling closes it."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        opened: Opened = []
+
+        def settle(error: BaseException | None) -> None:
+            if done.done():
+                return
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
+
+        def post(fn: Callable[..., None], arg: Any) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody listens
+                loop.call_soon_threadsafe(fn, arg)
+
+        def stream() -> None:
+            try:
+                self._stream(
+                    rt,
+                    namespace,
+                    resource_version=resource_version,
+                    field_selector=field_selector,
+                    timeout_seconds=timeout_seconds,
+                    opened=opened,
+                    deliver=lambda event: post(on_event, event),
+                )
+            except BaseException as e:  # handed to the awaiting task, never lost in the thread
+                post(settle, e)
+            else:
+                post(settle, None)
+
+        threading.Thread(target=stream, name=f"watch {rt.plural}", daemon=True).start()
+        try:
+            await done
+        finally:
+            for resp in opened:  # ends the read the thread may be blocked in
+                with contextlib.suppress(Exception):
+                    resp.shutdown() if hasattr(resp, "shutdown") else resp.close()
+
+    def _stream(
+        self,
+        rt: ResourceType,
+        namespace: str,
+        *,
+        resource_version: str,
+        field_selector: str,
+        timeout_seconds: int,
+        opened: Opened,
+        deliver: EventSink,
+    ) -> None:
+        with self._lock:
+            self.requests["WATCH"] += 1
+        query = [
+            ("watch", "true"),
+            ("allowWatchBookmarks", "true"),
+            ("timeoutSeconds", str(timeout_seconds)),
+        ]
+        if resource_version:
+            query.append(("resourceVersion", resource_version))
+        if field_selector:
+            query.append(("fieldSelector", field_selector))
+        path = rt.path(namespace=namespace)
+        method, url, headers, body, _ = self._api.param_serialize(
+            method="GET",
+            resource_path=path,
+            query_params=query,
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        timeout = (self.timeouts.connect, timeout_seconds + self.timeouts.read)
+        try:
+            resp = self._api.call_api(method, url, header_params=headers, _request_timeout=timeout)
+            raw = resp.response
+            opened.append(raw)
+            if not 200 <= resp.status < 300:
+                data = resp.read()
+                raise _error(
+                    resp.status, body=data, http_reason=resp.reason, method="GET", path=path
+                )
+            pending = b""
+            for chunk in raw.stream(2**16):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    if event.get("type") == "ERROR":  # a Status: 410 Gone when too old
+                        status = event.get("object") or {}
+                        raise _error(
+                            int(status.get("code") or 500),
+                            body=json.dumps(status),
+                            http_reason=status.get("reason"),
+                            method="WATCH",
+                            path=path,
+                        )
+                    deliver(event)
+        except exceptions.ApiException as e:
+            if not e.status:
+                raise self._unreachable(str(e.reason or e).replace("\n", ": ")) from None
+            raise _error(
+                e.status, body=e.body, http_reason=e.reason, method="GET", path=path
+            ) from None
+        except (transport.HTTPError, OSError, ValueError) as e:
+            raise self._unreachable(_transport_cause(e, self.timeouts)) from None
 
     async def apply(
         self, rt: ResourceType, obj: Mapping[str, Any], *, force: bool, dry_run: bool = False
