@@ -3,7 +3,7 @@
 One watch per (type, namespace) the apps' objects live in (cluster-scoped types: one per
 type), narrowed to the object's name when it is the only one there; it starts from a list's
 resourceVersion, resumes from the last version it saw (bookmarks keep that fresh) when the
-server ends it or the connection breaks (backoff 0.5 s doubling to 30 s), and lists again on
+server ends it or the connection breaks (backoff 0.5 s doubling to 8 s), and lists again on
 410 Gone. A relist reports every managed object there as seen (the caller compares versions)
 and the ones missing as deleted, so nothing changed while it was not watching goes unseen.
 
@@ -24,7 +24,7 @@ from fleetops.agent import errors, ids, kube, manifests
 
 log = logging.getLogger("fleetops.agent.watch")
 OnChange = Callable[[ids.AppName, manifests.Key, "dict[str, Any] | None"], None]
-BACKOFF = (0.5, 30.0)  # first retry, longest wait
+BACKOFF = (0.5, 8.0)  # first retry, longest wait
 
 
 @dataclasses.dataclass(frozen=True)

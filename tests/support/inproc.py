@@ -12,6 +12,9 @@ import asyncio
 import contextlib
 import pathlib
 from collections.abc import AsyncIterator
+from typing import Any
+
+import yaml
 
 from fleetops.agent import credentials, kube, reconcile, runner, state
 from fleetops.proto import bundles
@@ -50,6 +53,13 @@ async def agent(
         for task in loops:
             task.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
+
+
+def bundle(app: str, *objs: dict[str, Any], revision: str = "r1") -> types_pb2.Bundle:
+    """A bundle of app `app` whose namespace is `app` too."""
+    out = types_pb2.Bundle(app=app, revision=revision, namespace=app)
+    out.manifests.add(source="manifests.yaml", yaml=yaml.safe_dump_all(list(objs)))
+    return out
 
 
 def assign(
