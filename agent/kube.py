@@ -26,7 +26,6 @@ import contextlib
 import dataclasses
 import functools
 import json
-import re
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -37,7 +36,7 @@ from kubernetes import client, config
 from kubernetes.client import exceptions
 from urllib3 import exceptions as transport
 
-from fleetops.agent import errors
+from fleetops.agent import errors, kubewire
 
 FIELD_MANAGER = "fleetops"
 CONNECT_TIMEOUT = 5.0  # TCP connect and TLS handshake
@@ -127,13 +126,15 @@ class Kube:
         except exceptions.ApiException as e:
             if not e.status:  # the client reports a TLS failure as an ApiException without one
                 raise self._unreachable(str(e.reason or e).replace("\n", ": ")) from None
-            raise _error(
+            raise kubewire.error(
                 e.status, body=e.body, http_reason=e.reason, method=method, path=path
             ) from None
         except (transport.HTTPError, OSError) as e:
-            raise self._unreachable(_transport_cause(e, self.timeouts)) from None
+            raise self._unreachable(kubewire.transport_cause(e, self.timeouts)) from None
         if not 200 <= resp.status < 300:
-            raise _error(resp.status, body=data, http_reason=resp.reason, method=method, path=path)
+            raise kubewire.error(
+                resp.status, body=data, http_reason=resp.reason, method=method, path=path
+            )
         return json.loads(data) if data else {}
 
     def _unreachable(self, cause: str) -> errors.Unreachable:
@@ -333,35 +334,19 @@ class Kube:
             opened.append(raw)
             if not 200 <= resp.status < 300:
                 data = resp.read()
-                raise _error(
+                raise kubewire.error(
                     resp.status, body=data, http_reason=resp.reason, method="GET", path=path
                 )
-            pending = b""
-            for chunk in raw.stream(2**16):
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    if not line.strip():
-                        continue
-                    event = json.loads(line)
-                    if event.get("type") == "ERROR":  # a Status: 410 Gone when too old
-                        status = event.get("object") or {}
-                        raise _error(
-                            int(status.get("code") or 500),
-                            body=json.dumps(status),
-                            http_reason=status.get("reason"),
-                            method="WATCH",
-                            path=path,
-                        )
-                    deliver(event)
+            for event in kubewire.events(raw.stream(2**16), path=path):
+                deliver(event)
         except exceptions.ApiException as e:
             if not e.status:
                 raise self._unreachable(str(e.reason or e).replace("\n", ": ")) from None
-            raise _error(
+            raise kubewire.error(
                 e.status, body=e.body, http_reason=e.reason, method="GET", path=path
             ) from None
         except (transport.HTTPError, OSError, ValueError) as e:
-            raise self._unreachable(_transport_cause(e, self.timeouts)) from None
+            raise self._unreachable(kubewire.transport_cause(e, self.timeouts)) from None
 
     async def apply(
         self, rt: ResourceType, obj: Mapping[str, Any], *, force: bool, dry_run: bool = False
@@ -436,69 +421,3 @@ def connect(
         raise errors.AgentError(f"cannot load cluster credentials from {where}: {e}") from None
     cfg.connection_pool_maxsize = concurrency
     return Kube(client.ApiClient(cfg), concurrency=concurrency, timeouts=timeouts)
-
-
-_VERBS = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
-_CONFLICT_MANAGER = re.compile(r'conflicts? with "([^"]+)"')
-
-
-def _error(
-    status: int | None, *, body: Any, http_reason: Any, method: str, path: str
-) -> errors.KubeError:
-    """The Status object the API server sent, as one of our errors."""
-    message = ""
-    reason = ""
-    try:
-        doc = json.loads(body or "{}")
-        message = str(doc.get("message") or "")
-        reason = str(doc.get("reason") or "")
-    except (ValueError, TypeError, AttributeError):
-        message = str(http_reason or "")
-    code = int(status or 0)
-    message = message or f"{method} {path}: HTTP {code}"
-    if code == 404:
-        return errors.NotFound(message, status=404, reason=reason)
-    if code == 409 and reason == "Conflict" and "conflict" in message.lower():
-        managers = sorted(set(_CONFLICT_MANAGER.findall(message)))
-        return errors.Conflict(message, managers=managers)
-    if code in (400, 422):
-        return errors.Invalid(message, status=code, reason=reason)
-    if code == 403:
-        namespace, resource = _scope(path)
-        verb = _VERBS.get(method, method.lower())
-        return errors.Forbidden(message, namespace=namespace, resource=resource, verb=verb)
-    return errors.KubeError(message, status=code, reason=reason)
-
-
-def _scope(path: str) -> tuple[str, str]:
-    """(namespace, resource) of a request path; the namespace is "" for cluster scope."""
-    parts = [p for p in path.split("/") if p]
-    rest = parts[2:] if parts[:1] == ["api"] else parts[3:]  # /api/v1/... or /apis/g/v/...
-    if len(rest) >= 3 and rest[0] == "namespaces":
-        return rest[1], rest[2]
-    return "", rest[0] if rest else ""
-
-
-def _transport_cause(e: BaseException, timeouts: Timeouts) -> str:
-    """Why a request got no answer, in a few words a person can act on."""
-    while isinstance(e, transport.MaxRetryError) and e.reason is not None:
-        e = e.reason
-    if isinstance(e, transport.NewConnectionError):  # before ConnectTimeoutError: a subclass
-        inner = e.__context__ or e.__cause__
-        if isinstance(inner, OSError) and inner.strerror:
-            return inner.strerror.lower()
-        return str(e).rpartition(": ")[2] or "connection failed"
-    if isinstance(e, transport.ConnectTimeoutError):
-        return f"no connection within {timeouts.connect:g} s (connect timeout)"
-    if isinstance(e, transport.ReadTimeoutError):
-        return (
-            f"it accepted the connection but sent no answer in time (timeouts: connect "
-            f"{timeouts.connect:g} s, read {timeouts.read:g} s)"
-        )
-    if isinstance(e, transport.ProtocolError):
-        inner = e.args[1] if len(e.args) > 1 else None
-        what = inner.strerror if isinstance(inner, OSError) and inner.strerror else inner
-        return f"the connection broke ({what or e})".lower()
-    if isinstance(e, OSError) and e.strerror:
-        return e.strerror.lower()
-    return f"{type(e).__name__}: {e}"
