@@ -11,8 +11,9 @@ a couple of immediate reconnects, never a retried read; so an API server that is
 accepts and never answers costs one timeout, not a hung thread. Whatever the transport raises
 (urllib3's MaxRetryError, a reset, a TLS failure) comes out as `errors.Unreachable` naming the
 server, never as a foreign exception. A watch (`watch`) is the one long request: it asks the
-server to end it after `timeoutSeconds`, reads with that plus the read timeout, streams on a
-thread of its own (never the request pool), and is closed when its caller is cancelled.
+server to end it after `timeoutSeconds`, gives it up when it stays silent past the server's
+bookmarks (`WATCH_SILENCE`), streams on a thread of its own (never the request pool), and is
+closed when its caller is cancelled.
 
 It must never log request or response bodies: they may be Secrets.
 """
@@ -43,6 +44,9 @@ CONNECT_TIMEOUT = 5.0  # TCP connect and TLS handshake
 READ_TIMEOUT = 30.0  # waiting for the answer to one request
 T = TypeVar("T")
 WATCH_SECONDS = 300  # the server ends a watch after this; the caller resumes it
+# The server sends a bookmark on every watch about once a minute: a watch silent for longer
+# sits on a dead connection (a partition without a reset), and is given up.
+WATCH_SILENCE = 90.0
 EventSink = Callable[[dict[str, Any]], None]
 Objects = list[dict[str, Any]]
 Opened = list[Any]  # the open watch response, to close it from the event loop
@@ -327,7 +331,7 @@ class Kube:
             header_params={"Accept": "application/json"},
             auth_settings=["BearerToken"],
         )
-        timeout = (self.timeouts.connect, timeout_seconds + self.timeouts.read)
+        timeout = (self.timeouts.connect, WATCH_SILENCE)
         try:
             resp = self._api.call_api(method, url, header_params=headers, _request_timeout=timeout)
             raw = resp.response
@@ -337,8 +341,11 @@ class Kube:
                 raise kubewire.error(
                     resp.status, body=data, http_reason=resp.reason, method="GET", path=path
                 )
-            for event in kubewire.events(raw.stream(2**16), path=path):
-                deliver(event)
+            try:
+                for event in kubewire.events(raw.stream(2**16), path=path):
+                    deliver(event)
+            finally:  # a broken or ended stream gives its socket back, never leaks it
+                raw.close()
         except exceptions.ApiException as e:
             if not e.status:
                 raise self._unreachable(str(e.reason or e).replace("\n", ": ")) from None

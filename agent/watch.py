@@ -3,9 +3,10 @@
 One watch per (type, namespace) the apps' objects live in (cluster-scoped types: one per
 type), narrowed to the object's name when it is the only one there; it starts from a list's
 resourceVersion, resumes from the last version it saw (bookmarks keep that fresh) when the
-server ends it or the connection breaks (backoff 0.5 s doubling to 8 s), and lists again on
-410 Gone. A relist reports every managed object there as seen (the caller compares versions)
-and the ones missing as deleted, so nothing changed while it was not watching goes unseen.
+server ends it or the connection breaks (backoff 0.5 s doubling to 8 s; a minute when it is
+refused, e.g. 403), and lists again on 410 Gone. A relist reports every managed object there
+as seen (the caller compares versions) and the missing ones as deleted, so nothing changed
+while it was not watching goes unseen.
 
 It keeps names and versions only, never objects: memory follows the number of managed
 objects, not their size. It decides nothing: `on_change(app, key, obj)` (None when deleted)
@@ -24,7 +25,8 @@ from fleetops.agent import errors, ids, kube, manifests
 
 log = logging.getLogger("fleetops.agent.watch")
 OnChange = Callable[[ids.AppName, manifests.Key, "dict[str, Any] | None"], None]
-BACKOFF = (0.5, 8.0)  # first retry, longest wait
+BACKOFF = (0.5, 8.0)  # first retry, longest wait, when the connection broke
+REFUSED = 60.0  # the wait after the server refused a watch (403, 404): fixing it takes a person
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,8 +160,9 @@ class Watches:
                     continue
                 log.warning("watch of %s failed, again in %.1f s: %s", where, wait, e)
                 version = ""  # e.g. 403 or 404 (a CRD went away): start over from a list
+                wait = max(wait, REFUSED)  # refused, not broken: do not ask every few seconds
             await asyncio.sleep(wait)
-            wait = min(wait * 2, BACKOFF[1])
+            wait = min(wait * 2, max(BACKOFF[1], wait))
 
     def _relisted(self, scope: Scope, stream: _Stream, items: list[dict[str, Any]]) -> None:
         found = {str((i.get("metadata") or {}).get("name") or ""): i for i in items}

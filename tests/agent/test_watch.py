@@ -20,7 +20,7 @@ from fleetops.proto.v1 import types_pb2
 from tests import localkube
 from tests.agent.conftest import BundleFactory
 from tests.agent.objects import configmap, deployment, namespace, policy
-from tests.support import inproc, wait
+from tests.support import agentrun, inproc, tcpgate, wait
 
 pytestmark = pytest.mark.cluster
 
@@ -164,3 +164,39 @@ async def _is(value: object, want: object) -> bool:
 async def _data(client: kube.Kube, ns: str, want: dict[str, str], name: str = "settings") -> bool:
     live = await client.get(CM, namespace=ns, name=name)
     return live is not None and live.get("data") == want
+
+
+async def test_a_broken_connection_is_resumed_and_drift_made_meanwhile_is_healed(
+    cleanup: list[localkube.LocalCluster],
+    cluster: kube.Kube,
+    make_bundle: BundleFactory,
+    unique_name: str,
+    tmp_path: pathlib.Path,
+) -> None:
+    """The agent's connections to the API server are reset and refused (a TCP gate in front
+    of it) while someone scales the Deployment; once the gate opens, the watch resumes from
+    the version it had and the change made meanwhile is healed."""
+    ns = unique_name
+    bundle = make_bundle(namespace(ns), deployment("web", replicas=1))
+    with tcpgate.Gate(agentrun.apiserver(cleanup[0].kubeconfig)) as gate:
+        gate.open()
+        path = agentrun.kubeconfig_via(cleanup[0].kubeconfig, gate.port, tmp_path / "kc")
+        gated = kube.connect(str(path))
+        try:
+            async with inproc.agent(gated, tmp_path / "state") as run:
+                assert run.watches is not None
+                inproc.assign(run, bundle, policy(self_heal=True))
+                await wait.until("the first sync", lambda: synced(run, ns), within=60)
+                resumes = run.watches.resumes
+                gate.close()  # resets the watch's connection; new ones are refused
+                await kubectl(cleanup[0], "-n", ns, "scale", "deployment/web", "--replicas=4")
+                gate.open()
+                await wait.until(
+                    "the scale made while disconnected to be healed",
+                    lambda: _is(replicas(cluster, ns), 1),
+                    within=20,
+                )
+                watches = run.watches
+                await wait.until("the watches to resume", lambda: watches.resumes > resumes)
+        finally:
+            gated.close()
