@@ -221,9 +221,14 @@ class Runner:
             try:
                 await asyncio.wait_for(self.stop.wait(), timeout=self.resync)
             except TimeoutError:
+                present = set()
                 for stored in self.local.load_all():
+                    present.add(stored.assignment.app)
                     self._resyncing.add(stored.assignment.app)
                     self.enqueue(stored.assignment.app)
+                for app in self.watches.apps() if self.watches is not None else ():
+                    if app not in present:  # no longer assigned: its worker stops watching it
+                        self.enqueue(app)
 
     async def workers(self) -> None:
         """Hand each dirty app to a worker of its own, at most `workers` at once, until

@@ -69,6 +69,10 @@ class Watches:
             self._apps.pop(app, None)
         self._rebuild()
 
+    def apps(self) -> list[ids.AppName]:
+        """The apps whose objects are watched."""
+        return sorted(self._apps)
+
     def watched(self) -> list[Scope]:
         return sorted(self._streams, key=lambda s: (s.rt.group, s.rt.kind, s.namespace))
 

@@ -187,7 +187,8 @@ async def test_a_broken_connection_is_resumed_and_drift_made_meanwhile_is_healed
                 assert run.watches is not None
                 inproc.assign(run, bundle, policy(self_heal=True))
                 await wait.until("the first sync", lambda: synced(run, ns), within=60)
-                resumes = run.watches.resumes
+                watches = run.watches
+                restarts = watches.resumes + watches.relists
                 gate.close()  # resets the watch's connection; new ones are refused
                 await kubectl(cleanup[0], "-n", ns, "scale", "deployment/web", "--replicas=4")
                 gate.open()
@@ -196,7 +197,32 @@ async def test_a_broken_connection_is_resumed_and_drift_made_meanwhile_is_healed
                     lambda: _is(replicas(cluster, ns), 1),
                     within=20,
                 )
-                watches = run.watches
-                await wait.until("the watches to resume", lambda: watches.resumes > resumes)
+                await wait.until(
+                    "the watches to come back (resumed, or listed again if they broke while "
+                    "starting)",
+                    lambda: watches.resumes + watches.relists > restarts,
+                )
         finally:
             gated.close()
+
+
+async def test_an_app_no_longer_assigned_is_no_longer_watched(
+    cleanup: list[localkube.LocalCluster],
+    cluster: kube.Kube,
+    make_bundle: BundleFactory,
+    unique_name: str,
+    tmp_path: pathlib.Path,
+) -> None:
+    ns = unique_name
+    async with inproc.agent(cluster, tmp_path, resync=1) as run:
+        watches = run.watches
+        assert watches is not None
+        inproc.assign(run, make_bundle(namespace(ns), configmap("a")), policy(self_heal=True))
+        await wait.until("the first sync", lambda: synced(run, ns), within=60)
+        assert [(s.rt.kind, s.namespace) for s in watches.watched()] == [
+            ("ConfigMap", ns),
+            ("Namespace", ""),
+        ]
+        run.local.remove(ns)  # as the hub connection does when the app is unassigned
+        await wait.until("its watches to stop", lambda: not watches.watched(), within=10)
+        assert watches.apps() == []
