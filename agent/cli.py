@@ -170,6 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=300.0,
         help="seconds between full drift checks, a safety net: watches see changes at once",
     )
+    run.add_argument(
+        "--no-watch",
+        dest="watch",
+        action="store_false",
+        help="do not watch the applied objects: drift is seen only by the resync "
+        "(then set --resync lower, e.g. 30)",
+    )
     run.add_argument("--wave-timeout", type=float, default=300.0)
     run.add_argument("--log-level", default="INFO")
 
