@@ -53,6 +53,9 @@ from fleetops.proto.v1 import agent_pb2, types_pb2
 
 log = logging.getLogger("fleetops.agent")
 WORKERS = 4  # apps reconciled at once
+# The longest wait before looking again at an app still rolling out or that could not reach
+# the API server: the resync is long now (watches see drift), a recovery must not wait for it.
+FOLLOW_UP_MAX = 30.0
 
 
 def _same(a: types_pb2.AppReport | None, b: types_pb2.AppReport) -> bool:
@@ -309,8 +312,8 @@ class Runner:
 
     def _follow_up(self, app: str, result: st.AppResult) -> None:
         """While an app is still rolling out, or the API server did not answer, look again
-        soon (0.5 s, doubling up to the resync interval) so its health reaches the hub when it
-        changes, not a resync later."""
+        soon (0.5 s, doubling up to 30 s or the resync interval) so its health reaches the hub
+        when it changes, not a resync later."""
         if (
             result.health != health.PROGRESSING
             and result.sync != st.APPLYING
@@ -319,6 +322,6 @@ class Runner:
             self._backoff.pop(app, None)
             return
         delay = self._backoff.get(app, 0.25) * 2
-        self._backoff[app] = min(delay, self.resync)
+        self._backoff[app] = min(delay, self.resync, FOLLOW_UP_MAX)
         loop = asyncio.get_running_loop()
         loop.call_later(self._backoff[app], self.enqueue, app)

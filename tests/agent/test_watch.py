@@ -226,3 +226,34 @@ async def test_an_app_no_longer_assigned_is_no_longer_watched(
         run.local.remove(ns)  # as the hub connection does when the app is unassigned
         await wait.until("its watches to stop", lambda: not watches.watched(), within=10)
         assert watches.apps() == []
+
+
+async def test_an_app_that_could_not_reach_the_api_server_recovers_without_the_resync(
+    cleanup: list[localkube.LocalCluster],
+    make_bundle: BundleFactory,
+    unique_name: str,
+    tmp_path: pathlib.Path,
+) -> None:
+    """The resync is long now (600 s here): an app whose check found the API server gone is
+    looked at again soon, so it reports Synced again within seconds once the server is back."""
+    ns = unique_name
+    with tcpgate.Gate(agentrun.apiserver(cleanup[0].kubeconfig)) as gate:
+        gate.open()
+        path = agentrun.kubeconfig_via(cleanup[0].kubeconfig, gate.port, tmp_path / "kc")
+        gated = kube.connect(str(path))
+        try:
+            async with inproc.agent(gated, tmp_path / "state") as run:
+                inproc.assign(run, make_bundle(namespace(ns), configmap("a")), policy())
+                await wait.until("the first sync", lambda: synced(run, ns), within=60)
+                gate.close()
+                run.enqueue(ns)  # e.g. a new assignment arrives while the server is gone
+
+                def failed() -> bool:
+                    report = run.reports.get(ns)
+                    return report is not None and report.sync == st.APPLY_FAILED
+
+                await wait.until("the app to say it cannot reach the server", failed)
+                gate.open()
+                await wait.until("the app back in sync", lambda: synced(run, ns), within=20)
+        finally:
+            gated.close()
