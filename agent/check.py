@@ -216,9 +216,8 @@ async def _check_one(
             source=where,
         )
     h = health.assess(live)
-    rv = str(live["metadata"].get("resourceVersion") or "")
     if rules.whole_object or (
-        not full and ctx.known_in_sync(app, key=key, desired=p.obj, live_version=rv)
+        not full and ctx.known_in_sync(app, key=key, desired=p.obj, live=live)
     ):
         return st.ResourceResult.in_sync(key=key, version=version, health=h, source=where)
     body = ignore.respect(p.obj, live, rules) if rules else p.obj

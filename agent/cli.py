@@ -164,7 +164,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="serve /healthz (alive) and /readyz (connected to the hub) over HTTP",
     )
-    run.add_argument("--resync", type=float, default=30.0, help="seconds between drift checks")
+    run.add_argument(
+        "--resync",
+        type=float,
+        default=300.0,
+        help="seconds between full drift checks, a safety net: watches see changes at once",
+    )
+    run.add_argument(
+        "--no-watch",
+        dest="watch",
+        action="store_false",
+        help="do not watch the applied objects: drift is seen only by the resync "
+        "(then set --resync lower, e.g. 30)",
+    )
     run.add_argument("--wave-timeout", type=float, default=300.0)
     run.add_argument("--log-level", default="INFO")
 

@@ -244,6 +244,7 @@ async def run(ns: argparse.Namespace) -> int:
             health_listen=ns.health_listen,
             identity_secret=ns.identity_secret,
             stop=stop,
+            watching=ns.watch,
         )
         await runner_.run()
     finally:

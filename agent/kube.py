@@ -10,8 +10,10 @@ Every request has a deadline: a connect timeout (TCP and TLS) and a read timeout
 a couple of immediate reconnects, never a retried read; so an API server that is down or that
 accepts and never answers costs one timeout, not a hung thread. Whatever the transport raises
 (urllib3's MaxRetryError, a reset, a TLS failure) comes out as `errors.Unreachable` naming the
-server, never as a foreign exception. The agent has no watches; one would need its own
-server-side timeout (`timeoutSeconds`) on top of these.
+server, never as a foreign exception. A watch (`watch`) is the one long request: it asks the
+server to end it after `timeoutSeconds`, gives it up when it stays silent past the server's
+bookmarks (`WATCH_SILENCE`), streams on a thread of its own (never the request pool), and is
+closed when its caller is cancelled.
 
 It must never log request or response bodies: they may be Secrets.
 """
@@ -21,10 +23,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import json
-import re
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -35,12 +37,19 @@ from kubernetes import client, config
 from kubernetes.client import exceptions
 from urllib3 import exceptions as transport
 
-from fleetops.agent import errors
+from fleetops.agent import errors, kubewire
 
 FIELD_MANAGER = "fleetops"
 CONNECT_TIMEOUT = 5.0  # TCP connect and TLS handshake
 READ_TIMEOUT = 30.0  # waiting for the answer to one request
 T = TypeVar("T")
+WATCH_SECONDS = 300  # the server ends a watch after this; the caller resumes it
+# The server sends a bookmark on every watch about once a minute: a watch silent for longer
+# sits on a dead connection (a partition without a reset), and is given up.
+WATCH_SILENCE = 90.0
+EventSink = Callable[[dict[str, Any]], None]
+Objects = list[dict[str, Any]]
+Opened = list[Any]  # the open watch response, to close it from the event loop
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,13 +130,15 @@ class Kube:
         except exceptions.ApiException as e:
             if not e.status:  # the client reports a TLS failure as an ApiException without one
                 raise self._unreachable(str(e.reason or e).replace("\n", ": ")) from None
-            raise _error(
+            raise kubewire.error(
                 e.status, body=e.body, http_reason=e.reason, method=method, path=path
             ) from None
         except (transport.HTTPError, OSError) as e:
-            raise self._unreachable(_transport_cause(e, self.timeouts)) from None
+            raise self._unreachable(kubewire.transport_cause(e, self.timeouts)) from None
         if not 200 <= resp.status < 300:
-            raise _error(resp.status, body=data, http_reason=resp.reason, method=method, path=path)
+            raise kubewire.error(
+                resp.status, body=data, http_reason=resp.reason, method=method, path=path
+            )
         return json.loads(data) if data else {}
 
     def _unreachable(self, cause: str) -> errors.Unreachable:
@@ -222,6 +233,128 @@ class Kube:
             item.setdefault("kind", rt.kind)
         return items
 
+    async def list_at(
+        self, rt: ResourceType, namespace: str = "", *, field_selector: str = ""
+    ) -> tuple[Objects, str]:
+        """`list`, and the list's resourceVersion: where a watch of it starts."""
+        query = [("fieldSelector", field_selector)] if field_selector else []
+        doc = await self._run(
+            self._call, "GET", rt.path(namespace=namespace), query=query, count_as="LIST"
+        )
+        items: Objects = doc.get("items", [])
+        for item in items:
+            item.setdefault("apiVersion", rt.api_version)
+            item.setdefault("kind", rt.kind)
+        return items, str((doc.get("metadata") or {}).get("resourceVersion") or "")
+
+    async def watch(
+        self,
+        rt: ResourceType,
+        namespace: str = "",
+        *,
+        resource_version: str,
+        on_event: EventSink,
+        field_selector: str = "",
+        timeout_seconds: int = WATCH_SECONDS,
+    ) -> None:
+        """Stream the changes of `rt` in `namespace` after `resource_version` (bookmarks
+        included) to `on_event` on the event loop, until the server ends the watch (normal
+        return) or it fails: `errors.KubeError` with status 410 when the version is too old
+        (list again), `errors.Unreachable` when the connection broke. Cancelling closes it."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        opened: Opened = []
+
+        def settle(error: BaseException | None) -> None:
+            if done.done():
+                return
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
+
+        def post(fn: Callable[..., None], arg: Any) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody listens
+                loop.call_soon_threadsafe(fn, arg)
+
+        def stream() -> None:
+            try:
+                self._stream(
+                    rt,
+                    namespace,
+                    resource_version=resource_version,
+                    field_selector=field_selector,
+                    timeout_seconds=timeout_seconds,
+                    opened=opened,
+                    deliver=lambda event: post(on_event, event),
+                )
+            except BaseException as e:  # handed to the awaiting task, never lost in the thread
+                post(settle, e)
+            else:
+                post(settle, None)
+
+        threading.Thread(target=stream, name=f"watch {rt.plural}", daemon=True).start()
+        try:
+            await done
+        finally:
+            for resp in opened:  # ends the read the thread may be blocked in
+                with contextlib.suppress(Exception):
+                    resp.shutdown() if hasattr(resp, "shutdown") else resp.close()
+
+    def _stream(
+        self,
+        rt: ResourceType,
+        namespace: str,
+        *,
+        resource_version: str,
+        field_selector: str,
+        timeout_seconds: int,
+        opened: Opened,
+        deliver: EventSink,
+    ) -> None:
+        with self._lock:
+            self.requests["WATCH"] += 1
+        query = [
+            ("watch", "true"),
+            ("allowWatchBookmarks", "true"),
+            ("timeoutSeconds", str(timeout_seconds)),
+        ]
+        if resource_version:
+            query.append(("resourceVersion", resource_version))
+        if field_selector:
+            query.append(("fieldSelector", field_selector))
+        path = rt.path(namespace=namespace)
+        method, url, headers, body, _ = self._api.param_serialize(
+            method="GET",
+            resource_path=path,
+            query_params=query,
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        timeout = (self.timeouts.connect, WATCH_SILENCE)
+        try:
+            resp = self._api.call_api(method, url, header_params=headers, _request_timeout=timeout)
+            raw = resp.response
+            opened.append(raw)
+            if not 200 <= resp.status < 300:
+                data = resp.read()
+                raise kubewire.error(
+                    resp.status, body=data, http_reason=resp.reason, method="GET", path=path
+                )
+            try:
+                for event in kubewire.events(raw.stream(2**16), path=path):
+                    deliver(event)
+            finally:  # a broken or ended stream gives its socket back, never leaks it
+                raw.close()
+        except exceptions.ApiException as e:
+            if not e.status:
+                raise self._unreachable(str(e.reason or e).replace("\n", ": ")) from None
+            raise kubewire.error(
+                e.status, body=e.body, http_reason=e.reason, method="GET", path=path
+            ) from None
+        except (transport.HTTPError, OSError, ValueError) as e:
+            raise self._unreachable(kubewire.transport_cause(e, self.timeouts)) from None
+
     async def apply(
         self, rt: ResourceType, obj: Mapping[str, Any], *, force: bool, dry_run: bool = False
     ) -> dict[str, Any]:
@@ -295,69 +428,3 @@ def connect(
         raise errors.AgentError(f"cannot load cluster credentials from {where}: {e}") from None
     cfg.connection_pool_maxsize = concurrency
     return Kube(client.ApiClient(cfg), concurrency=concurrency, timeouts=timeouts)
-
-
-_VERBS = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
-_CONFLICT_MANAGER = re.compile(r'conflicts? with "([^"]+)"')
-
-
-def _error(
-    status: int | None, *, body: Any, http_reason: Any, method: str, path: str
-) -> errors.KubeError:
-    """The Status object the API server sent, as one of our errors."""
-    message = ""
-    reason = ""
-    try:
-        doc = json.loads(body or "{}")
-        message = str(doc.get("message") or "")
-        reason = str(doc.get("reason") or "")
-    except (ValueError, TypeError, AttributeError):
-        message = str(http_reason or "")
-    code = int(status or 0)
-    message = message or f"{method} {path}: HTTP {code}"
-    if code == 404:
-        return errors.NotFound(message, status=404, reason=reason)
-    if code == 409 and reason == "Conflict" and "conflict" in message.lower():
-        managers = sorted(set(_CONFLICT_MANAGER.findall(message)))
-        return errors.Conflict(message, managers=managers)
-    if code in (400, 422):
-        return errors.Invalid(message, status=code, reason=reason)
-    if code == 403:
-        namespace, resource = _scope(path)
-        verb = _VERBS.get(method, method.lower())
-        return errors.Forbidden(message, namespace=namespace, resource=resource, verb=verb)
-    return errors.KubeError(message, status=code, reason=reason)
-
-
-def _scope(path: str) -> tuple[str, str]:
-    """(namespace, resource) of a request path; the namespace is "" for cluster scope."""
-    parts = [p for p in path.split("/") if p]
-    rest = parts[2:] if parts[:1] == ["api"] else parts[3:]  # /api/v1/... or /apis/g/v/...
-    if len(rest) >= 3 and rest[0] == "namespaces":
-        return rest[1], rest[2]
-    return "", rest[0] if rest else ""
-
-
-def _transport_cause(e: BaseException, timeouts: Timeouts) -> str:
-    """Why a request got no answer, in a few words a person can act on."""
-    while isinstance(e, transport.MaxRetryError) and e.reason is not None:
-        e = e.reason
-    if isinstance(e, transport.NewConnectionError):  # before ConnectTimeoutError: a subclass
-        inner = e.__context__ or e.__cause__
-        if isinstance(inner, OSError) and inner.strerror:
-            return inner.strerror.lower()
-        return str(e).rpartition(": ")[2] or "connection failed"
-    if isinstance(e, transport.ConnectTimeoutError):
-        return f"no connection within {timeouts.connect:g} s (connect timeout)"
-    if isinstance(e, transport.ReadTimeoutError):
-        return (
-            f"it accepted the connection but sent no answer in time (timeouts: connect "
-            f"{timeouts.connect:g} s, read {timeouts.read:g} s)"
-        )
-    if isinstance(e, transport.ProtocolError):
-        inner = e.args[1] if len(e.args) > 1 else None
-        what = inner.strerror if isinstance(inner, OSError) and inner.strerror else inner
-        return f"the connection broke ({what or e})".lower()
-    if isinstance(e, OSError) and e.strerror:
-        return e.strerror.lower()
-    return f"{type(e).__name__}: {e}"

@@ -19,9 +19,11 @@ else: every rule lives in the step that applies it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from fleetops.agent import (
     apply,
@@ -33,6 +35,7 @@ from fleetops.agent import (
     ids,
     inventory,
     kube,
+    manifests,
     prepare,
     prune,
     respect,
@@ -52,6 +55,31 @@ class Reconciler:
         self._planner = prepare.Planner(client, agent_namespace=self.options.inventory_namespace)
         # app -> (bundle, reason) of its last sync, which a hook failed
         self._hook_failed: dict[ids.AppName, tuple[ids.Digest, str]] = {}
+        # app -> the objects its last plan manages, and their types: what the agent watches
+        self._managed: dict[ids.AppName, dict[manifests.Key, kube.ResourceType]] = {}
+
+    def managed(self, app: str) -> dict[manifests.Key, kube.ResourceType]:
+        """The objects `app`'s last planned bundle applies (hooks aside), with their types."""
+        return dict(self._managed.get(ids.AppName(app), {}))
+
+    def unchanged(self, app: str, *, key: manifests.Key, live: dict[str, Any]) -> bool:
+        """A watch saw `live`, the version last seen in sync: nothing to check."""
+        return self._ctx.unchanged(ids.AppName(app), key=key, live=live)
+
+    def uncounted(self, app: str) -> contextlib.AbstractContextManager[None]:
+        """Reconciles of `app` meanwhile answer a watch event, not the resync timer: see
+        `Context.uncounted`."""
+        return self._ctx.uncounted(ids.AppName(app))
+
+    def forget(self, app: str) -> None:
+        """`app` is no longer assigned here."""
+        self._managed.pop(ids.AppName(app), None)
+        self._ctx.forget(ids.AppName(app))
+
+    async def _plan(self, bundle: types_pb2.Bundle) -> prepare.Plan:
+        plan = await self._planner.plan(bundle)
+        self._managed[ids.AppName(bundle.app)] = {p.key: p.rt for p in plan.prepared}
+        return plan
 
     async def reconcile(
         self,
@@ -102,7 +130,7 @@ class Reconciler:
         async def work() -> st.AppResult:
             target = prepare.Target.of(bundle)
             previous = await self.inventories.load(target.app)
-            plan = await self._planner.plan(bundle)
+            plan = await self._plan(bundle)
             result = await check.check(
                 self._ctx,
                 bundle,
@@ -128,7 +156,7 @@ class Reconciler:
         async def work() -> st.AppResult:
             target = prepare.Target.of(bundle)
             previous = await self.inventories.load(target.app)
-            plan = await self._planner.plan(bundle)
+            plan = await self._plan(bundle)
             result = await check.heal(
                 self._ctx,
                 bundle,
@@ -202,7 +230,7 @@ class Reconciler:
     ) -> st.AppResult:
         target = prepare.Target.of(bundle)
         previous = await self.inventories.load(target.app)
-        plan = await self._planner.plan(bundle)
+        plan = await self._plan(bundle)
         if _settled(
             previous, digest=target.digest, plan=plan, policy=policy, allowed=allow_mass_prune
         ):  # hooks ran when this bundle was synced: a check or a heal never runs them again

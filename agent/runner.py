@@ -14,6 +14,11 @@ runs once more after. Every reconcile ends in a report, failures included (a ref
 an API server that does not answer: ApplyFailed with the reason); one that could not look at
 anything is tried again soon, with backoff.
 
+Drift is seen as it happens: the agent watches the objects each app manages (`agent.watch`),
+and a change to one of them (a version not last seen in sync) makes that app's worker check it
+at once: only what changed is dry-run, and self-healed when the policy says so. The resync
+timer stays as a safety net (every `resync` seconds, 300 by default with watches on).
+
 The hub being gone stops nothing but the connection: the workers keep reconciling and
 self-healing the assignments kept on disk, and the latest reports go up in the Hello of the
 next connection.
@@ -22,20 +27,25 @@ next connection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
+from typing import Any
 
 from fleetops.agent import (
     credentials,
     errors,
     health,
+    ids,
     keystore,
     kube,
+    manifests,
     probes,
     reconcile,
     renewal,
     session,
     state,
+    watch,
 )
 from fleetops.agent import status as st
 from fleetops.proto import supervise
@@ -43,6 +53,9 @@ from fleetops.proto.v1 import agent_pb2, types_pb2
 
 log = logging.getLogger("fleetops.agent")
 WORKERS = 4  # apps reconciled at once
+# The longest wait before looking again at an app still rolling out or that could not reach
+# the API server: the resync is long now (watches see drift), a recovery must not wait for it.
+FOLLOW_UP_MAX = 30.0
 
 
 def _same(a: types_pb2.AppReport | None, b: types_pb2.AppReport) -> bool:
@@ -73,6 +86,7 @@ class Runner:
         clock: renewal.Clock | None = None,
         workers: int = WORKERS,
         stop: asyncio.Event | None = None,
+        watching: bool = True,
     ) -> None:
         self.address = address
         self.identity_secret = identity_secret  # NAMESPACE/NAME: renewals are kept there too
@@ -99,6 +113,9 @@ class Runner:
         self._again: set[str] = set()  # dirtied while running: once more after
         self._retry: set[str] = set()  # an operator asked for a sync: retry a failed one
         self.supervisor = supervise.Supervisor(self.stop)
+        self._resyncing: set[str] = set()  # queued by the resync timer: a counted check
+        self.watches = watch.Watches(client, self._changed) if watching else None
+        self.woken = 0  # apps queued by a watch event, for tests and benchmarks
         self.hub = session.HubSession(
             address=address,
             identity=lambda: self.me,
@@ -133,6 +150,8 @@ class Runner:
             "resync": self._resync_loop,
             "certificate renewal": self._renewal,
         }
+        if self.watches is not None:
+            loops["watches"] = self.watches.run
         if self.identity_secret:
             loops["identity secret"] = self._keep_identity
         if self.health_listen:
@@ -190,6 +209,14 @@ class Runner:
             self._queued.add(app)
             self._dirty.put_nowait(app)
 
+    def _changed(self, app: str, key: manifests.Key, live: dict[str, Any] | None) -> None:
+        """A watch saw a managed object change (None: deleted): check its app now, unless it
+        is the very version last seen in sync (our own apply, a relist)."""
+        if live is not None and self.rec.unchanged(app, key=key, live=live):
+            return
+        self.woken += 1
+        self.enqueue(app)
+
     # ------------------------------------------------------------ reconciling
 
     async def _resync_loop(self) -> None:
@@ -197,8 +224,14 @@ class Runner:
             try:
                 await asyncio.wait_for(self.stop.wait(), timeout=self.resync)
             except TimeoutError:
+                present = set()
                 for stored in self.local.load_all():
+                    present.add(stored.assignment.app)
+                    self._resyncing.add(stored.assignment.app)
                     self.enqueue(stored.assignment.app)
+                for app in self.watches.apps() if self.watches is not None else ():
+                    if app not in present:  # no longer assigned: its worker stops watching it
+                        self.enqueue(app)
 
     async def workers(self) -> None:
         """Hand each dirty app to a worker of its own, at most `workers` at once, until
@@ -238,20 +271,29 @@ class Runner:
             log.error("%s", e)
             return
         if stored is None:
+            self.rec.forget(app)
+            if self.watches is not None:
+                self.watches.track(ids.AppName(app), {})
             return
         a = stored.assignment
         bundle = types_pb2.Bundle()
         bundle.CopyFrom(stored.bundle)
         bundle.revision = a.revision
-        if a.paused:
-            result = await self.rec.check(bundle, a.policy, allow_mass_prune=a.allow_mass_prune)
-        else:
-            retry = app in self._retry
-            self._retry.discard(app)
-            result = await self.rec.reconcile(
-                bundle, a.policy, allow_mass_prune=a.allow_mass_prune, retry=retry
-            )
+        # With watches on, only the resync timer's checks count towards a full dry-run pass.
+        counted = self.watches is None or app in self._resyncing
+        self._resyncing.discard(app)
+        with contextlib.nullcontext() if counted else self.rec.uncounted(app):
+            if a.paused:
+                result = await self.rec.check(bundle, a.policy, allow_mass_prune=a.allow_mass_prune)
+            else:
+                retry = app in self._retry
+                self._retry.discard(app)
+                result = await self.rec.reconcile(
+                    bundle, a.policy, allow_mass_prune=a.allow_mass_prune, retry=retry
+                )
         self._follow_up(app, result)
+        if self.watches is not None:
+            self.watches.track(ids.AppName(app), self.rec.managed(app))
         report = st.to_report(result, generation=a.generation)
         self._heals[app] = self._heals.get(app, 0) + report.healed_resources
         report.healed_resources = self._heals[app]
@@ -270,8 +312,8 @@ class Runner:
 
     def _follow_up(self, app: str, result: st.AppResult) -> None:
         """While an app is still rolling out, or the API server did not answer, look again
-        soon (0.5 s, doubling up to the resync interval) so its health reaches the hub when it
-        changes, not a resync later."""
+        soon (0.5 s, doubling up to 30 s or the resync interval) so its health reaches the hub
+        when it changes, not a resync later."""
         if (
             result.health != health.PROGRESSING
             and result.sync != st.APPLYING
@@ -280,6 +322,6 @@ class Runner:
             self._backoff.pop(app, None)
             return
         delay = self._backoff.get(app, 0.25) * 2
-        self._backoff[app] = min(delay, self.resync)
+        self._backoff[app] = min(delay, self.resync, FOLLOW_UP_MAX)
         loop = asyncio.get_running_loop()
         loop.call_later(self._backoff[app], self.enqueue, app)
