@@ -112,6 +112,9 @@ class Runner:
         self._running: dict[str, asyncio.Task[None]] = {}  # app -> its worker
         self._again: set[str] = set()  # dirtied while running: once more after
         self._retry: set[str] = set()  # an operator asked for a sync: retry a failed one
+        self._must: set[str] = set()  # queued by more than watch events
+        # watch events (key, live) that queued an app, looked at again when it runs
+        self._events: dict[str, list[tuple[manifests.Key, dict[str, Any] | None]]] = {}
         self.supervisor = supervise.Supervisor(self.stop)
         self._resyncing: set[str] = set()  # queued by the resync timer: a counted check
         self.watches = watch.Watches(client, self._changed) if watching else None
@@ -205,17 +208,34 @@ class Runner:
         self.enqueue(app)
 
     def enqueue(self, app: str) -> None:
+        self._must.add(app)  # anything but a watch event: reconcile whatever the events say
+        self._queue(app)
+
+    def _queue(self, app: str) -> None:
         if app not in self._queued:
             self._queued.add(app)
             self._dirty.put_nowait(app)
 
     def _changed(self, app: str, key: manifests.Key, live: dict[str, Any] | None) -> None:
         """A watch saw a managed object change (None: deleted): check its app now, unless it
-        is the very version last seen in sync (our own apply, a relist)."""
+        is the very version last seen in sync (our own apply, a relist). The event of our own
+        apply may arrive before that apply is remembered: such an event is looked at again
+        when its app's turn comes (`_only_our_own`)."""
         if live is not None and self.rec.unchanged(app, key=key, live=live):
             return
         self.woken += 1
-        self.enqueue(app)
+        self._events.setdefault(app, []).append((key, live))
+        self._queue(app)
+
+    def _only_our_own(self, app: str) -> bool:
+        """The app was queued only by watch events, and each is now known as a version last
+        seen in sync (our own heal or apply, remembered since): no check is needed."""
+        events = self._events.pop(app, [])
+        if app in self._must or not events:
+            return False
+        return all(
+            live is not None and self.rec.unchanged(app, key=key, live=live) for key, live in events
+        )
 
     # ------------------------------------------------------------ reconciling
 
@@ -262,9 +282,12 @@ class Runner:
             self._slots.release()
             if app in self._again:
                 self._again.discard(app)
-                self.enqueue(app)
+                self._queue(app)  # as it was queued: by watch events only, or not
 
     async def _reconcile_app(self, app: str) -> None:
+        if self._only_our_own(app):
+            return
+        self._must.discard(app)
         try:
             stored = self.local.load(app)
         except errors.StateError as e:
