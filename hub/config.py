@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from fleetops.hub import chartspec, configfields, errors, ignorerules, selectors
+from fleetops.hub import chartspec, configfields, errors, ignorerules, rolloutspec, selectors
 from fleetops.hub.chartspec import Chart as Chart
 from fleetops.hub.chartspec import HelmRepository as HelmRepository
 
@@ -102,6 +102,7 @@ class App:
     # hub.yaml's top-level healthChecks: the hub puts them into every bundle of every app
     health_checks: tuple[HealthCheck, ...] = ()
     helm: Chart = dataclasses.field(default_factory=Chart)
+    rollout: rolloutspec.Rollout | None = None  # None: every cluster moves at once
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +126,10 @@ class Config:
     retention: Retention = dataclasses.field(default_factory=Retention)
     health_checks: tuple[HealthCheck, ...] = ()
     helm_repositories: tuple[HelmRepository, ...] = ()
+    gates: tuple[rolloutspec.Gate, ...] = ()
+
+    def gate(self, name: str) -> rolloutspec.Gate | None:
+        return next((g for g in self.gates if g.name == name), None)
 
     def repo(self, name: str) -> Repo:
         return next(r for r in self.repos if r.name == name)
@@ -161,8 +166,10 @@ def parse(text: str, *, file: str) -> Config:
             "retention",
             "healthChecks",
             "helmRepositories",
+            "gates",
         ),
     )
+    gates = rolloutspec.gates(r, root.get("gates"))
     health_checks = _health_checks(r, root.get("healthChecks"), base=pathlib.Path(file).parent)
     rm = r.mapping(root.get("retention"), "retention", ("events", "eventsPerApp", "revisions"))
     retention = Retention(
@@ -257,6 +264,7 @@ def parse(text: str, *, file: str) -> Config:
                 "dependsOn",
                 "ignoreDifferences",
                 "helm",
+                "rollout",
             ),
         )
         repo = r.string(m, "repo", path=p, required=True)
@@ -315,6 +323,13 @@ def parse(text: str, *, file: str) -> Config:
                 ),
                 health_checks=health_checks,
                 helm=chartspec.chart(r, m.get("helm"), path=f"{p}.helm", repos=helm_repos),
+                rollout=rolloutspec.rollout(
+                    r,
+                    m.get("rollout"),
+                    path=f"{p}.rollout",
+                    groups=group_names,
+                    gate_names=[g.name for g in gates],
+                ),
             )
         )
     _unique(r, path="apps", names=[x.name for x in apps])
@@ -332,6 +347,7 @@ def parse(text: str, *, file: str) -> Config:
         retention,
         health_checks=health_checks,
         helm_repositories=helm_repos,
+        gates=gates,
     )
 
 
