@@ -49,7 +49,35 @@ WATCH_SECONDS = 300  # the server ends a watch after this; the caller resumes it
 WATCH_SILENCE = 90.0
 EventSink = Callable[[dict[str, Any]], None]
 Objects = list[dict[str, Any]]
-Opened = list[Any]  # the open watch response, to close it from the event loop
+
+
+class _Opened:
+    """A watch's response, once the server answered, so that cancelling (from the event
+    loop) or closing the client ends the read the thread is blocked in. A response that
+    arrives after the watch was cancelled is closed at once by the thread, never kept."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._resp: Any = None
+        self.cancelled = False
+
+    def keep(self, resp: Any) -> bool:
+        """Hold `resp`; False (and `resp` closed) when the watch was cancelled meanwhile."""
+        with self._lock:
+            if not self.cancelled:
+                self._resp = resp
+                return True
+        with contextlib.suppress(Exception):
+            resp.close()
+        return False
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            resp, self._resp = self._resp, None
+        if resp is not None:  # ends the read; the thread's `finally` closes the socket
+            with contextlib.suppress(Exception):
+                resp.shutdown() if hasattr(resp, "shutdown") else resp.close()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +122,7 @@ class Kube:
         self._discovery: dict[str, dict[str, ResourceType]] = {}  # group/version -> kind -> type
         self._preferred: dict[str, str] = {}
         self.requests: collections.Counter[str] = collections.Counter()
+        self._watching: set[_Opened] = set()  # the watches streaming now (closed by close())
 
     # ------------------------------------------------------------ plumbing
 
@@ -263,7 +292,9 @@ class Kube:
         (list again), `errors.Unreachable` when the connection broke. Cancelling closes it."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
-        opened: Opened = []
+        opened = _Opened()
+        with self._lock:
+            self._watching.add(opened)
 
         def settle(error: BaseException | None) -> None:
             if done.done():
@@ -297,9 +328,9 @@ class Kube:
         try:
             await done
         finally:
-            for resp in opened:  # ends the read the thread may be blocked in
-                with contextlib.suppress(Exception):
-                    resp.shutdown() if hasattr(resp, "shutdown") else resp.close()
+            opened.cancel()
+            with self._lock:
+                self._watching.discard(opened)
 
     def _stream(
         self,
@@ -309,7 +340,7 @@ class Kube:
         resource_version: str,
         field_selector: str,
         timeout_seconds: int,
-        opened: Opened,
+        opened: _Opened,
         deliver: EventSink,
     ) -> None:
         with self._lock:
@@ -335,7 +366,8 @@ class Kube:
         try:
             resp = self._api.call_api(method, url, header_params=headers, _request_timeout=timeout)
             raw = resp.response
-            opened.append(raw)
+            if not opened.keep(raw):
+                return  # cancelled while the server answered: closed, nobody listens
             if not 200 <= resp.status < 300:
                 data = resp.read()
                 raise kubewire.error(
@@ -399,6 +431,10 @@ class Kube:
         return str(doc.get("gitVersion", "unknown"))
 
     def close(self) -> None:
+        with self._lock:
+            watching, self._watching = list(self._watching), set()
+        for opened in watching:  # no watch thread keeps a socket past the client
+            opened.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._api.close()
 
