@@ -1,0 +1,451 @@
+"""The rollout state machine of one (app, revision R), pure: which clusters may take R now,
+when a cluster has passed, when a step has passed, and when the rollout has failed.
+
+No I/O, no awaits, no clock: the shell (hub.rollouts) hands in the facts (each cluster's
+step, connectivity, assignment and latest report), the gate readings it took and `now`, and
+stores the `State` this returns as JSON, so a hub restarted mid-bake resumes with the clock.
+
+The rules, in the words of the README:
+- a step starts when the previous one passed; at most `parallel` of its clusters are in
+  flight (Progressing or Baking) at once;
+- a report counts only when it answers the assignment that brought R (its generation is at
+  least that one's): reports older than the assignment never count;
+- the bake clock starts when the cluster reports R applied and Healthy, and starts again on
+  any unhealthy report; gates are measured while it bakes;
+- a cluster that is not Healthy on R `progress_deadline` after it was given R fails, and so
+  does one a gate fails; more than `max_failures` failed clusters fail the step and the
+  rollout;
+- an offline cluster is Deferred: the step goes on without it and it catches up when it
+  returns; a step whose clusters are all offline waits (nothing proved R there) until one
+  returns or an operator promotes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from fleetops.hub import rolloutspec
+
+# a cluster's phase in the rollout
+WAITING = "Waiting"  # its step has not started, or it waits for a free slot
+PROGRESSING = "Progressing"  # given R, not yet Healthy on it
+BAKING = "Baking"  # Healthy on R; the bake clock runs and gates are measured
+PASSED = "Passed"
+FAILED = "Failed"
+DEFERRED = "Deferred"  # offline: not waited for, catches up when it returns
+EXCLUDED = "Excluded"  # no step matches it and the rollout says unmatched: exclude
+IN_FLIGHT = (PROGRESSING, BAKING)
+
+# the rollout's phase
+RUNNING = "Running"
+PAUSED = "Paused"
+SUCCEEDED = "Succeeded"
+FAILED_ROLLOUT = "Failed"  # failed and reverted (onFailure: revert)
+HALTED = "Halted"  # failed and frozen where it is (onFailure: halt)
+ABORTED = "Aborted"  # an operator aborted it: reverted
+SUPERSEDED = "Superseded"  # a newer commit started its own rollout
+ACTIVE = (RUNNING, PAUSED)
+
+ERROR_LIMIT = 4  # gate readings in a row that could not be taken before the cluster fails
+
+
+@dataclasses.dataclass(frozen=True)
+class Facts:
+    """What the hub knows of one cluster the app targets, now."""
+
+    step: int  # index of its step; -1: excluded
+    online: bool  # connected, or not offline for long enough to count as offline
+    assigned: str = ""  # the revision assigned to it now
+    generation: int = 0  # that assignment's generation
+    applied: str = ""  # the revision its latest report says it applied
+    report_generation: int = 0  # the assignment generation that report answers
+    healthy: bool = False  # the report says Healthy
+    status: str = ""  # the report's sync/health and reason in one line, for messages
+
+
+@dataclasses.dataclass(frozen=True)
+class Reading:
+    """One gate measurement for one cluster (hub.gates takes them)."""
+
+    verdict: str  # pass | fail | nodata | error
+    value: float | None
+    message: str
+    at: float
+
+
+@dataclasses.dataclass
+class GateState:
+    verdict: str = ""  # the latest reading's verdict ('' none yet)
+    value: float | None = None
+    message: str = ""
+    at: float = 0.0  # when the latest reading was taken
+    failures: int = 0  # failing readings in a row
+    errors: int = 0  # readings in a row that could not be taken
+
+
+@dataclasses.dataclass
+class ClusterState:
+    step: int
+    phase: str = WAITING
+    previous: str = ""  # what it ran before the rollout gave it R
+    generation: int = 0  # the assignment generation that brought it R (0: not yet)
+    since: float = 0.0  # Progressing: when its deadline clock started
+    healthy_since: float = 0.0  # Baking: when its bake clock started
+    reason: str = ""
+    gates: dict[str, GateState] = dataclasses.field(default_factory=dict)
+    took: bool = False  # it was given R (a revert sends it back)
+
+
+@dataclasses.dataclass
+class State:
+    app: str
+    revision: str
+    phase: str = RUNNING
+    step: int = 0  # the step running now (len(steps) once every step passed)
+    started_at: float = 0.0
+    updated_at: float = 0.0
+    reason: str = ""
+    clusters: dict[str, ClusterState] = dataclasses.field(default_factory=dict)
+    promoted: list[int] = dataclasses.field(default_factory=list)  # steps an operator promoted
+
+    def admitted(self) -> frozenset[str]:
+        """The clusters that should run R now."""
+        if self.phase in (FAILED_ROLLOUT, ABORTED):
+            return frozenset()
+        return frozenset(n for n, c in self.clusters.items() if c.took)
+
+    def failures(self, step: int) -> int:
+        return sum(1 for c in self.clusters.values() if c.step == step and c.phase == FAILED)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> State:
+        clusters = {
+            name: ClusterState(
+                **{
+                    **c,
+                    "gates": {g: GateState(**v) for g, v in c.get("gates", {}).items()},
+                }
+            )
+            for name, c in doc.get("clusters", {}).items()
+        }
+        return cls(**{**doc, "clusters": clusters, "promoted": list(doc.get("promoted", []))})
+
+
+@dataclasses.dataclass(frozen=True)
+class Note:
+    """Something worth a history entry: the rollout's own words, and the cluster it is about
+    ('' for the rollout as a whole)."""
+
+    message: str
+    cluster: str = ""
+
+
+def start(
+    *, app: str, revision: str, facts: Mapping[str, Facts], now: float
+) -> tuple[State, list[Note]]:
+    """A rollout of `revision`: every cluster waits in its step."""
+    state = State(app=app, revision=revision, started_at=now, updated_at=now)
+    for name, f in facts.items():
+        state.clusters[name] = _fresh(f, revision)
+    return state, [Note(f"rollout of {revision[:8]} started")]
+
+
+def _fresh(f: Facts, revision: str) -> ClusterState:
+    c = ClusterState(step=f.step, previous=f.assigned if f.assigned != revision else "")
+    if f.step < 0:
+        c.phase, c.reason = EXCLUDED, "no step matches it (unmatched: exclude)"
+    elif f.assigned == revision:  # it runs R already (a restart, a pin lifted): keep it
+        c.took, c.generation, c.phase = True, f.generation, PROGRESSING
+    return c
+
+
+def due(
+    state: State, policy: rolloutspec.Rollout, gates: Mapping[str, rolloutspec.Gate], now: float
+) -> list[tuple[str, str]]:
+    """(cluster, gate) readings to take now: Prometheus gates every interval while a cluster
+    bakes, webhooks once its bake time is over (again after their interval when one failed)."""
+    if state.phase not in ACTIVE:
+        return []
+    out: list[tuple[str, str]] = []
+    for name, c in sorted(state.clusters.items()):
+        if c.phase != BAKING or c.step >= len(policy.steps) or c.step in state.promoted:
+            continue
+        step = policy.steps[c.step]
+        baked = now - c.healthy_since >= step.bake
+        for g in step.gates:
+            gate = gates.get(g)
+            got = c.gates.get(g)
+            if gate is None or gate.manual:
+                continue
+            if gate.prometheus is not None:
+                every = gate.prometheus.interval
+            elif gate.webhook is not None:
+                if not baked or (got is not None and got.verdict == "pass"):
+                    continue
+                every = gate.webhook.interval
+            else:
+                continue
+            if got is None or not got.at or now - got.at >= every:
+                out.append((name, g))
+    return out
+
+
+def record(
+    state: State,
+    *,
+    cluster: str,
+    gate: rolloutspec.Gate,
+    reading: Reading,
+) -> None:
+    """Take a reading for a cluster still baking (late ones, after a reset, are dropped)."""
+    c = state.clusters.get(cluster)
+    if c is None or c.phase != BAKING or reading.at < c.healthy_since:
+        return
+    g = c.gates.setdefault(gate.name, GateState())
+    verdict = reading.verdict
+    if verdict == "nodata" and gate.prometheus is not None and gate.prometheus.no_data != "wait":
+        verdict = gate.prometheus.no_data  # fail | pass, as configured
+    g.verdict, g.value, g.message, g.at = verdict, reading.value, reading.message, reading.at
+    if verdict == "fail":
+        g.failures, g.errors = g.failures + 1, 0
+    elif verdict == "error":
+        g.errors += 1
+    elif verdict == "pass":
+        g.failures, g.errors = 0, 0
+    else:  # nodata, waiting: neither passes nor fails
+        g.errors = 0
+
+
+def advance(
+    state: State,
+    *,
+    policy: rolloutspec.Rollout,
+    gates: Mapping[str, rolloutspec.Gate],
+    facts: Mapping[str, Facts],
+    now: float,
+) -> list[Note]:
+    """Move the rollout on as far as the facts allow; returns what is worth recording."""
+    notes: list[Note] = []
+    if state.phase not in ACTIVE:
+        return notes
+    _membership(state, facts)
+    for name in sorted(state.clusters):
+        c = state.clusters[name]
+        f = facts.get(name)
+        if f is not None:
+            notes += _cluster(state, name, c, f, policy=policy, gates=gates, now=now)
+    for step in range(len(policy.steps)):
+        if state.failures(step) > policy.max_failures:
+            state.phase = FAILED_ROLLOUT if policy.on_failure == "revert" else HALTED
+            failed = [n for n, c in sorted(state.clusters.items()) if c.phase == FAILED]
+            first = state.clusters[failed[0]]
+            state.reason = (
+                f"step {policy.steps[step].name} failed: {len(failed)} cluster"
+                f"{'s' if len(failed) > 1 else ''} failed (maxFailures {policy.max_failures}); "
+                f"{failed[0]}: {first.reason}"
+            )
+            verb = "reverting" if state.phase == FAILED_ROLLOUT else "halted where it is"
+            notes.append(Note(f"rollout of {state.revision[:8]} {verb}: {state.reason}"))
+            state.updated_at = now
+            return notes
+    if state.phase == RUNNING:
+        notes += _steps(state, policy=policy, facts=facts, now=now)
+    state.updated_at = now
+    return notes
+
+
+def _membership(state: State, facts: Mapping[str, Facts]) -> None:
+    """Clusters that joined the app meanwhile wait in their step; those gone are forgotten."""
+    for name in [n for n in state.clusters if n not in facts]:
+        del state.clusters[name]
+    for name, f in facts.items():
+        c = state.clusters.get(name)
+        if c is None:
+            state.clusters[name] = _fresh(f, state.revision)
+        elif c.step != f.step and not c.took:  # its labels moved it to another step
+            state.clusters[name] = _fresh(f, state.revision)
+
+
+def _cluster(
+    state: State,
+    name: str,
+    c: ClusterState,
+    f: Facts,
+    *,
+    policy: rolloutspec.Rollout,
+    gates: Mapping[str, rolloutspec.Gate],
+    now: float,
+) -> list[Note]:
+    if c.phase in (PASSED, FAILED, EXCLUDED):
+        return []
+    if not f.online:
+        if c.phase != DEFERRED:
+            c.phase, c.reason = DEFERRED, "the agent is offline; it catches up when it returns"
+            return [Note(f"{name} is offline: deferred, the rollout goes on without it", name)]
+        return []
+    if c.phase == DEFERRED:  # back: waits for its turn again, or goes on with R
+        c.phase, c.reason, c.healthy_since = (PROGRESSING if c.took else WAITING), "", 0.0
+        c.since = now
+    if not c.took:
+        return []
+    if f.assigned == state.revision and f.generation and not c.generation:
+        c.generation = f.generation  # the assignment that brought R reached the store
+    answered = (
+        c.generation > 0 and f.report_generation >= c.generation and f.applied == state.revision
+    )
+    if c.phase == PROGRESSING:
+        if answered and f.healthy:
+            c.phase, c.healthy_since, c.reason, c.gates = BAKING, now, "", {}
+        elif now - c.since > policy.progress_deadline:
+            c.phase = FAILED
+            seen = f.status or "no report since it was given it"
+            c.reason = (
+                f"not Healthy on {state.revision[:8]} within the progress deadline "
+                f"({_span(policy.progress_deadline)}): {seen}"
+            )
+            return [Note(f"{name} failed: {c.reason}", name)]
+        else:
+            c.reason = f.status if answered else "waiting for the agent to apply it"
+        return []
+    # Baking
+    if not (answered and f.healthy):
+        c.phase, c.since, c.healthy_since, c.gates = PROGRESSING, now, 0.0, {}
+        c.reason = f"not Healthy any more ({f.status}); the bake starts again when it is"
+        return [Note(f"{name}: {c.reason}", name)]
+    step = policy.steps[c.step] if c.step < len(policy.steps) else None
+    if step is None:
+        c.phase = PASSED
+        return []
+    if c.step in state.promoted:
+        c.phase, c.reason = PASSED, "promoted by an operator"
+        return [Note(f"{name} passed step {step.name} (promoted)", name)]
+    waiting: list[str] = []
+    for g in step.gates:
+        gate = gates.get(g)
+        got = c.gates.get(g)
+        if gate is None:
+            waiting.append(f"gate {g} is not configured")
+            continue
+        if gate.manual:
+            waiting.append(f"gate {g} waits for `fleetops-hub rollout promote {state.app}`")
+            continue
+        limit = (gate.prometheus or gate.webhook or rolloutspec.Webhook(url="")).failure_limit
+        if got is not None and got.failures >= limit:
+            c.phase, c.reason = FAILED, f"gate {g} failed: {got.message}"
+            return [Note(f"{name} failed step {step.name}: {c.reason}", name)]
+        if got is not None and got.errors >= ERROR_LIMIT:
+            c.phase = FAILED
+            c.reason = f"gate {g} could not be measured {got.errors} times: {got.message}"
+            return [Note(f"{name} failed step {step.name}: {c.reason}", name)]
+        if got is None or got.verdict != "pass":
+            waiting.append(got.message if got is not None and got.message else f"measuring {g}")
+    left = step.bake - (now - c.healthy_since)
+    if left > 0:
+        c.reason = f"baking, {_span(left)} left" + (f"; {waiting[0]}" if waiting else "")
+        return []
+    if waiting:
+        c.reason = f"baked; waiting: {'; '.join(waiting)}"
+        return []
+    c.phase, c.reason = PASSED, ""
+    return [Note(f"{name} passed step {step.name}", name)]
+
+
+def _steps(
+    state: State, *, policy: rolloutspec.Rollout, facts: Mapping[str, Facts], now: float
+) -> list[Note]:
+    notes: list[Note] = []
+    while True:
+        # late comers (joined, or back from offline) of steps that passed catch up at once
+        for n, c in sorted(state.clusters.items()):
+            if c.step < state.step and c.phase == WAITING:
+                notes += _admit(state, n, c, facts[n], now)
+        if state.step >= len(policy.steps):
+            break
+        step = policy.steps[state.step]
+        members = {n: c for n, c in state.clusters.items() if c.step == state.step}
+        promoted = state.step in state.promoted
+        flying = sum(1 for c in members.values() if c.phase in IN_FLIGHT)
+        room = len(members) if promoted else step.parallel(len(members)) - flying
+        for n in sorted(members):
+            c = members[n]
+            if room <= 0:
+                break
+            if c.phase == WAITING:
+                notes += _admit(state, n, c, facts[n], now)
+                room -= 1
+        phases = [c.phase for c in members.values()]
+        if any(p in (WAITING, *IN_FLIGHT) for p in phases):
+            return notes
+        if members and PASSED not in phases and FAILED not in phases and not promoted:
+            state.reason = (
+                f"step {step.name}: every cluster is offline; it goes on when one returns "
+                f"(or `fleetops-hub rollout promote {state.app}` goes on without them)"
+            )
+            return notes
+        deferred = sorted(n for n, c in members.items() if c.phase == DEFERRED)
+        notes.append(
+            Note(
+                f"step {step.name} passed"
+                + (f" ({len(deferred)} deferred: {', '.join(deferred[:5])})" if deferred else "")
+            )
+        )
+        state.step += 1
+        state.reason = ""
+    if all(c.phase in (PASSED, EXCLUDED, FAILED, DEFERRED) for c in state.clusters.values()):
+        state.phase = SUCCEEDED
+        notes.append(Note(f"rollout of {state.revision[:8]} succeeded: every step passed"))
+    return notes
+
+
+def _admit(state: State, name: str, c: ClusterState, f: Facts, now: float) -> list[Note]:
+    c.took, c.phase, c.since, c.reason = True, PROGRESSING, now, "given the revision"
+    c.generation = f.generation if f.assigned == state.revision else 0
+    return [Note(f"{state.revision[:8]} given to {name}", name)]
+
+
+def promote(state: State) -> str:
+    """An operator says the step running now passed its bake and gates: what it did."""
+    if state.phase not in ACTIVE or state.step in state.promoted:
+        return ""
+    state.promoted.append(state.step)
+    return f"step {state.step + 1} promoted"
+
+
+def revert_targets(
+    state: State, *, last_good: Mapping[str, str]
+) -> tuple[dict[str, str], list[str]]:
+    """Where each cluster that took R goes back to: its own last good revision, else what
+    it ran before R; and the clusters that had nothing before (they stay, said so)."""
+    back: dict[str, str] = {}
+    stuck: list[str] = []
+    for name, c in sorted(state.clusters.items()):
+        if not c.took:
+            continue
+        target = last_good.get(name) or c.previous
+        if target and target != state.revision:
+            back[name] = target
+        else:
+            stuck.append(name)
+    return back, stuck
+
+
+def left(state: State, policy: rolloutspec.Rollout, name: str, now: float) -> float:
+    """Seconds of bake left for a baking cluster (0 when done or not baking)."""
+    c = state.clusters.get(name)
+    if c is None or c.phase != BAKING or c.step >= len(policy.steps):
+        return 0.0
+    return max(0.0, policy.steps[c.step].bake - (now - c.healthy_since))
+
+
+def _span(seconds: float) -> str:
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
