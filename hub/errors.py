@@ -8,6 +8,8 @@ HubError
 ├── PermissionDenied   the caller may not do or see this
 ├── Unauthenticated    no or bad credentials (token, certificate)
 ├── InvalidArgument    a request is malformed
+├── FailedPrecondition the request is fine but the state does not allow it now (e.g. promote
+│                      with no rollout running)
 └── StoreUnavailable   the store cannot write (the data directory is full, or its disk fails):
                        nothing is acknowledged; the hub keeps running and retries
 """
@@ -47,6 +49,10 @@ class Unauthenticated(HubError):
 
 
 class InvalidArgument(HubError):
+    pass
+
+
+class FailedPrecondition(HubError):
     pass
 
 

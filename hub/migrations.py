@@ -233,4 +233,12 @@ V6 = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (V1, V2, V3, V4, V5, V6)
+V7 = Migration(
+    7,
+    "progressive delivery: each app's rollout (the state of its newest rollout, every "
+    "cluster's last good revision and the revisions it rejected) as one JSON document, so a "
+    "hub restarted mid-bake resumes with the clock",
+    (CreateTable("rollouts", {"app": str, "data": str, "updated_at": float}, pk="app"),),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (V1, V2, V3, V4, V5, V6, V7)

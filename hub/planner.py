@@ -3,7 +3,9 @@ assignments the fleet should have (app, cluster, target, revision, why).
 
 No I/O, no awaits, no clock: the same facts always give the same decision, so it is tested
 without a server. The shell around it (hub.planning) renders bundles, writes the store and
-pushes to agents. Rollout gates will be one more input here.
+pushes to agents. An app with a rollout moves to its head only where the rollout admitted it
+(hub.rollouts decides, `Gatekeeping` is its word here): pins beat rollouts, rollouts beat
+auto-sync, and a rejected revision is never taken by auto-sync.
 """
 
 from __future__ import annotations
@@ -32,6 +34,20 @@ class Desired:
 
 
 @dataclasses.dataclass(frozen=True)
+class Gatekeeping:
+    """What an app's rollout allows: `revision` (being rolled out) only on `admitted`
+    clusters; `reverts` send clusters back to their last good revision; `rejected`
+    revisions are never taken by auto-sync; `stable` is what a cluster with nothing yet
+    gets while it waits for its step ('' when no revision passed every step yet)."""
+
+    revision: str = ""
+    admitted: frozenset[str] = frozenset()
+    reverts: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    rejected: frozenset[str] = frozenset()
+    stable: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class Decision:
     assignments: Mapping[tuple[str, str], Desired]  # (app, cluster) -> what it should run
     failed: Mapping[tuple[str, str], str]  # (app, cluster) -> why deciding failed: keep as is
@@ -51,6 +67,7 @@ def decide(
     current: Mapping[tuple[str, str], str],
     sync_requests: Collection[tuple[str, str]] = (),
     held: Collection[str] = (),
+    rollouts: Mapping[str, Gatekeeping] | None = None,
 ) -> Decision:
     """What each (app, cluster) should run.
 
@@ -58,7 +75,8 @@ def decide(
     each with the labels its registration token carried (hub.yaml's are added here);
     `heads` repo -> head revision; `pins` (app, cluster or '') -> revision; `paused` app
     names; `current` (cluster, app) -> the revision assigned now; `sync_requests` (app,
-    cluster or '') an operator asked to sync; `held` apps whose fleet.yaml does not read.
+    cluster or '') an operator asked to sync; `held` apps whose fleet.yaml does not read;
+    `rollouts` app -> what its rollout allows (apps with a rollout policy only).
 
     A pair missing from the decision is not targeted (a cluster that has it loses it), or
     has nothing to run yet (its repo has no head). A pair whose decision fails is in `failed`
@@ -81,6 +99,7 @@ def decide(
                     sync_requested=(app.name, cluster) in sync_requests
                     or (app.name, "") in sync_requests,
                     held=app.name in held,
+                    gate=(rollouts or {}).get(app.name),
                 )
             except Exception as e:  # that (app, cluster) keeps what it has
                 log.exception("app %s cluster %s: planning failed", app.name, cluster)
@@ -103,6 +122,7 @@ def _one(
     current: str,
     sync_requested: bool,
     held: bool,
+    gate: Gatekeeping | None = None,
 ) -> Desired | None:
     target = plan.target_for(cfg, app, cluster, labels)
     if target is None:
@@ -117,6 +137,8 @@ def _one(
         pin_cluster=pins.get((app.name, cluster), ""),
         sync_requested=not paused and sync_requested,
     )
+    if wanted is not None and gate is not None and wanted.why == "auto":
+        wanted = _gated(gate, cluster=cluster, head=head, current=current)
     if wanted is None:
         return None
     if paused and current:
@@ -129,6 +151,20 @@ def _one(
         why=wanted.why,
         paused=paused,
     )
+
+
+def _gated(gate: Gatekeeping, *, cluster: str, head: str, current: str) -> plan.Wanted | None:
+    """Auto-sync under a rollout: the head only where the rollout admitted it."""
+    back = gate.reverts.get(cluster)
+    if back:
+        return plan.Wanted(back, "revert")
+    if head == gate.revision and cluster in gate.admitted and head not in gate.rejected:
+        return plan.Wanted(head, "auto")
+    if current:
+        return plan.Wanted(current, "rollout")
+    if gate.stable and gate.stable not in gate.rejected:
+        return plan.Wanted(gate.stable, "rollout")
+    return None
 
 
 def renders_wanted(

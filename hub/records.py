@@ -159,6 +159,16 @@ class Pin:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class Rollout:
+    """An app's rollout book (hub.rollouts' JSON: the newest rollout's state, last good
+    revisions, rejected revisions)."""
+
+    app: str
+    data: str
+    updated_at: float
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class AppState:
     """Whether an operator paused an app, and why."""
 

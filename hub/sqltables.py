@@ -235,6 +235,16 @@ class Tables:
     def put_app_state(self, state: records.AppState) -> None:
         self._put("app_state", [state], ("app",))
 
+    def rollouts(self) -> list[records.Rollout]:
+        return self._select(records.Rollout, "rollouts", order="app")
+
+    def put_rollout(self, rollout: records.Rollout) -> None:
+        self._put("rollouts", [rollout], ("app",))
+
+    def delete_rollout(self, app: str) -> None:
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM rollouts WHERE app = ?", [app])
+
     # ------------------------------------------------------------ history
 
     def record_event(self, event: records.NewEvent) -> records.Event:

@@ -134,6 +134,16 @@ class StoreApi(Protocol):
 
     def put_app_state(self, state: records.AppState) -> None: ...
 
+    # ------------------------------------------------------------ rollouts
+
+    def rollouts(self) -> list[records.Rollout]: ...
+
+    def put_rollout(self, rollout: records.Rollout) -> None:
+        """Insert or replace the app's rollout book."""
+        ...
+
+    def delete_rollout(self, app: str) -> None: ...
+
     # ------------------------------------------------------------ history and retention
 
     def record_event(self, event: records.NewEvent) -> records.Event: ...

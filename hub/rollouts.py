@@ -1,0 +1,488 @@
+"""Rollouts' I/O shell around the pure state machine (hub.rollout): one book per app with a
+rollout policy (its newest rollout, every cluster's last good revision, the revisions it
+rejected), kept in the store, moved on by agents' reports, connectivity, gate readings and a
+one-second clock, and handed to the planner as `planner.Gatekeeping`.
+
+A new head starts a rollout (superseding a running one); a failed rollout reverts the clusters
+that took it (onFailure: revert) and rejects the revision for the app until a newer commit or
+`rollout retry`; a halted one freezes where it is. Nothing here writes Git. One app's trouble
+(a gate that cannot be reached, a state that does not read) is that app's, never the fleet's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+
+from fleetops.hub import (
+    config,
+    errors,
+    events,
+    fleetstate,
+    gates,
+    plan,
+    planner,
+    records,
+    rollout,
+    rolloutspec,
+    status,
+    storeapi,
+)
+from fleetops.proto.v1 import types_pb2
+
+log = logging.getLogger("fleetops.hub")
+
+OFFLINE_GRACE = 30.0  # seconds disconnected before a cluster counts as offline (Deferred)
+TICK = 1.0  # seconds between passes while any rollout is active
+MAX_MEASURING = 16  # gate readings in flight at once, fleet-wide
+Measure = Callable[[rolloutspec.Gate, gates.Subject], Awaitable[gates.Measurement]]
+
+
+@dataclasses.dataclass
+class Book:
+    """What the hub keeps for one app's rollouts."""
+
+    state: rollout.State | None = None
+    last_good: dict[str, str] = dataclasses.field(default_factory=dict)  # cluster -> revision
+    rejected: dict[str, str] = dataclasses.field(default_factory=dict)  # revision -> why
+    reverts: dict[str, str] = dataclasses.field(default_factory=dict)  # cluster -> revision
+    stable: str = ""  # the last revision that passed every step
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "state": self.state.to_json() if self.state else None,
+                "last_good": self.last_good,
+                "rejected": self.rejected,
+                "reverts": self.reverts,
+                "stable": self.stable,
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Book:
+        doc = json.loads(text)
+        state = doc.get("state")
+        return cls(
+            state=rollout.State.from_json(state) if state else None,
+            last_good=dict(doc.get("last_good") or {}),
+            rejected=dict(doc.get("rejected") or {}),
+            reverts=dict(doc.get("reverts") or {}),
+            stable=str(doc.get("stable") or ""),
+        )
+
+
+class Rollouts:
+    def __init__(
+        self,
+        *,
+        settings: fleetstate.Settings,
+        db: storeapi.StoreApi,
+        clusters: fleetstate.Clusters,
+        assignments: fleetstate.Assignments,
+        reports: Mapping[tuple[str, str], types_pb2.AppReport],
+        recorder: events.Recorder,
+        connected: Callable[[str], bool],
+        replan: Callable[[], Awaitable[object]],
+        measure: Measure | None = None,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self._settings = settings
+        self._db = db
+        self._clusters = clusters
+        self._assignments = assignments
+        self._reports = reports
+        self._recorder = recorder
+        self._connected = connected
+        self._replan = replan
+        self._measure: Measure = measure or (lambda g, s: gates.measure(g, s, now=now))
+        self.now = now
+        self.books: dict[str, Book] = {}
+        self._saved: dict[str, str] = {}  # app -> the JSON last written
+        self._lock = asyncio.Lock()
+        self._poked = asyncio.Event()
+        self._measuring: set[tuple[str, str, str]] = set()  # (app, cluster, gate)
+        self._slots = asyncio.Semaphore(MAX_MEASURING)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.started = now()
+
+    # ------------------------------------------------------------ loading and saving
+
+    def load(self, stored: list[records.Rollout]) -> None:
+        for r in stored:
+            try:
+                self.books[r.app] = Book.from_json(r.data)
+                self._saved[r.app] = r.data
+            except (ValueError, TypeError, KeyError) as e:  # that app starts afresh
+                log.error(
+                    "app %s: its stored rollout does not read (%s); starting afresh", r.app, e
+                )
+
+    async def _save(self, app: str) -> None:
+        book = self.books.get(app)
+        if book is None:
+            return
+        text = book.to_json()
+        if self._saved.get(app) == text:
+            return
+        await self._db.run(
+            self._db.put_rollout, records.Rollout(app=app, data=text, updated_at=self.now())
+        )
+        self._saved[app] = text
+
+    # ------------------------------------------------------------ what the planner reads
+
+    def gatekeeping(self) -> dict[str, planner.Gatekeeping]:
+        """App -> what its rollout allows, for every app with a rollout policy."""
+        out: dict[str, planner.Gatekeeping] = {}
+        for app in self._settings.cfg.apps:
+            if app.rollout is None:
+                continue
+            book = self.books.get(app.name) or Book()
+            state = book.state
+            out[app.name] = planner.Gatekeeping(
+                revision=state.revision if state is not None else "",
+                admitted=state.admitted() if state is not None else frozenset(),
+                reverts=dict(book.reverts),
+                rejected=frozenset(book.rejected),
+                stable=book.stable,
+            )
+        return out
+
+    # ------------------------------------------------------------ facts
+
+    def _online(self, name: str, now: float) -> bool:
+        if self._connected(name):
+            return True
+        row = self._clusters.row(name)
+        seen = max(row.last_seen if row is not None else 0.0, self.started)
+        return now - seen < OFFLINE_GRACE
+
+    def facts(self, app: config.App, now: float) -> dict[str, rollout.Facts]:
+        """Every cluster the app targets, as the state machine sees it."""
+        cfg = self._settings.cfg
+        policy = app.rollout
+        assert policy is not None
+        groups = {g.name: g for g in cfg.cluster_groups}
+        out: dict[str, rollout.Facts] = {}
+        for name in self._clusters.names():
+            labels = self._clusters.labels_of(cfg, name)
+            if plan.target_for(cfg, app, name, labels) is None:
+                continue
+            row = self._assignments.get(name, app.name)
+            report = self._reports.get((name, app.name))
+            text = ""
+            if report is not None:
+                sync = types_pb2.SyncStatus.Name(report.sync).removeprefix("SYNC_STATUS_")
+                health = types_pb2.HealthStatus.Name(report.health).removeprefix("HEALTH_STATUS_")
+                text = f"{sync} {health}" + (f": {report.reason}" if report.reason else "")
+            out[name] = rollout.Facts(
+                step=policy.step_of(name, labels, groups),
+                online=self._online(name, now),
+                assigned=row.revision if row is not None else "",
+                generation=row.generation if row is not None else 0,
+                applied=report.revision if report is not None else "",
+                report_generation=report.generation if report is not None else 0,
+                healthy=report is not None and report.health == types_pb2.HEALTH_STATUS_HEALTHY,
+                status=text[:300],
+            )
+        return out
+
+    # ------------------------------------------------------------ starting rollouts
+
+    async def prepare(self, *, apps: list[config.App], heads: Mapping[str, str]) -> None:
+        """Before planning: a head no rollout has seen yet starts one (superseding a running
+        rollout of an older revision); a rejected head starts nothing."""
+        entries: list[events.Entry] = []
+        async with self._lock:
+            now = self.now()
+            for app in apps:
+                if app.rollout is None or not app.sync.auto:
+                    continue
+                head = heads.get(app.repo, "")
+                book = self.books.setdefault(app.name, Book())
+                state = book.state
+                if not head or head in book.rejected:
+                    continue
+                if state is not None and state.revision == head:
+                    continue
+                try:
+                    entries += self._start(app, book, head, now)
+                    await self._save(app.name)
+                except errors.StoreUnavailable:
+                    raise
+                except Exception as e:  # that app keeps what it has
+                    log.exception("app %s: starting a rollout failed", app.name)
+                    entries.append(self._entry(app.name, head, status.unexpected("rollout", e)))
+        await self._recorder.record_all(entries)
+
+    def _start(self, app: config.App, book: Book, head: str, now: float) -> list[events.Entry]:
+        assert app.rollout is not None
+        out: list[events.Entry] = []
+        old = book.state
+        if old is not None and old.phase in rollout.ACTIVE + (rollout.HALTED,):
+            old.phase = rollout.SUPERSEDED
+            out.append(
+                self._entry(
+                    app.name,
+                    old.revision,
+                    f"rollout of {status.short(old.revision)} superseded by "
+                    f"{status.short(head)}: the newer commit starts again from the first step",
+                )
+            )
+        facts = self.facts(app, now)
+        state, notes = rollout.start(app=app.name, revision=head, facts=facts, now=now)
+        book.state, book.reverts = state, {}
+        notes += rollout.advance(
+            state, policy=app.rollout, gates=self._gates(), facts=facts, now=now
+        )
+        out += [self._entry(app.name, head, n.message, n.cluster) for n in notes]
+        return out
+
+    # ------------------------------------------------------------ moving rollouts on
+
+    def poke(self, app: str = "") -> None:
+        """Something an active rollout may care about changed (a report, a reading)."""
+        book = self.books.get(app) if app else None
+        if not app or (book is not None and book.state is not None):
+            self._poked.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Move every active rollout on: at once when poked, else every TICK."""
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._poked.wait(), timeout=TICK)
+                self._poked.clear()
+                await self.tick()
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+
+    async def tick(self) -> None:
+        entries: list[events.Entry] = []
+        replan = False
+        async with self._lock:
+            now = self.now()
+            for app in self._settings.cfg.apps:
+                book = self.books.get(app.name)
+                if app.rollout is None or book is None or book.state is None:
+                    continue
+                if book.state.phase not in rollout.ACTIVE:
+                    continue
+                try:
+                    got, moved = self._advance(app, book, now)
+                    await self._save(app.name)
+                except errors.StoreUnavailable:
+                    log.warning("app %s: the rollout's state cannot be stored now", app.name)
+                    continue
+                except Exception as e:  # that app's rollout stands still, said once
+                    log.exception("app %s: moving the rollout on failed", app.name)
+                    book.state.phase = rollout.HALTED
+                    book.state.reason = status.unexpected("rollout", e)
+                    got, moved = (
+                        [self._entry(app.name, book.state.revision, book.state.reason)],
+                        False,
+                    )
+                entries += got
+                replan = replan or moved
+        if entries:
+            await self._recorder.record_all(entries)
+        if replan:
+            await self._replan()
+
+    def _advance(self, app: config.App, book: Book, now: float) -> tuple[list[events.Entry], bool]:
+        """One app: (history entries, whether assignments must change)."""
+        state = book.state
+        policy = app.rollout
+        assert state is not None and policy is not None
+        before = (state.admitted(), state.phase)
+        notes = rollout.advance(
+            state, policy=policy, gates=self._gates(), facts=self.facts(app, now), now=now
+        )
+        out = [self._entry(app.name, state.revision, n.message, n.cluster) for n in notes]
+        if state.phase == rollout.FAILED_ROLLOUT:
+            out += self._revert(app.name, book, why=state.reason, actor="rollout")
+        elif state.phase == rollout.SUCCEEDED:
+            for name, c in state.clusters.items():
+                if c.took and c.phase == rollout.PASSED:
+                    book.last_good[name] = state.revision
+            book.stable = state.revision
+        self._measure_due(app, book, now)
+        return out, (state.admitted(), state.phase) != before
+
+    def _revert(self, app: str, book: Book, *, why: str, actor: str) -> list[events.Entry]:
+        state = book.state
+        assert state is not None
+        back, stuck = rollout.revert_targets(state, last_good=book.last_good)
+        book.reverts = back
+        book.rejected[state.revision] = why
+        out = [
+            self._entry(
+                app,
+                state.revision,
+                f"{status.short(state.revision)} rejected for app {app}: {why}; auto-sync, "
+                f"rollouts and image automation skip it until a newer commit or "
+                f"`fleetops-hub rollout retry {app}`",
+                actor=actor,
+            )
+        ]
+        for name, rev in sorted(back.items()):
+            out.append(
+                self._entry(
+                    app,
+                    rev,
+                    f"{name} reverted from {status.short(state.revision)} to its last good "
+                    f"revision {status.short(rev)}",
+                    name,
+                    actor=actor,
+                    previous=state.revision,
+                )
+            )
+        for name in stuck:
+            out.append(
+                self._entry(
+                    app,
+                    state.revision,
+                    f"{name} keeps {status.short(state.revision)}: it ran nothing of this app "
+                    "before, so there is nothing to go back to",
+                    name,
+                    actor=actor,
+                )
+            )
+        return out
+
+    def _gates(self) -> dict[str, rolloutspec.Gate]:
+        return {g.name: g for g in self._settings.cfg.gates}
+
+    # ------------------------------------------------------------ gate readings
+
+    def _measure_due(self, app: config.App, book: Book, now: float) -> None:
+        state, policy = book.state, app.rollout
+        assert state is not None and policy is not None
+        gate_defs = self._gates()
+        for cluster, gate_name in rollout.due(state, policy, gate_defs, now):
+            key = (app.name, cluster, gate_name)
+            if key in self._measuring:
+                continue
+            c = state.clusters[cluster]
+            subject = gates.Subject(
+                app=app.name,
+                revision=state.revision,
+                cluster=cluster,
+                step=policy.steps[c.step].name,
+            )
+            self._measuring.add(key)
+            task = asyncio.ensure_future(self._take(key, gate_defs[gate_name], subject))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _take(
+        self, key: tuple[str, str, str], gate: rolloutspec.Gate, subject: gates.Subject
+    ) -> None:
+        app, cluster, _ = key
+        try:
+            async with self._slots:
+                got = await self._measure(gate, subject)
+            async with self._lock:
+                book = self.books.get(app)
+                state = book.state if book is not None else None
+                if state is not None and state.revision == subject.revision:
+                    rollout.record(
+                        state,
+                        cluster=cluster,
+                        gate=gate,
+                        reading=rollout.Reading(got.verdict, got.value, got.message, got.at),
+                    )
+        except Exception:  # a reading that could not be taken is tried again next interval
+            log.exception("app %s cluster %s: measuring gate %s failed", app, cluster, gate.name)
+        finally:
+            self._measuring.discard(key)
+            self.poke(app)
+
+    # ------------------------------------------------------------ operators
+
+    async def control(self, *, app: config.App, action: str, actor: str) -> str:
+        """pause | resume | promote | abort | retry: what happened, in one line."""
+        async with self._lock:
+            book = self.books.setdefault(app.name, Book())
+            state = book.state
+            said = self._control(app, book, action, actor)
+            entries = [self._entry(app.name, state.revision if state else "", said, actor=actor)]
+            if action == "abort" and state is not None and state.phase == rollout.ABORTED:
+                entries += self._revert(app.name, book, why=f"aborted by {actor}", actor=actor)
+            await self._save(app.name)
+        await self._recorder.record_all(entries)
+        self.poke(app.name)
+        await self._replan()
+        return said
+
+    def _control(self, app: config.App, book: Book, action: str, actor: str) -> str:
+        state = book.state
+        if action == "retry":
+            revision = state.revision if state is not None else ""
+            rejected = [r for r in book.rejected]
+            if not rejected and (state is None or state.phase not in (rollout.HALTED,)):
+                raise errors.FailedPrecondition(
+                    f"app {app.name}: nothing to retry (no rejected revision, no halted rollout)"
+                )
+            book.rejected.clear()
+            book.reverts = {}
+            if state is not None:
+                state.phase = rollout.SUPERSEDED  # `prepare` starts it again from step one
+                book.state = None
+            return f"retry by {actor}: {status.short(revision)} rolls out again from the first step"
+        if state is None or state.phase not in rollout.ACTIVE:
+            phase = state.phase if state is not None else "none"
+            raise errors.FailedPrecondition(
+                f"app {app.name}: no rollout is running (the latest is {phase}); "
+                f"`fleetops-hub rollout status {app.name}` shows it"
+            )
+        if action == "pause":
+            state.phase = rollout.PAUSED
+            return f"rollout of {status.short(state.revision)} paused by {actor}"
+        if action == "resume":
+            state.phase = rollout.RUNNING
+            return f"rollout of {status.short(state.revision)} resumed by {actor}"
+        if action == "promote":
+            if not rollout.promote(state):
+                raise errors.FailedPrecondition(f"app {app.name}: this step was promoted already")
+            step = app.rollout.steps[state.step].name if app.rollout else "?"
+            return f"step {step} of {status.short(state.revision)} promoted by {actor}"
+        if action == "abort":
+            state.phase = rollout.ABORTED
+            state.reason = f"aborted by {actor}"
+            return f"rollout of {status.short(state.revision)} aborted by {actor}"
+        raise errors.InvalidArgument(
+            f"unknown rollout action {action!r}: use pause, resume, promote, abort or retry"
+        )
+
+    def _entry(
+        self,
+        app: str,
+        revision: str,
+        message: str,
+        cluster: str = "",
+        *,
+        actor: str = "rollout",
+        previous: str = "",
+    ) -> events.Entry:
+        return events.Entry(
+            kind="rollout",
+            message=message,
+            actor=actor,
+            cause=types_pb2.CAUSE_ROLLOUT_GATE,
+            app=app,
+            cluster=cluster,
+            revision=revision,
+            previous_revision=previous,
+        )
+
+    def book(self, app: str) -> Book | None:
+        return self.books.get(app)
