@@ -120,12 +120,14 @@ def _timed_out(e: BaseException) -> bool:
 
 class _Deadline:
     """One request's overall deadline: a timer that shuts down the socket when it passes, so
-    a server that accepts and then stalls, or drips a byte at a time, cannot hold the thread."""
+    a server that accepts and then stalls, or drips a byte at a time, cannot hold the thread.
+    (It holds the socket itself: urllib drops the connection's reference once the headers
+    are in, and the response reads on through the same socket.)"""
 
     def __init__(self, seconds: float) -> None:
         self.expired = False
         self._lock = threading.Lock()
-        self._conns: list[http.client.HTTPConnection] = []
+        self._socks: list[socket.socket] = []
         self._timer = threading.Timer(seconds, self._expire)
         self._timer.daemon = True
 
@@ -136,24 +138,22 @@ class _Deadline:
     def __exit__(self, *exc: object) -> None:
         self._timer.cancel()
 
-    def watch(self, conn: http.client.HTTPConnection) -> None:
+    def watch(self, sock: socket.socket | None) -> None:
         with self._lock:
+            if sock is not None:
+                self._socks.append(sock)
             if self.expired:
                 raise TimeoutError("deadline passed")
-            self._conns.append(conn)
-
-    def check(self) -> None:
-        if self.expired:
-            raise TimeoutError("deadline passed")
 
     def _expire(self) -> None:
         with self._lock:
             self.expired = True
-            conns = list(self._conns)
-        for conn in conns:
-            if conn.sock is not None:
-                with contextlib.suppress(OSError):
-                    socket.socket.shutdown(conn.sock, socket.SHUT_RDWR)  # under TLS too
+            socks = list(self._socks)
+        for sock in socks:
+            # the plain socket's shutdown, under TLS too; a socket already closed has no
+            # descriptor any more (EBADF), never another one's
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 class _EveryStatus(urllib.request.HTTPErrorProcessor):
@@ -176,9 +176,8 @@ class _Http(urllib.request.HTTPHandler):
 
         class Watched(http.client.HTTPConnection):
             def connect(self) -> None:
-                deadline.watch(self)
                 super().connect()
-                deadline.check()
+                deadline.watch(self.sock)
 
         return self.do_open(Watched, req)
 
@@ -194,8 +193,7 @@ class _Https(urllib.request.HTTPSHandler):
 
         class Watched(http.client.HTTPSConnection):
             def connect(self) -> None:
-                deadline.watch(self)
                 super().connect()
-                deadline.check()
+                deadline.watch(self.sock)
 
         return self.do_open(Watched, req, context=self._context)
