@@ -78,12 +78,12 @@ def _late(url: str, timeout: float) -> str:
 def _post(url: str, *, body: bytes, headers: dict[str, str], timeout: float) -> Reply | Trouble:
     if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
         return Trouble(f"{shown(url)} is not an http(s) URL")
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
     deadline = _Deadline(timeout)
-    opener = urllib.request.build_opener(
-        _EveryStatus(), _Http(deadline), _Https(deadline, context=ssl.create_default_context())
-    )
     try:
+        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+        opener = urllib.request.build_opener(
+            _EveryStatus(), _Http(deadline), _Https(deadline, context=ssl.create_default_context())
+        )
         with deadline, opener.open(request, timeout=timeout) as resp:
             data: bytes = resp.read(MAX_BODY + 1)
             status = int(resp.status)

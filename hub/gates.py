@@ -147,13 +147,13 @@ def _judge(
     name: str, spec: rolloutspec.Prometheus, *, url: str, reply: gatehttp.Reply
 ) -> tuple[str, float | None, str]:
     """The verdict from Prometheus' answer to an instant query."""
+    if 300 <= reply.status < 400:
+        return "error", None, f"{name}: {gatehttp.redirect_reason(reply)}"
     try:
         doc = json.loads(reply.body)
     except ValueError:
         doc = None
     if not isinstance(doc, dict) or doc.get("status") not in ("success", "error"):
-        if 300 <= reply.status < 400:
-            return "error", None, f"{name}: {gatehttp.redirect_reason(reply)}"
         return (
             "error",
             None,
@@ -298,7 +298,7 @@ def _read_secret(file: str, *, what: str, gate: str) -> bytes | _Refusal:
     except OSError as e:
         return _Refusal(
             f"{gate}: cannot read {what} {file}: {e.strerror or type(e).__name__}; create it "
-            f"(readable by the hub) or fix gates[{gate}].{what}"
+            f"(readable by the hub) or fix the {what} of gate {gate} in hub.yaml"
         )
 
 

@@ -407,7 +407,7 @@ async def test_a_missing_key_file_is_an_error_naming_it_and_nothing_is_sent(
     assert got.verdict == "error"
     assert got.message == (
         f"smoke: cannot read secretFile {missing}: No such file or directory; create it "
-        "(readable by the hub) or fix gates[smoke].secretFile"
+        "(readable by the hub) or fix the secretFile of gate smoke in hub.yaml"
     )
     assert receiver.seen == []
 
@@ -425,6 +425,18 @@ async def test_a_redirect_is_not_followed(receiver: Receiver) -> None:
         f"smoke: {receiver.url}/hook answered 302, a redirect to {with_target.url}/elsewhere; "
         "redirects are not followed: set the gate's url to the address that answers"
     )
+
+
+async def test_a_prometheus_url_that_redirects_is_not_followed(receiver: Receiver) -> None:
+    with_target = Receiver()
+    try:
+        receiver.answer(301, "", Location=with_target.url + "/api/v1/query")
+        got = await gates.measure(prom_gate(receiver.url), subject("eu-1"))
+        assert with_target.seen == []
+    finally:
+        with_target.close()
+    assert got.verdict == "error"
+    assert f"{receiver.url}/api/v1/query answered 301, a redirect" in got.message
 
 
 async def test_an_answer_over_1_mib_is_refused(receiver: Receiver) -> None:
