@@ -34,6 +34,8 @@ from fleetops.hub import (
     render,
     rendercache,
     retention,
+    rollouts,
+    rolloutview,
     sessions,
     status,
     storeapi,
@@ -89,6 +91,17 @@ class Hub:
             recorder=self._recorder,
             announce=lambda cluster, app: self._view.cell_changed(cluster, app),
         )
+        self._rollouts = rollouts.Rollouts(
+            settings=self._settings,
+            db=db,
+            clusters=self._clusters,
+            assignments=self.assignments,
+            reports=self._reports.latest,
+            recorder=self._recorder,
+            connected=lambda cluster: self._sessions.connected(cluster),
+            replan=lambda: self._planning.replan(),
+            announce=lambda cluster, app: self._view.cell_changed(cluster, app),
+        )
         self._view = fleetview.FleetView(
             settings=self._settings,
             clusters=self._clusters,
@@ -101,6 +114,9 @@ class Hub:
             reports=self._reports.latest,
             connected=lambda cluster: self._sessions.connected(cluster),
             bus=self._bus,
+            gate_of=lambda cluster, app: rolloutview.cell_gate(
+                self._rollouts.book(app), cluster=cluster, now=time.time()
+            ),
         )
         self._sessions = sessions.Sessions(
             settings=self._settings,
@@ -122,6 +138,7 @@ class Hub:
             specs=self._specs,
             renders=self._renders,
             recorder=self._recorder,
+            rollouts=self._rollouts,
             deliver=self._sessions.push_assignments,
             announce=self._view.cells_changed,
         )
@@ -176,6 +193,7 @@ class Hub:
             if st.paused:
                 self._choices.paused[st.app] = st.reason
         self._renders.load(await db.run(db.renders))
+        self._rollouts.load(await db.run(db.rollouts))
 
     async def apply_config(self, cfg: config.Config) -> None:
         """A new, valid hub.yaml: new repos fetch at once, and everything is re-planned."""
@@ -220,6 +238,9 @@ class Hub:
     async def retain(self, stop: asyncio.Event, *, every: float = 3600.0) -> None:
         await self._retention.retain(stop, every=every)
 
+    async def run_rollouts(self, stop: asyncio.Event) -> None:
+        await self._rollouts.run(stop)
+
     async def flush_reports(self) -> None:
         await self._reports.flush()
 
@@ -252,9 +273,11 @@ class Hub:
             if app and self.assignments.get(cluster, app) is None and self.cfg.app(app) is None:
                 return  # a report for an app the hub no longer knows
             await self._reports.take(cluster, msg.report)
+            self._rollouts.poke(app)
         elif msg.HasField("hello"):
             for r in msg.hello.reports:
                 await self._reports.take(cluster, r)
+            self._rollouts.poke()
 
     async def disconnect(self, stream: sessions.Stream, reason: str) -> None:
         await self._sessions.disconnect(stream, reason)
@@ -347,6 +370,32 @@ class Hub:
 
     async def history(self, *, app: str, cluster: str, limit: int) -> list[records.Event]:
         return await self._retention.history(app=app, cluster=cluster, limit=limit)
+
+    def rollout_status(self, *, app: str) -> list[fleet_pb2.Rollout]:
+        """The newest rollout of `app`, or of every app with a rollout policy ('')."""
+        cfg = self._settings.cfg
+        apps = [self._settings.app(app)] if app else [a for a in cfg.apps if a.rollout]
+        gates = {g.name: g for g in cfg.gates}
+        out = []
+        for a in apps:
+            if a.rollout is None:
+                raise errors.FailedPrecondition(
+                    f"app {a.name} has no rollout policy: every cluster takes a new revision at "
+                    f"once; add rollout: {{steps: [...]}} to it in {cfg.file}"
+                )
+            out.append(
+                rolloutview.rollout_pb(a, self._rollouts.book(a.name), gates=gates, now=time.time())
+            )
+        return out
+
+    async def rollout_action(self, *, app: str, action: str, actor: str) -> records.Event:
+        spec = self._settings.app(app)
+        if spec.rollout is None:
+            raise errors.FailedPrecondition(
+                f"app {app} has no rollout policy; add rollout: {{steps: [...]}} to it in "
+                f"{self._settings.cfg.file}"
+            )
+        return await self._rollouts.control(app=spec, action=action, actor=actor)
 
     # ------------------------------------------------------------ read-outs (metrics, tests)
 

@@ -65,6 +65,10 @@ class FleetHub(Protocol):
 
     async def history(self, *, app: str, cluster: str, limit: int) -> list[records.Event]: ...
 
+    def rollout_status(self, *, app: str) -> list[fleet_pb2.Rollout]: ...
+
+    async def rollout_action(self, *, app: str, action: str, actor: str) -> records.Event: ...
+
 
 def _ts(seconds: float) -> timestamp_pb2.Timestamp:
     out = timestamp_pb2.Timestamp()
@@ -262,3 +266,23 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
             limit = MAX_HISTORY
         found = await self.hub.history(app=request.app, cluster=request.cluster, limit=limit)
         return fleet_pb2.HistoryResponse(events=[events.event_pb(e) for e in found])
+
+    async def RolloutStatus(
+        self, request: fleet_pb2.RolloutStatusRequest, context: Any
+    ) -> fleet_pb2.RolloutStatusResponse:
+        try:
+            found = self.hub.rollout_status(app=request.app)
+        except errors.HubError as e:
+            await abort(context, e)
+            raise AssertionError("unreachable") from None
+        return fleet_pb2.RolloutStatusResponse(rollouts=found)
+
+    async def RolloutAction(
+        self, request: fleet_pb2.RolloutActionRequest, context: Any
+    ) -> fleet_pb2.ActionResponse:
+        return await self._action(
+            context,
+            lambda actor: self.hub.rollout_action(
+                app=request.app, action=request.action, actor=actor
+            ),
+        )

@@ -38,8 +38,12 @@ class FleetView:
         reports: Mapping[tuple[str, str], types_pb2.AppReport],
         connected: Callable[[str], bool],
         bus: events.Bus,
+        gate_of: Callable[[str, str], tuple[types_pb2.RolloutGate.ValueType, str]] = (
+            lambda cluster, app: (types_pb2.ROLLOUT_GATE_UNSPECIFIED, "")
+        ),
     ) -> None:
         self._settings = settings
+        self._gate_of = gate_of  # (cluster, app) -> where it stands in the app's rollout
         self._clusters = clusters
         self._assignments = assignments
         self._choices = choices
@@ -135,6 +139,7 @@ class FleetView:
             auto_sync=eff.sync.auto,
         )
         out.pinned_revision = self._choices.pin_of(app.name, cluster)
+        out.gate, _ = self._gate_of(cluster, app.name)
         return out
 
     def snapshot(self) -> fleet_pb2.Snapshot:

@@ -21,6 +21,7 @@ from fleetops.hub import (
     fleetstate,
     planner,
     rendercache,
+    rollouts,
     status,
     storeapi,
 )
@@ -42,6 +43,7 @@ class Planning:
         specs: appspecs.AppSpecs,
         renders: rendercache.RenderCache,
         recorder: events.Recorder,
+        rollouts: rollouts.Rollouts | None = None,
         deliver: Callable[[str], None],
         announce: Callable[[str], None],
     ) -> None:
@@ -54,6 +56,7 @@ class Planning:
         self._specs = specs
         self._renders = renders
         self._recorder = recorder
+        self._rollouts = rollouts
         self._deliver = deliver
         self._announce = announce
         self._lock = asyncio.Lock()
@@ -99,6 +102,10 @@ class Planning:
             facts = self._facts(scope)  # less those removed meanwhile
             scope = sorted(facts)
             apps = self._specs.apps()
+            gatekeeping = None
+            if self._rollouts is not None:
+                await self._rollouts.prepare(apps=apps, heads=heads)
+                gatekeeping = self._rollouts.gatekeeping()
             decision = planner.decide(
                 cfg=cfg,
                 apps=apps,
@@ -109,6 +116,7 @@ class Planning:
                 current={(c, a): row.revision for c in scope for a, row in self._of(c).items()},
                 sync_requests=set(self._choices.sync_requests),
                 held=set(self._specs.errors),
+                rollouts=gatekeeping,
             )
             changed: set[str] = set()
             rows: list[fleetstate.Assignment] = []
@@ -242,19 +250,23 @@ class Planning:
         if cur is not None and cur.revision == row.revision and cur.digest == row.digest:
             return row, None  # only the policy or pause flag changed: no history entry
         chart = self._renders.chart_of(app)  # a chart from a repository: its version, digest
-        why = {"pin": types_pb2.CAUSE_ROLLBACK, "sync": types_pb2.CAUSE_USER}.get(
-            desired.why, cause
-        )
+        why = {
+            "pin": types_pb2.CAUSE_ROLLBACK,
+            "sync": types_pb2.CAUSE_USER,
+            "revert": types_pb2.CAUSE_ROLLOUT_GATE,
+        }.get(desired.why, cause)
         return row, events.Entry(
             app=app.name,
             cluster=cluster,
             kind="assigned",
             cause=why,
-            actor=actor if desired.why != "auto" else "auto",
+            actor={"auto": "auto", "revert": "rollout"}.get(desired.why, actor),
             revision=desired.revision,
             previous_revision=cur.revision if cur else "",
             message=f"{status.short(desired.revision)} ({target.name}) assigned to {cluster}"
             + (" (pinned)" if desired.why == "pin" else "")
+            + (" (reverted by the rollout)" if desired.why == "revert" else "")
+            + (" (rollout)" if desired.why == "auto" and app.rollout is not None else "")
             + (f", {chart}" if chart else ""),
         )
 

@@ -90,6 +90,7 @@ class Rollouts:
         recorder: events.Recorder,
         connected: Callable[[str], bool],
         replan: Callable[[], Awaitable[object]],
+        announce: Callable[[str, str], None] = lambda cluster, app: None,
         measure: Measure | None = None,
         now: Callable[[], float] = time.time,
     ) -> None:
@@ -101,6 +102,7 @@ class Rollouts:
         self._recorder = recorder
         self._connected = connected
         self._replan = replan
+        self._announce = announce  # (cluster, app): its cell's rollout gate reads differently
         self._measure: Measure = measure or (lambda g, s: gates.measure(g, s, now=now))
         self.now = now
         self.books: dict[str, Book] = {}
@@ -242,6 +244,8 @@ class Rollouts:
         notes += rollout.advance(
             state, policy=app.rollout, gates=self._gates(), facts=facts, now=now
         )
+        for name in state.clusters:
+            self._announce(name, app.name)
         out += [self._entry(app.name, head, n.message, n.cluster) for n in notes]
         return out
 
@@ -303,9 +307,13 @@ class Rollouts:
         policy = app.rollout
         assert state is not None and policy is not None
         before = (state.admitted(), state.phase)
+        phases = {n: (c.phase, c.reason) for n, c in state.clusters.items()}
         notes = rollout.advance(
             state, policy=policy, gates=self._gates(), facts=self.facts(app, now), now=now
         )
+        for name, c in state.clusters.items():
+            if phases.get(name) != (c.phase, c.reason) or state.phase != before[1]:
+                self._announce(name, app.name)
         out = [self._entry(app.name, state.revision, n.message, n.cluster) for n in notes]
         if state.phase == rollout.FAILED_ROLLOUT:
             out += self._revert(app.name, book, why=state.reason, actor="rollout")
@@ -408,8 +416,8 @@ class Rollouts:
 
     # ------------------------------------------------------------ operators
 
-    async def control(self, *, app: config.App, action: str, actor: str) -> str:
-        """pause | resume | promote | abort | retry: what happened, in one line."""
+    async def control(self, *, app: config.App, action: str, actor: str) -> records.Event:
+        """pause | resume | promote | abort | retry: the history entry saying what happened."""
         async with self._lock:
             book = self.books.setdefault(app.name, Book())
             state = book.state
@@ -418,10 +426,10 @@ class Rollouts:
             if action == "abort" and state is not None and state.phase == rollout.ABORTED:
                 entries += self._revert(app.name, book, why=f"aborted by {actor}", actor=actor)
             await self._save(app.name)
-        await self._recorder.record_all(entries)
+        recorded = await self._recorder.record_all(entries)
         self.poke(app.name)
         await self._replan()
-        return said
+        return recorded[0]
 
     def _control(self, app: config.App, book: Book, action: str, actor: str) -> str:
         state = book.state

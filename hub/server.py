@@ -164,6 +164,7 @@ async def start(
         "config watcher", functools.partial(_watch_config, hub, config_path, stop, ensure_pollers)
     )
     supervisor.start("retention", functools.partial(hub.retain, stop))
+    supervisor.start("rollouts", functools.partial(hub.run_rollouts, stop))
     supervisor.start("stream watchdog", functools.partial(hub.watch_streams, stop))
     log.info(
         "hub serving gRPC on port %d (agents: %d), HTTP on port %d, data in %s",

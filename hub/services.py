@@ -22,7 +22,12 @@ from fleetops.hub import apitokens, errors
 log = logging.getLogger("fleetops.hub")
 
 FLEET_PREFIX = "/fleetops.v1.FleetService/"
-READ_ONLY_METHODS = {"GetSnapshot", "Watch", "History"}  # everything else needs an operator
+READ_ONLY_METHODS = {
+    "GetSnapshot",
+    "Watch",
+    "History",
+    "RolloutStatus",
+}  # everything else needs an operator
 _CODES = {
     errors.NotFound: grpc.StatusCode.NOT_FOUND,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,

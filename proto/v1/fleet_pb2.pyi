@@ -764,3 +764,302 @@ class RevokeApiTokenRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RevokeApiTokenRequest: _TypeAlias = RevokeApiTokenRequest  # noqa: Y015
+
+@_typing.final
+class RolloutStatusRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_FIELD_NUMBER: _builtins.int
+    app: _builtins.str
+    """empty: every app with a rollout policy"""
+    def __init__(
+        self,
+        *,
+        app: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutStatusRequest: _TypeAlias = RolloutStatusRequest  # noqa: Y015
+
+@_typing.final
+class RolloutStatusResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROLLOUTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rollouts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Rollout]: ...
+    def __init__(
+        self,
+        *,
+        rollouts: _abc.Iterable[Global___Rollout] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rollouts", b"rollouts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutStatusResponse: _TypeAlias = RolloutStatusResponse  # noqa: Y015
+
+@_typing.final
+class RolloutActionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    app: _builtins.str
+    action: _builtins.str
+    """pause | resume | promote | abort | retry"""
+    def __init__(
+        self,
+        *,
+        app: _builtins.str = ...,
+        action: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "app", b"app"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutActionRequest: _TypeAlias = RolloutActionRequest  # noqa: Y015
+
+@_typing.final
+class Rollout(_message.Message):
+    """One app's newest rollout of one revision."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class RejectedEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    APP_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    CLUSTERS_FIELD_NUMBER: _builtins.int
+    REJECTED_FIELD_NUMBER: _builtins.int
+    STABLE_REVISION_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    AUTHOR_FIELD_NUMBER: _builtins.int
+    app: _builtins.str
+    revision: _builtins.str
+    """empty: no rollout yet"""
+    phase: _builtins.str
+    """Running, Paused, Succeeded, Failed, Halted, Aborted, Superseded"""
+    reason: _builtins.str
+    """why it stands where it stands (which gate, cluster, value)"""
+    step: _builtins.int
+    """index of the step running now (== len(steps) when all passed)"""
+    stable_revision: _builtins.str
+    """the last revision that passed every step"""
+    subject: _builtins.str
+    """subject and author of `revision`, in Git's words (empty until the hub read them)"""
+    author: _builtins.str
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___RolloutStep]: ...
+    @_builtins.property
+    def clusters(self) -> _containers.RepeatedCompositeFieldContainer[Global___RolloutCluster]: ...
+    @_builtins.property
+    def rejected(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """revision -> why it was rejected"""
+
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        app: _builtins.str = ...,
+        revision: _builtins.str = ...,
+        phase: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        step: _builtins.int = ...,
+        steps: _abc.Iterable[Global___RolloutStep] | None = ...,
+        clusters: _abc.Iterable[Global___RolloutCluster] | None = ...,
+        rejected: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        stable_revision: _builtins.str = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+        subject: _builtins.str = ...,
+        author: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "author", b"author", "clusters", b"clusters", "phase", b"phase", "reason", b"reason", "rejected", b"rejected", "revision", b"revision", "stable_revision", b"stable_revision", "started_at", b"started_at", "step", b"step", "steps", b"steps", "subject", b"subject", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Rollout: _TypeAlias = Rollout  # noqa: Y015
+
+@_typing.final
+class RolloutStep(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
+    MAX_PARALLEL_FIELD_NUMBER: _builtins.int
+    BAKE_SECONDS_FIELD_NUMBER: _builtins.int
+    GATES_FIELD_NUMBER: _builtins.int
+    CLUSTERS_FIELD_NUMBER: _builtins.int
+    PASSED_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    DEFERRED_FIELD_NUMBER: _builtins.int
+    PROMOTED_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    phase: _builtins.str
+    """Waiting, Running, Passed, Failed"""
+    max_parallel: _builtins.int
+    """clusters in flight at once for this step's size"""
+    bake_seconds: _builtins.float
+    clusters: _builtins.int
+    passed: _builtins.int
+    failed: _builtins.int
+    deferred: _builtins.int
+    promoted: _builtins.bool
+    @_builtins.property
+    def gates(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """gate names (health is always on)"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        phase: _builtins.str = ...,
+        max_parallel: _builtins.int = ...,
+        bake_seconds: _builtins.float = ...,
+        gates: _abc.Iterable[_builtins.str] | None = ...,
+        clusters: _builtins.int = ...,
+        passed: _builtins.int = ...,
+        failed: _builtins.int = ...,
+        deferred: _builtins.int = ...,
+        promoted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bake_seconds", b"bake_seconds", "clusters", b"clusters", "deferred", b"deferred", "failed", b"failed", "gates", b"gates", "max_parallel", b"max_parallel", "name", b"name", "passed", b"passed", "phase", b"phase", "promoted", b"promoted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutStep: _TypeAlias = RolloutStep  # noqa: Y015
+
+@_typing.final
+class RolloutCluster(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLUSTER_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    GATE_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    BAKE_LEFT_SECONDS_FIELD_NUMBER: _builtins.int
+    GATES_FIELD_NUMBER: _builtins.int
+    PREVIOUS_REVISION_FIELD_NUMBER: _builtins.int
+    cluster: _builtins.str
+    step: _builtins.str
+    """the step it belongs to; empty when excluded"""
+    gate: _types_pb2.RolloutGate.ValueType
+    phase: _builtins.str
+    """Waiting, Progressing, Baking, Passed, Failed, Deferred, Excluded"""
+    reason: _builtins.str
+    bake_left_seconds: _builtins.float
+    previous_revision: _builtins.str
+    """what it ran before this rollout gave it the revision"""
+    @_builtins.property
+    def gates(self) -> _containers.RepeatedCompositeFieldContainer[Global___RolloutGateReading]: ...
+    def __init__(
+        self,
+        *,
+        cluster: _builtins.str = ...,
+        step: _builtins.str = ...,
+        gate: _types_pb2.RolloutGate.ValueType = ...,
+        phase: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        bake_left_seconds: _builtins.float = ...,
+        gates: _abc.Iterable[Global___RolloutGateReading] | None = ...,
+        previous_revision: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bake_left_seconds", b"bake_left_seconds", "cluster", b"cluster", "gate", b"gate", "gates", b"gates", "phase", b"phase", "previous_revision", b"previous_revision", "reason", b"reason", "step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutCluster: _TypeAlias = RolloutCluster  # noqa: Y015
+
+@_typing.final
+class RolloutGateReading(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    HAS_VALUE_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    MEASURED_AT_FIELD_NUMBER: _builtins.int
+    FAILURES_FIELD_NUMBER: _builtins.int
+    FAILURE_LIMIT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    kind: _builtins.str
+    """prometheus | webhook | manual"""
+    verdict: _builtins.str
+    """pass | fail | nodata | error; empty: not measured yet"""
+    value: _builtins.float
+    has_value: _builtins.bool
+    threshold: _builtins.str
+    """e.g. "< 0.01" """
+    message: _builtins.str
+    failures: _builtins.int
+    """failing readings in a row"""
+    failure_limit: _builtins.int
+    @_builtins.property
+    def measured_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        verdict: _builtins.str = ...,
+        value: _builtins.float = ...,
+        has_value: _builtins.bool = ...,
+        threshold: _builtins.str = ...,
+        message: _builtins.str = ...,
+        measured_at: _timestamp_pb2.Timestamp | None = ...,
+        failures: _builtins.int = ...,
+        failure_limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["measured_at", b"measured_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure_limit", b"failure_limit", "failures", b"failures", "has_value", b"has_value", "kind", b"kind", "measured_at", b"measured_at", "message", b"message", "name", b"name", "threshold", b"threshold", "value", b"value", "verdict", b"verdict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutGateReading: _TypeAlias = RolloutGateReading  # noqa: Y015

@@ -99,6 +99,16 @@ class FleetServiceStub:
                 request_serializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.RevokeApiTokenRequest.SerializeToString,
                 response_deserializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.ActionResponse.FromString,
                 _registered_method=True)
+        self.RolloutStatus = channel.unary_unary(
+                '/fleetops.v1.FleetService/RolloutStatus',
+                request_serializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.RolloutStatusRequest.SerializeToString,
+                response_deserializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.RolloutStatusResponse.FromString,
+                _registered_method=True)
+        self.RolloutAction = channel.unary_unary(
+                '/fleetops.v1.FleetService/RolloutAction',
+                request_serializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.RolloutActionRequest.SerializeToString,
+                response_deserializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.ActionResponse.FromString,
+                _registered_method=True)
 
 
 class FleetServiceServicer:
@@ -188,6 +198,20 @@ class FleetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RolloutStatus(self, request, context):
+        """Progressive delivery: each app's newest rollout (steps, clusters, gates) and control.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RolloutAction(self, request, context):
+        """pause | resume | promote | abort | retry (operator only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FleetServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -254,6 +278,16 @@ def add_FleetServiceServicer_to_server(servicer, server):
             'RevokeApiToken': grpc.unary_unary_rpc_method_handler(
                     servicer.RevokeApiToken,
                     request_deserializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.RevokeApiTokenRequest.FromString,
+                    response_serializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.ActionResponse.SerializeToString,
+            ),
+            'RolloutStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.RolloutStatus,
+                    request_deserializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.RolloutStatusRequest.FromString,
+                    response_serializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.RolloutStatusResponse.SerializeToString,
+            ),
+            'RolloutAction': grpc.unary_unary_rpc_method_handler(
+                    servicer.RolloutAction,
+                    request_deserializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.RolloutActionRequest.FromString,
                     response_serializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.ActionResponse.SerializeToString,
             ),
     }
@@ -607,6 +641,60 @@ class FleetService:
             target,
             '/fleetops.v1.FleetService/RevokeApiToken',
             fleetops_dot_proto_dot_v1_dot_fleet__pb2.RevokeApiTokenRequest.SerializeToString,
+            fleetops_dot_proto_dot_v1_dot_fleet__pb2.ActionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RolloutStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetops.v1.FleetService/RolloutStatus',
+            fleetops_dot_proto_dot_v1_dot_fleet__pb2.RolloutStatusRequest.SerializeToString,
+            fleetops_dot_proto_dot_v1_dot_fleet__pb2.RolloutStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RolloutAction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetops.v1.FleetService/RolloutAction',
+            fleetops_dot_proto_dot_v1_dot_fleet__pb2.RolloutActionRequest.SerializeToString,
             fleetops_dot_proto_dot_v1_dot_fleet__pb2.ActionResponse.FromString,
             options,
             channel_credentials,

@@ -53,6 +53,10 @@ class FleetServiceStub:
     """Named fleet API tokens: the audit log records the token's name as the actor."""
     ListApiTokens: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.ListApiTokensRequest, _fleet_pb2.ListApiTokensResponse]
     RevokeApiToken: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.RevokeApiTokenRequest, _fleet_pb2.ActionResponse]
+    RolloutStatus: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.RolloutStatusRequest, _fleet_pb2.RolloutStatusResponse]
+    """Progressive delivery: each app's newest rollout (steps, clusters, gates) and control."""
+    RolloutAction: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.RolloutActionRequest, _fleet_pb2.ActionResponse]
+    """pause | resume | promote | abort | retry (operator only)."""
 
 @_typing.type_check_only
 class FleetServiceAsyncStub(FleetServiceStub):
@@ -77,6 +81,10 @@ class FleetServiceAsyncStub(FleetServiceStub):
     """Named fleet API tokens: the audit log records the token's name as the actor."""
     ListApiTokens: _aio.UnaryUnaryMultiCallable[_fleet_pb2.ListApiTokensRequest, _fleet_pb2.ListApiTokensResponse]  # type: ignore[assignment]
     RevokeApiToken: _aio.UnaryUnaryMultiCallable[_fleet_pb2.RevokeApiTokenRequest, _fleet_pb2.ActionResponse]  # type: ignore[assignment]
+    RolloutStatus: _aio.UnaryUnaryMultiCallable[_fleet_pb2.RolloutStatusRequest, _fleet_pb2.RolloutStatusResponse]  # type: ignore[assignment]
+    """Progressive delivery: each app's newest rollout (steps, clusters, gates) and control."""
+    RolloutAction: _aio.UnaryUnaryMultiCallable[_fleet_pb2.RolloutActionRequest, _fleet_pb2.ActionResponse]  # type: ignore[assignment]
+    """pause | resume | promote | abort | retry (operator only)."""
 
 class FleetServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -176,5 +184,21 @@ class FleetServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _fleet_pb2.RevokeApiTokenRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_fleet_pb2.ActionResponse, _abc.Awaitable[_fleet_pb2.ActionResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RolloutStatus(
+        self,
+        request: _fleet_pb2.RolloutStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fleet_pb2.RolloutStatusResponse, _abc.Awaitable[_fleet_pb2.RolloutStatusResponse]]:
+        """Progressive delivery: each app's newest rollout (steps, clusters, gates) and control."""
+
+    @_abc_1.abstractmethod
+    def RolloutAction(
+        self,
+        request: _fleet_pb2.RolloutActionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fleet_pb2.ActionResponse, _abc.Awaitable[_fleet_pb2.ActionResponse]]:
+        """pause | resume | promote | abort | retry (operator only)."""
 
 def add_FleetServiceServicer_to_server(servicer: FleetServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

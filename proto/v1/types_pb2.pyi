@@ -120,6 +120,11 @@ class _RolloutGateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RolloutGa
     ROLLOUT_GATE_HALTED: _RolloutGate.ValueType  # 4
     """the rollout stopped on a failure"""
     ROLLOUT_GATE_DONE: _RolloutGate.ValueType  # 5
+    """passed its step"""
+    ROLLOUT_GATE_PROGRESSING: _RolloutGate.ValueType  # 6
+    """given the revision, not yet Healthy on it"""
+    ROLLOUT_GATE_FAILED: _RolloutGate.ValueType  # 7
+    """missed its deadline or failed a gate"""
 
 class RolloutGate(_RolloutGate, metaclass=_RolloutGateEnumTypeWrapper):
     """Where a (cluster, app) stands in a staged rollout."""
@@ -135,6 +140,11 @@ ROLLOUT_GATE_BAKING: RolloutGate.ValueType  # 3
 ROLLOUT_GATE_HALTED: RolloutGate.ValueType  # 4
 """the rollout stopped on a failure"""
 ROLLOUT_GATE_DONE: RolloutGate.ValueType  # 5
+"""passed its step"""
+ROLLOUT_GATE_PROGRESSING: RolloutGate.ValueType  # 6
+"""given the revision, not yet Healthy on it"""
+ROLLOUT_GATE_FAILED: RolloutGate.ValueType  # 7
+"""missed its deadline or failed a gate"""
 Global___RolloutGate: _TypeAlias = RolloutGate  # noqa: Y015
 
 class _Cause:
