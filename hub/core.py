@@ -101,6 +101,7 @@ class Hub:
             connected=lambda cluster: self._sessions.connected(cluster),
             replan=lambda: self._planning.replan(),
             announce=lambda cluster, app: self._view.cell_changed(cluster, app),
+            now=now,
         )
         self._view = fleetview.FleetView(
             settings=self._settings,
@@ -115,7 +116,7 @@ class Hub:
             connected=lambda cluster: self._sessions.connected(cluster),
             bus=self._bus,
             gate_of=lambda cluster, app: rolloutview.cell_gate(
-                self._rollouts.book(app), cluster=cluster, now=time.time()
+                self._rollouts.book(app), cluster=cluster, now=self._rollouts.now()
             ),
         )
         self._sessions = sessions.Sessions(
@@ -384,7 +385,9 @@ class Hub:
                     f"once; add rollout: {{steps: [...]}} to it in {cfg.file}"
                 )
             out.append(
-                rolloutview.rollout_pb(a, self._rollouts.book(a.name), gates=gates, now=time.time())
+                rolloutview.rollout_pb(
+                    a, self._rollouts.book(a.name), gates=gates, now=self._rollouts.now()
+                )
             )
         return out
 
