@@ -147,7 +147,7 @@ class Shell:
         )
 
     def healthy_all(self, names: set[str]) -> None:
-        for n in names:
+        for n in sorted(names):
             self.report(n)
 
 
@@ -220,8 +220,12 @@ def test_the_rollout_succeeds_when_every_step_passed() -> None:
     shell.report("canary")
     shell.tick(T0 + 1)
     shell.tick(T0 + 1 + 10 * MIN)
-    shell.healthy_all({"prod-a", "prod-b"})
+    assert shell.given() == {"canary", "prod-a"}, "prod: 50% of two clusters"
+    shell.report("prod-a")
     shell.tick(T0 + 11 * MIN)
+    assert shell.state.phase == "Running"
+    shell.report("prod-b")
+    shell.tick(T0 + 12 * MIN)
     assert shell.state.phase == "Succeeded"
     assert shell.given() == {"canary", "prod-a", "prod-b"}
     assert shell.notes[-1].message.endswith("succeeded: every step passed")
