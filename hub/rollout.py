@@ -171,17 +171,6 @@ def _fresh(f: Facts, revision: str, now: float) -> ClusterState:
     return c
 
 
-def _placed(facts: Mapping[str, Facts], steps: int) -> dict[str, Facts]:
-    """The facts with every step one the policy has: past the last goes with the last (the
-    policy lost steps), below zero is excluded."""
-
-    def fix(f: Facts) -> Facts:
-        step = -1 if f.step < 0 else min(f.step, steps - 1)
-        return f if step == f.step else dataclasses.replace(f, step=step)
-
-    return {name: fix(f) for name, f in facts.items()}
-
-
 def due(
     state: State, policy: rolloutspec.Rollout, gates: Mapping[str, rolloutspec.Gate], now: float
 ) -> list[tuple[str, str]]:
@@ -195,9 +184,8 @@ def due(
             continue
         step = policy.steps[c.step]
         baked = now - c.healthy_since >= step.bake
-        for g in step.gates:
-            gate = gates.get(g)
-            got = c.gates.get(g)
+        for g in dict.fromkeys(step.gates):
+            gate, got = gates.get(g), c.gates.get(g)
             if gate is None or gate.manual:
                 continue
             if gate.prometheus is not None:
@@ -213,16 +201,10 @@ def due(
     return out
 
 
-def record(
-    state: State,
-    *,
-    cluster: str,
-    gate: rolloutspec.Gate,
-    reading: Reading,
-) -> None:
+def record(state: State, *, cluster: str, gate: rolloutspec.Gate, reading: Reading) -> None:
     """Take a reading for a cluster still baking (late ones, after a reset, are dropped)."""
     c = state.clusters.get(cluster)
-    if c is None or c.phase != BAKING or reading.at < c.healthy_since:
+    if c is None or c.phase != BAKING or not reading.at >= c.healthy_since:  # NaN: dropped
         return
     g = c.gates.setdefault(gate.name, GateState())
     if reading.at < g.at:  # it arrived after a newer one
@@ -253,9 +235,8 @@ def advance(
     notes: list[Note] = []
     if state.phase not in ACTIVE:
         return notes
-    facts = _placed(facts, len(policy.steps))
     state.step = max(0, state.step)
-    _membership(state, facts, now=now, steps=len(policy.steps))
+    facts = _membership(state, facts, now=now, steps=len(policy.steps))
     for name in sorted(state.clusters):
         c = state.clusters[name]
         f = facts.get(name)
@@ -286,8 +267,14 @@ def _name(policy: rolloutspec.Rollout, step: int) -> str:
     return policy.steps[step].name if 0 <= step < len(policy.steps) else str(step + 1)
 
 
-def _membership(state: State, facts: Mapping[str, Facts], *, now: float, steps: int) -> None:
-    """Clusters that joined the app meanwhile wait in their step; those gone are forgotten."""
+def _membership(
+    state: State, given: Mapping[str, Facts], *, now: float, steps: int
+) -> dict[str, Facts]:
+    """Clusters that joined the app meanwhile wait in their step; those gone are forgotten.
+    Returns the facts with steps the policy has: past the last goes with the last (the policy
+    lost steps), below zero is excluded."""
+    placed = {n: min(max(f.step, -1), steps - 1) for n, f in given.items()}
+    facts = {n: dataclasses.replace(f, step=placed[n]) for n, f in given.items()}
     for name in [n for n in state.clusters if n not in facts]:
         del state.clusters[name]
     for name, f in facts.items():
@@ -298,6 +285,7 @@ def _membership(state: State, facts: Mapping[str, Facts], *, now: float, steps: 
             state.clusters[name] = _fresh(f, state.revision, now)
         elif c.took and f.step >= 0 and c.step >= steps:  # saved under a longer policy
             c.step = f.step
+    return facts
 
 
 def _cluster(
@@ -355,18 +343,14 @@ def _cluster(
         c.phase, c.reason = PASSED, "promoted by an operator"
         return [Note(f"{name} passed step {step.name} (promoted)", name)]
     waiting: list[str] = []
-    for g in step.gates:
-        gate = gates.get(g)
-        got = c.gates.get(g)
-        if gate is None:
-            waiting.append(f"gate {g} is not configured")
+    for g in dict.fromkeys(step.gates):
+        gate, got = gates.get(g), c.gates.get(g)
+        spec = None if gate is None else gate.prometheus or gate.webhook
+        if spec is None:  # manual (or not configured): only a promote passes it
+            how = f"waits for `fleetops-hub rollout promote {state.app}`"
+            waiting.append(f"gate {g} {how if gate else 'is not configured'}")
             continue
-        if gate.manual:
-            waiting.append(f"gate {g} waits for `fleetops-hub rollout promote {state.app}`")
-            continue
-        limit = max(
-            1, (gate.prometheus or gate.webhook or rolloutspec.Webhook(url="")).failure_limit
-        )
+        limit = max(1, spec.failure_limit)
         if got is not None and got.failures >= limit:
             c.phase, c.reason = FAILED, f"gate {g} failed: {got.message}"
             return [Note(f"{name} failed step {step.name}: {c.reason}", name)]
@@ -420,12 +404,8 @@ def _steps(
             )
             return notes
         deferred = sorted(n for n, c in members.items() if c.phase == DEFERRED)
-        notes.append(
-            Note(
-                f"step {step.name} passed"
-                + (f" ({len(deferred)} deferred: {', '.join(deferred[:5])})" if deferred else "")
-            )
-        )
+        said = f" ({len(deferred)} deferred: {', '.join(deferred[:5])})" if deferred else ""
+        notes.append(Note(f"step {step.name} passed{said}"))
         state.step += 1
         state.reason = ""
     if all(c.phase in (PASSED, EXCLUDED, FAILED, DEFERRED) for c in state.clusters.values()):
