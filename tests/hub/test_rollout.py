@@ -138,7 +138,9 @@ class Shell:
     def given(self) -> set[str]:
         return set(self.state.admitted())
 
-    def record(self, name: str, gate: str, verdict: str, at: float, value: float | None = None):  # type: ignore[no-untyped-def]
+    def record(
+        self, name: str, gate: str, verdict: str, at: float, value: float | None = None
+    ) -> None:
         rollout.record(
             self.state,
             cluster=name,
@@ -451,6 +453,22 @@ def test_a_step_whose_clusters_are_all_offline_waits_says_so_and_promote_lets_it
     assert shell.state.step == 1 and "prod-a" in shell.given()
 
 
+def test_an_offline_cluster_never_fails_by_the_deadline_while_away() -> None:
+    pol = policy(step("canary"), progress_deadline=5 * MIN)
+    shell = Shell(pol, {"c1": 0})
+    shell.tick(T0)
+    shell.set("c1", online=False)
+    shell.tick(T0 + MIN)
+    shell.tick(T0 + 60 * MIN)
+    assert shell.phase("c1") == "Deferred"
+    shell.set("c1", online=True)
+    shell.report("c1", healthy=False)
+    shell.tick(T0 + 61 * MIN)
+    assert shell.phase("c1") == "Progressing", "its deadline counts again from its return"
+    shell.tick(T0 + 67 * MIN)
+    assert shell.phase("c1") == "Failed"
+
+
 # -- gates
 
 
@@ -601,6 +619,50 @@ def test_readings_older_than_the_bake_start_are_dropped() -> None:
     assert shell.state.clusters["canary"].gates["error-rate"].verdict == "pass"
 
 
+def test_a_failing_webhook_is_called_again_after_its_interval() -> None:
+    assert SMOKE.webhook is not None
+    twice = dataclasses.replace(
+        SMOKE, webhook=dataclasses.replace(SMOKE.webhook, failure_limit=2, interval=60.0)
+    )
+    shell = Shell(gate_rollout("smoke", bake=0.0), {"canary": 0}, gates={"smoke": twice})
+    shell.tick(T0)
+    shell.report("canary")
+    shell.tick(T0 + 1)
+    shell.record("canary", "smoke", "fail", T0 + 2)
+    shell.tick(T0 + 3)
+    assert shell.phase("canary") == "Baking", "one failure of two allowed"
+    assert rollout.due(shell.state, shell.policy, shell.gates, T0 + 61) == []
+    assert rollout.due(shell.state, shell.policy, shell.gates, T0 + 62) == [("canary", "smoke")]
+
+
+def test_a_gate_named_twice_in_a_step_is_measured_once() -> None:
+    pol = policy(step("canary", bake=MIN, gates=("error-rate", "error-rate")))
+    shell = Shell(pol, {"canary": 0})
+    shell.tick(T0)
+    shell.report("canary")
+    shell.tick(T0 + 1)
+    assert rollout.due(shell.state, pol, GATES, T0 + 1) == [("canary", "error-rate")]
+
+
+def test_a_reading_without_a_real_time_is_dropped() -> None:
+    shell = Shell(gate_rollout("error-rate"), {"canary": 0})
+    shell.tick(T0)
+    shell.report("canary")
+    shell.tick(T0 + 1)
+    shell.record("canary", "error-rate", "pass", math.nan, 0.0)
+    assert shell.state.clusters["canary"].gates == {}
+    assert rollout.due(shell.state, shell.policy, GATES, T0 + 2) == [("canary", "error-rate")]
+
+
+def test_nothing_is_due_once_the_rollout_is_over() -> None:
+    shell = Shell(gate_rollout("error-rate"), {"canary": 0})
+    shell.tick(T0)
+    shell.report("canary")
+    shell.tick(T0 + 1)
+    shell.state.phase = rollout.SUPERSEDED
+    assert rollout.due(shell.state, shell.policy, GATES, T0 + 2) == []
+
+
 # -- operator: promote, pause
 
 
@@ -634,6 +696,25 @@ def test_pause_admits_nobody_new_but_the_bake_goes_on() -> None:
     shell.state.phase = rollout.RUNNING
     shell.tick(T0 + 3 * MIN)
     assert shell.given() == {"c1", "c2"}
+
+
+def test_a_failure_while_paused_still_fails_the_rollout() -> None:
+    pol = policy(step("canary"), progress_deadline=MIN)
+    shell = Shell(pol, {"c1": 0})
+    shell.tick(T0)
+    shell.state.phase = rollout.PAUSED
+    shell.tick(T0 + 2 * MIN)
+    assert shell.state.phase == "Failed"
+
+
+def test_promote_lets_every_waiting_cluster_of_the_step_go_at_once() -> None:
+    pol = policy(step("canary", parallel=1, bake=MIN))
+    shell = Shell(pol, {"c1": 0, "c2": 0, "c3": 0})
+    shell.tick(T0)
+    assert shell.given() == {"c1"}
+    rollout.promote(shell.state)
+    shell.tick(T0 + 1)
+    assert shell.given() == {"c1", "c2", "c3"}
 
 
 # -- membership
@@ -676,6 +757,14 @@ def test_a_cluster_joining_a_step_that_passed_catches_up_and_one_gone_is_forgott
     del shell.facts["p1"]
     shell.tick(T0 + 3)
     assert "p1" not in shell.state.clusters
+
+
+def test_a_waiting_cluster_whose_labels_moved_it_waits_in_its_new_step() -> None:
+    shell = Shell(policy(step("canary", bake=MIN), step("prod")), {"c1": 0, "p1": 1})
+    shell.tick(T0)
+    shell.set("p1", step=0)
+    shell.tick(T0 + 1)
+    assert shell.state.clusters["p1"].step == 0 and "p1" in shell.given()
 
 
 def test_unmatched_exclude_clusters_are_excluded_and_never_admitted() -> None:
