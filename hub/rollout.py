@@ -180,7 +180,7 @@ def due(
         return []
     out: list[tuple[str, str]] = []
     for name, c in sorted(state.clusters.items()):
-        if c.phase != BAKING or c.step >= len(policy.steps) or c.step in state.promoted:
+        if c.phase != BAKING or not 0 <= c.step < len(policy.steps) or c.step in state.promoted:
             continue
         step = policy.steps[c.step]
         baked = now - c.healthy_since >= step.bake
@@ -283,7 +283,7 @@ def _membership(
             state.clusters[name] = _fresh(f, state.revision, now)
         elif c.step != f.step and not c.took:  # its labels moved it to another step
             state.clusters[name] = _fresh(f, state.revision, now)
-        elif c.took and f.step >= 0 and c.step >= steps:  # saved under a longer policy
+        elif c.took and f.step >= 0 and not 0 <= c.step < steps:  # saved under another policy
             c.step = f.step
     return facts
 
@@ -335,7 +335,7 @@ def _cluster(
         seen = f.status or ("Unhealthy" if answered else "an older report")
         c.reason = f"not Healthy any more ({seen}); the bake starts again when it is"
         return [Note(f"{name}: {c.reason}", name)]
-    step = policy.steps[c.step] if c.step < len(policy.steps) else None
+    step = policy.steps[c.step] if 0 <= c.step < len(policy.steps) else None
     if step is None:
         c.phase = PASSED
         return []
@@ -451,7 +451,7 @@ def revert_targets(
 def left(state: State, policy: rolloutspec.Rollout, name: str, now: float) -> float:
     """Seconds of bake left for a baking cluster (0 when done or not baking)."""
     c = state.clusters.get(name)
-    if c is None or c.phase != BAKING or c.step >= len(policy.steps):
+    if c is None or c.phase != BAKING or not 0 <= c.step < len(policy.steps):
         return 0.0
     return max(0.0, policy.steps[c.step].bake - (now - c.healthy_since))
 

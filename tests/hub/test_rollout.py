@@ -880,3 +880,24 @@ def test_advance_never_raises_on_odd_facts_and_readings() -> None:
     shell.state.clusters["ünï"].step = 40  # a stored state from a longer policy
     shell.tick(T0 + 3)
     assert rollout.left(shell.state, pol, "ünï", T0 + 3) == 0.0
+
+
+def test_a_saved_state_with_steps_no_policy_has_and_an_empty_policy_never_raise() -> None:
+    pol = policy(step("canary", bake=MIN), step("prod"))
+    shell = Shell(pol, {"c1": 0, "excluded-now": 1})
+    shell.tick(T0)
+    shell.report("c1")
+    shell.tick(T0 + 1)
+    shell.state.clusters["c1"].step = -3  # a saved state, hand-edited or from an odd hub
+    shell.state.clusters["excluded-now"].took = True
+    shell.state.clusters["excluded-now"].step = -5
+    shell.set("excluded-now", step=-1)
+    shell.tick(T0 + 2)
+    assert shell.state.clusters["c1"].step == 0, "put back where its facts say"
+    assert rollout.due(shell.state, pol, GATES, T0 + 2) == []
+    assert rollout.left(shell.state, pol, "excluded-now", T0 + 2) == 0.0
+    shell.tick(T0 + 2 * MIN)
+    assert shell.phase("c1") == "Passed"
+    empty = policy()
+    rollout.advance(shell.state, policy=empty, gates={}, facts=shell.facts, now=T0 + 3 * MIN)
+    assert rollout.due(shell.state, empty, {}, T0 + 3 * MIN) == []
