@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import random
 
 import pytest
 
@@ -901,3 +902,56 @@ def test_a_saved_state_with_steps_no_policy_has_and_an_empty_policy_never_raise(
     empty = policy()
     rollout.advance(shell.state, policy=empty, gates={}, facts=shell.facts, now=T0 + 3 * MIN)
     assert rollout.due(shell.state, empty, {}, T0 + 3 * MIN) == []
+
+
+def test_random_walks_never_raise_and_keep_the_order_of_steps() -> None:
+    """Seeded random shells: clusters flap online, report any generation, revision and health,
+    gates read anything at any time. The machine never raises, never gives R to a cluster of a
+    step that has not started (unless it ran R before the rollout), and its state always
+    survives JSON."""
+    rng = random.Random(14)
+    pol = policy(
+        step("canary", parallel=1, bake=MIN, gates=("error-rate", "smoke")),
+        step("eu", percent=50, bake=2 * MIN, gates=("approve",)),
+        step("prod", percent=25),
+        progress_deadline=3 * MIN,
+        max_failures=1,
+    )
+    verdicts = ("pass", "fail", "nodata", "error", "weird")
+    for _ in range(60):
+        sizes = {f"c{i}": rng.randrange(-1, 5) for i in range(rng.randrange(1, 9))}
+        on_r = tuple(n for n in sizes if rng.random() < 0.15)
+        shell = Shell(pol, sizes, on_r=on_r)
+        before = {n for n in on_r if sizes[n] >= 0}
+        now = T0
+        for _ in range(40):
+            now += rng.choice((0.0, 1.0, 30.0, 61.0, 200.0))
+            name = rng.choice(sorted(shell.facts))
+            roll = rng.random()
+            if roll < 0.15:
+                shell.set(name, online=not shell.facts[name].online)
+            elif roll < 0.6:
+                shell.report(
+                    name,
+                    healthy=rng.random() < 0.8,
+                    applied=rng.choice((R, R, OLD)),
+                    generation=shell.facts[name].generation + rng.choice((-1, 0, 0, 1)),
+                )
+            elif roll < 0.85:
+                gate = rng.choice(sorted(GATES))
+                shell.record(name, gate, rng.choice(verdicts), now - rng.choice((0, 90)), 0.5)
+            elif roll < 0.9:
+                rollout.promote(shell.state)
+            elif roll < 0.95:
+                shell.join(f"j{rng.randrange(9)}", rng.randrange(-2, 6))
+            else:
+                shell.state.phase = rng.choice((rollout.RUNNING, rollout.PAUSED))
+            shell.tick(now)
+            rollout.due(shell.state, pol, GATES, now)
+            for n in shell.given() - before:
+                c = shell.state.clusters.get(n)
+                assert c is None or c.step <= shell.state.step, (n, c, shell.state.step)
+            doc = json.loads(json.dumps(shell.state.to_json()))
+            assert rollout.State.from_json(doc) == shell.state
+            if shell.state.phase not in rollout.ACTIVE:
+                break
