@@ -23,8 +23,9 @@ The rules, in the words of the README:
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from fleetops.hub import rolloutspec
 
@@ -48,6 +49,7 @@ ABORTED = "Aborted"  # an operator aborted it: reverted
 SUPERSEDED = "Superseded"  # a newer commit started its own rollout
 ACTIVE = (RUNNING, PAUSED)
 
+_T = TypeVar("_T")
 ERROR_LIMIT = 4  # gate readings in a row that could not be taken before the cluster fails
 
 
@@ -124,16 +126,21 @@ class State:
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> State:
+        """The state `to_json` saved; fields this hub does not know (a newer one wrote them)
+        are left out."""
         clusters = {
-            name: ClusterState(
-                **{
-                    **c,
-                    "gates": {g: GateState(**v) for g, v in c.get("gates", {}).items()},
-                }
+            name: _known(
+                ClusterState,
+                {**c, "gates": {g: _known(GateState, v) for g, v in c.get("gates", {}).items()}},
             )
             for name, c in doc.get("clusters", {}).items()
         }
-        return cls(**{**doc, "clusters": clusters, "promoted": list(doc.get("promoted", []))})
+        return _known(cls, {**doc, "clusters": clusters, "promoted": list(doc.get("promoted", []))})
+
+
+def _known(kind: type[_T], doc: Mapping[str, Any]) -> _T:
+    names = {f.name for f in dataclasses.fields(kind)}  # type: ignore[arg-type]
+    return kind(**{k: v for k, v in doc.items() if k in names})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,16 +158,16 @@ def start(
     """A rollout of `revision`: every cluster waits in its step."""
     state = State(app=app, revision=revision, started_at=now, updated_at=now)
     for name, f in facts.items():
-        state.clusters[name] = _fresh(f, revision)
+        state.clusters[name] = _fresh(f, revision, now)
     return state, [Note(f"rollout of {revision[:8]} started")]
 
 
-def _fresh(f: Facts, revision: str) -> ClusterState:
+def _fresh(f: Facts, revision: str, now: float) -> ClusterState:
     c = ClusterState(step=f.step, previous=f.assigned if f.assigned != revision else "")
     if f.step < 0:
         c.phase, c.reason = EXCLUDED, "no step matches it (unmatched: exclude)"
     elif f.assigned == revision:  # it runs R already (a restart, a pin lifted): keep it
-        c.took, c.generation, c.phase = True, f.generation, PROGRESSING
+        c.took, c.generation, c.phase, c.since = True, f.generation, PROGRESSING, now
     return c
 
 
@@ -173,13 +180,12 @@ def due(
         return []
     out: list[tuple[str, str]] = []
     for name, c in sorted(state.clusters.items()):
-        if c.phase != BAKING or c.step >= len(policy.steps) or c.step in state.promoted:
+        if c.phase != BAKING or not 0 <= c.step < len(policy.steps) or c.step in state.promoted:
             continue
         step = policy.steps[c.step]
         baked = now - c.healthy_since >= step.bake
-        for g in step.gates:
-            gate = gates.get(g)
-            got = c.gates.get(g)
+        for g in dict.fromkeys(step.gates):
+            gate, got = gates.get(g), c.gates.get(g)
             if gate is None or gate.manual:
                 continue
             if gate.prometheus is not None:
@@ -195,18 +201,14 @@ def due(
     return out
 
 
-def record(
-    state: State,
-    *,
-    cluster: str,
-    gate: rolloutspec.Gate,
-    reading: Reading,
-) -> None:
+def record(state: State, *, cluster: str, gate: rolloutspec.Gate, reading: Reading) -> None:
     """Take a reading for a cluster still baking (late ones, after a reset, are dropped)."""
     c = state.clusters.get(cluster)
-    if c is None or c.phase != BAKING or reading.at < c.healthy_since:
+    if c is None or c.phase != BAKING or not reading.at >= c.healthy_since:  # NaN: dropped
         return
     g = c.gates.setdefault(gate.name, GateState())
+    if reading.at < g.at:  # it arrived after a newer one
+        return
     verdict = reading.verdict
     if verdict == "nodata" and gate.prometheus is not None and gate.prometheus.no_data != "wait":
         verdict = gate.prometheus.no_data  # fail | pass, as configured
@@ -233,21 +235,23 @@ def advance(
     notes: list[Note] = []
     if state.phase not in ACTIVE:
         return notes
-    _membership(state, facts)
+    state.step = max(0, state.step)
+    facts = _membership(state, facts, now=now, steps=len(policy.steps))
     for name in sorted(state.clusters):
         c = state.clusters[name]
         f = facts.get(name)
         if f is not None:
             notes += _cluster(state, name, c, f, policy=policy, gates=gates, now=now)
-    for step in range(len(policy.steps)):
+    for step in sorted({c.step for c in state.clusters.values() if c.phase == FAILED}):
         if state.failures(step) > policy.max_failures:
             state.phase = FAILED_ROLLOUT if policy.on_failure == "revert" else HALTED
-            failed = [n for n, c in sorted(state.clusters.items()) if c.phase == FAILED]
-            first = state.clusters[failed[0]]
+            failed = [
+                n for n, c in sorted(state.clusters.items()) if c.phase == FAILED and c.step == step
+            ]
             state.reason = (
-                f"step {policy.steps[step].name} failed: {len(failed)} cluster"
+                f"step {_name(policy, step)} failed: {len(failed)} cluster"
                 f"{'s' if len(failed) > 1 else ''} failed (maxFailures {policy.max_failures}); "
-                f"{failed[0]}: {first.reason}"
+                f"{failed[0]}: {state.clusters[failed[0]].reason}"
             )
             verb = "reverting" if state.phase == FAILED_ROLLOUT else "halted where it is"
             notes.append(Note(f"rollout of {state.revision[:8]} {verb}: {state.reason}"))
@@ -259,16 +263,29 @@ def advance(
     return notes
 
 
-def _membership(state: State, facts: Mapping[str, Facts]) -> None:
-    """Clusters that joined the app meanwhile wait in their step; those gone are forgotten."""
+def _name(policy: rolloutspec.Rollout, step: int) -> str:
+    return policy.steps[step].name if 0 <= step < len(policy.steps) else str(step + 1)
+
+
+def _membership(
+    state: State, given: Mapping[str, Facts], *, now: float, steps: int
+) -> dict[str, Facts]:
+    """Clusters that joined the app meanwhile wait in their step; those gone are forgotten.
+    Returns the facts with steps the policy has: past the last goes with the last (the policy
+    lost steps), below zero is excluded."""
+    placed = {n: min(max(f.step, -1), steps - 1) for n, f in given.items()}
+    facts = {n: dataclasses.replace(f, step=placed[n]) for n, f in given.items()}
     for name in [n for n in state.clusters if n not in facts]:
         del state.clusters[name]
     for name, f in facts.items():
         c = state.clusters.get(name)
         if c is None:
-            state.clusters[name] = _fresh(f, state.revision)
+            state.clusters[name] = _fresh(f, state.revision, now)
         elif c.step != f.step and not c.took:  # its labels moved it to another step
-            state.clusters[name] = _fresh(f, state.revision)
+            state.clusters[name] = _fresh(f, state.revision, now)
+        elif c.took and f.step >= 0 and not 0 <= c.step < steps:  # saved under another policy
+            c.step = f.step
+    return facts
 
 
 def _cluster(
@@ -298,10 +315,10 @@ def _cluster(
     answered = (
         c.generation > 0 and f.report_generation >= c.generation and f.applied == state.revision
     )
-    if c.phase == PROGRESSING:
-        if answered and f.healthy:
-            c.phase, c.healthy_since, c.reason, c.gates = BAKING, now, "", {}
-        elif now - c.since > policy.progress_deadline:
+    if c.phase == PROGRESSING and answered and f.healthy:  # the bake starts; no bake: passes
+        c.phase, c.healthy_since, c.reason, c.gates = BAKING, now, "", {}
+    elif c.phase == PROGRESSING:
+        if now - c.since > policy.progress_deadline:
             c.phase = FAILED
             seen = f.status or "no report since it was given it"
             c.reason = (
@@ -315,9 +332,10 @@ def _cluster(
     # Baking
     if not (answered and f.healthy):
         c.phase, c.since, c.healthy_since, c.gates = PROGRESSING, now, 0.0, {}
-        c.reason = f"not Healthy any more ({f.status}); the bake starts again when it is"
+        seen = f.status or ("Unhealthy" if answered else "an older report")
+        c.reason = f"not Healthy any more ({seen}); the bake starts again when it is"
         return [Note(f"{name}: {c.reason}", name)]
-    step = policy.steps[c.step] if c.step < len(policy.steps) else None
+    step = policy.steps[c.step] if 0 <= c.step < len(policy.steps) else None
     if step is None:
         c.phase = PASSED
         return []
@@ -325,16 +343,14 @@ def _cluster(
         c.phase, c.reason = PASSED, "promoted by an operator"
         return [Note(f"{name} passed step {step.name} (promoted)", name)]
     waiting: list[str] = []
-    for g in step.gates:
-        gate = gates.get(g)
-        got = c.gates.get(g)
-        if gate is None:
-            waiting.append(f"gate {g} is not configured")
+    for g in dict.fromkeys(step.gates):
+        gate, got = gates.get(g), c.gates.get(g)
+        spec = None if gate is None else gate.prometheus or gate.webhook
+        if spec is None:  # manual (or not configured): only a promote passes it
+            how = f"waits for `fleetops-hub rollout promote {state.app}`"
+            waiting.append(f"gate {g} {how if gate else 'is not configured'}")
             continue
-        if gate.manual:
-            waiting.append(f"gate {g} waits for `fleetops-hub rollout promote {state.app}`")
-            continue
-        limit = (gate.prometheus or gate.webhook or rolloutspec.Webhook(url="")).failure_limit
+        limit = max(1, spec.failure_limit)
         if got is not None and got.failures >= limit:
             c.phase, c.reason = FAILED, f"gate {g} failed: {got.message}"
             return [Note(f"{name} failed step {step.name}: {c.reason}", name)]
@@ -370,7 +386,7 @@ def _steps(
         members = {n: c for n, c in state.clusters.items() if c.step == state.step}
         promoted = state.step in state.promoted
         flying = sum(1 for c in members.values() if c.phase in IN_FLIGHT)
-        room = len(members) if promoted else step.parallel(len(members)) - flying
+        room = len(members) if promoted else max(1, step.parallel(len(members))) - flying
         for n in sorted(members):
             c = members[n]
             if room <= 0:
@@ -388,12 +404,8 @@ def _steps(
             )
             return notes
         deferred = sorted(n for n, c in members.items() if c.phase == DEFERRED)
-        notes.append(
-            Note(
-                f"step {step.name} passed"
-                + (f" ({len(deferred)} deferred: {', '.join(deferred[:5])})" if deferred else "")
-            )
-        )
+        said = f" ({len(deferred)} deferred: {', '.join(deferred[:5])})" if deferred else ""
+        notes.append(Note(f"step {step.name} passed{said}"))
         state.step += 1
         state.reason = ""
     if all(c.phase in (PASSED, EXCLUDED, FAILED, DEFERRED) for c in state.clusters.values()):
@@ -405,6 +417,8 @@ def _steps(
 def _admit(state: State, name: str, c: ClusterState, f: Facts, now: float) -> list[Note]:
     c.took, c.phase, c.since, c.reason = True, PROGRESSING, now, "given the revision"
     c.generation = f.generation if f.assigned == state.revision else 0
+    if f.assigned and f.assigned != state.revision:  # what it runs just before R
+        c.previous = f.assigned
     return [Note(f"{state.revision[:8]} given to {name}", name)]
 
 
@@ -426,9 +440,9 @@ def revert_targets(
     for name, c in sorted(state.clusters.items()):
         if not c.took:
             continue
-        target = last_good.get(name) or c.previous
-        if target and target != state.revision:
-            back[name] = target
+        targets = [t for t in (last_good.get(name), c.previous) if t and t != state.revision]
+        if targets:
+            back[name] = targets[0]
         else:
             stuck.append(name)
     return back, stuck
@@ -437,12 +451,14 @@ def revert_targets(
 def left(state: State, policy: rolloutspec.Rollout, name: str, now: float) -> float:
     """Seconds of bake left for a baking cluster (0 when done or not baking)."""
     c = state.clusters.get(name)
-    if c is None or c.phase != BAKING or c.step >= len(policy.steps):
+    if c is None or c.phase != BAKING or not 0 <= c.step < len(policy.steps):
         return 0.0
     return max(0.0, policy.steps[c.step].bake - (now - c.healthy_since))
 
 
 def _span(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "forever"
     s = int(round(seconds))
     if s >= 3600:
         return f"{s // 3600}h{(s % 3600) // 60:02d}m"
