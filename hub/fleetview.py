@@ -139,7 +139,12 @@ class FleetView:
             auto_sync=eff.sync.auto,
         )
         out.pinned_revision = self._choices.pin_of(app.name, cluster)
-        out.gate, _ = self._gate_of(cluster, app.name)
+        out.gate, why = self._gate_of(cluster, app.name)
+        if out.gate in (types_pb2.ROLLOUT_GATE_WAITING, types_pb2.ROLLOUT_GATE_DEFERRED):
+            if not out.desired_bundle:  # nothing assigned: it waits for its step
+                out.desired_revision = ""
+            if out.desired_revision != head:
+                out.reason = f"rollout of {status.short(head)}: {why or 'waiting for its step'}"
         return out
 
     def snapshot(self) -> fleet_pb2.Snapshot:

@@ -113,9 +113,12 @@ class State:
     promoted: list[int] = dataclasses.field(default_factory=list)  # steps an operator promoted
 
     def admitted(self) -> frozenset[str]:
-        """The clusters that should run R now."""
+        """The clusters that should run R now: once it succeeded, every one it did not
+        exclude (those that were offline catch up)."""
         if self.phase in (FAILED_ROLLOUT, ABORTED):
             return frozenset()
+        if self.phase == SUCCEEDED:
+            return frozenset(n for n, c in self.clusters.items() if c.phase != EXCLUDED)
         return frozenset(n for n, c in self.clusters.items() if c.took)
 
     def failures(self, step: int) -> int:
@@ -396,6 +399,14 @@ def _steps(
                 room -= 1
         phases = [c.phase for c in members.values()]
         if any(p in (WAITING, *IN_FLIGHT) for p in phases):
+            return notes
+        proved = any(c.phase == PASSED for c in state.clusters.values())
+        if not members and not promoted and not proved:
+            state.reason = (
+                f"step {step.name} matches no cluster, and no earlier step proved "
+                f"{state.revision[:8]} anywhere; it goes on when a cluster of it registers (or "
+                f"`fleetops-hub rollout promote {state.app}` goes on without one)"
+            )
             return notes
         if members and PASSED not in phases and FAILED not in phases and not promoted:
             state.reason = (

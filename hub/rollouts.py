@@ -226,9 +226,15 @@ class Rollouts:
 
     def _start(self, app: config.App, book: Book, head: str, now: float) -> list[events.Entry]:
         assert app.rollout is not None
+        facts = self.facts(app, now)
+        if not facts:  # no cluster to prove it on yet: it starts when one registers
+            return []
         out: list[events.Entry] = []
         old = book.state
         if old is not None and old.phase in rollout.ACTIVE + (rollout.HALTED,):
+            for name, c in old.clusters.items():  # what passed its step is good there
+                if c.took and c.phase == rollout.PASSED:
+                    book.last_good[name] = old.revision
             old.phase = rollout.SUPERSEDED
             out.append(
                 self._entry(
@@ -238,15 +244,15 @@ class Rollouts:
                     f"{status.short(head)}: the newer commit starts again from the first step",
                 )
             )
-        facts = self.facts(app, now)
         state, notes = rollout.start(app=app.name, revision=head, facts=facts, now=now)
         book.state, book.reverts = state, {}
         notes += rollout.advance(
             state, policy=app.rollout, gates=self._gates(), facts=facts, now=now
         )
+        out += [self._entry(app.name, head, n.message, n.cluster) for n in notes]
+        out += self._settle(app.name, book)
         for name in state.clusters:
             self._announce(name, app.name)
-        out += [self._entry(app.name, head, n.message, n.cluster) for n in notes]
         return out
 
     # ------------------------------------------------------------ moving rollouts on
@@ -315,15 +321,23 @@ class Rollouts:
             if phases.get(name) != (c.phase, c.reason) or state.phase != before[1]:
                 self._announce(name, app.name)
         out = [self._entry(app.name, state.revision, n.message, n.cluster) for n in notes]
-        if state.phase == rollout.FAILED_ROLLOUT:
-            out += self._revert(app.name, book, why=state.reason, actor="rollout")
-        elif state.phase == rollout.SUCCEEDED:
+        out += self._settle(app.name, book)
+        self._measure_due(app, book, now)
+        return out, (state.admitted(), state.phase) != before
+
+    def _settle(self, app: str, book: Book) -> list[events.Entry]:
+        """A rollout that just ended: a failure reverts (onFailure: revert), a success makes
+        its revision every passed cluster's last good one."""
+        state = book.state
+        assert state is not None
+        if state.phase == rollout.FAILED_ROLLOUT and state.revision not in book.rejected:
+            return self._revert(app, book, why=state.reason, actor="rollout")
+        if state.phase == rollout.SUCCEEDED and book.stable != state.revision:
             for name, c in state.clusters.items():
                 if c.took and c.phase == rollout.PASSED:
                     book.last_good[name] = state.revision
             book.stable = state.revision
-        self._measure_due(app, book, now)
-        return out, (state.admitted(), state.phase) != before
+        return []
 
     def _revert(self, app: str, book: Book, *, why: str, actor: str) -> list[events.Entry]:
         state = book.state

@@ -205,7 +205,7 @@ def test_a_v3_database_migrates_with_its_certificates_and_no_handover_under_way(
         conn.executescript(V1_SCHEMA + V2_STEP + V3_STEP)
     with opened(path) as s:
         ran = s.call(lambda: [r[0] for r in s.db.conn.execute("SELECT version FROM migrations")])
-        assert ran == [1, 2, 3, 4, 5, 6]
+        assert ran == [m.version for m in migrations.MIGRATIONS]
         [edge] = s.call(s.clusters)
         assert (edge.name, edge.cert_fingerprint, edge.cert_expires) == (
             "edge-3",
