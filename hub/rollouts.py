@@ -37,7 +37,9 @@ from fleetops.proto.v1 import types_pb2
 
 log = logging.getLogger("fleetops.hub")
 
-OFFLINE_GRACE = 30.0  # seconds disconnected before a cluster counts as offline (Deferred)
+# seconds after the hub starts during which a cluster not connected yet is not offline (its
+# agent is reconnecting); after that, one whose stream is gone is offline (Deferred) at once
+OFFLINE_GRACE = 30.0
 TICK = 1.0  # seconds between passes while any rollout is active
 MAX_MEASURING = 16  # gate readings in flight at once, fleet-wide
 Measure = Callable[[rolloutspec.Gate, gates.Subject], Awaitable[gates.Measurement]]
@@ -160,11 +162,7 @@ class Rollouts:
     # ------------------------------------------------------------ facts
 
     def _online(self, name: str, now: float) -> bool:
-        if self._connected(name):
-            return True
-        row = self._clusters.row(name)
-        seen = max(row.last_seen if row is not None else 0.0, self.started)
-        return now - seen < OFFLINE_GRACE
+        return self._connected(name) or now - self.started < OFFLINE_GRACE
 
     def facts(self, app: config.App, now: float) -> dict[str, rollout.Facts]:
         """Every cluster the app targets, as the state machine sees it."""
