@@ -384,11 +384,13 @@ class Hub:
                     f"app {a.name} has no rollout policy: every cluster takes a new revision at "
                     f"once; add rollout: {{steps: [...]}} to it in {cfg.file}"
                 )
-            out.append(
-                rolloutview.rollout_pb(
-                    a, self._rollouts.book(a.name), gates=gates, now=self._rollouts.now()
-                )
+            got = rolloutview.rollout_pb(
+                a, self._rollouts.book(a.name), gates=gates, now=self._rollouts.now()
             )
+            repo = self._tracker.status.get(a.repo)
+            if repo is not None and got.revision and repo.revision == got.revision:
+                got.subject, got.author = repo.head_subject, repo.head_author
+            out.append(got)
         return out
 
     async def rollout_action(self, *, app: str, action: str, actor: str) -> records.Event:

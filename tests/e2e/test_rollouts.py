@@ -6,13 +6,15 @@ Tests in this module run in order against one fleet: a good commit reaches prod 
 the canary baked Healthy; a bad commit (a nodeSelector no node matches: never Available)
 fails the canary at its deadline, the canary goes back, prod never sees it, auto-sync does not
 take it again, and the next good commit rolls fresh; the canary's 10% error rate fails the
-Prometheus gate and reverts; an offline prod cluster is Deferred and catches up when back."""
+Prometheus gate and reverts; an offline prod cluster is Deferred and catches up when back;
+the hub killed mid-bake resumes with the bake clock."""
 
 from __future__ import annotations
 
 import dataclasses
 import pathlib
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -27,7 +29,7 @@ from tests.support import exporter, fleet, prometheus, wait
 
 pytestmark = pytest.mark.cluster
 ROLES = {"c1": "canary", "c2": "prod", "c3": "prod"}
-BAKE = 6  # seconds the canary bakes Healthy before prod starts
+BAKE = 8  # seconds the canary bakes Healthy before prod starts
 DEADLINE = 25  # seconds from assignment to Healthy before a cluster fails
 
 
@@ -195,7 +197,7 @@ def world(
             finally:
                 for p in agents.values():
                     p.stop()
-                hub.process.stop()
+                w.hub.process.stop()  # the one running now (a test restarts it)
                 for lc in clusters.values():
                     subprocess.run(
                         [localkube.binary("kubectl"), f"--kubeconfig={lc.kubeconfig}", "delete",
@@ -298,3 +300,75 @@ def test_an_error_rate_on_the_canary_fails_the_prometheus_gate_and_reverts(world
         assert world.desired()["c2"] == good and world.desired()["c3"] == good
     finally:
         world.metrics.requests("c1", ok=100, errors=0, per_second=True)
+        _until(
+            world, "the canary's error rate to fall again", lambda: _errors(world, "c1") == 0, 60
+        )
+
+
+def test_an_offline_prod_cluster_is_deferred_and_catches_up_when_it_returns(world: World) -> None:
+    world.agents["c3"].stop()
+    _until(world, "c3 to be seen offline", lambda: not _connected(world, "c3"), 60)
+    rev = world.commit("web 4.0.0", good=True, version="4.0.0")
+    _until(world, "the rollout of 4.0.0", lambda: world.rollout().revision == rev, 60)
+    _until(world, "the rollout to succeed without c3", lambda: world.rollout().phase == "Succeeded")
+    r = world.rollout()
+    c3 = next(c for c in r.clusters if c.cluster == "c3")
+    assert c3.phase == "Deferred", c3
+    assert world.applied_healthy("c2", rev) and world.applied_healthy("c1", rev)
+    world.agents["c3"] = fleet.start_agent(
+        world.hub, "unused: the agent has its identity", world.clusters["c3"],
+        world.root / "agent-c3",
+    )  # fmt: skip
+    _until(world, "c3 to catch up on 4.0.0", lambda: world.applied_healthy("c3", rev))
+    world.good = rev
+
+
+def test_the_hub_killed_mid_bake_resumes_with_the_bake_clock(world: World) -> None:
+    rev = world.commit("web 5.0.0", good=True, version="5.0.0")
+
+    def baking() -> fleet_pb2.RolloutCluster | None:
+        r = world.rollout()
+        c1 = next((c for c in r.clusters if c.cluster == "c1"), None)
+        if r.revision != rev or c1 is None or c1.phase != "Baking":
+            return None
+        return c1 if c1.bake_left_seconds < BAKE - 1 else None
+
+    before: fleet_pb2.RolloutCluster = _until(
+        world, "the canary to bake 5.0.0 for a second", baking, 90
+    )
+    started = world.rollout().started_at
+    killed = time.monotonic()
+    world.hub.process.proc.kill()
+    world.hub.process.proc.wait()
+    world.hub = fleet.start_hub(
+        world.config, world.hub.data, port=world.hub.port, http_port=world.hub.http_port,
+        agent_port=world.hub.agent_port,
+    )  # fmt: skip
+    after = _until(world, "the restarted hub to answer", world.rollout, 30)
+    c1 = next(c for c in after.clusters if c.cluster == "c1")
+    down = time.monotonic() - killed
+    if c1.phase == "Baking":  # the clock went on while the hub was down: never back to BAKE
+        assert c1.bake_left_seconds <= before.bake_left_seconds - down + 1.5, (before, c1, down)
+    else:
+        assert c1.phase == "Passed", c1
+    assert after.revision == rev and after.started_at == started, "the same rollout goes on"
+    _until(
+        world,
+        "every cluster to run 5.0.0 after the restart",
+        lambda: all(world.applied_healthy(c, rev) for c in ROLES),
+    )
+    _until(world, "the rollout to succeed", lambda: world.rollout().phase == "Succeeded")
+    world.good = rev
+
+
+def _connected(world: World, cluster: str) -> bool:
+    for c in world.client().snapshot().clusters:
+        if c.name == cluster:
+            return c.connectivity == types_pb2.CONNECTIVITY_CONNECTED
+    return False
+
+
+def _errors(world: World, cluster: str) -> float:
+    """The canary's 5xx rate as Prometheus sees it now (the gate's window)."""
+    got = world.prom.query(f'sum(rate(http_requests_total{{cluster="{cluster}",code="500"}}[5s]))')
+    return float(got[0]["value"][1]) if got else 0.0
