@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, hlp in (
         ("pause", "hold the rollout where it is (nothing new is given out)"),
         ("resume", "undo pause"),
-        ("promote", "pass the running step now: skip its bake and gates"),
+        ("promote", "pass the running step now: its Healthy clusters skip bake and gates"),
         ("abort", "stop the rollout and revert the clusters that took its revision"),
         ("retry", "forget the rejected revision (or a halted rollout) and roll out again"),
     ):
