@@ -1,10 +1,8 @@
-"""`fleetops-hub rollout ...` against a real in-process hub: a Git repo, an app with a rollout
-(canary, then prod one cluster at a time, each baking an hour) whose canary step has an
-error-rate gate (a real Prometheus scraping an exporter the test sets) and a webhook gate
-(a receiver on loopback; webhooks are called once the bake is over, so here it is never
-measured), and FAKE agents (real gRPC and mTLS, in-memory clusters, see
-tests/support/fakes.py) reporting Healthy. The hub's clock is a ManualClock, so bakes end
-only when an operator promotes."""
+"""`fleetops-hub rollout ...` against a real in-process hub (tests/support/rolloutfleet.py:
+podinfo rolls out to a canary, then prod one cluster at a time, each baking an hour on a
+ManualClock; FAKE agents reporting Healthy) whose canary step has an error-rate gate (a real
+Prometheus scraping an exporter the test sets) and a webhook gate (a receiver on loopback;
+webhooks are called once the bake is over, so here it is never measured)."""
 
 from __future__ import annotations
 
@@ -16,14 +14,11 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import grpc
 import pytest
 
 from fleetops.hub import cli, cli_rollout
-from fleetops.proto.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, fleet_pb2_grpc
-from tests.support import exporter, fakes, fleet, hubproc, prometheus, wait
-
-CLUSTERS = {"canary-1": "canary", "prod-1": "prod", "prod-2": "prod"}
+from fleetops.proto.v1 import fleet_pb2
+from tests.support import exporter, hubproc, prometheus, rolloutfleet, wait
 
 
 class SmokeReceiver:
@@ -82,96 +77,19 @@ def smoke() -> Iterator[SmokeReceiver]:
         receiver.close()
 
 
-def config(repo_url: str, *, smoke_url: str, prom_url: str) -> dict[str, Any]:
-    return {
-        "repos": [{"name": "platform", "url": repo_url, "pollInterval": "1h"}],
-        "clusters": [{"name": n, "labels": {"ring": ring}} for n, ring in CLUSTERS.items()],
-        "clusterGroups": [
-            {"name": ring, "selector": {"matchLabels": {"ring": ring}}}
-            for ring in ("canary", "prod")
-        ],
-        "gates": [
-            {"name": "error-rate",
-             "prometheus": {"url": prom_url, "query": ERROR_RATE, "pass": "< 0.01"}},
-            {"name": "smoke", "webhook": {"url": smoke_url, "timeout": "5s"}},
-        ],
-        "apps": [
-            {
-                "name": "podinfo",
-                "repo": "platform",
-                "path": "apps/podinfo",
-                "namespace": "podinfo",
-                "rollout": {
-                    "steps": [
-                        {"name": "canary", "clusterGroup": "canary", "bake": "1h",
-                         "gates": ["error-rate", "smoke"]},
-                        {"name": "prod", "clusterGroup": "prod", "maxParallel": 1, "bake": "1h"},
-                    ],
-                    "progressDeadline": "5m",
-                },
-            },
-            {"name": "plain", "repo": "platform", "path": "apps/plain", "namespace": "plain"},
-        ],
-    }  # fmt: skip
-
-
 @pytest.fixture
 async def hub(
     tmp_path: pathlib.Path, smoke: SmokeReceiver, prom: prometheus.Prometheus
 ) -> AsyncIterator[hubproc.HubProc]:
-    repo = fleet.Repo.create(tmp_path / "git")
-    for app in ("podinfo", "plain"):
-        repo.write(
-            f"apps/{app}/cm.yaml",
-            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": app}},
-        )
-    repo.commit("podinfo: first release")
-    agents: list[asyncio.Task[None]] = []
-    clock = hubproc.ManualClock()
-    async with hubproc.running(
-        tmp_path / "hub",
-        config(repo.url, smoke_url=smoke.url, prom_url=prom.url),
-        tools=hubproc.tools(),
-        clock=clock,
+    gates = [
+        {"name": "error-rate",
+         "prometheus": {"url": prom.url, "query": ERROR_RATE, "pass": "< 0.01"}},
+        {"name": "smoke", "webhook": {"url": smoke.url, "timeout": "5s"}},
+    ]  # fmt: skip
+    async with rolloutfleet.running(
+        tmp_path, gates=gates, canary_gates=["error-rate", "smoke"]
     ) as proc:
-        try:
-            async with grpc.aio.secure_channel(
-                proc.address, grpc.ssl_channel_credentials(root_certificates=proc.ca_pem)
-            ) as ch:
-                for name in CLUSTERS:
-                    fake = fakes.FakeAgent(name)
-                    resp = await agent_pb2_grpc.AgentServiceStub(ch).Register(
-                        agent_pb2.RegisterRequest(token=await proc.token(name), csr_pem=fake.csr())
-                    )
-                    fake.cert = resp.certificate_pem
-                    run = fake.run(proc.agent_address, proc.ca_pem, asyncio.Event())
-                    agents.append(asyncio.create_task(run))
-            # The first revision reached an empty fleet (its rollout had no cluster to wait
-            # for); the one under test rolls out over connected clusters. (Those never got
-            # the first one: hub.rollouts sets no stable revision for a rollout that passes
-            # as it starts. Reported to the lead.)
-            await wait.until(
-                "every fake agent connected",
-                lambda: all(n in proc.hub.streams for n in CLUSTERS),
-            )
-            repo.write(
-                "apps/podinfo/cm.yaml",
-                {
-                    "apiVersion": "v1",
-                    "kind": "ConfigMap",
-                    "metadata": {"name": "podinfo"},
-                    "data": {"replicas": "2"},
-                },
-            )
-            second = repo.commit("podinfo: two replicas")
-            proc.hub.trigger_fetch("platform")
-            await wait.until("the hub seeing the second commit",
-                             lambda: proc.hub.heads["platform"] == second)  # fmt: skip
-            yield proc
-        finally:
-            for t in agents:
-                t.cancel()
-            await asyncio.gather(*agents, return_exceptions=True)
+        yield proc
 
 
 async def rollout_cli(
@@ -188,33 +106,11 @@ async def rollout_cli(
     return code, out.out, out.err
 
 
-async def status(proc: hubproc.HubProc) -> fleet_pb2.Rollout:
-    async with grpc.aio.secure_channel(
-        proc.address, grpc.ssl_channel_credentials(root_certificates=proc.ca_pem)
-    ) as ch:
-        got = await fleet_pb2_grpc.FleetServiceStub(ch).RolloutStatus(
-            fleet_pb2.RolloutStatusRequest(app="podinfo"),
-            metadata=(("authorization", f"Bearer {proc.operator_token}"),),
-        )
-    return got.rollouts[0]
-
-
-async def phases_become(proc: hubproc.HubProc, want: dict[str, str]) -> fleet_pb2.Rollout:
-    """Wait until each named cluster stands in that phase of podinfo's rollout."""
-
-    async def probe() -> fleet_pb2.Rollout | None:
-        r = await status(proc)
-        got = {c.cluster: c.phase for c in r.clusters}
-        return r if all(got.get(k) == v for k, v in want.items()) else None
-
-    return await wait.until(f"podinfo's rollout at {want}", probe, within=20)
-
-
 async def error_rate_passed(proc: hubproc.HubProc) -> fleet_pb2.Rollout:
     seen: list[fleet_pb2.Rollout] = []
 
     async def probe() -> fleet_pb2.Rollout | None:
-        r = await status(proc)
+        r = await rolloutfleet.status(proc)
         seen[:] = [r]
         canary = next((c for c in r.clusters if c.cluster == "canary-1"), None)
         if canary is None or canary.phase != "Baking":
@@ -282,7 +178,9 @@ async def test_promote_pause_and_resume_change_what_status_shows(
     assert code == 0, err
     assert "step canary of" in out and "promoted by" in out, out
     # canary passed; prod moves one cluster at a time (maxParallel 1)
-    await phases_become(hub, {"canary-1": "Passed", "prod-1": "Baking", "prod-2": "Waiting"})
+    await rolloutfleet.phases_become(
+        hub, {"canary-1": "Passed", "prod-1": "Baking", "prod-2": "Waiting"}
+    )
     code, out, err = await rollout_cli(hub, capsys, "status", "podinfo")
     assert code == 0, err
     assert out.splitlines()[0].endswith("Running, step 2/2 prod"), out
@@ -324,5 +222,5 @@ async def test_a_readonly_token_may_read_the_status_but_not_promote(
     code, out, err = await rollout_cli(hub, capsys, "promote", "podinfo", role="readonly")
     assert code == 1 and err.startswith("fleetops-hub: PERMISSION_DENIED: "), err
     assert hub.running.tokens["readonly"] not in err
-    r = await status(hub)
+    r = await rolloutfleet.status(hub)
     assert [s.promoted for s in r.steps] == [False, False], "a read-only token promoted"
