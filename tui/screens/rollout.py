@@ -161,6 +161,7 @@ class RolloutScreen(base.FleetScreen):
                 text.plain(str(s.max_parallel)),
                 text.plain(model.span(s.bake_seconds) if s.bake_seconds else "-"),
                 text.plain(", ".join(["health", *s.gates])),
+                key=s.name,
             )
 
     def _paint_clusters(self, r: fleet_pb2.Rollout, table: DataTable[Text]) -> None:
