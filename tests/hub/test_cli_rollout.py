@@ -224,3 +224,19 @@ async def test_a_readonly_token_may_read_the_status_but_not_promote(
     assert hub.running.tokens["readonly"] not in err
     r = await rolloutfleet.status(hub)
     assert [s.promoted for s in r.steps] == [False, False], "a read-only token promoted"
+
+
+def test_text_from_agents_and_receivers_is_printed_plain(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A reason or gate message carrying terminal escapes (a lying agent, a hostile webhook
+    receiver) reaches the terminal as text, never as control sequences."""
+    r = fleet_pb2.Rollout(app="podinfo", revision="ab" * 20, phase="Running", step=0,
+                          reason="\x1b]0;owned\x07step canary")  # fmt: skip
+    r.steps.add(name="canary", phase="Running", clusters=1)
+    c = r.clusters.add(cluster="canary-1", step="canary", phase="Failed", reason="\x1b[2Jgone")
+    c.gates.add(name="smoke", verdict="fail", threshold="2xx", message="smoke: \x1b[31mred\x1b[0m")
+    assert cli_rollout.print_status([r], output="text") == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "smoke (2xx) fail: smoke: " in out and "gone" in out
