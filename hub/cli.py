@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import grpc
 
 from fleetops import hub
-from fleetops.hub import ca, errors, install, programs, render, server
+from fleetops.hub import ca, cli_rollout, errors, install, programs, render, server
 from fleetops.hub.cli_admin import run_client
 from fleetops.hub.cli_output import plain, status_rows
 
@@ -230,6 +230,25 @@ def build_parser() -> argparse.ArgumentParser:
     hi.add_argument("--cluster", default="")
     hi.add_argument("--limit", type=int, default=50)
     client_args(hi)
+    ro = sub.add_parser(
+        "rollout", help="an app's progressive rollout: where it stands, and steering it"
+    )
+    ros = ro.add_subparsers(dest="rollout_command", metavar="SUBCOMMAND", required=True)
+    rst = ros.add_parser(
+        "status", help="steps, clusters per step, gate readings, bake time left (read-only)"
+    )
+    rst.add_argument("app", nargs="?", default="", help="default: every app with a rollout")
+    client_args(rst)
+    for name, hlp in (
+        ("pause", "hold the rollout where it is (nothing new is given out)"),
+        ("resume", "undo pause"),
+        ("promote", "pass the running step now: its Healthy clusters skip bake and gates"),
+        ("abort", "stop the rollout and revert the clusters that took its revision"),
+        ("retry", "forget the rejected revision (or a halted rollout) and roll out again"),
+    ):
+        p = ros.add_parser(name, help=hlp)
+        p.add_argument("app")
+        client_args(p)
     return parser
 
 
@@ -245,6 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ns.command == "ca":
             sys.stdout.write(ca.new_key_pem().decode())
             return 0
+        if ns.command == "rollout":
+            return cli_rollout.run(ns)
         return run_client(ns)
     except errors.HubError as e:
         print(plain(f"fleetops-hub: {e}"), file=sys.stderr)

@@ -95,6 +95,8 @@ class FleetApp(App[None]):
                 message = await self.client.unpin(app, cluster)
             elif action in ("pause", "resume"):
                 message = await self.client.pause(app, paused=action == "pause")
+            elif action.startswith("rollout "):  # rollout pause|resume|promote|abort|retry
+                message = await self.client.rollout_action(app, action.removeprefix("rollout "))
             else:
                 raise ValueError(action)
         except grpc.aio.AioRpcError as e:

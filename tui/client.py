@@ -136,3 +136,14 @@ class HubClient:
     ) -> list[types_pb2.Event]:
         req = fleet_pb2.HistoryRequest(app=app, cluster=cluster, limit=limit)
         return list((await self.stub.History(req, metadata=self._meta, timeout=15)).events)
+
+    async def rollout_status(self, app: str = "") -> list[fleet_pb2.Rollout]:
+        """The app's newest rollout ('' : every app with a rollout policy); an app without
+        one is FAILED_PRECONDITION with the hub's message saying how to add it."""
+        req = fleet_pb2.RolloutStatusRequest(app=app)
+        return list((await self.stub.RolloutStatus(req, metadata=self._meta, timeout=15)).rollouts)
+
+    async def rollout_action(self, app: str, action: str) -> str:
+        """pause | resume | promote | abort | retry the app's rollout; the hub's message."""
+        req = fleet_pb2.RolloutActionRequest(app=app, action=action)
+        return (await self.stub.RolloutAction(req, metadata=self._meta, timeout=60)).message

@@ -44,6 +44,16 @@ CAUSE: dict[int, str] = {
     types_pb2.CAUSE_ROLLOUT_GATE: "rollout",
     types_pb2.CAUSE_AGENT: "agent",
 }
+ROLLOUT_GATE: dict[int, str] = {
+    types_pb2.ROLLOUT_GATE_UNSPECIFIED: "",
+    types_pb2.ROLLOUT_GATE_WAITING: "waiting",
+    types_pb2.ROLLOUT_GATE_PROGRESSING: "progressing",
+    types_pb2.ROLLOUT_GATE_BAKING: "baking",
+    types_pb2.ROLLOUT_GATE_DONE: "done",
+    types_pb2.ROLLOUT_GATE_FAILED: "failed",
+    types_pb2.ROLLOUT_GATE_DEFERRED: "deferred",
+    types_pb2.ROLLOUT_GATE_HALTED: "halted",
+}
 UNKNOWN = "Unknown"
 
 
@@ -61,6 +71,11 @@ def connectivity_name(value: int) -> str:
 
 def cause_name(value: int) -> str:
     return CAUSE.get(value, UNKNOWN)
+
+
+def rollout_gate_name(value: int) -> str:
+    """'' when the cell is in no rollout; `rollout Unknown` for a value this TUI does not know."""
+    return ROLLOUT_GATE.get(value, f"rollout {UNKNOWN}")
 
 
 # worst wins: the level decides the colour of a cell, a row and a column
@@ -172,18 +187,88 @@ def gate(
     cluster: types_pb2.Cluster | None,
 ) -> str:
     """What decides whether this cluster gets the app's newest revision: `open` when nothing
-    holds it back, else the first of pin, pause, offline agent, failed render, manual sync."""
+    holds it back, else the first of pin, pause, offline agent, the app's rollout (waiting,
+    progressing, baking, deferred, failed, halted, done), failed render, manual sync."""
     if cell.pinned_revision:
         return f"pinned {short(cell.pinned_revision)}"
     if app is not None and app.paused:
         return "paused"
     if cluster is not None and cluster.connectivity != types_pb2.CONNECTIVITY_CONNECTED:
         return "agent offline"
+    if rolled := rollout_gate_name(cell.gate):
+        return rolled
     if cell.reason.startswith("render failed"):
         return "render failed"
     if cell.reason.startswith("auto-sync is off"):
         return "manual sync"
     return "open"
+
+
+# -- an app's rollout (fleet_pb2.Rollout), as the rollout screen shows it
+
+
+def span(seconds: float) -> str:
+    """A duration the way hub.yaml writes them: 45s, 4m12s, 1h05m."""
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
+
+
+ROLLOUT_LEVEL = {
+    "Passed": OK,
+    "Succeeded": OK,
+    "Running": WAIT,
+    "Progressing": WAIT,
+    "Baking": WAIT,
+    "Deferred": WARN,
+    "Paused": WARN,
+    "Superseded": WARN,
+    "Aborted": WARN,
+    "Failed": BAD,
+    "Halted": BAD,
+}
+
+
+def rollout_level(phase: str) -> int | None:
+    """How worried a rollout, step or cluster phase should make the operator (None: not at
+    all yet, e.g. Waiting or Excluded, shown muted)."""
+    return ROLLOUT_LEVEL.get(phase)
+
+
+def rollout_cluster_state(c: fleet_pb2.RolloutCluster) -> str:
+    """`Baking 4m12s left`, else the phase as the hub names it."""
+    if c.phase == "Baking" and c.bake_left_seconds > 0:
+        return f"Baking {span(c.bake_left_seconds)} left"
+    return c.phase or UNKNOWN
+
+
+def gate_reading(g: fleet_pb2.RolloutGateReading) -> str:
+    """`error-rate 0.003 (< 0.01) pass`; the gate's own message when it did not pass."""
+    out = g.name
+    if g.has_value:
+        out += f" {g.value:.4g}"
+    if g.threshold:
+        out += f" ({g.threshold})"
+    out += f" {g.verdict}" if g.verdict else " not measured yet"
+    if g.failures and g.failure_limit:
+        out += f" {g.failures}/{g.failure_limit} failures"
+    if g.verdict and g.verdict != "pass" and g.message:
+        out += f": {g.message}"
+    return out
+
+
+def rollout_where(r: fleet_pb2.Rollout) -> str:
+    """`Running, step 2/3 prod-eu`, or `Succeeded, all 3 steps passed`."""
+    if not r.revision:
+        return "no rollout yet: it starts with the next commit"
+    if r.steps and 0 <= r.step < len(r.steps):
+        return f"{r.phase}, step {r.step + 1}/{len(r.steps)} {r.steps[r.step].name}"
+    if r.steps:
+        return f"{r.phase}, all {len(r.steps)} steps passed"
+    return r.phase
 
 
 @dataclasses.dataclass

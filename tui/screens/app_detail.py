@@ -11,7 +11,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from fleetops.proto.v1 import types_pb2
 from fleetops.tui import columns, model, text
-from fleetops.tui.screens import base
+from fleetops.tui.screens import base, rollout
 
 STYLE = model.LEVEL_STYLE
 SCROLLBAR = 2  # kept free so a long list's scrollbar does not push the message off
@@ -30,6 +30,7 @@ class AppDetail(base.FleetScreen):
     }
     """
     BINDINGS = [
+        Binding("o", "open_rollout", "rollout"),
         Binding("escape,backspace", "app.pop_screen", "back"),
         Binding("q", "app.quit", "quit"),
     ]
@@ -104,6 +105,9 @@ class AppDetail(base.FleetScreen):
         if cells:
             table.move_cursor(row=min(selected, len(cells) - 1))
             self.show_resources(cells[table.cursor_row].cluster)
+
+    def action_open_rollout(self) -> None:
+        self.app.push_screen(rollout.RolloutScreen(self.app_name))
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         if event.row_key is None:
