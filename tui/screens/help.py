@@ -30,7 +30,7 @@ with the cluster columns fixed.
   u                unpin the app in this column (after a rollback)
   p                pause or resume the app in this column
   h                the app's history; there, r rolls back to the selected revision
-  o (app screen)   the app's rollout: steps, clusters per step (Waiting, Progressing,
+  R, o (app screen) the app's rollout: steps, clusters per step (Waiting, Progressing,
                    Baking 4m12s left, Passed, Failed, Deferred), gate values against
                    their thresholds; there g promotes the running step, p pauses or
                    resumes, a aborts (reverts), r retries a rejected revision (asks first)

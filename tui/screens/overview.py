@@ -12,7 +12,15 @@ from textual.widgets import Footer, Header, Input, Static
 
 from fleetops.proto.v1 import types_pb2
 from fleetops.tui import messages, model, text
-from fleetops.tui.screens import app_detail, base, cluster_detail, confirm, help, history
+from fleetops.tui.screens import (
+    app_detail,
+    base,
+    cluster_detail,
+    confirm,
+    help,
+    history,
+    rollout,
+)
 from fleetops.tui.widgets import matrix
 
 STYLE = model.LEVEL_STYLE
@@ -26,6 +34,7 @@ class Overview(base.FleetScreen):
         Binding("u", "unpin", "unpin"),
         Binding("p", "pause", "pause/resume"),
         Binding("h", "history", "history / roll back"),
+        Binding("R", "open_rollout", "rollout"),
         Binding("c", "open_cluster", "cluster"),
         Binding("question_mark", "help", "help"),
         Binding("q", "app.quit", "quit"),
@@ -243,6 +252,11 @@ class Overview(base.FleetScreen):
         app = self._app_or_say()
         if app:
             self.app.push_screen(app_detail.AppDetail(app))
+
+    def action_open_rollout(self) -> None:
+        app = self._app_or_say()
+        if app:
+            self.app.push_screen(rollout.RolloutScreen(app))
 
     def action_open_cluster(self) -> None:
         cluster, _app = self.current()
