@@ -101,6 +101,7 @@ class Hub:
             connected=lambda cluster: self._sessions.connected(cluster),
             replan=lambda: self._planning.replan(),
             announce=lambda cluster, app: self._view.cell_changed(cluster, app),
+            pinned=self._choices.pin_of,
             now=now,
         )
         self._view = fleetview.FleetView(

@@ -93,6 +93,7 @@ class Rollouts:
         connected: Callable[[str], bool],
         replan: Callable[[], Awaitable[object]],
         announce: Callable[[str, str], None] = lambda cluster, app: None,
+        pinned: Callable[[str, str], str] = lambda app, cluster: "",
         measure: Measure | None = None,
         now: Callable[[], float] = time.time,
     ) -> None:
@@ -105,6 +106,7 @@ class Rollouts:
         self._connected = connected
         self._replan = replan
         self._announce = announce  # (cluster, app): its cell's rollout gate reads differently
+        self._pinned = pinned  # (app, cluster) -> the pin that holds it ('' none)
         self._measure: Measure = measure or (lambda g, s: gates.measure(g, s, now=now))
         self.now = now
         self.books: dict[str, Book] = {}
@@ -165,7 +167,8 @@ class Rollouts:
         return self._connected(name) or now - self.started < OFFLINE_GRACE
 
     def facts(self, app: config.App, now: float) -> dict[str, rollout.Facts]:
-        """Every cluster the app targets, as the state machine sees it."""
+        """Every cluster the app targets, as the state machine sees it; a pinned cluster is
+        left out (pins beat rollouts: it runs its pin, and rejoins when unpinned)."""
         cfg = self._settings.cfg
         policy = app.rollout
         assert policy is not None
@@ -173,7 +176,7 @@ class Rollouts:
         out: dict[str, rollout.Facts] = {}
         for name in self._clusters.names():
             labels = self._clusters.labels_of(cfg, name)
-            if plan.target_for(cfg, app, name, labels) is None:
+            if plan.target_for(cfg, app, name, labels) is None or self._pinned(app.name, name):
                 continue
             row = self._assignments.get(name, app.name)
             report = self._reports.get((name, app.name))

@@ -111,7 +111,8 @@ class Webhook:
     url: str
     timeout: float = 15.0
     secret_file: str = ""  # the HMAC-SHA256 key; the body is signed in X-Fleetops-Signature
-    failure_limit: int = 1  # failed calls (errors, non-2xx) in a row that fail the cluster
+    failure_limit: int = 1  # non-2xx answers in a row that fail the cluster (a call that gets
+    # no answer at all, a timeout or a refused connection, counts towards rollout.ERROR_LIMIT)
     interval: float = 30.0  # between calls after one that did not answer
 
 
