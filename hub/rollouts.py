@@ -80,6 +80,17 @@ class Book:
         )
 
 
+def _proved(report: types_pb2.AppReport | None) -> bool:
+    """The report says the revision is in and Healthy: applied in full (an apply that failed
+    on one object leaves the others Healthy, and proves nothing) and Healthy."""
+    return (
+        report is not None
+        and report.health == types_pb2.HEALTH_STATUS_HEALTHY
+        and report.sync in (types_pb2.SYNC_STATUS_SYNCED, types_pb2.SYNC_STATUS_OUT_OF_SYNC)
+        and not report.prune_held
+    )
+
+
 class Rollouts:
     def __init__(
         self,
@@ -192,7 +203,7 @@ class Rollouts:
                 generation=row.generation if row is not None else 0,
                 applied=report.revision if report is not None else "",
                 report_generation=report.generation if report is not None else 0,
-                healthy=report is not None and report.health == types_pb2.HEALTH_STATUS_HEALTHY,
+                healthy=_proved(report),
                 status=text[:300],
             )
         return out
