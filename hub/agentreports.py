@@ -146,7 +146,7 @@ class Reports:
         total, last = report.healed_resources, before.healed_resources if before else 0
         seen.healed += total - last if total >= last else total  # smaller: the agent restarted
         if seen.healed and now - seen.healed_at >= AGENT_EVENT_GAP:
-            out.append(("healed", f"self-healed {seen.healed} drifted resources"))
+            out.append(("healed", _healed(seen.healed)))
             seen.healed, seen.healed_at = 0, now
         elif seen.healed and seen.timer is None:  # told in one entry when the gap is over
             seen.timer = asyncio.get_running_loop().call_later(
@@ -170,7 +170,7 @@ class Reports:
                 cause=types_pb2.CAUSE_AGENT,
                 actor=f"agent:{cluster}",
                 kind="healed",
-                message=f"self-healed {seen.healed} drifted resources",
+                message=_healed(seen.healed),
             )
         )
         seen.healed, seen.healed_at = 0, time.monotonic()
@@ -197,3 +197,8 @@ class Reports:
             self._flush_later(STORE_RETRY)
             raise
         self._recorder.published(recorded)
+
+
+def _healed(n: int) -> str:
+    """A heal entry's words: re-applies of drifted objects since the last such entry."""
+    return f"self-healed {n} drifted resource{'s' if n != 1 else ''}"
