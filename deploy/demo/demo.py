@@ -4,11 +4,15 @@
 Three clusters labelled dev, staging and prod (local control planes from deploy/local, or
 kubeconfig contexts you already have), a Git repository with three apps (plain YAML, Kustomize
 overlays, Helm with per-environment values), a hub process, and one agent process per cluster
-registered with its own one-time token. It waits until every app runs on every cluster, shows
-how to make a commit and watch it roll out, and opens the TUI. Ctrl-C tears everything down.
+registered with its own one-time token. Every app rolls out dev -> staging -> prod: a
+revision reaches staging only after dev ran it Healthy for the bake time (20 s), and prod only
+after staging did. It waits until every app runs on every cluster, shows how to make a commit
+and watch it move step by step, and opens the TUI. Ctrl-C tears everything down.
 
     make demo                                   # local clusters, then the TUI
+    make demo ARGS=--commit                     # ... and the demo commits a change for you
     make demo ARGS=--no-tui                     # the same headless; exits 0 once converged
+    make demo ARGS="--no-tui --commit"          # headless, following the commit step by step
     make demo ARGS="--contexts kind-a,kind-b,kind-c"   # your clusters instead of local ones
 
 Nothing of a demo may outlive it:
@@ -40,18 +44,26 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import IO
+from typing import IO, Any
 
 import grpc
 import yaml
 
 from fleetops.proto.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import follow  # noqa: E402  (deploy/demo/follow.py, beside this script)
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 HERE = pathlib.Path(__file__).resolve().parent
 BIN = pathlib.Path(sys.executable).parent
 ENVS = ("dev", "staging", "prod")
 APPS = ("guestbook", "podinfo", "redis")
+BAKE = 20.0  # seconds each of dev and staging runs a revision Healthy before the next step
+# the change the demo (or you, following its instructions) commits: every environment sees it
+SAMPLE_FILE = "apps/guestbook/configmap.yaml"
+SAMPLE_EDIT = ("Hello from fleetops", "Hello again from fleetops")
+SAMPLE_SUBJECT = "guestbook: a new greeting"
 LOCK = "demo.pid"  # in the demo's directory: the running demo's pid, flock'ed while it runs
 STOP_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 _transcript: pathlib.Path | None = None  # logs/demo.log once the directory exists
@@ -295,6 +307,17 @@ def make_repo(work: pathlib.Path) -> pathlib.Path:
     return repo
 
 
+def commit_sample(repo: pathlib.Path) -> str:
+    """Commit the change the instructions describe (a new greeting for guestbook in every
+    environment), as a user would; the new revision."""
+    path = repo / SAMPLE_FILE
+    old, new = SAMPLE_EDIT
+    path.write_text(path.read_text().replace(old, new))
+    author = ["-c", "user.name=fleetops demo", "-c", "user.email=demo@fleetops"]
+    run(["git", "-C", str(repo), *author, "commit", "-qam", SAMPLE_SUBJECT], "git commit")
+    return run(["git", "-C", str(repo), "rev-parse", "HEAD"], "git rev-parse").strip()
+
+
 class Fleet:
     def __init__(self, work: pathlib.Path, clusters: list[Cluster]) -> None:
         self.work = work
@@ -303,9 +326,10 @@ class Fleet:
         self.hub: Child | None = None
         self.port = 0
 
-    def start_hub(self, repo: pathlib.Path) -> None:
+    def start_hub(self, repo: pathlib.Path, *, bake: float) -> None:
         config = self.work / "hub.yaml"
         text = (HERE / "hub.yaml").read_text().replace("{repo}", repo.as_uri())
+        text = text.replace("{bake}", f"{bake:g}s")
         config.write_text(text)
         self.port = free_port()
         self.hub = spawn(
@@ -369,18 +393,30 @@ class Fleet:
             )
             self.children.append(agent)
 
-    def snapshot(self) -> fleet_pb2.Snapshot:
+    @contextmanager
+    def _fleet_api(self) -> Iterator[tuple[fleet_pb2_grpc.FleetServiceStub, tuple[Any, ...]]]:
+        """The fleet API with the hub's read-only token: a stub and the metadata to send."""
         ca = (self.work / "hub" / "ca.crt").read_bytes()
         token = (self.work / "hub" / "tokens" / "readonly").read_text().strip()
         with grpc.secure_channel(
             self.address, grpc.ssl_channel_credentials(root_certificates=ca)
         ) as channel:
-            stub = fleet_pb2_grpc.FleetServiceStub(channel)
-            return stub.GetSnapshot(
-                fleet_pb2.SnapshotRequest(),
-                metadata=(("authorization", f"Bearer {token}"),),
-                timeout=10,
-            )
+            yield fleet_pb2_grpc.FleetServiceStub(channel), (("authorization", f"Bearer {token}"),)
+
+    def snapshot(self) -> fleet_pb2.Snapshot:
+        with self._fleet_api() as (stub, meta):
+            return stub.GetSnapshot(fleet_pb2.SnapshotRequest(), metadata=meta, timeout=10)
+
+    def rollouts(self) -> list[fleet_pb2.Rollout]:
+        """Every app's newest rollout."""
+        with self._fleet_api() as (stub, meta):
+            got = stub.RolloutStatus(fleet_pb2.RolloutStatusRequest(), metadata=meta, timeout=10)
+            return list(got.rollouts)
+
+    def history(self, app: str) -> list[types_pb2.Event]:
+        with self._fleet_api() as (stub, meta):
+            req = fleet_pb2.HistoryRequest(app=app, limit=500)
+            return list(stub.History(req, metadata=meta, timeout=10).events)
 
     def check_children(self) -> None:
         for child in self.children:
@@ -391,15 +427,20 @@ class Fleet:
                 )
 
     def wait_converged(self, timeout: float) -> float:
+        """Until every app runs on every cluster and every app's rollout went through every
+        step; a line each time that changes."""
         start = time.monotonic()
         last = ""
         while True:
             self.check_children()
             try:
                 snap = self.snapshot()
+                rollouts = self.rollouts()
             except grpc.RpcError:
-                snap = fleet_pb2.Snapshot()
+                snap, rollouts = fleet_pb2.Snapshot(), []
             line, done = progress(snap, [c.name for c in self.clusters])
+            line = f"{line}\n              {follow.line(rollouts)}"
+            done = done and follow.settled(rollouts)
             if line != last:
                 say(f"      {time.monotonic() - start:5.1f}s  {line}")
                 last = line
@@ -410,6 +451,34 @@ class Fleet:
                     f"the fleet did not converge within {timeout:.0f} s:\n"
                     + describe(snap)
                     + f"\nlogs are in {self.work / 'logs'}"
+                )
+            time.sleep(0.5)
+
+    def follow(self, revision: str, timeout: float) -> float:
+        """Print where the rollout of `revision` stands each time that changes, until it went
+        through every step; a DemoError when it failed or took longer than `timeout`."""
+        start = time.monotonic()
+        last = ""
+        while True:
+            self.check_children()
+            try:
+                rollouts = self.rollouts()
+            except grpc.RpcError:
+                rollouts = []
+            mine = [r for r in rollouts if r.revision == revision]
+            line = follow.line(mine) if mine else "the hub has not seen the commit yet"
+            if line != last:
+                say(f"      {time.monotonic() - start:5.1f}s  {line}")
+                last = line
+            why = follow.failure(rollouts, revision)
+            if why:
+                raise DemoError(f"{why}\nlogs are in {self.work / 'logs'}")
+            if follow.settled(rollouts, revision):
+                return time.monotonic() - start
+            if time.monotonic() - start > timeout:
+                raise DemoError(
+                    f"the rollout of {revision[:8]} did not finish within {timeout:.0f} s: "
+                    f"{line}\nlogs are in {self.work / 'logs'}"
                 )
             time.sleep(0.5)
 
@@ -467,17 +536,25 @@ def describe(snap: fleet_pb2.Snapshot) -> str:
     )
 
 
-def instructions(work: pathlib.Path, fleet: Fleet) -> str:
+def instructions(work: pathlib.Path, fleet: Fleet, *, bake: float) -> str:
     rel = os.path.relpath(work, os.getcwd())
     exe = os.path.relpath(BIN, os.getcwd())
     hub = f"--hub {fleet.address} --data {rel}/hub"
+    old, new = SAMPLE_EDIT
     return f"""
-The fleet runs: 3 apps on 3 clusters, each from the same Git commit.
+The fleet runs: 3 apps on 3 clusters, each from the same Git commit. Every app rolls out
+dev -> staging -> prod: a commit reaches staging only after dev ran it Healthy for {bake:g} s,
+and prod only after staging did.
 
-  Make a change and watch it roll out (the hub polls the repo every 2 s):
+  Make a change and watch it move step by step (the hub polls the repo every 2 s):
     cd {rel}/repo
-    sed -i 's/replicas: 3/replicas: 4/' apps/guestbook/overlays/prod/deployment_patch.yaml
-    git commit -qam "guestbook: 4 replicas in prod"
+    sed -i 's/{old}/{new}/' {SAMPLE_FILE}
+    git commit -qam "{SAMPLE_SUBJECT}"
+
+  What to look at in the TUI:
+    the GATE column: where each cluster stands in the rollout (Waiting, Progressing,
+      Baking, Passed; Deferred when its agent is offline)
+    o: the rollout screen: the steps, each step's clusters, bake time left, gate readings
 
   In another terminal, from {os.getcwd()}:
     {exe}/fleetops-tui {hub}
@@ -526,11 +603,11 @@ def teardown_on_exit(fleet: Fleet, work: pathlib.Path, local: bool) -> Iterator[
         say("Done.")
 
 
-def open_tui(fleet: Fleet, work: pathlib.Path) -> None:
+def open_tui(fleet: Fleet, work: pathlib.Path, *, bake: float) -> None:
     cmd = [str(BIN / "fleetops-tui"), f"--hub={fleet.address}", f"--data={work / 'hub'}"]
     while True:
         subprocess.run(cmd, check=False)
-        say(instructions(work, fleet))
+        say(instructions(work, fleet, bake=bake))
         try:
             input("Enter: open the TUI again · Ctrl-C: tear everything down ")
         except EOFError:
@@ -558,8 +635,24 @@ def _main(argv: list[str] | None = None) -> int:
         "--dir", default=str(ROOT / ".demo"), help="working directory (default .demo; wiped first)"
     )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to converge")
+    parser.add_argument(
+        "--bake",
+        type=float,
+        default=BAKE,
+        metavar="SECONDS",
+        help=f"how long dev and staging run a revision Healthy before the next step (default "
+        f"{BAKE:g})",
+    )
+    parser.add_argument(
+        "--commit",
+        action="store_true",
+        help="once converged, commit a change to the sample repo and follow it step by step "
+        "(headless: exit 0 once every step took it)",
+    )
     ns = parser.parse_args(argv)
     contexts = [c.strip() for c in ns.contexts.split(",") if c.strip()]
+    if ns.bake < 0:
+        parser.error(f"--bake: {ns.bake:g} seconds; give 0 (no bake) or more")
     work = pathlib.Path(ns.dir).resolve()
     converged = False
     global _transcript
@@ -589,21 +682,38 @@ def _main(argv: list[str] | None = None) -> int:
                 "creating the sample Git repo: guestbook (YAML), podinfo (Kustomize), redis (Helm)",
             )
             repo = make_repo(work)
-            step(3, "starting the hub")
-            fleet.start_hub(repo)
+            step(
+                3,
+                f"starting the hub: every app rolls out dev -> staging -> prod, {ns.bake:g} s"
+                " bakes",
+            )
+            fleet.start_hub(repo, bake=ns.bake)
             step(4, "registering 3 agents, one process per cluster, each with its own token")
             fleet.start_agents()
-            step(5, "waiting for every app on every cluster to be Synced and Healthy")
+            step(
+                5,
+                "waiting for every app on every cluster to be Synced and Healthy (the first "
+                "commit rolls out too: dev, then staging, then prod)",
+            )
             took = fleet.wait_converged(ns.timeout)
             converged = True
             say(f"Converged in {took:.1f}s ({time.monotonic() - started:.1f}s since the start).")
+            if ns.commit:
+                revision = commit_sample(repo)
+                say(f'Committed {revision[:8]} "{SAMPLE_SUBJECT}" ({SAMPLE_FILE}).')
+            if ns.commit and ns.no_tui:
+                took = fleet.follow(revision, ns.timeout)
+                app = APPS[0]  # the app the sample commit changes
+                order = follow.arrivals(fleet.history(app), app=app, revision=revision)
+                say(f"Rolled out in {took:.1f}s: every step took {revision[:8]}.")
+                say(f"{app} {revision[:8]} was given to: {follow.arrival_line(order)}")
             if ns.no_tui:
                 say(describe(fleet.snapshot()))
                 return 0
-            say(instructions(work, fleet))
+            say(instructions(work, fleet, bake=ns.bake))
             say("Opening the TUI (q quits it) ...")
             time.sleep(2)
-            open_tui(fleet, work)
+            open_tui(fleet, work, bake=ns.bake)
         return 0
     except DemoError as e:
         complain(f"make demo: {e}")
