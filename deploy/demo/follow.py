@@ -34,11 +34,11 @@ def failure(rollouts: Sequence[fleet_pb2.Rollout], revision: str) -> str:
     return ""
 
 
-def _step_word(clusters: Sequence[fleet_pb2.RolloutCluster]) -> str:
+def _step_word(clusters: Sequence[fleet_pb2.RolloutCluster], *, bake: float) -> str:
     """One step's clusters (of every app) in a word or two: `Baking (15s left)`, `Passed`,
     or a count per phase when they differ (`Passed 2, Baking 1`)."""
     if not clusters:
-        return "no cluster"
+        return "no cluster yet"
     counts: dict[str, int] = {}
     for c in clusters:
         counts[c.phase] = counts.get(c.phase, 0) + 1
@@ -48,7 +48,7 @@ def _step_word(clusters: Sequence[fleet_pb2.RolloutCluster]) -> str:
         word = ", ".join(f"{phase} {n}" for phase, n in sorted(counts.items()))
     baking = [c.bake_left_seconds for c in clusters if c.phase == "Baking"]
     if baking and max(baking) > 0:
-        left = BAKE_STEP * math.ceil(max(baking) / BAKE_STEP)
+        left = min(BAKE_STEP * math.ceil(max(baking) / BAKE_STEP), math.ceil(bake))
         word += f" ({left}s left)"
     return word
 
@@ -65,7 +65,7 @@ def line(rollouts: Sequence[fleet_pb2.Rollout]) -> str:
     parts = []
     for step in newest.steps:
         members = [c for r in same for c in r.clusters if c.step == step.name]
-        parts.append(f"{step.name} {_step_word(members)}")
+        parts.append(f"{step.name} {_step_word(members, bake=step.bake_seconds)}")
     apps = f"{len(same)} app" + ("s" if len(same) != 1 else "")
     return f"rollout {newest.revision[:8]} of {apps} {'/'.join(phases)}: " + " -> ".join(parts)
 
