@@ -552,13 +552,15 @@ and prod only after staging did.
     git commit -qam "{SAMPLE_SUBJECT}"
 
   What to look at in the TUI:
-    the GATE column: where each cluster stands in the rollout (Waiting, Progressing,
-      Baking, Passed; Deferred when its agent is offline)
-    o: the rollout screen: the steps, each step's clusters, bake time left, gate readings
+    Enter on guestbook opens the app screen; its GATE column says where each cluster stands
+      in the rollout: waiting, progressing, baking, done (deferred: its agent is offline)
+    o there opens the rollout screen: the steps, each step's clusters (Baking 14s left,
+      Passed), gate readings; g promotes a step past its bake, p pauses, a aborts
 
   In another terminal, from {os.getcwd()}:
     {exe}/fleetops-tui {hub}
     {exe}/fleetops-hub status {hub}
+    {exe}/fleetops-hub rollout status guestbook {hub}
     {exe}/fleetops-hub history guestbook {hub}
     {exe}/fleetops-hub rollback guestbook <older revision> {hub}
 
