@@ -1,6 +1,7 @@
-"""The demo's rollouts in words: one line saying where every step of the sample apps' rollout
-stands, whether a revision has gone through every step, and the order in which the clusters
-were given it (the hub's history).
+"""The demo's fleet in words: per cluster how many apps run Synced and Healthy, the table of
+every (cluster, app), one line saying where every step of the sample apps' rollout stands,
+whether a revision has gone through every step, and the order in which the clusters were
+given it (the hub's history).
 
 Pure: protobuf messages in, text out. It never talks to the hub (demo.py does) and never
 decides anything the hub decides; it only reads what the hub reports.
@@ -16,6 +17,53 @@ from fleetops.proto.v1 import fleet_pb2, types_pb2
 SUCCEEDED = "Succeeded"
 ENDED_BADLY = ("Failed", "Halted", "Aborted")
 BAKE_STEP = 5  # seconds: bake time left is shown rounded up to this, so lines change slowly
+
+
+def ready(s: fleet_pb2.ClusterAppStatus) -> bool:
+    return (
+        s.sync == types_pb2.SYNC_STATUS_SYNCED
+        and s.health == types_pb2.HEALTH_STATUS_HEALTHY
+        and bool(s.applied_revision)
+        and s.applied_revision == s.desired_revision
+    )
+
+
+def progress(
+    snap: fleet_pb2.Snapshot, *, clusters: Sequence[str], apps: Sequence[str]
+) -> tuple[str, bool]:
+    """One line: per cluster how many apps run their revision Synced and Healthy, and the
+    first thing still on its way or wrong."""
+    cells = {(s.cluster, s.app): s for s in snap.statuses}
+    connected = {
+        c.name for c in snap.clusters if c.connectivity == types_pb2.CONNECTIVITY_CONNECTED
+    }
+    parts, waiting = [], ""
+    total = 0
+    for c in clusters:
+        n = sum(1 for a in apps if (c, a) in cells and ready(cells[(c, a)]))
+        total += n
+        parts.append(f"{c} {n}/{len(apps)}" + ("" if c in connected else " (agent not connected)"))
+        for a in apps:
+            s = cells.get((c, a))
+            if not waiting and s is not None and not ready(s) and s.reason:
+                waiting = f"{c}/{a}: {s.reason}"
+    line = f"ready {total}/{len(clusters) * len(apps)}: " + ", ".join(parts)
+    return line + (f"  [{waiting[:80]}]" if waiting else ""), total == len(clusters) * len(apps)
+
+
+def _word(enum: object, value: int, prefix: str) -> str:
+    name: str = enum.Name(value)  # type: ignore[attr-defined]
+    return "".join(w.title() for w in name.removeprefix(prefix).split("_"))
+
+
+def describe(snap: fleet_pb2.Snapshot) -> str:
+    rows = sorted(snap.statuses, key=lambda s: (s.cluster, s.app))
+    return "\n".join(
+        f"  {s.cluster:<8} {s.app:<10} {s.applied_revision[:8] or '-':<9} "
+        f"{_word(types_pb2.SyncStatus, s.sync, 'SYNC_STATUS_'):<11} "
+        f"{_word(types_pb2.HealthStatus, s.health, 'HEALTH_STATUS_'):<11} {s.reason}"
+        for s in rows
+    )
 
 
 def settled(rollouts: Sequence[fleet_pb2.Rollout], revision: str = "") -> bool:
