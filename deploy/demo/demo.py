@@ -450,8 +450,8 @@ and prod only after staging did.
   What to look at in the TUI:
     Enter on guestbook opens the app screen; its GATE column says where each cluster stands
       in the rollout: waiting, progressing, baking, done (deferred: its agent is offline)
-    o there opens the rollout screen: the steps, each step's clusters (Baking 14s left,
-      Passed), gate readings; g promotes a step past its bake, p pauses, a aborts
+    o there (R on the overview) opens the rollout screen: the steps, each step's clusters
+      (Baking 14s left, Passed), gate readings; g promotes a step past its bake, p pauses
 
   In another terminal, from {os.getcwd()}:
     {exe}/fleetops-tui {hub}
