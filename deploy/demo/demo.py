@@ -4,11 +4,15 @@
 Three clusters labelled dev, staging and prod (local control planes from deploy/local, or
 kubeconfig contexts you already have), a Git repository with three apps (plain YAML, Kustomize
 overlays, Helm with per-environment values), a hub process, and one agent process per cluster
-registered with its own one-time token. It waits until every app runs on every cluster, shows
-how to make a commit and watch it roll out, and opens the TUI. Ctrl-C tears everything down.
+registered with its own one-time token. Every app rolls out dev -> staging -> prod: a
+revision reaches staging only after dev ran it Healthy for the bake time (20 s), and prod only
+after staging did. It waits until every app runs on every cluster, shows how to make a commit
+and watch it move step by step, and opens the TUI. Ctrl-C tears everything down.
 
     make demo                                   # local clusters, then the TUI
+    make demo ARGS=--commit                     # ... and the demo commits a change for you
     make demo ARGS=--no-tui                     # the same headless; exits 0 once converged
+    make demo ARGS="--no-tui --commit"          # headless, following the commit step by step
     make demo ARGS="--contexts kind-a,kind-b,kind-c"   # your clusters instead of local ones
 
 Nothing of a demo may outlive it:
@@ -29,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import fcntl
 import os
 import pathlib
 import shutil
@@ -40,22 +43,29 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import IO
+from typing import IO, Any
 
 import grpc
 import yaml
 
 from fleetops.proto.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import demoprocs  # noqa: E402  (deploy/demo/, beside this script)
+import demowords  # noqa: E402
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 HERE = pathlib.Path(__file__).resolve().parent
 BIN = pathlib.Path(sys.executable).parent
 ENVS = ("dev", "staging", "prod")
 APPS = ("guestbook", "podinfo", "redis")
-LOCK = "demo.pid"  # in the demo's directory: the running demo's pid, flock'ed while it runs
+BAKE = 20.0  # seconds each of dev and staging runs a revision Healthy before the next step
+# the change the demo (or you, following its instructions) commits: every environment sees it
+SAMPLE_FILE = "apps/guestbook/configmap.yaml"
+SAMPLE_EDIT = ("Hello from fleetops", "Hello again from fleetops")
+SAMPLE_SUBJECT = "guestbook: a new greeting"
 STOP_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 _transcript: pathlib.Path | None = None  # logs/demo.log once the directory exists
-_held_lock: IO[str] | None = None  # the open, locked demo.pid
 
 
 class DemoError(Exception):
@@ -110,65 +120,6 @@ def step(n: int, text: str) -> None:
     say(f"[{n}/5] {text}")
 
 
-@dataclasses.dataclass
-class Child:
-    name: str
-    proc: subprocess.Popen[str]
-    log: pathlib.Path
-
-    def stop(self) -> None:
-        stop_all([self.proc])
-
-    def tail(self, lines: int = 15) -> str:
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-
-def stop_all(procs: list[subprocess.Popen[str]], grace: float = 10.0) -> None:
-    """SIGTERM each process's group (its own session: the process and whatever it started),
-    wait up to `grace` seconds for all of them, then SIGKILL the groups still there."""
-    running = [p for p in procs if p.poll() is None]
-    for p in running:
-        _signal_group(p.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    for p in running:
-        try:
-            p.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            _signal_group(p.pid, signal.SIGKILL)
-            p.wait()
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def tied(cmd: list[str]) -> list[str]:
-    """`cmd` run so that it gets SIGTERM when this process dies, even by SIGKILL."""
-    return [sys.executable, str(HERE / "die_with_parent.py"), str(os.getpid()), "--", *cmd]
-
-
-def spawn(name: str, cmd: list[str], log: pathlib.Path, env: dict[str, str] | None = None) -> Child:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    out: IO[str]
-    with open(log, "a") as out:
-        # A session of its own: a closed terminal or Ctrl-C reaches the demo, which stops
-        # children in order; tied to the demo, so they die with it if it gets no chance to.
-        proc = subprocess.Popen(
-            tied(cmd),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            start_new_session=True,
-            env={**os.environ, **(env or {})},
-        )
-    return Child(name, proc, log)
-
-
 def run(cmd: list[str], what: str, **kw: object) -> str:
     done = subprocess.run(cmd, capture_output=True, text=True, **kw)  # type: ignore[call-overload]
     if done.returncode != 0:
@@ -219,7 +170,7 @@ def local_clusters(work: pathlib.Path) -> list[Cluster]:
     # Its own session, so a closed terminal does not kill it halfway (the demo stops it, and
     # SIGTERM makes `up` stop what it started); tied to the demo, for a demo killed outright.
     proc = subprocess.Popen(
-        tied(cmd),
+        demoprocs.tied(cmd),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
@@ -229,7 +180,7 @@ def local_clusters(work: pathlib.Path) -> list[Cluster]:
     try:
         out, err = proc.communicate(timeout=600)
     except BaseException:
-        stop_all([proc], grace=60)
+        demoprocs.stop_all([proc], grace=60)
         raise
     if proc.returncode != 0:
         raise DemoError(
@@ -295,20 +246,32 @@ def make_repo(work: pathlib.Path) -> pathlib.Path:
     return repo
 
 
+def commit_sample(repo: pathlib.Path) -> str:
+    """Commit the change the instructions describe (a new greeting for guestbook in every
+    environment), as a user would; the new revision."""
+    path = repo / SAMPLE_FILE
+    old, new = SAMPLE_EDIT
+    path.write_text(path.read_text().replace(old, new))
+    author = ["-c", "user.name=fleetops demo", "-c", "user.email=demo@fleetops"]
+    run(["git", "-C", str(repo), *author, "commit", "-qam", SAMPLE_SUBJECT], "git commit")
+    return run(["git", "-C", str(repo), "rev-parse", "HEAD"], "git rev-parse").strip()
+
+
 class Fleet:
     def __init__(self, work: pathlib.Path, clusters: list[Cluster]) -> None:
         self.work = work
         self.clusters = clusters
-        self.children: list[Child] = []
-        self.hub: Child | None = None
+        self.children: list[demoprocs.Child] = []
+        self.hub: demoprocs.Child | None = None
         self.port = 0
 
-    def start_hub(self, repo: pathlib.Path) -> None:
+    def start_hub(self, repo: pathlib.Path, *, bake: float) -> None:
         config = self.work / "hub.yaml"
         text = (HERE / "hub.yaml").read_text().replace("{repo}", repo.as_uri())
+        text = text.replace("{bake}", f"{bake:g}s")
         config.write_text(text)
         self.port = free_port()
-        self.hub = spawn(
+        self.hub = demoprocs.spawn(
             "hub",
             [
                 str(BIN / "fleetops-hub"),
@@ -361,7 +324,7 @@ class Fleet:
             ]
             if c.context:
                 cmd.append(f"--context={c.context}")
-            agent = spawn(
+            agent = demoprocs.spawn(
                 f"agent {c.name}",
                 cmd,
                 self.work / "logs" / f"agent-{c.name}.log",
@@ -369,18 +332,30 @@ class Fleet:
             )
             self.children.append(agent)
 
-    def snapshot(self) -> fleet_pb2.Snapshot:
+    @contextmanager
+    def _fleet_api(self) -> Iterator[tuple[fleet_pb2_grpc.FleetServiceStub, tuple[Any, ...]]]:
+        """The fleet API with the hub's read-only token: a stub and the metadata to send."""
         ca = (self.work / "hub" / "ca.crt").read_bytes()
         token = (self.work / "hub" / "tokens" / "readonly").read_text().strip()
         with grpc.secure_channel(
             self.address, grpc.ssl_channel_credentials(root_certificates=ca)
         ) as channel:
-            stub = fleet_pb2_grpc.FleetServiceStub(channel)
-            return stub.GetSnapshot(
-                fleet_pb2.SnapshotRequest(),
-                metadata=(("authorization", f"Bearer {token}"),),
-                timeout=10,
-            )
+            yield fleet_pb2_grpc.FleetServiceStub(channel), (("authorization", f"Bearer {token}"),)
+
+    def snapshot(self) -> fleet_pb2.Snapshot:
+        with self._fleet_api() as (stub, meta):
+            return stub.GetSnapshot(fleet_pb2.SnapshotRequest(), metadata=meta, timeout=10)
+
+    def rollouts(self) -> list[fleet_pb2.Rollout]:
+        """Every app's newest rollout."""
+        with self._fleet_api() as (stub, meta):
+            got = stub.RolloutStatus(fleet_pb2.RolloutStatusRequest(), metadata=meta, timeout=10)
+            return list(got.rollouts)
+
+    def history(self, app: str) -> list[types_pb2.Event]:
+        with self._fleet_api() as (stub, meta):
+            req = fleet_pb2.HistoryRequest(app=app, limit=500)
+            return list(stub.History(req, metadata=meta, timeout=10).events)
 
     def check_children(self) -> None:
         for child in self.children:
@@ -391,15 +366,22 @@ class Fleet:
                 )
 
     def wait_converged(self, timeout: float) -> float:
+        """Until every app runs on every cluster and every app's rollout went through every
+        step; a line each time that changes."""
         start = time.monotonic()
         last = ""
         while True:
             self.check_children()
             try:
                 snap = self.snapshot()
+                rollouts = self.rollouts()
             except grpc.RpcError:
-                snap = fleet_pb2.Snapshot()
-            line, done = progress(snap, [c.name for c in self.clusters])
+                snap, rollouts = fleet_pb2.Snapshot(), []
+            line, done = demowords.progress(
+                snap, clusters=[c.name for c in self.clusters], apps=APPS
+            )
+            line = f"{line}\n              {demowords.line(rollouts)}"
+            done = done and demowords.settled(rollouts)
             if line != last:
                 say(f"      {time.monotonic() - start:5.1f}s  {line}")
                 last = line
@@ -408,80 +390,73 @@ class Fleet:
             if time.monotonic() - start > timeout:
                 raise DemoError(
                     f"the fleet did not converge within {timeout:.0f} s:\n"
-                    + describe(snap)
+                    + demowords.describe(snap)
                     + f"\nlogs are in {self.work / 'logs'}"
+                )
+            time.sleep(0.5)
+
+    def follow(self, revision: str, timeout: float) -> float:
+        """Print where the rollout of `revision` stands each time that changes, until it went
+        through every step; a DemoError when it failed or took longer than `timeout`."""
+        start = time.monotonic()
+        last = ""
+        while True:
+            self.check_children()
+            try:
+                rollouts = self.rollouts()
+            except grpc.RpcError:
+                rollouts = []
+            mine = [r for r in rollouts if r.revision == revision]
+            line = demowords.line(mine) if mine else "the hub has not seen the commit yet"
+            if line != last:
+                say(f"      {time.monotonic() - start:5.1f}s  {line}")
+                last = line
+            why = demowords.failure(rollouts, revision)
+            if why:
+                raise DemoError(f"{why}\nlogs are in {self.work / 'logs'}")
+            if demowords.settled(rollouts, revision):
+                return time.monotonic() - start
+            if time.monotonic() - start > timeout:
+                raise DemoError(
+                    f"the rollout of {revision[:8]} did not finish within {timeout:.0f} s: "
+                    f"{line}\nlogs are in {self.work / 'logs'}"
                 )
             time.sleep(0.5)
 
     def stop(self) -> None:
         """The agents first (together), then the hub."""
         agents = [c.proc for c in self.children if c is not self.hub]
-        stop_all(agents)
+        demoprocs.stop_all(agents)
         if self.hub is not None:
-            stop_all([self.hub.proc])
+            demoprocs.stop_all([self.hub.proc])
         self.children.clear()
 
 
-def ready(s: fleet_pb2.ClusterAppStatus) -> bool:
-    return (
-        s.sync == types_pb2.SYNC_STATUS_SYNCED
-        and s.health == types_pb2.HEALTH_STATUS_HEALTHY
-        and bool(s.applied_revision)
-        and s.applied_revision == s.desired_revision
-    )
-
-
-def progress(snap: fleet_pb2.Snapshot, clusters: list[str]) -> tuple[str, bool]:
-    """One line: per cluster how many apps run their revision Synced and Healthy, and the
-    first thing still on its way or wrong."""
-    cells = {(s.cluster, s.app): s for s in snap.statuses}
-    connected = {
-        c.name for c in snap.clusters if c.connectivity == types_pb2.CONNECTIVITY_CONNECTED
-    }
-    parts, waiting = [], ""
-    total = 0
-    for c in clusters:
-        n = sum(1 for a in APPS if (c, a) in cells and ready(cells[(c, a)]))
-        total += n
-        parts.append(f"{c} {n}/{len(APPS)}" + ("" if c in connected else " (agent not connected)"))
-        for a in APPS:
-            s = cells.get((c, a))
-            if not waiting and s is not None and not ready(s) and s.reason:
-                waiting = f"{c}/{a}: {s.reason}"
-    line = f"ready {total}/{len(clusters) * len(APPS)}: " + ", ".join(parts)
-    return line + (f"  [{waiting[:80]}]" if waiting else ""), total == len(clusters) * len(APPS)
-
-
-def _word(enum: object, value: int, prefix: str) -> str:
-    name: str = enum.Name(value)  # type: ignore[attr-defined]
-    return "".join(w.title() for w in name.removeprefix(prefix).split("_"))
-
-
-def describe(snap: fleet_pb2.Snapshot) -> str:
-    rows = sorted(snap.statuses, key=lambda s: (s.cluster, s.app))
-    return "\n".join(
-        f"  {s.cluster:<8} {s.app:<10} {s.applied_revision[:8] or '-':<9} "
-        f"{_word(types_pb2.SyncStatus, s.sync, 'SYNC_STATUS_'):<11} "
-        f"{_word(types_pb2.HealthStatus, s.health, 'HEALTH_STATUS_'):<11} {s.reason}"
-        for s in rows
-    )
-
-
-def instructions(work: pathlib.Path, fleet: Fleet) -> str:
+def instructions(work: pathlib.Path, fleet: Fleet, *, bake: float) -> str:
     rel = os.path.relpath(work, os.getcwd())
     exe = os.path.relpath(BIN, os.getcwd())
     hub = f"--hub {fleet.address} --data {rel}/hub"
+    old, new = SAMPLE_EDIT
     return f"""
-The fleet runs: 3 apps on 3 clusters, each from the same Git commit.
+The fleet runs: 3 apps on 3 clusters, each from the same Git commit. Every app rolls out
+dev -> staging -> prod: a commit reaches staging only after dev ran it Healthy for {bake:g} s,
+and prod only after staging did.
 
-  Make a change and watch it roll out (the hub polls the repo every 2 s):
+  Make a change and watch it move step by step (the hub polls the repo every 2 s):
     cd {rel}/repo
-    sed -i 's/replicas: 3/replicas: 4/' apps/guestbook/overlays/prod/deployment_patch.yaml
-    git commit -qam "guestbook: 4 replicas in prod"
+    sed -i 's/{old}/{new}/' {SAMPLE_FILE}
+    git commit -qam "{SAMPLE_SUBJECT}"
+
+  What to look at in the TUI:
+    Enter on guestbook opens the app screen; its GATE column says where each cluster stands
+      in the rollout: waiting, progressing, baking, done (deferred: its agent is offline)
+    o there (R on the overview) opens the rollout screen: the steps, each step's clusters
+      (Baking 14s left, Passed), gate readings; g promotes a step past its bake, p pauses
 
   In another terminal, from {os.getcwd()}:
     {exe}/fleetops-tui {hub}
     {exe}/fleetops-hub status {hub}
+    {exe}/fleetops-hub rollout status guestbook {hub}
     {exe}/fleetops-hub history guestbook {hub}
     {exe}/fleetops-hub rollback guestbook <older revision> {hub}
 
@@ -526,11 +501,11 @@ def teardown_on_exit(fleet: Fleet, work: pathlib.Path, local: bool) -> Iterator[
         say("Done.")
 
 
-def open_tui(fleet: Fleet, work: pathlib.Path) -> None:
+def open_tui(fleet: Fleet, work: pathlib.Path, *, bake: float) -> None:
     cmd = [str(BIN / "fleetops-tui"), f"--hub={fleet.address}", f"--data={work / 'hub'}"]
     while True:
         subprocess.run(cmd, check=False)
-        say(instructions(work, fleet))
+        say(instructions(work, fleet, bake=bake))
         try:
             input("Enter: open the TUI again · Ctrl-C: tear everything down ")
         except EOFError:
@@ -558,8 +533,24 @@ def _main(argv: list[str] | None = None) -> int:
         "--dir", default=str(ROOT / ".demo"), help="working directory (default .demo; wiped first)"
     )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to converge")
+    parser.add_argument(
+        "--bake",
+        type=float,
+        default=BAKE,
+        metavar="SECONDS",
+        help=f"how long dev and staging run a revision Healthy before the next step (default "
+        f"{BAKE:g})",
+    )
+    parser.add_argument(
+        "--commit",
+        action="store_true",
+        help="once converged, commit a change to the sample repo and follow it step by step "
+        "(headless: exit 0 once every step took it)",
+    )
     ns = parser.parse_args(argv)
     contexts = [c.strip() for c in ns.contexts.split(",") if c.strip()]
+    if ns.bake < 0:
+        parser.error(f"--bake: {ns.bake:g} seconds; give 0 (no bake) or more")
     work = pathlib.Path(ns.dir).resolve()
     converged = False
     global _transcript
@@ -569,7 +560,7 @@ def _main(argv: list[str] | None = None) -> int:
         stop_leftovers(work)
         if (work / "clusters").exists():  # a previous demo's clusters, if any are left
             localkube_down(work)
-        wipe(work)
+        demoprocs.wipe(work)
         (work / "logs").mkdir()
         _transcript = work / "logs" / "demo.log"
         started = time.monotonic()
@@ -589,21 +580,38 @@ def _main(argv: list[str] | None = None) -> int:
                 "creating the sample Git repo: guestbook (YAML), podinfo (Kustomize), redis (Helm)",
             )
             repo = make_repo(work)
-            step(3, "starting the hub")
-            fleet.start_hub(repo)
+            step(
+                3,
+                f"starting the hub: every app rolls out dev -> staging -> prod, {ns.bake:g} s"
+                " bakes",
+            )
+            fleet.start_hub(repo, bake=ns.bake)
             step(4, "registering 3 agents, one process per cluster, each with its own token")
             fleet.start_agents()
-            step(5, "waiting for every app on every cluster to be Synced and Healthy")
+            step(
+                5,
+                "waiting for every app on every cluster to be Synced and Healthy (the first "
+                "commit rolls out too: dev, then staging, then prod)",
+            )
             took = fleet.wait_converged(ns.timeout)
             converged = True
             say(f"Converged in {took:.1f}s ({time.monotonic() - started:.1f}s since the start).")
+            if ns.commit:
+                revision = commit_sample(repo)
+                say(f'Committed {revision[:8]} "{SAMPLE_SUBJECT}" ({SAMPLE_FILE}).')
+            if ns.commit and ns.no_tui:
+                took = fleet.follow(revision, ns.timeout)
+                app = APPS[0]  # the app the sample commit changes
+                order = demowords.arrivals(fleet.history(app), app=app, revision=revision)
+                say(f"Rolled out in {took:.1f}s: every step took {revision[:8]}.")
+                say(f"{app} {revision[:8]} was given to: {demowords.arrival_line(order)}")
             if ns.no_tui:
-                say(describe(fleet.snapshot()))
+                say(demowords.describe(fleet.snapshot()))
                 return 0
-            say(instructions(work, fleet))
+            say(instructions(work, fleet, bake=ns.bake))
             say("Opening the TUI (q quits it) ...")
             time.sleep(2)
-            open_tui(fleet, work)
+            open_tui(fleet, work, bake=ns.bake)
         return 0
     except DemoError as e:
         complain(f"make demo: {e}")
@@ -617,80 +625,23 @@ def _main(argv: list[str] | None = None) -> int:
 
 
 def hold_lock(work: pathlib.Path) -> None:
-    """Lock `work/demo.pid` for this process's whole life (the kernel drops the lock when it
-    ends, however it ends) and write our pid in it; another live demo there is a DemoError."""
-    global _held_lock
-    work.mkdir(parents=True, exist_ok=True)
-    f = open(work / LOCK, "a+")  # open until this process ends: that is the lock
+    """One demo per directory: another live demo in `work` is a DemoError saying which."""
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        pid = f.read().strip() or "unknown"
-        f.close()
+        demoprocs.hold_lock(work)
+    except demoprocs.Busy as e:
         raise DemoError(
-            f"another demo is running in {work} (pid {pid}); it owns the clusters, hub and "
-            f"agents there. End it first (Ctrl-C in its terminal, or `kill {pid}`: it tears "
+            f"another demo is running in {work} (pid {e.pid}); it owns the clusters, hub and "
+            f"agents there. End it first (Ctrl-C in its terminal, or `kill {e.pid}`: it tears "
             'everything down), or run this one elsewhere with ARGS="--dir OTHER_DIR".'
         ) from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"{os.getpid()}\n")
-    f.flush()
-    _held_lock = f
-
-
-def wipe(work: pathlib.Path) -> None:
-    """Empty `work`, all but the lock file (removing it would let a second demo lock a new
-    file of the same name beside ours)."""
-    for entry in work.iterdir():
-        if entry.name == LOCK:
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
-
-
-def leftovers(work: pathlib.Path) -> list[int]:
-    """Pids of hubs and agents an earlier demo in `work` left running (their --data and
-    --state flags name it). Only this user's processes; none where /proc does not exist."""
-    marks = (f"--data={work}/hub", f"--state={work}/agents/")
-    found = []
-    proc = pathlib.Path("/proc")
-    for entry in proc.iterdir() if proc.is_dir() else []:
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if entry.stat().st_uid != os.getuid():
-                continue
-            args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue
-        if any(a == marks[0] or a.startswith(marks[1]) for a in args):
-            found.append(int(entry.name))
-    return found
 
 
 def stop_leftovers(work: pathlib.Path) -> None:
-    pids = leftovers(work)
-    if not pids:
-        return
-    listed = ", ".join(map(str, pids))
-    say(f"Stopping what an earlier demo left running in {work} (pids {listed}) ...")
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + 15
-    while leftovers(work) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    for pid in leftovers(work):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    pids = demoprocs.leftovers(work)
+    if pids:
+        listed = ", ".join(map(str, pids))
+        say(f"Stopping what an earlier demo left running in {work} (pids {listed}) ...")
+        demoprocs.stop_leftovers(work, pids)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,15 @@
 """`make demo`, headless, as the suite's last word on the whole product: local clusters (or the
-contexts given), the sample repo, a hub and three agent processes, converged and torn down."""
+contexts given), the sample repo, a hub and three agent processes, every app rolled out dev ->
+staging -> prod, a commit followed step by step through the same rollout, and torn down.
+
+The demo bakes each step 20 s; these tests ask for BAKE seconds, enough to see the steps apart.
+"""
 
 from __future__ import annotations
 
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -17,6 +22,7 @@ pytestmark = pytest.mark.cluster
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEMO = ROOT / "deploy" / "demo" / "demo.py"
 CELLS = [(c, a) for c in ("dev", "staging", "prod") for a in ("guestbook", "podinfo", "redis")]
+BAKE = 3  # seconds dev and staging bake (demo.py --bake)
 
 
 def _demo(*args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]:
@@ -29,22 +35,54 @@ def _demo(*args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _converged_rows(stdout: str) -> set[tuple[str, str]]:
+def _converged_rows(stdout: str, revision: str = "") -> set[tuple[str, str]]:
+    """The (cluster, app) rows the demo printed as Synced and Healthy (on `revision`)."""
     rows = set()
     for line in stdout.splitlines():
         parts = line.split()
         if len(parts) >= 5 and parts[3:5] == ["Synced", "Healthy"]:
-            rows.add((parts[0], parts[1]))
+            if not revision or parts[2] == revision[:8]:
+                rows.add((parts[0], parts[1]))
     return rows
+
+
+def _given_to(stdout: str, revision: str) -> list[tuple[str, float]]:
+    """`guestbook 1a2b3c4d was given to: dev +0.0s, staging +3.2s, prod +6.3s`, from the hub's
+    history: (cluster, seconds after the first) in the order the hub assigned the commit."""
+    found = re.search(rf"^guestbook {revision[:8]} was given to: (.*)$", stdout, re.M)
+    assert found, stdout
+    return [(c, float(s)) for c, s in re.findall(r"(\w+) \+([\d.]+)s", found.group(1))]
 
 
 def test_headless_demo_converges_on_its_own_clusters_and_cleans_up(tmp_path: pathlib.Path) -> None:
     work = tmp_path / "demo"
-    done = _demo("--dir", str(work), "--timeout", "240")
+    done = _demo("--dir", str(work), "--timeout", "240", "--bake", str(BAKE), "--commit")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "[1/5] starting 3 local Kubernetes clusters" in done.stdout
+    assert f"every app rolls out dev -> staging -> prod, {BAKE} s bakes" in done.stdout
     assert "Converged in" in done.stdout
     assert _converged_rows(done.stdout) == set(CELLS), done.stdout
+
+    # the demo's commit moved step by step: dev first, staging once dev baked it, prod last
+    committed = re.search(
+        r'^Committed ([0-9a-f]{8}) "guestbook: a new greeting"', done.stdout, re.M
+    )
+    assert committed, done.stdout
+    rev = committed.group(1)
+    order = _given_to(done.stdout, rev)
+    assert [c for c, _ in order] == ["dev", "staging", "prod"], done.stdout
+    (_, dev), (_, staging), (_, prod) = order
+    assert staging - dev >= BAKE * 0.9 and prod - staging >= BAKE * 0.9, order
+    # while dev baked it, neither staging nor prod had it; then the rollout ended Succeeded
+    assert re.search(
+        rf"rollout {rev} of 3 apps Running: dev Baking.* -> staging Waiting -> prod Waiting",
+        done.stdout,
+    ), done.stdout
+    assert (
+        f"rollout {rev} of 3 apps Succeeded: dev Passed -> staging Passed -> prod Passed"
+        in done.stdout
+    )
+    assert _converged_rows(done.stdout, rev) == set(CELLS), done.stdout
     # torn down: the clusters answer no more and no hub or agent is left running
     status = subprocess.run(
         [sys.executable, str(localkube.LOCALKUBE), "status", "--state", str(work / "clusters")],
@@ -84,11 +122,20 @@ def test_headless_demo_on_existing_contexts(
         assert "nope not in" in bad.stderr and "c1, c2, c3" in bad.stderr
 
         done = _demo(
-            "--contexts", names, "--kubeconfig", str(kubeconfig), "--dir", str(tmp_path / "demo")
+            "--contexts",
+            names,
+            "--kubeconfig",
+            str(kubeconfig),
+            "--dir",
+            str(tmp_path / "demo"),
+            "--bake",
+            str(BAKE),
         )
         assert done.returncode == 0, done.stdout + done.stderr
         assert "using your clusters: dev=c1, staging=c2, prod=c3" in done.stdout
         assert _converged_rows(done.stdout) == set(CELLS), done.stdout
+        # converged means the first commit went through every step of every app's rollout
+        assert "of 3 apps Succeeded: dev Passed -> staging Passed -> prod Passed" in done.stdout
         replicas = subprocess.run(
             [
                 localkube.binary("kubectl"),
