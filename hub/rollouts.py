@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -29,6 +27,7 @@ from fleetops.hub import (
     planner,
     records,
     rollout,
+    rolloutbook,
     rolloutspec,
     status,
     storeapi,
@@ -42,42 +41,8 @@ log = logging.getLogger("fleetops.hub")
 OFFLINE_GRACE = 30.0
 TICK = 1.0  # seconds between passes while any rollout is active
 MAX_MEASURING = 16  # gate readings in flight at once, fleet-wide
+MAX_REJECTED = 100  # rejected revisions an app keeps (the oldest are forgotten first)
 Measure = Callable[[rolloutspec.Gate, gates.Subject], Awaitable[gates.Measurement]]
-
-
-@dataclasses.dataclass
-class Book:
-    """What the hub keeps for one app's rollouts."""
-
-    state: rollout.State | None = None
-    last_good: dict[str, str] = dataclasses.field(default_factory=dict)  # cluster -> revision
-    rejected: dict[str, str] = dataclasses.field(default_factory=dict)  # revision -> why
-    reverts: dict[str, str] = dataclasses.field(default_factory=dict)  # cluster -> revision
-    stable: str = ""  # the last revision that passed every step
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "state": self.state.to_json() if self.state else None,
-                "last_good": self.last_good,
-                "rejected": self.rejected,
-                "reverts": self.reverts,
-                "stable": self.stable,
-            },
-            sort_keys=True,
-        )
-
-    @classmethod
-    def from_json(cls, text: str) -> Book:
-        doc = json.loads(text)
-        state = doc.get("state")
-        return cls(
-            state=rollout.State.from_json(state) if state else None,
-            last_good=dict(doc.get("last_good") or {}),
-            rejected=dict(doc.get("rejected") or {}),
-            reverts=dict(doc.get("reverts") or {}),
-            stable=str(doc.get("stable") or ""),
-        )
 
 
 def _proved(report: types_pb2.AppReport | None) -> bool:
@@ -120,7 +85,7 @@ class Rollouts:
         self._pinned = pinned  # (app, cluster) -> the pin that holds it ('' none)
         self._measure: Measure = measure or (lambda g, s: gates.measure(g, s, now=now))
         self.now = now
-        self.books: dict[str, Book] = {}
+        self.books: dict[str, rolloutbook.Book] = {}
         self._saved: dict[str, str] = {}  # app -> the JSON last written
         self._lock = asyncio.Lock()
         self._poked = asyncio.Event()
@@ -134,7 +99,7 @@ class Rollouts:
     def load(self, stored: list[records.Rollout]) -> None:
         for r in stored:
             try:
-                self.books[r.app] = Book.from_json(r.data)
+                self.books[r.app] = rolloutbook.Book.from_json(r.data)
                 self._saved[r.app] = r.data
             except (ValueError, TypeError, KeyError) as e:  # that app starts afresh
                 log.error(
@@ -161,7 +126,7 @@ class Rollouts:
         for app in self._settings.cfg.apps:
             if app.rollout is None:
                 continue
-            book = self.books.get(app.name) or Book()
+            book = self.books.get(app.name) or rolloutbook.Book()
             state = book.state
             out[app.name] = planner.Gatekeeping(
                 revision=state.revision if state is not None else "",
@@ -220,7 +185,7 @@ class Rollouts:
                 if app.rollout is None or not app.sync.auto:
                     continue
                 head = heads.get(app.repo, "")
-                book = self.books.setdefault(app.name, Book())
+                book = self.books.setdefault(app.name, rolloutbook.Book())
                 state = book.state
                 if not head or head in book.rejected:
                     continue
@@ -236,7 +201,9 @@ class Rollouts:
                     entries.append(self._entry(app.name, head, status.unexpected("rollout", e)))
         await self._recorder.record_all(entries)
 
-    def _start(self, app: config.App, book: Book, head: str, now: float) -> list[events.Entry]:
+    def _start(
+        self, app: config.App, book: rolloutbook.Book, head: str, now: float
+    ) -> list[events.Entry]:
         assert app.rollout is not None
         facts = self.facts(app, now)
         if not facts:  # no cluster to prove it on yet: it starts when one registers
@@ -319,7 +286,9 @@ class Rollouts:
         if replan:
             await self._replan()
 
-    def _advance(self, app: config.App, book: Book, now: float) -> tuple[list[events.Entry], bool]:
+    def _advance(
+        self, app: config.App, book: rolloutbook.Book, now: float
+    ) -> tuple[list[events.Entry], bool]:
         """One app: (history entries, whether assignments must change)."""
         state = book.state
         policy = app.rollout
@@ -337,7 +306,7 @@ class Rollouts:
         self._measure_due(app, book, now)
         return out, (state.admitted(), state.phase) != before
 
-    def _settle(self, app: str, book: Book) -> list[events.Entry]:
+    def _settle(self, app: str, book: rolloutbook.Book) -> list[events.Entry]:
         """A rollout that just ended: a failure reverts (onFailure: revert), a success makes
         its revision every passed cluster's last good one."""
         state = book.state
@@ -348,15 +317,21 @@ class Rollouts:
             for name, c in state.clusters.items():
                 if c.took and c.phase == rollout.PASSED:
                     book.last_good[name] = state.revision
+            for name in [n for n in book.last_good if n not in self._clusters]:
+                del book.last_good[name]  # removed clusters are not remembered
             book.stable = state.revision
         return []
 
-    def _revert(self, app: str, book: Book, *, why: str, actor: str) -> list[events.Entry]:
+    def _revert(
+        self, app: str, book: rolloutbook.Book, *, why: str, actor: str
+    ) -> list[events.Entry]:
         state = book.state
         assert state is not None
         back, stuck = rollout.revert_targets(state, last_good=book.last_good)
         book.reverts = back
-        book.rejected[state.revision] = why
+        book.rejected[state.revision] = why[:500]
+        for old in list(book.rejected)[:-MAX_REJECTED]:
+            del book.rejected[old]
         out = [
             self._entry(
                 app,
@@ -397,7 +372,7 @@ class Rollouts:
 
     # ------------------------------------------------------------ gate readings
 
-    def _measure_due(self, app: config.App, book: Book, now: float) -> None:
+    def _measure_due(self, app: config.App, book: rolloutbook.Book, now: float) -> None:
         state, policy = book.state, app.rollout
         assert state is not None and policy is not None
         gate_defs = self._gates()
@@ -445,9 +420,9 @@ class Rollouts:
     async def control(self, *, app: config.App, action: str, actor: str) -> records.Event:
         """pause | resume | promote | abort | retry: the history entry saying what happened."""
         async with self._lock:
-            book = self.books.setdefault(app.name, Book())
+            book = self.books.setdefault(app.name, rolloutbook.Book())
             state = book.state
-            said = self._control(app, book, action, actor)
+            said = rolloutbook.control(app, book, action=action, actor=actor)
             entries = [self._entry(app.name, state.revision if state else "", said, actor=actor)]
             if action == "abort" and state is not None and state.phase == rollout.ABORTED:
                 entries += self._revert(app.name, book, why=f"aborted by {actor}", actor=actor)
@@ -456,46 +431,6 @@ class Rollouts:
         self.poke(app.name)
         await self._replan()
         return recorded[0]
-
-    def _control(self, app: config.App, book: Book, action: str, actor: str) -> str:
-        state = book.state
-        if action == "retry":
-            revision = state.revision if state is not None else ""
-            rejected = [r for r in book.rejected]
-            if not rejected and (state is None or state.phase not in (rollout.HALTED,)):
-                raise errors.FailedPrecondition(
-                    f"app {app.name}: nothing to retry (no rejected revision, no halted rollout)"
-                )
-            book.rejected.clear()
-            book.reverts = {}
-            if state is not None:
-                state.phase = rollout.SUPERSEDED  # `prepare` starts it again from step one
-                book.state = None
-            return f"retry by {actor}: {status.short(revision)} rolls out again from the first step"
-        if state is None or state.phase not in rollout.ACTIVE:
-            phase = state.phase if state is not None else "none"
-            raise errors.FailedPrecondition(
-                f"app {app.name}: no rollout is running (the latest is {phase}); "
-                f"`fleetops-hub rollout status {app.name}` shows it"
-            )
-        if action == "pause":
-            state.phase = rollout.PAUSED
-            return f"rollout of {status.short(state.revision)} paused by {actor}"
-        if action == "resume":
-            state.phase = rollout.RUNNING
-            return f"rollout of {status.short(state.revision)} resumed by {actor}"
-        if action == "promote":
-            if not rollout.promote(state):
-                raise errors.FailedPrecondition(f"app {app.name}: this step was promoted already")
-            step = app.rollout.steps[state.step].name if app.rollout else "?"
-            return f"step {step} of {status.short(state.revision)} promoted by {actor}"
-        if action == "abort":
-            state.phase = rollout.ABORTED
-            state.reason = f"aborted by {actor}"
-            return f"rollout of {status.short(state.revision)} aborted by {actor}"
-        raise errors.InvalidArgument(
-            f"unknown rollout action {action!r}: use pause, resume, promote, abort or retry"
-        )
 
     def _entry(
         self,
@@ -518,5 +453,5 @@ class Rollouts:
             previous_revision=previous,
         )
 
-    def book(self, app: str) -> Book | None:
+    def book(self, app: str) -> rolloutbook.Book | None:
         return self.books.get(app)

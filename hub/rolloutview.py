@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 from google.protobuf import timestamp_pb2
 
-from fleetops.hub import config, rollout, rollouts, rolloutspec
+from fleetops.hub import config, rollout, rolloutbook, rolloutspec
 from fleetops.proto.v1 import fleet_pb2, types_pb2
 
 GATE = {
@@ -29,7 +29,7 @@ def _ts(seconds: float) -> timestamp_pb2.Timestamp:
 
 
 def cell_gate(
-    book: rollouts.Book | None, *, cluster: str, now: float
+    book: rolloutbook.Book | None, *, cluster: str, now: float
 ) -> tuple[types_pb2.RolloutGate.ValueType, str]:
     """Where (cluster, app) stands in the app's newest rollout, and why in a few words."""
     state = book.state if book is not None else None
@@ -47,7 +47,7 @@ def cell_gate(
 
 def rollout_pb(
     app: config.App,
-    book: rollouts.Book | None,
+    book: rolloutbook.Book | None,
     *,
     gates: Mapping[str, rolloutspec.Gate],
     now: float,
