@@ -102,6 +102,7 @@ class Hub:
             replan=lambda: self._planning.replan(),
             announce=lambda cluster, app: self._view.cell_changed(cluster, app),
             pinned=self._choices.pin_of,
+            frozen=self._frozen,
             now=now,
         )
         self._view = fleetview.FleetView(
@@ -220,6 +221,14 @@ class Hub:
             await self.replan()
             self._renders.forget_due_charts()
 
+    def _frozen(self, app: str) -> str:
+        """Why nobody can be given a new revision of `app` now ('' when they can)."""
+        if app in self._choices.paused:
+            return f"the app is paused ({self._choices.paused[app] or 'no reason given'})"
+        if app in self._specs.errors:
+            return "its fleet.yaml does not read at the head"
+        return ""
+
     def _registered(self, cluster: str) -> None:
         self._view.cluster_changed(cluster)
         self._sessions.end(
@@ -275,11 +284,11 @@ class Hub:
             if app and self.assignments.get(cluster, app) is None and self.cfg.app(app) is None:
                 return  # a report for an app the hub no longer knows
             await self._reports.take(cluster, msg.report)
-            self._rollouts.poke(app)
+            self._rollouts.took_report(cluster, app)
         elif msg.HasField("hello"):
             for r in msg.hello.reports:
                 await self._reports.take(cluster, r)
-            self._rollouts.poke()
+                self._rollouts.took_report(cluster, r.app)
 
     async def disconnect(self, stream: sessions.Stream, reason: str) -> None:
         await self._sessions.disconnect(stream, reason)

@@ -8,8 +8,10 @@ request header (where the bearer token and signature travel) or a URL's query in
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import http.client
 import socket
 import ssl
@@ -22,6 +24,9 @@ from typing import Any
 
 MAX_BODY = 1024 * 1024
 _GRACE = 1.0  # seconds the caller waits past the deadline for a thread stuck in DNS
+# gate calls have threads of their own (as many as the rollouts measure at once), so a slow
+# gate never waits for a thread the renders hold, nor holds one they need
+_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="gate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +48,10 @@ async def post(
     """POST `body` to `url` with `headers`; `seconds` for the whole exchange."""
     try:
         return await asyncio.wait_for(
-            asyncio.to_thread(_post, url, body=body, headers=dict(headers), timeout=seconds),
+            asyncio.get_running_loop().run_in_executor(
+                _POOL,
+                functools.partial(_post, url, body=body, headers=dict(headers), timeout=seconds),
+            ),
             seconds + _GRACE,
         )
     except TimeoutError:
@@ -82,7 +90,10 @@ def _post(url: str, *, body: bytes, headers: dict[str, str], timeout: float) -> 
     try:
         request = urllib.request.Request(url, data=body, headers=headers, method="POST")
         opener = urllib.request.build_opener(
-            _EveryStatus(), _Http(deadline), _Https(deadline, context=ssl.create_default_context())
+            urllib.request.ProxyHandler({}),  # never through a proxy from the environment
+            _EveryStatus(),
+            _Http(deadline),
+            _Https(deadline, context=ssl.create_default_context()),
         )
         with deadline, opener.open(request, timeout=timeout) as resp:
             data: bytes = resp.read(MAX_BODY + 1)

@@ -73,12 +73,18 @@ async def measure(
     """One measurement of `gate` for `subject`. ValueError for a manual gate (it is approved,
     never measured)."""
     at = now()
-    if gate.prometheus is not None:
-        verdict, value, message, secrets = await _prometheus(gate.name, gate.prometheus, subject)
-    elif gate.webhook is not None:
-        verdict, value, message, secrets = await _webhook(gate, subject, at=at)
-    else:
+    if gate.prometheus is None and gate.webhook is None:
         raise ValueError(f"gate {gate.name} is manual: it passes on promote, never measured")
+    try:
+        if gate.prometheus is not None:
+            verdict, value, message, secrets = await _prometheus(
+                gate.name, gate.prometheus, subject
+            )
+        else:
+            verdict, value, message, secrets = await _webhook(gate, subject, at=at)
+    except Exception as e:  # an answer nobody planned for (nesting, huge numbers): an error
+        verdict, value, secrets = "error", None, []
+        message = f"{gate.name}: the answer could not be read ({type(e).__name__})"
     return Measurement(gate.name, subject.cluster, verdict, value, _redact(message, secrets), at)
 
 
@@ -151,7 +157,7 @@ def _judge(
         return "error", None, f"{name}: {gatehttp.redirect_reason(reply)}"
     try:
         doc = json.loads(reply.body)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser
         doc = None
     if not isinstance(doc, dict) or doc.get("status") not in ("success", "error"):
         return (
@@ -275,7 +281,7 @@ def _reply_message(body: bytes) -> str:
     """A receiver's `{"message": ...}`, else the body's first line; plain text, capped."""
     try:
         doc: Any = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser
         doc = None
     if isinstance(doc, dict) and isinstance(doc.get("message"), str):
         return _plain(doc["message"])
@@ -321,4 +327,11 @@ def _redact(message: str, secrets: Sequence[str]) -> str:
     for secret in secrets:
         if len(secret) >= 4:
             message = message.replace(secret, "<redacted>")
-    return message
+    cut = message.endswith("…")  # capped: the cut may have left the start of a secret
+    body = message[:-1] if cut else message
+    for secret in secrets:
+        for k in range(len(secret) - 1, 3, -1):
+            if body.endswith(secret[:k]):
+                body = body[:-k] + "<redacted>"
+                break
+    return body + ("…" if cut else "")

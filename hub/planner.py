@@ -155,11 +155,11 @@ def _one(
 
 def _gated(gate: Gatekeeping, *, cluster: str, head: str, current: str) -> plan.Wanted | None:
     """Auto-sync under a rollout: the head only where the rollout admitted it."""
+    if head == gate.revision and cluster in gate.admitted and head not in gate.rejected:
+        return plan.Wanted(head, "auto")
     back = gate.reverts.get(cluster)
     if back:
         return plan.Wanted(back, "revert")
-    if head == gate.revision and cluster in gate.admitted and head not in gate.rejected:
-        return plan.Wanted(head, "auto")
     if current:
         return plan.Wanted(current, "rollout")
     if gate.stable and gate.stable not in gate.rejected:

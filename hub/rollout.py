@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, TypeVar
 
 from fleetops.hub import rolloutspec
@@ -51,6 +51,7 @@ ACTIVE = (RUNNING, PAUSED)
 
 _T = TypeVar("_T")
 ERROR_LIMIT = 4  # gate readings in a row that could not be taken before the cluster fails
+RELAPSE_LIMIT = 3  # times a baking cluster may lose its health before it fails (flapping)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,8 +64,9 @@ class Facts:
     generation: int = 0  # that assignment's generation
     applied: str = ""  # the revision its latest report says it applied
     report_generation: int = 0  # the assignment generation that report answers
-    healthy: bool = False  # the report says Healthy
+    healthy: bool = False  # the report says R is in (applied in full) and Healthy
     status: str = ""  # the report's sync/health and reason in one line, for messages
+    fresh: bool = True  # the report came since the hub started (a stored one proves nothing new)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +100,7 @@ class ClusterState:
     reason: str = ""
     gates: dict[str, GateState] = dataclasses.field(default_factory=dict)
     took: bool = False  # it was given R (a revert sends it back)
+    relapses: int = 0  # times it lost its health while baking
 
 
 @dataclasses.dataclass
@@ -111,6 +114,8 @@ class State:
     reason: str = ""
     clusters: dict[str, ClusterState] = dataclasses.field(default_factory=dict)
     promoted: list[int] = dataclasses.field(default_factory=list)  # steps an operator promoted
+    steps: list[str] = dataclasses.field(default_factory=list)  # the policy's step names it runs
+    frozen_at: float = 0.0  # the app is paused (or auto-sync off): clocks stand still since
 
     def admitted(self) -> frozenset[str]:
         """The clusters that should run R now: once it succeeded, every one it did not
@@ -239,6 +244,7 @@ def advance(
     if state.phase not in ACTIVE:
         return notes
     state.step = max(0, state.step)
+    _remap(state, policy)
     facts = _membership(state, facts, now=now, steps=len(policy.steps))
     for name in sorted(state.clusters):
         c = state.clusters[name]
@@ -246,7 +252,7 @@ def advance(
         if f is not None:
             notes += _cluster(state, name, c, f, policy=policy, gates=gates, now=now)
     for step in sorted({c.step for c in state.clusters.values() if c.phase == FAILED}):
-        if state.failures(step) > policy.max_failures:
+        if state.failures(step) > policy.max_failures or _all_failed(state, step):
             state.phase = FAILED_ROLLOUT if policy.on_failure == "revert" else HALTED
             failed = [
                 n for n, c in sorted(state.clusters.items()) if c.phase == FAILED and c.step == step
@@ -264,6 +270,51 @@ def advance(
         notes += _steps(state, policy=policy, facts=facts, now=now)
     state.updated_at = now
     return notes
+
+
+def _all_failed(state: State, step: int) -> bool:
+    """Every cluster of the step that could prove R failed (none passed, none in flight or
+    waiting): the step can never pass, whatever maxFailures allows."""
+    phases = [c.phase for c in state.clusters.values() if c.step == step]
+    return FAILED in phases and all(p in (FAILED, DEFERRED, EXCLUDED) for p in phases)
+
+
+def _remap(state: State, policy: rolloutspec.Rollout) -> None:
+    """hub.yaml's steps changed under a running rollout: the step running now, and promoted
+    steps, follow their names; clusters follow their facts (hub.rollouts gives the new step).
+    A removed running step hands over to the first later step that is still there."""
+    names = [s.name for s in policy.steps]
+    old = state.steps
+    if old and old != names:
+        later = old[state.step :] if state.step < len(old) else []
+        state.step = next((names.index(n) for n in later if n in names), len(names))
+        state.promoted = sorted(
+            names.index(old[i]) for i in state.promoted if 0 <= i < len(old) and old[i] in names
+        )
+        for c in state.clusters.values():  # by name; a step that is gone: its facts decide
+            was = old[c.step] if 0 <= c.step < len(old) else ""
+            c.step = names.index(was) if was in names else (len(names) if c.took else c.step)
+    state.steps = names
+
+
+def freeze(state: State, now: float) -> None:
+    """The app is paused, its auto-sync is off or its fleet.yaml does not read: nobody can be
+    given R now, so no clock may run out (see `thaw`)."""
+    if state.phase in ACTIVE and not state.frozen_at:
+        state.frozen_at = now
+
+
+def thaw(state: State, now: float) -> None:
+    """Clocks go on where they stood when the rollout froze."""
+    if not state.frozen_at:
+        return
+    stood = max(0.0, now - state.frozen_at)
+    for c in state.clusters.values():
+        if c.phase == PROGRESSING:
+            c.since += stood
+        elif c.phase == BAKING:
+            c.healthy_since += stood
+    state.frozen_at = 0.0
 
 
 def _name(policy: rolloutspec.Rollout, step: int) -> str:
@@ -286,7 +337,7 @@ def _membership(
             state.clusters[name] = _fresh(f, state.revision, now)
         elif c.step != f.step and not c.took:  # its labels moved it to another step
             state.clusters[name] = _fresh(f, state.revision, now)
-        elif c.took and f.step >= 0 and not 0 <= c.step < steps:  # saved under another policy
+        elif c.took and f.step >= 0 and not 0 <= c.step < steps:  # its step is gone
             c.step = f.step
     return facts
 
@@ -318,7 +369,7 @@ def _cluster(
     answered = (
         c.generation > 0 and f.report_generation >= c.generation and f.applied == state.revision
     )
-    if c.phase == PROGRESSING and answered and f.healthy:  # the bake starts; no bake: passes
+    if c.phase == PROGRESSING and answered and f.healthy and f.fresh:  # bake starts (or passes)
         c.phase, c.healthy_since, c.reason, c.gates = BAKING, now, "", {}
     elif c.phase == PROGRESSING:
         if now - c.since > policy.progress_deadline:
@@ -333,9 +384,17 @@ def _cluster(
             c.reason = f.status if answered else "waiting for the agent to apply it"
         return []
     # Baking
+    if not f.fresh:  # the hub restarted: the clock stands, nothing passes on an old report
+        c.reason = "waiting for the agent to report again since the hub started"
+        return []
     if not (answered and f.healthy):
-        c.phase, c.since, c.healthy_since, c.gates = PROGRESSING, now, 0.0, {}
         seen = f.status or ("Unhealthy" if answered else "an older report")
+        c.relapses += 1
+        if c.relapses > RELAPSE_LIMIT:
+            c.phase = FAILED
+            c.reason = f"lost its health {c.relapses} times while baking (flapping): {seen}"
+            return [Note(f"{name} failed: {c.reason}", name)]
+        c.phase, c.since, c.healthy_since, c.gates = PROGRESSING, now, 0.0, {}
         c.reason = f"not Healthy any more ({seen}); the bake starts again when it is"
         return [Note(f"{name}: {c.reason}", name)]
     step = policy.steps[c.step] if 0 <= c.step < len(policy.steps) else None
@@ -363,9 +422,8 @@ def _cluster(
             return [Note(f"{name} failed step {step.name}: {c.reason}", name)]
         if got is None or got.verdict != "pass":
             waiting.append(got.message if got is not None and got.message else f"measuring {g}")
-    left = step.bake - (now - c.healthy_since)
-    if left > 0:
-        c.reason = f"baking, {_span(left)} left" + (f"; {waiting[0]}" if waiting else "")
+    if step.bake - (now - c.healthy_since) > 0:  # the view shows the time left (`left`)
+        c.reason = "baking" + (f"; {waiting[0]}" if waiting else "")
         return []
     if waiting:
         c.reason = f"baked; waiting: {'; '.join(waiting)}"
@@ -437,21 +495,25 @@ def promote(state: State) -> str:
     """An operator says the step running now passed its bake and gates: what it did."""
     if state.phase not in ACTIVE or state.step in state.promoted:
         return ""
+    if state.steps and state.step >= len(state.steps):
+        return ""  # every step passed already
     state.promoted.append(state.step)
     return f"step {state.step + 1} promoted"
 
 
 def revert_targets(
-    state: State, *, last_good: Mapping[str, str]
+    state: State, *, last_good: Mapping[str, str], rejected: Collection[str] = ()
 ) -> tuple[dict[str, str], list[str]]:
-    """Where each cluster that took R goes back to: its own last good revision, else what
-    it ran before R; and the clusters that had nothing before (they stay, said so)."""
+    """Where each cluster that took R goes back to: what it ran just before R unless that was
+    rejected too, else its own last good revision (the last that passed its step there); and
+    the clusters that had nothing before (they stay, said so)."""
     back: dict[str, str] = {}
     stuck: list[str] = []
     for name, c in sorted(state.clusters.items()):
         if not c.took:
             continue
-        targets = [t for t in (last_good.get(name), c.previous) if t and t != state.revision]
+        bad = {state.revision, *rejected}
+        targets = [t for t in (c.previous, last_good.get(name)) if t and t not in bad]
         if targets:
             back[name] = targets[0]
         else:

@@ -53,13 +53,14 @@ def control(app: config.App, book: Book, *, action: str, actor: str) -> str:
     state = book.state
     if action == "retry":
         revision = state.revision if state is not None else ""
-        rejected = [r for r in book.rejected]
-        if not rejected and (state is None or state.phase not in (rollout.HALTED,)):
+        halted = state is not None and state.phase == rollout.HALTED
+        if not revision or (revision not in book.rejected and not halted):
             raise errors.FailedPrecondition(
-                f"app {app.name}: nothing to retry (no rejected revision, no halted rollout)"
+                f"app {app.name}: nothing to retry: its latest rollout"
+                + (f" of {status.short(revision)} is {state.phase}" if state else " does not exist")
+                + " (retry rolls a rejected or halted revision again)"
             )
-        book.rejected.clear()
-        book.reverts = {}
+        book.rejected.pop(revision, None)  # other rejected revisions stay rejected
         if state is not None:
             state.phase = rollout.SUPERSEDED  # `prepare` starts it again from step one
             book.state = None

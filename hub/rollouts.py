@@ -70,6 +70,7 @@ class Rollouts:
         replan: Callable[[], Awaitable[object]],
         announce: Callable[[str, str], None] = lambda cluster, app: None,
         pinned: Callable[[str, str], str] = lambda app, cluster: "",
+        frozen: Callable[[str], str] = lambda app: "",
         measure: Measure | None = None,
         now: Callable[[], float] = time.time,
     ) -> None:
@@ -83,6 +84,7 @@ class Rollouts:
         self._replan = replan
         self._announce = announce  # (cluster, app): its cell's rollout gate reads differently
         self._pinned = pinned  # (app, cluster) -> the pin that holds it ('' none)
+        self._frozen = frozen  # app -> why nobody can be given a revision now ('' nothing)
         self._measure: Measure = measure or (lambda g, s: gates.measure(g, s, now=now))
         self.now = now
         self.books: dict[str, rolloutbook.Book] = {}
@@ -93,6 +95,11 @@ class Rollouts:
         self._slots = asyncio.Semaphore(MAX_MEASURING)
         self._tasks: set[asyncio.Task[None]] = set()
         self.started = now()
+        # reports taken since this hub started: a stored one is no news about health
+        self._fresh: set[tuple[str, str]] = set()  # (cluster, app)
+        self._unsaved: set[str] = set()  # apps whose book changed and is not stored yet
+        self._replan_due = False  # a rollout moved: assignments must follow
+        self._unrecorded: list[events.Entry] = []  # history the store could not take yet
 
     # ------------------------------------------------------------ loading and saving
 
@@ -101,7 +108,7 @@ class Rollouts:
             try:
                 self.books[r.app] = rolloutbook.Book.from_json(r.data)
                 self._saved[r.app] = r.data
-            except (ValueError, TypeError, KeyError) as e:  # that app starts afresh
+            except (ValueError, TypeError, KeyError, AttributeError) as e:  # starts afresh
                 log.error(
                     "app %s: its stored rollout does not read (%s); starting afresh", r.app, e
                 )
@@ -169,6 +176,7 @@ class Rollouts:
                 applied=report.revision if report is not None else "",
                 report_generation=report.generation if report is not None else 0,
                 healthy=_proved(report),
+                fresh=(name, app.name) in self._fresh,
                 status=text[:300],
             )
         return out
@@ -182,7 +190,7 @@ class Rollouts:
         async with self._lock:
             now = self.now()
             for app in apps:
-                if app.rollout is None or not app.sync.auto:
+                if app.rollout is None or not app.sync.auto or self._frozen(app.name):
                     continue
                 head = heads.get(app.repo, "")
                 book = self.books.setdefault(app.name, rolloutbook.Book())
@@ -193,6 +201,7 @@ class Rollouts:
                     continue
                 try:
                     entries += self._start(app, book, head, now)
+                    self._unsaved.add(app.name)
                     await self._save(app.name)
                 except errors.StoreUnavailable:
                     raise
@@ -224,7 +233,7 @@ class Rollouts:
                 )
             )
         state, notes = rollout.start(app=app.name, revision=head, facts=facts, now=now)
-        book.state, book.reverts = state, {}
+        book.state = state  # reverts not applied yet stay until the new rollout admits them
         notes += rollout.advance(
             state, policy=app.rollout, gates=self._gates(), facts=facts, now=now
         )
@@ -254,42 +263,72 @@ class Rollouts:
             for task in list(self._tasks):
                 task.cancel()
 
+    def took_report(self, cluster: str, app: str) -> None:
+        """An agent reported (cluster, app) to this hub: its health is news."""
+        self._fresh.add((cluster, app))
+        self.poke(app)
+
     async def tick(self) -> None:
-        entries: list[events.Entry] = []
-        replan = False
+        """Move every active rollout on; store what changed, record what happened and
+        replan when a rollout moved. What the store could not take is kept and tried again
+        next tick, so a moment of a full disk loses no move and no history."""
         async with self._lock:
             now = self.now()
             for app in self._settings.cfg.apps:
                 book = self.books.get(app.name)
                 if app.rollout is None or book is None or book.state is None:
                     continue
-                if book.state.phase not in rollout.ACTIVE:
+                state = book.state
+                if state.phase not in rollout.ACTIVE:
                     continue
+                why = self._frozen(app.name) or ("" if app.sync.auto else "auto-sync is off")
+                if why:  # nobody can be given it now: the clocks stand still
+                    if not state.frozen_at:
+                        rollout.freeze(state, now)
+                        state.reason = f"frozen: {why}"
+                        self._unsaved.add(app.name)
+                    continue
+                if state.frozen_at:
+                    rollout.thaw(state, now)
+                    state.reason = ""
                 try:
-                    got, moved = self._advance(app, book, now)
-                    await self._save(app.name)
-                except errors.StoreUnavailable:
-                    log.warning("app %s: the rollout's state cannot be stored now", app.name)
-                    continue
+                    got, moved, changed = self._advance(app, book, now)
                 except Exception as e:  # that app's rollout stands still, said once
                     log.exception("app %s: moving the rollout on failed", app.name)
-                    book.state.phase = rollout.HALTED
-                    book.state.reason = status.unexpected("rollout", e)
-                    got, moved = (
-                        [self._entry(app.name, book.state.revision, book.state.reason)],
-                        False,
-                    )
-                entries += got
-                replan = replan or moved
-        if entries:
-            await self._recorder.record_all(entries)
-        if replan:
-            await self._replan()
+                    state.phase = rollout.HALTED
+                    state.reason = status.unexpected("rollout", e)
+                    got, moved = [self._entry(app.name, state.revision, state.reason)], False
+                    changed = True
+                self._unrecorded += got
+                self._replan_due = self._replan_due or moved
+                if changed:
+                    self._unsaved.add(app.name)
+            for name in sorted(self._unsaved):
+                try:
+                    await self._save(name)
+                except errors.StoreUnavailable:
+                    log.warning("app %s: the rollout's state cannot be stored now", name)
+                    break
+                self._unsaved.discard(name)
+        if self._unrecorded:
+            entries, self._unrecorded = self._unrecorded, []
+            try:
+                await self._recorder.record_all(entries)
+            except errors.StoreUnavailable:
+                self._unrecorded = entries[-10_000:] + self._unrecorded
+        if self._replan_due:
+            self._replan_due = False
+            try:
+                await self._replan()
+            except Exception:
+                self._replan_due = True  # tried again next tick
+                log.exception("planning after a rollout moved failed; trying again")
 
     def _advance(
         self, app: config.App, book: rolloutbook.Book, now: float
-    ) -> tuple[list[events.Entry], bool]:
-        """One app: (history entries, whether assignments must change)."""
+    ) -> tuple[list[events.Entry], bool, bool]:
+        """One app: (history entries, whether assignments must change, whether its book
+        changed at all: only then is it stored)."""
         state = book.state
         policy = app.rollout
         assert state is not None and policy is not None
@@ -298,13 +337,15 @@ class Rollouts:
         notes = rollout.advance(
             state, policy=policy, gates=self._gates(), facts=self.facts(app, now), now=now
         )
+        changed = bool(notes) or state.phase != before[1] or len(phases) != len(state.clusters)
         for name, c in state.clusters.items():
             if phases.get(name) != (c.phase, c.reason) or state.phase != before[1]:
                 self._announce(name, app.name)
+                changed = True
         out = [self._entry(app.name, state.revision, n.message, n.cluster) for n in notes]
         out += self._settle(app.name, book)
         self._measure_due(app, book, now)
-        return out, (state.admitted(), state.phase) != before
+        return out, (state.admitted(), state.phase) != before, changed
 
     def _settle(self, app: str, book: rolloutbook.Book) -> list[events.Entry]:
         """A rollout that just ended: a failure reverts (onFailure: revert), a success makes
@@ -317,6 +358,7 @@ class Rollouts:
             for name, c in state.clusters.items():
                 if c.took and c.phase == rollout.PASSED:
                     book.last_good[name] = state.revision
+            book.reverts = {}  # every cluster runs what this rollout gave it now
             for name in [n for n in book.last_good if n not in self._clusters]:
                 del book.last_good[name]  # removed clusters are not remembered
             book.stable = state.revision
@@ -327,7 +369,9 @@ class Rollouts:
     ) -> list[events.Entry]:
         state = book.state
         assert state is not None
-        back, stuck = rollout.revert_targets(state, last_good=book.last_good)
+        back, stuck = rollout.revert_targets(
+            state, last_good=book.last_good, rejected=book.rejected
+        )
         book.reverts = back
         book.rejected[state.revision] = why[:500]
         for old in list(book.rejected)[:-MAX_REJECTED]:
@@ -398,11 +442,23 @@ class Rollouts:
         app, cluster, _ = key
         try:
             async with self._slots:
-                got = await self._measure(gate, subject)
+                try:
+                    got = await self._measure(gate, subject)
+                except Exception as e:  # an answer nobody planned for: an error reading
+                    log.exception("app %s cluster %s: gate %s", app, cluster, gate.name)
+                    got = gates.Measurement(
+                        gate=gate.name,
+                        cluster=cluster,
+                        verdict="error",
+                        value=None,
+                        message=f"{gate.name}: the answer could not be read ({type(e).__name__})",
+                        at=self.now(),
+                    )
             async with self._lock:
                 book = self.books.get(app)
                 state = book.state if book is not None else None
                 if state is not None and state.revision == subject.revision:
+                    self._unsaved.add(app)
                     rollout.record(
                         state,
                         cluster=cluster,

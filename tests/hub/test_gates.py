@@ -497,3 +497,46 @@ async def test_a_server_that_is_not_prometheus_is_an_error_saying_so(receiver: R
         f"error-rate: {receiver.url}/api/v1/query answered HTTP 200 but not a Prometheus API "
         "answer: <html>login page</html>; check the gate's url"
     )
+
+
+# -- hostile answers (the review's findings, as the attack)
+
+
+async def test_an_answer_nested_past_any_parser_is_an_error_not_a_crash(
+    receiver: Receiver,
+) -> None:
+    receiver.answer(200, b"[" * 200_000)
+    got = await gates.measure(prom_gate(receiver.url), subject("eu-1"))
+    assert got.verdict == "error"
+    receiver.answer(200, b'{"message": ' + b"[" * 200_000)
+    got = await gates.measure(hook_gate(receiver.url), subject("eu-1"))
+    assert got.verdict == "pass"  # a 2xx passes; its unreadable body is no message
+
+
+async def test_a_value_too_large_for_a_float_is_an_error(receiver: Receiver) -> None:
+    huge = "1" * 400
+    receiver.answer(
+        200,
+        '{"status": "success", "data": {"resultType": "vector", "result": '
+        '[{"metric": {}, "value": [1, ' + huge + "]}]}}",
+    )
+    got = await gates.measure(prom_gate(receiver.url), subject("eu-1"))
+    assert got.verdict in ("error", "fail"), got
+    assert huge not in got.message
+
+
+async def test_a_token_echoed_where_the_message_is_cut_leaves_no_part_of_it(
+    receiver: Receiver, tmp_path: pathlib.Path
+) -> None:
+    token = tmp_path / "token"
+    secret = "tok-0123456789abcdef"
+    token.write_text(secret + "\n")
+    gate = prom_gate(receiver.url, bearer_token_file=str(token))
+    for pad in range(150, 200, 3):  # the echo lands across the 200-character cut
+        receiver.answer(
+            400,
+            {"status": "error", "errorType": "bad_data", "error": "x" * pad + " Bearer " + secret},
+        )
+        got = await gates.measure(gate, subject("eu-1"))
+        for k in range(6, len(secret) + 1):
+            assert secret[:k] not in got.message, (pad, got.message)

@@ -819,16 +819,22 @@ def test_a_saved_state_with_a_field_this_hub_does_not_know_still_loads() -> None
 # -- revert
 
 
-def test_revert_targets_prefer_last_good_then_previous_and_list_the_stuck() -> None:
+def test_revert_targets_prefer_what_ran_before_then_last_good_and_list_the_stuck() -> None:
     shell = Shell(
         policy(step("canary"), step("prod")),
         {"a": 0, "b": 0, "c": 0, "d": 0, "waiting": 1},
         on_r=("c",),
     )
     shell.tick(T0)
-    back, stuck = rollout.revert_targets(shell.state, last_good={"a": "good-a", "d": R})
-    assert back == {"a": "good-a", "b": OLD, "d": OLD}
+    back, stuck = rollout.revert_targets(
+        shell.state, last_good={"a": "good-a", "b": "good-b", "d": R}, rejected={"x"}
+    )
+    # what each ran just before R (OLD) wins over an older last good revision
+    assert back == {"a": OLD, "b": OLD, "d": OLD}
     assert stuck == ["c"]
+    # unless that was rejected too: then its last good revision
+    back, _ = rollout.revert_targets(shell.state, last_good={"a": "good-a"}, rejected={OLD})
+    assert back == {"a": "good-a"}
 
 
 def test_revert_goes_back_to_what_ran_just_before_r_was_given() -> None:
@@ -955,3 +961,93 @@ def test_random_walks_never_raise_and_keep_the_order_of_steps() -> None:
             assert rollout.State.from_json(doc) == shell.state
             if shell.state.phase not in rollout.ACTIVE:
                 break
+
+
+# -- the review's findings, as the attack
+
+
+def test_a_step_whose_every_cluster_failed_fails_even_when_max_failures_allows_one() -> None:
+    shell = Shell(policy(step("canary"), step("prod"), max_failures=1), {"canary": 0, "prod": 1})
+    shell.tick(T0)
+    shell.report("canary", healthy=False, status="Synced/Degraded")
+    shell.tick(T0 + 11 * MIN)  # past the 10 m deadline
+    assert shell.phase("canary") == rollout.FAILED
+    assert shell.state.phase == rollout.FAILED_ROLLOUT, shell.state.reason
+    assert "prod" not in shell.given()
+
+
+def test_a_baking_cluster_that_keeps_losing_its_health_fails_instead_of_flapping_forever() -> None:
+    shell = Shell(TWO_STEPS, {"canary": 0, "prod": 1})
+    shell.tick(T0)
+    now = T0
+    for _ in range(rollout.RELAPSE_LIMIT + 1):
+        shell.report("canary")
+        now += MIN
+        shell.tick(now)
+        assert shell.phase("canary") == rollout.BAKING
+        shell.report("canary", healthy=False, status="Synced/Degraded: CrashLoopBackOff")
+        now += MIN
+        shell.tick(now)
+    assert shell.phase("canary") == rollout.FAILED
+    assert "flapping" in shell.state.clusters["canary"].reason
+    assert shell.state.phase == rollout.FAILED_ROLLOUT
+
+
+def test_after_a_hub_restart_a_stored_report_neither_passes_nor_resets_a_bake() -> None:
+    shell = Shell(TWO_STEPS, {"canary": 0, "prod": 1})
+    shell.tick(T0)
+    shell.report("canary")
+    shell.tick(T0 + 1)
+    assert shell.phase("canary") == rollout.BAKING
+    saved = rollout.State.from_json(json.loads(json.dumps(shell.state.to_json())))
+    shell.state = saved
+    shell.set("canary", fresh=False)  # the hub restarted: only the stored report is known
+    shell.tick(T0 + 20 * MIN)  # the bake (10 m) is over by the clock
+    assert shell.phase("canary") == rollout.BAKING and "prod" not in shell.given()
+    assert shell.state.clusters["canary"].healthy_since == T0 + 1  # the clock stood intact
+    shell.set("canary", fresh=True)  # the agent reported again, still Healthy
+    shell.tick(T0 + 20 * MIN + 1)
+    assert shell.phase("canary") == rollout.PASSED and "prod" in shell.given()
+
+
+def test_frozen_clocks_stand_still_while_the_app_is_paused() -> None:
+    shell = Shell(TWO_STEPS, {"canary": 0, "prod": 1})
+    shell.tick(T0)  # canary given R, its 10 m deadline runs
+    rollout.freeze(shell.state, T0 + MIN)
+    rollout.thaw(shell.state, T0 + 60 * MIN)  # paused for 59 minutes
+    shell.tick(T0 + 61 * MIN)
+    assert shell.phase("canary") == rollout.PROGRESSING  # 2 minutes of deadline used, not 61
+    shell.report("canary")
+    shell.tick(T0 + 62 * MIN)
+    assert shell.phase("canary") == rollout.BAKING
+
+
+def test_steps_edited_in_hub_yaml_mid_rollout_are_followed_by_name() -> None:
+    three = policy(step("canary"), step("eu"), step("prod", parallel=1))
+    shell = Shell(three, {"canary": 0, "eu": 1, "p1": 2, "p2": 2, "p3": 2})
+    for n in ("p1", "p2", "p3"):
+        shell.set(n, step=2)
+    shell.tick(T0)
+    for name in ("canary", "eu"):
+        shell.report(name)
+        shell.tick(T0 + 1)
+        shell.tick(T0 + 2)
+    assert shell.state.step == 2 and len({"p1", "p2", "p3"} & shell.given()) == 1
+    # the operator removes "eu": prod is step 1 now, still one at a time
+    shell.policy = policy(step("canary"), step("prod", parallel=1))
+    for n in ("p1", "p2", "p3"):
+        shell.set(n, step=1)
+    shell.set("eu", step=1)
+    shell.tick(T0 + 3)
+    assert shell.state.step == 1
+    assert len({"p1", "p2", "p3"} & shell.given()) == 1, shell.phases()
+
+
+def test_promote_after_every_step_passed_does_nothing() -> None:
+    shell = Shell(policy(step("canary")), {"canary": 0})
+    shell.tick(T0)
+    shell.report("canary")
+    shell.tick(T0 + 1)
+    shell.state.phase = rollout.RUNNING  # as if a late comer kept it running
+    shell.state.step = 1
+    assert rollout.promote(shell.state) == ""
