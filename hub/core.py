@@ -129,7 +129,7 @@ class Hub:
             renders=self._renders,
             view=self._view,
             replan=lambda cluster: self._planning.replan(clusters=[cluster]),
-            take_report=lambda cluster, r: self._reports.take(cluster, r, announce=False),
+            take_report=self._took_hello_report,
         )
         self._planning = planning.Planning(
             settings=self._settings,
@@ -220,6 +220,11 @@ class Hub:
         if self._renders.charts_due():
             await self.replan()
             self._renders.forget_due_charts()
+
+    async def _took_hello_report(self, cluster: str, report: types_pb2.AppReport) -> None:
+        """A report in a connecting agent's hello: taken, and news for its app's rollout."""
+        await self._reports.take(cluster, report, announce=False)
+        self._rollouts.took_report(cluster, report.app)
 
     def _frozen(self, app: str) -> str:
         """Why nobody can be given a new revision of `app` now ('' when they can)."""

@@ -491,6 +491,37 @@ def _admit(state: State, name: str, c: ClusterState, f: Facts, now: float) -> li
     return [Note(f"{state.revision[:8]} given to {name}", name)]
 
 
+def catch_up(state: State, *, facts: Mapping[str, Facts]) -> list[Note]:
+    """After the rollout succeeded, clusters that were offline (or joined late) take R
+    (`admitted` gives it to them): Progressing while they apply it, Passed once they report
+    it in and Healthy, Deferred again while offline."""
+    notes: list[Note] = []
+    if state.phase != SUCCEEDED:
+        return notes
+    for name, c in sorted(state.clusters.items()):
+        f = facts.get(name)
+        if f is None or c.phase not in (DEFERRED, PROGRESSING, WAITING, BAKING):
+            continue
+        if not f.online:
+            c.phase, c.reason = DEFERRED, "the agent is offline; it catches up when it returns"
+            continue
+        proved = f.assigned == state.revision == f.applied and f.healthy and f.fresh
+        if proved and f.report_generation >= f.generation:
+            c.phase, c.reason, c.took = PASSED, "caught up after the rollout", True
+            notes.append(Note(f"{name} caught up on {state.revision[:8]}", name))
+        else:
+            c.phase = PROGRESSING
+            c.reason = f"catching up: {f.status or 'waiting for the agent to apply it'}"
+    return notes
+
+
+def pending(state: State) -> bool:
+    """A succeeded rollout still has clusters catching up."""
+    return state.phase == SUCCEEDED and any(
+        c.phase in (DEFERRED, PROGRESSING, WAITING, BAKING) for c in state.clusters.values()
+    )
+
+
 def promote(state: State) -> str:
     """An operator says the step running now passed its bake and gates: what it did."""
     if state.phase not in ACTIVE or state.step in state.promoted:

@@ -279,6 +279,9 @@ class Rollouts:
                 if app.rollout is None or book is None or book.state is None:
                     continue
                 state = book.state
+                if rollout.pending(state):  # succeeded: clusters that were away catch up
+                    self._catch_up(app, book, now)
+                    continue
                 if state.phase not in rollout.ACTIVE:
                     continue
                 why = self._frozen(app.name) or ("" if app.sync.auto else "auto-sync is off")
@@ -323,6 +326,19 @@ class Rollouts:
             except Exception:
                 self._replan_due = True  # tried again next tick
                 log.exception("planning after a rollout moved failed; trying again")
+
+    def _catch_up(self, app: config.App, book: rolloutbook.Book, now: float) -> None:
+        state = book.state
+        assert state is not None
+        phases = {n: (c.phase, c.reason) for n, c in state.clusters.items()}
+        notes = rollout.catch_up(state, facts=self.facts(app, now))
+        for name, c in state.clusters.items():
+            if phases.get(name) != (c.phase, c.reason):
+                self._announce(name, app.name)
+                self._unsaved.add(app.name)
+        for n in notes:
+            self._unrecorded.append(self._entry(app.name, state.revision, n.message, n.cluster))
+            book.last_good[n.cluster] = state.revision
 
     def _advance(
         self, app: config.App, book: rolloutbook.Book, now: float
