@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import pathlib
 
+import grpc
+import pytest
+
 from fleetops.proto.v1 import fleet_pb2
 from tests.support import rollouts
 
@@ -51,3 +54,120 @@ async def test_promote_passes_a_ten_minute_bake_at_once(tmp_path: pathlib.Path) 
         assert all(a.runs() == rev for a in sc.agents.values())
         r = await sc.rollout()
         assert r.steps[0].promoted and "promoted" in cell(r, "canary").reason
+
+
+async def test_a_commit_mid_rollout_supersedes_and_restarts_from_the_first_step(
+    tmp_path: pathlib.Path,
+) -> None:
+    policy = two_steps(prod={"maxParallel": 1})
+    async with rollouts.running(tmp_path, clusters=CANARY_PROD, rollout=policy) as sc:
+        old = await sc.baseline()
+        sc.agents["prod-a"].set_health(rollouts.PROGRESSING)  # R1 stays in flight on prod-a
+        r1 = await sc.commit("web r1")
+        await sc.until(
+            "prod-a in flight with r1",
+            lambda r: r.revision == r1 and r.step == 1 and cell(r, "prod-a").phase == "Progressing",
+        )
+        assert sc.agents["prod-a"].runs() == r1
+        r2 = await sc.commit("web r2")
+        r = await sc.until("the rollout of r2", lambda r: r.revision == r2)
+        assert r.step == 0 and r.phase == "Running", sc.explain()
+        assert r1 not in r.rejected, r.rejected
+        await sc.until("the canary given r2", lambda r: cell(r, "canary").phase != "Waiting")
+
+        async def kept() -> bool:
+            d = await sc.desired()
+            r = await sc.rollout()
+            return r.step > 0 or (d["prod-a"] == r1 and d["prod-b"] == old)
+
+        await sc.holds("prod keeps what it had while the canary takes r2", kept, seconds=1.5)
+        sc.agents["prod-a"].set_health(rollouts.HEALTHY)
+        r = await sc.until("r2 to succeed", lambda r: r.phase == "Succeeded", within=20)
+        assert all(a.runs() == r2 for a in sc.agents.values()), sc.explain()
+        assert not r.rejected, r.rejected
+        assert sc.agents["prod-a"].given[-2:] == [r1, r2]
+        events = [e.message for e in await sc.history()]
+        assert any("superseded" in m for m in events), events
+
+
+async def test_pause_resume_abort_retry_and_actions_without_a_running_rollout(
+    tmp_path: pathlib.Path,
+) -> None:
+    policy = two_steps(bake="1s", prod={"maxParallel": 1, "bake": "2s"})
+    async with rollouts.running(tmp_path, clusters=CANARY_PROD, rollout=policy) as sc:
+        old = await sc.baseline()
+        for action in ("promote", "pause"):
+            with pytest.raises(grpc.RpcError) as no:
+                await sc.action(action)
+            assert no.value.code() == grpc.StatusCode.FAILED_PRECONDITION, action
+            assert "web" in (no.value.details() or ""), no.value.details()
+
+        rev = await sc.commit()
+        await sc.until("prod-a given the commit", lambda r: r.revision == rev and r.step == 1)
+        await sc.action("pause")
+        r = await sc.until("the rollout paused", lambda r: r.phase == "Paused")
+        flying = [c.cluster for c in r.clusters if c.step == "prod" and c.phase != "Waiting"]
+        assert len(flying) == 1, sc.explain()
+        first = flying[0]
+        other = "prod-b" if first == "prod-a" else "prod-a"
+        await sc.until(f"{first} to pass its bake", lambda r: cell(r, first).phase == "Passed")
+
+        async def held() -> bool:
+            return (await sc.desired())[other] == old and sc.agents[other].runs() == old
+
+        await sc.holds(f"{other} not given the commit while paused", held, seconds=2.5)
+        sc.agents[other].set_health(rollouts.PROGRESSING)
+        await sc.action("resume")
+        await sc.until(f"{other} given the commit", lambda r: cell(r, other).phase == "Progressing")
+        await sc.until_true(f"{other} to run the commit", lambda: sc.agents[other].runs() == rev)
+
+        await sc.action("abort")
+        r = await sc.until("the rollout aborted", lambda r: r.phase == "Aborted")
+        assert rev in r.rejected, r.rejected
+        await sc.until_true(
+            "every cluster back on the old revision",
+            lambda: all(a.runs() == old for a in sc.agents.values()),
+        )
+        d = await sc.desired()
+        assert set(d.values()) == {old}, d
+
+        sc.agents[other].set_health(rollouts.HEALTHY)
+        await sc.action("retry")
+        r = await sc.until(
+            "the commit rolling again from the first step",
+            lambda r: r.revision == rev and r.phase == "Running",
+        )
+        assert r.step == 0 and not r.rejected, sc.explain()
+        await sc.until("the retried rollout to succeed", lambda r: r.phase == "Succeeded")
+        assert all(a.runs() == rev for a in sc.agents.values()), sc.explain()
+
+
+async def test_max_parallel_50_percent_never_has_more_than_two_of_four_in_flight(
+    tmp_path: pathlib.Path,
+) -> None:
+    prods = {f"prod-{i}": "prod" for i in range(4)}
+    policy = {
+        "steps": [{"name": "prod", "clusterGroup": "prod", "maxParallel": "50%", "bake": "2s"}],
+        "progressDeadline": "30s",
+    }
+    async with rollouts.running(tmp_path, clusters=prods, rollout=policy) as sc:
+        await sc.baseline()
+        rev = await sc.commit()
+        most = 0
+        seen: list[tuple[str, ...]] = []
+
+        async def sample() -> bool:
+            nonlocal most
+            r = await sc.rollout()
+            if r.revision != rev:
+                return False
+            flying = tuple(c.cluster for c in r.clusters if c.phase in ("Progressing", "Baking"))
+            running = sum(1 for a in sc.agents.values() if a.runs() == rev)
+            passed = sum(1 for c in r.clusters if c.phase == "Passed")
+            most = max(most, len(flying), running - passed)
+            seen.append(flying)
+            return r.phase == "Succeeded"
+
+        await sc.until_true("the rollout over four clusters to succeed", sample, within=30)
+        assert most == 2, f"at most 2 of 4 in flight, saw {most}: {seen}"
+        assert all(a.runs() == rev for a in sc.agents.values())

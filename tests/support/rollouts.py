@@ -304,6 +304,19 @@ class Scenario:
             what, probe, within=within, every=0.1, retry_on=(grpc.RpcError,), explain=self.explain
         )
 
+    async def holds(
+        self, what: str, probe: Callable[[], Awaitable[object]], *, seconds: float
+    ) -> None:
+        """`probe` stays truthy for `seconds` (a few of the hub's one-second rollout ticks and
+        repo polls): the way to show that something does not happen."""
+        deadline = time.monotonic() + seconds
+        while True:
+            got = await probe()
+            assert got, f"{what}: no longer true (last: {got!r})\n{self.explain()}"
+            if time.monotonic() >= deadline:
+                return
+            await asyncio.sleep(0.1)  # between probes of a window, not to let state settle
+
     async def baseline(self, *, within: float = 30.0) -> str:
         """The first commit's rollout, every step promoted so no bake is waited for: returns
         the revision once every cluster runs it and the rollout succeeded."""
