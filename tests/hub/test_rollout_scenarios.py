@@ -7,13 +7,15 @@ Bakes are seconds long and gates measure every second, so each scenario takes a 
 
 from __future__ import annotations
 
+import json
 import pathlib
 
 import grpc
 import pytest
 
+from fleetops.hub import gates
 from fleetops.proto.v1 import fleet_pb2
-from tests.support import rollouts
+from tests.support import exporter, prometheus, rollouts
 
 CANARY_PROD = {"canary": "canary", "prod-a": "prod", "prod-b": "prod"}
 
@@ -171,3 +173,145 @@ async def test_max_parallel_50_percent_never_has_more_than_two_of_four_in_flight
         await sc.until_true("the rollout over four clusters to succeed", sample, within=30)
         assert most == 2, f"at most 2 of 4 in flight, saw {most}: {seen}"
         assert all(a.runs() == rev for a in sc.agents.values())
+
+
+ERROR_RATE = (
+    'sum(rate(http_requests_total{cluster="{{cluster}}",code="500"}[5s]))'
+    ' / sum(rate(http_requests_total{cluster="{{cluster}}"}[5s]))'
+)
+
+
+def error_rate(url: str, no_data: str) -> dict[str, object]:
+    return {
+        "name": "error-rate",
+        "prometheus": {
+            "url": url,
+            "query": ERROR_RATE,
+            "pass": "< 0.05",
+            "interval": "1s",
+            "failureLimit": 1,
+            "noData": no_data,
+        },
+    }
+
+
+def gated(gate: str, *, bake: str = "2s") -> dict[str, object]:
+    policy = two_steps(bake=bake)
+    policy["steps"][0]["gates"] = [gate]  # type: ignore[index]
+    return policy
+
+
+async def test_prometheus_no_data_wait_holds_the_canary_and_says_why_until_data_arrives(
+    tmp_path: pathlib.Path,
+) -> None:
+    with (
+        exporter.serving() as metrics,
+        prometheus.running(tmp_path / "prom", targets=[metrics.address]) as prom,
+    ):
+        async with rollouts.running(
+            tmp_path,
+            clusters=CANARY_PROD,
+            rollout=gated("error-rate"),
+            gates=[error_rate(prom.url, "wait")],
+        ) as sc:
+            old = await sc.baseline()
+            rev = await sc.commit()
+            r = await sc.until(
+                "the canary baked and held by the gate",
+                lambda r: (
+                    r.revision == rev
+                    and cell(r, "canary").phase == "Baking"
+                    and cell(r, "canary").bake_left_seconds == 0
+                    and "no series" in cell(r, "canary").reason
+                ),
+            )
+            reading = cell(r, "canary").gates[0]
+            assert reading.verdict == "nodata" and reading.threshold == "< 0.05", reading
+            assert "noData: wait" in reading.message, reading.message
+
+            async def held() -> bool:
+                r = await sc.rollout()
+                d = await sc.desired()
+                return cell(r, "canary").phase == "Baking" and d["prod-a"] == d["prod-b"] == old
+
+            await sc.holds("the canary held past its bake, prod untouched", held, seconds=2.5)
+            metrics.requests("canary", ok=100, errors=0, per_second=True)
+            r = await sc.until("data to let the rollout succeed", lambda r: r.phase == "Succeeded")
+            reading = cell(r, "canary").gates[0]
+            assert reading.verdict == "pass" and reading.has_value and reading.value == 0, reading
+            assert all(a.runs() == rev for a in sc.agents.values()), sc.explain()
+
+
+async def test_prometheus_no_data_fail_fails_the_canary_and_reverts(
+    tmp_path: pathlib.Path,
+) -> None:
+    with (
+        exporter.serving() as metrics,
+        prometheus.running(tmp_path / "prom", targets=[metrics.address]) as prom,
+    ):
+        async with rollouts.running(
+            tmp_path,
+            clusters=CANARY_PROD,
+            rollout=gated("error-rate"),
+            gates=[error_rate(prom.url, "fail")],
+        ) as sc:
+            old = await sc.baseline()
+            rev = await sc.commit()
+            r = await sc.until("the rollout to fail", lambda r: r.phase == "Failed")
+            assert r.revision == rev and rev in r.rejected, sc.explain()
+            assert "error-rate" in r.reason and "no series" in r.reason, r.reason
+            await sc.until_true(
+                "the canary back on the old revision", lambda: sc.agents["canary"].runs() == old
+            )
+            assert rev not in sc.agents["prod-a"].given + sc.agents["prod-b"].given
+
+
+async def test_a_webhook_gate_answering_500_fails_the_canary_and_a_200_passes_signed(
+    tmp_path: pathlib.Path,
+) -> None:
+    key = "gate-key-4b1d9e-not-for-logs"
+    key_file = tmp_path / "gate-key"
+    key_file.write_text(key + "\n")
+    with rollouts.receiving() as receiver:
+        smoke = {
+            "name": "smoke",
+            "webhook": {
+                "url": receiver.url,
+                "timeout": "5s",
+                "secretFile": str(key_file),
+                "interval": "1s",
+            },
+        }
+        async with rollouts.running(
+            tmp_path, clusters=CANARY_PROD, rollout=gated("smoke", bake="1s"), gates=[smoke]
+        ) as sc:
+            old = await sc.baseline()
+            receiver.answer(500, "smoke failed")
+            bad = await sc.commit()
+            r = await sc.until("the rollout to fail", lambda r: r.phase == "Failed")
+            assert r.revision == bad and bad in r.rejected, sc.explain()
+            assert "smoke failed" in r.reason and "canary" in r.reason, r.reason
+            await sc.until_true(
+                "the canary back on the old revision", lambda: sc.agents["canary"].runs() == old
+            )
+            assert bad not in sc.agents["prod-a"].given + sc.agents["prod-b"].given
+
+            receiver.answer(200, "smoke passed")
+            good = await sc.commit()
+            r = await sc.until(
+                "the next commit to pass", lambda r: r.revision == good and r.phase == "Succeeded"
+            )
+            assert all(a.runs() == good for a in sc.agents.values()), sc.explain()
+            reading = cell(r, "canary").gates[0]
+            assert reading.verdict == "pass" and "smoke passed" in reading.message, reading
+
+            calls = receiver.received()
+            assert {c.doc()["revision"] for c in calls} == {bad, good}, calls
+            for call in calls:
+                signature = call.headers.get(gates.SIGNATURE_HEADER, "")
+                assert gates.verify_signature(call.body, signature, key.encode()), call
+                assert not gates.verify_signature(call.body, signature, b"another key")
+                doc = call.doc()
+                assert (doc["app"], doc["cluster"], doc["gate"]) == ("web", "canary", "smoke")
+            said = json.dumps([str(e) for e in await sc.history()]) + sc.hub.process.log.read_text()
+            assert key not in said and key not in str(r)

@@ -21,9 +21,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import http.server
+import json
 import pathlib
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -152,6 +155,77 @@ class ScenarioAgent(fakes.FakeAgent):
             agent_pb2.AgentMessage(ack=agent_pb2.Ack(app=a.app, generation=a.generation))
         )
         self._report(a.app, revision=a.revision, digest=a.bundle_digest, generation=a.generation)
+
+
+@dataclasses.dataclass(frozen=True)
+class Call:
+    """One webhook gate call as received: the raw body and the headers."""
+
+    body: bytes
+    headers: dict[str, str]
+
+    def doc(self) -> Any:
+        return json.loads(self.body)
+
+
+class Receiver:
+    """A webhook gate's receiver: a real HTTP server on 127.0.0.1:0 that records every call
+    and answers with the status and `{"message": ...}` the test sets. `close` (or leaving
+    `receiving`) stops it and closes its socket."""
+
+    def __init__(self) -> None:
+        self.calls: list[Call] = []
+        self.status = 200
+        self.message = "smoke passed"
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with receiver._lock:
+                    receiver.calls.append(Call(body, dict(self.headers.items())))
+                    status, message = receiver.status, receiver.message
+                reply = json.dumps({"message": message}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/smoke"
+
+    def answer(self, status: int, message: str) -> None:
+        with self._lock:
+            self.status, self.message = status, message
+
+    def received(self) -> list[Call]:
+        with self._lock:
+            return list(self.calls)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def receiving() -> Iterator[Receiver]:
+    receiver = Receiver()
+    try:
+        yield receiver
+    finally:
+        receiver.close()
 
 
 def write_app(repo: fleet.Repo, version: str) -> None:
