@@ -14,6 +14,7 @@ import grpc
 import pytest
 
 from fleetops.hub import gates
+from fleetops.hub import rollouts as hub_rollouts
 from fleetops.proto.v1 import fleet_pb2
 from tests.support import exporter, prometheus, rollouts
 
@@ -315,3 +316,38 @@ async def test_a_webhook_gate_answering_500_fails_the_canary_and_a_200_passes_si
                 assert (doc["app"], doc["cluster"], doc["gate"]) == ("web", "canary", "smoke")
             said = json.dumps([str(e) for e in await sc.history()]) + sc.hub.process.log.read_text()
             assert key not in said and key not in str(r)
+
+
+async def test_an_offline_prod_cluster_is_deferred_and_catches_up_when_it_returns(
+    tmp_path: pathlib.Path,
+) -> None:
+    policy = two_steps(bake="1s", progressDeadline="60s")
+    async with rollouts.running(tmp_path, clusters=CANARY_PROD, rollout=policy) as sc:
+        old = await sc.baseline()
+        await sc.agents["prod-b"].go_offline()
+        rev = await sc.commit()
+        # right after its start the hub gives agents time to reconnect before it calls a
+        # cluster offline (rollouts.OFFLINE_GRACE); past it, prod-b is Deferred
+        r = await sc.until(
+            "prod-b deferred and the prod step passed without it",
+            lambda r: (
+                r.revision == rev
+                and cell(r, "prod-b").phase == "Deferred"
+                and cell(r, "prod-a").phase == "Passed"
+                and r.step == 2
+            ),
+            within=hub_rollouts.OFFLINE_GRACE + 15,
+        )
+        assert r.steps[1].deferred == 1 and r.steps[1].passed == 1, r.steps[1]
+        assert "offline" in cell(r, "prod-b").reason, cell(r, "prod-b").reason
+        assert sc.agents["prod-b"].runs() == old
+        assert sc.agents["canary"].runs() == rev and sc.agents["prod-a"].runs() == rev
+        sc.agents["prod-b"].come_back()
+        await sc.until_true(
+            "prod-b to be given the revision once back", lambda: sc.agents["prod-b"].runs() == rev
+        )
+        r = await sc.until(
+            "the rollout to end with prod-b on the revision",
+            lambda r: r.phase == "Succeeded" and cell(r, "prod-b").phase in ("Passed", "Deferred"),
+        )
+        assert (await sc.desired())["prod-b"] == rev
