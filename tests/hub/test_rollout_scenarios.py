@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import time
 
 import grpc
 import pytest
@@ -351,3 +352,77 @@ async def test_an_offline_prod_cluster_is_deferred_and_catches_up_when_it_return
             lambda r: r.phase == "Succeeded" and cell(r, "prod-b").phase in ("Passed", "Deferred"),
         )
         assert (await sc.desired())["prod-b"] == rev
+
+
+async def test_a_hub_killed_mid_bake_resumes_with_the_bake_clock(tmp_path: pathlib.Path) -> None:
+    bake = 20.0
+    async with rollouts.running(
+        tmp_path, clusters=CANARY_PROD, rollout=two_steps(bake="20s")
+    ) as sc:
+        old = await sc.baseline()
+        rev = await sc.commit()
+        r = await sc.until(
+            "the canary baking",
+            lambda r: r.revision == rev and cell(r, "canary").phase == "Baking",
+        )
+        began = time.monotonic() - (bake - cell(r, "canary").bake_left_seconds)
+        await sc.until(
+            "a third of the bake done",
+            lambda r: 0 < cell(r, "canary").bake_left_seconds <= bake - 7,
+            within=bake,
+        )
+        await sc.kill_hub()
+        await sc.start_hub()
+        r = await sc.until("the rollout readable after the restart", lambda r: r.revision == rev)
+        baked = time.monotonic() - began
+        left = cell(r, "canary").bake_left_seconds
+        assert cell(r, "canary").phase == "Baking", sc.explain()
+        assert 0 < left <= bake - baked + 1.5, (
+            f"{left:.1f} s of bake left right after the restart, {baked:.1f} s after the canary "
+            f"first became Healthy: the bake clock did not survive\n{sc.explain()}"
+        )
+        assert (await sc.desired())["prod-a"] == old
+        await sc.until(
+            "the canary to pass", lambda r: cell(r, "canary").phase == "Passed", within=bake
+        )
+        took = time.monotonic() - began
+        assert bake - 1.5 <= took <= bake + 4, f"the canary passed {took:.1f} s after Healthy"
+        await sc.until("the rollout to succeed", lambda r: r.phase == "Succeeded")
+        assert all(a.runs() == rev for a in sc.agents.values()), sc.explain()
+
+
+async def test_a_rejected_revision_is_never_reassigned_by_auto_sync_across_a_restart(
+    tmp_path: pathlib.Path,
+) -> None:
+    policy = two_steps(bake="1s", progressDeadline="3s")
+    async with rollouts.running(tmp_path, clusters=CANARY_PROD, rollout=policy) as sc:
+        old = await sc.baseline()
+        sc.agents["canary"].set_health(rollouts.DEGRADED, "fake cluster: never Available")
+        bad = await sc.commit("web: a bad commit")
+        r = await sc.until("the bad commit to fail", lambda r: r.phase == "Failed")
+        assert r.revision == bad and bad in r.rejected, sc.explain()
+        assert "deadline" in r.reason and "canary" in r.reason, r.reason
+        await sc.until_true("the canary back", lambda: sc.agents["canary"].runs() == old)
+        sc.agents["canary"].set_health(rollouts.HEALTHY)
+
+        await sc.kill_hub()
+        await sc.start_hub()
+        r = await sc.until("the rollout readable after the restart", lambda r: r.revision == bad)
+        assert bad in r.rejected and r.phase == "Failed", sc.explain()
+        await sc.until_true(
+            "every agent reconnected", lambda: all(a.connected.is_set() for a in sc.agents.values())
+        )
+
+        async def nobody_has_it() -> bool:
+            d = await sc.desired()
+            return set(d.values()) == {old} and all(a.runs() == old for a in sc.agents.values())
+
+        await sc.holds("no cluster given the rejected head", nobody_has_it, seconds=4)
+        assert sc.agents["canary"].given.count(bad) == 1
+        assert all(bad not in sc.agents[n].given for n in ("prod-a", "prod-b"))
+
+        fixed = await sc.commit("web: the fix")
+        await sc.until(
+            "the fix to roll out fresh", lambda r: r.revision == fixed and r.phase == "Succeeded"
+        )
+        assert all(a.runs() == fixed for a in sc.agents.values()), sc.explain()
