@@ -72,7 +72,7 @@ async def test_a_commit_mid_rollout_supersedes_and_restarts_from_the_first_step(
             "prod-a in flight with r1",
             lambda r: r.revision == r1 and r.step == 1 and cell(r, "prod-a").phase == "Progressing",
         )
-        assert sc.agents["prod-a"].runs() == r1
+        await sc.until_true("prod-a to run r1", lambda: sc.agents["prod-a"].runs() == r1)
         r2 = await sc.commit("web r2")
         r = await sc.until("the rollout of r2", lambda r: r.revision == r2)
         assert r.step == 0 and r.phase == "Running", sc.explain()

@@ -27,7 +27,7 @@ import pathlib
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import yaml
@@ -40,7 +40,6 @@ APP = "web"
 HEALTHY = types_pb2.HEALTH_STATUS_HEALTHY
 PROGRESSING = types_pb2.HEALTH_STATUS_PROGRESSING
 DEGRADED = types_pb2.HEALTH_STATUS_DEGRADED
-T = TypeVar("T")
 
 
 class ScenarioAgent(fakes.FakeAgent):
@@ -77,7 +76,7 @@ class ScenarioAgent(fakes.FakeAgent):
     def come_back(self) -> None:
         self.start(self.address, self.ca)
 
-    def set_health(self, health: int, reason: str = "") -> None:
+    def set_health(self, health: types_pb2.HealthStatus.ValueType, reason: str = "") -> None:
         """From now on the cluster is `health`; said to the hub at once when connected."""
         self.report_health = health
         self.reason = reason or f"fake cluster: {types_pb2.HealthStatus.Name(health)}"
@@ -128,9 +127,9 @@ class ScenarioAgent(fakes.FakeAgent):
 
     async def _take(
         self,
-        stub: agent_pb2_grpc.AgentServiceStub,
+        stub: Any,
         outbox: asyncio.Queue[agent_pb2.AgentMessage],
-        a: agent_pb2.Assignment,
+        a: types_pb2.Assignment,
     ) -> None:
         last = self.reports.get(a.app)
         if last is not None and last.generation >= a.generation:
@@ -281,7 +280,7 @@ class Scenario:
 
     # ------------------------------------------------------------ the fleet API
 
-    def _stub(self) -> fleet_pb2_grpc.FleetServiceStub:
+    def _stub(self) -> Any:  # the aio stub (mypy-protobuf types it as the sync one)
         if self._channel is None:
             ca = (self.hub.data / "ca.crt").read_bytes()
             self._channel = grpc.aio.secure_channel(
@@ -295,7 +294,7 @@ class Scenario:
 
     async def close_api(self) -> None:
         if self._channel is not None:
-            await self._channel.close()
+            await self._channel.close(None)
             self._channel = None
 
     async def rollout(self) -> fleet_pb2.Rollout:
@@ -370,10 +369,11 @@ class Scenario:
     async def until_true(
         self,
         what: str,
-        probe: Callable[[], Awaitable[T | None]] | Callable[[], T | None],
+        probe: Callable[[], Awaitable[object]] | Callable[[], object],
         *,
         within: float = 20.0,
-    ) -> T:
+    ) -> object:
+        """Until `probe` (a plain or async function) returns something truthy."""
         return await wait.until(
             what, probe, within=within, every=0.1, retry_on=(grpc.RpcError,), explain=self.explain
         )
