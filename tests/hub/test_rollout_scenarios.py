@@ -7,9 +7,11 @@ Bakes are seconds long and gates measure every second, so each scenario takes a 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import time
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -203,69 +205,80 @@ def gated(gate: str, *, bake: str = "2s") -> dict[str, object]:
     return policy
 
 
-async def test_prometheus_no_data_wait_holds_the_canary_and_says_why_until_data_arrives(
-    tmp_path: pathlib.Path,
-) -> None:
+@dataclasses.dataclass
+class Metrics:
+    exporter: exporter.Exporter
+    prom: prometheus.Prometheus
+
+
+@pytest.fixture(scope="module")
+def metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Metrics]:
+    """One Prometheus for the module, scraping an exporter every second; each test's canary
+    has a name of its own, so one test's series are not another's."""
     with (
-        exporter.serving() as metrics,
-        prometheus.running(tmp_path / "prom", targets=[metrics.address]) as prom,
+        exporter.serving() as served,
+        prometheus.running(tmp_path_factory.mktemp("prom"), targets=[served.address]) as prom,
     ):
-        async with rollouts.running(
-            tmp_path,
-            clusters=CANARY_PROD,
-            rollout=gated("error-rate"),
-            gates=[error_rate(prom.url, "wait")],
-        ) as sc:
-            old = await sc.baseline()
-            rev = await sc.commit()
-            r = await sc.until(
-                "the canary baked and held by the gate",
-                lambda r: (
-                    r.revision == rev
-                    and cell(r, "canary").phase == "Baking"
-                    and cell(r, "canary").bake_left_seconds == 0
-                    and "no series" in cell(r, "canary").reason
-                ),
-            )
-            reading = cell(r, "canary").gates[0]
-            assert reading.verdict == "nodata" and reading.threshold == "< 0.05", reading
-            assert "noData: wait" in reading.message, reading.message
+        yield Metrics(served, prom)
 
-            async def held() -> bool:
-                r = await sc.rollout()
-                d = await sc.desired()
-                return cell(r, "canary").phase == "Baking" and d["prod-a"] == d["prod-b"] == old
 
-            await sc.holds("the canary held past its bake, prod untouched", held, seconds=2.5)
-            metrics.requests("canary", ok=100, errors=0, per_second=True)
-            r = await sc.until("data to let the rollout succeed", lambda r: r.phase == "Succeeded")
-            reading = cell(r, "canary").gates[0]
-            assert reading.verdict == "pass" and reading.has_value and reading.value == 0, reading
-            assert all(a.runs() == rev for a in sc.agents.values()), sc.explain()
+async def test_prometheus_no_data_wait_holds_the_canary_and_says_why_until_data_arrives(
+    tmp_path: pathlib.Path, metrics: Metrics
+) -> None:
+    canary = "canary-wait"
+    async with rollouts.running(
+        tmp_path,
+        clusters={canary: "canary", "prod-a": "prod", "prod-b": "prod"},
+        rollout=gated("error-rate"),
+        gates=[error_rate(metrics.prom.url, "wait")],
+    ) as sc:
+        old = await sc.baseline()
+        rev = await sc.commit()
+        r = await sc.until(
+            "the canary baked and held by the gate",
+            lambda r: (
+                r.revision == rev
+                and cell(r, canary).phase == "Baking"
+                and cell(r, canary).bake_left_seconds == 0
+                and "no series" in cell(r, canary).reason
+            ),
+        )
+        reading = cell(r, canary).gates[0]
+        assert reading.verdict == "nodata" and reading.threshold == "< 0.05", reading
+        assert "noData: wait" in reading.message, reading.message
+
+        async def held() -> bool:
+            r = await sc.rollout()
+            d = await sc.desired()
+            return cell(r, canary).phase == "Baking" and d["prod-a"] == d["prod-b"] == old
+
+        await sc.holds("the canary held past its bake, prod untouched", held, seconds=2.5)
+        metrics.exporter.requests(canary, ok=100, errors=0, per_second=True)
+        r = await sc.until("data to let the rollout succeed", lambda r: r.phase == "Succeeded")
+        reading = cell(r, canary).gates[0]
+        assert reading.verdict == "pass" and reading.has_value and reading.value == 0, reading
+        assert all(a.runs() == rev for a in sc.agents.values()), sc.explain()
 
 
 async def test_prometheus_no_data_fail_fails_the_canary_and_reverts(
-    tmp_path: pathlib.Path,
+    tmp_path: pathlib.Path, metrics: Metrics
 ) -> None:
-    with (
-        exporter.serving() as metrics,
-        prometheus.running(tmp_path / "prom", targets=[metrics.address]) as prom,
-    ):
-        async with rollouts.running(
-            tmp_path,
-            clusters=CANARY_PROD,
-            rollout=gated("error-rate"),
-            gates=[error_rate(prom.url, "fail")],
-        ) as sc:
-            old = await sc.baseline()
-            rev = await sc.commit()
-            r = await sc.until("the rollout to fail", lambda r: r.phase == "Failed")
-            assert r.revision == rev and rev in r.rejected, sc.explain()
-            assert "error-rate" in r.reason and "no series" in r.reason, r.reason
-            await sc.until_true(
-                "the canary back on the old revision", lambda: sc.agents["canary"].runs() == old
-            )
-            assert rev not in sc.agents["prod-a"].given + sc.agents["prod-b"].given
+    canary = "canary-fail"
+    async with rollouts.running(
+        tmp_path,
+        clusters={canary: "canary", "prod-a": "prod", "prod-b": "prod"},
+        rollout=gated("error-rate"),
+        gates=[error_rate(metrics.prom.url, "fail")],
+    ) as sc:
+        old = await sc.baseline()
+        rev = await sc.commit()
+        r = await sc.until("the rollout to fail", lambda r: r.phase == "Failed")
+        assert r.revision == rev and rev in r.rejected, sc.explain()
+        assert "error-rate" in r.reason and "no series" in r.reason, r.reason
+        await sc.until_true(
+            "the canary back on the old revision", lambda: sc.agents[canary].runs() == old
+        )
+        assert rev not in sc.agents["prod-a"].given + sc.agents["prod-b"].given
 
 
 async def test_a_webhook_gate_answering_500_fails_the_canary_and_a_200_passes_signed(
