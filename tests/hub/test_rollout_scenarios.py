@@ -1,9 +1,13 @@
 """Rollout scenarios against a real hub process (issue 14, "How it will be checked"): real
-Git commits, the real `fleetops-hub serve`, a real Prometheus scraping an exporter the test
-controls, a real HTTP webhook receiver on loopback; fake agents (tests/support/rollouts.py)
-stand in for the clusters, reporting Healthy / Progressing / Degraded when the test says so.
-Bakes are seconds long and gates measure every second, so each scenario takes a few seconds
-(the offline one waits out the hub's grace for reconnecting agents after its start)."""
+Git commits, the real `fleetops-hub serve` (killed with SIGKILL and started again where the
+scenario says so), a real Prometheus scraping an exporter the test controls, a real HTTP
+webhook receiver on loopback; fake agents (tests/support/rollouts.py) stand in for the
+clusters, reporting Healthy / Progressing / Degraded when the test says so, and going offline.
+
+Bakes are seconds long and gates measure every second, so most scenarios take a few seconds.
+Two take longer by what they check: the hub killed mid-bake bakes 20 s, and an offline cluster
+is Deferred only once the hub's grace for agents reconnecting after its start is over
+(hub.rollouts.OFFLINE_GRACE, 30 s)."""
 
 from __future__ import annotations
 
