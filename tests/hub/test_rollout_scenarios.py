@@ -22,7 +22,7 @@ import pytest
 
 from fleetops.hub import gates
 from fleetops.hub import rollouts as hub_rollouts
-from fleetops.proto.v1 import fleet_pb2
+from fleetops.proto.v1 import fleet_pb2, types_pb2
 from tests.support import exporter, prometheus, rollouts
 
 CANARY_PROD = {"canary": "canary", "prod-a": "prod", "prod-b": "prod"}
@@ -364,11 +364,15 @@ async def test_an_offline_prod_cluster_is_deferred_and_catches_up_when_it_return
         await sc.until_true(
             "prod-b to be given the revision once back", lambda: sc.agents["prod-b"].runs() == rev
         )
-        r = await sc.until(
-            "the rollout to end with prod-b on the revision",
-            lambda r: r.phase == "Succeeded" and cell(r, "prod-b").phase in ("Passed", "Deferred"),
-        )
+        await sc.until("the rollout to succeed", lambda r: r.phase == "Succeeded")
         assert (await sc.desired())["prod-b"] == rev
+        # back, on the revision and Healthy: the rollout must not go on calling it offline
+        r = await sc.until(
+            "prod-b no longer shown as offline once it caught up",
+            lambda r: "offline" not in cell(r, "prod-b").reason,
+            within=5,
+        )
+        assert cell(r, "prod-b").gate != types_pb2.ROLLOUT_GATE_DEFERRED, cell(r, "prod-b")
 
 
 async def test_a_hub_killed_mid_bake_resumes_with_the_bake_clock(tmp_path: pathlib.Path) -> None:
