@@ -168,11 +168,12 @@ async def test_max_parallel_50_percent_never_has_more_than_two_of_four_in_flight
 
         async def sample() -> bool:
             nonlocal most
+            # the agents first: whatever runs the revision now was admitted before the status
+            running = sum(1 for a in sc.agents.values() if a.runs() == rev)
             r = await sc.rollout()
             if r.revision != rev:
                 return False
             flying = tuple(c.cluster for c in r.clusters if c.phase in ("Progressing", "Baking"))
-            running = sum(1 for a in sc.agents.values() if a.runs() == rev)
             passed = sum(1 for c in r.clusters if c.phase == "Passed")
             most = max(most, len(flying), running - passed)
             seen.append(flying)
