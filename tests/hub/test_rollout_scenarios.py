@@ -328,7 +328,7 @@ async def test_a_webhook_gate_answering_500_fails_the_canary_and_a_200_passes_si
             calls = receiver.received()
             assert {c.doc()["revision"] for c in calls} == {bad, good}, calls
             for call in calls:
-                signature = call.headers.get(gates.SIGNATURE_HEADER, "")
+                signature = call.headers.get(gates.SIGNATURE_HEADER.lower(), "")
                 assert gates.verify_signature(call.body, signature, key.encode()), call
                 assert not gates.verify_signature(call.body, signature, b"another key")
                 doc = call.doc()

@@ -76,6 +76,11 @@ class ScenarioAgent(fakes.FakeAgent):
     def come_back(self) -> None:
         self.start(self.address, self.ca)
 
+    @property
+    def wanted_online(self) -> bool:
+        """The test has it connect (it may be redialling right now)."""
+        return self._task is not None
+
     def set_health(self, health: types_pb2.HealthStatus.ValueType, reason: str = "") -> None:
         """From now on the cluster is `health`; said to the hub at once when connected."""
         self.report_health = health
@@ -114,9 +119,9 @@ class ScenarioAgent(fakes.FakeAgent):
         self._outbox = outbox
         for report in self.reports.values():  # as the real agent's hello carries them
             outbox.put_nowait(agent_pb2.AgentMessage(report=report))
-        self.connected.set()
         try:
             async for msg in call:
+                self.connected.set()  # the hub answered: the stream is up
                 if msg.HasField("assignments"):
                     for a in msg.assignments.assignments:
                         await self._take(stub, outbox, a)
@@ -158,7 +163,7 @@ class ScenarioAgent(fakes.FakeAgent):
 
 @dataclasses.dataclass(frozen=True)
 class Call:
-    """One webhook gate call as received: the raw body and the headers."""
+    """One webhook gate call as received: the raw body and the headers (names lowercased)."""
 
     body: bytes
     headers: dict[str, str]
@@ -183,7 +188,9 @@ class Receiver:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with receiver._lock:
-                    receiver.calls.append(Call(body, dict(self.headers.items())))
+                    receiver.calls.append(
+                        Call(body, {k.lower(): v for k, v in self.headers.items()})
+                    )
                     status, message = receiver.status, receiver.message
                 reply = json.dumps({"message": message}).encode()
                 self.send_response(status)
@@ -400,7 +407,7 @@ class Scenario:
         async def done() -> bool:
             r = await self.rollout()
             if r.phase == "Succeeded":
-                return all(a.runs() == rev for a in self.agents.values() if a.connected.is_set())
+                return all(a.runs() == rev for a in self.agents.values() if a.wanted_online)
             if r.phase == "Running" and not r.steps[min(r.step, len(r.steps) - 1)].promoted:
                 with contextlib.suppress(grpc.RpcError):  # it moved on meanwhile
                     await self.action("promote")
