@@ -39,7 +39,9 @@ from yaml import events
 
 __all__ = ["Change", "ImageRef", "Marker", "Rewrite", "find", "parse_ref", "rewrite"]
 
-MAX_CHARS = 8 * 1024 * 1024  # a YAML file with markers; a bigger one is reported, not read
+MAX_CHARS = (
+    2 * 1024 * 1024
+)  # a file with markers (~2.5 s to read at worst); a bigger one is reported
 KEY = "$imagepolicy"
 FIELDS = ("", "tag", "name")
 
@@ -120,8 +122,8 @@ def rewrite(text: str, latest: Mapping[str, str]) -> Rewrite:
     """`text` with each marked scalar set from `latest` (policy name -> `name:tag`); a marker
     whose policy has no latest image, or whose value cannot be read, is a problem."""
     slots = _scan(text)
-    if not slots:
-        return Rewrite(text)
+    if all(slot.marker.problem for slot in slots):
+        return Rewrite(text, (), tuple(slot.marker for slot in slots))
     bom = "\ufeff" if text.startswith("\ufeff") else ""
     lines = text[len(bom) :].split("\n")
     changes: list[Change] = []
@@ -154,6 +156,8 @@ def rewrite(text: str, latest: Mapping[str, str]) -> Rewrite:
         line = lines[slot.row]
         lines[slot.row] = line[: slot.start] + _quoted(new, slot.style) + line[slot.end :]
         changes.append(Change(m.line, m.policy, m.value, new))
+    if not changes:
+        return Rewrite(text, (), tuple(problems))
     return Rewrite(bom + "\n".join(lines), tuple(changes), tuple(problems))
 
 
@@ -278,8 +282,13 @@ def _walk(
             stack.append([kind, bool(event.flow_style), True, role])
             continue
         first, last = begin.line, stop.line
+        block = getattr(event, "style", None) in ("|", ">")
+        if block and first in ends:  # its header line may hold a comment; the rest is text
+            ends[first].append(_Node(begin.column + 1, first, begin.column, "block", role, False))
         if isinstance(event, events.ScalarEvent):
             for row in rows[bisect.bisect_left(rows, first) : bisect.bisect_right(rows, last)]:
+                if block and row == first:
+                    continue
                 start = begin.column if row == first else 0
                 end = stop.column if row == last else 1 << 30
                 spans[row].append((start, end))
@@ -370,6 +379,8 @@ def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _refusal(node: _Node, line: str, *, row: int, hash_at: int) -> str:
     """Why the node before a marker is not a scalar the marker may set, or ''."""
+    if node.what == "block":
+        return "the marked value is a block scalar (| or >); write it on one line"
     if node.what == "alias":
         return "the marked value is an alias (*name); aliases are never followed: write the value"
     if node.what == "flow" or node.in_flow:
@@ -378,6 +389,8 @@ def _refusal(node: _Node, line: str, *, row: int, hash_at: int) -> str:
         return "the marker follows a key with no value on this line; put it after the value"
     if node.start_row != row:
         return "the marked value spans several lines; write it on one line"
+    if node.start == node.end:
+        return "no value before the marker on this line; put the marker after the value"
     if node.anchor:
         return f"the marked value has an anchor (&{node.anchor}): aliases would change too"
     if node.tag and node.tag not in ("!!str", _STR, "!"):
