@@ -133,22 +133,14 @@ def rewrite(text: str, latest: Mapping[str, str]) -> Rewrite:
         if m.problem:
             problems.append(m)
             continue
-        if m.policy not in latest:
-            problems.append(
-                _problem(
-                    m,
-                    f"no image chosen for policy {m.policy!r} (no such "
-                    "imagePolicies entry, or no tag fits it yet)",
-                )
-            )
-            continue
-        ref = parse_ref(latest[m.policy])
+        ref = parse_ref(latest.get(m.policy, ""))
         if ref is None or not ref.tag:
-            problems.append(
-                _problem(
-                    m, f"the latest image for policy {m.policy!r} is not name:tag; nothing written"
-                )
+            why = (
+                "is not name:tag"
+                if m.policy in latest
+                else "is not known (no such policy, or no tag fits it yet)"
             )
+            problems.append(_problem(m, f"the latest image for policy {m.policy!r} {why}"))
             continue
         new = {"": f"{ref.name}:{ref.tag}", "tag": ref.tag, "name": ref.name}[m.field]
         if new == m.value:
@@ -199,22 +191,13 @@ def _scan(text: str) -> list[_Slot]:
     if KEY not in text:
         return []
     if len(text) > MAX_CHARS:
-        return [
-            _file_problem(
-                1,
-                f"{len(text)} characters, over the {MAX_CHARS} limit for a "
-                "file with image markers; split it",
-            )
-        ]
+        size = f"{len(text)} characters, over the {MAX_CHARS} limit for a file with markers"
+        return [_file_problem(1, f"{size}; split it")]
     odd = _ODD_BREAK.search(text)
     if odd:
+        row = text.count("\n", 0, odd.start()) + 1
         return [
-            _file_problem(
-                text.count("\n", 0, odd.start()) + 1,
-                "a line break other than "
-                "\\n or \\r\\n (a lone \\r, NEL or U+2028/9); markers in this "
-                "file are not rewritten",
-            )
+            _file_problem(row, "a line break other than \\n or \\r\\n (a lone \\r, NEL, U+2028/9)")
         ]
     body = text[1:] if text.startswith("\ufeff") else text
     lines = body.split("\n")
@@ -226,12 +209,10 @@ def _scan(text: str) -> list[_Slot]:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         row = mark.line + 1 if mark is not None else 1
-        what = getattr(e, "problem", None) or type(e).__name__
-        return [
-            _file_problem(
-                row, f"not valid YAML (line {row}: {what}); markers in this file are not rewritten"
-            )
-        ]
+        what = getattr(e, "problem", None) or getattr(e, "reason", None) or type(e).__name__
+        return [_file_problem(row, f"not valid YAML (line {row}: {what})")]
+    except UnicodeError:  # a lone surrogate: text that was not decoded as UTF-8
+        return [_file_problem(1, "not UTF-8 text")]
     out = []
     for row in rows:
         slot = _slot(lines[row].removesuffix("\r"), row, ends[row], spans[row])
@@ -241,7 +222,7 @@ def _scan(text: str) -> list[_Slot]:
 
 
 def _file_problem(line: int, problem: str) -> _Slot:
-    return _Slot(Marker(line, "", "", "", problem))
+    return _Slot(Marker(line, "", "", "", problem + "; no marker in this file is rewritten"))
 
 
 def _walk(
@@ -252,19 +233,20 @@ def _walk(
 ) -> None:
     """Record, for the marker rows only, which columns scalars cover and where nodes end."""
     stack: list[list[Any]] = []  # [kind, flow, expecting a key, role]
+    flows = 0  # flow collections open
     for event in _events(body):
         begin, stop = event.start_mark, event.end_mark
         if begin is None or stop is None:  # the parsers always set both
             continue
         if isinstance(event, events.DocumentStartEvent):
             stack.clear()
+            flows = 0
             continue
         if isinstance(event, (events.MappingEndEvent, events.SequenceEndEvent)):
             _, flow, _, role = stack.pop()
-            row = stop.line
-            if flow and row in ends:
-                in_flow = any(entry[1] for entry in stack)
-                ends[row].append(_Node(stop.column, row, 0, "flow", role, in_flow))
+            flows -= flow
+            if flow and stop.line in ends:
+                ends[stop.line].append(_Node(stop.column, stop.line, 0, "flow", role, True))
             continue
         if not isinstance(event, events.NodeEvent):
             continue
@@ -276,10 +258,11 @@ def _walk(
                 top[2] = not top[2]
             else:
                 role = "item"
-        in_flow = any(entry[1] for entry in stack)
+        in_flow = flows > 0
         if isinstance(event, events.CollectionStartEvent):
             kind = "map" if isinstance(event, events.MappingStartEvent) else "seq"
             stack.append([kind, bool(event.flow_style), True, role])
+            flows += bool(event.flow_style)
             continue
         first, last = begin.line, stop.line
         block = getattr(event, "style", None) in ("|", ">")
@@ -315,10 +298,14 @@ def _events(body: str) -> Iterator[events.Event]:
 
 
 def _comment(line: str, spans: list[tuple[int, int]]) -> int:
-    """The column of the `#` that starts this line's comment, or -1."""
+    """The column of the `#` that starts this line's comment, or -1. `spans` (the columns
+    scalars cover, in document order, so sorted and apart) are text, never a comment."""
+    starts = [s for s, _ in spans]
     at = line.find("#")
     while at >= 0:
-        if (at == 0 or line[at - 1] in " \t") and not any(s <= at < e for s, e in spans):
+        i = bisect.bisect_right(starts, at) - 1
+        inside = i >= 0 and at < spans[i][1]
+        if (at == 0 or line[at - 1] in " \t") and not inside:
             return at
         at = line.find("#", at + 1)
     return -1

@@ -333,7 +333,7 @@ def test_a_policy_with_no_latest_image_is_reported_not_guessed() -> None:
     text = 'image: reg/app:1.0.0 # {"$imagepolicy": "ns:unknown"}\n'
     out = imagemarkers.rewrite(text, {"app": "reg/app:2.0.0"})
     assert out.text == text
-    assert "no image chosen for policy 'unknown'" in out.problems[0].problem
+    assert "policy 'unknown' is not known" in out.problems[0].problem
 
 
 def test_a_latest_value_that_is_not_name_tag_is_never_written() -> None:
@@ -424,3 +424,30 @@ def test_parse_ref_reads_registries_ports_paths_tags_and_digests() -> None:
     )
     for bad in ("Reg/App:1", "reg/app:", "reg/app:1 2", "reg//app", ":1", "a" * 600):
         assert imagemarkers.parse_ref(bad) is None, bad
+
+
+@pytest.mark.parametrize(
+    ("before", "problem"),
+    [
+        ("a: \x00\n", "not valid YAML"),  # a character YAML does not allow
+        ("a: \ud800\n", "not UTF-8"),  # text decoded with surrogateescape
+        ("a: " + "[" * 5000 + "]" * 5000 + "\n", "not valid YAML"),  # nesting past the parser's cap
+    ],
+)
+def test_hostile_text_is_reported_never_raised(before: str, problem: str) -> None:
+    text = before + 'image: reg/app:1.0.0 # {"$imagepolicy": "ns:app"}\n'
+    out = imagemarkers.rewrite(text, {"app": "reg/app:2.0.0"})
+    assert out.text == text
+    assert problem in out.problems[0].problem
+
+
+def test_a_line_of_many_quoted_hashes_is_read_in_linear_time() -> None:
+    text = (
+        "x: [" + '" #", ' * 150_000 + '" #"]\nimage: reg/app:1.0.0 # {"$imagepolicy": "ns:app"}\n'
+    )
+    text = text.replace("x: [", 'x: [" #$imagepolicy", ', 1)
+    started = time.monotonic()
+    out = imagemarkers.rewrite(text, {"app": "reg/app:2.0.0"})
+    assert out.text.endswith('image: reg/app:2.0.0 # {"$imagepolicy": "ns:app"}\n')
+    assert out.problems == ()  # the quoted text on line 1 is a value, not a marker
+    assert time.monotonic() - started < 5.0
