@@ -20,6 +20,7 @@ import dataclasses
 import decimal
 import re
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from typing import Any, Literal
 
 from fleetops.hub import configfields, semver
@@ -108,7 +109,7 @@ class Choice:
 
 
 def choose(
-    tags: Iterable[str], policy: ImagePolicy, *, rejected: frozenset[str] = frozenset()
+    tags: Iterable[str], policy: ImagePolicy, *, rejected: AbstractSet[str] = frozenset()
 ) -> Choice:
     """The newest of `tags` by `policy`, never one in `rejected`. When two tags give the same
     value (`v1.2.3` and `1.2.3` under semver, or the same extracted value), the one first in

@@ -315,8 +315,15 @@ def test_an_alias_is_never_followed() -> None:
     assert "alias" in out.problems[0].problem
 
 
-def test_a_value_over_several_lines_is_reported() -> None:
-    text = 'image: reg/app:1.0.0\n  continued # {"$imagepolicy": "ns:app"}\n'
+@pytest.mark.parametrize(
+    "text",
+    [
+        'image: reg/app:1.0.0\n  continued # {"$imagepolicy": "ns:app"}\n',
+        'image: "reg/app:1.0.0\n  continued" # {"$imagepolicy": "ns:app"}\n',
+        'image: \'reg/app:1.0.0\r\n\r\n  x\' # {"$imagepolicy": "ns:app"}\r\n',
+    ],
+)
+def test_a_value_over_several_lines_is_reported(text: str) -> None:
     out = imagemarkers.rewrite(text, {"app": "reg/app:2.0.0"})
     assert out.text == text
     assert "several lines" in out.problems[0].problem
