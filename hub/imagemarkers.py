@@ -42,6 +42,7 @@ __all__ = ["Change", "ImageRef", "Marker", "Rewrite", "find", "parse_ref", "rewr
 MAX_CHARS = (
     2 * 1024 * 1024
 )  # a file with markers (~2.5 s to read at worst); a bigger one is reported
+MAX_DEPTH = 500  # nesting (libyaml's own cap is 1000; PyYAML's pure parser has none)
 KEY = "$imagepolicy"
 FIELDS = ("", "tag", "name")
 
@@ -199,6 +200,10 @@ def _scan(text: str) -> list[_Slot]:
         return [
             _file_problem(row, "a line break other than \\n or \\r\\n (a lone \\r, NEL, U+2028/9)")
         ]
+    try:
+        text.encode()
+    except UnicodeError:  # a lone surrogate: text that was not decoded as UTF-8
+        return [_file_problem(1, "not UTF-8 text")]
     body = text[1:] if text.startswith("\ufeff") else text
     lines = body.split("\n")
     rows = [i for i, line in enumerate(lines) if KEY in line]
@@ -206,19 +211,25 @@ def _scan(text: str) -> list[_Slot]:
     spans: dict[int, list[tuple[int, int]]] = {row: [] for row in rows}
     try:
         _walk(body, rows, ends, spans)
+    except _TooDeep as e:
+        return [_file_problem(e.line, f"YAML nested over {MAX_DEPTH} levels (line {e.line})")]
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         row = mark.line + 1 if mark is not None else 1
         what = getattr(e, "problem", None) or getattr(e, "reason", None) or type(e).__name__
         return [_file_problem(row, f"not valid YAML (line {row}: {what})")]
-    except UnicodeError:  # a lone surrogate: text that was not decoded as UTF-8
-        return [_file_problem(1, "not UTF-8 text")]
     out = []
     for row in rows:
         slot = _slot(lines[row].removesuffix("\r"), row, ends[row], spans[row])
         if slot is not None:
             out.append(slot)
     return out
+
+
+class _TooDeep(Exception):
+    def __init__(self, line: int) -> None:
+        super().__init__(line)
+        self.line = line
 
 
 def _file_problem(line: int, problem: str) -> _Slot:
@@ -262,6 +273,8 @@ def _walk(
         if isinstance(event, events.CollectionStartEvent):
             kind = "map" if isinstance(event, events.MappingStartEvent) else "seq"
             stack.append([kind, bool(event.flow_style), True, role])
+            if len(stack) > MAX_DEPTH:
+                raise _TooDeep(begin.line + 1)
             flows += bool(event.flow_style)
             continue
         first, last = begin.line, stop.line

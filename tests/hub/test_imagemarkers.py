@@ -438,7 +438,10 @@ def test_parse_ref_reads_registries_ports_paths_tags_and_digests() -> None:
     [
         ("a: \x00\n", "not valid YAML"),  # a character YAML does not allow
         ("a: \ud800\n", "not UTF-8"),  # text decoded with surrogateescape
-        ("a: " + "[" * 5000 + "]" * 5000 + "\n", "not valid YAML"),  # nesting past the parser's cap
+        (
+            "a: " + "[" * 600 + "]" * 600 + "\n",
+            "nested over 500 levels",
+        ),  # deeper than MAX_DEPTH
     ],
 )
 def test_hostile_text_is_reported_never_raised(before: str, problem: str) -> None:
@@ -449,9 +452,7 @@ def test_hostile_text_is_reported_never_raised(before: str, problem: str) -> Non
 
 
 def test_a_line_of_many_quoted_hashes_is_read_in_linear_time() -> None:
-    text = (
-        "x: [" + '" #", ' * 150_000 + '" #"]\nimage: reg/app:1.0.0 # {"$imagepolicy": "ns:app"}\n'
-    )
+    text = "x: [" + '" #", ' * 50_000 + '" #"]\nimage: reg/app:1.0.0 # {"$imagepolicy": "ns:app"}\n'
     text = text.replace("x: [", 'x: [" #$imagepolicy", ', 1)
     started = time.monotonic()
     out = imagemarkers.rewrite(text, {"app": "reg/app:2.0.0"})
