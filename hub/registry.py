@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import hashlib
 import http.client
-import json
 import socket
 import ssl
 import threading
@@ -157,6 +156,7 @@ class _Call:
         self.expired = False
         self._socks: list[socket.socket] = []
         self._lock = threading.Lock()
+        self.tls = ssl.create_default_context()
 
     def late(self) -> str:
         return (
@@ -183,7 +183,7 @@ class _Call:
     ) -> _Reply:
         """The answer to `url`, logged in as the registry asks, retried as it asks; a
         RegistryError for anything but 2xx."""
-        image, host = self.image, self.image.registry
+        image = self.image
         tried_auth = False
         waits = 0
         while True:
@@ -195,39 +195,18 @@ class _Call:
                     continue
             if reply.status == 429 or (reply.status >= 500 and reply.status != 501):
                 if waits >= RETRIES:
-                    raise RegistryError(_gave_up(image, reply.status, waits + 1))
+                    raise RegistryError(registryspec.gave_up(image, reply.status, waits + 1))
                 self._wait(reply, waits)
                 waits += 1
                 continue
             if 200 <= reply.status < 300:
                 return reply
-            raise RegistryError(self._refused(reply.status, what=what, host=host))
-
-    def _refused(self, status: int, *, what: str, host: str) -> str:
-        repo = self.image.repository
-        source = self.creds.source if self.creds else self.auth.source
-        if status == 401 and self.creds is not None:
-            return f"401 from {host} for {repo}: check the credentials in {source}"
-        if status == 401:
-            named = (
-                f"{source} has no auths entry for {host}: add one"
-                if source
-                else "set auth.dockerConfigFile on its imageRepositories entry"
-            )
-            return f"401 from {host} for {repo}: the registry wants credentials; {named}"
-        if status == 403:
-            return (
-                f"403 from {host} for {repo}: access denied; check that the credentials"
-                f"{' in ' + source if source else ''} may pull {repo}"
-            )
-        if status == 404:
-            if what == "tags":
-                return (
-                    f"404 from {host}: repository {repo} not found; check the image name "
-                    "(and that something was pushed to it)"
+            source = self.creds.source if self.creds else self.auth.source
+            raise RegistryError(
+                registryspec.refused(
+                    image, reply.status, what=what, source=source, sent=self.creds is not None
                 )
-            return f"404 from {host}: {repo} has no {what}; check that it was pushed"
-        return f"{status} from {host} for {repo} ({what}); the next scan tries again"
+            )
 
     def _authorization(self) -> str:
         host = self.image.registry
@@ -292,38 +271,13 @@ class _Call:
                 waits += 1
                 continue
             break
-        host = urllib.parse.urlsplit(realm).netloc
-        if reply.status in (401, 403):
-            if self.creds is not None:
-                msg = (
-                    f"{reply.status} from {host} (the token service of {image.registry}) for "
-                    f"{image.repository}: check the credentials in {self.creds.source}"
-                )
-            else:
-                msg = (
-                    f"{reply.status} from {host} (the token service of {image.registry}) for "
-                    f"{image.repository}: the registry wants credentials; set "
-                    "auth.dockerConfigFile on its imageRepositories entry"
-                )
-            raise RegistryError(msg)
-        if not 200 <= reply.status < 300:
-            raise RegistryError(
-                f"{reply.status} from {host} (the token service of {image.registry}) for "
-                f"{image.repository}; the next scan tries again"
-            )
-        try:
-            doc = json.loads(reply.body)
-        except (ValueError, UnicodeDecodeError):
-            doc = None
-        token = doc.get("token") or doc.get("access_token") if isinstance(doc, dict) else None
-        if not isinstance(token, str) or not token or any(c in token for c in "\r\n"):
-            raise RegistryError(
-                f"{image}: the token service {host} answered no token; report it to its owner"
-            )
-        expires = doc.get("expires_in", 60) if isinstance(doc, dict) else 60
-        if not isinstance(expires, (int, float)) or isinstance(expires, bool) or expires < 0:
-            expires = 60
-        return token, float(min(expires, 24 * 3600))
+        return registryspec.token_answer(
+            image,
+            reply.status,
+            reply.body,
+            realm=urllib.parse.urlsplit(realm).netloc,
+            source=self.creds.source if self.creds else "",
+        )
 
     def _wait(self, reply: _Reply, waits: int) -> None:
         """Sleep as Retry-After says (or back off), within the call's deadline."""
@@ -364,8 +318,14 @@ class _Call:
                     f"{self.image}: {reply.status} from {self.image.registry} redirects to "
                     "something that is not http(s); refused"
                 )
-            if reply.status == 303:
-                method = "GET" if method != "HEAD" else method
+            if registryspec.origin(new) != own and _internal(new) and not _internal(self.base):
+                raise RegistryError(
+                    f"{self.image}: {self.image.registry} redirects to a loopback or "
+                    "link-local address; refused (a registry does not send the hub to its "
+                    "own machine)"
+                )
+            if reply.status == 303 and method != "HEAD":
+                method = "GET"
             url = new
         raise RegistryError(f"{self.image}: more than {MAX_REDIRECTS} redirects; refused")
 
@@ -373,11 +333,8 @@ class _Call:
         timeout = min(TIMEOUT, self.left())
         self.requests += 1
         request = urllib.request.Request(url, headers=headers, method=method)
-        opener = urllib.request.build_opener(
-            _EveryStatus(), _Http(self), _Https(self, context=ssl.create_default_context())
-        )
         try:
-            with opener.open(request, timeout=timeout) as resp:
+            with _opener(self).open(request, timeout=timeout) as resp:
                 body: bytes = resp.read(max_body + 1) if method != "HEAD" else b""
                 reply = _Reply(int(resp.status), resp.headers, body, url)
         except RegistryError:
@@ -406,16 +363,15 @@ class _Call:
                 raise TimeoutError("deadline passed")
 
 
-def _gave_up(image: Image, status: int, tries: int) -> str:
-    if status == 429:
-        return (
-            f"429 from {image.registry} for {image.repository}: too many requests, still "
-            f"after {tries} tries; the next scan tries again (or scan less often)"
-        )
-    return (
-        f"{status} from {image.registry} for {image.repository}, still after {tries} tries: "
-        "the registry is failing; the next scan tries again"
-    )
+def _internal(url: str) -> bool:
+    """Whether `url`'s host is (or resolves to) a loopback, link-local or unspecified
+    address."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return False  # the request then fails to reach it, naming it
+    return registryspec.internal([str(info[4][0]) for info in infos])
 
 
 def _why(e: BaseException) -> str:
@@ -448,34 +404,25 @@ class _EveryStatus(urllib.request.HTTPErrorProcessor):
     https_response = http_response
 
 
-class _Http(urllib.request.HTTPHandler):
-    def __init__(self, call: _Call) -> None:
-        super().__init__()
-        self._call = call
+def _opener(call: _Call) -> urllib.request.OpenerDirector:
+    """urllib with every socket handed to `call` (its deadline shuts them) and no redirects."""
 
-    def http_open(self, req: urllib.request.Request) -> Any:
-        call = self._call
+    class Plain(http.client.HTTPConnection):
+        def connect(self) -> None:
+            super().connect()
+            call.watch(self.sock)
 
-        class Watched(http.client.HTTPConnection):
-            def connect(self) -> None:
-                super().connect()
-                call.watch(self.sock)
+    class Tls(http.client.HTTPSConnection):
+        def connect(self) -> None:
+            super().connect()
+            call.watch(self.sock)
 
-        return self.do_open(Watched, req)
+    class PlainHandler(urllib.request.HTTPHandler):
+        def http_open(self, req: urllib.request.Request) -> Any:
+            return self.do_open(Plain, req)
 
+    class TlsHandler(urllib.request.HTTPSHandler):
+        def https_open(self, req: urllib.request.Request) -> Any:
+            return self.do_open(Tls, req, context=call.tls)
 
-class _Https(urllib.request.HTTPSHandler):
-    def __init__(self, call: _Call, *, context: ssl.SSLContext) -> None:
-        super().__init__(context=context)
-        self._call = call
-        self._context = context
-
-    def https_open(self, req: urllib.request.Request) -> Any:
-        call = self._call
-
-        class Watched(http.client.HTTPSConnection):
-            def connect(self) -> None:
-                super().connect()
-                call.watch(self.sock)
-
-        return self.do_open(Watched, req, context=self._context)
+    return urllib.request.build_opener(_EveryStatus(), PlainHandler(), TlsHandler())

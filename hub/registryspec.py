@@ -14,6 +14,7 @@ import base64
 import binascii
 import dataclasses
 import email.utils
+import ipaddress
 import json
 import pathlib
 import re
@@ -339,3 +340,87 @@ def retry_after(value: str) -> float | None:
 def shown(url: str) -> str:
     p = urllib.parse.urlsplit(url)
     return urllib.parse.urlunsplit((p.scheme, p.netloc.rpartition("@")[2], p.path, "", ""))
+
+
+def refused(image: Image, status: int, *, what: str, source: str, sent: bool) -> str:
+    """The message for a 4xx answer to a registry request (`sent`: credentials went)."""
+    host, repo = image.registry, image.repository
+    if status == 401 and sent:
+        return f"401 from {host} for {repo}: check the credentials in {source}"
+    if status == 401:
+        named = (
+            f"{source} has no auths entry for {host}: add one"
+            if source
+            else "set auth.dockerConfigFile on its imageRepositories entry"
+        )
+        return f"401 from {host} for {repo}: the registry wants credentials; {named}"
+    if status == 403:
+        where = f" in {source}" if source else ""
+        return (
+            f"403 from {host} for {repo}: access denied; check that the credentials{where} "
+            f"may pull {repo}"
+        )
+    if status == 404 and what == "tags":
+        return (
+            f"404 from {host}: repository {repo} not found; check the image name (and that "
+            "something was pushed to it)"
+        )
+    if status == 404:
+        return f"404 from {host}: {repo} has no {what}; check that it was pushed"
+    return f"{status} from {host} for {repo} ({what}); the next scan tries again"
+
+
+def gave_up(image: Image, status: int, tries: int) -> str:
+    if status == 429:
+        return (
+            f"429 from {image.registry} for {image.repository}: too many requests, still "
+            f"after {tries} tries; the next scan tries again (or scan less often)"
+        )
+    return (
+        f"{status} from {image.registry} for {image.repository}, still after {tries} tries: "
+        "the registry is failing; the next scan tries again"
+    )
+
+
+def token_answer(
+    image: Image, status: int, body: bytes, *, realm: str, source: str
+) -> tuple[str, float]:
+    """(token, seconds it lasts) from a token service's answer (`token` or `access_token`,
+    `expires_in`, 60 s without); a RegistryError naming the credentials file on 401/403."""
+    said = f"{status} from {realm} (the token service of {image.registry}) for {image.repository}"
+    if status in (401, 403):
+        if source:
+            raise RegistryError(f"{said}: check the credentials in {source}")
+        raise RegistryError(
+            f"{said}: the registry wants credentials; set auth.dockerConfigFile on its "
+            "imageRepositories entry"
+        )
+    if not 200 <= status < 300:
+        raise RegistryError(f"{said}; the next scan tries again")
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        doc = None
+    if not isinstance(doc, dict):
+        doc = {}
+    token = doc.get("token") or doc.get("access_token")
+    if not isinstance(token, str) or not token or any(c in token for c in "\r\n"):
+        raise RegistryError(f"{image}: the token service {realm} answered no token")
+    expires = doc.get("expires_in", 60)
+    if not isinstance(expires, (int, float)) or isinstance(expires, bool) or expires < 0:
+        expires = 60
+    return token, float(min(expires, 24 * 3600))
+
+
+def internal(addresses: list[str]) -> bool:
+    """Whether any address is loopback, link-local or unspecified (IPv4-mapped too)."""
+    for text in addresses:
+        try:
+            ip = ipaddress.ip_address(text.split("%", 1)[0])
+        except ValueError:
+            continue
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if ip.is_loopback or ip.is_link_local or ip.is_unspecified:
+            return True
+    return False

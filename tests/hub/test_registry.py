@@ -318,3 +318,34 @@ def test_docker_hub_entries_in_a_config_file_count_for_docker_hub(tmp_path: path
     creds = registryspec.docker_config(path, registry=registryspec.DOCKER_HUB)
     assert creds is not None and creds.username == "me"
     assert registryspec.docker_config(path, registry="ghcr.io") is None
+
+
+@pytest.mark.parametrize(
+    ("addresses", "inside"),
+    [
+        (["127.0.0.2"], True),
+        (["169.254.169.254"], True),
+        (["::ffff:127.0.0.1"], True),
+        (["0.0.0.0"], True),
+        (["203.0.113.7", "2001:db8::1"], False),
+    ],
+)
+def test_redirect_targets_on_the_hubs_own_machine_are_recognised(
+    addresses: list[str], inside: bool
+) -> None:
+    assert registryspec.internal(addresses) is inside
+
+
+def test_a_bearer_challenge_is_read_with_quoted_commas() -> None:
+    got = registryspec.parse_challenge(
+        'Bearer realm="https://auth.example.com/token",service="registry.example.com",'
+        'scope="repository:a/b:pull,push"'
+    )
+    assert got == registryspec.Challenge(
+        "bearer",
+        {
+            "realm": "https://auth.example.com/token",
+            "service": "registry.example.com",
+            "scope": "repository:a/b:pull,push",
+        },
+    )
