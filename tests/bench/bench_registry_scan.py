@@ -51,7 +51,8 @@ async def main() -> None:
     ]
     print(f"scan of a {args.tags}-tag repository on the fake registry, {args.rounds} rounds")
     for name, users, max_tags in cases:
-        times, peaks = [], []
+        times: list[float] = []
+        peaks: list[float] = []
         got = None
         with fakeregistry.fake_registry(tags={"big/app": tags}, bearer_users=users) as fake:
             for i in range(args.rounds + 1):
