@@ -426,44 +426,49 @@ def report(
     def acked(wave: str) -> list[float]:
         return sorted(by_name[c].acked[rev] + offset for c in members[wave])
 
-    def at(prefix: str) -> float:
+    def at(prefix: str) -> float | None:
         hits = [
             seconds(e.at) for e in history if e.kind == "rollout" and e.message.startswith(prefix)
         ]
-        if not hits:
-            raise SystemExit(f"no history entry {prefix!r} for {rev[:8]}")
-        return min(hits)
+        return min(hits) if hits else None
 
-    lines = [f"webhook -> history says the rollout started: {at('rollout of') - t0:.2f} s"]
+    cut = "n/a (History's newest 5000 entries no longer held it: fewer agents)"
+    # wave -> when the hub recorded that its step passed (the last: the rollout succeeded)
+    ends = {w: at(f"step {w} passed") for w in names[:-1]}
+    ends[names[-1]] = at(f"rollout of {rev[:8]} succeeded")
+    started = at("rollout of")
+    lines = [
+        "webhook -> history says the rollout started: "
+        + (f"{started - t0:.2f} s" if started is not None else cut)
+    ]
     first = acked(names[0])
     lines.append(
         f"webhook -> every {names[0]} cluster ({len(first)}) acknowledged: {first[-1] - t0:.2f} s"
     )
     hand_overs = []
     for prev, nxt in zip(names, names[1:], strict=False):
-        passed = at(f"step {prev} passed")
+        passed = ends[prev]
+        if passed is None:
+            lines.append(f"step {prev} passed -> every {nxt} cluster acknowledged: {cut}")
+            continue
         got = acked(nxt)
-        took = got[-1] - passed
-        hand_overs.append(took)
+        hand_overs.append(got[-1] - passed)
         lines.append(
             f"step {prev} passed -> every {nxt} cluster ({len(got)}) acknowledged: "
             f"first {got[0] - passed:.3f} s, median {statistics.median(got) - passed:.3f} s, "
-            f"last {took:.3f} s"
+            f"last {got[-1] - passed:.3f} s"
         )
-    lines.append(
-        f"RESULT step hand-over (passed -> every next-step cluster acknowledged) over "
-        f"{len(hand_overs)} boundaries: median {statistics.median(hand_overs):.3f} s, "
-        f"max {max(hand_overs):.3f} s (target < 1 s)"
-    )
-    # the hub's CPU while a step's clusters bake and nothing changes
-    bakes = []
-    for k, wave in enumerate(names):
-        end = (
-            at(f"step {wave} passed")
-            if k < len(names) - 1
-            else at(f"rollout of {rev[:8]} succeeded")
+    if hand_overs:
+        lines.append(
+            f"RESULT step hand-over (passed -> every next-step cluster acknowledged) over "
+            f"{len(hand_overs)} boundaries: median {statistics.median(hand_overs):.3f} s, "
+            f"max {max(hand_overs):.3f} s (target < 1 s)"
         )
+    for wave, end in ends.items():
         last = acked(wave)[-1]
+        if end is None:
+            lines.append(f"last {wave} cluster acknowledged -> step {wave} passed: {cut}")
+            continue
         split = ""
         if wave in clocks:
             split = (
@@ -474,15 +479,13 @@ def report(
             f"last {wave} cluster acknowledged -> step {wave} passed: {end - last:.2f} s "
             f"(bake {ns.bake:g} s + {end - last - ns.bake:.2f} s{split})"
         )
-    for k, wave in enumerate(names):
-        end = (
-            at(f"step {wave} passed")
-            if k < len(names) - 1
-            else at(f"rollout of {rev[:8]} succeeded")
-        )
-        # from the step's last acknowledgement (+0.5 s for its report to land, and after the
-        # bench's own History call) to just before the step passed
-        window = cpu.window(max(acked(wave)[-1] + 0.5, asked[wave] + 0.1), end - 0.1)
+    # the hub's CPU while a step's clusters bake and nothing changes: from the step's last
+    # acknowledgement (+0.5 s for its report to land, and after the bench's own calls) to
+    # just before the step passed
+    bakes = []
+    for wave, end in ends.items():
+        start = max(acked(wave)[-1] + 0.5, asked[wave] + 0.1)
+        window = cpu.window(start, (end or start) - 0.1)
         if window is None:
             lines.append(f"bake of {wave}: too short to measure")
             continue
@@ -504,7 +507,9 @@ def report(
             f"{idle[1] * 100:.1f}% (x{ratio:.1f})"
         )
     everyone = max(f.acked[rev] for f in by_name.values()) + offset
-    succeeded = at(f"rollout of {rev[:8]} succeeded")
+    succeeded = ends[names[-1]]
+    if succeeded is None:  # read last, the newest entry: always there once it succeeded
+        raise SystemExit(f"the history has no 'rollout of {rev[:8]} succeeded' entry")
     floor = len(names) * ns.bake
     lines.append(
         f"RESULT commit-to-all-converged over {len(by_name)} clusters: webhook -> all "
