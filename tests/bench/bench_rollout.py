@@ -13,12 +13,13 @@ every fake, the hub's CPU is measured for `--idle` seconds with no rollout runni
 baseline); then a commit and its push webhook start the measured rollout. Printed:
 - each step boundary: from the hub's history entry "step X passed" to the last cluster of the
   next step acknowledging the new assignment (the fakes note when they got it);
+- per step, the last acknowledgement to "step passed", split into the hub starting that
+  cluster's bake clock and the bake being over to the step passing;
 - the hub's CPU (user+sys from /proc/<pid>/stat) per second while a step's clusters bake
   (nothing changes) against the idle baseline, and which hub threads spent it;
 - webhook to every cluster acknowledged, and to the rollout's "succeeded" entry.
-With `--profile FILE` the unmodified hub runs under `python -m cProfile -o FILE` (its CPU
-numbers then include the profiler's overhead) and the top functions are printed.
-Not a timed test.
+With `--profile FILE` the unmodified hub runs under `python -m cProfile -o FILE` (its numbers
+then include the profiler's overhead) and the top functions are printed. Not a timed test.
 """
 
 from __future__ import annotations
@@ -41,11 +42,9 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Sequence
 
 import grpc
 import yaml
-from google.protobuf import timestamp_pb2
 
 from fleetops.proto.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, fleet_pb2_grpc, types_pb2
 from tests.support import fakes, fleet, wait
@@ -54,58 +53,42 @@ SECRET = "rollout-bench-webhook-secret"
 APP = "web"
 WAVES = (("canary", 1), ("wave1", 9), ("wave2", 30), ("rest", 60))  # name, percent of N
 TICKS = os.sysconf("SC_CLK_TCK")
+CUT = "n/a (History's newest 5000 entries no longer held it: use fewer agents)"
 
 
-def sizes(n: int) -> list[tuple[str, int]]:
-    """Each wave's cluster count for N fakes (the last takes what is left)."""
-    out: list[tuple[str, int]] = []
-    for name, percent in WAVES[:-1]:
-        out.append((name, max(1, n * percent // 100)))
-    out.append((WAVES[-1][0], n - sum(k for _, k in out)))
+def waves(n: int) -> dict[str, list[str]]:
+    """Wave -> its fakes' names, for N fakes (the last wave takes what is left)."""
+    out: dict[str, list[str]] = {}
+    i = 0
+    for k, (name, percent) in enumerate(WAVES):
+        size = max(1, n * percent // 100) if k < len(WAVES) - 1 else n - i
+        out[name] = [f"fake-{j:05d}" for j in range(i, i + size)]
+        i += size
     return out
 
 
 def hub_yaml(repo_url: str, *, bake: float) -> dict[str, object]:
+    steps = [
+        {"name": name, "clusterSelector": {"matchLabels": {"wave": name}},
+         "maxParallel": "100%", "bake": f"{bake:g}s"}
+        for name, _ in WAVES
+    ]  # fmt: skip
     return {
-        "repos": [
-            {
-                "name": "platform",
-                "url": repo_url,
-                "pollInterval": "1h",
-                "webhookSecretEnv": "ROLLOUT_BENCH_SECRET",
-            }
-        ],
-        "apps": [
-            {
-                "name": APP,
-                "repo": "platform",
-                "path": "apps/web",
-                "namespace": "web",
-                "sync": {"auto": True},
-                "rollout": {
-                    "steps": [
-                        {
-                            "name": name,
-                            "clusterSelector": {"matchLabels": {"wave": name}},
-                            "maxParallel": "100%",
-                            "bake": f"{bake:g}s",
-                        }
-                        for name, _ in WAVES
-                    ],
-                    "progressDeadline": "300s",
-                },
-            }
-        ],
-    }
+        "repos": [{"name": "platform", "url": repo_url, "pollInterval": "1h",
+                   "webhookSecretEnv": "ROLLOUT_BENCH_SECRET"}],
+        "apps": [{"name": APP, "repo": "platform", "path": "apps/web", "namespace": "web",
+                  "sync": {"auto": True},
+                  "rollout": {"steps": steps, "progressDeadline": "300s"}}],
+    }  # fmt: skip
 
 
-def configmap(round_: int) -> dict[str, object]:
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": "web"},
-        "data": {"round": str(round_)},
-    }
+def write_app(repo: fleet.Repo, round_: int) -> str:
+    repo.write(
+        "apps/web/cm.yaml",
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "web"},
+         "data": {"round": str(round_)}},
+    )  # fmt: skip
+    return repo.commit(f"round {round_}")
 
 
 def webhook(port: int) -> None:
@@ -139,7 +122,7 @@ def _ticks(stat: str) -> tuple[str, int]:
 
 
 class CpuSampler:
-    """Samples a process's CPU (and each thread's) from /proc every `every` seconds."""
+    """Samples a process's CPU (and each of its threads') from /proc every `every` seconds."""
 
     def __init__(self, pid: int, every: float = 0.1) -> None:
         self.pid = pid
@@ -175,8 +158,8 @@ class CpuSampler:
             if got is not None:
                 self.samples.append(got)
 
-    def window(self, start: float, end: float) -> tuple[float, float, dict[str, float]] | None:
-        """(seconds measured, CPU seconds per second, comm -> CPU s/s) between the first
+    def window(self, start: float, end: float) -> tuple[float, float, str] | None:
+        """(seconds measured, CPU seconds per second, the busiest threads) between the first
         sample at or after `start` and the last at or before `end`."""
         inside = [s for s in list(self.samples) if start <= s.at <= end]
         if len(inside) < 2:
@@ -187,53 +170,38 @@ class CpuSampler:
         for tid, (comm, ticks) in b.threads.items():
             before = a.threads.get(tid, (comm, 0))[1]
             per[comm] = per.get(comm, 0.0) + (ticks - before) / TICKS / span
-        return span, (b.total - a.total) / TICKS / span, per
-
-
-def describe_threads(per: dict[str, float], top: int = 4) -> str:
-    busy = sorted(per.items(), key=lambda kv: -kv[1])[:top]
-    return ", ".join(f"{comm} {v * 100:.0f}%" for comm, v in busy if v > 0.005) or "none"
+        busy = sorted(per.items(), key=lambda kv: -kv[1])[:4]
+        threads = ", ".join(f"{c} {v * 100:.0f}%" for c, v in busy if v > 0.005) or "none"
+        return span, (b.total - a.total) / TICKS / span, threads
 
 
 # ------------------------------------------------------------------ the fleet
 
 
-async def register(
-    hub: fleet.Hub, agents: Sequence[fakes.FakeAgent], waves: dict[str, str]
-) -> None:
-    ca = (hub.data / "ca.crt").read_bytes()
-    meta = (("authorization", f"Bearer {hub.token()}"),)
-    async with grpc.aio.secure_channel(
-        hub.address, grpc.ssl_channel_credentials(root_certificates=ca)
-    ) as ch:
-        fleet_stub = fleet_pb2_grpc.FleetServiceStub(ch)
-        agent_stub = agent_pb2_grpc.AgentServiceStub(ch)
+class Api:
+    """The hub's fleet API, async, as an operator."""
+
+    def __init__(self, hub: fleet.Hub) -> None:
+        self.ca = (hub.data / "ca.crt").read_bytes()
+        creds = grpc.ssl_channel_credentials(root_certificates=self.ca)
+        self.channel = grpc.aio.secure_channel(hub.address, creds)
+        self.stub = fleet_pb2_grpc.FleetServiceStub(self.channel)
+        self.agents = agent_pb2_grpc.AgentServiceStub(self.channel)
+        self.meta = (("authorization", f"Bearer {hub.token()}"),)
+
+    async def register(self, agents: list[fakes.FakeAgent], wave_of: dict[str, str]) -> None:
         sem = asyncio.Semaphore(64)
 
         async def one(f: fakes.FakeAgent) -> None:
             async with sem:
-                tok = await fleet_stub.CreateToken(
-                    fleet_pb2.CreateTokenRequest(cluster=f.name, labels={"wave": waves[f.name]}),
-                    metadata=meta,
-                )
-                resp = await agent_stub.Register(
+                req = fleet_pb2.CreateTokenRequest(cluster=f.name, labels={"wave": wave_of[f.name]})
+                tok = await self.stub.CreateToken(req, metadata=self.meta)
+                resp = await self.agents.Register(
                     agent_pb2.RegisterRequest(token=tok.token, csr_pem=f.csr())
                 )
                 f.cert = resp.certificate_pem
 
         await asyncio.gather(*(one(f) for f in agents))
-
-
-class Fleet:
-    """The fleet API of the hub, async."""
-
-    def __init__(self, hub: fleet.Hub) -> None:
-        ca = (hub.data / "ca.crt").read_bytes()
-        self.channel = grpc.aio.secure_channel(
-            hub.address, grpc.ssl_channel_credentials(root_certificates=ca)
-        )
-        self.stub = fleet_pb2_grpc.FleetServiceStub(self.channel)
-        self.meta = (("authorization", f"Bearer {hub.token()}"),)
 
     async def rollout(self) -> fleet_pb2.Rollout:
         got = await self.stub.RolloutStatus(
@@ -241,35 +209,191 @@ class Fleet:
         )
         return got.rollouts[0]
 
-    async def history(self) -> list[types_pb2.Event]:
+    async def history(self, rev: str) -> list[types_pb2.Event]:
         got = await self.stub.History(
             fleet_pb2.HistoryRequest(app=APP, limit=5000), metadata=self.meta, timeout=30
         )
-        return list(got.events)
+        return [e for e in got.events if e.revision == rev]
 
-    async def explain(self) -> str:
-        r = await self.rollout()
-        lines = [f"rollout {r.revision[:8]} {r.phase} step {r.step}: {r.reason}"]
-        lines += [
-            f"  {s.name} {s.phase}: {s.passed}/{s.clusters} passed, {s.failed} failed, "
-            f"{s.deferred} deferred"
-            for s in r.steps
+
+# ------------------------------------------------------------------ what one run saw
+
+
+@dataclasses.dataclass
+class Measured:
+    waves: dict[str, list[str]]
+    agents: dict[str, fakes.FakeAgent]
+    bake: float
+    rev: str = ""
+    t0: float = 0.0  # wall clock when the webhook was sent
+    offset: float = 0.0  # wall clock - perf_counter (the fakes note perf_counter)
+    history: list[types_pb2.Event] = dataclasses.field(default_factory=list)
+    asked: dict[str, float] = dataclasses.field(default_factory=dict)  # wave -> bench's calls
+    clocks: dict[str, float] = dataclasses.field(default_factory=dict)  # wave -> last bake start
+    idle: tuple[float, float, str] = (0.0, 0.0, "")
+
+    def acked(self, wave: str) -> list[float]:
+        return sorted(self.agents[c].acked[self.rev] + self.offset for c in self.waves[wave])
+
+    def at(self, prefix: str) -> float | None:
+        """When the hub recorded the first rollout entry starting with `prefix`."""
+        hits = [
+            e.at.ToNanoseconds() / 1e9
+            for e in self.history
+            if e.kind == "rollout" and e.message.startswith(prefix)
         ]
-        return "\n".join(lines)
+        return min(hits) if hits else None
 
+    def ends(self) -> dict[str, float | None]:
+        """Wave -> when its step passed (the last one: when the rollout succeeded)."""
+        names = list(self.waves)
+        out = {w: self.at(f"step {w} passed") for w in names[:-1]}
+        out[names[-1]] = self.at(f"rollout of {self.rev[:8]} succeeded")
+        return out
 
-def seconds(ts: timestamp_pb2.Timestamp) -> float:
-    return float(ts.ToNanoseconds()) / 1e9
+    def hand_overs(self) -> list[str]:
+        started = self.at("rollout of")
+        first = list(self.waves)[0]
+        lines = [
+            "webhook -> history says the rollout started: "
+            + (f"{started - self.t0:.2f} s" if started is not None else CUT),
+            f"webhook -> every {first} cluster ({len(self.waves[first])}) acknowledged: "
+            f"{self.acked(first)[-1] - self.t0:.2f} s",
+        ]
+        took = []
+        ends = self.ends()
+        for prev, nxt in zip(self.waves, list(self.waves)[1:], strict=False):
+            passed, got = ends[prev], self.acked(nxt)
+            if passed is None:
+                lines.append(f"step {prev} passed -> every {nxt} cluster acknowledged: {CUT}")
+                continue
+            took.append(got[-1] - passed)
+            lines.append(
+                f"step {prev} passed -> every {nxt} cluster ({len(got)}) acknowledged: first "
+                f"{got[0] - passed:.3f} s, median {statistics.median(got) - passed:.3f} s, "
+                f"last {got[-1] - passed:.3f} s"
+            )
+        if took:
+            lines.append(
+                f"RESULT step hand-over (passed -> every next-step cluster acknowledged) over "
+                f"{len(took)} boundaries: median {statistics.median(took):.3f} s, "
+                f"max {max(took):.3f} s (target < 1 s)"
+            )
+        for wave, end in ends.items():
+            last = self.acked(wave)[-1]
+            said = f"last {wave} cluster acknowledged -> step {wave} passed"
+            if end is None:
+                lines.append(f"{said}: {CUT}")
+                continue
+            split = ""
+            if wave in self.clocks:
+                split = (
+                    f": acknowledged -> its bake clock started {self.clocks[wave] - last:.2f} s,"
+                    f" bake over -> step passed {end - self.clocks[wave] - self.bake:.2f} s"
+                )
+            lines.append(
+                f"{said}: {end - last:.2f} s (bake {self.bake:g} s + "
+                f"{end - last - self.bake:.2f} s{split})"
+            )
+        return lines
+
+    def cpu(self, cpu: CpuSampler) -> list[str]:
+        lines, bakes = [], []
+        for wave, end in self.ends().items():
+            # from the step's last acknowledgement (+0.5 s for its report to land, and after
+            # the bench's own calls) to just before the step passed: nothing changes
+            start = max(self.acked(wave)[-1] + 0.5, self.asked[wave] + 0.1)
+            window = cpu.window(start, (end or start) - 0.1)
+            if window is None:
+                lines.append(f"bake of {wave}: too short to measure")
+                continue
+            bakes.append(window[:2])
+            lines.append(
+                f"bake of {wave} ({len(self.waves[wave])} baking): hub CPU "
+                f"{window[1] * 100:.0f}% of a core over {window[0]:.1f} s ({window[2]})"
+            )
+        span, rate, threads = self.idle
+        lines.append(
+            f"idle, no rollout: hub CPU {rate * 100:.1f}% of a core over {span:.1f} s ({threads})"
+        )
+        if bakes:
+            baking = sum(s * r for s, r in bakes) / sum(s for s, _ in bakes)
+            lines.append(
+                f"RESULT hub CPU while baking {baking * 100:.1f}% of a core vs idle "
+                f"{rate * 100:.1f}% (x{baking / rate if rate else float('inf'):.1f})"
+            )
+        return lines
+
+    def total(self, cpu: CpuSampler) -> list[str]:
+        everyone = max(f.acked[self.rev] for f in self.agents.values()) + self.offset
+        succeeded = self.ends()[list(self.waves)[-1]]
+        if succeeded is None:  # read last, the newest entry: there once it succeeded
+            raise SystemExit(f"the history has no 'rollout of {self.rev[:8]} succeeded' entry")
+        floor = len(self.waves) * self.bake
+        lines = [
+            f"RESULT commit-to-all-converged over {len(self.agents)} clusters: webhook -> all "
+            f"acknowledged {everyone - self.t0:.2f} s, -> rollout succeeded "
+            f"{succeeded - self.t0:.2f} s ({len(self.waves)} bakes of {self.bake:g} s = "
+            f"{floor:g} s of it; overhead {succeeded - self.t0 - floor:.2f} s)"
+        ]
+        whole = cpu.window(self.t0, succeeded)
+        if whole is not None:
+            lines.append(
+                f"hub CPU over the whole rollout: {whole[1] * 100:.0f}% of a core ({whole[2]}); "
+                f"this process (the fakes) used {sum(os.times()[:2]):.0f} CPU s in all"
+            )
+        return lines
 
 
 # ------------------------------------------------------------------ the run
 
 
+async def measure(m: Measured, api: Api, repo: fleet.Repo, hub: fleet.Hub) -> None:
+    """Commit, send the webhook and follow the rollout to its end, into `m`."""
+    m.rev = write_app(repo, 1)
+    m.offset = time.time() - time.perf_counter()
+    m.t0 = time.time()
+    await asyncio.to_thread(webhook, hub.http_port)
+    # History returns the newest 5000 entries and a step writes about 2 per cluster: each
+    # step's entries are read as soon as every cluster of it acknowledged, with its bake
+    # clocks (RolloutStatus: bake left). RolloutStatus over N clusters costs the hub CPU, so
+    # it is never polled while a step bakes.
+    for wave, names in m.waves.items():
+        await wait.until(
+            f"every {wave} fake acknowledging the second revision",
+            lambda names=names: all(m.rev in m.agents[c].acked for c in names),
+            within=300 + 10 * m.bake,
+            explain=lambda: hub.process.tail()[-3000:],
+        )
+        m.history += await api.history(m.rev)
+        before = time.time()
+        r = await api.rollout()
+        mid = (before + time.time()) / 2
+        left = [c.bake_left_seconds for c in r.clusters if c.step == wave and c.phase == "Baking"]
+        if r.revision == m.rev and len(left) == len(names):
+            m.clocks[wave] = mid - m.bake + max(left)
+        m.asked[wave] = time.time()
+    seen: list[fleet_pb2.Rollout] = []
+
+    async def succeeded() -> bool:
+        seen[:] = [await api.rollout()]
+        return seen[0].revision == m.rev and seen[0].phase == "Succeeded"
+
+    await wait.until(
+        "the rollout of the second revision succeeding",
+        succeeded,
+        within=120 + 2 * m.bake,
+        every=1.0,  # once a second: a poller must not be what the baking measure sees
+        retry_on=(grpc.aio.AioRpcError,),
+        explain=lambda: f"{seen[-1].phase}: {seen[-1].reason}" if seen else hub.process.tail(),
+    )
+    await asyncio.sleep(1)  # not a wait for a state: one more CPU sample after the end
+    m.history += await api.history(m.rev)
+
+
 async def bench(ns: argparse.Namespace, root: pathlib.Path) -> list[str]:
-    n = ns.agents
     repo = fleet.Repo.create(root / "git")
-    repo.write("apps/web/cm.yaml", configmap(0))
-    first = repo.commit("round 0")
+    first = write_app(repo, 0)
     cfg = root / "hub.yaml"
     cfg.write_text(yaml.safe_dump(hub_yaml(repo.url, bake=ns.bake), sort_keys=False))
     env = {**os.environ, "ROLLOUT_BENCH_SECRET": SECRET}
@@ -277,125 +401,46 @@ async def bench(ns: argparse.Namespace, root: pathlib.Path) -> list[str]:
         hub = start_profiled_hub(cfg, root / "hub", pathlib.Path(ns.profile), env)
     else:
         hub = fleet.start_hub(cfg, root / "hub", env=env)
-    waves: dict[str, str] = {}
-    members: dict[str, list[str]] = {}
-    i = 0
-    for name, size in sizes(n):
-        members[name] = [f"fake-{k:05d}" for k in range(i, i + size)]
-        waves.update({c: name for c in members[name]})
-        i += size
-    agents = [fakes.FakeAgent(c) for c in sorted(waves)]
-    by_name = {f.name: f for f in agents}
+    groups = waves(ns.agents)
+    wave_of = {c: w for w, names in groups.items() for c in names}
+    agents = {c: fakes.FakeAgent(c) for c in sorted(wave_of)}
+    m = Measured(groups, agents, ns.bake)
     tasks: list[asyncio.Task[None]] = []
-    api = Fleet(hub)
+    api = Api(hub)
     lines: list[str] = []
     try:
         with CpuSampler(hub.process.proc.pid) as cpu:
             started = time.perf_counter()
-            await register(hub, agents, waves)
-            lines.append(f"registered {n} fakes in {time.perf_counter() - started:.1f} s")
-            address = f"127.0.0.1:{hub.agent_port}"
+            await api.register(list(agents.values()), wave_of)
+            lines.append(f"registered {ns.agents} fakes in {time.perf_counter() - started:.1f} s")
             started = time.perf_counter()
-            ca = (hub.data / "ca.crt").read_bytes()
-            for k, f in enumerate(agents):
-                tasks.append(asyncio.create_task(f.run(address, ca, asyncio.Event())))
+            for k, f in enumerate(agents.values()):
+                address = f"127.0.0.1:{hub.agent_port}"
+                tasks.append(asyncio.create_task(f.run(address, api.ca, asyncio.Event())))
                 if k % 100 == 99:
                     await asyncio.sleep(0.1)  # dial in waves, as a fleet coming online would
 
             async def first_done() -> bool:
-                everyone = all(f.applied.get(APP) == first for f in agents)
+                everyone = all(f.applied.get(APP) == first for f in agents.values())
                 return everyone and (await api.rollout()).phase == "Succeeded"
 
             await wait.until(
-                f"the first revision rolled out to all {n} fakes",
+                f"the first revision rolled out to all {ns.agents} fakes",
                 first_done,
                 within=900,
                 every=0.5,
                 retry_on=(grpc.aio.AioRpcError,),
-                explain=lambda: (
-                    f"{sum(f.applied.get(APP) == first for f in agents)} applied; "
-                    + hub.process.tail()[-2000:]
-                ),
+                explain=lambda: hub.process.tail()[-3000:],
             )
-            lines.append(
-                f"connected and first rollout done in {time.perf_counter() - started:.1f} s"
-            )
-            # the baseline: every fake connected, no rollout running
+            lines.append(f"connected, first rollout done in {time.perf_counter() - started:.1f} s")
             await asyncio.sleep(3)  # not a wait for a state: let the last reports settle
             idle_start = time.time()
-            await asyncio.sleep(ns.idle)  # the measuring window itself
+            await asyncio.sleep(ns.idle)  # the baseline's measuring window itself
             idle = cpu.window(idle_start, time.time())
             assert idle is not None
-
-            repo.write("apps/web/cm.yaml", configmap(1))
-            rev = repo.commit("round 1")
-            offset = time.time() - time.perf_counter()  # fakes note perf_counter
-            t0 = time.time()
-            await asyncio.to_thread(webhook, hub.http_port)
-
-            # The hub's history keeps the newest 5000 entries a call can read, and a step of
-            # N clusters writes about 2N: so each step's "passed" entry is read as soon as
-            # every cluster of the next step has acknowledged (one History call per step).
-            found: list[types_pb2.Event] = []
-            asked: dict[str, float] = {}  # wave -> when the bench's calls returned
-            clocks: dict[str, float] = {}  # wave -> when its last bake clock started
-            for wave, names in members.items():
-                await wait.until(
-                    f"every {wave} fake acknowledging the second revision",
-                    lambda names=names: all(rev in by_name[c].acked for c in names),
-                    within=300 + 10 * ns.bake,
-                    explain=lambda: (
-                        f"{sum(rev in f.acked for f in agents)} of {n} acknowledged\n"
-                        + hub.process.tail()[-3000:]
-                    ),
-                )
-                found += [e for e in await api.history() if e.revision == rev]
-                # when the hub started the last bake clock of this step: its bake left, now
-                before = time.time()
-                r = await api.rollout()
-                mid = (before + time.time()) / 2
-                left = [
-                    c.bake_left_seconds
-                    for c in r.clusters
-                    if c.step == wave and c.phase == "Baking" and r.revision == rev
-                ]
-                if len(left) == len(names):
-                    clocks[wave] = mid - ns.bake + max(left)
-                asked[wave] = time.time()
-            # only now is the hub asked, once a second: each RolloutStatus over N clusters
-            # costs it CPU, and a poller must not be what the baking measure sees
-            seen: list[fleet_pb2.Rollout] = []
-
-            async def succeeded() -> bool:
-                seen[:] = [await api.rollout()]
-                return seen[0].revision == rev and seen[0].phase == "Succeeded"
-
-            await wait.until(
-                "the rollout of the second revision succeeding",
-                succeeded,
-                within=120 + 2 * ns.bake,
-                every=1.0,
-                retry_on=(grpc.aio.AioRpcError,),
-                explain=lambda: (
-                    f"{seen[0].phase if seen else '?'}: "
-                    f"{seen[0].reason if seen else ''}\n{hub.process.tail()[-3000:]}"
-                ),
-            )
-            await asyncio.sleep(1)  # not a wait for a state: one more CPU sample after the end
-            found += [e for e in await api.history() if e.revision == rev]
-        lines += report(
-            ns=ns,
-            members=members,
-            by_name=by_name,
-            rev=rev,
-            t0=t0,
-            offset=offset,
-            history=found,
-            asked=asked,
-            clocks=clocks,
-            cpu=cpu,
-            idle=idle,
-        )
+            m.idle = idle
+            await measure(m, api, repo, hub)
+        lines += m.hand_overs() + m.cpu(cpu) + m.total(cpu)
     finally:
         for t in tasks:
             t.cancel()
@@ -404,126 +449,6 @@ async def bench(ns: argparse.Namespace, root: pathlib.Path) -> list[str]:
         hub.process.stop()
     if ns.profile:
         lines.append(top_functions(pathlib.Path(ns.profile)))
-    return lines
-
-
-def report(
-    *,
-    ns: argparse.Namespace,
-    members: dict[str, list[str]],
-    by_name: dict[str, fakes.FakeAgent],
-    rev: str,
-    t0: float,
-    offset: float,
-    history: list[types_pb2.Event],
-    asked: dict[str, float],
-    clocks: dict[str, float],
-    cpu: CpuSampler,
-    idle: tuple[float, float, dict[str, float]],
-) -> list[str]:
-    names = list(members)
-
-    def acked(wave: str) -> list[float]:
-        return sorted(by_name[c].acked[rev] + offset for c in members[wave])
-
-    def at(prefix: str) -> float | None:
-        hits = [
-            seconds(e.at) for e in history if e.kind == "rollout" and e.message.startswith(prefix)
-        ]
-        return min(hits) if hits else None
-
-    cut = "n/a (History's newest 5000 entries no longer held it: fewer agents)"
-    # wave -> when the hub recorded that its step passed (the last: the rollout succeeded)
-    ends = {w: at(f"step {w} passed") for w in names[:-1]}
-    ends[names[-1]] = at(f"rollout of {rev[:8]} succeeded")
-    started = at("rollout of")
-    lines = [
-        "webhook -> history says the rollout started: "
-        + (f"{started - t0:.2f} s" if started is not None else cut)
-    ]
-    first = acked(names[0])
-    lines.append(
-        f"webhook -> every {names[0]} cluster ({len(first)}) acknowledged: {first[-1] - t0:.2f} s"
-    )
-    hand_overs = []
-    for prev, nxt in zip(names, names[1:], strict=False):
-        passed = ends[prev]
-        if passed is None:
-            lines.append(f"step {prev} passed -> every {nxt} cluster acknowledged: {cut}")
-            continue
-        got = acked(nxt)
-        hand_overs.append(got[-1] - passed)
-        lines.append(
-            f"step {prev} passed -> every {nxt} cluster ({len(got)}) acknowledged: "
-            f"first {got[0] - passed:.3f} s, median {statistics.median(got) - passed:.3f} s, "
-            f"last {got[-1] - passed:.3f} s"
-        )
-    if hand_overs:
-        lines.append(
-            f"RESULT step hand-over (passed -> every next-step cluster acknowledged) over "
-            f"{len(hand_overs)} boundaries: median {statistics.median(hand_overs):.3f} s, "
-            f"max {max(hand_overs):.3f} s (target < 1 s)"
-        )
-    for wave, end in ends.items():
-        last = acked(wave)[-1]
-        if end is None:
-            lines.append(f"last {wave} cluster acknowledged -> step {wave} passed: {cut}")
-            continue
-        split = ""
-        if wave in clocks:
-            split = (
-                f": acknowledged -> its bake clock started {clocks[wave] - last:.2f} s, "
-                f"bake over -> step passed {end - clocks[wave] - ns.bake:.2f} s"
-            )
-        lines.append(
-            f"last {wave} cluster acknowledged -> step {wave} passed: {end - last:.2f} s "
-            f"(bake {ns.bake:g} s + {end - last - ns.bake:.2f} s{split})"
-        )
-    # the hub's CPU while a step's clusters bake and nothing changes: from the step's last
-    # acknowledgement (+0.5 s for its report to land, and after the bench's own calls) to
-    # just before the step passed
-    bakes = []
-    for wave, end in ends.items():
-        start = max(acked(wave)[-1] + 0.5, asked[wave] + 0.1)
-        window = cpu.window(start, (end or start) - 0.1)
-        if window is None:
-            lines.append(f"bake of {wave}: too short to measure")
-            continue
-        span, rate, per = window
-        bakes.append((span, rate))
-        lines.append(
-            f"bake of {wave} ({len(members[wave])} baking): hub CPU {rate * 100:.0f}% of a core "
-            f"over {span:.1f} s ({describe_threads(per)})"
-        )
-    lines.append(
-        f"idle, no rollout: hub CPU {idle[1] * 100:.1f}% of a core over {idle[0]:.1f} s "
-        f"({describe_threads(idle[2])})"
-    )
-    if bakes:
-        baking = sum(s * r for s, r in bakes) / sum(s for s, _ in bakes)
-        ratio = baking / idle[1] if idle[1] > 0 else float("inf")
-        lines.append(
-            f"RESULT hub CPU while baking {baking * 100:.1f}% of a core vs idle "
-            f"{idle[1] * 100:.1f}% (x{ratio:.1f})"
-        )
-    everyone = max(f.acked[rev] for f in by_name.values()) + offset
-    succeeded = ends[names[-1]]
-    if succeeded is None:  # read last, the newest entry: always there once it succeeded
-        raise SystemExit(f"the history has no 'rollout of {rev[:8]} succeeded' entry")
-    floor = len(names) * ns.bake
-    lines.append(
-        f"RESULT commit-to-all-converged over {len(by_name)} clusters: webhook -> all "
-        f"acknowledged {everyone - t0:.2f} s, -> rollout succeeded {succeeded - t0:.2f} s "
-        f"({len(names)} bakes of {ns.bake:g} s = {floor:g} s of it; overhead "
-        f"{succeeded - t0 - floor:.2f} s)"
-    )
-    rollout_cpu = cpu.window(t0, succeeded)
-    if rollout_cpu is not None:
-        lines.append(
-            f"hub CPU over the whole rollout: {rollout_cpu[1] * 100:.0f}% of a core "
-            f"({describe_threads(rollout_cpu[2])}); this process (the fakes) used "
-            f"{sum(os.times()[:2]):.0f} CPU s in all"
-        )
     return lines
 
 
@@ -558,9 +483,10 @@ def top_functions(path: pathlib.Path, top: int = 25) -> str:
     buf = io.StringIO()
     stats = pstats.Stats(str(path), stream=buf)
     stats.sort_stats("tottime").print_stats(top)
-    stats.sort_stats("cumulative").print_stats(top)
-    stats.sort_stats("calls").print_stats(
-        r"hub/(rollouts?|planner|planning|core|agent_service|agentreports)\.py", top
+    stats.sort_stats("cumulative").print_stats(
+        r"hub/(rollouts?|rolloutview|planner|planning|core|agent_service|agentreports|events)\.py"
+        r"|dataclasses",
+        top,
     )
     return buf.getvalue()
 
