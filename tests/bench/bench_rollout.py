@@ -354,7 +354,7 @@ async def measure(m: Measured, api: Api, repo: fleet.Repo, hub: fleet.Hub) -> No
     m.offset = time.time() - time.perf_counter()
     m.t0 = time.time()
     await asyncio.to_thread(webhook, hub.http_port)
-    # History returns the newest 5000 entries and a step writes about 2 per cluster: each
+    # History returns the newest 5000 entries and a step writes 2-3 per cluster: each
     # step's entries are read as soon as every cluster of it acknowledged, with its bake
     # clocks (RolloutStatus: bake left). RolloutStatus over N clusters costs the hub CPU, so
     # it is never polled while a step bakes.
