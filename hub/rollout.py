@@ -522,6 +522,20 @@ def pending(state: State) -> bool:
     )
 
 
+def wake_at(state: State, policy: rolloutspec.Rollout) -> float:
+    """When a clock of this rollout runs out next (a bake ends, a deadline passes), so the
+    shell looks again right then; infinity when no clock runs."""
+    out = math.inf
+    if state.phase not in ACTIVE or state.frozen_at:
+        return out
+    for c in state.clusters.values():
+        if c.phase == BAKING and 0 <= c.step < len(policy.steps):
+            out = min(out, c.healthy_since + policy.steps[c.step].bake)
+        elif c.phase == PROGRESSING:
+            out = min(out, c.since + policy.progress_deadline)
+    return out
+
+
 def promote(state: State) -> str:
     """An operator says the step running now passed its bake and gates: what it did."""
     if state.phase not in ACTIVE or state.step in state.promoted:

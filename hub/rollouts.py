@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -100,6 +101,7 @@ class Rollouts:
         self._unsaved: set[str] = set()  # apps whose book changed and is not stored yet
         self._replan_due = False  # a rollout moved: assignments must follow
         self._unrecorded: list[events.Entry] = []  # history the store could not take yet
+        self._wake = 0.0  # when a rollout's clock runs out next
 
     # ------------------------------------------------------------ loading and saving
 
@@ -255,8 +257,10 @@ class Rollouts:
         """Move every active rollout on: at once when poked, else every TICK."""
         try:
             while not stop.is_set():
+                # at the latest a TICK from now, earlier when a bake or deadline ends sooner
+                wait = min(TICK, max(0.02, self._wake - self.now() + 0.01))
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._poked.wait(), timeout=TICK)
+                    await asyncio.wait_for(self._poked.wait(), timeout=wait)
                 self._poked.clear()
                 await self.tick()
         finally:
@@ -306,6 +310,16 @@ class Rollouts:
                 self._replan_due = self._replan_due or moved
                 if changed:
                     self._unsaved.add(app.name)
+            self._wake = min(
+                (
+                    rollout.wake_at(b.state, a.rollout)
+                    for a in self._settings.cfg.apps
+                    if a.rollout is not None
+                    and (b := self.books.get(a.name)) is not None
+                    and b.state is not None
+                ),
+                default=math.inf,
+            )
             for name in sorted(self._unsaved):
                 try:
                     await self._save(name)
