@@ -95,12 +95,18 @@ class Gate:
         if self.mode == _HANG or self.upstream is None:
             self._held.add(writer)  # read nothing, answer nothing, until the test says
             return
+        self._conns.add(writer)  # known at once: a close while we dial upstream resets it too
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.upstream)
         except OSError:
+            self._conns.discard(writer)
             writer.transport.abort()
             return
-        self._conns.update((writer, up_writer))
+        if writer not in self._conns:  # the gate closed or hung while we dialled
+            up_writer.transport.abort()
+            writer.transport.abort()
+            return
+        self._conns.add(up_writer)
         await asyncio.gather(
             self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True
         )
