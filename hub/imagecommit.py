@@ -346,15 +346,15 @@ def _edit(
         _, size = git.odb.read_header(oid)
         if size > MAX_FILE_BYTES:
             edit.problems.append(
-                f"{_plain(path)}: {size} bytes, over the {MAX_FILE_BYTES // 2**20} MiB limit; "
+                f"{_plain(path)}: {size} bytes, over the limit of {MAX_FILE_BYTES} bytes; "
                 "not read (split it)"
             )
             continue
         total += size
         if total > MAX_TOTAL_BYTES:
             edit.problems.append(
-                f"{_plain(path)} and later files not read: over {MAX_TOTAL_BYTES // 2**20} MiB "
-                "in all; narrow the paths"
+                f"{_plain(path)} and later files not read: over {MAX_TOTAL_BYTES} bytes in all; "
+                "narrow the paths"
             )
             break
         data = git[oid].read_raw()
