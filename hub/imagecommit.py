@@ -144,7 +144,8 @@ def update(
     attempts: int = 5,
     race_for_tests: RaceHook | None = None,
 ) -> Outcome:
-    """Rewrite the markers under `paths` of `branch` with `latest` (policy -> `name:tag`),
+    """Rewrite the markers under `paths` (files or folders; none = the whole repo) of
+    `branch` with `latest` (policy -> `name:tag`),
     commit once and push to `push_branch` ('' = `branch`) as a fast-forward, by `deadline`
     (a `time.monotonic()` instant). `message` may hold `{changes}`. `race_for_tests` is
     called with the attempt number after the commit is built and before it is pushed; only
@@ -382,7 +383,7 @@ def _yaml_files(
             try:
                 entry = tree[root]
             except KeyError:
-                problems.append(f"path {_plain(root)!s} is not in the branch; fix the paths")
+                problems.append(f"path '{_plain(root)}' is not in the branch; fix the paths")
                 continue
         else:
             entry = tree

@@ -288,6 +288,26 @@ def test_a_concurrent_commit_is_kept_and_ours_is_rebuilt_on_it(
     assert fleet.git(remote.bare, "rev-list", "--count", "main") == "3"
 
 
+def test_a_concurrent_edit_of_the_marked_line_is_rewritten_on_top(
+    remote: fleet.Repo, other: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    hand = DEPLOY.replace(b"web:1.0.0 #", b"web:1.0.5 #")
+    edited = hand.decode().replace("name: web  # the web tier", "name: web  # edited by hand")
+
+    def race(attempt: int) -> None:
+        if attempt == 1:
+            colleague_pushes(other, "apps/web/deploy.yaml", edited)
+
+    spec = config.Repo(name="apps", url=remote.url)
+    done = run(spec, tmp_path / "cache", paths=["apps/web"], race_for_tests=race)
+    assert [(c.old, c.new) for c in done.changes] == [
+        ("reg.example.com/web:1.0.5", "reg.example.com/web:1.1.0")
+    ]
+    assert blob(remote, "main", "apps/web/deploy.yaml") == edited.encode().replace(
+        b"web:1.0.5 #", b"web:1.1.0 #"
+    )  # their comment edit stays
+
+
 def test_a_remote_that_keeps_moving_is_never_forced(
     remote: fleet.Repo, other: pathlib.Path, spec: config.Repo, tmp_path: pathlib.Path
 ) -> None:
@@ -425,6 +445,21 @@ def test_a_symlink_named_yaml_is_not_followed(remote: fleet.Repo, tmp_path: path
     done = run(spec, tmp_path / "cache")
     assert {c.file for c in done.changes} == {"apps/api/values.yml", "apps/web/deploy.yaml"}
     assert blob(remote, "main", "elsewhere/deploy.yaml") == DEPLOY
+
+
+def test_a_submodule_and_a_missing_path_are_passed_over(
+    remote: fleet.Repo, tmp_path: pathlib.Path
+) -> None:
+    sha = head(remote)  # a gitlink: a commit of another repository, absent here
+    fleet.git(remote.work, "update-index", "--add", "--cacheinfo", f"160000,{sha},apps/sub.yaml")
+    fleet.git(remote.work, "commit", "-q", "-m", "submodule")
+    fleet.git(remote.work, "push", "-q", "origin", "main")
+    spec = config.Repo(name="apps", url=remote.url)
+    done = run(spec, tmp_path / "cache", paths=["apps", "nowhere"])
+    assert {c.file for c in done.changes} == {"apps/api/values.yml", "apps/web/deploy.yaml"}
+    assert done.problems == ["path 'nowhere' is not in the branch; fix the paths"]
+    listed = fleet.git(remote.bare, "ls-tree", "main", "apps/sub.yaml")
+    assert listed.startswith(f"160000 commit {sha}")  # kept as it was in our commit
 
 
 @pytest.mark.parametrize(
