@@ -130,6 +130,21 @@ class _Edit:
     problems: list[str]
 
 
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """One run's settings, checked."""
+
+    spec: config.Repo
+    where: str  # "repo X, branch Y" for messages
+    branch: str
+    push_branch: str
+    roots: tuple[str, ...]
+    latest: Mapping[str, str]
+    author: Signature
+    message: str
+    deadline: float
+
+
 def update(
     spec: config.Repo,
     *,
@@ -145,105 +160,75 @@ def update(
     race_for_tests: RaceHook | None = None,
 ) -> Outcome:
     """Rewrite the markers under `paths` (files or folders; none = the whole repo) of
-    `branch` with `latest` (policy -> `name:tag`),
-    commit once and push to `push_branch` ('' = `branch`) as a fast-forward, by `deadline`
-    (a `time.monotonic()` instant). `message` may hold `{changes}`. `race_for_tests` is
-    called with the attempt number after the commit is built and before it is pushed; only
-    tests pass it (to push a concurrent commit right then)."""
+    `branch` with `latest` (policy -> `name:tag`), commit once and push to `push_branch`
+    ('' = `branch`) as a fast-forward, by `deadline` (a `time.monotonic()` instant).
+    `message` may hold `{changes}`. `race_for_tests` is called with the attempt number after
+    the commit is built and before it is pushed; only tests pass it (to push a concurrent
+    commit right then)."""
     push_branch = push_branch or branch
     where = f"repo {spec.name}, branch {branch}"
     if push_branch != branch:
         where += f" (pushing to {push_branch})"
-    _check(spec, where=where, branch=branch, push_branch=push_branch, author=author)
-    roots = [_root(p, where=where) for p in (paths or [""])]
-    attempts = max(1, attempts)
+    _check(where=where, branch=branch, push_branch=push_branch, author=author)
+    roots = tuple(_root(p, where=where) for p in (paths or [""]))
+    job = _Job(spec, where, branch, push_branch, roots, latest, author, message, deadline)
     lock = _lock(cache)
     if not lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
         raise CommitError(f"{where}: an earlier image update of this repo is still running")
     try:
         git = _open(cache)
         try:
-            return _run(
-                git,
-                spec,
-                where=where,
-                branch=branch,
-                push_branch=push_branch,
-                roots=roots,
-                latest=latest,
-                author=author,
-                message=message,
-                deadline=deadline,
-                attempts=attempts,
-                race=race_for_tests,
-            )
+            return _run(git, job, attempts=max(1, attempts), race=race_for_tests)
         finally:
             git.free()
     finally:
         lock.release()
 
 
-def _run(
-    git: pygit2.Repository,
-    spec: config.Repo,
-    *,
-    where: str,
-    branch: str,
-    push_branch: str,
-    roots: list[str],
-    latest: Mapping[str, str],
-    author: Signature,
-    message: str,
-    deadline: float,
-    attempts: int,
-    race: RaceHook | None,
-) -> Outcome:
+def _run(git: pygit2.Repository, job: _Job, *, attempts: int, race: RaceHook | None) -> Outcome:
     seen: str | None = None  # the push branch's remote head when our last push was refused
     refusal = ""
     for attempt in range(1, attempts + 1):
-        if time.monotonic() > deadline:
-            raise CommitError(f"{where}: {_late(attempt)}; the next run tries again")
-        heads = _fetch(git, spec, where=where, branches=(branch, push_branch), deadline=deadline)
-        if branch not in heads:
+        if time.monotonic() > job.deadline:
             raise CommitError(
-                f"{where}: no branch {branch!r} at {gitfetch.redact(spec.url)}; "
+                f"{job.where}: the deadline passed before attempt {attempt} could start; "
+                "the next run tries again"
+            )
+        heads = _fetch(git, job)
+        if job.branch not in heads:
+            raise CommitError(
+                f"{job.where}: no branch {job.branch!r} at {gitfetch.redact(job.spec.url)}; "
                 "set the image update's branch to one that exists"
             )
-        if seen is not None and heads.get(push_branch, "") == seen:
+        if seen is not None and heads.get(job.push_branch, "") == seen:
             raise CommitError(
-                f"{where}: the server refused the push ({refusal}) and the branch has not "
+                f"{job.where}: the server refused the push ({refusal}) and the branch has not "
                 "moved; check that these credentials may push to it (branch protection, "
                 "hooks), or push to a review branch"
             )
-        base = _base(git, heads, branch=branch, push_branch=push_branch)
-        edit = _edit(git, base, roots=roots, latest=latest)
+        base = _base(git, heads, branch=job.branch, push_branch=job.push_branch)
+        edit = _edit(git, base, job)
         if not edit.changes:
             return Outcome("", "", [], edit.problems, attempt, base)
-        sha = _commit(git, base, edit=edit, author=author, message=message)
+        sha = _commit(git, base, edit=edit, job=job)
         if race is not None:
             race(attempt)
-        refused = _push(git, spec, where=where, sha=sha, branch=push_branch, deadline=deadline)
+        refused = _push(git, job, sha=sha)
         if not refused:
-            return Outcome(sha, push_branch, edit.changes, edit.problems, attempt, base)
-        seen, refusal = heads.get(push_branch, ""), refused
+            return Outcome(sha, job.push_branch, edit.changes, edit.problems, attempt, base)
+        seen, refusal = heads.get(job.push_branch, ""), refused
     raise CommitError(
-        f"{where}: the push was refused on each of {attempts} attempts (last: {refusal}): "
+        f"{job.where}: the push was refused on each of {attempts} attempts (last: {refusal}): "
         "others keep pushing, or the server refuses ours; nothing was forced, the next run "
         "tries again"
     )
-
-
-def _late(attempt: int) -> str:
-    return f"the deadline passed before attempt {attempt} could start"
 
 
 _REF_NAME = re.compile(r"^[A-Za-z0-9._/-]{1,200}$")
 _NAME_BAD = re.compile(r"[<>\x00-\x1f\x7f]")
 
 
-def _check(
-    spec: config.Repo, *, where: str, branch: str, push_branch: str, author: Signature
-) -> None:
+def _check(*, where: str, branch: str, push_branch: str, author: Signature) -> None:
     for field, name in (("branch", branch), ("pushBranch", push_branch)):
         full = f"refs/heads/{name}"
         if not _REF_NAME.match(name) or not pygit2.reference_is_valid_name(full):
@@ -275,15 +260,9 @@ def _tracking(name: str) -> str:
     return f"refs/remotes/origin/{name}"
 
 
-def _fetch(
-    git: pygit2.Repository,
-    spec: config.Repo,
-    *,
-    where: str,
-    branches: tuple[str, ...],
-    deadline: float,
-) -> dict[str, str]:
-    """The remote heads of `branches` that exist (branch name -> SHA)."""
+def _fetch(git: pygit2.Repository, job: _Job) -> dict[str, str]:
+    """The remote heads of the branch and the push branch that exist (name -> SHA)."""
+    spec, where = job.spec, job.where
     timeouts = gitfetch.current()
     pygit2.settings.server_connect_timeout = int(timeouts.connect * 1000)
     pygit2.settings.server_timeout = int(timeouts.io * 1000)
@@ -293,7 +272,7 @@ def _fetch(
             git.remotes.set_url("origin", spec.url)
     else:
         git.remotes.create("origin", spec.url)
-    names = sorted(set(branches))
+    names = sorted({job.branch, job.push_branch})
     for name in names:  # a branch deleted on the remote must not live on here
         found = git.references.get(_tracking(name))
         if found is not None:
@@ -301,7 +280,7 @@ def _fetch(
     try:
         git.remotes["origin"].fetch(
             [f"+refs/heads/{n}:{_tracking(n)}" for n in names],
-            callbacks=_Callbacks(spec, deadline=deadline),
+            callbacks=_Callbacks(spec, deadline=job.deadline),
         )
     except repo._DeadlinePassed:
         raise CommitError(f"{where}: the fetch did not finish by the deadline") from None
@@ -318,10 +297,10 @@ def _fetch(
     return heads
 
 
-def _clean(error: BaseException, spec: config.Repo) -> str:
-    """An error's text with the URL redacted, on one line."""
-    text = " ".join(str(error).split())
-    return text.replace(spec.url, gitfetch.redact(spec.url))
+def _clean(error: BaseException | str, spec: config.Repo) -> str:
+    """An error's (or a server's) text on one bounded line, with the URL redacted."""
+    text = _plain(" ".join(str(error).split())).replace(spec.url, gitfetch.redact(spec.url))
+    return text if len(text) <= 300 else text[:299] + "…"
 
 
 def _base(git: pygit2.Repository, heads: dict[str, str], *, branch: str, push_branch: str) -> str:
@@ -336,12 +315,10 @@ def _base(git: pygit2.Repository, heads: dict[str, str], *, branch: str, push_br
     return review
 
 
-def _edit(
-    git: pygit2.Repository, base: str, *, roots: list[str], latest: Mapping[str, str]
-) -> _Edit:
+def _edit(git: pygit2.Repository, base: str, job: _Job) -> _Edit:
     tree = git[base].peel(pygit2.Commit).tree
     edit = _Edit({}, [], [])
-    files = _yaml_files(git, tree, roots=roots, problems=edit.problems)
+    files = _yaml_files(git, tree, roots=job.roots, problems=edit.problems)
     total = 0
     for path, oid in files:
         _, size = git.odb.read_header(oid)
@@ -362,7 +339,7 @@ def _edit(
         if MARKER not in data:
             continue
         text = data.decode("utf-8", errors="surrogateescape")
-        result = imagemarkers.rewrite(text, latest)
+        result = imagemarkers.rewrite(text, job.latest)
         for m in result.problems:
             policy = f" (policy {m.policy})" if m.policy else ""
             edit.problems.append(f"{_plain(path)}:{m.line}{policy}: {m.problem}")
@@ -373,7 +350,7 @@ def _edit(
 
 
 def _yaml_files(
-    git: pygit2.Repository, tree: pygit2.Tree, *, roots: list[str], problems: list[str]
+    git: pygit2.Repository, tree: pygit2.Tree, *, roots: tuple[str, ...], problems: list[str]
 ) -> list[tuple[str, str]]:
     """(path, blob id) of the regular .yaml/.yml files under `roots`, at most MAX_FILES;
     symlinks and submodules are never followed."""
@@ -420,9 +397,7 @@ def _plain(text: str) -> str:
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
-def _commit(
-    git: pygit2.Repository, base: str, *, edit: _Edit, author: Signature, message: str
-) -> str:
+def _commit(git: pygit2.Repository, base: str, *, edit: _Edit, job: _Job) -> str:
     parent = git[base].peel(pygit2.Commit)
     index = pygit2.Index()
     index.read_tree(parent.tree)
@@ -430,8 +405,8 @@ def _commit(
         mode = index[path].mode
         index.add(pygit2.IndexEntry(path, git.create_blob(data), mode))
     tree = index.write_tree(git)
-    who = pygit2.Signature(author.name, author.email)
-    text = _message(message, edit.changes)
+    who = pygit2.Signature(job.author.name, job.author.email)
+    text = _message(job.message, edit.changes)
     return str(git.create_commit(None, who, who, text, tree, [parent.id]))
 
 
@@ -445,19 +420,13 @@ def _message(template: str, changes: list[Change]) -> str:
     return text if text.endswith("\n") else text + "\n"
 
 
-def _push(
-    git: pygit2.Repository,
-    spec: config.Repo,
-    *,
-    where: str,
-    sha: str,
-    branch: str,
-    deadline: float,
-) -> str:
-    """Push `sha` to `branch` without force; '' when it landed, else why it was refused."""
-    ref = f"refs/heads/{branch}"
+def _push(git: pygit2.Repository, job: _Job, *, sha: str) -> str:
+    """Push `sha` to the push branch without force; '' when it landed, else why it was
+    refused."""
+    spec, where = job.spec, job.where
+    ref = f"refs/heads/{job.push_branch}"
     git.references.create(ref, sha, force=True)  # our cache's own ref; the remote's is not forced
-    callbacks = _Callbacks(spec, deadline=deadline)
+    callbacks = _Callbacks(spec, deadline=job.deadline)
     try:
         git.remotes["origin"].push([f"{ref}:{ref}"], callbacks=callbacks)
     except repo._DeadlinePassed:
@@ -475,4 +444,5 @@ def _push(
             f"{where}: push to {gitfetch.redact(spec.url)} failed: {_clean(e, spec)}; check "
             "the URL and the credentials (tokenEnv, sshKeyFile, knownHostsFile)"
         ) from None
-    return " ".join(callbacks.refused.get(ref, "").split())
+    refused = callbacks.refused.get(ref, "")
+    return _clean(refused, spec) if refused else ""

@@ -469,6 +469,7 @@ def test_a_submodule_and_a_missing_path_are_passed_over(
         ({"paths": ["../outside"]}, "path '../outside' has '..'"),
         ({"branch": "gone"}, "no branch 'gone' at file://"),
         ({"author": imagecommit.Signature("Bot", "<x@y>")}, "author email '<x@y>' cannot"),
+        ({"deadline": time.monotonic() - 1}, "the deadline passed before attempt 1 could start"),
     ],
 )
 def test_bad_settings_are_named(
