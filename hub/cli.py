@@ -83,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
         "agents renew theirs at two thirds of it",
     )
     serve.add_argument(
+        "--reconnect-grace",
+        type=_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="after the hub starts, how long a cluster whose agent has not reconnected yet is "
+        "not counted offline by rollouts (default 30)",
+    )
+    serve.add_argument(
         "--helm",
         default="",
         help="helm binary (default: helm on PATH, else the one `make setup` built)",
@@ -277,6 +285,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 0 to 3600 seconds")
+    return value
+
+
 def _cert_lifetime(text: str) -> datetime.timedelta:
     try:
         return ca.parse_lifetime(text)
@@ -308,6 +326,7 @@ async def cmd_serve(ns: argparse.Namespace) -> int:
         tools=_tools(helm=ns.helm, kustomize=ns.kustomize),
         ca_key=ns.ca_key,
         cert_lifetime=ns.cert_lifetime,
+        reconnect_grace=ns.reconnect_grace,
     )
     print(
         f"fleetops-hub: gRPC on port {running.grpc_port}, agents on port {running.agent_port}, "

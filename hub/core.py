@@ -59,6 +59,7 @@ class Hub:
         registry: apitokens.Registry,
         cert_lifetime: datetime.timedelta = ca.DEFAULT_CERT_LIFETIME,
         now: Callable[[], float] = time.time,
+        reconnect_grace: float = rollouts.OFFLINE_GRACE,
     ) -> None:
         self.db = db
         self.data = data
@@ -104,6 +105,7 @@ class Hub:
             pinned=self._choices.pin_of,
             frozen=self._frozen,
             now=now,
+            offline_grace=reconnect_grace,
         )
         self._view = fleetview.FleetView(
             settings=self._settings,

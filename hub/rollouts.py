@@ -74,6 +74,7 @@ class Rollouts:
         frozen: Callable[[str], str] = lambda app: "",
         measure: Measure | None = None,
         now: Callable[[], float] = time.time,
+        offline_grace: float = OFFLINE_GRACE,
     ) -> None:
         self._settings = settings
         self._db = db
@@ -96,6 +97,7 @@ class Rollouts:
         self._slots = asyncio.Semaphore(MAX_MEASURING)
         self._tasks: set[asyncio.Task[None]] = set()
         self.started = now()
+        self._grace = offline_grace
         # reports taken since this hub started: a stored one is no news about health
         self._fresh: set[tuple[str, str]] = set()  # (cluster, app)
         self._unsaved: set[str] = set()  # apps whose book changed and is not stored yet
@@ -149,7 +151,7 @@ class Rollouts:
     # ------------------------------------------------------------ facts
 
     def _online(self, name: str, now: float) -> bool:
-        return self._connected(name) or now - self.started < OFFLINE_GRACE
+        return self._connected(name) or now - self.started < self._grace
 
     def facts(self, app: config.App, now: float) -> dict[str, rollout.Facts]:
         """Every cluster the app targets, as the state machine sees it; a pinned cluster is

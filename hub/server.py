@@ -87,6 +87,7 @@ async def start(
     ca_key: pathlib.Path | None = None,
     cert_lifetime: datetime.timedelta = ca.DEFAULT_CERT_LIFETIME,
     clock: Callable[[], float] = time.time,
+    reconnect_grace: float = 30.0,
 ) -> Running:
     """Start serving. `clock` is the wall clock of everything with a lifetime the hub
     decides itself (registration and API tokens); tests move it by hand."""
@@ -110,6 +111,7 @@ async def start(
         registry=registry,
         cert_lifetime=cert_lifetime,
         now=clock,
+        reconnect_grace=reconnect_grace,
     )
     await hub.load()
 

@@ -125,6 +125,7 @@ def hub_command(
     agent_port: int,
     http_port: int,
     pinned_tools: bool = True,
+    extra: Sequence[str] = (),
 ) -> list[str]:
     """`fleetops-hub serve` on loopback with the tests' helm and kustomize (without
     `pinned_tools`, the hub finds its own)."""
@@ -150,6 +151,7 @@ def hub_command(
         *(tools if pinned_tools else []),
         "--log-level",
         "INFO",
+        *extra,
     ]
 
 
@@ -162,6 +164,7 @@ def start_hub(
     agent_port: int = 0,
     pinned_tools: bool = True,
     env: Mapping[str, str] | None = None,
+    extra: Sequence[str] = (),
 ) -> Hub:
     log = data.parent / f"{data.name}.log"
     command = hub_command(
@@ -171,6 +174,7 @@ def start_hub(
         agent_port=agent_port,
         http_port=http_port,
         pinned_tools=pinned_tools,
+        extra=extra,
     )
     with open(log, "a") as out:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import http.server
 import json
 import pathlib
@@ -469,7 +470,12 @@ async def running(
     config.write_text(
         yaml.safe_dump(hub_yaml(repo.url, clusters=clusters, rollout=rollout, gates=gates))
     )
-    hub = await asyncio.to_thread(fleet.start_hub, config, root / "hub-data")
+    # agents that never connected count as offline 3 s after the hub starts, not 30 s
+    hub = await asyncio.to_thread(
+        functools.partial(fleet.start_hub, extra=["--reconnect-grace", "3"]),
+        config,
+        root / "hub-data",
+    )
     agents = {name: ScenarioAgent(name) for name in clusters}
     sc = Scenario(root, repo, config, hub, agents)
     try:
