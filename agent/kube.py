@@ -28,6 +28,7 @@ import dataclasses
 import functools
 import json
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -60,6 +61,7 @@ class _Opened:
         self._lock = threading.Lock()
         self._resp: Any = None
         self.cancelled = False
+        self.thread: threading.Thread | None = None  # the thread streaming it
 
     def keep(self, resp: Any) -> bool:
         """Hold `resp`; False (and `resp` closed) when the watch was cancelled meanwhile."""
@@ -324,7 +326,8 @@ class Kube:
             else:
                 post(settle, None)
 
-        threading.Thread(target=stream, name=f"watch {rt.plural}", daemon=True).start()
+        opened.thread = threading.Thread(target=stream, name=f"watch {rt.plural}", daemon=True)
+        opened.thread.start()
         try:
             await done
         finally:
@@ -435,6 +438,10 @@ class Kube:
             watching, self._watching = list(self._watching), set()
         for opened in watching:  # no watch thread keeps a socket past the client
             opened.cancel()
+        deadline = time.monotonic() + 2.0
+        for opened in watching:  # each closes its socket as its read ends
+            if opened.thread is not None:
+                opened.thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._api.close()
 
