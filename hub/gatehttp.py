@@ -91,7 +91,7 @@ def _post(url: str, *, body: bytes, headers: dict[str, str], timeout: float) -> 
         request = urllib.request.Request(url, data=body, headers=headers, method="POST")
         opener = urllib.request.build_opener(
             urllib.request.ProxyHandler({}),  # never through a proxy from the environment
-            _EveryStatus(),
+            EveryStatus(),
             _Http(deadline),
             _Https(deadline, context=ssl.create_default_context()),
         )
@@ -100,9 +100,9 @@ def _post(url: str, *, body: bytes, headers: dict[str, str], timeout: float) -> 
             status = int(resp.status)
             location = str(resp.headers.get("Location") or "")
     except Exception as e:  # anything the network or a broken server can cause
-        if deadline.expired or isinstance(e, TimeoutError) or _timed_out(e):
+        if deadline.expired or timed_out(e):
             return Trouble(_late(url, timeout))
-        return Trouble(f"cannot reach {shown(url)}: {_why(e)}")
+        return Trouble(f"cannot reach {shown(url)}: {why(e)}")
     if deadline.expired:  # the last read ended as the watchdog shut the socket
         return Trouble(_late(url, timeout))
     if len(data) > MAX_BODY:
@@ -110,23 +110,27 @@ def _post(url: str, *, body: bytes, headers: dict[str, str], timeout: float) -> 
     return Reply(status, data, shown(location) if location else "", shown(url))
 
 
-def _why(e: BaseException) -> str:
+def why(e: BaseException) -> str:
     """The reason in a few words, from the exception's class and OS error text only (a
-    message of http.client may quote a header, and a header may hold the token)."""
+    message of http.client may quote a header, and a header may hold the token). Shared by
+    every urllib client of the hub's that speaks to a server a config names (gates,
+    registries)."""
     reason: Any = e.reason if isinstance(e, urllib.error.URLError) else e
     if isinstance(reason, ssl.SSLError):
         return f"TLS failed ({reason.reason or type(reason).__name__})"
+    if isinstance(reason, socket.gaierror):
+        return "no such host"
     if isinstance(reason, OSError) and reason.strerror:
         return reason.strerror[:1].lower() + reason.strerror[1:]
     if isinstance(reason, str):
-        return reason
-    if isinstance(reason, http.client.HTTPException):
-        return f"the answer is not HTTP ({type(reason).__name__})"
-    return type(reason).__name__
+        return reason[:100]
+    return f"the answer is not HTTP ({type(reason).__name__})"
 
 
-def _timed_out(e: BaseException) -> bool:
-    return isinstance(e, urllib.error.URLError) and isinstance(e.reason, TimeoutError)
+def timed_out(e: BaseException) -> bool:
+    return isinstance(e, TimeoutError) or (
+        isinstance(e, urllib.error.URLError) and isinstance(e.reason, TimeoutError)
+    )
 
 
 class _Deadline:
@@ -167,7 +171,7 @@ class _Deadline:
                 socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
-class _EveryStatus(urllib.request.HTTPErrorProcessor):
+class EveryStatus(urllib.request.HTTPErrorProcessor):
     """Hands back every response as it is: no HTTPError for a 4xx/5xx (its body is the
     answer), and no redirect handler ever runs (redirects are not followed)."""
 

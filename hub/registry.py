@@ -27,7 +27,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from fleetops.hub import registryspec
+from fleetops.hub import gatehttp, registryspec
 from fleetops.hub.registryspec import Auth, Image, RegistryError
 
 __all__ = ["Auth", "Image", "RegistryError", "TagList", "digest", "list_tags", "parse_image"]
@@ -340,10 +340,11 @@ class _Call:
         except RegistryError:
             raise
         except Exception as e:  # anything the network or a broken server can cause
-            if self.expired or time.monotonic() >= self.end or _timed_out(e):
+            if self.expired or time.monotonic() >= self.end or gatehttp.timed_out(e):
                 raise RegistryError(self.late()) from None
+            where = urllib.parse.urlsplit(url).netloc
             raise RegistryError(
-                f"{self.image}: cannot reach {urllib.parse.urlsplit(url).netloc}: {_why(e)}; "
+                f"{self.image}: cannot reach {where}: {gatehttp.why(e)}; "
                 "check the image's registry name and the hub's network"
             ) from None
         if self.expired:
@@ -374,36 +375,6 @@ def _internal(url: str) -> bool:
     return registryspec.internal([str(info[4][0]) for info in infos])
 
 
-def _why(e: BaseException) -> str:
-    """The reason in a few words, from the exception's class and OS text only (never a
-    header, where a credential may be)."""
-    reason: Any = e.reason if isinstance(e, urllib.error.URLError) else e
-    if isinstance(reason, ssl.SSLError):
-        return f"TLS failed ({reason.reason or type(reason).__name__})"
-    if isinstance(reason, socket.gaierror):
-        return "no such host"
-    if isinstance(reason, OSError) and reason.strerror:
-        return reason.strerror[:1].lower() + reason.strerror[1:]
-    if isinstance(reason, str):
-        return reason[:100]
-    return f"the answer is not HTTP ({type(reason).__name__})"
-
-
-def _timed_out(e: BaseException) -> bool:
-    return isinstance(e, TimeoutError) or (
-        isinstance(e, urllib.error.URLError) and isinstance(e.reason, TimeoutError)
-    )
-
-
-class _EveryStatus(urllib.request.HTTPErrorProcessor):
-    """Every response as it is: no HTTPError, no redirect handler (_follow decides)."""
-
-    def http_response(self, request: urllib.request.Request, response: Any) -> Any:
-        return response
-
-    https_response = http_response
-
-
 def _opener(call: _Call) -> urllib.request.OpenerDirector:
     """urllib with every socket handed to `call` (its deadline shuts them) and no redirects."""
 
@@ -425,4 +396,4 @@ def _opener(call: _Call) -> urllib.request.OpenerDirector:
         def https_open(self, req: urllib.request.Request) -> Any:
             return self.do_open(Tls, req, context=call.tls)
 
-    return urllib.request.build_opener(_EveryStatus(), PlainHandler(), TlsHandler())
+    return urllib.request.build_opener(gatehttp.EveryStatus(), PlainHandler(), TlsHandler())
