@@ -30,7 +30,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from fleetops.hub import chartspec, config, errors, sandbox
+from fleetops.hub import chartspec, config, errors, gatehttp, registryspec, sandbox
 from fleetops.hub.chartarchive import FetchError
 from fleetops.hub.confined import Limits
 from fleetops.proto import privatefile
@@ -83,7 +83,7 @@ def get(
     go only to the repository's own scheme, host and port (never over http from https)."""
     deadline = DEADLINE if deadline is None else deadline
     if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-        raise FetchError(f"{what}: {_safe(url)} is not an http(s) URL; refused")
+        raise FetchError(f"{what}: {gatehttp.shown(url)} is not an http(s) URL; refused")
     request = urllib.request.Request(url, headers={"User-Agent": "fleetops-hub"})
     creds = credentials(repo)
     own = chartspec.origin(repo.url)
@@ -115,16 +115,16 @@ def get(
         if not watch.expired:
             _failed(e, url=url, what=what, sent=request.has_header("Authorization"))
         raise FetchError(
-            f"{what}: {_safe(url)} did not answer in full within {deadline:g} s; stopped (a "
-            "slow or stalled server; the clusters keep what they run)"
+            f"{what}: {gatehttp.shown(url)} did not answer in full within {deadline:g} s; "
+            "stopped (a slow or stalled server; the clusters keep what they run)"
         ) from None
     if watch.expired:  # the last read ended as the watchdog closed the socket
         raise FetchError(
-            f"{what}: {_safe(url)} did not answer in full within {deadline:g} s; stopped (a "
-            "slow or stalled server; the clusters keep what they run)"
+            f"{what}: {gatehttp.shown(url)} did not answer in full within {deadline:g} s; "
+            "stopped (a slow or stalled server; the clusters keep what they run)"
         )
     if len(data) > max_bytes:
-        raise FetchError(f"{what}: {_safe(url)} is over {max_bytes} bytes; refused")
+        raise FetchError(f"{what}: {gatehttp.shown(url)} is over {max_bytes} bytes; refused")
     return data
 
 
@@ -139,14 +139,14 @@ def _failed(e: Exception, *, url: str, what: str, sent: bool) -> NoReturn:
             "usernameFile/passwordFile) hold",
             404: "not found; check the repository url and the chart name",
         }.get(code, "the repository failed")
-        raise FetchError(f"{what}: {_safe(url)} answered HTTP {code}: {hint}") from None
+        raise FetchError(f"{what}: {gatehttp.shown(url)} answered HTTP {code}: {hint}") from None
     if isinstance(e, (urllib.error.URLError, OSError)):
         reason = getattr(e, "reason", e)
         raise FetchError(
-            f"{what}: cannot reach {_safe(url)}: {reason}; the clusters keep what they run"
+            f"{what}: cannot reach {gatehttp.shown(url)}: {reason}; the clusters keep what they run"
         ) from None
     raise FetchError(
-        f"{what}: {_safe(url)} answered something that is not HTTP ({type(e).__name__}); "
+        f"{what}: {gatehttp.shown(url)} answered something that is not HTTP ({type(e).__name__}); "
         "the clusters keep what they run"
     ) from None
 
@@ -259,7 +259,9 @@ class _Redirects(urllib.request.HTTPRedirectHandler):
             req.full_url, newurl, entry=self.entry, with_credentials=self.with_credentials
         )
         if why:
-            raise FetchError(f"{_safe(req.full_url)} redirected to {_safe(newurl)}: {why}")
+            raise FetchError(
+                f"{gatehttp.shown(req.full_url)} redirected to {gatehttp.shown(newurl)}: {why}"
+            )
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
@@ -287,7 +289,7 @@ def redirect_refusal(
     host = urllib.parse.urlsplit(new).hostname or ""
     own = urllib.parse.urlsplit(entry).hostname or ""
     lookup = resolve or _addresses
-    if _internal(lookup(host)) and not _internal(lookup(own)):
+    if registryspec.internal(lookup(host)) and not registryspec.internal(lookup(own)):
         return (
             "a loopback or link-local address, which the repository is not on; refused (a "
             "chart repository does not send the hub to its own machine)"
@@ -306,28 +308,6 @@ def _addresses(host: str) -> list[str]:
     except (OSError, UnicodeError):
         return []  # the fetch then fails to reach it, naming it
     return [str(info[4][0]) for info in infos]
-
-
-def _internal(addresses: list[str]) -> bool:
-    for text in addresses:
-        try:
-            ip = ipaddress.ip_address(text.split("%", 1)[0])
-        except ValueError:
-            continue
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        if ip.is_loopback or ip.is_link_local or ip.is_unspecified:
-            return True
-    return False
-
-
-def _safe(url: str) -> str:
-    """A URL without userinfo or query (where tokens hide)."""
-    p = urllib.parse.urlsplit(url)
-    host = p.hostname or ""
-    if p.port:
-        host += f":{p.port}"
-    return urllib.parse.urlunsplit((p.scheme, host, p.path, "", ""))
 
 
 def registry_config(repo: config.HelmRepository, *, root: pathlib.Path) -> pathlib.Path | None:
