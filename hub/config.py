@@ -16,7 +16,15 @@ from typing import Any
 
 import yaml
 
-from fleetops.hub import chartspec, configfields, errors, ignorerules, rolloutspec, selectors
+from fleetops.hub import (
+    chartspec,
+    configfields,
+    errors,
+    ignorerules,
+    imagespec,
+    rolloutspec,
+    selectors,
+)
 from fleetops.hub.chartspec import Chart as Chart
 from fleetops.hub.chartspec import HelmRepository as HelmRepository
 
@@ -127,6 +135,7 @@ class Config:
     health_checks: tuple[HealthCheck, ...] = ()
     helm_repositories: tuple[HelmRepository, ...] = ()
     gates: tuple[rolloutspec.Gate, ...] = ()
+    images: imagespec.Images = dataclasses.field(default_factory=imagespec.Images)
 
     def gate(self, name: str) -> rolloutspec.Gate | None:
         return next((g for g in self.gates if g.name == name), None)
@@ -167,6 +176,9 @@ def parse(text: str, *, file: str) -> Config:
             "healthChecks",
             "helmRepositories",
             "gates",
+            "imageRepositories",
+            "imagePolicies",
+            "imageUpdates",
         ),
     )
     gates = rolloutspec.gates(r, root.get("gates"))
@@ -219,6 +231,13 @@ def parse(text: str, *, file: str) -> Config:
             )
         )
     _unique(r, path="repos", names=[x.name for x in repos])
+    images = imagespec.parse(
+        r,
+        repositories=root.get("imageRepositories"),
+        policies=root.get("imagePolicies"),
+        updates=root.get("imageUpdates"),
+        repos=[x.name for x in repos],
+    )
 
     clusters = []
     for i, item in enumerate(r.items(root.get("clusters"), "clusters")):
@@ -348,6 +367,7 @@ def parse(text: str, *, file: str) -> Config:
         health_checks=health_checks,
         helm_repositories=helm_repos,
         gates=gates,
+        images=images,
     )
 
 
