@@ -29,6 +29,8 @@ from fleetops.hub import (
     events,
     fleetstate,
     fleetview,
+    images,
+    imagestatus,
     planning,
     records,
     render,
@@ -174,6 +176,16 @@ class Hub:
                 view=self._view,
             )
         )
+        self._images = images.Images(
+            settings=self._settings,
+            db=db,
+            data=data,
+            recorder=self._recorder,
+            rejected=self._rejected_in_repo,
+            heads=lambda: self._tracker.heads,
+            trigger_fetch=self.trigger_fetch,
+            now=now,
+        )
         self._retention = retention.Retention(
             settings=self._settings, db=db, renders=self._renders, flush=self._reports.flush
         )
@@ -199,6 +211,7 @@ class Hub:
                 self._choices.paused[st.app] = st.reason
         self._renders.load(await db.run(db.renders))
         self._rollouts.load(await db.run(db.rollouts))
+        await self._images.load()
 
     async def apply_config(self, cfg: config.Config) -> None:
         """A new, valid hub.yaml: new repos fetch at once, and everything is re-planned."""
@@ -236,6 +249,15 @@ class Hub:
             return "its fleet.yaml does not read at the head"
         return ""
 
+    def _rejected_in_repo(self, repo: str) -> set[str]:
+        """The revisions of `repo` that a rollout of one of its apps rejected."""
+        out: set[str] = set()
+        for app in self._settings.cfg.apps:
+            book = self._rollouts.book(app.name) if app.repo == repo else None
+            if book is not None:
+                out.update(book.rejected)
+        return out
+
     def _registered(self, cluster: str) -> None:
         self._view.cluster_changed(cluster)
         self._sessions.end(
@@ -258,6 +280,16 @@ class Hub:
 
     async def run_rollouts(self, stop: asyncio.Event) -> None:
         await self._rollouts.run(stop)
+
+    async def run_images(self, stop: asyncio.Event) -> None:
+        await self._images.run(stop)
+
+    def image_status(self) -> imagestatus.Status:
+        return self._images.status()
+
+    def scan_images(self, repository: str = "") -> list[str]:
+        """Scan `repository` (every one when '') now; the names that will be scanned."""
+        return self._images.scan_now(repository)
 
     async def flush_reports(self) -> None:
         await self._reports.flush()

@@ -24,6 +24,7 @@ DEFAULT_MESSAGE = "images: {changes}"
 class ImageRepository:
     name: str
     image: registryspec.Image
+    ref: str = ""  # the image as written in hub.yaml: what markers get, before `:tag`
     interval: float = 300.0
     max_tags: int = 5000
     exclude: tuple[re.Pattern[str], ...] = ()
@@ -107,6 +108,7 @@ def _repository(r: configfields.Reader, item: Any, path: str) -> ImageRepository
     return ImageRepository(
         name=r.name(m, "name", path=path),
         image=image,
+        ref=ref.strip(),
         interval=r.duration(m, "interval", path=path, default=300.0),
         max_tags=max_tags,
         exclude=tuple(exclude),

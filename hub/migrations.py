@@ -241,4 +241,24 @@ V7 = Migration(
     (CreateTable("rollouts", {"app": str, "data": str, "updated_at": float}, pk="app"),),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (V1, V2, V3, V4, V5, V6, V7)
+V8 = Migration(
+    8,
+    "image automation: which tag each image update commit brought, so a tag whose revision a "
+    "rollout rejected is never proposed again, across restarts",
+    (
+        CreateTable(
+            "image_commits",
+            {
+                "repo": str,
+                "revision": str,
+                "policy": str,
+                "tag": str,
+                "image_update": str,
+                "at": float,
+            },
+            pk=("repo", "revision", "policy"),
+        ),
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (V1, V2, V3, V4, V5, V6, V7, V8)

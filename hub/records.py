@@ -169,6 +169,18 @@ class Rollout:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class ImageCommit:
+    """An image update commit (hub.images): `revision` in `repo` set `policy`'s tag to `tag`."""
+
+    repo: str
+    revision: str
+    policy: str
+    tag: str
+    image_update: str
+    at: float
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class AppState:
     """Whether an operator paused an app, and why."""
 

@@ -167,6 +167,7 @@ async def start(
     )
     supervisor.start("retention", functools.partial(hub.retain, stop))
     supervisor.start("rollouts", functools.partial(hub.run_rollouts, stop))
+    supervisor.start("image automation", functools.partial(hub.run_images, stop))
     supervisor.start("stream watchdog", functools.partial(hub.watch_streams, stop))
     log.info(
         "hub serving gRPC on port %d (agents: %d), HTTP on port %d, data in %s",

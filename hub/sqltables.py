@@ -245,6 +245,20 @@ class Tables:
         with self._transaction() as conn:
             conn.execute("DELETE FROM rollouts WHERE app = ?", [app])
 
+    def image_commits(self) -> list[records.ImageCommit]:
+        return self._select(records.ImageCommit, "image_commits", order="at")
+
+    def put_image_commits(self, commits: list[records.ImageCommit], *, keep: int) -> None:
+        self._put("image_commits", commits, ("repo", "revision", "policy"))
+        with self._transaction() as conn:
+            for repo in {c.repo for c in commits}:
+                conn.execute(
+                    "DELETE FROM image_commits WHERE repo = ? AND revision NOT IN (SELECT "
+                    "revision FROM image_commits WHERE repo = ? GROUP BY revision "
+                    "ORDER BY MAX(at) DESC LIMIT ?)",
+                    [repo, repo, keep],
+                )
+
     # ------------------------------------------------------------ history
 
     def record_event(self, event: records.NewEvent) -> records.Event:

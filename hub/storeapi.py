@@ -144,6 +144,15 @@ class StoreApi(Protocol):
 
     def delete_rollout(self, app: str) -> None: ...
 
+    # ------------------------------------------------------------ image automation
+
+    def image_commits(self) -> list[records.ImageCommit]: ...
+
+    def put_image_commits(self, commits: list[records.ImageCommit], *, keep: int) -> None:
+        """Add an image update commit's tags; only the newest `keep` revisions of each repo
+        stay."""
+        ...
+
     # ------------------------------------------------------------ history and retention
 
     def record_event(self, event: records.NewEvent) -> records.Event: ...

@@ -1,0 +1,448 @@
+"""Image automation's loop: scan every `imageRepositories` entry on its interval, pick each
+policy's newest tag (hub.imagepolicy, never a rejected one), and commit what changed to Git
+(hub.imagecommit), after which the new revision flows like any commit: rendered, assigned and
+rolled out through the app's steps.
+
+A tag is rejected when the image update commit that brought it was rejected by its app's
+rollout (reverted): the commits this loop made are kept in the store (revision -> policy ->
+tag), so across restarts, and the loop then proposes the newest tag that was not rejected,
+which also puts Git back to what the clusters run. `retry` on the rollout takes the rejection
+back, and with it the tag's.
+
+One repository's failing registry, one update's refused push, or a bad file never stops the
+others: each failure is that entry's status (`fleetops-hub images status`, /metrics, one event
+when it starts and one when it clears), retried on its interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import pathlib
+import time
+from collections.abc import Callable
+
+from fleetops.hub import (
+    config,
+    errors,
+    events,
+    fleetstate,
+    imagecommit,
+    imagepolicy,
+    imagespec,
+    imagestatus,
+    records,
+    registry,
+    registryspec,
+    storeapi,
+)
+from fleetops.proto.v1 import types_pb2
+
+log = logging.getLogger(__name__)
+
+KEEP_COMMITS = 1000  # image update revisions remembered per repo (rejections older are moot)
+UPDATE_DEADLINE = 120.0  # seconds for one image update run (fetch, commit, push, retries)
+RETRY_FIRST = 15.0  # seconds before a failed update runs again, doubled up to its interval
+TICK = 1.0
+
+Rejected = Callable[[str], set[str]]  # repo name -> revisions its apps' rollouts rejected
+
+
+@dataclasses.dataclass
+class _Scan:
+    """What the newest scan of one repository found."""
+
+    status: imagestatus.RepositoryStatus
+    tags: tuple[str, ...] = ()
+    due: float = 0.0  # monotonic
+    auth_key: tuple[str, int, int] = ("", 0, 0)
+    auth: registryspec.Auth | None = None
+
+
+@dataclasses.dataclass
+class _Update:
+    status: imagestatus.UpdateStatus
+    wanted: dict[str, str] = dataclasses.field(default_factory=dict)  # last run's `latest`
+    head: str = ""  # the repo head the last run saw
+    due: float = 0.0  # monotonic: when a failed run may go again
+    retry: float = RETRY_FIRST
+    running: bool = False
+
+
+class Images:
+    def __init__(
+        self,
+        *,
+        settings: fleetstate.Settings,
+        db: storeapi.StoreApi,
+        data: pathlib.Path,
+        recorder: events.Recorder,
+        rejected: Rejected,
+        heads: Callable[[], dict[str, str]],
+        trigger_fetch: Callable[[str], bool],
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self._settings = settings
+        self._db = db
+        self._cache = data / "images"
+        self._recorder = recorder
+        self._rejected = rejected
+        self._heads = heads
+        self._trigger_fetch = trigger_fetch
+        self._now = now
+        self._scans: dict[str, _Scan] = {}
+        self._updates: dict[str, _Update] = {}
+        self._policies: dict[str, imagestatus.PolicyStatus] = {}
+        self._brought: dict[tuple[str, str], dict[str, str]] = {}  # (repo, rev) -> policy -> tag
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def load(self) -> None:
+        for c in await self._db.run(self._db.image_commits):
+            self._brought.setdefault((c.repo, c.revision), {})[c.policy] = c.tag
+
+    def scan_now(self, name: str = "") -> list[str]:
+        """Scan `name` (every repository when '') at once; the names that will be."""
+        names = [r.name for r in self._settings.cfg.images.repositories]
+        if name and name not in names:
+            raise errors.NotFound(
+                f"no image repository {name!r} in {self._settings.cfg.file}; "
+                f"imageRepositories: {', '.join(names) or '(none)'}"
+            )
+        for n in [name] if name else names:
+            if n in self._scans:
+                self._scans[n].due = 0.0
+        self._wake.set()
+        return [name] if name else names
+
+    def status(self) -> imagestatus.Status:
+        cfg = self._settings.cfg.images
+        return imagestatus.Status(
+            repositories=[
+                dataclasses.replace(self._scans[r.name].status)
+                for r in cfg.repositories
+                if r.name in self._scans
+            ],
+            policies=[
+                dataclasses.replace(self._policies[p.name])
+                for p in cfg.policies
+                if p.name in self._policies
+            ],
+            updates=[
+                dataclasses.replace(self._updates[u.name].status)
+                for u in cfg.updates
+                if u.name in self._updates
+            ],
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            while not stop.is_set():
+                await self.tick()
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=TICK)
+                except TimeoutError:
+                    pass
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def tick(self) -> None:
+        """Scan what is due, choose, and start the updates whose wanted tags changed."""
+        cfg = self._settings.cfg.images
+        self._forget_removed(cfg)
+        clock = time.monotonic()
+        due = [r for r in cfg.repositories if self._scan_of(r).due <= clock]
+        if due:
+            await asyncio.gather(*(self._scan(r) for r in due))
+        latest = self._choose(cfg)
+        heads = self._heads()
+        for u in cfg.updates:
+            self._maybe_update(u, latest, heads)
+
+    # ------------------------------------------------------------ scanning
+
+    def _scan_of(self, spec: imagespec.ImageRepository) -> _Scan:
+        scan = self._scans.get(spec.name)
+        if scan is None or scan.status.image != spec.ref:
+            scan = _Scan(imagestatus.RepositoryStatus(name=spec.name, image=spec.ref))
+            self._scans[spec.name] = scan
+        return scan
+
+    async def _scan(self, spec: imagespec.ImageRepository) -> None:
+        scan = self._scan_of(spec)
+        st = scan.status
+        scan.due = time.monotonic() + spec.interval
+        before = st.error
+        try:
+            auth = await self._auth(spec, scan)
+            got = await registry.list_tags(spec.image, max_tags=spec.max_tags, auth=auth)
+        except registryspec.RegistryError as e:
+            st.error = f"image repository {spec.name}: {e}"
+            st.last_scan = self._now()
+            if st.error != before:
+                log.warning("%s", st.error)
+            if not before:
+                await self._record("image-scan-failed", st.error)
+            return
+        tags = tuple(t for t in got.tags if not any(x.search(t) for x in spec.exclude))
+        scan.tags = tags
+        st.last_scan, st.error, st.tags, st.requests = self._now(), "", len(tags), got.requests
+        warning = ""
+        if got.truncated:
+            warning = (
+                f"the repository has more than {spec.max_tags} tags; only the first "
+                f"{spec.max_tags} were read and a newer one may be missed: raise maxTags or "
+                "add exclude patterns"
+            )
+            if warning != st.warning:
+                log.warning("image repository %s: %s", spec.name, warning)
+        st.warning = warning
+        if before:
+            await self._record("image-scan-recovered", f"image repository {spec.name}: scanned")
+
+    async def _auth(self, spec: imagespec.ImageRepository, scan: _Scan) -> registryspec.Auth:
+        """The repository's Auth, read again when its Docker config file changed (the Bearer
+        tokens of an unchanged one are kept)."""
+        path = spec.docker_config_file
+        if not path:
+            key: tuple[str, int, int] = ("", 0, 0)
+        else:
+            try:
+                st = await asyncio.to_thread(pathlib.Path(path).stat)
+            except OSError as e:
+                raise registryspec.RegistryError(
+                    f"cannot read the Docker config {path}: {e.strerror}; check "
+                    "auth.dockerConfigFile"
+                ) from None
+            key = (path, st.st_mtime_ns, st.st_size)
+        if scan.auth is None or scan.auth_key != key:
+            if path:
+                registry_host = spec.image.registry
+                scan.auth = await asyncio.to_thread(
+                    registryspec.Auth.from_docker_config, path, registry=registry_host
+                )
+            else:
+                scan.auth = registryspec.Auth.anonymous()
+            scan.auth_key = key
+        return scan.auth
+
+    # ------------------------------------------------------------ choosing
+
+    def _rejected_tags(self, cfg: imagespec.Images) -> dict[str, set[str]]:
+        """policy -> tags whose image update commit a rollout rejected."""
+        out: dict[str, set[str]] = {}
+        repos = {u.repo for u in cfg.updates}
+        for repo in repos:
+            for revision in self._rejected(repo):
+                for policy, tag in self._brought.get((repo, revision), {}).items():
+                    out.setdefault(policy, set()).add(tag)
+        return out
+
+    def _choose(self, cfg: imagespec.Images) -> dict[str, str]:
+        """policy -> `image:tag` for every policy with a tag to propose."""
+        rejected = self._rejected_tags(cfg)
+        repos = {r.name: r for r in cfg.repositories}
+        latest: dict[str, str] = {}
+        for p in cfg.policies:
+            scan = self._scans.get(p.repository)
+            st = imagestatus.PolicyStatus(name=p.name, repository=p.repository)
+            self._policies[p.name] = st
+            if scan is None or scan.status.last_scan == 0.0 or scan.status.error:
+                st.error = (
+                    "waiting for a scan of its repository"
+                    if scan is None or (not scan.status.error)
+                    else f"its repository could not be scanned: {scan.status.error}"
+                )
+                if scan is None or not scan.tags:
+                    continue
+            choice = imagepolicy.choose(scan.tags, p, rejected=rejected.get(p.name, set()))
+            st.considered, st.skipped, st.rejected = (
+                choice.considered,
+                choice.skipped,
+                choice.rejected,
+            )
+            st.rejected_tags = sorted(rejected.get(p.name, set()))
+            if choice.tag is None:
+                st.error = st.error or (
+                    f"none of the {len(scan.tags)} tags fits the policy"
+                    + (f" ({choice.rejected} rejected)" if choice.rejected else "")
+                )
+                continue
+            st.latest = choice.tag
+            latest[p.name] = f"{repos[p.repository].ref}:{choice.tag}"
+        return latest
+
+    # ------------------------------------------------------------ committing
+
+    def _maybe_update(
+        self, spec: imagespec.ImageUpdate, latest: dict[str, str], heads: dict[str, str]
+    ) -> None:
+        state = self._updates.get(spec.name)
+        if state is None or state.status.repo != spec.repo:
+            state = _Update(imagestatus.UpdateStatus(name=spec.name, repo=spec.repo))
+            self._updates[spec.name] = state
+        repo = next((r for r in self._settings.cfg.repos if r.name == spec.repo), None)
+        if state.running or repo is None or not latest:
+            return
+        head = heads.get(spec.repo, "")
+        changed = latest != state.wanted or head != state.head
+        if not changed and not (state.status.error and time.monotonic() >= state.due):
+            return
+        state.running = True
+        task = asyncio.create_task(self._update(spec, repo, state, dict(latest), head))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _update(
+        self,
+        spec: imagespec.ImageUpdate,
+        repo: config.Repo,
+        state: _Update,
+        latest: dict[str, str],
+        head: str,
+    ) -> None:
+        st = state.status
+        before = st.error
+        try:
+            outcome = await asyncio.to_thread(
+                imagecommit.update,
+                repo,
+                cache=self._cache / spec.name,
+                branch=repo.branch,
+                push_branch=spec.push_branch,
+                paths=spec.paths,
+                latest=latest,
+                author=imagecommit.Signature(spec.author_name, spec.author_email),
+                message=spec.message,
+                deadline=time.monotonic() + UPDATE_DEADLINE,
+            )
+        except errors.HubError as e:
+            st.error, st.last_run = f"image update {spec.name}: {e}", self._now()
+            state.due = time.monotonic() + state.retry
+            state.retry = min(state.retry * 2, 600.0)
+            state.wanted, state.head = latest, head
+            if st.error != before:
+                log.warning("%s", st.error)
+                await self._record("image-update-failed", st.error)
+            return
+        finally:
+            state.running = False
+        state.wanted, state.head, state.retry = latest, head, RETRY_FIRST
+        st.error, st.last_run, st.problems = "", self._now(), list(outcome.problems[:50])
+        for problem in outcome.problems[:5]:
+            log.warning("image update %s: %s", spec.name, problem)
+        if not outcome.commit:
+            return
+        await self._committed(spec, outcome, latest)
+
+    async def _committed(
+        self, spec: imagespec.ImageUpdate, outcome: imagecommit.Outcome, latest: dict[str, str]
+    ) -> None:
+        st = self._updates[spec.name].status
+        st.commits += 1
+        st.last_commit = outcome.commit
+        st.last_changes = [f"{c.file}: {c.old} -> {c.new}" for c in outcome.changes[:50]]
+        tags = {c.policy: _tag(latest[c.policy]) for c in outcome.changes if c.policy in latest}
+        at = self._now()
+        rows = [
+            records.ImageCommit(
+                repo=spec.repo,
+                revision=outcome.commit,
+                policy=policy,
+                tag=tag,
+                image_update=spec.name,
+                at=at,
+            )
+            for policy, tag in sorted(tags.items())
+            if tag
+        ]
+        self._brought[(spec.repo, outcome.commit)] = {r.policy: r.tag for r in rows}
+        try:
+            await self._db.run(self._db.put_image_commits, rows, keep=KEEP_COMMITS)
+        except Exception as e:  # noqa: BLE001 (the commit landed; a later restart may forget it)
+            log.error(
+                "image update %s: the store did not keep commit %s: %s",
+                spec.name,
+                outcome.commit[:12],
+                e,
+            )
+        where = spec.push_branch or "the repo's branch"
+        what = ", ".join(f"{p} {t}" for p, t in sorted(tags.items()))
+        message = (
+            f"image update {spec.name} committed {outcome.commit[:12]} to {spec.repo} "
+            f"({where}): {what}"
+        )
+        log.info("%s", message)
+        await self._record(
+            "image-update",
+            message,
+            revision=outcome.commit,
+            repo=spec.repo,
+            files=[c.file for c in outcome.changes],
+        )
+        if not spec.push_branch or spec.push_branch == self._branch(spec.repo):
+            self._trigger_fetch(spec.repo)
+
+    def _branch(self, repo: str) -> str:
+        spec = next((r for r in self._settings.cfg.repos if r.name == repo), None)
+        return spec.branch if spec else ""
+
+    async def _record(
+        self,
+        kind: str,
+        message: str,
+        *,
+        revision: str = "",
+        repo: str = "",
+        files: list[str] | None = None,
+    ) -> None:
+        """One event per app the change is in (its repo, a changed file under its path), or
+        one fleet-wide event."""
+        apps = [
+            a.name
+            for a in self._settings.cfg.apps
+            if repo and a.repo == repo and any(_under(f, a.path) for f in files or [])
+        ]
+        entries = [
+            events.Entry(
+                kind=kind,
+                message=message,
+                actor="image-automation",
+                cause=types_pb2.CAUSE_AUTO,
+                app=app,
+                revision=revision,
+            )
+            for app in apps or [""]
+        ]
+        try:
+            await self._recorder.record_all(entries)
+        except Exception as e:  # noqa: BLE001 (history is not worth stopping the loop for)
+            log.error("image automation: an event was not recorded: %s", e)
+
+    def _forget_removed(self, cfg: imagespec.Images) -> None:
+        """Entries gone from hub.yaml are gone from the status."""
+        names = {r.name for r in cfg.repositories}
+        for gone in set(self._scans) - names:
+            del self._scans[gone]
+        names = {u.name for u in cfg.updates}
+        for gone in set(self._updates) - names:
+            del self._updates[gone]
+        names = {p.name for p in cfg.policies}
+        for gone in set(self._policies) - names:
+            del self._policies[gone]
+
+
+def _tag(image: str) -> str:
+    """`name:tag` -> tag."""
+    last = image.rsplit("/", 1)[-1]
+    return last.rsplit(":", 1)[1] if ":" in last else ""
+
+
+def _under(file: str, path: str) -> bool:
+    root = path.strip("/")
+    return not root or root == "." or file == root or file.startswith(root + "/")
