@@ -21,7 +21,7 @@ import dataclasses
 import logging
 import pathlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 
 from fleetops.hub import (
     config,
@@ -45,6 +45,7 @@ KEEP_COMMITS = 1000  # image update revisions remembered per repo (rejections ol
 UPDATE_DEADLINE = 120.0  # seconds for one image update run (fetch, commit, push, retries)
 RETRY_FIRST = 15.0  # seconds before a failed update runs again, doubled up to its interval
 TICK = 1.0
+SCANS_AT_ONCE = 4  # registries read at the same time (each in a thread of its own)
 
 Rejected = Callable[[str], set[str]]  # repo name -> revisions its apps' rollouts rejected
 
@@ -58,6 +59,7 @@ class _Scan:
     due: float = 0.0  # monotonic
     auth_key: tuple[str, int, int] = ("", 0, 0)
     auth: registryspec.Auth | None = None
+    running: bool = False
 
 
 @dataclasses.dataclass
@@ -96,6 +98,7 @@ class Images:
         self._policies: dict[str, imagestatus.PolicyStatus] = {}
         self._brought: dict[tuple[str, str], dict[str, str]] = {}  # (repo, rev) -> policy -> tag
         self._wake = asyncio.Event()
+        self._scanning = asyncio.Semaphore(SCANS_AT_ONCE)
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def load(self) -> None:
@@ -156,9 +159,11 @@ class Images:
         cfg = self._settings.cfg.images
         self._forget_removed(cfg)
         clock = time.monotonic()
-        due = [r for r in cfg.repositories if self._scan_of(r).due <= clock]
-        if due:
-            await asyncio.gather(*(self._scan(r) for r in due))
+        for r in cfg.repositories:
+            scan = self._scan_of(r)
+            if scan.due <= clock and not scan.running:
+                scan.running, scan.due = True, clock + r.interval
+                self._spawn(self._scan(r, scan))
         latest = self._choose(cfg)
         heads = self._heads()
         for u in cfg.updates:
@@ -173,14 +178,22 @@ class Images:
             self._scans[spec.name] = scan
         return scan
 
-    async def _scan(self, spec: imagespec.ImageRepository) -> None:
-        scan = self._scan_of(spec)
+    async def _scan(self, spec: imagespec.ImageRepository, scan: _Scan) -> None:
+        try:
+            await self._scan_once(spec, scan)
+        except Exception as e:  # noqa: BLE001 (a bug here must not stop other scans)
+            log.exception("image repository %s: the scan failed", spec.name)
+            scan.status.error = f"image repository {spec.name}: the scan failed: {e}"
+        finally:
+            scan.running = False
+
+    async def _scan_once(self, spec: imagespec.ImageRepository, scan: _Scan) -> None:
         st = scan.status
-        scan.due = time.monotonic() + spec.interval
         before = st.error
         try:
-            auth = await self._auth(spec, scan)
-            got = await registry.list_tags(spec.image, max_tags=spec.max_tags, auth=auth)
+            async with self._scanning:
+                auth = await self._auth(spec, scan)
+                got = await registry.list_tags(spec.image, max_tags=spec.max_tags, auth=auth)
         except registryspec.RegistryError as e:
             st.error = f"image repository {spec.name}: {e}"
             st.last_scan = self._now()
@@ -294,9 +307,14 @@ class Images:
         if not changed and not (state.status.error and time.monotonic() >= state.due):
             return
         state.running = True
-        task = asyncio.create_task(self._update(spec, repo, state, dict(latest), head))
+        self._spawn(self._update(spec, repo, state, dict(latest), head))
+
+    def _spawn(self, work: Coroutine[None, None, None]) -> None:
+        """Run `work` beside the loop; the loop looks again as soon as it is done."""
+        task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _: self._wake.set())
 
     async def _update(
         self,
@@ -321,7 +339,9 @@ class Images:
                 message=spec.message,
                 deadline=time.monotonic() + UPDATE_DEADLINE,
             )
-        except errors.HubError as e:
+        except Exception as e:  # noqa: BLE001 (a HubError says what to do; anything else is a bug)
+            if not isinstance(e, errors.HubError):
+                log.exception("image update %s failed", spec.name)
             st.error, st.last_run = f"image update {spec.name}: {e}", self._now()
             state.due = time.monotonic() + state.retry
             state.retry = min(state.retry * 2, 600.0)
