@@ -96,6 +96,10 @@ class Images:
         self._scans: dict[str, _Scan] = {}
         self._updates: dict[str, _Update] = {}
         self._policies: dict[str, imagestatus.PolicyStatus] = {}
+        self._chosen: dict[
+            str,
+            tuple[tuple[str, ...], imagepolicy.ImagePolicy, frozenset[str], imagepolicy.Choice],
+        ] = {}
         self._brought: dict[tuple[str, str], dict[str, str]] = {}  # (repo, rev) -> policy -> tag
         self._wake = asyncio.Event()
         self._scanning = asyncio.Semaphore(SCANS_AT_ONCE)
@@ -273,7 +277,7 @@ class Images:
                 )
                 if scan is None or not scan.tags:
                     continue
-            choice = imagepolicy.choose(scan.tags, p, rejected=rejected.get(p.name, set()))
+            choice = self._choice(p, scan.tags, frozenset(rejected.get(p.name, ())))
             st.considered, st.skipped, st.rejected = (
                 choice.considered,
                 choice.skipped,
@@ -289,6 +293,18 @@ class Images:
             st.latest = choice.tag
             latest[p.name] = f"{repos[p.repository].ref}:{choice.tag}"
         return latest
+
+    def _choice(
+        self, policy: imagepolicy.ImagePolicy, tags: tuple[str, ...], rejected: frozenset[str]
+    ) -> imagepolicy.Choice:
+        """`imagepolicy.choose`, computed again only when the tags, the policy or the
+        rejected tags changed (the loop asks every second; 5,000 tags take milliseconds)."""
+        got = self._chosen.get(policy.name)
+        if got is not None and got[0] is tags and got[1] == policy and got[2] == rejected:
+            return got[3]
+        choice = imagepolicy.choose(tags, policy, rejected=rejected)
+        self._chosen[policy.name] = (tags, policy, rejected, choice)
+        return choice
 
     # ------------------------------------------------------------ committing
 
@@ -455,6 +471,7 @@ class Images:
         names = {p.name for p in cfg.policies}
         for gone in set(self._policies) - names:
             del self._policies[gone]
+            self._chosen.pop(gone, None)
 
 
 def _tag(image: str) -> str:
