@@ -28,8 +28,8 @@ from fleetops.hub import (
     errors,
     events,
     fleetstate,
+    imagechoice,
     imagecommit,
-    imagepolicy,
     imagespec,
     imagestatus,
     records,
@@ -95,11 +95,7 @@ class Images:
         self._now = now
         self._scans: dict[str, _Scan] = {}
         self._updates: dict[str, _Update] = {}
-        self._policies: dict[str, imagestatus.PolicyStatus] = {}
-        self._chosen: dict[
-            str,
-            tuple[tuple[str, ...], imagepolicy.ImagePolicy, frozenset[str], imagepolicy.Choice],
-        ] = {}
+        self._chooser = imagechoice.Chooser()
         self._brought: dict[tuple[str, str], dict[str, str]] = {}  # (repo, rev) -> policy -> tag
         self._wake = asyncio.Event()
         self._scanning = asyncio.Semaphore(SCANS_AT_ONCE)
@@ -132,9 +128,9 @@ class Images:
                 if r.name in self._scans
             ],
             policies=[
-                dataclasses.replace(self._policies[p.name])
+                dataclasses.replace(self._chooser.policies[p.name])
                 for p in cfg.policies
-                if p.name in self._policies
+                if p.name in self._chooser.policies
             ],
             updates=[
                 dataclasses.replace(self._updates[u.name].status)
@@ -168,7 +164,13 @@ class Images:
             if scan.due <= clock and not scan.running:
                 scan.running, scan.due = True, clock + r.interval
                 self._spawn(self._scan(r, scan))
-        latest = self._choose(cfg)
+        rejected = self._rejected_tags(cfg)
+        latest = self._chooser.choose(
+            cfg,
+            tags={n: sc.tags for n, sc in self._scans.items()},
+            scanned={n: sc.status for n, sc in self._scans.items()},
+            rejected=rejected,
+        )
         heads = self._heads()
         for u in cfg.updates:
             self._maybe_update(u, latest, heads)
@@ -259,52 +261,6 @@ class Images:
                 for policy, tag in self._brought.get((repo, revision), {}).items():
                     out.setdefault(policy, set()).add(tag)
         return out
-
-    def _choose(self, cfg: imagespec.Images) -> dict[str, str]:
-        """policy -> `image:tag` for every policy with a tag to propose."""
-        rejected = self._rejected_tags(cfg)
-        repos = {r.name: r for r in cfg.repositories}
-        latest: dict[str, str] = {}
-        for p in cfg.policies:
-            scan = self._scans.get(p.repository)
-            st = imagestatus.PolicyStatus(name=p.name, repository=p.repository)
-            self._policies[p.name] = st
-            if scan is None or scan.status.last_scan == 0.0 or scan.status.error:
-                st.error = (
-                    "waiting for a scan of its repository"
-                    if scan is None or (not scan.status.error)
-                    else f"its repository could not be scanned: {scan.status.error}"
-                )
-                if scan is None or not scan.tags:
-                    continue
-            choice = self._choice(p, scan.tags, frozenset(rejected.get(p.name, ())))
-            st.considered, st.skipped, st.rejected = (
-                choice.considered,
-                choice.skipped,
-                choice.rejected,
-            )
-            st.rejected_tags = sorted(rejected.get(p.name, set()))
-            if choice.tag is None:
-                st.error = st.error or (
-                    f"none of the {len(scan.tags)} tags fits the policy"
-                    + (f" ({choice.rejected} rejected)" if choice.rejected else "")
-                )
-                continue
-            st.latest = choice.tag
-            latest[p.name] = f"{repos[p.repository].ref}:{choice.tag}"
-        return latest
-
-    def _choice(
-        self, policy: imagepolicy.ImagePolicy, tags: tuple[str, ...], rejected: frozenset[str]
-    ) -> imagepolicy.Choice:
-        """`imagepolicy.choose`, computed again only when the tags, the policy or the
-        rejected tags changed (the loop asks every second; 5,000 tags take milliseconds)."""
-        got = self._chosen.get(policy.name)
-        if got is not None and got[0] is tags and got[1] == policy and got[2] == rejected:
-            return got[3]
-        choice = imagepolicy.choose(tags, policy, rejected=rejected)
-        self._chosen[policy.name] = (tags, policy, rejected, choice)
-        return choice
 
     # ------------------------------------------------------------ committing
 
@@ -468,10 +424,7 @@ class Images:
         names = {u.name for u in cfg.updates}
         for gone in set(self._updates) - names:
             del self._updates[gone]
-        names = {p.name for p in cfg.policies}
-        for gone in set(self._policies) - names:
-            del self._policies[gone]
-            self._chosen.pop(gone, None)
+        self._chooser.forget({p.name for p in cfg.policies})
 
 
 def _tag(image: str) -> str:
