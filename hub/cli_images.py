@@ -95,9 +95,14 @@ class Notes:
         self.items: list[str] = []
 
     def cell(self, kind: str, message: str, *, prefix: str = "") -> str:
-        """`error [1]: registry said…` (the message without `prefix`, cut for the table)."""
+        """`error [1]: registry said…` (the message without `prefix`, cut for the table), or
+        `error: ... see [1]` when it only repeats an earlier message."""
         if not message:
             return ""
+        for i, earlier in enumerate(self.items, 1):
+            said = message.replace(earlier, f"see [{i}]")
+            if earlier in message and len(said) <= CELL_MOST:
+                return f"{kind}: {said}"  # e.g. a policy's repository that failed its scan
         self.items.append(message)
         return f"{kind} [{len(self.items)}]: {cut(message.removeprefix(prefix))}"
 
@@ -233,7 +238,8 @@ def _scan(stub: fleet_pb2_grpc.FleetServiceStub, meta: Any, ns: argparse.Namespa
     )
     if ns.output == "json":
         return print_status(shown, output="json")
-    for line in text_lines(shown, now=time.time(), width=shutil.get_terminal_size().columns):
+    width = shutil.get_terminal_size((100, 24)).columns
+    for line in text_lines(shown, now=time.time(), width=width):
         print(line)
     return 1 if any(r.error for r in shown.repositories) else 0
 
