@@ -15,10 +15,9 @@ import shutil
 import textwrap
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import grpc
-from google.protobuf import json_format
+from google.protobuf import json_format, timestamp_pb2
 
 from fleetops.hub import cli_admin
 from fleetops.hub.cli_output import plain
@@ -56,7 +55,7 @@ def add_parser(
     return im
 
 
-def age(stamp: Any, *, now: float) -> str:
+def age(stamp: timestamp_pb2.Timestamp, *, now: float) -> str:
     """`12s ago` from a Timestamp; `never` when it is unset."""
     if not stamp.seconds and not stamp.nanos:
         return "never"
@@ -210,7 +209,11 @@ def _scanned(
     return all(new.get(n, 0) > old.get(n, 0) for n in names)
 
 
-def _scan(stub: fleet_pb2_grpc.FleetServiceStub, meta: Any, ns: argparse.Namespace) -> int:
+def _scan(
+    stub: fleet_pb2_grpc.FleetServiceStub,
+    meta: tuple[tuple[str, str | bytes], ...],
+    ns: argparse.Namespace,
+) -> int:
     """Ask for the scan; unless --no-wait, wait for it and show the repositories it scanned
     (exit 1 when one of them failed)."""
     before = stub.ImageStatus(fleet_pb2.ImageStatusRequest(), metadata=meta, timeout=30)

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from fleetops.hub import cli
+from fleetops.hub import cli, cli_images
+from fleetops.proto.v1 import fleet_pb2
 from tests.support import fleet, hubproc, wait
 from tests.support import registry as registrypush
 
@@ -218,3 +219,31 @@ async def test_a_read_only_token_reads_the_status_but_may_not_scan(
         assert err.startswith("fleetops-hub: PERMISSION_DENIED: ImageScan changes the fleet")
         assert "read-only" in err
         assert proc.hub.image_status().repositories[0].last_scan == scanned
+
+
+def test_long_and_hostile_text_is_wrapped_between_words_and_shown_plain() -> None:
+    """No hub needed: what the table makes of a long error and a change line a committer
+    wrote with terminal escapes in it."""
+    error = "image update platform-images: " + " ".join(
+        f"word{i}-{'x' * (i % 7)}" for i in range(60)
+    )
+    st = fleet_pb2.ImageStatusResponse(
+        updates=[
+            fleet_pb2.ImageUpdateStatus(
+                name="platform-images",
+                repo="platform",
+                last_commit="0123456789abcdef",
+                last_changes=["apps/\x1b[2Jweb.yaml: r/web:1.0 -> r/web:1.1", "b: x -> y"],
+                error=error,
+            )
+        ]
+    )
+    lines = cli_images.text_lines(st, now=0.0, width=60)
+    out = "\n".join(lines)
+    assert "\x1b" not in out
+    commit = row(out, "platform-images")[3]
+    assert commit.startswith("01234567 apps/\ufffd[2Jweb.yaml: web 1.0 -> 1.1 (+1 more)")
+    cell = row(out, "platform-images")[4].removeprefix("error [1]: ")
+    assert cell.endswith("…") and error.split(": ", 1)[1].startswith(cell[:-1] + " ")
+    assert notes(out)["[1]"] == error
+    assert all(len(line) <= 60 for line in lines if line.startswith(("[", " ")))
