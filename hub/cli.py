@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import grpc
 
 from fleetops import hub
-from fleetops.hub import ca, cli_rollout, errors, install, programs, render, server
+from fleetops.hub import ca, cli_images, cli_rollout, errors, install, programs, render, server
 from fleetops.hub.cli_admin import run_client
 from fleetops.hub.cli_output import plain, status_rows
 
@@ -257,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = ros.add_parser(name, help=hlp)
         p.add_argument("app")
         client_args(p)
+    cli_images.add_parser(sub, client_args)
     return parser
 
 
@@ -274,6 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if ns.command == "rollout":
             return cli_rollout.run(ns)
+        if ns.command == "images":
+            return cli_images.run(ns)
         return run_client(ns)
     except errors.HubError as e:
         print(plain(f"fleetops-hub: {e}"), file=sys.stderr)

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import grpc
 from google.protobuf import timestamp_pb2
 
-from fleetops.hub import enrollment, errors, events, records
+from fleetops.hub import enrollment, errors, events, imagestatus, records
 from fleetops.hub.services import abort, bearer
 from fleetops.proto.v1 import fleet_pb2, fleet_pb2_grpc
 
@@ -69,10 +69,54 @@ class FleetHub(Protocol):
 
     async def rollout_action(self, *, app: str, action: str, actor: str) -> records.Event: ...
 
+    def image_status(self) -> imagestatus.Status: ...
+
+    def scan_images(self, repository: str = "") -> list[str]: ...
+
 
 def _ts(seconds: float) -> timestamp_pb2.Timestamp:
     out = timestamp_pb2.Timestamp()
     out.FromNanoseconds(int(seconds * 1e9))
+    return out
+
+
+def image_status_pb(st: imagestatus.Status) -> fleet_pb2.ImageStatusResponse:
+    """Image automation's status as the fleet API says it (times unset when never)."""
+    out = fleet_pb2.ImageStatusResponse()
+    for r in st.repositories:
+        repo = out.repositories.add(
+            name=r.name,
+            image=r.image,
+            tags=r.tags,
+            requests=r.requests,
+            error=r.error,
+            warning=r.warning,
+        )
+        if r.last_scan:
+            repo.last_scan.CopyFrom(_ts(r.last_scan))
+    for p in st.policies:
+        out.policies.add(
+            name=p.name,
+            repository=p.repository,
+            latest=p.latest,
+            considered=p.considered,
+            skipped=p.skipped,
+            rejected=p.rejected,
+            rejected_tags=p.rejected_tags,
+            error=p.error,
+        )
+    for u in st.updates:
+        update = out.updates.add(
+            name=u.name,
+            repo=u.repo,
+            commits=u.commits,
+            last_commit=u.last_commit,
+            last_changes=u.last_changes,
+            problems=u.problems,
+            error=u.error,
+        )
+        if u.last_run:
+            update.last_run.CopyFrom(_ts(u.last_run))
     return out
 
 
@@ -285,4 +329,30 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
             lambda actor: self.hub.rollout_action(
                 app=request.app, action=request.action, actor=actor
             ),
+        )
+
+    async def ImageStatus(
+        self, request: fleet_pb2.ImageStatusRequest, context: Any
+    ) -> fleet_pb2.ImageStatusResponse:
+        return image_status_pb(self.hub.image_status())
+
+    async def ImageScan(
+        self, request: fleet_pb2.ImageScanRequest, context: Any
+    ) -> fleet_pb2.ActionResponse:
+        """Scan one image repository, or every one, now: the scan runs in the image loop and
+        its outcome shows in ImageStatus (this answers once it is asked for, not done)."""
+        actor = self._actor(context)
+        try:
+            names = self.hub.scan_images(request.repository)
+        except errors.HubError as e:
+            await abort(context, e)
+            raise AssertionError("unreachable") from None
+        if not names:
+            return fleet_pb2.ActionResponse(
+                message="hub.yaml has no imageRepositories: nothing to scan"
+            )
+        log.info("%s asked for a scan of image repositories %s", actor, ", ".join(names))
+        return fleet_pb2.ActionResponse(
+            message=f"scanning image {'repository' if len(names) == 1 else 'repositories'} "
+            f"{', '.join(names)} now; `fleetops-hub images status` shows what it found"
         )

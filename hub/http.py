@@ -18,7 +18,7 @@ import os
 from collections import Counter
 from typing import Any
 
-from fleetops.hub import core
+from fleetops.hub import core, imagestatus
 from fleetops.proto.v1 import types_pb2
 
 log = logging.getLogger("fleetops.hub")
@@ -137,7 +137,66 @@ def metrics(hub: core.Hub) -> str:
         "# TYPE fleetops_config_ok gauge",
         f"fleetops_config_ok {0 if hub.config_error else 1}",
     ]
+    lines += image_metrics(hub.image_status())
     return "\n".join(lines) + "\n"
+
+
+def image_metrics(st: imagestatus.Status) -> list[str]:
+    """Image automation: per repository, policy and update (hub.imagestatus)."""
+
+    def family(name: str, kind: str, what: str, samples: list[str]) -> list[str]:
+        return [f"# HELP {name} {what}", f"# TYPE {name} {kind}", *samples]
+
+    repos = [(f'{{repository="{label(r.name)}"}}', r) for r in st.repositories]
+    updates = [(f'{{update="{label(u.name)}"}}', u) for u in st.updates]
+    return [
+        *family(
+            "fleetops_image_repository_tags",
+            "gauge",
+            "Tags the newest good scan of the image repository read (after exclude).",
+            [f"fleetops_image_repository_tags{k} {r.tags}" for k, r in repos],
+        ),
+        *family(
+            "fleetops_image_repository_last_scan_timestamp_seconds",
+            "gauge",
+            "When the image repository was last scanned, worked or not (0: never).",
+            [
+                f"fleetops_image_repository_last_scan_timestamp_seconds{k} {r.last_scan:.3f}"
+                for k, r in repos
+            ],
+        ),
+        *family(
+            "fleetops_image_repository_scan_ok",
+            "gauge",
+            "1 when the image repository's newest scan worked (0 before the first).",
+            [
+                f"fleetops_image_repository_scan_ok{k} {int(bool(r.last_scan) and not r.error)}"
+                for k, r in repos
+            ],
+        ),
+        *family(
+            "fleetops_image_policy_info",
+            "gauge",
+            "The tag each image policy picks now (tag empty: none fits).",
+            [
+                f'fleetops_image_policy_info{{policy="{label(p.name)}",'
+                f'repository="{label(p.repository)}",tag="{label(p.latest)}"}} 1'
+                for p in st.policies
+            ],
+        ),
+        *family(
+            "fleetops_image_update_commits_total",
+            "counter",
+            "Commits the image update pushed since the hub started.",
+            [f"fleetops_image_update_commits_total{k} {u.commits}" for k, u in updates],
+        ),
+        *family(
+            "fleetops_image_update_ok",
+            "gauge",
+            "1 unless the image update's last run failed.",
+            [f"fleetops_image_update_ok{k} {0 if u.error else 1}" for k, u in updates],
+        ),
+    ]
 
 
 MAX_CONNECTIONS = 64  # at once; more are answered 503 without reading a byte of them

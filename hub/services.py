@@ -27,6 +27,7 @@ READ_ONLY_METHODS = {
     "Watch",
     "History",
     "RolloutStatus",
+    "ImageStatus",
 }  # everything else needs an operator
 _CODES = {
     errors.NotFound: grpc.StatusCode.NOT_FOUND,

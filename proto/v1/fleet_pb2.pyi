@@ -1063,3 +1063,211 @@ class RolloutGateReading(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RolloutGateReading: _TypeAlias = RolloutGateReading  # noqa: Y015
+
+@_typing.final
+class ImageStatusRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImageStatusRequest: _TypeAlias = ImageStatusRequest  # noqa: Y015
+
+@_typing.final
+class ImageStatusResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPOSITORIES_FIELD_NUMBER: _builtins.int
+    POLICIES_FIELD_NUMBER: _builtins.int
+    UPDATES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def repositories(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImageRepositoryStatus]: ...
+    @_builtins.property
+    def policies(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImagePolicyStatus]: ...
+    @_builtins.property
+    def updates(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImageUpdateStatus]: ...
+    def __init__(
+        self,
+        *,
+        repositories: _abc.Iterable[Global___ImageRepositoryStatus] | None = ...,
+        policies: _abc.Iterable[Global___ImagePolicyStatus] | None = ...,
+        updates: _abc.Iterable[Global___ImageUpdateStatus] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policies", b"policies", "repositories", b"repositories", "updates", b"updates"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImageStatusResponse: _TypeAlias = ImageStatusResponse  # noqa: Y015
+
+@_typing.final
+class ImageRepositoryStatus(_message.Message):
+    """One hub.yaml imageRepositories entry, as its newest scan left it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    IMAGE_FIELD_NUMBER: _builtins.int
+    LAST_SCAN_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    WARNING_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    image: _builtins.str
+    """as written in hub.yaml"""
+    tags: _builtins.int
+    """tags the newest good scan read, after exclude"""
+    requests: _builtins.int
+    """HTTP requests that scan made"""
+    error: _builtins.str
+    """why the newest scan failed; empty when it did not"""
+    warning: _builtins.str
+    """e.g. more tags than maxTags"""
+    @_builtins.property
+    def last_scan(self) -> _timestamp_pb2.Timestamp:
+        """unset: not scanned yet"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        image: _builtins.str = ...,
+        last_scan: _timestamp_pb2.Timestamp | None = ...,
+        tags: _builtins.int = ...,
+        requests: _builtins.int = ...,
+        error: _builtins.str = ...,
+        warning: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_scan", b"last_scan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "image", b"image", "last_scan", b"last_scan", "name", b"name", "requests", b"requests", "tags", b"tags", "warning", b"warning"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImageRepositoryStatus: _TypeAlias = ImageRepositoryStatus  # noqa: Y015
+
+@_typing.final
+class ImagePolicyStatus(_message.Message):
+    """One imagePolicies entry: the tag it picks now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    REPOSITORY_FIELD_NUMBER: _builtins.int
+    LATEST_FIELD_NUMBER: _builtins.int
+    CONSIDERED_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    REJECTED_FIELD_NUMBER: _builtins.int
+    REJECTED_TAGS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    repository: _builtins.str
+    latest: _builtins.str
+    """empty: no tag"""
+    considered: _builtins.int
+    skipped: _builtins.int
+    rejected: _builtins.int
+    """tags passed over because their rollout was rejected"""
+    error: _builtins.str
+    """why there is no tag"""
+    @_builtins.property
+    def rejected_tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        repository: _builtins.str = ...,
+        latest: _builtins.str = ...,
+        considered: _builtins.int = ...,
+        skipped: _builtins.int = ...,
+        rejected: _builtins.int = ...,
+        rejected_tags: _abc.Iterable[_builtins.str] | None = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["considered", b"considered", "error", b"error", "latest", b"latest", "name", b"name", "rejected", b"rejected", "rejected_tags", b"rejected_tags", "repository", b"repository", "skipped", b"skipped"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImagePolicyStatus: _TypeAlias = ImagePolicyStatus  # noqa: Y015
+
+@_typing.final
+class ImageUpdateStatus(_message.Message):
+    """One imageUpdates entry: its last run and commit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    REPO_FIELD_NUMBER: _builtins.int
+    LAST_RUN_FIELD_NUMBER: _builtins.int
+    COMMITS_FIELD_NUMBER: _builtins.int
+    LAST_COMMIT_FIELD_NUMBER: _builtins.int
+    LAST_CHANGES_FIELD_NUMBER: _builtins.int
+    PROBLEMS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    repo: _builtins.str
+    commits: _builtins.int
+    """since the hub started"""
+    last_commit: _builtins.str
+    error: _builtins.str
+    @_builtins.property
+    def last_run(self) -> _timestamp_pb2.Timestamp:
+        """unset: not run yet"""
+
+    @_builtins.property
+    def last_changes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """"file: old -> new" """
+
+    @_builtins.property
+    def problems(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """markers not rewritten"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        repo: _builtins.str = ...,
+        last_run: _timestamp_pb2.Timestamp | None = ...,
+        commits: _builtins.int = ...,
+        last_commit: _builtins.str = ...,
+        last_changes: _abc.Iterable[_builtins.str] | None = ...,
+        problems: _abc.Iterable[_builtins.str] | None = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_run", b"last_run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commits", b"commits", "error", b"error", "last_changes", b"last_changes", "last_commit", b"last_commit", "last_run", b"last_run", "name", b"name", "problems", b"problems", "repo", b"repo"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImageUpdateStatus: _TypeAlias = ImageUpdateStatus  # noqa: Y015
+
+@_typing.final
+class ImageScanRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPOSITORY_FIELD_NUMBER: _builtins.int
+    repository: _builtins.str
+    """empty: every image repository"""
+    def __init__(
+        self,
+        *,
+        repository: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["repository", b"repository"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImageScanRequest: _TypeAlias = ImageScanRequest  # noqa: Y015

@@ -109,6 +109,16 @@ class FleetServiceStub:
                 request_serializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.RolloutActionRequest.SerializeToString,
                 response_deserializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.ActionResponse.FromString,
                 _registered_method=True)
+        self.ImageStatus = channel.unary_unary(
+                '/fleetops.v1.FleetService/ImageStatus',
+                request_serializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.ImageStatusRequest.SerializeToString,
+                response_deserializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.ImageStatusResponse.FromString,
+                _registered_method=True)
+        self.ImageScan = channel.unary_unary(
+                '/fleetops.v1.FleetService/ImageScan',
+                request_serializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.ImageScanRequest.SerializeToString,
+                response_deserializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.ActionResponse.FromString,
+                _registered_method=True)
 
 
 class FleetServiceServicer:
@@ -212,6 +222,21 @@ class FleetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImageStatus(self, request, context):
+        """Image automation: each image repository's last scan, each policy's tag, each update's
+        last run and commit, with their errors.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImageScan(self, request, context):
+        """Scan one image repository (or every one) now (operator only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FleetServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -288,6 +313,16 @@ def add_FleetServiceServicer_to_server(servicer, server):
             'RolloutAction': grpc.unary_unary_rpc_method_handler(
                     servicer.RolloutAction,
                     request_deserializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.RolloutActionRequest.FromString,
+                    response_serializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.ActionResponse.SerializeToString,
+            ),
+            'ImageStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImageStatus,
+                    request_deserializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.ImageStatusRequest.FromString,
+                    response_serializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.ImageStatusResponse.SerializeToString,
+            ),
+            'ImageScan': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImageScan,
+                    request_deserializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.ImageScanRequest.FromString,
                     response_serializer=fleetops_dot_proto_dot_v1_dot_fleet__pb2.ActionResponse.SerializeToString,
             ),
     }
@@ -695,6 +730,60 @@ class FleetService:
             target,
             '/fleetops.v1.FleetService/RolloutAction',
             fleetops_dot_proto_dot_v1_dot_fleet__pb2.RolloutActionRequest.SerializeToString,
+            fleetops_dot_proto_dot_v1_dot_fleet__pb2.ActionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImageStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetops.v1.FleetService/ImageStatus',
+            fleetops_dot_proto_dot_v1_dot_fleet__pb2.ImageStatusRequest.SerializeToString,
+            fleetops_dot_proto_dot_v1_dot_fleet__pb2.ImageStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImageScan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetops.v1.FleetService/ImageScan',
+            fleetops_dot_proto_dot_v1_dot_fleet__pb2.ImageScanRequest.SerializeToString,
             fleetops_dot_proto_dot_v1_dot_fleet__pb2.ActionResponse.FromString,
             options,
             channel_credentials,

@@ -57,6 +57,12 @@ class FleetServiceStub:
     """Progressive delivery: each app's newest rollout (steps, clusters, gates) and control."""
     RolloutAction: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.RolloutActionRequest, _fleet_pb2.ActionResponse]
     """pause | resume | promote | abort | retry (operator only)."""
+    ImageStatus: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.ImageStatusRequest, _fleet_pb2.ImageStatusResponse]
+    """Image automation: each image repository's last scan, each policy's tag, each update's
+    last run and commit, with their errors.
+    """
+    ImageScan: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.ImageScanRequest, _fleet_pb2.ActionResponse]
+    """Scan one image repository (or every one) now (operator only)."""
 
 @_typing.type_check_only
 class FleetServiceAsyncStub(FleetServiceStub):
@@ -85,6 +91,12 @@ class FleetServiceAsyncStub(FleetServiceStub):
     """Progressive delivery: each app's newest rollout (steps, clusters, gates) and control."""
     RolloutAction: _aio.UnaryUnaryMultiCallable[_fleet_pb2.RolloutActionRequest, _fleet_pb2.ActionResponse]  # type: ignore[assignment]
     """pause | resume | promote | abort | retry (operator only)."""
+    ImageStatus: _aio.UnaryUnaryMultiCallable[_fleet_pb2.ImageStatusRequest, _fleet_pb2.ImageStatusResponse]  # type: ignore[assignment]
+    """Image automation: each image repository's last scan, each policy's tag, each update's
+    last run and commit, with their errors.
+    """
+    ImageScan: _aio.UnaryUnaryMultiCallable[_fleet_pb2.ImageScanRequest, _fleet_pb2.ActionResponse]  # type: ignore[assignment]
+    """Scan one image repository (or every one) now (operator only)."""
 
 class FleetServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -200,5 +212,23 @@ class FleetServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_fleet_pb2.ActionResponse, _abc.Awaitable[_fleet_pb2.ActionResponse]]:
         """pause | resume | promote | abort | retry (operator only)."""
+
+    @_abc_1.abstractmethod
+    def ImageStatus(
+        self,
+        request: _fleet_pb2.ImageStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fleet_pb2.ImageStatusResponse, _abc.Awaitable[_fleet_pb2.ImageStatusResponse]]:
+        """Image automation: each image repository's last scan, each policy's tag, each update's
+        last run and commit, with their errors.
+        """
+
+    @_abc_1.abstractmethod
+    def ImageScan(
+        self,
+        request: _fleet_pb2.ImageScanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fleet_pb2.ActionResponse, _abc.Awaitable[_fleet_pb2.ActionResponse]]:
+        """Scan one image repository (or every one) now (operator only)."""
 
 def add_FleetServiceServicer_to_server(servicer: FleetServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
