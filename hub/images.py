@@ -120,23 +120,20 @@ class Images:
         return [name] if name else names
 
     def status(self) -> imagestatus.Status:
+        """Every configured entry, scanned or not yet (then `last_scan` is 0)."""
         cfg = self._settings.cfg.images
         return imagestatus.Status(
-            repositories=[
-                dataclasses.replace(self._scans[r.name].status)
-                for r in cfg.repositories
-                if r.name in self._scans
-            ],
+            repositories=[dataclasses.replace(self._scan_of(r).status) for r in cfg.repositories],
             policies=[
-                dataclasses.replace(self._chooser.policies[p.name])
+                dataclasses.replace(
+                    self._chooser.policies.get(p.name)
+                    or imagestatus.PolicyStatus(
+                        name=p.name, repository=p.repository, error="not chosen yet"
+                    )
+                )
                 for p in cfg.policies
-                if p.name in self._chooser.policies
             ],
-            updates=[
-                dataclasses.replace(self._updates[u.name].status)
-                for u in cfg.updates
-                if u.name in self._updates
-            ],
+            updates=[dataclasses.replace(self._update_of(u).status) for u in cfg.updates],
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -267,10 +264,7 @@ class Images:
     def _maybe_update(
         self, spec: imagespec.ImageUpdate, latest: dict[str, str], heads: dict[str, str]
     ) -> None:
-        state = self._updates.get(spec.name)
-        if state is None or state.status.repo != spec.repo:
-            state = _Update(imagestatus.UpdateStatus(name=spec.name, repo=spec.repo))
-            self._updates[spec.name] = state
+        state = self._update_of(spec)
         repo = next((r for r in self._settings.cfg.repos if r.name == spec.repo), None)
         if state.running or repo is None or not latest:
             return
@@ -280,6 +274,13 @@ class Images:
             return
         state.running = True
         self._spawn(self._update(spec, repo, state, dict(latest), head))
+
+    def _update_of(self, spec: imagespec.ImageUpdate) -> _Update:
+        state = self._updates.get(spec.name)
+        if state is None or state.status.repo != spec.repo:
+            state = _Update(imagestatus.UpdateStatus(name=spec.name, repo=spec.repo))
+            self._updates[spec.name] = state
+        return state
 
     def _spawn(self, work: Coroutine[None, None, None]) -> None:
         """Run `work` beside the loop; the loop looks again as soon as it is done."""
