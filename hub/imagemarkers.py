@@ -19,7 +19,8 @@ a quoted or block scalar (`|`, `>`) is text, never a marker. A marker is reporte
 `problem`, and never rewritten, when what it marks is not one plain or quoted scalar on its own
 line holding an image reference (a key, an alias, an anchored value, a flow collection, a value
 over several lines, escapes, a value that is not an image reference), when its comment is not
-Flux's grammar, or when the file is not YAML or is over MAX_CHARS.
+Flux's grammar (Flux's `:digest` field and a `${var}` in the name are named as such), or when
+the file is not YAML or is over MAX_CHARS.
 
 Pure: text in, text out. It must never follow an alias, never change a byte outside a marked
 scalar, and never raise on what a repository holds.
@@ -362,9 +363,27 @@ def _setter(comment: str) -> tuple[str, str, str]:
     if not isinstance(data, dict) or list(data) != [KEY] or not isinstance(data[KEY], str):
         return "", "", f"the marker must be an object with the one key {KEY!r};" + grammar
     parts = data[KEY].split(":")
+    if "${" in data[KEY] and len(parts) in (2, 3):
+        return (
+            "",
+            "",
+            (
+                f"{_short(data[KEY])} holds a ${{...}} variable, which Flux substitutes when it "
+                "applies, not in Git: no policy has this name; write the policy's own name"
+            ),
+        )
     if len(parts) not in (2, 3) or not all(_SETTER_PART.match(p) for p in parts[:2]):
         return "", "", f"{_short(data[KEY])} is not <namespace>:<policy>[:tag|:name];" + grammar
     field = parts[2] if len(parts) == 3 else ""
+    if field == "digest":
+        return (
+            parts[1],
+            "",
+            (
+                "':digest' (Flux's digest pinning) is not supported: only tags are set; "
+                "remove this marker, or mark the tag with :tag"
+            ),
+        )
     if field not in FIELDS[1:] and len(parts) == 3:
         return parts[1], "", f"unknown field {_short(field)}: use :tag, :name or none"
     return parts[1], field, ""
