@@ -10,7 +10,8 @@ Flux users' repositories work as they are:
 The comment is JSON with the one key `$imagepolicy`; its value is `namespace:policy` or
 `namespace:policy:tag|name`. The namespace is required by the grammar and ignored here (the
 policy is matched by name). List items (`- image: x # {...}`, `- x # {...}`) work; plain,
-'single' and "double" quoted values keep their quoting.
+'single' and "double" quoted values keep their quoting; an empty quoted value (`tag: ""`) is a
+placeholder the marker fills, as Flux fills it.
 
 `rewrite` edits text, never a YAML tree: only the marked scalar's characters change, so
 comments, order, indentation, quoting and line endings (\\n or \\r\\n) stay byte-for-byte. The
@@ -347,8 +348,9 @@ def _slot(line: str, row: int, nodes: list[_Node], spans: list[tuple[int, int]])
     refusal = _refusal(node, line, row=row, hash_at=hash_at)
     if refusal:
         return _Slot(_problem(marker, refusal))
+    placeholder = node.value == "" and node.style in ("'", '"')  # `tag: ""`: Flux fills it
     reading = {"": _read_ref, "tag": _read_tag, "name": _read_name}[field](node.value)
-    if reading:
+    if reading and not placeholder:
         return _Slot(_problem(marker, reading))
     return _Slot(marker, row, node.start, node.end, node.style)
 

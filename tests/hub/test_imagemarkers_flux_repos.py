@@ -187,6 +187,31 @@ def test_helmrelease_values_repository_and_a_quoted_build_tag() -> None:
     ]  # the repository is already the policy's: unchanged, and not a change
 
 
+def test_an_empty_quoted_tag_or_image_is_a_placeholder_the_marker_fills() -> None:
+    # a first commit often leaves the tag for the automation to fill, which Flux does
+    text = (
+        "values:\n"
+        "  image:\n"
+        '    repository: "" # {"$imagepolicy": "default:ledger:name"}\n'
+        '    tag: "" # {"$imagepolicy": "default:ledger:tag"}\n'
+        '  sidecar: \'\' # {"$imagepolicy": "default:ledger"}\n'
+        '  other: "" # not marked\n'
+    )
+    out = imagemarkers.rewrite(text, {"ledger": "reg.example.com/me/ledger:1.4.0"})
+    assert out.problems == ()
+    assert out.text == (
+        "values:\n"
+        "  image:\n"
+        '    repository: "reg.example.com/me/ledger" # {"$imagepolicy": "default:ledger:name"}\n'
+        '    tag: "1.4.0" # {"$imagepolicy": "default:ledger:tag"}\n'
+        '  sidecar: \'reg.example.com/me/ledger:1.4.0\' # {"$imagepolicy": "default:ledger"}\n'
+        '  other: "" # not marked\n'
+    )
+    # a plain empty value is still no value: the marker is reported, nothing is guessed
+    bare = 'tag: # {"$imagepolicy": "default:ledger:tag"}\n'
+    assert imagemarkers.rewrite(bare, {"ledger": "reg/ledger:1.4.0"}).text == bare
+
+
 # A Giant Swarm App: the chart `version` set by a :tag marker, single-quoted; a template whose
 # marker names its policy through a `${var}` that only Flux's post-build substitution fills.
 APP = """\
