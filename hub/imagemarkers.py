@@ -10,7 +10,8 @@ Flux users' repositories work as they are:
 The comment is JSON with the one key `$imagepolicy`; its value is `namespace:policy` or
 `namespace:policy:tag|name`. The namespace is required by the grammar and ignored here (the
 policy is matched by name). List items (`- image: x # {...}`, `- x # {...}`) work; plain,
-'single' and "double" quoted values keep their quoting.
+'single' and "double" quoted values keep their quoting; an empty quoted value (`tag: ""`) is a
+placeholder the marker fills, as Flux fills it.
 
 `rewrite` edits text, never a YAML tree: only the marked scalar's characters change, so
 comments, order, indentation, quoting and line endings (\\n or \\r\\n) stay byte-for-byte. The
@@ -19,7 +20,8 @@ a quoted or block scalar (`|`, `>`) is text, never a marker. A marker is reporte
 `problem`, and never rewritten, when what it marks is not one plain or quoted scalar on its own
 line holding an image reference (a key, an alias, an anchored value, a flow collection, a value
 over several lines, escapes, a value that is not an image reference), when its comment is not
-Flux's grammar, or when the file is not YAML or is over MAX_CHARS.
+Flux's grammar (Flux's `:digest` field and a `${var}` in the name are named as such), or when
+the file is not YAML or is over MAX_CHARS.
 
 Pure: text in, text out. It must never follow an alias, never change a byte outside a marked
 scalar, and never raise on what a repository holds.
@@ -346,8 +348,9 @@ def _slot(line: str, row: int, nodes: list[_Node], spans: list[tuple[int, int]])
     refusal = _refusal(node, line, row=row, hash_at=hash_at)
     if refusal:
         return _Slot(_problem(marker, refusal))
+    placeholder = node.value == "" and node.style in ("'", '"')  # `tag: ""`: Flux fills it
     reading = {"": _read_ref, "tag": _read_tag, "name": _read_name}[field](node.value)
-    if reading:
+    if reading and not placeholder:
         return _Slot(_problem(marker, reading))
     return _Slot(marker, row, node.start, node.end, node.style)
 
@@ -362,9 +365,27 @@ def _setter(comment: str) -> tuple[str, str, str]:
     if not isinstance(data, dict) or list(data) != [KEY] or not isinstance(data[KEY], str):
         return "", "", f"the marker must be an object with the one key {KEY!r};" + grammar
     parts = data[KEY].split(":")
+    if "${" in data[KEY] and len(parts) in (2, 3):
+        return (
+            "",
+            "",
+            (
+                f"{_short(data[KEY])} holds a ${{...}} variable, which Flux substitutes when it "
+                "applies, not in Git: no policy has this name; write the policy's own name"
+            ),
+        )
     if len(parts) not in (2, 3) or not all(_SETTER_PART.match(p) for p in parts[:2]):
         return "", "", f"{_short(data[KEY])} is not <namespace>:<policy>[:tag|:name];" + grammar
     field = parts[2] if len(parts) == 3 else ""
+    if field == "digest":
+        return (
+            parts[1],
+            "",
+            (
+                "':digest' (Flux's digest pinning) is not supported: only tags are set; "
+                "remove this marker, or mark the tag with :tag"
+            ),
+        )
     if field not in FIELDS[1:] and len(parts) == 3:
         return parts[1], "", f"unknown field {_short(field)}: use :tag, :name or none"
     return parts[1], field, ""
