@@ -352,8 +352,8 @@ def _edit(git: pygit2.Repository, base: str, job: _Job) -> _Edit:
 def _yaml_files(
     git: pygit2.Repository, tree: pygit2.Tree, *, roots: tuple[str, ...], problems: list[str]
 ) -> list[tuple[str, str]]:
-    """(path, blob id) of the regular .yaml/.yml files under `roots`, at most MAX_FILES;
-    symlinks and submodules are never followed."""
+    """(path, blob id) of the regular .yaml/.yml/Kustomization files under `roots`, at most
+    MAX_FILES; symlinks and submodules are never followed."""
     found: dict[str, str] = {}
     for root in roots:
         if root:
@@ -377,7 +377,7 @@ def _yaml_files(
                 pygit2.enums.FileMode.BLOB_EXECUTABLE,
             ):
                 continue  # a symlink or a submodule
-            if not path.endswith((".yaml", ".yml")) or path in found:
+            if not _yaml_name(path) or path in found:
                 continue
             if len(found) >= MAX_FILES:
                 problems.append(
@@ -387,6 +387,11 @@ def _yaml_files(
                 return sorted(found.items())
             found[path] = str(obj.id)
     return sorted(found.items())
+
+
+def _yaml_name(path: str) -> bool:
+    """A file Flux reads for markers: .yaml, .yml, or kustomize's `Kustomization`."""
+    return path.endswith((".yaml", ".yml")) or path.rsplit("/", 1)[-1] == "Kustomization"
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")

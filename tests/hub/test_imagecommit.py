@@ -260,6 +260,19 @@ def test_nothing_to_change_makes_no_commit(remote: fleet.Repo, tmp_path: pathlib
     assert fleet.git(remote.bare, "rev-list", "--count", "main") == "2"
 
 
+def test_a_file_named_kustomization_is_read_as_flux_reads_it(
+    remote: fleet.Repo, tmp_path: pathlib.Path
+) -> None:
+    kust = b'images:\n  - name: web\n    newTag: 1.0.0 # {"$imagepolicy": "flux-system:web:tag"}\n'
+    write(remote, "apps/web/Kustomization", kust)
+    write(remote, "apps/web/Kustomization.txt", kust)  # not a name Flux reads
+    remote.commit("kustomization")
+    done = run(config.Repo(name="apps", url=remote.url), tmp_path / "cache")
+    assert {c.file for c in done.changes} >= {"apps/web/Kustomization"}
+    assert "apps/web/Kustomization.txt" not in {c.file for c in done.changes}
+    assert blob(remote, done.commit, "apps/web/Kustomization") == kust.replace(b"1.0.0", b"1.1.0")
+
+
 def test_the_default_message_lists_the_changes(remote: fleet.Repo, tmp_path: pathlib.Path) -> None:
     spec = config.Repo(name="apps", url=remote.url)
     run(spec, tmp_path / "cache", paths=["apps/web/deploy.yaml"])
