@@ -168,6 +168,8 @@ class Images:
             scanned={n: sc.status for n, sc in self._scans.items()},
             rejected=rejected,
         )
+        if any(self._scans[r.name].status.last_scan == 0.0 for r in cfg.repositories):
+            return  # every repository's first scan ends first: one commit, not one per scan
         heads = self._heads()
         for u in cfg.updates:
             self._maybe_update(u, latest, heads)
@@ -187,6 +189,7 @@ class Images:
         except Exception as e:  # noqa: BLE001 (a bug here must not stop other scans)
             log.exception("image repository %s: the scan failed", spec.name)
             scan.status.error = f"image repository {spec.name}: the scan failed: {e}"
+            scan.status.last_scan = self._now()
         finally:
             scan.running = False
 

@@ -133,6 +133,33 @@ async def test_the_newest_stable_tag_is_committed_once_and_the_hub_follows_it(
     assert "1.0.0" in readme and "1.1" not in readme
 
 
+async def test_two_repositories_found_at_start_make_one_commit(
+    tmp_path: pathlib.Path, reg: registrypush.OciRegistry
+) -> None:
+    push(reg, "1.0.0", "1.5.0")
+    registrypush.push_image(f"http://{reg.host}", "team/side", "2.1.0")
+    repo = fleet.Repo.create(tmp_path / "git")
+    side = '# {"$imagepolicy": "flux-system:side-stable"}'
+    repo.write(
+        "apps/web/deploy.yaml",
+        DEPLOY.format(host=reg.host).replace("side:2.0.0", f"side:2.0.0 {side}"),
+    )
+    repo.commit("web and side")
+    cfg = hub_config(repo, reg.host)
+    cfg["imageRepositories"].append({"name": "side", "image": f"{reg.host}/team/side"})
+    cfg["imagePolicies"].append(
+        {"name": "side-stable", "repository": "side", "policy": {"semver": {"range": "2.x"}}}
+    )
+    async with hubproc.running(tmp_path / "hub", cfg) as proc:
+        await wait.until("an image commit", lambda: len(log(repo)) == 2)
+        await wait.until("the hub at it", lambda: proc.hub.heads["platform"] == log(repo)[0][:40])
+        assert len(log(repo)) == 2
+    text = (repo.work / "apps/web/deploy.yaml").read_text()
+    fleet.git(repo.work, "pull", "-q", "--ff-only", "origin", "main")
+    text = (repo.work / "apps/web/deploy.yaml").read_text()
+    assert "team/web:1.5.0" in text and "team/side:2.1.0" in text
+
+
 async def test_a_concurrent_commit_is_kept_and_the_update_lands_on_top(
     tmp_path: pathlib.Path, reg: registrypush.OciRegistry
 ) -> None:
