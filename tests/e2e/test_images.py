@@ -28,7 +28,7 @@ import yaml
 
 from fleetops.proto.v1 import fleet_pb2
 from tests import localkube
-from tests.support import deployimages, fleet, wait
+from tests.support import chartrepo, deployimages, fleet, wait
 from tests.support import registry as registrypush
 
 pytestmark = pytest.mark.cluster
@@ -63,7 +63,7 @@ class World:
     hub: fleet.Hub
     agents: dict[str, fleet.Process]
     app: str
-    registry: registrypush.OciRegistry
+    registry: chartrepo.OciRegistry
     deployments: deployimages.DeploymentImages
     first: str  # the revision Git starts at (1.0.0)
 
