@@ -15,8 +15,9 @@ Each round pushes a new tag and measures, in seconds:
 - commit -> hub head: to the hub's log line "repo platform: new revision" (ms timestamps);
 - head -> canary applied: to the Deployment on c1 showing the new tag in its spec (the kube
   API read every 20 ms), and to it running (rolled out: every replica updated and available);
-then waits for the whole rollout to succeed, so every push starts from a quiet fleet. Prints
-each round, then median and max. Not a timed test.
+then waits for the whole rollout to succeed, so every push starts from a quiet fleet, and
+waits a random 0 to `--interval` seconds (seeded) so the pushes land at any phase of the scan
+timer. Prints each round, then median and max. Not a timed test.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import dataclasses
 import datetime
 import os
 import pathlib
+import random
 import re
 import statistics
 import subprocess
@@ -169,6 +171,7 @@ def rollout_phase(hub: fleet.Hub) -> tuple[str, str]:
 def run(ns: argparse.Namespace, root: pathlib.Path) -> list[str]:
     procs: list[fleet.Process] = []
     rounds: list[Round] = []
+    rng = random.Random(ns.seed)
     with (
         clusters(root) as kubeconfigs,
         registrypush.registry_server(root / "registry") as reg,
@@ -206,6 +209,9 @@ def run(ns: argparse.Namespace, root: pathlib.Path) -> list[str]:
                 )  # fmt: skip
                 for i in range(1, ns.pushes + 1):
                     tag = f"1.{i}.0"
+                    # a push lands at any phase of the scan timer, not just after a rollout
+                    # ended: this sleep is the sampling, not a wait for a state
+                    time.sleep(rng.uniform(0, ns.interval))
                     registrypush.push_image(f"http://{reg.host}", "team/web", tag)
                     pushed = time.time()
                     ready = wait.until_sync(
@@ -263,6 +269,7 @@ def main() -> None:
     parser.add_argument("--pushes", type=int, default=5)
     parser.add_argument("--interval", type=float, default=2.0, help="scan interval, seconds")
     parser.add_argument("--bake", type=float, default=1.0, help="canary bake, seconds")
+    parser.add_argument("--seed", type=int, default=15, help="for the pushes' random phase")
     ns = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="fleetops-imgbench-") as tmp:
         for line in run(ns, pathlib.Path(tmp)):
