@@ -582,7 +582,8 @@ def push_image(fleet: Fleet, bare: pathlib.Path, *, follow: bool, timeout: float
     except demoimages.Error as e:
         raise DemoError(f"{e}\nlogs are in {fleet.work / 'logs'}") from None
     say(
-        f'The hub committed {commit.sha[:8]} "{commit.subject}" as {commit.author} ({took:.1f}s after the push):'
+        f'The hub committed {commit.sha[:8]} "{commit.subject}" as {commit.author} '
+        f"({took:.1f}s after the push):"
     )
     for change in commit.changes:
         say(f"  {change}")
