@@ -142,7 +142,7 @@ def leftovers(work: pathlib.Path) -> list[int]:
             continue
         if any(a in (marks[0], marks[2]) or a.startswith(marks[1]) for a in args):
             found.append(int(entry.name))
-    return found
+    return sorted(found)
 
 
 def stop_leftovers(work: pathlib.Path, pids: list[int]) -> None:
