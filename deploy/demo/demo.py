@@ -257,6 +257,7 @@ def make_repo(work: pathlib.Path, *, registry: str) -> tuple[pathlib.Path, pathl
     run(["git", "init", "-q", "-b", "main", str(repo)], "git init")
     run([*git, "config", "user.name", "fleetops demo"], "git config")
     run([*git, "config", "user.email", "demo@fleetops"], "git config")
+    run([*git, "config", "pull.rebase", "true"], "git config")  # on top of the hub's commits
     run([*git, "add", "-A"], "git add")
     run([*git, "commit", "-q", "-m", "Three apps for dev, staging and prod"], "git commit")
     run(["git", "clone", "-q", "--bare", str(repo), str(bare)], "git clone --bare")
@@ -479,14 +480,15 @@ def image_instructions(work: pathlib.Path, fleet: Fleet) -> str:
         return ""
     rel = os.path.relpath(work, os.getcwd())
     push = demoimages.shell(demoimages.push_command(fleet.registry_address))
-    image = f"{demoimages.REPOSITORY}:{demoimages.NEXT_TAG}"
+    first, bot = f"{demoimages.REPOSITORY}:{demoimages.FIRST_TAG}", demoimages.BOT_NAME
     return f"""
-  Publish a new image, {image}, to the demo's registry ({fleet.registry_address}; podinfo
-  runs {demoimages.REPOSITORY}:{demoimages.FIRST_TAG}). The hub scans it every 5 s, takes the
-  newest 6.x tag, commits it to the repo as {demoimages.BOT_NAME} and rolls that commit out
-  dev -> staging -> prod:
+  Publish a new image and watch the hub commit it, then roll it out: podinfo runs
+  {first} from the demo's registry ({fleet.registry_address}), which the hub scans
+  every 5 s for the newest 6.x tag. From {os.getcwd()}:
     {push}
-  See the image commit: git -C {rel}/repo pull -q && git -C {rel}/repo log -1 -p
+  The hub commits {demoimages.NEXT_TAG} to the repo as {bot} (see it: cd {rel}/repo && git pull -q
+  && git log -1 -p), and that commit rolls out dev -> staging -> prod (Enter on podinfo in
+  the TUI follows it).
 """
 
 
