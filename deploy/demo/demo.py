@@ -3,30 +3,39 @@
 
 Three clusters labelled dev, staging and prod (local control planes from deploy/local, or
 kubeconfig contexts you already have), a Git repository with three apps (plain YAML, Kustomize
-overlays, Helm with per-environment values), a hub process, and one agent process per cluster
-registered with its own one-time token. Every app rolls out dev -> staging -> prod: a
-revision reaches staging only after dev ran it Healthy for the bake time (20 s), and prod only
-after staging did. It waits until every app runs on every cluster, shows how to make a commit
-and watch it move step by step, and opens the TUI. Ctrl-C tears everything down.
+overlays, Helm with per-environment values; repo.git is what the hub reads, repo/ your clone of
+it), a hub process, and one agent process per cluster registered with its own one-time token.
+Every app rolls out dev -> staging -> prod: a revision reaches staging only after dev ran it
+Healthy for the bake time (20 s), and prod only after staging did. It waits until every app runs
+on every cluster, shows how to make a commit and watch it move step by step, and opens the TUI.
+Ctrl-C tears everything down.
+
+On its own local clusters the demo also runs an image registry (Debian's docker-registry on
+loopback) holding demo/podinfo:6.7.1, which podinfo runs; publishing a newer 6.x tag (the
+command the instructions give, or --push) makes the hub commit the new tag to the repo as
+fleetops-bot, and that commit rolls out dev -> staging -> prod like any other.
 
     make demo                                   # local clusters, then the TUI
     make demo ARGS=--commit                     # ... and the demo commits a change for you
+    make demo ARGS=--push                       # ... or publishes demo/podinfo:6.8.0
     make demo ARGS=--no-tui                     # the same headless; exits 0 once converged
     make demo ARGS="--no-tui --commit"          # headless, following the commit step by step
+    make demo ARGS="--no-tui --push"            # headless, following the image commit
     make demo ARGS="--contexts kind-a,kind-b,kind-c"   # your clusters instead of local ones
 
 Nothing of a demo may outlive it:
 - SIGINT (Ctrl-C), SIGTERM and SIGHUP (the terminal closed: a window, an ssh or tmux session)
-  all tear down the agents, the hub and the local clusters, in that order; a signal during the
-  teardown does not cut it short, and a terminal that is gone does not stop it (what it would
-  have printed goes to logs/demo.log).
+  all tear down the agents, the hub, the registry and the local clusters, in that order; a
+  signal during the teardown does not cut it short, and a terminal that is gone does not stop
+  it (what it would have printed goes to logs/demo.log).
 - Children run in sessions of their own (a closed terminal signals the demo, which stops them
   in order) and through die_with_parent.py, so even a demo killed with SIGKILL, which runs no
-  cleanup, takes its hub, agents and `localkube up` with it (localkube's own --owner-pid
+  cleanup, takes its hub, agents, registry and `localkube up` with it (localkube's own --owner-pid
   watcher stops the clusters).
 - One demo per directory: `demo.pid` in it is locked (flock) for the demo's whole life, so a
   second `make demo` says which one runs instead of starting beside it; processes an earlier
-  demo left there (found by their --data/--state flags) are stopped before anything starts.
+  demo left there (found by their --data/--state flags and the registry's config path) are
+  stopped before anything starts.
 """
 
 from __future__ import annotations
@@ -51,7 +60,8 @@ import yaml
 from fleetops.proto.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import demoprocs  # noqa: E402  (deploy/demo/, beside this script)
+import demoimages  # noqa: E402  (deploy/demo/, beside this script)
+import demoprocs  # noqa: E402
 import demowords  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -137,6 +147,8 @@ def check_prerequisites(contexts: list[str]) -> None:
     missing = []
     if shutil.which("git") is None:
         missing.append("git: apt-get install git (the sample repo is a Git repository)")
+    if not contexts and not demoimages.binary():
+        missing.append("docker-registry: apt-get install docker-registry (the demo's registry)")
     tools = ["helm", "kustomize"] + (
         [] if contexts else ["kube-apiserver", "kube-controller-manager", "etcd", "kwok", "kubectl"]
     )
@@ -228,32 +240,42 @@ def context_clusters(contexts: list[str], kubeconfig: str) -> list[Cluster]:
     return [Cluster(env, env, path, ctx) for env, ctx in zip(ENVS, contexts, strict=True)]
 
 
-def make_repo(work: pathlib.Path) -> pathlib.Path:
-    repo = work / "repo"
+def make_repo(work: pathlib.Path, *, registry: str) -> tuple[pathlib.Path, pathlib.Path]:
+    """The sample repo as the hub reads it (`repo.git`, bare, as on a Git server: the hub's
+    image commits are pushed there) and the user's clone of it (`repo`, with a commit
+    identity of its own); `{registry}` in its files is the demo's registry, or podinfo's own
+    image when there is none (--contexts)."""
+    repo, bare = work / "repo", work / "repo.git"
     shutil.copytree(HERE / "sample-repo", repo)
-    git = [
-        "git",
-        "-C",
-        str(repo),
-        "-c",
-        "user.name=fleetops demo",
-        "-c",
-        "user.email=demo@fleetops",
-    ]
+    for path in repo.rglob("*"):
+        if path.is_file() and "{registry}" in (text := path.read_text()):
+            if registry:
+                path.write_text(text.replace("{registry}", registry))
+            else:
+                path.write_text(text.replace("{registry}/demo/", "ghcr.io/stefanprodan/"))
+    git = ["git", "-C", str(repo)]
     run(["git", "init", "-q", "-b", "main", str(repo)], "git init")
+    run([*git, "config", "user.name", "fleetops demo"], "git config")
+    run([*git, "config", "user.email", "demo@fleetops"], "git config")
+    run([*git, "config", "pull.rebase", "true"], "git config")  # on top of the hub's commits
     run([*git, "add", "-A"], "git add")
     run([*git, "commit", "-q", "-m", "Three apps for dev, staging and prod"], "git commit")
-    return repo
+    run(["git", "clone", "-q", "--bare", str(repo), str(bare)], "git clone --bare")
+    run([*git, "remote", "add", "origin", str(bare)], "git remote add")
+    run([*git, "fetch", "-q", "origin"], "git fetch")
+    run([*git, "branch", "-q", "--set-upstream-to=origin/main"], "git branch")
+    return bare, repo
 
 
 def commit_sample(repo: pathlib.Path) -> str:
     """Commit the change the instructions describe (a new greeting for guestbook in every
-    environment), as a user would; the new revision."""
+    environment) and push it, as a user would; the new revision."""
+    run(["git", "-C", str(repo), "pull", "-q", "--ff-only"], "git pull")
     path = repo / SAMPLE_FILE
     old, new = SAMPLE_EDIT
     path.write_text(path.read_text().replace(old, new))
-    author = ["-c", "user.name=fleetops demo", "-c", "user.email=demo@fleetops"]
-    run(["git", "-C", str(repo), *author, "commit", "-qam", SAMPLE_SUBJECT], "git commit")
+    run(["git", "-C", str(repo), "commit", "-qam", SAMPLE_SUBJECT], "git commit")
+    run(["git", "-C", str(repo), "push", "-q"], "git push")
     return run(["git", "-C", str(repo), "rev-parse", "HEAD"], "git rev-parse").strip()
 
 
@@ -263,12 +285,31 @@ class Fleet:
         self.clusters = clusters
         self.children: list[demoprocs.Child] = []
         self.hub: demoprocs.Child | None = None
+        self.registry: demoprocs.Child | None = None
+        self.registry_address = ""  # 127.0.0.1:PORT once the registry runs
         self.port = 0
+
+    def start_registry(self) -> None:
+        """The demo's image registry, holding the tag podinfo runs at first."""
+        port = free_port()
+        try:
+            self.registry = demoimages.start_registry(self.work, port=port)
+        except demoimages.Error as e:
+            raise DemoError(str(e)) from None
+        self.children.append(self.registry)
+        self.registry_address = f"127.0.0.1:{port}"
+        try:
+            demoimages.push_first(self.registry_address)
+        except demoimages.Error as e:
+            raise DemoError(f"{e}\nits log: {self.registry.log}") from None
 
     def start_hub(self, repo: pathlib.Path, *, bake: float) -> None:
         config = self.work / "hub.yaml"
-        text = (HERE / "hub.yaml").read_text().replace("{repo}", repo.as_uri())
-        text = text.replace("{bake}", f"{bake:g}s")
+        text = (HERE / "hub.yaml").read_text()
+        if not self.registry_address:  # no image automation: drop its part of hub.yaml
+            text = text.split("\n# --- image automation")[0] + "\n"
+        text = text.replace("{repo}", repo.as_uri()).replace("{bake}", f"{bake:g}s")
+        text = text.replace("{registry}", self.registry_address)
         config.write_text(text)
         self.port = free_port()
         self.hub = demoprocs.spawn(
@@ -424,12 +465,31 @@ class Fleet:
             time.sleep(0.5)
 
     def stop(self) -> None:
-        """The agents first (together), then the hub."""
-        agents = [c.proc for c in self.children if c is not self.hub]
+        """The agents first (together), then the hub, then the registry."""
+        agents = [c.proc for c in self.children if c not in (self.hub, self.registry)]
         demoprocs.stop_all(agents)
-        if self.hub is not None:
-            demoprocs.stop_all([self.hub.proc])
+        for last in (self.hub, self.registry):
+            if last is not None:
+                demoprocs.stop_all([last.proc])
         self.children.clear()
+
+
+def image_instructions(work: pathlib.Path, fleet: Fleet) -> str:
+    """How to publish a new image, when the demo runs its registry ('' when it does not)."""
+    if not fleet.registry_address:
+        return ""
+    rel = os.path.relpath(work, os.getcwd())
+    push = demoimages.shell(demoimages.push_command(fleet.registry_address))
+    first, bot = f"{demoimages.REPOSITORY}:{demoimages.FIRST_TAG}", demoimages.BOT_NAME
+    return f"""
+  Publish a new image and watch the hub commit it, then roll it out: podinfo runs
+  {first} from the demo's registry ({fleet.registry_address}), which the hub scans
+  every 5 s for the newest 6.x tag. From {os.getcwd()}:
+    {push}
+  The hub commits {demoimages.NEXT_TAG} to the repo as {bot} (see it: cd {rel}/repo && git pull -q
+  && git log -1 -p), and that commit rolls out dev -> staging -> prod (Enter on podinfo in
+  the TUI follows it).
+"""
 
 
 def instructions(work: pathlib.Path, fleet: Fleet, *, bake: float) -> str:
@@ -442,11 +502,13 @@ The fleet runs: 3 apps on 3 clusters, each from the same Git commit. Every app r
 dev -> staging -> prod: a commit reaches staging only after dev ran it Healthy for {bake:g} s,
 and prod only after staging did.
 
-  Make a change and watch it move step by step (the hub polls the repo every 2 s):
+  Make a change and watch it move step by step (the hub polls the repo every 2 s; {rel}/repo
+  is your clone of the repo it reads, {rel}/repo.git):
     cd {rel}/repo
+    git pull -q
     sed -i 's/{old}/{new}/' {SAMPLE_FILE}
-    git commit -qam "{SAMPLE_SUBJECT}"
-
+    git commit -qam "{SAMPLE_SUBJECT}" && git push -q
+{image_instructions(work, fleet)}
   What to look at in the TUI:
     Enter on guestbook opens the app screen; its GATE column says where each cluster stands
       in the rollout: waiting, progressing, baking, done (deferred: its agent is offline)
@@ -489,7 +551,9 @@ def teardown_on_exit(fleet: Fleet, work: pathlib.Path, local: bool) -> Iterator[
             signal.signal(sig, while_tearing_down)
         why = sys.exc_info()[1]
         cause = f" ({why.args[0]})" if isinstance(why, Stopped) else ""
-        say(f"Tearing down{cause}: agents, hub" + (", local clusters" if local else "") + " ...")
+        parts = ["agents", "hub"] + (["registry"] if fleet.registry else [])
+        parts += ["local clusters"] if local else []
+        say(f"Tearing down{cause}: {', '.join(parts)} ...")
         fleet.stop()
         if local:
             localkube_down(work)
@@ -499,6 +563,35 @@ def teardown_on_exit(fleet: Fleet, work: pathlib.Path, local: bool) -> Iterator[
                 "`kubectl delete namespace " + " ".join(APPS) + "` in each context."
             )
         say("Done.")
+
+
+def push_image(fleet: Fleet, bare: pathlib.Path, *, follow: bool, timeout: float) -> str:
+    """Publish the next tag with the command the instructions give; when `follow`, wait for
+    the hub's image commit and follow its rollout step by step. The image commit ('' when not
+    followed)."""
+    cmd = demoimages.push_command(fleet.registry_address)
+    before = demoimages.head(bare)
+    say(f"Publishing {demoimages.REPOSITORY}:{demoimages.NEXT_TAG} to the demo's registry:")
+    say(f"  $ {demoimages.shell(cmd)}")
+    try:
+        say(f"  {demoimages.run_push(cmd)}")
+        if not follow:
+            return ""
+        say("Waiting for the hub to scan the registry (every 5 s) and commit the new tag ...")
+        commit, took = demoimages.wait_for_commit(
+            bare, after=before, timeout=60, check=fleet.check_children
+        )
+    except demoimages.Error as e:
+        raise DemoError(f"{e}\nlogs are in {fleet.work / 'logs'}") from None
+    say(
+        f'The hub committed {commit.sha[:8]} "{commit.subject}" as {commit.author} '
+        f"({took:.1f}s after the push):"
+    )
+    for change in commit.changes:
+        say(f"  {change}")
+    took = fleet.follow(commit.sha, timeout)
+    say(f"Rolled out in {took:.1f}s: every step took {commit.sha[:8]}.")
+    return commit.sha
 
 
 def open_tui(fleet: Fleet, work: pathlib.Path, *, bake: float) -> None:
@@ -547,10 +640,22 @@ def _main(argv: list[str] | None = None) -> int:
         help="once converged, commit a change to the sample repo and follow it step by step "
         "(headless: exit 0 once every step took it)",
     )
+    parser.add_argument(
+        "--push",
+        action="store_true",
+        help=f"once converged (and after --commit), publish {demoimages.REPOSITORY}:"
+        f"{demoimages.NEXT_TAG} to the demo's registry and follow the hub's image commit step by "
+        "step (headless: exit 0 once every cluster runs it); not with --contexts",
+    )
     ns = parser.parse_args(argv)
     contexts = [c.strip() for c in ns.contexts.split(",") if c.strip()]
     if ns.bake < 0:
         parser.error(f"--bake: {ns.bake:g} seconds; give 0 (no bake) or more")
+    if ns.push and contexts:
+        parser.error(
+            "--push needs the demo's own clusters: with --contexts there is no image registry "
+            "(your clusters' nodes could not pull from this machine's loopback)"
+        )
     work = pathlib.Path(ns.dir).resolve()
     converged = False
     global _transcript
@@ -579,13 +684,19 @@ def _main(argv: list[str] | None = None) -> int:
                 2,
                 "creating the sample Git repo: guestbook (YAML), podinfo (Kustomize), redis (Helm)",
             )
-            repo = make_repo(work)
+            if not contexts:
+                fleet.start_registry()
+                say(
+                    f"      and an image registry on {fleet.registry_address} holding "
+                    f"{demoimages.REPOSITORY}:{demoimages.FIRST_TAG}, which podinfo runs"
+                )
+            bare, repo = make_repo(work, registry=fleet.registry_address)
             step(
                 3,
                 f"starting the hub: every app rolls out dev -> staging -> prod, {ns.bake:g} s"
                 " bakes",
             )
-            fleet.start_hub(repo, bake=ns.bake)
+            fleet.start_hub(bare, bake=ns.bake)
             step(4, "registering 3 agents, one process per cluster, each with its own token")
             fleet.start_agents()
             step(
@@ -605,6 +716,18 @@ def _main(argv: list[str] | None = None) -> int:
                 order = demowords.arrivals(fleet.history(app), app=app, revision=revision)
                 say(f"Rolled out in {took:.1f}s: every step took {revision[:8]}.")
                 say(f"{app} {revision[:8]} was given to: {demowords.arrival_line(order)}")
+            if ns.push:
+                pushed = push_image(fleet, bare, follow=ns.no_tui, timeout=ns.timeout)
+            if ns.push and ns.no_tui:
+                app = demoimages.APP
+                order = demowords.arrivals(fleet.history(app), app=app, revision=pushed)
+                say(f"{app} {pushed[:8]} was given to: {demowords.arrival_line(order)}")
+                say(f"{app}'s Deployment runs:")
+                for c in fleet.clusters:
+                    image = demoimages.deployment_image(
+                        cache_bin() / "kubectl", c.kubeconfig, c.context
+                    )
+                    say(f"  {c.name:<8} {image or '(none)'}")
             if ns.no_tui:
                 say(demowords.describe(fleet.snapshot()))
                 return 0

@@ -1,7 +1,8 @@
 """The demo's own processes and nothing else's: children started in sessions of their own and
 tied to the demo (die_with_parent.py), stopped group by group; one demo per directory (its
-`demo.pid`, flock'ed for the demo's whole life); and the hubs and agents an earlier demo in the
-same directory left running, found by the flags that name that directory and stopped.
+`demo.pid`, flock'ed for the demo's whole life); and the hubs, agents and registries an earlier
+demo in the same directory left running, found by the arguments that name that directory and
+stopped.
 
 It never signals a process it did not start or find by those flags.
 """
@@ -124,9 +125,10 @@ def wipe(work: pathlib.Path) -> None:
 
 
 def leftovers(work: pathlib.Path) -> list[int]:
-    """Pids of hubs and agents an earlier demo in `work` left running (their --data and
-    --state flags name it). Only this user's processes; none where /proc does not exist."""
-    marks = (f"--data={work}/hub", f"--state={work}/agents/")
+    """Pids of hubs, agents and registries an earlier demo in `work` left running (their
+    --data and --state flags name it, or the registry's config file). Only this user's
+    processes; none where /proc does not exist."""
+    marks = (f"--data={work}/hub", f"--state={work}/agents/", f"{work}/registry/config.yml")
     found = []
     proc = pathlib.Path("/proc")
     for entry in proc.iterdir() if proc.is_dir() else []:
@@ -138,9 +140,9 @@ def leftovers(work: pathlib.Path) -> list[int]:
             args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             continue
-        if any(a == marks[0] or a.startswith(marks[1]) for a in args):
+        if any(a in (marks[0], marks[2]) or a.startswith(marks[1]) for a in args):
             found.append(int(entry.name))
-    return found
+    return sorted(found)
 
 
 def stop_leftovers(work: pathlib.Path, pids: list[int]) -> None:

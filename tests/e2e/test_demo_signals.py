@@ -172,17 +172,43 @@ def start_stray_hub(work: pathlib.Path) -> subprocess.Popen[bytes]:
         )  # fmt: skip
 
 
+def start_stray_registry(work: pathlib.Path) -> subprocess.Popen[bytes]:
+    """The image registry an earlier demo in `work` left running (its config names `work`)."""
+    config = work / "registry" / "config.yml"
+    config.parent.mkdir(parents=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        addr = f"127.0.0.1:{s.getsockname()[1]}"
+    config.write_text(
+        yaml.safe_dump(
+            {"version": 0.1, "http": {"addr": addr},
+             "storage": {"filesystem": {"rootdirectory": str(work / "registry" / "data")}}}
+        )
+    )  # fmt: skip
+    with open(work.parent / "stray-registry.log", "ab") as log:
+        return subprocess.Popen(
+            ["/usr/bin/docker-registry", "serve", str(config)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+
 async def test_one_demo_per_directory_and_leftovers_of_an_earlier_one_are_stopped(
     demos: list[Demo], dead_contexts: list[str], tmp_path: pathlib.Path
 ) -> None:
     work = tmp_path / "demo"
     stray = start_stray_hub(work)  # what a demo that died before this fix left behind
+    stray_registry = start_stray_registry(work)
     try:
-        await wait.until("the stray hub running", lambda: stray.pid in processes_of(work))
+        await wait.until(
+            "the stray hub and registry running",
+            lambda: {stray.pid, stray_registry.pid} <= processes_of(work).keys(),
+        )
         first = start_demo(demos, work, *dead_contexts)
         procs = await running(first, within=120)
-        assert stray.poll() is not None and stray.pid not in procs
-        assert f"Stopping what an earlier demo left running in {work} (pids {stray.pid})" in (
+        for left in (stray, stray_registry):
+            assert left.poll() is not None and left.pid not in procs
+        pids = ", ".join(map(str, sorted([stray.pid, stray_registry.pid])))
+        assert f"Stopping what an earlier demo left running in {work} (pids {pids})" in (
             first.output()
         )
 
@@ -203,9 +229,10 @@ async def test_one_demo_per_directory_and_leftovers_of_an_earlier_one_are_stoppe
         assert first.proc.returncode == 128 + signal.SIGTERM, first.output()
         assert "Tearing down (SIGTERM): agents, hub ..." in first.output()
     finally:
-        if stray.poll() is None:
-            stray.kill()
-        stray.wait()
+        for left in (stray, stray_registry):
+            if left.poll() is None:
+                left.kill()
+            left.wait()
 
 
 @pytest.mark.cluster
@@ -214,7 +241,14 @@ async def test_closing_the_terminal_tears_down_clusters_hub_and_agents(
 ) -> None:
     demo = start_demo(demos, tmp_path / "demo")
     procs = await running(demo, within=400)
-    for part in ("kube-apiserver", "etcd", "fleetops-hub serve", "fleetops-agent run"):
+    parts = (
+        "kube-apiserver",
+        "etcd",
+        "fleetops-hub serve",
+        "fleetops-agent run",
+        "docker-registry",
+    )
+    for part in parts:
         assert named(procs, part), f"no {part} among the demo's processes: {procs}"
 
     # a closed terminal: SIGHUP to the foreground process group (the demo's)
@@ -225,5 +259,5 @@ async def test_closing_the_terminal_tears_down_clusters_hub_and_agents(
         raise AssertionError(f"{e}\n{demo.what_is_left()}") from None
     assert demo.proc.returncode == 128 + signal.SIGHUP, demo.output()
     log = (demo.work / "logs" / "demo.log").read_text()
-    assert "Tearing down (SIGHUP): agents, hub, local clusters ..." in log
+    assert "Tearing down (SIGHUP): agents, hub, registry, local clusters ..." in log
     assert log.rstrip().endswith("Done.")
