@@ -8,9 +8,11 @@ hub.cli_output. No logic of the hub's own: what an action does is the hub's to d
 from __future__ import annotations
 
 import argparse
+import contextlib
 import pathlib
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -21,7 +23,7 @@ from fleetops.hub.cli_output import plain
 from fleetops.proto.v1 import fleet_pb2, fleet_pb2_grpc
 
 
-def _credentials(ns: argparse.Namespace) -> tuple[str, bytes, str]:
+def credentials(ns: argparse.Namespace) -> tuple[str, bytes, str]:
     if not ns.hub:
         raise errors.InvalidArgument("which hub? pass --hub HOST:PORT or set FLEETOPS_HUB")
     ca_pem = b""
@@ -53,14 +55,24 @@ def _duration(text: str) -> int:
         raise errors.InvalidArgument(f"--ttl {text!r}: use e.g. 30m, 1h or 24h") from None
 
 
-def run_client(ns: argparse.Namespace) -> int:
-    """Run the admin command `ns` names against the hub; the exit code."""
-    addr, ca_pem, token = _credentials(ns)
+Meta = tuple[tuple[str, str], ...]
+
+
+@contextlib.contextmanager
+def connect(ns: argparse.Namespace) -> Iterator[tuple[fleet_pb2_grpc.FleetServiceStub, Meta]]:
+    """The fleet API stub for `ns`'s hub and the metadata carrying its token (every admin
+    command's connection: TLS with the hub's CA, the token as a Bearer header)."""
+    addr, ca_pem, token = credentials(ns)
     meta = (("authorization", f"Bearer {token}"),)
     with grpc.secure_channel(
         addr, grpc.ssl_channel_credentials(root_certificates=ca_pem)
     ) as channel:
-        stub = fleet_pb2_grpc.FleetServiceStub(channel)
+        yield fleet_pb2_grpc.FleetServiceStub(channel), meta
+
+
+def run_client(ns: argparse.Namespace) -> int:
+    """Run the admin command `ns` names against the hub; the exit code."""
+    with connect(ns) as (stub, meta):
         if ns.command == "cluster" and ns.cluster_command == "remove":
             action = stub.RemoveCluster(
                 fleet_pb2.RemoveClusterRequest(cluster=ns.name), metadata=meta

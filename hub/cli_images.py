@@ -16,7 +16,6 @@ import textwrap
 import time
 from collections.abc import Callable, Sequence
 
-import grpc
 from google.protobuf import json_format, timestamp_pb2
 
 from fleetops.hub import cli_admin
@@ -250,12 +249,7 @@ def _scan(
 def run(ns: argparse.Namespace) -> int:
     """Run `images ...` against the hub; the exit code (a refusal raises grpc.RpcError, which
     `fleetops-hub`'s main prints with the hub's message)."""
-    addr, ca_pem, token = cli_admin._credentials(ns)
-    meta = (("authorization", f"Bearer {token}"),)
-    with grpc.secure_channel(
-        addr, grpc.ssl_channel_credentials(root_certificates=ca_pem)
-    ) as channel:
-        stub = fleet_pb2_grpc.FleetServiceStub(channel)
+    with cli_admin.connect(ns) as (stub, meta):
         if ns.images_command == "status":
             got = stub.ImageStatus(fleet_pb2.ImageStatusRequest(), metadata=meta, timeout=30)
             return print_status(got, output=ns.output)

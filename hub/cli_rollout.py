@@ -13,12 +13,11 @@ import argparse
 import json
 from collections.abc import Sequence
 
-import grpc
 from google.protobuf import json_format
 
 from fleetops.hub import cli_admin
 from fleetops.hub.cli_output import plain
-from fleetops.proto.v1 import fleet_pb2, fleet_pb2_grpc
+from fleetops.proto.v1 import fleet_pb2
 
 ACTIONS = ("pause", "resume", "promote", "abort", "retry")
 SUBJECT_MOST = 60  # characters of a commit subject the header line shows
@@ -164,12 +163,7 @@ def print_status(rollouts: Sequence[fleet_pb2.Rollout], *, output: str) -> int:
 def run(ns: argparse.Namespace) -> int:
     """Run `rollout ...` against the hub; the exit code (a refusal raises grpc.RpcError,
     which `fleetops-hub`'s main prints with the hub's message)."""
-    addr, ca_pem, token = cli_admin._credentials(ns)
-    meta = (("authorization", f"Bearer {token}"),)
-    with grpc.secure_channel(
-        addr, grpc.ssl_channel_credentials(root_certificates=ca_pem)
-    ) as channel:
-        stub = fleet_pb2_grpc.FleetServiceStub(channel)
+    with cli_admin.connect(ns) as (stub, meta):
         if ns.rollout_command == "status":
             got = stub.RolloutStatus(
                 fleet_pb2.RolloutStatusRequest(app=ns.app), metadata=meta, timeout=30

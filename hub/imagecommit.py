@@ -106,7 +106,7 @@ def _lock(cache: pathlib.Path) -> threading.Lock:
         return _locks.setdefault(str(cache), threading.Lock())
 
 
-class _Callbacks(repo._Callbacks):
+class _Callbacks(repo.Callbacks):
     """hub.repo's credentials, host-key check and deadline, plus what a push reports."""
 
     def __init__(self, spec: config.Repo, *, deadline: float) -> None:
@@ -282,7 +282,7 @@ def _fetch(git: pygit2.Repository, job: _Job) -> dict[str, str]:
             [f"+refs/heads/{n}:{_tracking(n)}" for n in names],
             callbacks=_Callbacks(spec, deadline=job.deadline),
         )
-    except repo._DeadlinePassed:
+    except repo.DeadlinePassed:
         raise CommitError(f"{where}: the fetch did not finish by the deadline") from None
     except (pygit2.GitError, errors.RepoError, KeyError, OSError) as e:
         raise CommitError(
@@ -434,7 +434,7 @@ def _push(git: pygit2.Repository, job: _Job, *, sha: str) -> str:
     callbacks = _Callbacks(spec, deadline=job.deadline)
     try:
         git.remotes["origin"].push([f"{ref}:{ref}"], callbacks=callbacks)
-    except repo._DeadlinePassed:
+    except repo.DeadlinePassed:
         raise CommitError(f"{where}: the push did not finish by the deadline") from None
     except pygit2.GitError as e:
         text = _clean(e, spec)

@@ -60,7 +60,7 @@ __all__ = [
 ]
 
 
-class _DeadlinePassed(Exception):
+class DeadlinePassed(Exception):
     """Raised from a progress callback once the fetch has used up its `total` seconds."""
 
 
@@ -95,7 +95,7 @@ def _fetch_lock(path: pathlib.Path) -> threading.Lock:
         return _fetch_locks.setdefault(str(path), threading.Lock())
 
 
-class _Callbacks(pygit2.RemoteCallbacks):
+class Callbacks(pygit2.RemoteCallbacks):
     def __init__(self, repo: config.Repo, *, deadline: float) -> None:
         super().__init__()
         self._repo = repo
@@ -103,7 +103,7 @@ class _Callbacks(pygit2.RemoteCallbacks):
 
     def _check_deadline(self) -> None:
         if time.monotonic() > self._deadline:
-            raise _DeadlinePassed
+            raise DeadlinePassed
 
     def transfer_progress(self, stats: pygit2.remotes.TransferProgress) -> None:
         self._check_deadline()
@@ -214,10 +214,10 @@ class RepoCache:
         try:
             remote.fetch(
                 ["+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*"],
-                callbacks=_Callbacks(self.spec, deadline=deadline),
+                callbacks=Callbacks(self.spec, deadline=deadline),
                 prune=pygit2.enums.FetchPrune.PRUNE,
             )
-        except _DeadlinePassed:
+        except DeadlinePassed:
             raise errors.RepoError(gitfetch.too_slow(self.spec, timeouts=timeouts)) from None
         except (pygit2.GitError, KeyError, OSError) as e:
             message = str(e).replace(url, redact(url))
