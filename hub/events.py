@@ -15,6 +15,8 @@ import asyncio
 import dataclasses
 from collections.abc import Iterable
 
+from google.protobuf import timestamp_pb2
+
 from fleetops.hub import records, storeapi
 from fleetops.proto.v1 import fleet_pb2, types_pb2
 
@@ -145,6 +147,13 @@ class Recorder:
     def published(self, recorded: Iterable[records.Event]) -> None:
         for ev in recorded:
             self._bus.publish(fleet_pb2.FleetChange(event=event_pb(ev)))
+
+
+def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    """A wall-clock time (seconds) as a protobuf Timestamp."""
+    out = timestamp_pb2.Timestamp()
+    out.FromNanoseconds(int(seconds * 1e9))
+    return out
 
 
 def event_pb(e: records.Event) -> types_pb2.Event:

@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 import grpc
-from google.protobuf import timestamp_pb2
 
 from fleetops.hub import enrollment, errors, events, imagestatus, records
 from fleetops.hub.services import abort, bearer
@@ -74,12 +73,6 @@ class FleetHub(Protocol):
     def scan_images(self, repository: str = "") -> list[str]: ...
 
 
-def _ts(seconds: float) -> timestamp_pb2.Timestamp:
-    out = timestamp_pb2.Timestamp()
-    out.FromNanoseconds(int(seconds * 1e9))
-    return out
-
-
 def image_status_pb(st: imagestatus.Status) -> fleet_pb2.ImageStatusResponse:
     """Image automation's status as the fleet API says it (times unset when never)."""
     out = fleet_pb2.ImageStatusResponse()
@@ -93,7 +86,7 @@ def image_status_pb(st: imagestatus.Status) -> fleet_pb2.ImageStatusResponse:
             warning=r.warning,
         )
         if r.last_scan:
-            repo.last_scan.CopyFrom(_ts(r.last_scan))
+            repo.last_scan.CopyFrom(events.timestamp(r.last_scan))
     for p in st.policies:
         out.policies.add(
             name=p.name,
@@ -116,7 +109,7 @@ def image_status_pb(st: imagestatus.Status) -> fleet_pb2.ImageStatusResponse:
             error=u.error,
         )
         if u.last_run:
-            update.last_run.CopyFrom(_ts(u.last_run))
+            update.last_run.CopyFrom(events.timestamp(u.last_run))
     return out
 
 
@@ -151,7 +144,7 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
             await abort(context, e)
             raise AssertionError("unreachable") from None
         out = fleet_pb2.CreateTokenResponse(token=token.text, ca_pem=token.ca_pem)
-        out.expires_at.CopyFrom(_ts(token.expires_at))
+        out.expires_at.CopyFrom(events.timestamp(token.expires_at))
         return out
 
     async def CreateApiToken(
@@ -169,7 +162,7 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
             raise AssertionError("unreachable") from None
         out = fleet_pb2.CreateApiTokenResponse(token=secret)
         if record.expires_at:
-            out.expires_at.CopyFrom(_ts(record.expires_at))
+            out.expires_at.CopyFrom(events.timestamp(record.expires_at))
         return out
 
     async def ListApiTokens(
@@ -178,9 +171,9 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
         out = fleet_pb2.ListApiTokensResponse()
         for t in self.hub.api_tokens():
             item = out.tokens.add(name=t.name, role=t.role, created_by=t.created_by)
-            item.created_at.CopyFrom(_ts(t.created_at))
+            item.created_at.CopyFrom(events.timestamp(t.created_at))
             if t.expires_at:
-                item.expires_at.CopyFrom(_ts(t.expires_at))
+                item.expires_at.CopyFrom(events.timestamp(t.expires_at))
         return out
 
     async def RevokeApiToken(

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from google.protobuf import timestamp_pb2
-
-from fleetops.hub import config, rollout, rolloutbook, rolloutspec
+from fleetops.hub import config, events, rollout, rolloutbook, rolloutspec
 from fleetops.proto.v1 import fleet_pb2, types_pb2
 
 GATE = {
@@ -20,12 +18,6 @@ GATE = {
     rollout.FAILED: types_pb2.ROLLOUT_GATE_FAILED,
     rollout.DEFERRED: types_pb2.ROLLOUT_GATE_DEFERRED,
 }
-
-
-def _ts(seconds: float) -> timestamp_pb2.Timestamp:
-    out = timestamp_pb2.Timestamp()
-    out.FromNanoseconds(int(seconds * 1e9))
-    return out
 
 
 def cell_gate(
@@ -67,8 +59,8 @@ def rollout_pb(
         state.reason,
         state.step,
     )
-    out.started_at.CopyFrom(_ts(state.started_at))
-    out.updated_at.CopyFrom(_ts(state.updated_at))
+    out.started_at.CopyFrom(events.timestamp(state.started_at))
+    out.updated_at.CopyFrom(events.timestamp(state.updated_at))
     for i, step in enumerate(policy.steps):
         members = [c for c in state.clusters.values() if c.step == i]
         if state.step > i:
@@ -123,7 +115,7 @@ def rollout_pb(
                 if got.value is not None:
                     reading.value, reading.has_value = got.value, True
                 if got.at:
-                    reading.measured_at.CopyFrom(_ts(got.at))
+                    reading.measured_at.CopyFrom(events.timestamp(got.at))
             row.gates.append(reading)
         out.clusters.append(row)
     return out
