@@ -331,12 +331,17 @@ class Images:
             log.warning("image update %s: %s", spec.name, problem)
         if not outcome.commit:
             return
-        await self._committed(spec, outcome, latest)
+        await self._committed(spec, st, outcome, latest)
 
     async def _committed(
-        self, spec: imagespec.ImageUpdate, outcome: imagecommit.Outcome, latest: dict[str, str]
+        self,
+        spec: imagespec.ImageUpdate,
+        st: imagestatus.UpdateStatus,
+        outcome: imagecommit.Outcome,
+        latest: dict[str, str],
     ) -> None:
-        st = self._updates[spec.name].status
+        """The commit landed: remembered (with the tags it brought), told and followed, even
+        when hub.yaml lost its imageUpdates entry while it ran (its status is then unseen)."""
         st.commits += 1
         st.last_commit = outcome.commit
         st.last_changes = [f"{c.file}: {c.old} -> {c.new}" for c in outcome.changes[:50]]

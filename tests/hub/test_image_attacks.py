@@ -1,0 +1,301 @@
+"""Image automation attacked, and misused by a tired operator: each test is one attack or one
+mistake, against a real registry or a named fake one (tests.support.fakeregistry), real Git
+and a real hub in-process. A test marked xfail is a finding in a module this review could
+not change; its reason names the bug."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import pathlib
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+
+from fleetops.hub import imagechoice, imagecommit, imagemarkers, imagestatus, registry
+from fleetops.hub import config as hubconfig
+from tests.support import fakeregistry, fleet, hubproc, wait
+from tests.support import registry as registrypush
+
+BOT = {"name": "fleetops-bot", "email": "bot@example.com"}
+MARKER = '# {"$imagepolicy": "flux-system:web-stable"}'
+DEPLOY = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  template:
+    spec:
+      containers:
+        - name: web
+          image: {host}/team/web:1.0.0 {marker}
+"""
+
+
+@pytest.fixture
+def reg(tmp_path: pathlib.Path) -> Iterator[registrypush.OciRegistry]:
+    with registrypush.registry_server(tmp_path / "reg") as server:
+        yield server
+
+
+def push(server: registrypush.OciRegistry, *tags: str) -> None:
+    for tag in tags:
+        registrypush.push_image(f"http://{server.host}", "team/web", tag)
+
+
+def app_repo(root: pathlib.Path, host: str) -> fleet.Repo:
+    repo = fleet.Repo.create(root / "git")
+    repo.write("apps/web/deploy.yaml", DEPLOY.format(host=host, marker=MARKER))
+    repo.commit("web 1.0.0")
+    return repo
+
+
+def hub_config(
+    repo: fleet.Repo, host: str, *, policy: dict[str, Any] | None = None, **repository: Any
+) -> dict[str, Any]:
+    cfg = hubproc.hub_yaml(repo.url, {"web": "apps/web"})
+    cfg["imageRepositories"] = [
+        {"name": "web", "image": f"{host}/team/web", "interval": "1h", **repository}
+    ]
+    cfg["imagePolicies"] = [
+        {
+            "name": "web-stable",
+            "repository": "web",
+            **(policy or {"policy": {"semver": {"range": ">=1.0.0 <2.0.0"}}}),
+        }
+    ]
+    cfg["imageUpdates"] = [
+        {"name": "platform-images", "repo": "platform", "paths": ["apps/"],
+         "commit": {"author": BOT, "message": "images: {changes}"}}
+    ]  # fmt: skip
+    return cfg
+
+
+def log(repo: fleet.Repo, branch: str = "main") -> list[str]:
+    fleet.git(repo.work, "fetch", "-q", "origin")
+    return fleet.git(repo.work, "log", "--format=%H %s", f"origin/{branch}").splitlines()
+
+
+def status(proc: hubproc.HubProc) -> imagestatus.Status:
+    return proc.hub.image_status()
+
+
+def _rolling(proc: hubproc.HubProc) -> str:
+    (got,) = proc.hub.rollout_status(app="web")
+    return got.revision
+
+
+# ---------------------------------------------------------------- the registry
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="hub/registry.py bug: a 401 from the host a redirect led to is taken as the "
+    "registry's own challenge, and _fetch_token sends the Docker config's user:password "
+    "(Basic) to that host's token realm; credentials must go only to the image's registry "
+    "and the realm its own 401 names",
+)
+async def test_credentials_never_reach_the_token_realm_of_a_host_the_registry_redirected_to(
+    tmp_path: pathlib.Path,
+) -> None:
+    secret = "s3cret-Pa55"
+    with (
+        # the host a redirect sends the hub to asks for a login on a token service of its own
+        fakeregistry.fake_registry(
+            host="127.0.0.2", tags={"a/b": ["1.0.0"]}, bearer_users={"robot": secret}
+        ) as elsewhere,
+        fakeregistry.fake_registry(tags={"a/b": ["1.0.0"]}, redirect_to=elsewhere.url) as own,
+    ):
+        token = base64.b64encode(f"robot:{secret}".encode()).decode()
+        creds = tmp_path / "config.json"
+        creds.write_text(json.dumps({"auths": {own.host: {"auth": token}}}))
+        auth = registry.Auth.from_docker_config(creds, registry=own.host)
+        image = registry.parse_image(f"{own.host}/a/b")
+        with pytest.raises(registry.RegistryError) as caught:
+            await registry.list_tags(image, max_tags=10, auth=auth)
+        sent = [s.headers.get("Authorization", "") for s in elsewhere.requests_to("/token")]
+    assert secret not in str(caught.value)
+    assert sent == [] or all(token not in header for header in sent), sent
+
+
+# ---------------------------------------------------------------- hub.yaml patterns
+
+SLOW_TAG = "a" * 26 + "-"  # ~6 s of backtracking for the pattern below; 2x per extra letter
+CATASTROPHIC = r"^([a-z0-9]+)+$"
+
+
+@pytest.mark.parametrize("where", ["filterTags", "exclude"])
+async def test_a_catastrophic_pattern_and_a_hostile_tag_never_freeze_the_hub(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """hub.yaml has a pattern with nested repeats (an operator's mistake) and the registry
+    lists a tag made to backtrack (an attacker who may push tags): Python's re has no
+    timeout and holds the GIL, so matching in the hub's loop (or a thread) stops every
+    agent stream, API call and rollout for as long as it runs (years at 128 characters)."""
+    monkeypatch.setattr(imagechoice, "REGEX_SECONDS", 1.0)
+    with fakeregistry.fake_registry(tags={"team/web": ["1.0.0", "1.1.0", SLOW_TAG]}) as fake:
+        repo = app_repo(tmp_path, fake.host)
+        if where == "filterTags":
+            policy = {
+                "filterTags": {"pattern": CATASTROPHIC},
+                "policy": {"alphabetical": {"order": "asc"}},
+            }
+            cfg = hub_config(repo, fake.host, policy=policy)
+        else:
+            cfg = hub_config(repo, fake.host, exclude=[CATASTROPHIC])
+        gaps: list[float] = []
+
+        async def heartbeat() -> None:
+            last = time.monotonic()
+            while True:
+                await asyncio.sleep(0.05)
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+
+        beat = asyncio.create_task(heartbeat())
+        try:
+            async with hubproc.running(tmp_path / "hub", cfg) as proc:
+                if where == "filterTags":
+                    said = await wait.until(
+                        "the policy to say its pattern is too slow",
+                        lambda: status(proc).policies[0].error,
+                        within=30,
+                    )
+                else:
+                    said = await wait.until(
+                        "the repository to say its exclude pattern is too slow",
+                        lambda: status(proc).repositories[0].error,
+                        within=30,
+                    )
+        finally:
+            beat.cancel()
+            await asyncio.gather(beat, return_exceptions=True)
+    assert max(gaps) < 2.0, f"the hub's event loop stood still for {max(gaps):.1f} s"
+    assert "backtrack" in said and where in said, said
+
+
+# ---------------------------------------------------------------- repository content
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="hub/imagemarkers.py bug: _quoted asks PyYAML (YAML 1.1 without y/n, floats need "
+    "a dot) whether a plain tag stays a string; Helm's Go YAML reads y/n as booleans and "
+    "1e10 as a float, kustomize's 0o17 as an integer, so the rendered image is wrong",
+)
+@pytest.mark.parametrize("tag", ["y", "N", "1e10", "0o17"])
+def test_a_tag_go_yaml_would_not_read_as_a_string_is_written_quoted(tag: str) -> None:
+    text = 'image:\n  tag: 1.0.0 # {"$imagepolicy": "flux-system:web:tag"}\n'
+    got = imagemarkers.rewrite(text, {"web": f"reg.example.com/web:{tag}"})
+    (change,) = got.changes
+    assert change.new == tag
+    assert f'tag: "{tag}" #' in got.text or f"tag: '{tag}' #" in got.text, got.text
+
+
+# ---------------------------------------------------------------- hub.yaml mistakes
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="hub/imagespec.py / hub/imagecommit.py bug: push.branch 'refs/heads/main' is "
+    "taken as a branch name and pushed to refs/heads/refs/heads/main, a new branch nobody "
+    "deploys, reported as committed; it should be refused naming imageUpdates[].push.branch",
+)
+def test_a_push_branch_written_as_a_full_ref_is_refused_not_made_a_new_branch(
+    tmp_path: pathlib.Path,
+) -> None:
+    repo = app_repo(tmp_path, "reg.example.com")
+    spec = hubconfig.Repo(name="platform", url=repo.url, branch="main")
+    try:
+        outcome = imagecommit.update(
+            spec,
+            cache=tmp_path / "cache",
+            branch="main",
+            push_branch="refs/heads/main",
+            paths=["apps/"],
+            latest={"web-stable": "reg.example.com/team/web:1.1.0"},
+            author=imagecommit.Signature("bot", "bot@example.com"),
+            deadline=time.monotonic() + 60,
+        )
+    except imagecommit.CommitError as e:
+        assert "refs/heads/main" in str(e) and "branch" in str(e)
+        return
+    branches = fleet.git(repo.work, "ls-remote", "--heads", "origin")
+    assert "refs/heads/refs/heads/main" not in branches, branches
+    assert outcome.commit in fleet.git(repo.work, "ls-remote", "origin", "refs/heads/main")
+
+
+async def test_an_update_removed_from_hub_yaml_while_it_runs_still_records_its_commit(
+    tmp_path: pathlib.Path, reg: registrypush.OciRegistry
+) -> None:
+    """The operator deletes an imageUpdates entry while its run is pushing: the commit lands
+    all the same, so the hub must still remember which tag it brought (or a rollback of it
+    is never known to reject the tag) and follow it at once."""
+    push(reg, "1.0.0")
+    repo = app_repo(tmp_path, reg.host)
+    cfg = hub_config(repo, reg.host)
+    async with hubproc.running(tmp_path / "hub", cfg) as proc:
+        await wait.until("the first run", lambda: status(proc).updates[0].last_run)
+        # the update's next run waits here (as if the Git server were slow) until released
+        held = imagecommit._lock(proc.data / "images" / "platform-images")
+        assert held.acquire(timeout=10)
+        try:
+            push(reg, "1.1.0")
+            proc.hub.scan_images("web")
+            await wait.until("1.1.0 chosen", lambda: status(proc).policies[0].latest == "1.1.0")
+            proc.config_path.write_text(yaml.safe_dump({**cfg, "imageUpdates": []}))
+            await wait.until("the reload", lambda: not status(proc).updates, within=10)
+            scanned = status(proc).repositories[0].last_scan
+            proc.hub.scan_images("web")  # the loop has looked at the new hub.yaml once scanned
+            await wait.until("a scan", lambda: status(proc).repositories[0].last_scan > scanned)
+        finally:
+            held.release()
+        await wait.until("the image commit", lambda: len(log(repo)) == 2)
+        sha = log(repo)[0].split()[0]
+        await wait.until("the hub at its commit", lambda: proc.hub.heads["platform"] == sha)
+        kept = await proc.hub.db.run(proc.hub.db.image_commits)
+        assert [(c.revision, c.policy, c.tag) for c in kept] == [(sha, "web-stable", "1.1.0")]
+
+
+# ---------------------------------------------------------------- rollouts
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="hub/images.py bug: a rejection counts only for the exact revision of an image "
+    "commit (_brought), so when the rejected rollout is of a commit on top of one (a "
+    "colleague's, or a merge of the review branch) its tag stays in Git as the newest",
+)
+async def test_a_human_commit_on_an_image_commit_rejected_by_its_rollout_rejects_the_tag(
+    tmp_path: pathlib.Path, reg: registrypush.OciRegistry
+) -> None:
+    """The image commit bringing 1.2.0 is followed at once by a colleague's commit, so the
+    rollout that fails is the colleague's, and it carries 1.2.0: 1.2.0 is rejected all the
+    same (never left in Git as the newest tag, never proposed again)."""
+    push(reg, "1.0.0", "1.1.0")
+    repo = app_repo(tmp_path, reg.host)
+    cfg = hub_config(repo, reg.host)
+    cfg["apps"][0]["rollout"] = {"steps": [{"name": "canary", "clusters": ["c1"], "bake": "1h"}]}
+    async with hubproc.running(tmp_path / "hub", cfg) as proc:
+        await proc.agent("c1")
+        await wait.until("commit of 1.1.0", lambda: len(log(repo)) == 2)
+        push(reg, "1.2.0")
+        proc.hub.scan_images()
+        await wait.until("commit of 1.2.0", lambda: len(log(repo)) == 3)
+        fleet.git(repo.work, "merge", "-q", "--ff-only", "origin/main")
+        repo.write("apps/web/extra.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
+        theirs = repo.commit("a colleague's change on top")
+        proc.hub.trigger_fetch("platform")
+        await wait.until("the colleague's rollout", lambda: _rolling(proc) == theirs)
+        await proc.hub.rollout_action(app="web", action="abort", actor="test")
+        await wait.until(
+            "1.2.0 rejected", lambda: status(proc).policies[0].rejected_tags == ["1.2.0"]
+        )
+        await wait.until("the commit back to 1.1.0", lambda: len(log(repo)) == 5)
+        assert log(repo)[0].endswith("web:1.2.0 -> " + f"{reg.host}/team/web:1.1.0")
