@@ -162,7 +162,7 @@ class Images:
                 scan.running, scan.due = True, clock + r.interval
                 self._spawn(self._scan(r, scan))
         rejected = self._rejected_tags(cfg)
-        latest = self._chooser.choose(
+        latest = await self._chooser.choose(
             cfg,
             tags={n: sc.tags for n, sc in self._scans.items()},
             scanned={n: sc.status for n, sc in self._scans.items()},
@@ -197,6 +197,7 @@ class Images:
             async with self._scanning:
                 auth = await self._auth(spec, scan)
                 got = await registry.list_tags(spec.image, max_tags=spec.max_tags, auth=auth)
+            tags = await self._kept(spec, got.tags)
         except registryspec.RegistryError as e:
             st.error = f"image repository {spec.name}: {e}"
             st.last_scan = self._now()
@@ -205,7 +206,6 @@ class Images:
             if not before:
                 await self._record("image-scan-failed", st.error)
             return
-        tags = tuple(t for t in got.tags if not any(x.search(t) for x in spec.exclude))
         scan.tags = tags
         st.last_scan, st.error, st.tags, st.requests = self._now(), "", len(tags), got.requests
         warning = ""
@@ -220,6 +220,26 @@ class Images:
         st.warning = warning
         if before:
             await self._record("image-scan-recovered", f"image repository {spec.name}: scanned")
+
+    async def _kept(
+        self, spec: imagespec.ImageRepository, tags: tuple[str, ...]
+    ) -> tuple[str, ...]:
+        """The tags no `exclude` pattern matches, matched in a child process (hub.imagechoice:
+        a pattern that backtracks must not stop the hub)."""
+        if not spec.exclude or not tags:
+            return tags
+        try:
+            got: tuple[str, ...] = await imagechoice.in_child(
+                "fleetops.hub.imagechoice:kept", tags, spec.exclude
+            )
+        except imagechoice.TooSlow:
+            shown = ", ".join(repr(x.pattern[:100]) for x in spec.exclude)
+            raise registryspec.RegistryError(
+                f"its exclude patterns ({shown}) ran over {imagechoice.REGEX_SECONDS:g} s on "
+                f"the {len(tags)} tags and were stopped: one backtracks catastrophically on "
+                "some tag; rewrite it without nested repeats such as (a+)+ or (\\w+)*"
+            ) from None
+        return got
 
     async def _auth(self, spec: imagespec.ImageRepository, scan: _Scan) -> registryspec.Auth:
         """The repository's Auth, read again when its Docker config file changed (the Bearer

@@ -137,7 +137,7 @@ async def test_a_catastrophic_pattern_and_a_hostile_tag_never_freeze_the_hub(
     lists a tag made to backtrack (an attacker who may push tags): Python's re has no
     timeout and holds the GIL, so matching in the hub's loop (or a thread) stops every
     agent stream, API call and rollout for as long as it runs (years at 128 characters)."""
-    monkeypatch.setattr(imagechoice, "REGEX_SECONDS", 1.0)
+    monkeypatch.setattr(imagechoice, "REGEX_SECONDS", 1.0, raising=False)
     with fakeregistry.fake_registry(tags={"team/web": ["1.0.0", "1.1.0", SLOW_TAG]}) as fake:
         repo = app_repo(tmp_path, fake.host)
         if where == "filterTags":
