@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import http.server
 import json
 import pathlib
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -16,8 +19,15 @@ from typing import Any
 import pytest
 import yaml
 
-from fleetops.hub import imagechoice, imagecommit, imagemarkers, imagestatus, registry
 from fleetops.hub import config as hubconfig
+from fleetops.hub import (
+    imagechoice,
+    imagecommit,
+    imagemarkers,
+    imagestatus,
+    registry,
+    registryspec,
+)
 from tests.support import fakeregistry, fleet, hubproc, wait
 from tests.support import registry as registrypush
 
@@ -123,6 +133,70 @@ async def test_credentials_never_reach_the_token_realm_of_a_host_the_registry_re
     assert sent == [] or all(token not in header for header in sent), sent
 
 
+class FakeChallenger:
+    """A FAKE registry on a public-looking address that answers every /v2/ request 401 with
+    a Bearer challenge whose realm is `realm` (what a hostile registry may name)."""
+
+    def __init__(self, *, host: str, realm: str) -> None:
+        realm_header = f'Bearer realm="{realm}",service="x",scope="repository:a/b:pull"'
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", realm_header)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self._server = http.server.ThreadingHTTPServer((host, 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        self.host = f"{host}:{self._server.server_address[1]}"
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
+
+
+def _public_address() -> str:
+    """An address of this machine that is not loopback or link-local (the registry under
+    test must not look like the hub's own machine), or '' when there is none."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.200", 9))  # no packet is sent: only the route is looked up
+        except OSError:
+            return ""
+        address = str(s.getsockname()[0])
+    return "" if registryspec.internal([address]) else address
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="hub/registry.py bug: _fetch_token asks whatever realm a registry's 401 names, "
+    "loopback and link-local (169.254.169.254) included, though a redirect there is refused: "
+    "a registry can make the hub request its own machine's services",
+)
+async def test_a_token_realm_on_the_hubs_own_machine_is_refused_like_a_redirect_there() -> None:
+    address = _public_address()
+    if not address:
+        pytest.skip("this machine has no address other than loopback")
+    with fakeregistry.fake_registry(tags={"a/b": ["1"]}, bearer_users={}) as inside:
+        hostile = FakeChallenger(host=address, realm=f"{inside.url}/token")
+        try:
+            image = registry.parse_image(f"{hostile.host}/a/b", plain_http=True)
+            with pytest.raises(registry.RegistryError) as caught:
+                await registry.list_tags(image, max_tags=10, auth=registry.Auth())
+        finally:
+            hostile.stop()
+        asked = inside.requests_to("/token")
+    assert asked == [], f"the hub asked its own machine: {asked}"
+    assert "loopback or link-local" in str(caught.value), str(caught.value)
+
+
 # ---------------------------------------------------------------- hub.yaml patterns
 
 SLOW_TAG = "a" * 26 + "-"  # ~6 s of backtracking for the pattern below; 2x per extra letter
@@ -178,6 +252,49 @@ async def test_a_catastrophic_pattern_and_a_hostile_tag_never_freeze_the_hub(
             await asyncio.gather(beat, return_exceptions=True)
     assert max(gaps) < 2.0, f"the hub's event loop stood still for {max(gaps):.1f} s"
     assert "backtrack" in said and where in said, said
+
+
+async def test_ordinary_patterns_still_choose_and_exclude_through_the_guard(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The child process that bounds a pattern changes nothing for a pattern that is fine."""
+    tags = ["v1.0.0", "v1.3.0", "v1.3.0.sig", "v2.0.0", "1.4.0-rc.1", "latest"]
+    with fakeregistry.fake_registry(tags={"team/web": tags}) as fake:
+        repo = app_repo(tmp_path, fake.host)
+        policy = {
+            "filterTags": {"pattern": r"^v?(?P<v>\d+\.\d+\.\d+)$", "extract": "$v"},
+            "policy": {"semver": {"range": ">=1.0.0 <2.0.0"}},
+        }
+        cfg = hub_config(repo, fake.host, policy=policy, exclude=[r"\.sig$"])
+        async with hubproc.running(tmp_path / "hub", cfg) as proc:
+            await wait.until("the image commit", lambda: len(log(repo)) == 2)
+            st = status(proc)
+    assert log(repo)[0].endswith(f"{fake.host}/team/web:1.0.0 -> {fake.host}/team/web:v1.3.0")
+    assert (st.repositories[0].tags, st.repositories[0].error) == (5, "")
+    assert (st.policies[0].latest, st.policies[0].considered) == ("v1.3.0", 3)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="hub/imagespec.py bug: an exclude pattern is compiled catching re.error only; "
+    "a{99999999999} raises OverflowError and deep nesting RecursionError, which escape "
+    "config.load: the hub dies at start with a traceback, and a reload kills the config "
+    "watcher instead of being refused (imagepolicy catches both for filterTags)",
+)
+@pytest.mark.parametrize(
+    "pattern", ["a{99999999999}", "(" * 510 + ")" * 510], ids=["overflow", "recursion"]
+)
+async def test_an_exclude_pattern_python_cannot_compile_is_a_refused_reload(
+    tmp_path: pathlib.Path, reg: registrypush.OciRegistry, pattern: str
+) -> None:
+    push(reg, "1.0.0")
+    repo = app_repo(tmp_path, reg.host)
+    cfg = hub_config(repo, reg.host)
+    async with hubproc.running(tmp_path / "hub", cfg) as proc:
+        bad = hub_config(repo, reg.host, exclude=[pattern])
+        proc.config_path.write_text(yaml.safe_dump(bad))
+        said = await wait.until("the reload refused", lambda: proc.hub.config_error, within=10)
+    assert "imageRepositories[0].exclude[0]" in said, said
 
 
 # ---------------------------------------------------------------- repository content
