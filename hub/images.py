@@ -20,6 +20,7 @@ import asyncio
 import dataclasses
 import logging
 import pathlib
+import re
 import time
 from collections.abc import Callable, Coroutine
 
@@ -182,29 +183,44 @@ class Images:
         return scan
 
     async def _scan(self, spec: imagespec.ImageRepository, scan: _Scan) -> None:
+        before = scan.status.error
         try:
-            await self._scan_once(spec, scan)
+            await self._scan_once(spec, scan, before=before)
         except Exception as e:  # noqa: BLE001 (a bug here must not stop other scans)
             log.exception("image repository %s: the scan failed", spec.name)
-            scan.status.error = f"image repository {spec.name}: the scan failed: {e}"
+            await self._scan_failed(spec, scan.status, f"the scan failed: {e}", before=before)
         finally:
             scan.running = False
 
-    async def _scan_once(self, spec: imagespec.ImageRepository, scan: _Scan) -> None:
+    async def _scan_failed(
+        self,
+        spec: imagespec.ImageRepository,
+        st: imagestatus.RepositoryStatus,
+        why: str,
+        *,
+        before: str,
+    ) -> None:
+        """The scan failed: said in the status (a scan, though a failed one, at this time),
+        logged when the reason changed, one event when the repository starts failing. The
+        reason may quote the registry: control characters are escaped."""
+        st.error = _plain(f"image repository {spec.name}: {why}")
+        st.last_scan = self._now()
+        if st.error != before:
+            log.warning("%s", st.error)
+        if not before:
+            await self._record("image-scan-failed", st.error)
+
+    async def _scan_once(
+        self, spec: imagespec.ImageRepository, scan: _Scan, *, before: str
+    ) -> None:
         st = scan.status
-        before = st.error
         try:
             async with self._scanning:
                 auth = await self._auth(spec, scan)
                 got = await registry.list_tags(spec.image, max_tags=spec.max_tags, auth=auth)
             tags = await self._kept(spec, got.tags)
         except registryspec.RegistryError as e:
-            st.error = f"image repository {spec.name}: {e}"
-            st.last_scan = self._now()
-            if st.error != before:
-                log.warning("%s", st.error)
-            if not before:
-                await self._record("image-scan-failed", st.error)
+            await self._scan_failed(spec, st, str(e), before=before)
             return
         scan.tags = tags
         st.last_scan, st.error, st.tags, st.requests = self._now(), "", len(tags), got.requests
@@ -335,7 +351,7 @@ class Images:
         except Exception as e:  # noqa: BLE001 (a HubError says what to do; anything else is a bug)
             if not isinstance(e, errors.HubError):
                 log.exception("image update %s failed", spec.name)
-            st.error, st.last_run = f"image update {spec.name}: {e}", self._now()
+            st.error, st.last_run = _plain(f"image update {spec.name}: {e}"), self._now()
             state.due = time.monotonic() + state.retry
             state.retry = min(state.retry * 2, 600.0)
             state.wanted, state.head = latest, head
@@ -451,6 +467,15 @@ class Images:
         for gone in set(self._updates) - names:
             del self._updates[gone]
         self._chooser.forget({p.name for p in cfg.policies})
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _plain(text: str) -> str:
+    """One line fit for a log, an event and a terminal: control characters (a registry's
+    header may carry terminal escapes) written as \\xNN."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def _tag(image: str) -> str:

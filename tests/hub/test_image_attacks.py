@@ -197,6 +197,52 @@ async def test_a_token_realm_on_the_hubs_own_machine_is_refused_like_a_redirect_
     assert "loopback or link-local" in str(caught.value), str(caught.value)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="hub/registryspec.py / hub/registry.py bug: a Link or Location URL urllib cannot "
+    "split (http://[) raises ValueError out of next_page / _follow, not a RegistryError: the "
+    "scan fails as an unexpected error with a traceback, never saying the registry is at fault",
+)
+@pytest.mark.parametrize("knob", ["link_base", "redirect_to"])
+async def test_a_next_page_or_redirect_url_that_does_not_parse_is_the_registrys_error(
+    knob: str,
+) -> None:
+    with fakeregistry.fake_registry(tags={"a/b": [f"1.0.{i}" for i in range(30)]}) as fake:
+        fake.max_page = 10
+        setattr(fake, knob, "http://[")
+        image = registry.parse_image(f"{fake.host}/a/b")
+        with pytest.raises(registry.RegistryError) as caught:
+            await registry.list_tags(image, max_tags=100, auth=registry.Auth())
+    assert str(caught.value).startswith(f"{fake.host}/a/b: "), str(caught.value)
+
+
+CONTROL = [chr(c) for c in [*range(32), *range(127, 160)]]
+
+
+@pytest.mark.parametrize(
+    "link", ["http://evil\x1bc\x1b(0\x07.example", "http://["], ids=["escapes", "unparsable"]
+)
+async def test_a_hostile_link_header_is_one_plain_scan_error_with_one_event(
+    tmp_path: pathlib.Path, link: str
+) -> None:
+    """A registry's header reaches the repository's status, the log and an event: terminal
+    escapes in it are shown escaped, and a failure nobody foresaw is still a scan, at a time,
+    with its event."""
+    tags = [f"1.0.{i}" for i in range(30)]
+    with fakeregistry.fake_registry(tags={"team/web": tags}, max_page=10) as fake:
+        fake.link_base = link
+        repo = app_repo(tmp_path, fake.host)
+        async with hubproc.running(tmp_path / "hub", hub_config(repo, fake.host)) as proc:
+            said = await wait.until("the scan error", lambda: status(proc).repositories[0].error)
+            repository = status(proc).repositories[0]
+            history = await proc.hub.history(app="", cluster="", limit=50)
+    failed = [e.message for e in history if e.kind == "image-scan-failed"]
+    assert failed == [said], failed
+    assert not [c for c in said if c in CONTROL], repr(said)
+    assert said.startswith("image repository web: "), said
+    assert repository.last_scan > 0
+
+
 # ---------------------------------------------------------------- hub.yaml patterns
 
 SLOW_TAG = "a" * 26 + "-"  # ~6 s of backtracking for the pattern below; 2x per extra letter
