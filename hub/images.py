@@ -61,6 +61,7 @@ class _Scan:
     auth_key: tuple[str, int, int] = ("", 0, 0)
     auth: registryspec.Auth | None = None
     running: bool = False
+    spec: imagespec.ImageRepository | None = None  # the hub.yaml entry the newest scan read
 
 
 @dataclasses.dataclass
@@ -159,8 +160,10 @@ class Images:
         clock = time.monotonic()
         for r in cfg.repositories:
             scan = self._scan_of(r)
+            if scan.spec is not None and scan.spec != r:
+                scan.due = 0.0  # hub.yaml changed its exclude, maxTags or auth: read it again now
             if scan.due <= clock and not scan.running:
-                scan.running, scan.due = True, clock + r.interval
+                scan.running, scan.due, scan.spec = True, clock + r.interval, r
                 self._spawn(self._scan(r, scan))
         rejected = self._rejected_tags(cfg)
         latest = await self._chooser.choose(

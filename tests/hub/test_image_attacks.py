@@ -426,6 +426,24 @@ async def test_an_update_removed_from_hub_yaml_while_it_runs_still_records_its_c
         assert [(c.revision, c.policy, c.tag) for c in kept] == [(sha, "web-stable", "1.1.0")]
 
 
+async def test_an_exclude_added_to_hub_yaml_applies_at_once_not_at_the_next_interval(
+    tmp_path: pathlib.Path, reg: registrypush.OciRegistry
+) -> None:
+    """1.1.0 turns out bad and the operator excludes it in hub.yaml: the repository is read
+    again with the new settings at once, not an interval (an hour here) later."""
+    push(reg, "1.0.0", "1.1.0")
+    repo = app_repo(tmp_path, reg.host)
+    cfg = hub_config(repo, reg.host)
+    async with hubproc.running(tmp_path / "hub", cfg) as proc:
+        await wait.until("commit of 1.1.0", lambda: len(log(repo)) == 2)
+        proc.config_path.write_text(
+            yaml.safe_dump(hub_config(repo, reg.host, exclude=[r"^1\.1\.0$"]))
+        )
+        await wait.until("1.0.0 chosen", lambda: status(proc).policies[0].latest == "1.0.0")
+        await wait.until("the commit back to 1.0.0", lambda: len(log(repo)) == 3)
+        assert status(proc).repositories[0].tags == 1
+
+
 # ---------------------------------------------------------------- rollouts
 
 
