@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import pickle
 import re
 import sys
@@ -22,6 +23,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from fleetops.hub import imagepolicy, imagespec, imagestatus
+
+log = logging.getLogger(__name__)
 
 REGEX_SECONDS = 10.0  # one policy's pattern (or a repository's excludes) over one scan's tags
 
@@ -106,38 +109,46 @@ class Chooser:
         repos = {r.name: r for r in cfg.repositories}
         latest: dict[str, str] = {}
         for p in cfg.policies:
-            found = tags.get(p.repository, ())
-            scan = scanned.get(p.repository)
-            st = imagestatus.PolicyStatus(name=p.name, repository=p.repository)
+            # built whole, then shown: a status read while a pattern runs in its child
+            # process sees the last one, never a half-made one
+            st = await self._status(p, tags.get(p.repository, ()), scanned, rejected)
             self.policies[p.name] = st
-            if scan is None or scan.last_scan == 0.0 or scan.error:
-                st.error = (
-                    f"its repository could not be scanned: {scan.error}"
-                    if scan is not None and scan.error
-                    else "waiting for a scan of its repository"
-                )
-                if not found:
-                    continue
-            choice, hung = await self._choice(p, found, frozenset(rejected.get(p.name, ())))
-            st.considered, st.skipped, st.rejected = (
-                choice.considered,
-                choice.skipped,
-                choice.rejected,
-            )
-            st.rejected_tags = sorted(rejected.get(p.name, set()))
-            if choice.tag is None:
-                st.error = (
-                    hung
-                    or st.error
-                    or (
-                        f"none of the {len(found)} tags fits the policy"
-                        + (f" ({choice.rejected} rejected)" if choice.rejected else "")
-                    )
-                )
-                continue
-            st.latest = choice.tag
-            latest[p.name] = f"{repos[p.repository].ref}:{choice.tag}"
+            if st.latest:
+                latest[p.name] = f"{repos[p.repository].ref}:{st.latest}"
         return latest
+
+    async def _status(
+        self,
+        p: imagepolicy.ImagePolicy,
+        found: tuple[str, ...],
+        scanned: Mapping[str, imagestatus.RepositoryStatus],
+        rejected: Mapping[str, set[str]],
+    ) -> imagestatus.PolicyStatus:
+        scan = scanned.get(p.repository)
+        st = imagestatus.PolicyStatus(name=p.name, repository=p.repository)
+        if scan is None or scan.last_scan == 0.0 or scan.error:
+            st.error = (
+                f"its repository could not be scanned: {scan.error}"
+                if scan is not None and scan.error
+                else "waiting for a scan of its repository"
+            )
+            if not found:
+                return st
+        choice, hung = await self._choice(p, found, frozenset(rejected.get(p.name, ())))
+        st.considered, st.skipped, st.rejected = choice.considered, choice.skipped, choice.rejected
+        st.rejected_tags = sorted(rejected.get(p.name, set()))
+        if choice.tag is None:
+            st.error = (
+                hung
+                or st.error
+                or (
+                    f"none of the {len(found)} tags fits the policy"
+                    + (f" ({choice.rejected} rejected)" if choice.rejected else "")
+                )
+            )
+            return st
+        st.latest = choice.tag
+        return st
 
     async def _choice(
         self, policy: imagepolicy.ImagePolicy, tags: tuple[str, ...], rejected: frozenset[str]
@@ -163,6 +174,13 @@ class Chooser:
                     f"on the {len(tags)} tags of repository {policy.repository} and was "
                     "stopped: it backtracks catastrophically on some tag; rewrite it without "
                     "nested repeats such as (a+)+ or (\\w+)*",
+                )
+            except Exception as e:  # noqa: BLE001 (no process to run it in: this policy waits)
+                log.exception("image policy %s: its pattern could not be applied", policy.name)
+                result = (
+                    imagepolicy.Choice(None, 0, 0),
+                    f"filterTags.pattern could not be applied ({type(e).__name__}: "
+                    f"{str(e)[:200]}); see the hub's log",
                 )
         self._chosen[policy.name] = (key, result)
         return result
