@@ -515,3 +515,31 @@ async def test_a_human_commit_on_an_image_commit_rejected_by_its_rollout_rejects
         )
         await wait.until("the commit back to 1.1.0", lambda: len(log(repo)) == 5)
         assert log(repo)[0].endswith("web:1.2.0 -> " + f"{reg.host}/team/web:1.1.0")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="hub/images.py (design): a human `git revert` of an image commit is a new head, "
+    "so the next run writes the reverted tag again at once (the Argo CD Image Updater "
+    "complaint #1249 the issue cites); only a rollout's rejection stops a tag. Needs a "
+    "decision: treat a revert of an image commit as rejecting its tags, or say so in the "
+    "README",
+)
+async def test_a_human_revert_of_an_image_commit_is_not_undone_by_the_next_run(
+    tmp_path: pathlib.Path, reg: registrypush.OciRegistry
+) -> None:
+    push(reg, "1.0.0", "1.1.0")
+    repo = app_repo(tmp_path, reg.host)
+    async with hubproc.running(tmp_path / "hub", hub_config(repo, reg.host)) as proc:
+        await wait.until("commit of 1.1.0", lambda: len(log(repo)) == 2)
+        sha = log(repo)[0].split()[0]
+        await wait.until("the hub at it", lambda: proc.hub.heads["platform"] == sha)
+        ran = status(proc).updates[0].last_run
+        fleet.git(repo.work, "merge", "-q", "--ff-only", "origin/main")
+        fleet.git(repo.work, "revert", "--no-edit", sha)
+        fleet.git(repo.work, "push", "-q", "origin", "main")
+        reverted = fleet.git(repo.work, "rev-parse", "HEAD")
+        proc.hub.trigger_fetch("platform")
+        await wait.until("the hub at the revert", lambda: proc.hub.heads["platform"] == reverted)
+        await wait.until("a run at the revert", lambda: status(proc).updates[0].last_run > ran)
+        assert log(repo)[0].split()[0] == reverted, log(repo)[:2]
