@@ -368,6 +368,8 @@ class Images:
         st.error, st.last_run, st.problems = "", self._now(), list(outcome.problems[:50])
         for problem in outcome.problems[:5]:
             log.warning("image update %s: %s", spec.name, problem)
+        if before:
+            await self._record("image-update-recovered", f"image update {spec.name}: ran again")
         if not outcome.commit:
             return
         await self._committed(spec, st, outcome, latest)

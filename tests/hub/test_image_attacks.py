@@ -429,6 +429,32 @@ def test_a_push_branch_written_as_a_full_ref_is_refused_not_made_a_new_branch(
     assert outcome.commit in fleet.git(repo.work, "ls-remote", "origin", "refs/heads/main")
 
 
+async def test_a_refused_push_is_one_event_when_it_starts_and_one_when_it_clears(
+    tmp_path: pathlib.Path, reg: registrypush.OciRegistry
+) -> None:
+    """The Git server refuses the bot's pushes (a protected branch) until the operator fixes
+    it: the history says when the image update started failing and when it worked again."""
+    push(reg, "1.0.0", "1.1.0")
+    repo = app_repo(tmp_path, reg.host)
+    # the branch cannot be written (file:// pushes run no hooks: a lock that cannot be taken)
+    lock = repo.bare / "refs" / "heads" / "main.lock"
+    lock.mkdir()
+    async with hubproc.running(tmp_path / "hub", hub_config(repo, reg.host)) as proc:
+        said = await wait.until("the refusal", lambda: status(proc).updates[0].error)
+        assert "push" in said, said
+        lock.rmdir()
+        repo.write("apps/web/extra.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
+        theirs = repo.commit("a colleague's change")
+        proc.hub.trigger_fetch("platform")
+        await wait.until("the hub at it", lambda: proc.hub.heads["platform"] == theirs)
+        await wait.until("commit of 1.1.0", lambda: len(log(repo)) == 3)
+        await wait.until("no error", lambda: not status(proc).updates[0].error)
+        history = await proc.hub.history(app="", cluster="", limit=50)
+    kinds = [e.kind for e in reversed(history) if e.kind.startswith("image-update-")]
+    assert kinds[:1] == ["image-update-failed"], kinds
+    assert "image-update-recovered" in kinds, kinds
+
+
 async def test_an_update_removed_from_hub_yaml_while_it_runs_still_records_its_commit(
     tmp_path: pathlib.Path, reg: registrypush.OciRegistry
 ) -> None:
