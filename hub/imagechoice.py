@@ -22,7 +22,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from fleetops.hub import imagepolicy, imagespec, imagestatus
+from fleetops.hub import imagepolicy, imagespec, imagestatus, registryspec
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,25 @@ async def in_child(function: str, *args: Any) -> Any:
         tail = err.decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
         raise RuntimeError(f"{function} failed in its child process: {tail[0][:300]}")
     return pickle.loads(out)
+
+
+async def without_excluded(
+    spec: imagespec.ImageRepository, tags: tuple[str, ...]
+) -> tuple[str, ...]:
+    """The tags no `exclude` pattern of `spec` matches, matched in a child process; a
+    RegistryError (that scan's error) when they run too long."""
+    if not spec.exclude or not tags:
+        return tags
+    try:
+        got: tuple[str, ...] = await in_child(f"{__name__}:kept", tags, spec.exclude)
+    except TooSlow:
+        shown = ", ".join(repr(x.pattern[:100]) for x in spec.exclude)
+        raise registryspec.RegistryError(
+            f"its exclude patterns ({shown}) ran over {REGEX_SECONDS:g} s on the {len(tags)} "
+            "tags and were stopped: one backtracks catastrophically on some tag; rewrite it "
+            "without nested repeats such as (a+)+ or (\\w+)*"
+        ) from None
+    return got
 
 
 def kept(tags: Iterable[str], exclude: Iterable[re.Pattern[str]]) -> tuple[str, ...]:

@@ -23,6 +23,7 @@ import pathlib
 import re
 import time
 from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 from fleetops.hub import (
     config,
@@ -47,6 +48,9 @@ UPDATE_DEADLINE = 120.0  # seconds for one image update run (fetch, commit, push
 RETRY_FIRST = 15.0  # seconds before a failed update runs again, doubled up to its interval
 TICK = 1.0
 SCANS_AT_ONCE = 4  # registries read at the same time (each in a thread of its own)
+READ_SECONDS = 10.0  # reading a Docker config file
+
+T = TypeVar("T")
 
 Rejected = Callable[[str], set[str]]  # repo name -> revisions its apps' rollouts rejected
 
@@ -60,6 +64,7 @@ class _Scan:
     due: float = 0.0  # monotonic
     auth_key: tuple[str, int, int] = ("", 0, 0)
     auth: registryspec.Auth | None = None
+    reading: asyncio.Future[Any] | None = None  # a read of the Docker config file, if stuck
     running: bool = False
     spec: imagespec.ImageRepository | None = None  # the hub.yaml entry the newest scan read
 
@@ -221,7 +226,7 @@ class Images:
             async with self._scanning:
                 auth = await self._auth(spec, scan)
                 got = await registry.list_tags(spec.image, max_tags=spec.max_tags, auth=auth)
-            tags = await self._kept(spec, got.tags)
+            tags = await imagechoice.without_excluded(spec, got.tags)
         except registryspec.RegistryError as e:
             await self._scan_failed(spec, st, str(e), before=before)
             return
@@ -240,26 +245,6 @@ class Images:
         if before:
             await self._record("image-scan-recovered", f"image repository {spec.name}: scanned")
 
-    async def _kept(
-        self, spec: imagespec.ImageRepository, tags: tuple[str, ...]
-    ) -> tuple[str, ...]:
-        """The tags no `exclude` pattern matches, matched in a child process (hub.imagechoice:
-        a pattern that backtracks must not stop the hub)."""
-        if not spec.exclude or not tags:
-            return tags
-        try:
-            got: tuple[str, ...] = await imagechoice.in_child(
-                "fleetops.hub.imagechoice:kept", tags, spec.exclude
-            )
-        except imagechoice.TooSlow:
-            shown = ", ".join(repr(x.pattern[:100]) for x in spec.exclude)
-            raise registryspec.RegistryError(
-                f"its exclude patterns ({shown}) ran over {imagechoice.REGEX_SECONDS:g} s on "
-                f"the {len(tags)} tags and were stopped: one backtracks catastrophically on "
-                "some tag; rewrite it without nested repeats such as (a+)+ or (\\w+)*"
-            ) from None
-        return got
-
     async def _auth(self, spec: imagespec.ImageRepository, scan: _Scan) -> registryspec.Auth:
         """The repository's Auth, read again when its Docker config file changed (the Bearer
         tokens of an unchanged one are kept)."""
@@ -268,7 +253,7 @@ class Images:
             key: tuple[str, int, int] = ("", 0, 0)
         else:
             try:
-                st = await asyncio.to_thread(pathlib.Path(path).stat)
+                st = await self._read(scan, path, pathlib.Path(path).stat)
             except OSError as e:
                 raise registryspec.RegistryError(
                     f"cannot read the Docker config {path}: {e.strerror}; check "
@@ -277,14 +262,34 @@ class Images:
             key = (path, st.st_mtime_ns, st.st_size)
         if scan.auth is None or scan.auth_key != key:
             if path:
-                registry_host = spec.image.registry
-                scan.auth = await asyncio.to_thread(
-                    registryspec.Auth.from_docker_config, path, registry=registry_host
+                host = spec.image.registry
+                scan.auth = await self._read(
+                    scan, path, lambda: registryspec.Auth.from_docker_config(path, registry=host)
                 )
             else:
                 scan.auth = registryspec.Auth.anonymous()
             scan.auth_key = key
         return scan.auth
+
+    async def _read(self, scan: _Scan, path: str, work: Callable[[], T]) -> T:
+        """`work` (a look at the Docker config file) in a thread, for at most READ_SECONDS:
+        a pipe or a stalled mount must fail the scan, not hold it (and a scan slot) forever.
+        A read still stuck from an earlier scan is not started again (each holds a thread)."""
+        if scan.reading is not None and not scan.reading.done():
+            raise registryspec.RegistryError(
+                f"the Docker config {path} is still being read since an earlier scan (a pipe, "
+                "or a stalled file system); check auth.dockerConfigFile"
+            )
+        reading = asyncio.ensure_future(asyncio.to_thread(work))
+        reading.add_done_callback(lambda f: f.cancelled() or f.exception())
+        scan.reading = reading
+        try:
+            return await asyncio.wait_for(asyncio.shield(reading), READ_SECONDS)
+        except TimeoutError:
+            raise registryspec.RegistryError(
+                f"the Docker config {path} was not read within {READ_SECONDS:g} s (a pipe, or a "
+                "stalled file system); check auth.dockerConfigFile"
+            ) from None
 
     # ------------------------------------------------------------ choosing
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import http.server
 import json
+import os
 import pathlib
 import socket
 import threading
@@ -24,6 +26,7 @@ from fleetops.hub import (
     imagechoice,
     imagecommit,
     imagemarkers,
+    images,
     imagestatus,
     registry,
     registryspec,
@@ -427,6 +430,42 @@ def test_a_push_branch_written_as_a_full_ref_is_refused_not_made_a_new_branch(
     branches = fleet.git(repo.work, "ls-remote", "--heads", "origin")
     assert "refs/heads/refs/heads/main" not in branches, branches
     assert outcome.commit in fleet.git(repo.work, "ls-remote", "origin", "refs/heads/main")
+
+
+async def test_a_docker_config_that_never_reads_fails_the_scan_instead_of_stopping_it(
+    tmp_path: pathlib.Path, reg: registrypush.OciRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """auth.dockerConfigFile names something a read waits on forever (a pipe here; a stalled
+    network or FUSE mount of a secret in real life): the scan says so in bounded time, and
+    the other repositories keep being scanned."""
+    monkeypatch.setattr(images, "READ_SECONDS", 1.0, raising=False)
+    push(reg, "1.0.0")
+    repo = app_repo(tmp_path, reg.host)
+    fifo = tmp_path / "regcred.json"
+    os.mkfifo(fifo)
+    cfg = hub_config(repo, reg.host, auth={"dockerConfigFile": str(fifo)})
+    cfg["imageRepositories"].append(
+        {"name": "other", "image": f"{reg.host}/team/web", "interval": "1h"}
+    )
+    try:
+        async with hubproc.running(tmp_path / "hub", cfg) as proc:
+            said = await wait.until(
+                "the scan to fail", lambda: status(proc).repositories[0].error, within=30
+            )
+            assert str(fifo) in said and "dockerConfigFile" in said, said
+            assert status(proc).repositories[1].tags == 1
+            # asked again while the first read still hangs: no second reader is started
+            before = threading.active_count()
+            proc.hub.scan_images("web")
+            scanned = status(proc).repositories[0].last_scan
+            await wait.until(
+                "another scan", lambda: status(proc).repositories[0].last_scan > scanned
+            )
+            assert threading.active_count() <= before
+    finally:
+        # let a reader stuck on the pipe go (it reads an empty file); none there: ENXIO
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
 
 
 async def test_a_refused_push_is_one_event_when_it_starts_and_one_when_it_clears(
