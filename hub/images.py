@@ -117,7 +117,7 @@ class Images:
         names = [r.name for r in self._settings.cfg.images.repositories]
         if name and name not in names:
             raise errors.NotFound(
-                f"no image repository {name!r} in {self._settings.cfg.file}; "
+                f"no image repository {_short(name)} in {self._settings.cfg.file}; "
                 f"imageRepositories: {', '.join(names) or '(none)'}"
             )
         for n in [name] if name else names:
@@ -486,6 +486,11 @@ def _plain(text: str) -> str:
     """One line fit for a log, an event and a terminal: control characters (a registry's
     header may carry terminal escapes) written as \\xNN."""
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def _short(text: str) -> str:
+    """An API caller's text for a message: quoted, at most 100 characters."""
+    return repr(text if len(text) <= 100 else text[:100] + "…")
 
 
 def _tag(image: str) -> str:

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import grpc
 import pytest
 import yaml
 
@@ -31,6 +32,7 @@ from fleetops.hub import (
     registry,
     registryspec,
 )
+from fleetops.proto.v1 import fleet_pb2, fleet_pb2_grpc
 from tests.support import fakeregistry, fleet, hubproc, wait
 from tests.support import registry as registrypush
 
@@ -542,6 +544,28 @@ async def test_an_exclude_added_to_hub_yaml_applies_at_once_not_at_the_next_inte
         await wait.until("1.0.0 chosen", lambda: status(proc).policies[0].latest == "1.0.0")
         await wait.until("the commit back to 1.0.0", lambda: len(log(repo)) == 3)
         assert status(proc).repositories[0].tags == 1
+
+
+async def test_a_huge_repository_name_in_image_scan_is_a_short_not_found(
+    tmp_path: pathlib.Path, reg: registrypush.OciRegistry
+) -> None:
+    """An API caller asks to scan a 1 MiB repository name: the answer is NOT_FOUND naming
+    the repositories there are, not a status message too big for gRPC's trailers."""
+    push(reg, "1.0.0")
+    repo = app_repo(tmp_path, reg.host)
+    async with hubproc.running(tmp_path / "hub", hub_config(repo, reg.host)) as proc:
+        async with grpc.aio.secure_channel(
+            proc.address, grpc.ssl_channel_credentials(root_certificates=proc.ca_pem)
+        ) as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await fleet_pb2_grpc.FleetServiceStub(ch).ImageScan(
+                    fleet_pb2.ImageScanRequest(repository="x" * 1024 * 1024),
+                    metadata=(("authorization", f"Bearer {proc.operator_token}"),),
+                )
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND, caught.value.code()
+    said = caught.value.details() or ""
+    assert said.startswith("no image repository 'xxx") and len(said) < 1000, said[:200]
+    assert "imageRepositories: web" in said
 
 
 # ---------------------------------------------------------------- rollouts
