@@ -1,7 +1,7 @@
 """Which tag each image policy proposes now: hub.imagepolicy's choice over its repository's
 newest scan, with the rejected tags left out, and the status that says why there is none.
 Computed again only when the tags, the policy or the rejected tags changed (the loop asks
-every second; 5,000 tags take milliseconds).
+every second); over INLINE_TAGS tags in a thread, as 100,000 take seconds of Python.
 
 hub.yaml's patterns (`filterTags.pattern`, `exclude`) meet the registry's tags here, and
 Python's `re` has no timeout and holds the GIL: one pattern with nested repeats (`(a+)+`) and
@@ -26,6 +26,7 @@ from fleetops.hub import imagepolicy, imagespec, imagestatus, registryspec
 
 log = logging.getLogger(__name__)
 
+INLINE_TAGS = 2000  # chosen in the loop itself (~40 ms of semver); more in a thread
 REGEX_SECONDS = 10.0  # one policy's pattern (or a repository's excludes) over one scan's tags
 
 _Key = tuple[tuple[str, ...], imagepolicy.ImagePolicy, frozenset[str]]
@@ -180,8 +181,11 @@ class Chooser:
         if got is not None and (got[0][0] is tags or got[0][0] == tags) and got[0][1:] == key[1:]:
             return got[1]
         pattern = policy.filter.pattern
-        if pattern is None:
+        if pattern is None and len(tags) <= INLINE_TAGS:
             result: _Got = (imagepolicy.choose(tags, policy, rejected=rejected), "")
+        elif pattern is None:  # seconds of Python at 100,000 tags: beside the loop, not in it
+            choice = await asyncio.to_thread(chosen, tags, policy, rejected)
+            result = (choice, "")
         else:
             try:
                 choice = await in_child(f"{__name__}:chosen", tags, policy, rejected)

@@ -383,6 +383,49 @@ async def test_an_exclude_pattern_python_cannot_compile_is_a_refused_reload(
     assert "imageRepositories[0].exclude[0]" in said, said
 
 
+async def test_a_hundred_thousand_tags_never_stall_the_hub(
+    tmp_path: pathlib.Path,
+) -> None:
+    """maxTags allows 100,000 tags, and whoever may push tags can push that many: choosing
+    the newest of them takes seconds of Python, which must not be seconds of a hub that
+    answers nobody (agents, API, rollouts)."""
+    many = [f"1.{i // 1000}.{i % 1000}" for i in range(100_000)]
+    with fakeregistry.fake_registry(tags={"team/web": many}) as fake:
+        repo = app_repo(tmp_path, fake.host)
+        cfg = hub_config(repo, fake.host, maxTags=100_000)
+        async with hubproc.running(tmp_path / "hub", cfg) as proc:
+            await wait.until(
+                "the newest of 100,000 chosen",
+                lambda: status(proc).policies[0].latest == "1.99.999",
+                within=60,
+            )
+            gaps: list[float] = []
+
+            async def heartbeat() -> None:
+                last = time.monotonic()
+                while True:
+                    await asyncio.sleep(0.05)
+                    now = time.monotonic()
+                    gaps.append(now - last)
+                    last = now
+
+            beat = asyncio.create_task(heartbeat())
+            try:
+                # one more tag (the registry lists it last): scanned and chosen again
+                fake.tags["team/web"][-1] = "1.100.0"
+                fake._index["team/web"] = {t: i for i, t in enumerate(fake.tags["team/web"])}
+                proc.hub.scan_images("web")
+                await wait.until(
+                    "the new newest chosen",
+                    lambda: status(proc).policies[0].latest == "1.100.0",
+                    within=60,
+                )
+            finally:
+                beat.cancel()
+                await asyncio.gather(beat, return_exceptions=True)
+    assert max(gaps) < 1.0, f"the hub's event loop stood still for {max(gaps):.1f} s"
+
+
 # ---------------------------------------------------------------- repository content
 
 
