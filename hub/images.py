@@ -23,13 +23,13 @@ import pathlib
 import re
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
 
 from fleetops.hub import (
     config,
     errors,
     events,
     fleetstate,
+    imageauth,
     imagechoice,
     imagecommit,
     imagespec,
@@ -48,9 +48,6 @@ UPDATE_DEADLINE = 120.0  # seconds for one image update run (fetch, commit, push
 RETRY_FIRST = 15.0  # seconds before a failed update runs again, doubled up to its interval
 TICK = 1.0
 SCANS_AT_ONCE = 4  # registries read at the same time (each in a thread of its own)
-READ_SECONDS = 10.0  # reading a Docker config file
-
-T = TypeVar("T")
 
 Rejected = Callable[[str], set[str]]  # repo name -> revisions its apps' rollouts rejected
 
@@ -62,9 +59,7 @@ class _Scan:
     status: imagestatus.RepositoryStatus
     tags: tuple[str, ...] = ()
     due: float = 0.0  # monotonic
-    auth_key: tuple[str, int, int] = ("", 0, 0)
-    auth: registryspec.Auth | None = None
-    reading: asyncio.Future[Any] | None = None  # a read of the Docker config file, if stuck
+    login: imageauth.Login = dataclasses.field(default_factory=imageauth.Login)
     running: bool = False
     spec: imagespec.ImageRepository | None = None  # the hub.yaml entry the newest scan read
 
@@ -224,7 +219,9 @@ class Images:
         st = scan.status
         try:
             async with self._scanning:
-                auth = await self._auth(spec, scan)
+                auth = await scan.login.auth(
+                    path=spec.docker_config_file, registry=spec.image.registry
+                )
                 got = await registry.list_tags(spec.image, max_tags=spec.max_tags, auth=auth)
             tags = await imagechoice.without_excluded(spec, got.tags)
         except registryspec.RegistryError as e:
@@ -244,52 +241,6 @@ class Images:
         st.warning = warning
         if before:
             await self._record("image-scan-recovered", f"image repository {spec.name}: scanned")
-
-    async def _auth(self, spec: imagespec.ImageRepository, scan: _Scan) -> registryspec.Auth:
-        """The repository's Auth, read again when its Docker config file changed (the Bearer
-        tokens of an unchanged one are kept)."""
-        path = spec.docker_config_file
-        if not path:
-            key: tuple[str, int, int] = ("", 0, 0)
-        else:
-            try:
-                st = await self._read(scan, path, pathlib.Path(path).stat)
-            except OSError as e:
-                raise registryspec.RegistryError(
-                    f"cannot read the Docker config {path}: {e.strerror}; check "
-                    "auth.dockerConfigFile"
-                ) from None
-            key = (path, st.st_mtime_ns, st.st_size)
-        if scan.auth is None or scan.auth_key != key:
-            if path:
-                host = spec.image.registry
-                scan.auth = await self._read(
-                    scan, path, lambda: registryspec.Auth.from_docker_config(path, registry=host)
-                )
-            else:
-                scan.auth = registryspec.Auth.anonymous()
-            scan.auth_key = key
-        return scan.auth
-
-    async def _read(self, scan: _Scan, path: str, work: Callable[[], T]) -> T:
-        """`work` (a look at the Docker config file) in a thread, for at most READ_SECONDS:
-        a pipe or a stalled mount must fail the scan, not hold it (and a scan slot) forever.
-        A read still stuck from an earlier scan is not started again (each holds a thread)."""
-        if scan.reading is not None and not scan.reading.done():
-            raise registryspec.RegistryError(
-                f"the Docker config {path} is still being read since an earlier scan (a pipe, "
-                "or a stalled file system); check auth.dockerConfigFile"
-            )
-        reading = asyncio.ensure_future(asyncio.to_thread(work))
-        reading.add_done_callback(lambda f: f.cancelled() or f.exception())
-        scan.reading = reading
-        try:
-            return await asyncio.wait_for(asyncio.shield(reading), READ_SECONDS)
-        except TimeoutError:
-            raise registryspec.RegistryError(
-                f"the Docker config {path} was not read within {READ_SECONDS:g} s (a pipe, or a "
-                "stalled file system); check auth.dockerConfigFile"
-            ) from None
 
     # ------------------------------------------------------------ choosing
 

@@ -24,10 +24,10 @@ import yaml
 
 from fleetops.hub import config as hubconfig
 from fleetops.hub import (
+    imageauth,
     imagechoice,
     imagecommit,
     imagemarkers,
-    images,
     imagestatus,
     registry,
     registryspec,
@@ -483,7 +483,7 @@ async def test_a_docker_config_that_never_reads_fails_the_scan_instead_of_stoppi
     """auth.dockerConfigFile names something a read waits on forever (a pipe here; a stalled
     network or FUSE mount of a secret in real life): the scan says so in bounded time, and
     the other repositories keep being scanned."""
-    monkeypatch.setattr(images, "READ_SECONDS", 1.0, raising=False)
+    monkeypatch.setattr(imageauth, "READ_SECONDS", 1.0, raising=False)
     push(reg, "1.0.0")
     repo = app_repo(tmp_path, reg.host)
     fifo = tmp_path / "regcred.json"
