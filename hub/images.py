@@ -341,7 +341,7 @@ class Images:
         when hub.yaml lost its imageUpdates entry while it ran (its status is then unseen)."""
         st.commits += 1
         st.last_commit = outcome.commit
-        st.last_changes = [f"{c.file}: {c.old} -> {c.new}" for c in outcome.changes[:50]]
+        st.last_changes = [_plain(f"{c.file}: {c.old} -> {c.new}") for c in outcome.changes[:50]]
         tags = {c.policy: _tag(latest[c.policy]) for c in outcome.changes if c.policy in latest}
         at = self._now()
         rows = [

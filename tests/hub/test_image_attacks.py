@@ -444,6 +444,23 @@ def test_a_tag_go_yaml_would_not_read_as_a_string_is_written_quoted(tag: str) ->
     assert f'tag: "{tag}" #' in got.text or f"tag: '{tag}' #" in got.text, got.text
 
 
+async def test_a_file_name_with_terminal_escapes_is_shown_plain_in_the_status(
+    tmp_path: pathlib.Path, reg: registrypush.OciRegistry
+) -> None:
+    """Whoever may commit names a marked file with terminal escapes: `images status` and
+    the API show the change with them escaped."""
+    push(reg, "1.0.0", "1.1.0")
+    repo = fleet.Repo.create(tmp_path / "git")
+    name = "apps/web/\x1b]2;owned\x07\x1b[2J.yaml"
+    repo.write(name, DEPLOY.format(host=reg.host, marker=MARKER))
+    repo.commit("web 1.0.0")
+    async with hubproc.running(tmp_path / "hub", hub_config(repo, reg.host)) as proc:
+        await wait.until("commit of 1.1.0", lambda: status(proc).updates[0].last_changes)
+        (change,) = status(proc).updates[0].last_changes
+    assert "\x1b" not in change and "\x07" not in change, repr(change)
+    assert change.startswith("apps/web/\\x1b]2;owned\\x07"), change
+
+
 # ---------------------------------------------------------------- hub.yaml mistakes
 
 
