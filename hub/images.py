@@ -20,6 +20,7 @@ import asyncio
 import dataclasses
 import logging
 import pathlib
+import re
 import time
 from collections.abc import Callable, Coroutine
 
@@ -28,6 +29,7 @@ from fleetops.hub import (
     errors,
     events,
     fleetstate,
+    imageauth,
     imagechoice,
     imagecommit,
     imagespec,
@@ -57,9 +59,9 @@ class _Scan:
     status: imagestatus.RepositoryStatus
     tags: tuple[str, ...] = ()
     due: float = 0.0  # monotonic
-    auth_key: tuple[str, int, int] = ("", 0, 0)
-    auth: registryspec.Auth | None = None
+    login: imageauth.Login = dataclasses.field(default_factory=imageauth.Login)
     running: bool = False
+    spec: imagespec.ImageRepository | None = None  # the hub.yaml entry the newest scan read
 
 
 @dataclasses.dataclass
@@ -110,7 +112,7 @@ class Images:
         names = [r.name for r in self._settings.cfg.images.repositories]
         if name and name not in names:
             raise errors.NotFound(
-                f"no image repository {name!r} in {self._settings.cfg.file}; "
+                f"no image repository {_short(name)} in {self._settings.cfg.file}; "
                 f"imageRepositories: {', '.join(names) or '(none)'}"
             )
         for n in [name] if name else names:
@@ -158,11 +160,13 @@ class Images:
         clock = time.monotonic()
         for r in cfg.repositories:
             scan = self._scan_of(r)
+            if scan.spec is not None and scan.spec != r:
+                scan.due = 0.0  # hub.yaml changed its exclude, maxTags or auth: read it again now
             if scan.due <= clock and not scan.running:
-                scan.running, scan.due = True, clock + r.interval
+                scan.running, scan.due, scan.spec = True, clock + r.interval, r
                 self._spawn(self._scan(r, scan))
         rejected = self._rejected_tags(cfg)
-        latest = self._chooser.choose(
+        latest = await self._chooser.choose(
             cfg,
             tags={n: sc.tags for n, sc in self._scans.items()},
             scanned={n: sc.status for n, sc in self._scans.items()},
@@ -184,31 +188,47 @@ class Images:
         return scan
 
     async def _scan(self, spec: imagespec.ImageRepository, scan: _Scan) -> None:
+        before = scan.status.error
         try:
-            await self._scan_once(spec, scan)
+            await self._scan_once(spec, scan, before=before)
         except Exception as e:  # noqa: BLE001 (a bug here must not stop other scans)
             log.exception("image repository %s: the scan failed", spec.name)
-            scan.status.error = f"image repository {spec.name}: the scan failed: {e}"
-            scan.status.last_scan = self._now()
+            await self._scan_failed(spec, scan.status, f"the scan failed: {e}", before=before)
         finally:
             scan.running = False
 
-    async def _scan_once(self, spec: imagespec.ImageRepository, scan: _Scan) -> None:
+    async def _scan_failed(
+        self,
+        spec: imagespec.ImageRepository,
+        st: imagestatus.RepositoryStatus,
+        why: str,
+        *,
+        before: str,
+    ) -> None:
+        """The scan failed: said in the status (a scan, though a failed one, at this time),
+        logged when the reason changed, one event when the repository starts failing. The
+        reason may quote the registry: control characters are escaped."""
+        st.error = _plain(f"image repository {spec.name}: {why}")
+        st.last_scan = self._now()
+        if st.error != before:
+            log.warning("%s", st.error)
+        if not before:
+            await self._record("image-scan-failed", st.error)
+
+    async def _scan_once(
+        self, spec: imagespec.ImageRepository, scan: _Scan, *, before: str
+    ) -> None:
         st = scan.status
-        before = st.error
         try:
             async with self._scanning:
-                auth = await self._auth(spec, scan)
+                auth = await scan.login.auth(
+                    path=spec.docker_config_file, registry=spec.image.registry
+                )
                 got = await registry.list_tags(spec.image, max_tags=spec.max_tags, auth=auth)
+            tags = await imagechoice.without_excluded(spec, got.tags)
         except registryspec.RegistryError as e:
-            st.error = f"image repository {spec.name}: {e}"
-            st.last_scan = self._now()
-            if st.error != before:
-                log.warning("%s", st.error)
-            if not before:
-                await self._record("image-scan-failed", st.error)
+            await self._scan_failed(spec, st, str(e), before=before)
             return
-        tags = tuple(t for t in got.tags if not any(x.search(t) for x in spec.exclude))
         scan.tags = tags
         st.last_scan, st.error, st.tags, st.requests = self._now(), "", len(tags), got.requests
         warning = ""
@@ -223,32 +243,6 @@ class Images:
         st.warning = warning
         if before:
             await self._record("image-scan-recovered", f"image repository {spec.name}: scanned")
-
-    async def _auth(self, spec: imagespec.ImageRepository, scan: _Scan) -> registryspec.Auth:
-        """The repository's Auth, read again when its Docker config file changed (the Bearer
-        tokens of an unchanged one are kept)."""
-        path = spec.docker_config_file
-        if not path:
-            key: tuple[str, int, int] = ("", 0, 0)
-        else:
-            try:
-                st = await asyncio.to_thread(pathlib.Path(path).stat)
-            except OSError as e:
-                raise registryspec.RegistryError(
-                    f"cannot read the Docker config {path}: {e.strerror}; check "
-                    "auth.dockerConfigFile"
-                ) from None
-            key = (path, st.st_mtime_ns, st.st_size)
-        if scan.auth is None or scan.auth_key != key:
-            if path:
-                registry_host = spec.image.registry
-                scan.auth = await asyncio.to_thread(
-                    registryspec.Auth.from_docker_config, path, registry=registry_host
-                )
-            else:
-                scan.auth = registryspec.Auth.anonymous()
-            scan.auth_key = key
-        return scan.auth
 
     # ------------------------------------------------------------ choosing
 
@@ -318,7 +312,7 @@ class Images:
         except Exception as e:  # noqa: BLE001 (a HubError says what to do; anything else is a bug)
             if not isinstance(e, errors.HubError):
                 log.exception("image update %s failed", spec.name)
-            st.error, st.last_run = f"image update {spec.name}: {e}", self._now()
+            st.error, st.last_run = _plain(f"image update {spec.name}: {e}"), self._now()
             state.due = time.monotonic() + state.retry
             state.retry = min(state.retry * 2, 600.0)
             state.wanted, state.head = latest, head
@@ -332,17 +326,24 @@ class Images:
         st.error, st.last_run, st.problems = "", self._now(), list(outcome.problems[:50])
         for problem in outcome.problems[:5]:
             log.warning("image update %s: %s", spec.name, problem)
+        if before:
+            await self._record("image-update-recovered", f"image update {spec.name}: ran again")
         if not outcome.commit:
             return
-        await self._committed(spec, outcome, latest)
+        await self._committed(spec, st, outcome, latest)
 
     async def _committed(
-        self, spec: imagespec.ImageUpdate, outcome: imagecommit.Outcome, latest: dict[str, str]
+        self,
+        spec: imagespec.ImageUpdate,
+        st: imagestatus.UpdateStatus,
+        outcome: imagecommit.Outcome,
+        latest: dict[str, str],
     ) -> None:
-        st = self._updates[spec.name].status
+        """The commit landed: remembered (with the tags it brought), told and followed, even
+        when hub.yaml lost its imageUpdates entry while it ran (its status is then unseen)."""
         st.commits += 1
         st.last_commit = outcome.commit
-        st.last_changes = [f"{c.file}: {c.old} -> {c.new}" for c in outcome.changes[:50]]
+        st.last_changes = [_plain(f"{c.file}: {c.old} -> {c.new}") for c in outcome.changes[:50]]
         tags = {c.policy: _tag(latest[c.policy]) for c in outcome.changes if c.policy in latest}
         at = self._now()
         rows = [
@@ -429,6 +430,20 @@ class Images:
         for gone in set(self._updates) - names:
             del self._updates[gone]
         self._chooser.forget({p.name for p in cfg.policies})
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _plain(text: str) -> str:
+    """One line fit for a log, an event and a terminal: control characters (a registry's
+    header may carry terminal escapes) written as \\xNN."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def _short(text: str) -> str:
+    """An API caller's text for a message: quoted, at most 100 characters."""
+    return repr(text if len(text) <= 100 else text[:100] + "…")
 
 
 def _tag(image: str) -> str:
