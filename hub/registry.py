@@ -105,7 +105,14 @@ def _list_tags(call: _Call, *, max_tags: int) -> TagList:
         page = registryspec.tags(image, reply.body)
         room = max_tags - len(tags)
         tags.extend(page[:room])
-        nxt = registryspec.next_page(reply.headers.get_all("Link") or [], current=reply.url)
+        try:
+            nxt = registryspec.next_page(reply.headers.get_all("Link") or [], current=reply.url)
+            registryspec.origin(nxt)
+        except ValueError:
+            raise RegistryError(
+                f"{image}: the registry's Link header names a next page that is not a URL; "
+                "report it to its owner"
+            ) from None
         if len(page) > room or (len(tags) >= max_tags and nxt):
             return TagList(tuple(tags), truncated=True, requests=call.requests)
         if not nxt:
@@ -191,6 +198,12 @@ class _Call:
             reply = self._follow(url, method=method, accept=accept, auth=header, max_body=max_body)
             if reply.status == 401 and not tried_auth:
                 tried_auth = True
+                if registryspec.origin(reply.url) != registryspec.origin(self.base):
+                    raise RegistryError(
+                        f"{image}: {image.registry} redirected the {what} request to "
+                        f"{urllib.parse.urlsplit(reply.url).netloc[:100]}, which asks for "
+                        "credentials; they are only ever sent to the registry itself"
+                    )
                 if self._login(reply, had=header):
                     continue
             if reply.status == 429 or (reply.status >= 500 and reply.status != 501):
@@ -247,6 +260,11 @@ class _Call:
         if scheme not in ("http", "https"):
             raise RegistryError(
                 f"{image}: the registry's token realm is not an http(s) URL; report it to its owner"
+            )
+        if _internal(realm) and not _internal(self.base):
+            raise RegistryError(
+                f"{image}: the registry's token realm is a loopback or link-local address; "
+                "refused (a registry does not send the hub to its own machine)"
             )
         query = {"scope": self.scope}
         if params.get("service"):
@@ -312,7 +330,14 @@ class _Call:
             if reply.status not in (301, 302, 303, 307, 308):
                 return reply
             location = reply.headers.get("Location", "")
-            new = urllib.parse.urljoin(url, location)
+            try:
+                new = urllib.parse.urljoin(url, location)
+                registryspec.origin(new)
+            except ValueError:
+                raise RegistryError(
+                    f"{self.image}: {reply.status} from {self.image.registry} redirects to "
+                    "something that is not a URL; refused"
+                ) from None
             if not location or urllib.parse.urlsplit(new).scheme not in ("http", "https"):
                 raise RegistryError(
                     f"{self.image}: {reply.status} from {self.image.registry} redirects to "

@@ -130,13 +130,6 @@ async def loop_gaps() -> AsyncIterator[list[float]]:
 # ---------------------------------------------------------------- the registry
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hub/registry.py bug: a 401 from the host a redirect led to is taken as the "
-    "registry's own challenge, and _fetch_token sends the Docker config's user:password "
-    "(Basic) to that host's token realm; credentials must go only to the image's registry "
-    "and the realm its own 401 names",
-)
 async def test_credentials_never_reach_the_token_realm_of_a_host_the_registry_redirected_to(
     tmp_path: pathlib.Path,
 ) -> None:
@@ -201,12 +194,6 @@ def _public_address() -> str:
     return "" if registryspec.internal([address]) else address
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hub/registry.py bug: _fetch_token asks whatever realm a registry's 401 names, "
-    "loopback and link-local (169.254.169.254) included, though a redirect there is refused: "
-    "a registry can make the hub request its own machine's services",
-)
 async def test_a_token_realm_on_the_hubs_own_machine_is_refused_like_a_redirect_there() -> None:
     address = _public_address()
     if not address:
@@ -224,12 +211,6 @@ async def test_a_token_realm_on_the_hubs_own_machine_is_refused_like_a_redirect_
     assert "loopback or link-local" in str(caught.value), str(caught.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hub/registryspec.py / hub/registry.py bug: a Link or Location URL urllib cannot "
-    "split (http://[) raises ValueError out of next_page / _follow, not a RegistryError: the "
-    "scan fails as an unexpected error with a traceback, never saying the registry is at fault",
-)
 @pytest.mark.parametrize("knob", ["link_base", "redirect_to"])
 async def test_a_next_page_or_redirect_url_that_does_not_parse_is_the_registrys_error(
     knob: str,
