@@ -97,9 +97,10 @@ def _repository(r: configfields.Reader, item: Any, path: str) -> ImageRepository
             raise r.fail(f"{path}.exclude[{j}]", message="expected a regular expression")
         try:
             exclude.append(re.compile(text))
-        except re.error as e:
+        except (re.error, RecursionError, OverflowError) as e:
             raise r.fail(
-                f"{path}.exclude[{j}]", message=f"{text!r} is not a regular expression: {e}"
+                f"{path}.exclude[{j}]",
+                message=f"{text[:100]!r} is not a regular expression Python can use: {e}",
             ) from None
     am = r.mapping(m.get("auth"), f"{path}.auth", ("dockerConfigFile",))
     max_tags = r.count(m, "maxTags", path=path, default=5000)

@@ -251,6 +251,13 @@ async def _watch_config(
             hub.config_refused(f"{e}; still running the last good config")
             log.error("hub.yaml reload refused: %s", hub.config_error)
             continue
+        except Exception as e:  # noqa: BLE001 (a parser bug must not end the watcher)
+            log.exception("hub.yaml reload failed")
+            hub.config_refused(
+                f"{path}: could not be read ({type(e).__name__}: {str(e)[:200]}); still "
+                "running the last good config"
+            )
+            continue
         log.info("hub.yaml reloaded")
         await hub.apply_config(cfg)
         ensure_pollers()
