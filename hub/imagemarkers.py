@@ -156,12 +156,24 @@ def rewrite(text: str, latest: Mapping[str, str]) -> Rewrite:
     return Rewrite(bom + "\n".join(lines), tuple(changes), tuple(problems))
 
 
+# Plain scalars some YAML reader takes for something other than a string: YAML 1.1 (Go's
+# yaml.v2, which Helm uses: y/n, on/off, 0o17, 1e10, 1_000) or 1.2 (kustomize's yaml.v3).
+_NOT_A_STRING = re.compile(
+    r"^(?:[yYnN]|[yY]es|YES|[nN]o|NO|[tT]rue|TRUE|[fF]alse|FALSE|[oO]n|ON|[oO]ff|OFF"
+    r"|[nN]ull|NULL|~"
+    r"|[-+]?(?:0[xX][0-9a-fA-F_]+|0[oO]?[0-7_]+|0[bB][01_]+|[0-9][0-9_]*)"
+    r"|[-+]?(?:\.[0-9_]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?"
+    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+)
+
+
 def _quoted(value: str, style: str) -> str:
-    """`value` in the scalar's style; a plain value YAML would read as something else (`1.10`
-    is a number) is double-quoted, as a YAML writer would."""
+    """`value` in the scalar's style; a plain value a YAML reader would take as something
+    else (`1.10` and `1e10` are numbers, `y` a boolean to Go's YAML) is double-quoted."""
     if style:
         return f"{style}{value}{style}"
-    if _RESOLVER.resolve(yaml.ScalarNode, value, (True, False)) != _STR:  # type: ignore[no-untyped-call]
+    resolved = _RESOLVER.resolve(yaml.ScalarNode, value, (True, False))  # type: ignore[no-untyped-call]
+    if resolved != _STR or _NOT_A_STRING.match(value):
         return f'"{value}"'
     return value
 

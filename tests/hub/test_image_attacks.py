@@ -396,13 +396,7 @@ async def test_a_hundred_thousand_tags_never_stall_the_hub(
 # ---------------------------------------------------------------- repository content
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hub/imagemarkers.py bug: _quoted asks PyYAML (YAML 1.1 without y/n, floats need "
-    "a dot) whether a plain tag stays a string; Helm's Go YAML reads y/n as booleans and "
-    "1e10 as a float, kustomize's 0o17 as an integer, so the rendered image is wrong",
-)
-@pytest.mark.parametrize("tag", ["y", "N", "1e10", "0o17"])
+@pytest.mark.parametrize("tag", ["y", "N", "1e10", "0o17", "007", "1_000", "on"])
 def test_a_tag_go_yaml_would_not_read_as_a_string_is_written_quoted(tag: str) -> None:
     text = 'image:\n  tag: 1.0.0 # {"$imagepolicy": "flux-system:web:tag"}\n'
     got = imagemarkers.rewrite(text, {"web": f"reg.example.com/web:{tag}"})
