@@ -231,6 +231,11 @@ _NAME_BAD = re.compile(r"[<>\x00-\x1f\x7f]")
 def _check(*, where: str, branch: str, push_branch: str, author: Signature) -> None:
     for field, name in (("branch", branch), ("pushBranch", push_branch)):
         full = f"refs/heads/{name}"
+        if name.startswith("refs/"):
+            short = name.removeprefix("refs/heads/")
+            raise CommitError(
+                f"{where}: {field} {name[:200]!r} is a full ref; give the branch name ({short!r})"
+            )
         if not _REF_NAME.match(name) or not pygit2.reference_is_valid_name(full):
             raise CommitError(f"{where}: {field} {name!r} is not a valid branch name; fix it")
     for field, value in (("author name", author.name), ("author email", author.email)):

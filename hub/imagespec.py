@@ -18,6 +18,7 @@ from fleetops.hub import configfields, errors, imagepolicy, registryspec
 REPOSITORY_FIELDS = ("name", "image", "interval", "maxTags", "exclude", "auth")
 UPDATE_FIELDS = ("name", "repo", "paths", "push", "commit")
 DEFAULT_MESSAGE = "images: {changes}"
+_BRANCH = re.compile(r"^(?!/)(?!.*//)(?!.*\.\.)(?!.*/$)(?!.*\.lock$)[A-Za-z0-9._/-]{1,200}$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +135,13 @@ def _update(r: configfields.Reader, item: Any, path: str, *, repos: Sequence[str
             )
         paths.append(text.strip("/"))
     pm = r.mapping(m.get("push"), f"{path}.push", ("branch",))
+    branch = r.string(pm, "branch", path=f"{path}.push")
+    if branch.startswith("refs/") or not _BRANCH.match(branch or "main"):
+        raise r.fail(
+            f"{path}.push.branch",
+            message=f"{branch[:200]!r} is not a branch name; write the name alone, e.g. "
+            f"{branch.removeprefix('refs/heads/')[:100] or 'main'!r}",
+        )
     cm = r.mapping(m.get("commit"), f"{path}.commit", ("author", "message"))
     am = r.mapping(cm.get("author"), f"{path}.commit.author", ("name", "email"))
     message = r.string(cm, "message", path=f"{path}.commit", default=DEFAULT_MESSAGE)
@@ -146,7 +154,7 @@ def _update(r: configfields.Reader, item: Any, path: str, *, repos: Sequence[str
         name=r.name(m, "name", path=path),
         repo=repo,
         paths=tuple(paths),
-        push_branch=r.string(pm, "branch", path=f"{path}.push"),
+        push_branch=branch,
         author_name=r.string(am, "name", path=f"{path}.commit.author", default="fleetops"),
         author_email=email,
         message=message,

@@ -425,12 +425,6 @@ async def test_a_file_name_with_terminal_escapes_is_shown_plain_in_the_status(
 # ---------------------------------------------------------------- hub.yaml mistakes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hub/imagespec.py / hub/imagecommit.py bug: push.branch 'refs/heads/main' is "
-    "taken as a branch name and pushed to refs/heads/refs/heads/main, a new branch nobody "
-    "deploys, reported as committed; it should be refused naming imageUpdates[].push.branch",
-)
 def test_a_push_branch_written_as_a_full_ref_is_refused_not_made_a_new_branch(
     tmp_path: pathlib.Path,
 ) -> None:

@@ -79,6 +79,10 @@ def test_the_issues_example_reads() -> None:
          "relative path inside the repository"),
         (lambda d: d["imageRepositories"].append(dict(d["imageRepositories"][0])),
          "imageRepositories[1].name", "duplicate name 'podinfo'"),
+        (lambda d: d["imageUpdates"][0].update(push={"branch": "refs/heads/main"}),
+         "imageUpdates[0].push.branch", "write the name alone, e.g. 'main'"),
+        (lambda d: d["imageUpdates"][0].update(push={"branch": "a..b"}),
+         "imageUpdates[0].push.branch", "is not a branch name"),
     ],
 )  # fmt: skip
 def test_a_mistake_names_its_field_and_the_fix(change: object, field: str, words: str) -> None:
