@@ -98,14 +98,14 @@ class Images:
         self._scans: dict[str, _Scan] = {}
         self._updates: dict[str, _Update] = {}
         self._chooser = imagechoice.Chooser()
-        self._brought: dict[tuple[str, str], dict[str, str]] = {}  # (repo, rev) -> policy -> tag
+        self._brought: dict[tuple[str, str], dict[str, str]] = {}  # (repo, rev) -> image -> tag
         self._wake = asyncio.Event()
         self._scanning = asyncio.Semaphore(SCANS_AT_ONCE)
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def load(self) -> None:
         for c in await self._db.run(self._db.image_commits):
-            self._brought.setdefault((c.repo, c.revision), {})[c.policy] = c.tag
+            self._brought.setdefault((c.repo, c.revision), {})[c.image] = c.tag
 
     def scan_now(self, name: str = "") -> list[str]:
         """Scan `name` (every repository when '') at once; the names that will be."""
@@ -247,14 +247,19 @@ class Images:
     # ------------------------------------------------------------ choosing
 
     def _rejected_tags(self, cfg: imagespec.Images) -> dict[str, set[str]]:
-        """policy -> tags whose image update commit a rollout rejected."""
-        out: dict[str, set[str]] = {}
-        repos = {u.repo for u in cfg.updates}
-        for repo in repos:
+        """policy -> tags whose image update commit a rollout rejected. Kept per image, so a
+        policy renamed (or a second policy on the same image) knows them too."""
+        by_image: dict[str, set[str]] = {}
+        for repo in {u.repo for u in cfg.updates}:
             for revision in self._rejected(repo):
-                for policy, tag in self._brought.get((repo, revision), {}).items():
-                    out.setdefault(policy, set()).add(tag)
-        return out
+                for image, tag in self._brought.get((repo, revision), {}).items():
+                    by_image.setdefault(image, set()).add(tag)
+        images = {r.name: str(r.image) for r in cfg.repositories}
+        return {
+            p.name: by_image[images[p.repository]]
+            for p in cfg.policies
+            if images.get(p.repository) in by_image
+        }
 
     # ------------------------------------------------------------ committing
 
@@ -352,13 +357,14 @@ class Images:
                 revision=outcome.commit,
                 policy=policy,
                 tag=tag,
+                image=_image(latest[policy]),
                 image_update=spec.name,
                 at=at,
             )
             for policy, tag in sorted(tags.items())
             if tag
         ]
-        self._brought[(spec.repo, outcome.commit)] = {r.policy: r.tag for r in rows}
+        self._brought[(spec.repo, outcome.commit)] = {r.image: r.tag for r in rows}
         try:
             await self._db.run(self._db.put_image_commits, rows, keep=KEEP_COMMITS)
         except Exception as e:  # noqa: BLE001 (the commit landed; a later restart may forget it)
@@ -444,6 +450,15 @@ def _plain(text: str) -> str:
 def _short(text: str) -> str:
     """An API caller's text for a message: quoted, at most 100 characters."""
     return repr(text if len(text) <= 100 else text[:100] + "…")
+
+
+def _image(ref: str) -> str:
+    """`name:tag` -> the image as registryspec writes it (registry/repository)."""
+    name = ref.rsplit(":", 1)[0] if ":" in ref.rsplit("/", 1)[-1] else ref
+    try:
+        return str(registryspec.parse_image(name))
+    except registryspec.RegistryError:
+        return name
 
 
 def _tag(image: str) -> str:

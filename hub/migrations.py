@@ -243,8 +243,8 @@ V7 = Migration(
 
 V8 = Migration(
     8,
-    "image automation: which tag each image update commit brought, so a tag whose revision a "
-    "rollout rejected is never proposed again, across restarts",
+    "image automation: which tag of which image each image update commit brought, so a tag "
+    "whose revision a rollout rejected is never proposed again, across restarts and renames",
     (
         CreateTable(
             "image_commits",
@@ -253,6 +253,7 @@ V8 = Migration(
                 "revision": str,
                 "policy": str,
                 "tag": str,
+                "image": str,
                 "image_update": str,
                 "at": float,
             },

@@ -170,12 +170,14 @@ class Rollout:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ImageCommit:
-    """An image update commit (hub.images): `revision` in `repo` set `policy`'s tag to `tag`."""
+    """An image update commit (hub.images): `revision` in `repo` set `policy`'s tag to `tag`
+    of `image` (registry/repository, as hub.registryspec.Image writes it)."""
 
     repo: str
     revision: str
     policy: str
     tag: str
+    image: str
     image_update: str
     at: float
 

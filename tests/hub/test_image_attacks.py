@@ -649,12 +649,6 @@ async def test_a_human_revert_of_an_image_commit_is_not_undone_by_the_next_run(
         assert log(repo)[0].split()[0] == reverted, log(repo)[:2]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hub/images.py bug: rejected tags are kept per policy NAME (_brought, the store's "
-    "image_commits.policy), so renaming a policy in hub.yaml (and its markers) forgets them "
-    "and the rejected tag is proposed and rolled out again; key them by the image repository",
-)
 async def test_renaming_a_policy_keeps_the_tags_its_rollouts_rejected(
     tmp_path: pathlib.Path, reg: registrypush.OciRegistry
 ) -> None:
