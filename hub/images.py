@@ -350,6 +350,15 @@ class Images:
         st.last_commit = outcome.commit
         st.last_changes = [_plain(f"{c.file}: {c.old} -> {c.new}") for c in outcome.changes[:50]]
         tags = {c.policy: _tag(latest[c.policy]) for c in outcome.changes if c.policy in latest}
+        # a commit that only moves back from rejected tags rejects nothing when it fails: its
+        # failure is someone else's change under it, and taking the older tag away as well
+        # would walk Git down every tag there is
+        rejected = self._rejected_tags(self._settings.cfg.images)
+        going_back = {
+            c.policy
+            for c in outcome.changes
+            if (_tag(c.old) or c.old) in rejected.get(c.policy, set())
+        }
         at = self._now()
         rows = [
             records.ImageCommit(
@@ -362,7 +371,7 @@ class Images:
                 at=at,
             )
             for policy, tag in sorted(tags.items())
-            if tag
+            if tag and policy not in going_back
         ]
         self._brought[(spec.repo, outcome.commit)] = {r.image: r.tag for r in rows}
         try:

