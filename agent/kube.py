@@ -33,6 +33,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -42,6 +43,7 @@ from urllib.parse import quote
 import urllib3
 from kubernetes import client, config
 from kubernetes.client import exceptions
+from urllib3 import connection as transport_connection
 from urllib3 import exceptions as transport
 
 from fleetops.agent import errors, kubewire
@@ -87,6 +89,48 @@ class _Opened:
         if resp is not None:  # ends the read; the thread's `finally` closes the socket
             with contextlib.suppress(Exception):
                 resp.shutdown() if hasattr(resp, "shutdown") else resp.close()
+
+
+# CPython's ssl.SSLSocket._create (3.11.5+, from the fix for CVE-2023-40217) takes over the
+# TCP socket's descriptor, then, when the server has already reset the connection (between the
+# TCP connect and the TLS handshake: what a stopped or killed API server, or a test's TCP gate,
+# does to connections it has just accepted), re-raises ECONNRESET without closing the socket it
+# made. Nobody holds that SSLSocket but the exception's frames, so only the garbage collector
+# ever closed it (an unclosed-ssl.SSLSocket ResourceWarning, in whichever test ran then).
+_SSL_CREATE = getattr(getattr(ssl.SSLSocket, "_create", None), "__code__", None)
+
+
+def _close_half_made_tls_sockets(error: BaseException) -> None:
+    """Close the TLS socket `ssl.SSLSocket._create` made and dropped on its way to `error` (or
+    to an error `error` was raised from)."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        tb = cause.__traceback__
+        while tb is not None:
+            if tb.tb_frame.f_code is _SSL_CREATE:
+                made = tb.tb_frame.f_locals.get("self")
+                if isinstance(made, ssl.SSLSocket):
+                    with contextlib.suppress(OSError):
+                        made.close()
+            tb = tb.tb_next
+        cause = cause.__cause__ or cause.__context__
+
+
+class _TLSConnection(transport_connection.HTTPSConnection):
+    """urllib3's HTTPS connection, except that a failed connect leaves no TLS socket open."""
+
+    def connect(self) -> None:
+        try:
+            super().connect()
+        except BaseException as e:
+            _close_half_made_tls_sockets(e)
+            raise
+
+
+class _TLSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _TLSConnection
 
 
 @dataclasses.dataclass(frozen=True)
@@ -539,4 +583,8 @@ def connect(
         where = kubeconfig or "the in-cluster service account"
         raise errors.AgentError(f"cannot load cluster credentials from {where}: {e}") from None
     cfg.connection_pool_maxsize = concurrency
-    return Kube(client.ApiClient(cfg), concurrency=concurrency, timeouts=timeouts)
+    api = client.ApiClient(cfg)
+    manager = api.rest_client.pool_manager
+    if manager.pool_classes_by_scheme.get("https") is urllib3.HTTPSConnectionPool:  # not SOCKS
+        manager.pool_classes_by_scheme = {**manager.pool_classes_by_scheme, "https": _TLSPool}
+    return Kube(api, concurrency=concurrency, timeouts=timeouts)
