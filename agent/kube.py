@@ -15,6 +15,12 @@ server to end it after `timeoutSeconds`, gives it up when it stays silent past t
 bookmarks (`WATCH_SILENCE`), streams on a thread of its own (never the request pool), and is
 closed when its caller is cancelled.
 
+Every connection is closed by us, never left to the garbage collector (an unclosed TLS socket
+fails the tests): a response is read to its end or closed, and `close` refuses new requests,
+ends the watches, waits (briefly) for the requests still running on threads (a cancelled
+caller does not stop its thread) and closes the connection pools; a request that outlives that
+wait closes what it pooled itself when it ends, so no pool made after `close` keeps a socket.
+
 It must never log request or response bodies: they may be Secrets.
 """
 
@@ -27,15 +33,17 @@ import contextlib
 import dataclasses
 import functools
 import json
+import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 from urllib.parse import quote
 
 import urllib3
 from kubernetes import client, config
 from kubernetes.client import exceptions
+from urllib3 import connection as transport_connection
 from urllib3 import exceptions as transport
 
 from fleetops.agent import errors, kubewire
@@ -48,6 +56,7 @@ WATCH_SECONDS = 300  # the server ends a watch after this; the caller resumes it
 # The server sends a bookmark on every watch about once a minute: a watch silent for longer
 # sits on a dead connection (a partition without a reset), and is given up.
 WATCH_SILENCE = 90.0
+CLOSE_WAIT = 2.0  # how long `close` waits for the requests and watches running on threads
 EventSink = Callable[[dict[str, Any]], None]
 Objects = list[dict[str, Any]]
 
@@ -80,6 +89,48 @@ class _Opened:
         if resp is not None:  # ends the read; the thread's `finally` closes the socket
             with contextlib.suppress(Exception):
                 resp.shutdown() if hasattr(resp, "shutdown") else resp.close()
+
+
+# CPython's ssl.SSLSocket._create (3.11.5+, from the fix for CVE-2023-40217) takes over the
+# TCP socket's descriptor, then, when the server has already reset the connection (between the
+# TCP connect and the TLS handshake: what a stopped or killed API server, or a test's TCP gate,
+# does to connections it has just accepted), re-raises ECONNRESET without closing the socket it
+# made. Nobody holds that SSLSocket but the exception's frames, so only the garbage collector
+# ever closed it (an unclosed-ssl.SSLSocket ResourceWarning, in whichever test ran then).
+_SSL_CREATE = getattr(getattr(ssl.SSLSocket, "_create", None), "__code__", None)
+
+
+def _close_half_made_tls_sockets(error: BaseException) -> None:
+    """Close the TLS socket `ssl.SSLSocket._create` made and dropped on its way to `error` (or
+    to an error `error` was raised from)."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        tb = cause.__traceback__
+        while tb is not None:
+            if tb.tb_frame.f_code is _SSL_CREATE:
+                made = tb.tb_frame.f_locals.get("self")
+                if isinstance(made, ssl.SSLSocket):
+                    with contextlib.suppress(OSError):
+                        made.close()
+            tb = tb.tb_next
+        cause = cause.__cause__ or cause.__context__
+
+
+class _TLSConnection(transport_connection.HTTPSConnection):
+    """urllib3's HTTPS connection, except that a failed connect leaves no TLS socket open."""
+
+    def connect(self) -> None:
+        try:
+            super().connect()
+        except BaseException as e:
+            _close_half_made_tls_sockets(e)
+            raise
+
+
+class _TLSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _TLSConnection
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,12 +176,51 @@ class Kube:
         self._preferred: dict[str, str] = {}
         self.requests: collections.Counter[str] = collections.Counter()
         self._watching: set[_Opened] = set()  # the watches streaming now (closed by close())
+        self._closed = False
+        self._busy = 0  # requests and watches running on threads now
+        self._idle = threading.Condition(self._lock)  # notified when the last of them ends
 
     # ------------------------------------------------------------ plumbing
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kw))
+        try:
+            future = loop.run_in_executor(self._pool, functools.partial(fn, *args, **kw))
+        except RuntimeError:  # its thread pool is shut down: the client was closed
+            raise self._unreachable("this client was closed") from None
+        return await future
+
+    @contextlib.contextmanager
+    def _request(self) -> Iterator[None]:
+        """Around every request a thread sends: none starts once the client is closed, and one
+        that ends after `close` closes whatever the connection pools hold by then (its own
+        connection included), so a pool made meanwhile is not left for the garbage collector."""
+        with self._lock:
+            if self._closed:
+                raise self._unreachable("this client was closed")
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._busy -= 1
+                closed = self._closed
+                if not self._busy:
+                    self._idle.notify_all()
+            if closed:
+                self._close_pools()
+
+    def _close_pools(self) -> None:
+        """Close every connection pool: the idle connections now, those in use as their
+        requests end. (`ApiClient.close` alone is not enough: urllib3 2's `PoolManager.clear`
+        only forgets the pools, leaving their sockets open until the garbage collector frees
+        each pool, which a urllib3 error or response still referring to it delays.)"""
+        manager = self._api.rest_client.pool_manager
+        for key in manager.pools.keys():
+            pool = manager.pools.get(key)
+            if pool is not None:
+                pool.close()
+        self._api.close()
 
     def _call(
         self,
@@ -153,19 +243,20 @@ class Kube:
             auth_settings=["BearerToken"],
         )
         timeout = (self.timeouts.connect, self.timeouts.read)
-        try:
-            resp = self._api.call_api(
-                method, url, header_params=headers, body=body, _request_timeout=timeout
-            )
-            data = resp.read()
-        except exceptions.ApiException as e:
-            if not e.status:  # the client reports a TLS failure as an ApiException without one
-                raise self._unreachable(str(e.reason or e).replace("\n", ": ")) from None
-            raise kubewire.error(
-                e.status, body=e.body, http_reason=e.reason, method=method, path=path
-            ) from None
-        except (transport.HTTPError, OSError) as e:
-            raise self._unreachable(kubewire.transport_cause(e, self.timeouts)) from None
+        with self._request():
+            try:
+                resp = self._api.call_api(
+                    method, url, header_params=headers, body=body, _request_timeout=timeout
+                )
+                data = _read(resp)
+            except exceptions.ApiException as e:
+                if not e.status:  # the client reports a TLS failure as an ApiException without one
+                    raise self._unreachable(str(e.reason or e).replace("\n", ": ")) from None
+                raise kubewire.error(
+                    e.status, body=e.body, http_reason=e.reason, method=method, path=path
+                ) from None
+            except (transport.HTTPError, OSError) as e:
+                raise self._unreachable(kubewire.transport_cause(e, self.timeouts)) from None
         if not 200 <= resp.status < 300:
             raise kubewire.error(
                 resp.status, body=data, http_reason=resp.reason, method=method, path=path
@@ -366,29 +457,32 @@ class Kube:
             auth_settings=["BearerToken"],
         )
         timeout = (self.timeouts.connect, WATCH_SILENCE)
-        try:
-            resp = self._api.call_api(method, url, header_params=headers, _request_timeout=timeout)
-            raw = resp.response
-            if not opened.keep(raw):
-                return  # cancelled while the server answered: closed, nobody listens
-            if not 200 <= resp.status < 300:
-                data = resp.read()
-                raise kubewire.error(
-                    resp.status, body=data, http_reason=resp.reason, method="GET", path=path
-                )
+        with self._request():
             try:
-                for event in kubewire.events(raw.stream(2**16), path=path):
-                    deliver(event)
-            finally:  # a broken or ended stream gives its socket back, never leaks it
-                raw.close()
-        except exceptions.ApiException as e:
-            if not e.status:
-                raise self._unreachable(str(e.reason or e).replace("\n", ": ")) from None
-            raise kubewire.error(
-                e.status, body=e.body, http_reason=e.reason, method="GET", path=path
-            ) from None
-        except (transport.HTTPError, OSError, ValueError) as e:
-            raise self._unreachable(kubewire.transport_cause(e, self.timeouts)) from None
+                resp = self._api.call_api(
+                    method, url, header_params=headers, _request_timeout=timeout
+                )
+                raw = resp.response
+                if not opened.keep(raw):
+                    return  # cancelled while the server answered: closed, nobody listens
+                try:
+                    if not 200 <= resp.status < 300:
+                        data = _read(resp)
+                        raise kubewire.error(
+                            resp.status, body=data, http_reason=resp.reason, method="GET", path=path
+                        )
+                    for event in kubewire.events(raw.stream(2**16), path=path):
+                        deliver(event)
+                finally:  # a broken or ended stream gives its socket back, never leaks it
+                    raw.close()
+            except exceptions.ApiException as e:
+                if not e.status:
+                    raise self._unreachable(str(e.reason or e).replace("\n", ": ")) from None
+                raise kubewire.error(
+                    e.status, body=e.body, http_reason=e.reason, method="GET", path=path
+                ) from None
+            except (transport.HTTPError, OSError, ValueError) as e:
+                raise self._unreachable(kubewire.transport_cause(e, self.timeouts)) from None
 
     async def apply(
         self, rt: ResourceType, obj: Mapping[str, Any], *, force: bool, dry_run: bool = False
@@ -434,16 +528,35 @@ class Kube:
         return str(doc.get("gitVersion", "unknown"))
 
     def close(self) -> None:
+        """Refuse new requests, end the watches, close the idle connections, wait up to
+        `CLOSE_WAIT` for the requests still running on threads, and close what they gave back.
+        Safe to call more than once."""
         with self._lock:
+            self._closed = True
             watching, self._watching = list(self._watching), set()
         for opened in watching:  # no watch thread keeps a socket past the client
             opened.cancel()
-        deadline = time.monotonic() + 2.0
+        self._pool.shutdown(wait=False, cancel_futures=True)  # queued requests never start
+        self._close_pools()  # the idle connections now, the others as their requests end
+        deadline = time.monotonic() + CLOSE_WAIT
+        with self._idle:  # each running request ends, closing its connection (the pool is)
+            self._idle.wait_for(lambda: not self._busy, timeout=CLOSE_WAIT)
         for opened in watching:  # each closes its socket as its read ends
             if opened.thread is not None:
                 opened.thread.join(timeout=max(0.0, deadline - time.monotonic()))
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        self._api.close()
+        self._close_pools()  # and any a request that began as we closed has made since
+
+
+def _read(resp: Any) -> bytes:
+    """The whole body of `resp` (a kubernetes RESTResponse); a response that could not be read
+    to its end is closed at once, its connection with it, never left half-read."""
+    try:
+        data: bytes = resp.read()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            resp.response.close()
+        raise
+    return data
 
 
 def connect(
@@ -470,4 +583,8 @@ def connect(
         where = kubeconfig or "the in-cluster service account"
         raise errors.AgentError(f"cannot load cluster credentials from {where}: {e}") from None
     cfg.connection_pool_maxsize = concurrency
-    return Kube(client.ApiClient(cfg), concurrency=concurrency, timeouts=timeouts)
+    api = client.ApiClient(cfg)
+    manager = api.rest_client.pool_manager
+    if manager.pool_classes_by_scheme.get("https") is urllib3.HTTPSConnectionPool:  # not SOCKS
+        manager.pool_classes_by_scheme = {**manager.pool_classes_by_scheme, "https": _TLSPool}
+    return Kube(api, concurrency=concurrency, timeouts=timeouts)

@@ -6,13 +6,11 @@ whatever is healed or reported was seen by a watch."""
 from __future__ import annotations
 
 import asyncio
-import gc
 import pathlib
 import statistics
 import subprocess
 import time
-import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -42,17 +40,6 @@ async def cleanup(
     """The shared clusters; the test's namespace is deleted afterwards."""
     yield local_clusters
     await kubectl(local_clusters[0], "delete", "namespace", unique_name, "--wait=false")
-
-
-@pytest.fixture(autouse=True)
-def _collect_what_broken_connections_left() -> Iterator[None]:
-    """These tests reset and refuse the API server's connections under running watches; a
-    request in flight then can leave its TLS socket for the garbage collector (seen in CI,
-    not in isolation). Collect it here, in the test that made it, not in the next one."""
-    yield
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        gc.collect()
 
 
 async def kubectl(cluster: localkube.LocalCluster, *args: str) -> None:

@@ -6,11 +6,9 @@ timer (600 s here)."""
 from __future__ import annotations
 
 import asyncio
-import gc
 import pathlib
 import subprocess
 import time
-import warnings
 
 import pytest
 import yaml
@@ -92,13 +90,6 @@ async def test_drift_is_healed_by_watches_after_an_apiserver_restart(
         finally:
             client.close()
             api.close()
-            # A request in flight when the API server was SIGKILLed can leave its TLS socket
-            # to the dead server for the garbage collector (seen twice in CI, never here in
-            # isolation; the client's own watches are closed above). Collect it now, in the
-            # test that made it, so it is not reported in whichever test runs next.
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ResourceWarning)
-                gc.collect()
 
 
 async def _equals(value: object, want: object) -> bool:

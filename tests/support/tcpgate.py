@@ -59,7 +59,7 @@ class Gate:
     def stop(self) -> None:
         if self._thread.is_alive():
             with contextlib.suppress(Exception):
-                self._do(self._set(_CLOSED))
+                self._do(self._shutdown())
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
         if not self._loop.is_running():
@@ -90,6 +90,14 @@ class Gate:
                 self._accept, "127.0.0.1", self.port, reuse_address=True
             )
             self.port = int(self._server.sockets[0].getsockname()[1])
+
+    async def _shutdown(self) -> None:
+        """Closed, and every connection's task ended: none is left pending in the loop."""
+        await self._set(_CLOSED)
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.mode == _HANG or self.upstream is None:
