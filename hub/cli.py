@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime
 import logging
 import os
@@ -22,7 +23,17 @@ from collections.abc import Sequence
 import grpc
 
 from fleetops import hub
-from fleetops.hub import ca, cli_images, cli_rollout, errors, install, programs, render, server
+from fleetops.hub import (
+    ca,
+    cli_images,
+    cli_rollout,
+    errors,
+    gitfetch,
+    install,
+    programs,
+    render,
+    server,
+)
 from fleetops.hub.cli_admin import run_client
 from fleetops.hub.cli_output import plain, status_rows
 
@@ -89,6 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="after the hub starts, how long a cluster whose agent has not reconnected yet is "
         "not counted offline by rollouts (default 30)",
+    )
+    serve.add_argument(
+        "--git-timeout",
+        type=_git_seconds,
+        default=gitfetch.DEFAULT_TIMEOUTS.io,
+        metavar="SECONDS",
+        help="how long a Git fetch or push may wait for the server to send or take more data "
+        f"(default {gitfetch.DEFAULT_TIMEOUTS.io:g}); a hung server is that repo's error after it",
     )
     serve.add_argument(
         "--helm",
@@ -288,6 +307,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _git_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 1 to 3600 seconds")
+    return value
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -319,6 +345,7 @@ def _tools(*, helm: str, kustomize: str) -> render.Tools:
 
 async def cmd_serve(ns: argparse.Namespace) -> int:
     logging.basicConfig(level=ns.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
+    gitfetch.set_timeouts(dataclasses.replace(gitfetch.current(), io=ns.git_timeout))
     running = await server.start(
         config_path=ns.config,
         data=ns.data,

@@ -105,14 +105,17 @@ async def start_hub(
     http_port: int = 0,
     agent_port: int = 0,
     advertise: Sequence[str] = (),
+    extra: Sequence[str] = (),
 ) -> fleet.Hub:
-    """tests/support/fleet.start_hub, plus `--advertise` names (a proxy's address), and ready only
+    """tests/support/fleet.start_hub, plus `--advertise` names (a proxy's address) and `extra`
+    arguments, and ready only
     once this very process says it listens: a restart appends to the same log, whose earlier
     lines name the same ports."""
     log = data.parent / f"{data.name}.log"
     cmd = fleet.hub_command(config, data, port=port, agent_port=agent_port, http_port=http_port)
     for name in advertise:
         cmd += ["--advertise", name]
+    cmd += list(extra)
     process, offset = _spawn(cmd, log)
     proc = process.proc
 
@@ -289,6 +292,7 @@ async def world(
     files: Callable[[fleet.Repo, int], None],
     repos: dict[str, str] | None = None,
     advertise: Sequence[str] = (),
+    hub_args: Sequence[str] = (),
 ) -> AsyncIterator[World]:
     """A repo with `files(repo, 0)` committed, a hub tracking it (plus `repos`) with
     `apps(repo_url)`, and no agents yet; every process it or the test starts is stopped."""
@@ -298,7 +302,7 @@ async def world(
     config = root / "hub.yaml"
     cfg = hub_config({"platform": repo.url, **(repos or {})}, clusters, apps(repo.url))
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    hub = await start_hub(config, root / "hub-data", advertise=advertise)
+    hub = await start_hub(config, root / "hub-data", advertise=advertise, extra=hub_args)
     w = World(root, repo, config, hub)
     try:
         yield w

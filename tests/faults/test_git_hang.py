@@ -19,6 +19,7 @@ from tests.support import fleet, tcpproxy, wait
 
 pytestmark = pytest.mark.cluster
 CLUSTER = "c1"
+GIT_TIMEOUT = 8  # fleetops-hub serve --git-timeout: the hung fetch is an error after this
 
 
 def files(repo: fleet.Repo, n: int) -> None:
@@ -46,7 +47,12 @@ async def test_a_git_server_that_never_answers(
 
         stalled = {"stalled": f"http://{silent.address}/fleet.git"}
         async with harness.world(
-            tmp_path, apps=apps, clusters=[CLUSTER], files=files, repos=stalled
+            tmp_path,
+            apps=apps,
+            clusters=[CLUSTER],
+            files=files,
+            repos=stalled,
+            hub_args=["--git-timeout", str(GIT_TIMEOUT)],
         ) as w:
             head = fleet.git(w.repo.work, "rev-parse", "HEAD")
             await wait.until(
