@@ -100,27 +100,30 @@ class Gate:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.mode == _CLOSED:  # accepted just before the listener closed: a stopped server
+            writer.transport.abort()
+            return
         if self.mode == _HANG or self.upstream is None:
             self._held.add(writer)  # read nothing, answer nothing, until the test says
             return
         self._conns.add(writer)  # known at once: a close while we dial upstream resets it too
+        up_writer: asyncio.StreamWriter | None = None
         try:
-            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
-        except OSError:
-            self._conns.discard(writer)
-            writer.transport.abort()
-            return
-        if writer not in self._conns:  # the gate closed or hung while we dialled
-            up_writer.transport.abort()
-            writer.transport.abort()
-            return
-        self._conns.add(up_writer)
-        await asyncio.gather(
-            self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True
-        )
-        for w in (writer, up_writer):
-            self._conns.discard(w)
-            w.transport.abort()
+            try:
+                up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+            except OSError:
+                return
+            if writer not in self._conns:  # the gate closed or hung while we dialled
+                return
+            self._conns.add(up_writer)
+            await asyncio.gather(
+                self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True
+            )
+        finally:  # also when stop() cancels this task: no socket outlives the gate
+            for w in (writer, up_writer):
+                if w is not None:
+                    self._conns.discard(w)
+                    w.transport.abort()
 
     @staticmethod
     async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
