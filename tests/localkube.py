@@ -5,11 +5,14 @@ Shared by the pytest fixtures in conftest.py and the benchmarks in tests/bench/.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import json
 import os
 import pathlib
 import subprocess
 import sys
+import urllib.request
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 LOCALKUBE = ROOT / "deploy" / "local" / "localkube"
@@ -57,3 +60,26 @@ def down(state: pathlib.Path) -> None:
         timeout=120,
         check=False,
     )
+
+
+def compact_etcd(cluster: LocalCluster) -> int:
+    """Compact the shared etcd at its current revision, as kube-apiserver does every 5 minutes,
+    so versions before now are gone (a watch from one is 410 Gone). Returns that revision.
+
+    A cluster younger than the apiserver's compaction interval still keeps every version; tests
+    that need an expired one call this instead of depending on the cluster's age."""
+    state = json.loads((cluster.kubeconfig.parent.parent / "state.json").read_text())
+    base = f"http://127.0.0.1:{int(state['etcd']['client_port'])}/v3/kv"
+
+    def post(path: str, body: dict[str, object]) -> dict[str, object]:
+        req = urllib.request.Request(
+            f"{base}/{path}", data=json.dumps(body).encode(), method="POST"
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return dict(json.loads(resp.read()))
+
+    key = base64.b64encode(b"\0").decode()  # any key: only the header's revision is wanted
+    header = post("range", {"key": key, "limit": 1})["header"]
+    revision = int(header["revision"])  # type: ignore[index]
+    post("compaction", {"revision": revision, "physical": True})
+    return revision

@@ -30,6 +30,7 @@ DEPLOY = kube.ResourceType(
 CM = kube.ResourceType(
     group="", version="v1", kind="ConfigMap", plural="configmaps", namespaced=True
 )
+EVENT = kube.ResourceType(group="", version="v1", kind="Event", plural="events", namespaced=True)
 HEAL_WITHIN = 2.0
 
 
@@ -150,10 +151,15 @@ async def test_an_untouched_object_is_never_dry_run_again(
 
 
 async def test_a_watch_from_a_version_the_server_no_longer_keeps_is_410_gone(
-    cluster: kube.Kube,
+    local_clusters: list[localkube.LocalCluster], cluster: kube.Kube
 ) -> None:
+    """The server's 410 Gone reaches the caller as a KubeError with that status (what makes
+    the agent relist). Events are watched because kube-apiserver keeps no watch cache for them:
+    the watch goes to etcd, which has forgotten versions before its last compaction. (A watch
+    cache started less than a buffer's worth of changes ago still serves any older version.)"""
+    localkube.compact_etcd(local_clusters[0])
     with pytest.raises(errors.KubeError) as gone:
-        await cluster.watch(CM, "default", resource_version="1", on_event=lambda _: None)
+        await cluster.watch(EVENT, "default", resource_version="1", on_event=lambda _: None)
     assert gone.value.status == 410
 
 
