@@ -20,7 +20,7 @@ from google.protobuf import json_format, timestamp_pb2
 
 from fleetops.hub import cli_admin
 from fleetops.hub.cli_output import plain
-from fleetops.hub.cli_rollout import span
+from fleetops.proto.rollouttext import span
 from fleetops.proto.v1 import fleet_pb2, fleet_pb2_grpc
 
 CELL_MOST = 44  # characters of a message its table cell shows (the rest is in the notes)

@@ -17,20 +17,11 @@ from google.protobuf import json_format
 
 from fleetops.hub import cli_admin
 from fleetops.hub.cli_output import plain
+from fleetops.proto import rollouttext
 from fleetops.proto.v1 import fleet_pb2
 
 ACTIONS = ("pause", "resume", "promote", "abort", "retry")
 SUBJECT_MOST = 60  # characters of a commit subject the header line shows
-
-
-def span(seconds: float) -> str:
-    """A duration the way hub.yaml writes them: 45s, 4m12s, 1h05m."""
-    s = int(round(seconds))
-    if s >= 3600:
-        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
-    if s >= 60:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s}s"
 
 
 def short(revision: str) -> str:
@@ -45,36 +36,8 @@ def header(r: fleet_pb2.Rollout) -> str:
     if len(subject) > SUBJECT_MOST:
         subject = subject[: SUBJECT_MOST - 1] + "…"
     words = f' "{subject}"' if subject else ""
-    if r.steps and 0 <= r.step < len(r.steps):
-        where = f", step {r.step + 1}/{len(r.steps)} {r.steps[r.step].name}"
-    elif r.steps:
-        where = f", all {len(r.steps)} steps passed"
-    else:
-        where = ""
-    line = f"{r.app}  {short(r.revision)}{words} {r.phase}{where}"
+    line = f"{r.app}  {short(r.revision)}{words} {rollouttext.where(r)}"
     return line + (f": {r.reason}" if r.reason else "")
-
-
-def reading(g: fleet_pb2.RolloutGateReading) -> str:
-    """`error-rate 0.003 (< 0.01) pass`; the gate's own message when it did not pass."""
-    out = g.name
-    if g.has_value:
-        out += f" {g.value:.4g}"
-    if g.threshold:
-        out += f" ({g.threshold})"
-    out += f" {g.verdict}" if g.verdict else " not measured yet"
-    if g.failures and g.failure_limit:
-        out += f" {g.failures}/{g.failure_limit} failures"
-    if g.verdict and g.verdict != "pass" and g.message:
-        out += f": {g.message}"
-    return out
-
-
-def cluster_state(c: fleet_pb2.RolloutCluster) -> str:
-    """`Baking 4m12s left`, else the phase as the hub names it."""
-    if c.phase == "Baking" and c.bake_left_seconds > 0:
-        return f"Baking {span(c.bake_left_seconds)} left"
-    return c.phase or "-"
 
 
 def _table(rows: Sequence[Sequence[str]], indent: str) -> list[str]:
@@ -111,7 +74,7 @@ def text_lines(r: fleet_pb2.Rollout) -> list[str]:
                 f"{s.passed}/{s.clusters}",
                 str(s.failed),
                 str(s.deferred),
-                span(s.bake_seconds) if s.bake_seconds else "-",
+                rollouttext.span(s.bake_seconds) if s.bake_seconds else "-",
                 ", ".join(["health", *s.gates]),
             )
         )
@@ -129,8 +92,8 @@ def text_lines(r: fleet_pb2.Rollout) -> list[str]:
         rows = [
             (
                 c.cluster,
-                cluster_state(c),
-                "; ".join(reading(g) for g in c.gates) or "-",
+                rollouttext.cluster_state(c),
+                "; ".join(rollouttext.gate_reading(g) for g in c.gates) or "-",
                 c.reason,
             )
             for c in members

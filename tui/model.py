@@ -11,6 +11,7 @@ import dataclasses
 import time
 from collections.abc import Iterable
 
+from fleetops.proto import rollouttext
 from fleetops.proto.v1 import fleet_pb2, types_pb2
 
 SYNC: dict[int, str] = {
@@ -207,16 +208,6 @@ def gate(
 # -- an app's rollout (fleet_pb2.Rollout), as the rollout screen shows it
 
 
-def span(seconds: float) -> str:
-    """A duration the way hub.yaml writes them: 45s, 4m12s, 1h05m."""
-    s = int(round(seconds))
-    if s >= 3600:
-        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
-    if s >= 60:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s}s"
-
-
 ROLLOUT_LEVEL = {
     "Passed": OK,
     "Succeeded": OK,
@@ -240,35 +231,14 @@ def rollout_level(phase: str) -> int | None:
 
 def rollout_cluster_state(c: fleet_pb2.RolloutCluster) -> str:
     """`Baking 4m12s left`, else the phase as the hub names it."""
-    if c.phase == "Baking" and c.bake_left_seconds > 0:
-        return f"Baking {span(c.bake_left_seconds)} left"
-    return c.phase or UNKNOWN
-
-
-def gate_reading(g: fleet_pb2.RolloutGateReading) -> str:
-    """`error-rate 0.003 (< 0.01) pass`; the gate's own message when it did not pass."""
-    out = g.name
-    if g.has_value:
-        out += f" {g.value:.4g}"
-    if g.threshold:
-        out += f" ({g.threshold})"
-    out += f" {g.verdict}" if g.verdict else " not measured yet"
-    if g.failures and g.failure_limit:
-        out += f" {g.failures}/{g.failure_limit} failures"
-    if g.verdict and g.verdict != "pass" and g.message:
-        out += f": {g.message}"
-    return out
+    return rollouttext.cluster_state(c, unknown=UNKNOWN)
 
 
 def rollout_where(r: fleet_pb2.Rollout) -> str:
     """`Running, step 2/3 prod-eu`, or `Succeeded, all 3 steps passed`."""
     if not r.revision:
         return "no rollout yet: it starts with the next commit"
-    if r.steps and 0 <= r.step < len(r.steps):
-        return f"{r.phase}, step {r.step + 1}/{len(r.steps)} {r.steps[r.step].name}"
-    if r.steps:
-        return f"{r.phase}, all {len(r.steps)} steps passed"
-    return r.phase
+    return rollouttext.where(r)
 
 
 @dataclasses.dataclass

@@ -16,6 +16,7 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Static
 
+from fleetops.proto import rollouttext
 from fleetops.proto.v1 import fleet_pb2, types_pb2
 from fleetops.tui import app as tui_app
 from fleetops.tui import client as tui_client
@@ -66,16 +67,16 @@ def test_cluster_states_and_gate_readings_read_as_the_operator_needs() -> None:
     passed = fleet_pb2.RolloutGateReading(
         name="error-rate", verdict="pass", value=0.003, has_value=True, threshold="< 0.01"
     )
-    assert model.gate_reading(passed) == "error-rate 0.003 (< 0.01) pass"
+    assert rollouttext.gate_reading(passed) == "error-rate 0.003 (< 0.01) pass"
     failing = fleet_pb2.RolloutGateReading(
         name="error-rate", verdict="fail", value=0.1, has_value=True, threshold="< 0.01",
         failures=1, failure_limit=2, message="error-rate = 0.1 (passes when < 0.01)",
     )  # fmt: skip
-    assert model.gate_reading(failing) == (
+    assert rollouttext.gate_reading(failing) == (
         "error-rate 0.1 (< 0.01) fail 1/2 failures: error-rate = 0.1 (passes when < 0.01)"
     )
     unmeasured = fleet_pb2.RolloutGateReading(name="smoke", threshold="2xx")
-    assert model.gate_reading(unmeasured) == "smoke (2xx) not measured yet"
+    assert rollouttext.gate_reading(unmeasured) == "smoke (2xx) not measured yet"
 
 
 # -- against a real hub

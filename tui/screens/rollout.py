@@ -20,6 +20,7 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Header, Static
 from textual.worker import Worker, WorkerCancelled, WorkerFailed
 
+from fleetops.proto import rollouttext
 from fleetops.proto.v1 import fleet_pb2
 from fleetops.tui import model, text
 from fleetops.tui.screens import base, confirm
@@ -159,7 +160,7 @@ class RolloutScreen(base.FleetScreen):
                 text.plain(str(s.failed), "bold red" if s.failed else ""),
                 text.plain(str(s.deferred), "dark_orange" if s.deferred else ""),
                 text.plain(str(s.max_parallel)),
-                text.plain(model.span(s.bake_seconds) if s.bake_seconds else "-"),
+                text.plain(rollouttext.span(s.bake_seconds) if s.bake_seconds else "-"),
                 text.plain(", ".join(["health", *s.gates])),
                 key=s.name,
             )
@@ -177,7 +178,7 @@ class RolloutScreen(base.FleetScreen):
                 text.plain(step if step != shown else "", "bold"),
                 text.plain(c.cluster),
                 text.plain(model.rollout_cluster_state(c), _style(c.phase)),
-                text.plain("; ".join(model.gate_reading(g) for g in c.gates) or "-"),
+                text.plain("; ".join(rollouttext.gate_reading(g) for g in c.gates) or "-"),
                 text.plain(c.reason),
                 key=c.cluster,
             )
