@@ -7,7 +7,6 @@ there are; a read-only token reads but may not scan."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import pathlib
 from typing import Any
@@ -18,7 +17,7 @@ from fleetops.hub import cli, cli_images
 from fleetops.proto.v1 import fleet_pb2
 from tests.support import fleet, hubproc, wait
 from tests.support import registry as registrypush
-from tests.support.imagefleet import BOT, app_repo, hub_config, push
+from tests.support.imagefleet import BOT, app_repo, docker_config, hub_config, push
 
 PASSWORD = "s3cret-pw"
 
@@ -113,8 +112,7 @@ async def test_a_wrong_registry_password_shows_its_error_in_full_and_never_the_p
     with registrypush.registry_server(tmp_path / "reg", auth=f"fleet:{PASSWORD}") as server:
         push(server, "1.0.0", auth=f"fleet:{PASSWORD}")
         creds = tmp_path / "regcred.json"
-        wrong = base64.b64encode(b"fleet:wrong-pw-123").decode()
-        creds.write_text(json.dumps({"auths": {server.host: {"auth": wrong}}}))
+        wrong = docker_config(creds, server.host, user="fleet", password="wrong-pw-123")
         _, cfg = setup(tmp_path, server.host, auth={"dockerConfigFile": str(creds)})
         async with hubproc.running(tmp_path / "hub", cfg) as proc:
             error = await wait.until(

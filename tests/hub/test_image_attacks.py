@@ -6,10 +6,8 @@ not change; its reason names the bug."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import http.server
-import json
 import os
 import pathlib
 import socket
@@ -33,7 +31,16 @@ from fleetops.hub import (
 from fleetops.proto.v1 import fleet_pb2, fleet_pb2_grpc
 from tests.support import fakeregistry, fleet, hubproc, wait
 from tests.support import registry as registrypush
-from tests.support.imagefleet import app_repo, deploy_yaml, hub_config, log, push, rolling, status
+from tests.support.imagefleet import (
+    app_repo,
+    deploy_yaml,
+    docker_config,
+    hub_config,
+    log,
+    push,
+    rolling,
+    status,
+)
 
 
 @contextlib.asynccontextmanager
@@ -72,9 +79,8 @@ async def test_credentials_never_reach_the_token_realm_of_a_host_the_registry_re
         ) as elsewhere,
         fakeregistry.fake_registry(tags={"a/b": ["1.0.0"]}, redirect_to=elsewhere.url) as own,
     ):
-        token = base64.b64encode(f"robot:{secret}".encode()).decode()
         creds = tmp_path / "config.json"
-        creds.write_text(json.dumps({"auths": {own.host: {"auth": token}}}))
+        token = docker_config(creds, own.host, user="robot", password=secret)
         auth = registry.Auth.from_docker_config(creds, registry=own.host)
         image = registry.parse_image(f"{own.host}/a/b")
         with pytest.raises(registry.RegistryError) as caught:
@@ -529,8 +535,7 @@ async def test_a_bad_commit_under_image_commits_never_walks_git_down_every_tag(
     the next scan, as Flux does: abort the rollout to reject a tag.)"""
     push(reg, "1.0.0", "1.1.0")
     repo = app_repo(tmp_path, reg.host)
-    cfg = hub_config(repo, reg.host)
-    cfg["apps"][0]["rollout"] = {"steps": [{"name": "canary", "clusters": ["c1"], "bake": "1h"}]}
+    cfg = hub_config(repo, reg.host, canary=True)
     async with hubproc.running(tmp_path / "hub", cfg) as proc:
         await proc.agent("c1")
         await wait.until("commit of 1.1.0", lambda: len(log(repo)) == 2)
@@ -566,8 +571,7 @@ async def test_renaming_a_policy_keeps_the_tags_its_rollouts_rejected(
 ) -> None:
     push(reg, "1.0.0", "1.1.0")
     repo = app_repo(tmp_path, reg.host)
-    cfg = hub_config(repo, reg.host)
-    cfg["apps"][0]["rollout"] = {"steps": [{"name": "canary", "clusters": ["c1"], "bake": "1h"}]}
+    cfg = hub_config(repo, reg.host, canary=True)
     async with hubproc.running(tmp_path / "hub", cfg) as proc:
         await proc.agent("c1")
         await wait.until("commit of 1.1.0", lambda: len(log(repo)) == 2)

@@ -7,13 +7,19 @@ the commits out to real clusters)."""
 
 from __future__ import annotations
 
-import base64
-import json
 import pathlib
 
 from tests.support import fleet, hubproc, wait
 from tests.support import registry as registrypush
-from tests.support.imagefleet import app_repo, deploy_yaml, hub_config, push, rolling, status
+from tests.support.imagefleet import (
+    app_repo,
+    deploy_yaml,
+    docker_config,
+    hub_config,
+    push,
+    rolling,
+    status,
+)
 from tests.support.imagefleet import log as imagefleet_log
 
 README = "image: {host}/team/web:1.0.0 # not under apps/, never touched\n"
@@ -120,8 +126,7 @@ async def test_an_aborted_rollout_rejects_its_tag_and_git_goes_back_to_the_last_
 ) -> None:
     push(reg, "1.0.0", "1.1.0")
     repo = app_repo(tmp_path, reg.host)
-    cfg = hub_config(repo, reg.host)
-    cfg["apps"][0]["rollout"] = {"steps": [{"name": "canary", "clusters": ["c1"], "bake": "1h"}]}
+    cfg = hub_config(repo, reg.host, canary=True)
     async with hubproc.running(tmp_path / "hub", cfg) as proc:
         await proc.agent("c1")  # registered: the rollout has a cluster to wait for
         await wait.until("commit of 1.1.0", lambda: len(log(repo)) == 2)
@@ -155,12 +160,7 @@ async def test_htpasswd_auth_and_a_wrong_password_is_a_clear_per_repository_erro
     with registrypush.registry_server(tmp_path / "reg", auth="fleet:s3cret-pw") as server:
         push(server, "1.0.0", "1.4.0", auth="fleet:s3cret-pw")
         creds = tmp_path / "regcred.json"
-
-        def write_creds(password: str) -> None:
-            token = base64.b64encode(f"fleet:{password}".encode()).decode()
-            creds.write_text(json.dumps({"auths": {server.host: {"auth": token}}}))
-
-        write_creds("wrong-pw-123")
+        docker_config(creds, server.host, user="fleet", password="wrong-pw-123")
         repo = app_repo(tmp_path, server.host)
         cfg = hub_config(repo, server.host, auth={"dockerConfigFile": str(creds)})
         async with hubproc.running(tmp_path / "hub", cfg) as proc:
@@ -173,7 +173,7 @@ async def test_htpasswd_auth_and_a_wrong_password_is_a_clear_per_repository_erro
             history = await proc.hub.history(app="", cluster="", limit=20)
             assert any(e.kind == "image-scan-failed" for e in history)
             # the operator fixes the file: the next scan reads it again and commits
-            write_creds("s3cret-pw")
+            docker_config(creds, server.host, user="fleet", password="s3cret-pw")
             proc.hub.scan_images("web")
             await wait.until("the image commit", lambda: len(log(repo)) == 2)
             assert status(proc).repositories[0].error == ""

@@ -5,6 +5,8 @@ and the image rollout benchmark both use. Plain functions and one pytest fixture
 
 from __future__ import annotations
 
+import base64
+import json
 import pathlib
 import subprocess
 from collections.abc import Iterable, Iterator
@@ -19,30 +21,11 @@ from tests.support import registry as registrypush
 
 BOT = {"name": "fleetops-bot", "email": "bot@example.com"}
 MARKER = '# {"$imagepolicy": "flux-system:web-stable"}'
-DEPLOY = """\
-apiVersion: apps/v1
+DEPLOYMENT = """\
+{top}apiVersion: apps/v1
 kind: Deployment
 metadata:
-  name: web  # the web tier
-spec:
-  replicas: 1
-  selector: {{matchLabels: {{app: web}}}}
-  template:
-    metadata: {{labels: {{app: web}}}}
-    spec:
-      containers:
-        - name: web
-          image: {host}/team/web:1.0.0 {marker}
-        - name: side
-          image: {host}/team/side:2.0.0
-"""
-# what runs on real clusters: one container, so the pod can start
-CLUSTER_DEPLOYMENT = """\
-# the web tier; fleetops-bot keeps its image current
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: web
+  name: web{note}
 spec:
   replicas: 1
   selector: {{matchLabels: {{app: web}}}}
@@ -52,19 +35,23 @@ spec:
       containers:
         - name: web
           image: {image} {marker}
-          ports: [{{containerPort: 8080}}]
-"""
+{more}"""
 STABLE = {"semver": {"range": ">=1.0.0 <2.0.0"}}
 
 
 def deploy_yaml(host: str) -> str:
     """apps/web/deploy.yaml: team/web at 1.0.0 under the web-stable marker, team/side unmarked."""
-    return DEPLOY.format(host=host, marker=MARKER)
+    side = f"        - name: side\n          image: {host}/team/side:2.0.0\n"
+    image = f"{host}/team/web:1.0.0"
+    return DEPLOYMENT.format(top="", note="  # the web tier", image=image, marker=MARKER, more=side)
 
 
 def cluster_deployment(image: str) -> str:
-    """A Deployment of `image` (with its tag) under the web-stable marker, for real clusters."""
-    return CLUSTER_DEPLOYMENT.format(image=image, marker=MARKER)
+    """A Deployment of `image` (with its tag) under the web-stable marker, for real clusters:
+    one container, so the pod can start."""
+    top = "# the web tier; fleetops-bot keeps its image current\n"
+    ports = "          ports: [{containerPort: 8080}]\n"
+    return DEPLOYMENT.format(top=top, note="", image=image, marker=MARKER, more=ports)
 
 
 @pytest.fixture
@@ -78,6 +65,13 @@ def push(server: chartrepo.OciRegistry, *tags: str, auth: str = "") -> None:
     """Push team/web at each of `tags`."""
     for tag in tags:
         registrypush.push_image(f"http://{server.host}", "team/web", tag, auth=auth)
+
+
+def docker_config(path: pathlib.Path, host: str, *, user: str, password: str) -> str:
+    """Write a Docker config.json at `path` with `user`:`password` for `host`; its auth token."""
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    path.write_text(json.dumps({"auths": {host: {"auth": token}}}))
+    return token
 
 
 def app_repo(root: pathlib.Path, host: str, *, also: dict[str, str] | None = None) -> fleet.Repo:
@@ -125,10 +119,16 @@ def hub_config(
     *,
     policy: dict[str, Any] | None = None,
     commit: dict[str, Any] | None = None,
+    canary: bool = False,
     **repository: Any,
 ) -> dict[str, Any]:
-    """hubproc's hub.yaml for app web (apps/web of `repo`) with image_config's lists."""
+    """hubproc's hub.yaml for app web (apps/web of `repo`) with image_config's lists; with
+    `canary`, web rolls out to c1 first and bakes there an hour (a rollout that stays open)."""
     cfg = hubproc.hub_yaml(repo.url, {"web": "apps/web"})
+    if canary:
+        cfg["apps"][0]["rollout"] = {
+            "steps": [{"name": "canary", "clusters": ["c1"], "bake": "1h"}]
+        }
     cfg.update(image_config(host, policy=policy, commit=commit, **repository))
     return cfg
 
