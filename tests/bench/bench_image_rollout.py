@@ -31,7 +31,6 @@ import pathlib
 import random
 import re
 import statistics
-import subprocess
 import tempfile
 import threading
 import time
@@ -43,27 +42,11 @@ import yaml
 
 from fleetops.proto.v1 import fleet_pb2
 from tests import localkube
-from tests.support import deployimages, fleet, wait
+from tests.support import deployimages, fleet, imagefleet, wait
 from tests.support import registry as registrypush
 
 NAMES = ["c1", "c2", "c3"]
 APP = f"imgbench-{uuid.uuid4().hex[:6]}"  # its namespace too, on clusters maybe shared
-MARKER = '# {"$imagepolicy": "flux-system:web-stable"}'
-DEPLOYMENT = """\
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: web
-spec:
-  replicas: 1
-  selector: {{matchLabels: {{app: web}}}}
-  template:
-    metadata: {{labels: {{app: web}}}}
-    spec:
-      containers:
-        - name: web
-          image: {image} {marker}
-"""
 HEAD_LINE = re.compile(r"^(\S+ \S+) INFO repo platform: new revision ([0-9a-f]{8})", re.M)
 
 
@@ -81,13 +64,10 @@ def hub_yaml(repo: fleet.Repo, host: str, *, interval: float, bake: float) -> di
                 {"name": "prod", "clusterSelector": {"matchLabels": {"role": "prod"}}},
             ], "progressDeadline": "120s"},
         }],
-        "imageRepositories": [{"name": "web", "image": f"{host}/team/web",
-                               "interval": f"{interval:g}s"}],
-        "imagePolicies": [{"name": "web-stable", "repository": "web",
-                           "policy": {"semver": {"range": ">=1.0.0"}}}],
-        "imageUpdates": [{"name": "bench", "repo": "platform", "paths": ["apps/"],
-                          "commit": {"author": {"name": "fleetops-bot",
-                                                "email": "bot@example.com"}}}],
+        **imagefleet.image_config(
+            host, interval=f"{interval:g}s", policy={"policy": {"semver": {"range": ">=1.0.0"}}},
+            commit={"author": imagefleet.BOT}, update="bench",
+        ),
     }  # fmt: skip
 
 
@@ -177,10 +157,9 @@ def run(ns: argparse.Namespace, root: pathlib.Path) -> list[str]:
         registrypush.registry_server(root / "registry") as reg,
     ):
         image = f"{reg.host}/team/web"
-        registrypush.push_image(f"http://{reg.host}", "team/web", "1.0.0")
+        imagefleet.push(reg, "1.0.0")
         repo = fleet.Repo.create(root / "git")
-        repo.write("apps/web/deployment.yaml", DEPLOYMENT.format(image=f"{image}:1.0.0",
-                                                                 marker=MARKER))  # fmt: skip
+        repo.write("apps/web/deployment.yaml", imagefleet.cluster_deployment(f"{image}:1.0.0"))
         first = repo.commit("web 1.0.0")
         cfg = root / "hub.yaml"
         cfg.write_text(yaml.safe_dump(hub_yaml(repo, reg.host, interval=ns.interval, bake=ns.bake)))
@@ -193,12 +172,16 @@ def run(ns: argparse.Namespace, root: pathlib.Path) -> list[str]:
             ):
                 hub = fleet.start_hub(cfg, root / "hub")
                 procs.append(hub.process)
-                client = hub.fleet()
-                for name in NAMES:
-                    kc = localkube.LocalCluster(name, kubeconfigs[name])
-                    procs.append(
-                        fleet.start_agent(hub, client.token(name), kc, root / f"agent-{name}")
+                agents: dict[str, fleet.Process] = {}
+                try:
+                    imagefleet.start_agents(
+                        hub,
+                        [localkube.LocalCluster(n, kubeconfigs[n]) for n in NAMES],
+                        root,
+                        into=agents,
                     )
+                finally:
+                    procs.extend(agents.values())
 
                 def settled(rev: str) -> bool:
                     return rollout_phase(hub) == (rev, "Succeeded")
@@ -212,7 +195,7 @@ def run(ns: argparse.Namespace, root: pathlib.Path) -> list[str]:
                     # a push lands at any phase of the scan timer, not just after a rollout
                     # ended: this sleep is the sampling, not a wait for a state
                     time.sleep(rng.uniform(0, ns.interval))
-                    registrypush.push_image(f"http://{reg.host}", "team/web", tag)
+                    imagefleet.push(reg, tag)
                     pushed = time.time()
                     ready = wait.until_sync(
                         f"c1 running {tag}",
@@ -233,12 +216,7 @@ def run(ns: argparse.Namespace, root: pathlib.Path) -> list[str]:
         finally:
             for p in procs:
                 p.stop()
-            for kubeconfig in kubeconfigs.values():
-                subprocess.run(
-                    [localkube.binary("kubectl"), f"--kubeconfig={kubeconfig}", "delete",
-                     "namespace", APP, "--wait=false", "--ignore-not-found"],
-                    capture_output=True, check=False,
-                )  # fmt: skip
+            imagefleet.delete_namespace(kubeconfigs.values(), APP)
     return summary(rounds, interval=ns.interval)
 
 

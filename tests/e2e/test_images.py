@@ -28,32 +28,13 @@ import yaml
 
 from fleetops.proto.v1 import fleet_pb2
 from tests import localkube
-from tests.support import chartrepo, deployimages, fleet, wait
+from tests.support import chartrepo, deployimages, fleet, imagefleet, wait
 from tests.support import registry as registrypush
 
 pytestmark = pytest.mark.cluster
 ROLES = {"c1": "canary", "c2": "prod", "c3": "prod"}
 BAKE = 3  # seconds the canary bakes Healthy before prod is given the revision
 SCAN = 2  # seconds between two scans of the registry
-BOT = {"name": "fleetops-bot", "email": "bot@example.com"}
-MARKER = '# {"$imagepolicy": "flux-system:web-stable"}'
-DEPLOYMENT = """\
-# the web tier; fleetops-bot keeps its image current
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: web
-spec:
-  replicas: 1
-  selector: {{matchLabels: {{app: web}}}}
-  template:
-    metadata: {{labels: {{app: web}}}}
-    spec:
-      containers:
-        - name: web
-          image: {host}/team/web:1.0.0 {marker}
-          ports: [{{containerPort: 8080}}]
-"""
 T = TypeVar("T")
 
 
@@ -71,8 +52,7 @@ class World:
         return f"{self.registry.host}/team/web:{tag}"
 
     def push(self, *tags: str) -> None:
-        for tag in tags:
-            registrypush.push_image(f"http://{self.registry.host}", "team/web", tag)
+        imagefleet.push(self.registry, *tags)
 
     def commits(self) -> list[tuple[str, str, str]]:
         """(sha, 'author <email>', subject) of the branch the hub follows, newest first."""
@@ -152,8 +132,8 @@ class World:
         assert author == "fleetops-bot <bot@example.com>", got[0]
         assert subject == f"images: {path}: {self.image(old)} -> {self.image(new)}", subject
         assert self.changed_lines(got[1][0], sha) == [
-            f"-          image: {self.image(old)} {MARKER}",
-            f"+          image: {self.image(new)} {MARKER}",
+            f"-          image: {self.image(old)} {imagefleet.MARKER}",
+            f"+          image: {self.image(new)} {imagefleet.MARKER}",
         ]
         return sha
 
@@ -207,17 +187,7 @@ def hub_config(repo: fleet.Repo, app: str, host: str) -> dict[str, Any]:
                 },
             }
         ],
-        "imageRepositories": [
-            {"name": "web", "image": f"{host}/team/web", "interval": f"{SCAN}s"}
-        ],
-        "imagePolicies": [
-            {"name": "web-stable", "repository": "web",
-             "policy": {"semver": {"range": ">=1.0.0 <2.0.0"}}}
-        ],
-        "imageUpdates": [
-            {"name": "platform-images", "repo": "platform", "paths": ["apps/"],
-             "commit": {"author": BOT, "message": "images: {changes}"}}
-        ],
+        **imagefleet.image_config(host, interval=f"{SCAN}s"),
     }  # fmt: skip
 
 
@@ -231,10 +201,10 @@ def world(
     agents: dict[str, fleet.Process] = {}
     with registrypush.registry_server(root / "registry") as reg:
         # all four are there before the hub's first scan: one scan sees them together
-        for tag in ("1.0.0", "1.1.0", "1.10.0", "1.2.0-rc.1"):
-            registrypush.push_image(f"http://{reg.host}", "team/web", tag)
+        imagefleet.push(reg, "1.0.0", "1.1.0", "1.10.0", "1.2.0-rc.1")
         repo = fleet.Repo.create(root / "git")
-        repo.write("apps/web/deployment.yaml", DEPLOYMENT.format(host=reg.host, marker=MARKER))
+        deployment = imagefleet.cluster_deployment(f"{reg.host}/team/web:1.0.0")
+        repo.write("apps/web/deployment.yaml", deployment)
         first = repo.commit("web 1.0.0")
         config = root / "hub.yaml"
         config.write_text(yaml.safe_dump(hub_config(repo, app, reg.host), sort_keys=False))
@@ -242,22 +212,13 @@ def world(
         with deployimages.DeploymentImages(kubeconfigs, namespace=app, name="web") as seen:
             hub = fleet.start_hub(config, root / "hub-data")
             try:
-                client = hub.fleet()
-                for name in ROLES:
-                    agents[name] = fleet.start_agent(
-                        hub, client.token(name), clusters[name], root / f"agent-{name}"
-                    )
+                imagefleet.start_agents(hub, [clusters[c] for c in ROLES], root, into=agents)
                 yield World(repo, hub, agents, app, reg, seen, first)
             finally:
                 for p in agents.values():
                     p.stop()
                 hub.process.stop()
-                for lc in clusters.values():
-                    subprocess.run(
-                        [localkube.binary("kubectl"), f"--kubeconfig={lc.kubeconfig}", "delete",
-                         "namespace", app, "--wait=false", "--ignore-not-found"],
-                        capture_output=True, check=False,
-                    )  # fmt: skip
+                imagefleet.delete_namespace([c.kubeconfig for c in clusters.values()], app)
 
 
 def test_the_newest_stable_tag_is_committed_once_and_rolls_out_canary_first(

@@ -7,10 +7,8 @@ there are; a read-only token reads but may not scan."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import pathlib
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,52 +17,15 @@ from fleetops.hub import cli, cli_images
 from fleetops.proto.v1 import fleet_pb2
 from tests.support import fleet, hubproc, wait
 from tests.support import registry as registrypush
+from tests.support.imagefleet import BOT, app_repo, docker_config, hub_config, push
 
-DEPLOY = """\
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: web}}
-spec:
-  selector: {{matchLabels: {{app: web}}}}
-  template:
-    metadata: {{labels: {{app: web}}}}
-    spec:
-      containers:
-        - name: web
-          image: {host}/team/web:1.0.0 # {{"$imagepolicy": "flux-system:web-stable"}}
-"""
 PASSWORD = "s3cret-pw"
-
-
-@pytest.fixture
-def reg(tmp_path: pathlib.Path) -> Iterator[registrypush.OciRegistry]:
-    with registrypush.registry_server(tmp_path / "reg") as server:
-        yield server
-
-
-def push(server: registrypush.OciRegistry, *tags: str, auth: str = "") -> None:
-    for tag in tags:
-        registrypush.push_image(f"http://{server.host}", "team/web", tag, auth=auth)
 
 
 def setup(root: pathlib.Path, host: str, **repository: Any) -> tuple[fleet.Repo, dict[str, Any]]:
     """A Git repo with one marked image line, and a hub.yaml that keeps it on the newest 1.x."""
-    repo = fleet.Repo.create(root / "git")
-    repo.write("apps/web/deploy.yaml", DEPLOY.format(host=host))
-    repo.commit("web 1.0.0")
-    cfg = hubproc.hub_yaml(repo.url, {"web": "apps/web"})
-    cfg["imageRepositories"] = [
-        {"name": "web", "image": f"{host}/team/web", "interval": "1h", **repository}
-    ]
-    cfg["imagePolicies"] = [
-        {"name": "web-stable", "repository": "web",
-         "policy": {"semver": {"range": ">=1.0.0 <2.0.0"}}}
-    ]  # fmt: skip
-    cfg["imageUpdates"] = [
-        {"name": "platform-images", "repo": "platform", "paths": ["apps/"],
-         "commit": {"author": {"name": "fleetops-bot", "email": "bot@example.com"}}}
-    ]  # fmt: skip
-    return repo, cfg
+    repo = app_repo(root, host)
+    return repo, hub_config(repo, host, commit={"author": BOT}, **repository)
 
 
 async def images_cli(
@@ -151,8 +112,7 @@ async def test_a_wrong_registry_password_shows_its_error_in_full_and_never_the_p
     with registrypush.registry_server(tmp_path / "reg", auth=f"fleet:{PASSWORD}") as server:
         push(server, "1.0.0", auth=f"fleet:{PASSWORD}")
         creds = tmp_path / "regcred.json"
-        wrong = base64.b64encode(b"fleet:wrong-pw-123").decode()
-        creds.write_text(json.dumps({"auths": {server.host: {"auth": wrong}}}))
+        wrong = docker_config(creds, server.host, user="fleet", password="wrong-pw-123")
         _, cfg = setup(tmp_path, server.host, auth={"dockerConfigFile": str(creds)})
         async with hubproc.running(tmp_path / "hub", cfg) as proc:
             error = await wait.until(

@@ -6,17 +6,14 @@ not change; its reason names the bug."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import http.server
-import json
 import os
 import pathlib
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -28,81 +25,22 @@ from fleetops.hub import (
     imagechoice,
     imagecommit,
     imagemarkers,
-    imagestatus,
     registry,
     registryspec,
 )
 from fleetops.proto.v1 import fleet_pb2, fleet_pb2_grpc
 from tests.support import fakeregistry, fleet, hubproc, wait
 from tests.support import registry as registrypush
-
-BOT = {"name": "fleetops-bot", "email": "bot@example.com"}
-MARKER = '# {"$imagepolicy": "flux-system:web-stable"}'
-DEPLOY = """\
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: web
-spec:
-  template:
-    spec:
-      containers:
-        - name: web
-          image: {host}/team/web:1.0.0 {marker}
-"""
-
-
-@pytest.fixture
-def reg(tmp_path: pathlib.Path) -> Iterator[registrypush.OciRegistry]:
-    with registrypush.registry_server(tmp_path / "reg") as server:
-        yield server
-
-
-def push(server: registrypush.OciRegistry, *tags: str) -> None:
-    for tag in tags:
-        registrypush.push_image(f"http://{server.host}", "team/web", tag)
-
-
-def app_repo(root: pathlib.Path, host: str) -> fleet.Repo:
-    repo = fleet.Repo.create(root / "git")
-    repo.write("apps/web/deploy.yaml", DEPLOY.format(host=host, marker=MARKER))
-    repo.commit("web 1.0.0")
-    return repo
-
-
-def hub_config(
-    repo: fleet.Repo, host: str, *, policy: dict[str, Any] | None = None, **repository: Any
-) -> dict[str, Any]:
-    cfg = hubproc.hub_yaml(repo.url, {"web": "apps/web"})
-    cfg["imageRepositories"] = [
-        {"name": "web", "image": f"{host}/team/web", "interval": "1h", **repository}
-    ]
-    cfg["imagePolicies"] = [
-        {
-            "name": "web-stable",
-            "repository": "web",
-            **(policy or {"policy": {"semver": {"range": ">=1.0.0 <2.0.0"}}}),
-        }
-    ]
-    cfg["imageUpdates"] = [
-        {"name": "platform-images", "repo": "platform", "paths": ["apps/"],
-         "commit": {"author": BOT, "message": "images: {changes}"}}
-    ]  # fmt: skip
-    return cfg
-
-
-def log(repo: fleet.Repo, branch: str = "main") -> list[str]:
-    fleet.git(repo.work, "fetch", "-q", "origin")
-    return fleet.git(repo.work, "log", "--format=%H %s", f"origin/{branch}").splitlines()
-
-
-def status(proc: hubproc.HubProc) -> imagestatus.Status:
-    return proc.hub.image_status()
-
-
-def _rolling(proc: hubproc.HubProc) -> str:
-    (got,) = proc.hub.rollout_status(app="web")
-    return got.revision
+from tests.support.imagefleet import (
+    app_repo,
+    deploy_yaml,
+    docker_config,
+    hub_config,
+    log,
+    push,
+    rolling,
+    status,
+)
 
 
 @contextlib.asynccontextmanager
@@ -141,9 +79,8 @@ async def test_credentials_never_reach_the_token_realm_of_a_host_the_registry_re
         ) as elsewhere,
         fakeregistry.fake_registry(tags={"a/b": ["1.0.0"]}, redirect_to=elsewhere.url) as own,
     ):
-        token = base64.b64encode(f"robot:{secret}".encode()).decode()
         creds = tmp_path / "config.json"
-        creds.write_text(json.dumps({"auths": {own.host: {"auth": token}}}))
+        token = docker_config(creds, own.host, user="robot", password=secret)
         auth = registry.Auth.from_docker_config(creds, registry=own.host)
         image = registry.parse_image(f"{own.host}/a/b")
         with pytest.raises(registry.RegistryError) as caught:
@@ -413,7 +350,7 @@ async def test_a_file_name_with_terminal_escapes_is_shown_plain_in_the_status(
     push(reg, "1.0.0", "1.1.0")
     repo = fleet.Repo.create(tmp_path / "git")
     name = "apps/web/\x1b]2;owned\x07\x1b[2J.yaml"
-    repo.write(name, DEPLOY.format(host=reg.host, marker=MARKER))
+    repo.write(name, deploy_yaml(reg.host))
     repo.commit("web 1.0.0")
     async with hubproc.running(tmp_path / "hub", hub_config(repo, reg.host)) as proc:
         await wait.until("commit of 1.1.0", lambda: status(proc).updates[0].last_changes)
@@ -598,8 +535,7 @@ async def test_a_bad_commit_under_image_commits_never_walks_git_down_every_tag(
     the next scan, as Flux does: abort the rollout to reject a tag.)"""
     push(reg, "1.0.0", "1.1.0")
     repo = app_repo(tmp_path, reg.host)
-    cfg = hub_config(repo, reg.host)
-    cfg["apps"][0]["rollout"] = {"steps": [{"name": "canary", "clusters": ["c1"], "bake": "1h"}]}
+    cfg = hub_config(repo, reg.host, canary=True)
     async with hubproc.running(tmp_path / "hub", cfg) as proc:
         await proc.agent("c1")
         await wait.until("commit of 1.1.0", lambda: len(log(repo)) == 2)
@@ -607,16 +543,16 @@ async def test_a_bad_commit_under_image_commits_never_walks_git_down_every_tag(
         repo.write("apps/web/extra.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
         theirs = repo.commit("a colleague's bad change")
         proc.hub.trigger_fetch("platform")
-        await wait.until("the colleague's rollout", lambda: _rolling(proc) == theirs)
+        await wait.until("the colleague's rollout", lambda: rolling(proc) == theirs)
         await proc.hub.rollout_action(app="web", action="abort", actor="test")
         push(reg, "1.2.0")
         proc.hub.scan_images()
         await wait.until("commit of 1.2.0", lambda: len(log(repo)) == 4)
-        await wait.until("its rollout", lambda: _rolling(proc) == log(repo)[0][:40])
+        await wait.until("its rollout", lambda: rolling(proc) == log(repo)[0][:40])
         await proc.hub.rollout_action(app="web", action="abort", actor="test")
         await wait.until("the commit back to 1.1.0", lambda: len(log(repo)) == 5)
         back = log(repo)[0][:40]
-        await wait.until("its rollout", lambda: _rolling(proc) == back)
+        await wait.until("its rollout", lambda: rolling(proc) == back)
         await proc.hub.rollout_action(app="web", action="abort", actor="test")
         await wait.until(
             "the revert", lambda: "aborted" in proc.hub.rollout_status(app="web")[0].reason
@@ -635,8 +571,7 @@ async def test_renaming_a_policy_keeps_the_tags_its_rollouts_rejected(
 ) -> None:
     push(reg, "1.0.0", "1.1.0")
     repo = app_repo(tmp_path, reg.host)
-    cfg = hub_config(repo, reg.host)
-    cfg["apps"][0]["rollout"] = {"steps": [{"name": "canary", "clusters": ["c1"], "bake": "1h"}]}
+    cfg = hub_config(repo, reg.host, canary=True)
     async with hubproc.running(tmp_path / "hub", cfg) as proc:
         await proc.agent("c1")
         await wait.until("commit of 1.1.0", lambda: len(log(repo)) == 2)
@@ -644,7 +579,7 @@ async def test_renaming_a_policy_keeps_the_tags_its_rollouts_rejected(
         proc.hub.scan_images()
         await wait.until("commit of 1.2.0", lambda: len(log(repo)) == 3)
         bad = log(repo)[0].split()[0]
-        await wait.until("its rollout", lambda: _rolling(proc) == bad)
+        await wait.until("its rollout", lambda: rolling(proc) == bad)
         await proc.hub.rollout_action(app="web", action="abort", actor="test")
         await wait.until("the commit back to 1.1.0", lambda: len(log(repo)) == 4)
         # the operator renames the policy, in hub.yaml and in the marker

@@ -15,20 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import fleet, hubproc, wait
 from tests.support import registry as registrypush
+from tests.support.imagefleet import app_repo, push
 
-DEPLOY = """\
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: web}}
-spec:
-  selector: {{matchLabels: {{app: web}}}}
-  template:
-    metadata: {{labels: {{app: web}}}}
-    spec:
-      containers:
-        - name: web
-          image: {host}/team/web:1.0.0 # {{"$imagepolicy": "flux-system:web-stable"}}
-"""
 Samples = dict[str, dict[tuple[tuple[str, str], ...], float]]
 
 
@@ -50,11 +38,8 @@ def scrape(port: int) -> Samples:
 
 async def test_image_metrics_show_scans_tags_policies_and_updates(tmp_path: pathlib.Path) -> None:
     with registrypush.registry_server(tmp_path / "reg") as reg:
-        for tag in ("1.0.0", "1.1.0", "1.10.0", "2.0.0"):
-            registrypush.push_image(f"http://{reg.host}", "team/web", tag)
-        repo = fleet.Repo.create(tmp_path / "git")
-        repo.write("apps/web/deploy.yaml", DEPLOY.format(host=reg.host))
-        repo.commit("web 1.0.0")
+        push(reg, "1.0.0", "1.1.0", "1.10.0", "2.0.0")
+        repo = app_repo(tmp_path, reg.host)
         cfg = hubproc.hub_yaml(repo.url, {"web": "apps/web"})
         cfg["repos"].append(
             {"name": "gone", "url": f"file://{tmp_path}/no-such-repo.git", "pollInterval": "1h"}

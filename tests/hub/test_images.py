@@ -7,90 +7,33 @@ the commits out to real clusters)."""
 
 from __future__ import annotations
 
-import base64
-import json
 import pathlib
-from collections.abc import Iterator
-from typing import Any
 
-import pytest
-
-from fleetops.hub import imagestatus
 from tests.support import fleet, hubproc, wait
 from tests.support import registry as registrypush
+from tests.support.imagefleet import (
+    app_repo,
+    deploy_yaml,
+    docker_config,
+    hub_config,
+    push,
+    rolling,
+    status,
+)
+from tests.support.imagefleet import log as imagefleet_log
 
-BOT = {"name": "fleetops-bot", "email": "bot@example.com"}
-DEPLOY = """\
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: web  # the web tier
-spec:
-  replicas: 1
-  selector: {{matchLabels: {{app: web}}}}
-  template:
-    metadata: {{labels: {{app: web}}}}
-    spec:
-      containers:
-        - name: web
-          image: {host}/team/web:1.0.0 # {{"$imagepolicy": "flux-system:web-stable"}}
-        - name: side
-          image: {host}/team/side:2.0.0
-"""
-
-
-@pytest.fixture
-def reg(tmp_path: pathlib.Path) -> Iterator[registrypush.OciRegistry]:
-    with registrypush.registry_server(tmp_path / "reg") as server:
-        yield server
-
-
-def push(server: registrypush.OciRegistry, *tags: str, auth: str = "") -> None:
-    for tag in tags:
-        registrypush.push_image(f"http://{server.host}", "team/web", tag, auth=auth)
-
-
-def hub_config(repo: fleet.Repo, host: str, **repository: Any) -> dict[str, Any]:
-    cfg = hubproc.hub_yaml(repo.url, {"web": "apps/web"})
-    cfg["imageRepositories"] = [
-        {"name": "web", "image": f"{host}/team/web", "interval": "1h", **repository}
-    ]
-    cfg["imagePolicies"] = [
-        {
-            "name": "web-stable",
-            "repository": "web",
-            "policy": {"semver": {"range": ">=1.0.0 <2.0.0"}},
-        }
-    ]
-    cfg["imageUpdates"] = [
-        {"name": "platform-images", "repo": "platform", "paths": ["apps/"],
-         "commit": {"author": BOT, "message": "images: {changes}"}}
-    ]  # fmt: skip
-    return cfg
-
-
-def app_repo(root: pathlib.Path, host: str) -> fleet.Repo:
-    repo = fleet.Repo.create(root / "git")
-    repo.write("apps/web/deploy.yaml", DEPLOY.format(host=host))
-    repo.write("README.md", f"image: {host}/team/web:1.0.0 # not under apps/, never touched\n")
-    repo.commit("web 1.0.0")
-    return repo
+README = "image: {host}/team/web:1.0.0 # not under apps/, never touched\n"
 
 
 def log(repo: fleet.Repo) -> list[str]:
-    fleet.git(repo.work, "fetch", "-q", "origin")
-    return fleet.git(repo.work, "log", "--format=%H %an <%ae> %s", "origin/main").splitlines()
-
-
-def status(proc: hubproc.HubProc) -> imagestatus.Status:
-    return proc.hub.image_status()
+    return imagefleet_log(repo, author=True)
 
 
 async def test_the_newest_stable_tag_is_committed_once_and_the_hub_follows_it(
     tmp_path: pathlib.Path, reg: registrypush.OciRegistry
 ) -> None:
     push(reg, "1.0.0", "1.1.0", "1.10.0", "1.2.0-rc.1")
-    repo = app_repo(tmp_path, reg.host)
+    repo = app_repo(tmp_path, reg.host, also={"README.md": README.format(host=reg.host)})
     first = fleet.git(repo.work, "rev-parse", "HEAD")
     async with hubproc.running(tmp_path / "hub", hub_config(repo, reg.host)) as proc:
         await wait.until("an image commit", lambda: len(log(repo)) == 2)
@@ -142,7 +85,7 @@ async def test_two_repositories_found_at_start_make_one_commit(
     side = '# {"$imagepolicy": "flux-system:side-stable"}'
     repo.write(
         "apps/web/deploy.yaml",
-        DEPLOY.format(host=reg.host).replace("side:2.0.0", f"side:2.0.0 {side}"),
+        deploy_yaml(reg.host).replace("side:2.0.0", f"side:2.0.0 {side}"),
     )
     repo.commit("web and side")
     cfg = hub_config(repo, reg.host)
@@ -183,8 +126,7 @@ async def test_an_aborted_rollout_rejects_its_tag_and_git_goes_back_to_the_last_
 ) -> None:
     push(reg, "1.0.0", "1.1.0")
     repo = app_repo(tmp_path, reg.host)
-    cfg = hub_config(repo, reg.host)
-    cfg["apps"][0]["rollout"] = {"steps": [{"name": "canary", "clusters": ["c1"], "bake": "1h"}]}
+    cfg = hub_config(repo, reg.host, canary=True)
     async with hubproc.running(tmp_path / "hub", cfg) as proc:
         await proc.agent("c1")  # registered: the rollout has a cluster to wait for
         await wait.until("commit of 1.1.0", lambda: len(log(repo)) == 2)
@@ -192,7 +134,7 @@ async def test_an_aborted_rollout_rejects_its_tag_and_git_goes_back_to_the_last_
         proc.hub.scan_images()
         await wait.until("commit of 1.2.0", lambda: len(log(repo)) == 3)
         bad = log(repo)[0].split()[0]
-        await wait.until("its rollout", lambda: _rolling(proc) == bad)
+        await wait.until("its rollout", lambda: rolling(proc) == bad)
         await proc.hub.rollout_action(app="web", action="abort", actor="test")
         # 1.2.0 is rejected: the policy proposes 1.1.0 again, and Git says so
         await wait.until("the commit back to 1.1.0", lambda: len(log(repo)) == 4)
@@ -212,23 +154,13 @@ async def test_an_aborted_rollout_rejects_its_tag_and_git_goes_back_to_the_last_
         assert log(repo)[0].endswith("web:1.1.0 -> " + f"{reg.host}/team/web:1.3.0")
 
 
-def _rolling(proc: hubproc.HubProc) -> str:
-    (got,) = proc.hub.rollout_status(app="web")
-    return got.revision
-
-
 async def test_htpasswd_auth_and_a_wrong_password_is_a_clear_per_repository_error(
     tmp_path: pathlib.Path,
 ) -> None:
     with registrypush.registry_server(tmp_path / "reg", auth="fleet:s3cret-pw") as server:
         push(server, "1.0.0", "1.4.0", auth="fleet:s3cret-pw")
         creds = tmp_path / "regcred.json"
-
-        def write_creds(password: str) -> None:
-            token = base64.b64encode(f"fleet:{password}".encode()).decode()
-            creds.write_text(json.dumps({"auths": {server.host: {"auth": token}}}))
-
-        write_creds("wrong-pw-123")
+        docker_config(creds, server.host, user="fleet", password="wrong-pw-123")
         repo = app_repo(tmp_path, server.host)
         cfg = hub_config(repo, server.host, auth={"dockerConfigFile": str(creds)})
         async with hubproc.running(tmp_path / "hub", cfg) as proc:
@@ -241,7 +173,7 @@ async def test_htpasswd_auth_and_a_wrong_password_is_a_clear_per_repository_erro
             history = await proc.hub.history(app="", cluster="", limit=20)
             assert any(e.kind == "image-scan-failed" for e in history)
             # the operator fixes the file: the next scan reads it again and commits
-            write_creds("s3cret-pw")
+            docker_config(creds, server.host, user="fleet", password="s3cret-pw")
             proc.hub.scan_images("web")
             await wait.until("the image commit", lambda: len(log(repo)) == 2)
             assert status(proc).repositories[0].error == ""
