@@ -11,6 +11,7 @@ import http.server
 import os
 import pathlib
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -422,6 +423,16 @@ async def test_a_docker_config_that_never_reads_fails_the_scan_instead_of_stoppi
             os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
 
 
+def _commit_as_a_colleague(repo: fleet.Repo, message: str) -> None:
+    """Commit and push as a person does: when the push is refused because the branch moved
+    (the bot got there first), fetch, rebase and push again."""
+    try:
+        repo.commit(message)
+    except subprocess.CalledProcessError:
+        fleet.git(repo.work, "pull", "-q", "--rebase", "origin", "main")
+        fleet.git(repo.work, "push", "-q", "origin", "main")
+
+
 async def test_a_refused_push_is_one_event_when_it_starts_and_one_when_it_clears(
     tmp_path: pathlib.Path, reg: registrypush.OciRegistry
 ) -> None:
@@ -435,13 +446,15 @@ async def test_a_refused_push_is_one_event_when_it_starts_and_one_when_it_clears
     async with hubproc.running(tmp_path / "hub", hub_config(repo, reg.host)) as proc:
         said = await wait.until("the refusal", lambda: status(proc).updates[0].error)
         assert "push" in said, said
-        lock.rmdir()
+        lock.rmdir()  # from here the bot's own retry may push before the colleague does
         repo.write("apps/web/extra.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
-        theirs = repo.commit("a colleague's change")
+        _commit_as_a_colleague(repo, "a colleague's change")
         proc.hub.trigger_fetch("platform")
-        await wait.until("the hub at it", lambda: proc.hub.heads["platform"] == theirs)
         await wait.until("commit of 1.1.0", lambda: len(log(repo)) == 3)
         await wait.until("no error", lambda: not status(proc).updates[0].error)
+        top = log(repo)[0].split()[0]
+        await wait.until("the hub at the branch's head", lambda: proc.hub.heads["platform"] == top)
+        assert any(line.endswith("a colleague's change") for line in log(repo)), log(repo)
         history = await proc.hub.history(app="", cluster="", limit=50)
     kinds = [e.kind for e in reversed(history) if e.kind.startswith("image-update-")]
     assert kinds[:1] == ["image-update-failed"], kinds
