@@ -1,4 +1,5 @@
-"""The agent's only door to the kube-apiserver, and the only module that imports `kubernetes`.
+"""The agent's only door to the kube-apiserver (with kubeconnect and kubecall, the only
+modules that import `kubernetes`).
 
 It speaks the REST API directly (server-side apply, get, list, delete) through the client's
 configured connection pool, with lazy per-group-version discovery, and returns plain dicts:
@@ -20,6 +21,8 @@ fails the tests): a response is read to its end or closed, and `close` refuses n
 ends the watches, waits (briefly) for the requests still running on threads (a cancelled
 caller does not stop its thread) and closes the connection pools; a request that outlives that
 wait closes what it pooled itself when it ends, so no pool made after `close` keeps a socket.
+(The connections and pools are made in kubeconnect, errors mapped in kubecall, the value types
+are in kubetypes; all that callers use is imported from here.)
 
 It must never log request or response bodies: they may be Secrets.
 """
@@ -30,27 +33,30 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
-import dataclasses
 import functools
 import json
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
-from urllib.parse import quote
 
-import urllib3
-from kubernetes import client, config
-from kubernetes.client import exceptions
-from urllib3 import connection as transport_connection
 from urllib3 import exceptions as transport
 
-from fleetops.agent import errors, kubewire
+from fleetops.agent import errors, kubecall, kubeconnect, kubewatch, kubewire
+from fleetops.agent.kubetypes import CONNECT_TIMEOUT, READ_TIMEOUT, ResourceType, Timeouts
+
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "FIELD_MANAGER",
+    "READ_TIMEOUT",
+    "WATCH_SECONDS",
+    "Kube",
+    "ResourceType",
+    "Timeouts",
+    "connect",
+]
 
 FIELD_MANAGER = "fleetops"
-CONNECT_TIMEOUT = 5.0  # TCP connect and TLS handshake
-READ_TIMEOUT = 30.0  # waiting for the answer to one request
 T = TypeVar("T")
 WATCH_SECONDS = 300  # the server ends a watch after this; the caller resumes it
 # The server sends a bookmark on every watch about once a minute: a watch silent for longer
@@ -59,106 +65,6 @@ WATCH_SILENCE = 90.0
 CLOSE_WAIT = 2.0  # how long `close` waits for the requests and watches running on threads
 EventSink = Callable[[dict[str, Any]], None]
 Objects = list[dict[str, Any]]
-
-
-class _Opened:
-    """A watch's response, once the server answered, so that cancelling (from the event
-    loop) or closing the client ends the read the thread is blocked in. A response that
-    arrives after the watch was cancelled is closed at once by the thread, never kept."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._resp: Any = None
-        self.cancelled = False
-        self.thread: threading.Thread | None = None  # the thread streaming it
-
-    def keep(self, resp: Any) -> bool:
-        """Hold `resp`; False (and `resp` closed) when the watch was cancelled meanwhile."""
-        with self._lock:
-            if not self.cancelled:
-                self._resp = resp
-                return True
-        with contextlib.suppress(Exception):
-            resp.close()
-        return False
-
-    def cancel(self) -> None:
-        with self._lock:
-            self.cancelled = True
-            resp, self._resp = self._resp, None
-        if resp is not None:  # ends the read; the thread's `finally` closes the socket
-            with contextlib.suppress(Exception):
-                resp.shutdown() if hasattr(resp, "shutdown") else resp.close()
-
-
-# CPython's ssl.SSLSocket._create (3.11.5+, from the fix for CVE-2023-40217) takes over the
-# TCP socket's descriptor, then, when the server has already reset the connection (between the
-# TCP connect and the TLS handshake: what a stopped or killed API server, or a test's TCP gate,
-# does to connections it has just accepted), re-raises ECONNRESET without closing the socket it
-# made. Nobody holds that SSLSocket but the exception's frames, so only the garbage collector
-# ever closed it (an unclosed-ssl.SSLSocket ResourceWarning, in whichever test ran then).
-_SSL_CREATE = getattr(getattr(ssl.SSLSocket, "_create", None), "__code__", None)
-
-
-def _close_half_made_tls_sockets(error: BaseException) -> None:
-    """Close the TLS socket `ssl.SSLSocket._create` made and dropped on its way to `error` (or
-    to an error `error` was raised from)."""
-    seen: set[int] = set()
-    cause: BaseException | None = error
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        tb = cause.__traceback__
-        while tb is not None:
-            if tb.tb_frame.f_code is _SSL_CREATE:
-                made = tb.tb_frame.f_locals.get("self")
-                if isinstance(made, ssl.SSLSocket):
-                    with contextlib.suppress(OSError):
-                        made.close()
-            tb = tb.tb_next
-        cause = cause.__cause__ or cause.__context__
-
-
-class _TLSConnection(transport_connection.HTTPSConnection):
-    """urllib3's HTTPS connection, except that a failed connect leaves no TLS socket open."""
-
-    def connect(self) -> None:
-        try:
-            super().connect()
-        except BaseException as e:
-            _close_half_made_tls_sockets(e)
-            raise
-
-
-class _TLSPool(urllib3.HTTPSConnectionPool):
-    ConnectionCls = _TLSConnection
-
-
-@dataclasses.dataclass(frozen=True)
-class Timeouts:
-    connect: float = CONNECT_TIMEOUT
-    read: float = READ_TIMEOUT
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class ResourceType:
-    group: str
-    version: str
-    kind: str
-    plural: str
-    namespaced: bool
-
-    @property
-    def api_version(self) -> str:
-        return f"{self.group}/{self.version}" if self.group else self.version
-
-    def path(self, *, namespace: str = "", name: str = "") -> str:
-        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
-        if self.namespaced and namespace:
-            base += f"/namespaces/{quote(namespace, safe='')}"
-        base += f"/{self.plural}"
-        if name:
-            base += f"/{quote(name, safe='')}"
-        return base
 
 
 class Kube:
@@ -175,7 +81,9 @@ class Kube:
         self._discovery: dict[str, dict[str, ResourceType]] = {}  # group/version -> kind -> type
         self._preferred: dict[str, str] = {}
         self.requests: collections.Counter[str] = collections.Counter()
-        self._watching: set[_Opened] = set()  # the watches streaming now (closed by close())
+        self._watching: set[kubewatch.Opened] = (
+            set()
+        )  # the watches streaming now (closed by close())
         self._closed = False
         self._busy = 0  # requests and watches running on threads now
         self._idle = threading.Condition(self._lock)  # notified when the last of them ends
@@ -208,19 +116,7 @@ class Kube:
                 if not self._busy:
                     self._idle.notify_all()
             if closed:
-                self._close_pools()
-
-    def _close_pools(self) -> None:
-        """Close every connection pool: the idle connections now, those in use as their
-        requests end. (`ApiClient.close` alone is not enough: urllib3 2's `PoolManager.clear`
-        only forgets the pools, leaving their sockets open until the garbage collector frees
-        each pool, which a urllib3 error or response still referring to it delays.)"""
-        manager = self._api.rest_client.pool_manager
-        for key in manager.pools.keys():
-            pool = manager.pools.get(key)
-            if pool is not None:
-                pool.close()
-        self._api.close()
+                kubeconnect.close_pools(self._api)
 
     def _call(
         self,
@@ -243,20 +139,14 @@ class Kube:
             auth_settings=["BearerToken"],
         )
         timeout = (self.timeouts.connect, self.timeouts.read)
-        with self._request():
-            try:
-                resp = self._api.call_api(
-                    method, url, header_params=headers, body=body, _request_timeout=timeout
-                )
-                data = _read(resp)
-            except exceptions.ApiException as e:
-                if not e.status:  # the client reports a TLS failure as an ApiException without one
-                    raise self._unreachable(str(e.reason or e).replace("\n", ": ")) from None
-                raise kubewire.error(
-                    e.status, body=e.body, http_reason=e.reason, method=method, path=path
-                ) from None
-            except (transport.HTTPError, OSError) as e:
-                raise self._unreachable(kubewire.transport_cause(e, self.timeouts)) from None
+        mapped = kubecall.mapped_errors(
+            host=self.host, timeouts=self.timeouts, method=method, path=path
+        )
+        with self._request(), mapped:
+            resp = self._api.call_api(
+                method, url, header_params=headers, body=body, _request_timeout=timeout
+            )
+            data = kubecall.read(resp)
         if not 200 <= resp.status < 300:
             raise kubewire.error(
                 resp.status, body=data, http_reason=resp.reason, method=method, path=path
@@ -264,9 +154,7 @@ class Kube:
         return json.loads(data) if data else {}
 
     def _unreachable(self, cause: str) -> errors.Unreachable:
-        return errors.Unreachable(
-            f"cannot reach the Kubernetes API server at {self.host or 'its address'}: {cause}"
-        )
+        return kubecall.unreachable(self.host, cause)
 
     def writes(self) -> int:
         """Requests that could change the cluster (dry-runs excluded)."""
@@ -385,7 +273,7 @@ class Kube:
         (list again), `errors.Unreachable` when the connection broke. Cancelling closes it."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
-        opened = _Opened()
+        opened = kubewatch.Opened()
         with self._lock:
             self._watching.add(opened)
 
@@ -434,7 +322,7 @@ class Kube:
         resource_version: str,
         field_selector: str,
         timeout_seconds: int,
-        opened: _Opened,
+        opened: kubewatch.Opened,
         deliver: EventSink,
     ) -> None:
         with self._lock:
@@ -457,32 +345,28 @@ class Kube:
             auth_settings=["BearerToken"],
         )
         timeout = (self.timeouts.connect, WATCH_SILENCE)
-        with self._request():
+        mapped = kubecall.mapped_errors(
+            host=self.host,
+            timeouts=self.timeouts,
+            method="GET",
+            path=path,
+            transport_errors=(transport.HTTPError, OSError, ValueError),
+        )
+        with self._request(), mapped:
+            resp = self._api.call_api(method, url, header_params=headers, _request_timeout=timeout)
+            raw = resp.response
+            if not opened.keep(raw):
+                return  # cancelled while the server answered: closed, nobody listens
             try:
-                resp = self._api.call_api(
-                    method, url, header_params=headers, _request_timeout=timeout
-                )
-                raw = resp.response
-                if not opened.keep(raw):
-                    return  # cancelled while the server answered: closed, nobody listens
-                try:
-                    if not 200 <= resp.status < 300:
-                        data = _read(resp)
-                        raise kubewire.error(
-                            resp.status, body=data, http_reason=resp.reason, method="GET", path=path
-                        )
-                    for event in kubewire.events(raw.stream(2**16), path=path):
-                        deliver(event)
-                finally:  # a broken or ended stream gives its socket back, never leaks it
-                    raw.close()
-            except exceptions.ApiException as e:
-                if not e.status:
-                    raise self._unreachable(str(e.reason or e).replace("\n", ": ")) from None
-                raise kubewire.error(
-                    e.status, body=e.body, http_reason=e.reason, method="GET", path=path
-                ) from None
-            except (transport.HTTPError, OSError, ValueError) as e:
-                raise self._unreachable(kubewire.transport_cause(e, self.timeouts)) from None
+                if not 200 <= resp.status < 300:
+                    data = kubecall.read(resp)
+                    raise kubewire.error(
+                        resp.status, body=data, http_reason=resp.reason, method="GET", path=path
+                    )
+                for event in kubewire.events(raw.stream(2**16), path=path):
+                    deliver(event)
+            finally:  # a broken or ended stream gives its socket back, never leaks it
+                raw.close()
 
     async def apply(
         self, rt: ResourceType, obj: Mapping[str, Any], *, force: bool, dry_run: bool = False
@@ -537,26 +421,18 @@ class Kube:
         for opened in watching:  # no watch thread keeps a socket past the client
             opened.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)  # queued requests never start
-        self._close_pools()  # the idle connections now, the others as their requests end
+        kubeconnect.close_pools(
+            self._api
+        )  # the idle connections now, the others as their requests end
         deadline = time.monotonic() + CLOSE_WAIT
         with self._idle:  # each running request ends, closing its connection (the pool is)
             self._idle.wait_for(lambda: not self._busy, timeout=CLOSE_WAIT)
         for opened in watching:  # each closes its socket as its read ends
             if opened.thread is not None:
                 opened.thread.join(timeout=max(0.0, deadline - time.monotonic()))
-        self._close_pools()  # and any a request that began as we closed has made since
-
-
-def _read(resp: Any) -> bytes:
-    """The whole body of `resp` (a kubernetes RESTResponse); a response that could not be read
-    to its end is closed at once, its connection with it, never left half-read."""
-    try:
-        data: bytes = resp.read()
-    except BaseException:
-        with contextlib.suppress(Exception):
-            resp.response.close()
-        raise
-    return data
+        kubeconnect.close_pools(
+            self._api
+        )  # and any a request that began as we closed has made since
 
 
 def connect(
@@ -567,24 +443,5 @@ def connect(
     timeouts: Timeouts | None = None,
 ) -> Kube:
     """A client for the cluster in `kubeconfig`, or the in-cluster service account when None."""
-    cfg = client.Configuration()
-    # Reconnect at once when a connection cannot be made (e.g. a pooled one the server closed),
-    # but never resend a request that may have reached the server, nor wait twice for a read:
-    # the callers retry with backoff and report why meanwhile.
-    cfg.retries = urllib3.Retry(total=2, connect=2, read=0, status=0, other=0, redirect=2)
-    try:
-        if kubeconfig:
-            config.load_kube_config(  # type: ignore[no-untyped-call]
-                config_file=kubeconfig, context=context, client_configuration=cfg
-            )
-        else:
-            config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-    except (config.ConfigException, OSError) as e:
-        where = kubeconfig or "the in-cluster service account"
-        raise errors.AgentError(f"cannot load cluster credentials from {where}: {e}") from None
-    cfg.connection_pool_maxsize = concurrency
-    api = client.ApiClient(cfg)
-    manager = api.rest_client.pool_manager
-    if manager.pool_classes_by_scheme.get("https") is urllib3.HTTPSConnectionPool:  # not SOCKS
-        manager.pool_classes_by_scheme = {**manager.pool_classes_by_scheme, "https": _TLSPool}
+    api = kubeconnect.api_client(kubeconfig, context=context, concurrency=concurrency)
     return Kube(api, concurrency=concurrency, timeouts=timeouts)
