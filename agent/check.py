@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
 from fleetops.agent import (
@@ -220,9 +220,8 @@ async def _check_one(
         not full and ctx.known_in_sync(app, key=key, desired=p.obj, live=live)
     ):
         return st.ResourceResult.in_sync(key=key, version=version, health=h, source=where)
-    body = ignore.respect(p.obj, live, rules) if rules else p.obj
     try:
-        dry = await ctx.kube.apply(p.rt, body, force=force, dry_run=True)
+        dry, live = await _dry_run(ctx, p, live=live, force=force, rules=rules)
     except errors.Conflict as e:
         managers = ", ".join(e.managers) or "another field manager"
         return st.ResourceResult.out_of_sync(
@@ -263,6 +262,31 @@ async def _check_one(
         drift=tuple(fields),
         source=where,
     )
+
+
+async def _dry_run(
+    ctx: Context, p: Prepared, *, live: dict[str, Any], force: bool, rules: ignore.Rules
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The dry-run of `p` and the live object it is to be compared with: the same version of
+    it. The dry-run answers with the object as stored when it ran; when someone wrote the
+    object after `live` was read (a controller bumping an annotation, an HPA scaling), the
+    newer live object is read, or the comparison would call their write our drift."""
+    for _attempt in range(3):
+        body = ignore.respect(p.obj, live, rules) if rules else p.obj
+        dry = await ctx.kube.apply(p.rt, body, force=force, dry_run=True)
+        if _version(dry) == _version(live):
+            break
+        fresh = await ctx.kube.get(p.rt, namespace=p.key.namespace, name=p.key.name)
+        if fresh is None:  # deleted meanwhile: the next pass finds it missing
+            break
+        live = fresh
+        if not rules and _version(fresh) == _version(dry):
+            break  # else the body came from the older live object: dry-run it again
+    return dry, live
+
+
+def _version(obj: Mapping[str, Any]) -> str:
+    return str(obj.get("metadata", {}).get("resourceVersion", ""))
 
 
 async def _fetch_live(
