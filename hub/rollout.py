@@ -28,6 +28,7 @@ from collections.abc import Collection, Mapping
 from typing import Any, TypeVar
 
 from fleetops.hub import rolloutspec
+from fleetops.proto import rollouttext
 
 # a cluster's phase in the rollout
 WAITING = "Waiting"  # its step has not started, or it waits for a free slot
@@ -377,7 +378,7 @@ def _cluster(
             seen = f.status or "no report since it was given it"
             c.reason = (
                 f"not Healthy on {state.revision[:8]} within the progress deadline "
-                f"({_span(policy.progress_deadline)}): {seen}"
+                f"({rollouttext.span(policy.progress_deadline)}): {seen}"
             )
             return [Note(f"{name} failed: {c.reason}", name)]
         else:
@@ -572,14 +573,3 @@ def left(state: State, policy: rolloutspec.Rollout, name: str, now: float) -> fl
     if c is None or c.phase != BAKING or not 0 <= c.step < len(policy.steps):
         return 0.0
     return max(0.0, policy.steps[c.step].bake - (now - c.healthy_since))
-
-
-def _span(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "forever"
-    s = int(round(seconds))
-    if s >= 3600:
-        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
-    if s >= 60:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s}s"

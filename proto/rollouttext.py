@@ -4,11 +4,15 @@ Pure text from fleet_pb2.Rollout messages; no terminal styling (callers add that
 
 from __future__ import annotations
 
+import math
+
 from fleetops.proto.v1 import fleet_pb2
 
 
 def span(seconds: float) -> str:
-    """A duration the way hub.yaml writes them: 45s, 4m12s, 1h05m."""
+    """A duration the way hub.yaml writes them: 45s, 4m12s, 1h05m (`forever` when unbounded)."""
+    if not math.isfinite(seconds):
+        return "forever"
     s = int(round(seconds))
     if s >= 3600:
         return f"{s // 3600}h{(s % 3600) // 60:02d}m"
